@@ -1,0 +1,323 @@
+package actors
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// ImageResolver finds an image in the image store.
+type ImageResolver interface {
+	Resolve(ref string) (*imaging.Image, error)
+}
+
+// Defaults supplies the spec defaults live (they reload on SIGHUP).
+type Defaults func() config.Defaults
+
+type entry struct {
+	pid *actor.PID
+	vm  state.VM
+}
+
+type manager struct {
+	log      *slog.Logger
+	store    *state.Store
+	images   ImageResolver
+	defaults Defaults
+	events   *actor.PID
+	onCounts func(api.Counts)
+
+	byID   map[string]*entry
+	byName map[string]string
+	counts api.Counts
+}
+
+func (m *manager) Receive(ctx actor.Context) {
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		m.start(ctx)
+	case *Ping:
+		ctx.Respond(&Pong{From: "manager"})
+	case *CreateVM:
+		vm, err := m.create(ctx, msg)
+		ctx.Respond(&Result{VM: vm, Err: err})
+	case *ListVMs:
+		ctx.Respond(&Result{VMs: m.list(msg.Caller)})
+	case *CountVMs:
+		ctx.Respond(m.counts)
+	case *GetVM:
+		// Answered from the mirror: VM actors report every change before
+		// they reply, so it is never older than what a caller has seen.
+		e, err := m.route(msg)
+		if err != nil {
+			ctx.Respond(&Result{Err: err})
+			return
+		}
+		vm := e.vm
+		ctx.Respond(&Result{VM: &vm})
+	case vmRequest:
+		e, err := m.route(msg)
+		if err != nil {
+			ctx.Respond(&Result{Err: err})
+			return
+		}
+		ctx.Forward(e.pid)
+	case *vmChanged:
+		m.changed(msg.VM)
+	case *vmDeleted:
+		if e, ok := m.byID[msg.ID]; ok {
+			if m.byName[e.vm.Name] == msg.ID {
+				delete(m.byName, e.vm.Name)
+			}
+			delete(m.byID, msg.ID)
+			ctx.Stop(e.pid)
+			m.recount()
+		}
+	}
+}
+
+// start loads every record before the daemon reports ready. A record that
+// cannot be read becomes a VM in status error with the reason; it never
+// stops start-up.
+func (m *manager) start(ctx actor.Context) {
+	m.byID, m.byName = map[string]*entry{}, map[string]string{}
+	if err := m.store.SweepDeleted(); err != nil {
+		m.log.Warn("sweeping interrupted deletes", "err", err)
+	}
+	ids, stray, err := m.store.IDs()
+	if err != nil {
+		m.log.Error("listing VM records", "err", err)
+	}
+	for _, s := range stray {
+		m.log.Warn("ignoring stray entry in the VM directory", "entry", s)
+	}
+	for _, id := range ids {
+		vm := loadOrError(m.store, id, m.log)
+		if vm.Name != "" {
+			if other, dup := m.byName[vm.Name]; dup {
+				vm.Status, vm.Reason = state.StatusError, fmt.Sprintf("name %q is also used by VM %s", vm.Name, other)
+				vm.Name = ""
+			}
+		}
+		m.spawn(ctx, vm)
+	}
+	m.recount()
+}
+
+func (m *manager) spawn(ctx actor.Context, vm state.VM) {
+	id := vm.ID
+	props := actor.PropsFromProducer(func() actor.Actor {
+		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events}
+	})
+	pid, err := ctx.SpawnNamed(props, "vm-"+id)
+	if err != nil {
+		m.log.Error("spawning VM actor", "vm_id", id, "err", err)
+		return
+	}
+	m.byID[id] = &entry{pid: pid, vm: vm}
+	if vm.Name != "" {
+		m.byName[vm.Name] = id
+	}
+}
+
+func (m *manager) changed(vm state.VM) {
+	e, ok := m.byID[vm.ID]
+	if !ok {
+		return
+	}
+	if e.vm.Name != vm.Name {
+		if m.byName[e.vm.Name] == vm.ID {
+			delete(m.byName, e.vm.Name)
+		}
+		if vm.Name != "" {
+			m.byName[vm.Name] = vm.ID
+		}
+	}
+	e.vm = vm
+	m.recount()
+}
+
+func (m *manager) recount() {
+	var c api.Counts
+	for _, e := range m.byID {
+		c.Total++
+		switch e.vm.Status {
+		case state.StatusCreated:
+			c.Created++
+		case state.StatusRunning:
+			c.Running++
+		case state.StatusStopped:
+			c.Stopped++
+		case state.StatusError:
+			c.Error++
+		default:
+			c.Other++
+		}
+	}
+	if c != m.counts {
+		m.counts = c
+		if m.onCounts != nil {
+			m.onCounts(c)
+		}
+	}
+}
+
+// resolve finds a VM by name, full id, or unambiguous id prefix.
+func (m *manager) resolve(ref string) (*entry, error) {
+	if ref == "" {
+		return nil, &Error{Kind: ErrInvalidArgument, Field: "vm", Msg: "no VM named: give a name or an id"}
+	}
+	if id, ok := m.byName[ref]; ok {
+		return m.byID[id], nil
+	}
+	if e, ok := m.byID[ref]; ok {
+		return e, nil
+	}
+	var hits []*entry
+	if len(ref) >= 4 && len(ref) < state.IDLen {
+		for id, e := range m.byID {
+			if strings.HasPrefix(id, ref) {
+				hits = append(hits, e)
+			}
+		}
+	}
+	switch len(hits) {
+	case 0:
+		return nil, &Error{Kind: ErrNotFound, VM: ref, Msg: fmt.Sprintf("no VM named %q", ref)}
+	case 1:
+		return hits[0], nil
+	}
+	return nil, &Error{Kind: ErrInvalidArgument, Field: "vm", VM: ref, Msg: fmt.Sprintf("id prefix %q matches %d VMs: give more characters", ref, len(hits))}
+}
+
+func (m *manager) route(req vmRequest) (*entry, error) {
+	e, err := m.resolve(req.ref())
+	if err != nil {
+		return nil, err
+	}
+	if !req.caller().May(e.vm.OwnerUID) {
+		return nil, &Error{Kind: ErrPermissionDenied, VM: req.ref(), Msg: fmt.Sprintf("VM %q belongs to another user (uid %d is not its owner)", req.ref(), req.caller().UID)}
+	}
+	return e, nil
+}
+
+func (m *manager) list(c Caller) []state.VM {
+	out := make([]state.VM, 0, len(m.byID))
+	for _, e := range m.byID {
+		if c.May(e.vm.OwnerUID) {
+			out = append(out, e.vm)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
+	if err := state.ValidateName(req.Name); err != nil {
+		return nil, &Error{Kind: ErrInvalidArgument, Field: "name", Msg: err.Error()}
+	}
+	if id, ok := m.byName[req.Name]; ok {
+		return nil, &Error{Kind: ErrNameInUse, Name: req.Name, Msg: fmt.Sprintf("name %q is already used by VM %s", req.Name, id[:12])}
+	}
+	d := m.defaults()
+	spec := state.Spec{CPUs: d.CPUs, Memory: int64(d.Memory), DiskSize: int64(d.DiskSize)}
+	if d.AutoStop.Duration > 0 {
+		spec.AutoStop = d.AutoStop.String()
+	}
+	if err := applySpec(&spec, req.CPUs, req.Memory, req.DiskSize, req.AutoStop, 0); err != nil {
+		return nil, err
+	}
+	if req.Image == "" {
+		return nil, &Error{Kind: ErrInvalidArgument, Field: "image", Msg: "no image given"}
+	}
+	img, err := m.images.Resolve(req.Image)
+	if err != nil {
+		if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {
+			return nil, &Error{Kind: ErrInvalidArgument, Field: "image", Msg: fmt.Sprintf("%v (import or pull it first)", err)}
+		}
+		return nil, fmt.Errorf("resolve image %q: %w", req.Image, err)
+	}
+	spec.Image, spec.ImageDigest = req.Image, img.Digest
+	now := time.Now().UTC()
+	vm := state.VM{ID: state.NewID(), Name: req.Name, OwnerUID: req.Caller.UID, Spec: spec, Status: state.StatusCreated, CreatedAt: now, UpdatedAt: now}
+	for m.byID[vm.ID] != nil {
+		vm.ID = state.NewID()
+	}
+	// vm.json first: a crash before handles.json leaves a whole VM whose
+	// handle set is empty, which is what a missing handles.json means.
+	if err := m.store.Save(&vm); err != nil {
+		_ = m.store.Remove(vm.ID)
+		return nil, fmt.Errorf("create vm %s: %w", req.Name, err)
+	}
+	if err := m.store.SaveHandles(vm.ID, &state.Handles{}); err != nil {
+		_ = m.store.Remove(vm.ID)
+		return nil, fmt.Errorf("create vm %s: %w", req.Name, err)
+	}
+	m.spawn(ctx, vm)
+	m.recount()
+	ctx.Send(m.events, &emit{Owner: vm.OwnerUID, Event: api.Event{Kind: "created", VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status)}})
+	return &vm, nil
+}
+
+// applySpec validates and applies requested spec changes. minDisk > 0 forbids
+// shrinking below it.
+func applySpec(s *state.Spec, cpus *int, memory, disk *int64, autoStop *string, minDisk int64) error {
+	if cpus != nil {
+		if *cpus < 1 || *cpus > 256 {
+			return &Error{Kind: ErrInvalidArgument, Field: "cpus", Msg: fmt.Sprintf("cpus must be 1..256, got %d", *cpus)}
+		}
+		s.CPUs = *cpus
+	}
+	if memory != nil {
+		if *memory < 64<<20 || *memory%(1<<20) != 0 || *memory > 1<<40 {
+			return &Error{Kind: ErrInvalidArgument, Field: "memory", Msg: fmt.Sprintf("memory must be a whole number of MiB from 64MiB to 1TiB, got %d bytes", *memory)}
+		}
+		s.Memory = *memory
+	}
+	if disk != nil {
+		if *disk < 64<<20 || *disk > 16<<40 {
+			return &Error{Kind: ErrInvalidArgument, Field: "disk_size", Msg: fmt.Sprintf("disk_size must be from 64MiB to 16TiB, got %d bytes", *disk)}
+		}
+		if minDisk > 0 && *disk < minDisk {
+			return &Error{Kind: ErrInvalidArgument, Field: "disk_size", Msg: fmt.Sprintf("disk_size can only grow: %s is smaller than the current %s", config.FormatSize(*disk), config.FormatSize(minDisk))}
+		}
+		s.DiskSize = *disk
+	}
+	if autoStop != nil {
+		d, err := config.ParseDuration(*autoStop)
+		if err != nil {
+			return &Error{Kind: ErrInvalidArgument, Field: "auto_stop", Msg: "auto_stop: " + err.Error()}
+		}
+		s.AutoStop = ""
+		if d > 0 {
+			s.AutoStop = d.String()
+		}
+	}
+	return nil
+}
+
+// loadOrError reads a record; an unreadable one becomes an error VM that
+// only admins see (its owner is unknown) and that can be deleted.
+func loadOrError(store *state.Store, id string, log *slog.Logger) state.VM {
+	vm, err := store.Load(id)
+	if err != nil {
+		log.Error("VM record unreadable; marking it error", "vm_id", id, "err", err)
+		return state.VM{ID: id, Status: state.StatusError, Reason: err.Error(), OwnerUID: 0}
+	}
+	return *vm
+}

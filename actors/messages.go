@@ -1,0 +1,138 @@
+// Package actors holds paddockd's supervision tree (protoactor-go): the
+// Manager and one actor per VM, with Stats, Import and Events siblings.
+// Actors hold no durable truth: every fact that must survive a crash is on
+// disk before an actor acts on it.
+package actors
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/paddock-vm/paddock/state"
+)
+
+// Sentinel kinds of failure; an *Error wraps one so callers use errors.Is.
+var (
+	ErrNotFound         = errors.New("vm not found")
+	ErrNameInUse        = errors.New("name in use")
+	ErrInvalidArgument  = errors.New("invalid argument")
+	ErrInvalidState     = errors.New("invalid state")
+	ErrPermissionDenied = errors.New("permission denied")
+	ErrNotYet           = errors.New("not implemented yet")
+)
+
+// Error is a refusal that names its culprit.
+type Error struct {
+	Kind   error
+	VM     string // the reference or id concerned
+	Name   string // for ErrNameInUse
+	Field  string // for ErrInvalidArgument
+	Status state.Status
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Kind }
+
+func errorf(kind error, format string, args ...any) *Error {
+	return &Error{Kind: kind, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Caller is who asks, as established by the API front-end.
+type Caller struct {
+	UID   uint32
+	Admin bool
+}
+
+// May reports whether the caller may see and touch a VM owned by owner.
+func (c Caller) May(owner uint32) bool { return c.Admin || c.UID == owner }
+
+// Requests accepted by the Manager. Each is answered with *Result.
+type (
+	// CreateVM makes a new VM record.
+	CreateVM struct {
+		Caller   Caller
+		Name     string
+		Image    string
+		CPUs     *int
+		Memory   *int64
+		DiskSize *int64
+		AutoStop *string
+	}
+	// GetVM reads one VM.
+	GetVM struct {
+		Caller Caller
+		Ref    string
+	}
+	// ListVMs reads every VM the caller may see.
+	ListVMs struct{ Caller Caller }
+	// SetVM changes spec fields.
+	SetVM struct {
+		Caller   Caller
+		Ref      string
+		CPUs     *int
+		Memory   *int64
+		DiskSize *int64
+		AutoStop *string
+	}
+	// StartVM starts a VM.
+	StartVM struct {
+		Caller Caller
+		Ref    string
+	}
+	// StopVM stops a VM.
+	StopVM struct {
+		Caller Caller
+		Ref    string
+		Force  bool
+	}
+	// DeleteVM removes a VM.
+	DeleteVM struct {
+		Caller Caller
+		Ref    string
+		Force  bool
+	}
+	// CountVMs tallies VMs by status; answered with Counts.
+	CountVMs struct{}
+)
+
+// Result answers a VM request.
+type Result struct {
+	VM  *state.VM
+	VMs []state.VM
+	Err error
+}
+
+// Ping is answered with Pong by every long-lived actor; the watchdog uses it.
+type Ping struct{}
+
+// Pong answers Ping.
+type Pong struct{ From string }
+
+// vmRequest is implemented by requests the Manager routes to a VM actor.
+type vmRequest interface {
+	ref() string
+	caller() Caller
+}
+
+func (m *GetVM) ref() string       { return m.Ref }
+func (m *GetVM) caller() Caller    { return m.Caller }
+func (m *SetVM) ref() string       { return m.Ref }
+func (m *SetVM) caller() Caller    { return m.Caller }
+func (m *StartVM) ref() string     { return m.Ref }
+func (m *StartVM) caller() Caller  { return m.Caller }
+func (m *StopVM) ref() string      { return m.Ref }
+func (m *StopVM) caller() Caller   { return m.Caller }
+func (m *DeleteVM) ref() string    { return m.Ref }
+func (m *DeleteVM) caller() Caller { return m.Caller }
+func (m *crashVM) ref() string     { return m.Ref }
+func (m *crashVM) caller() Caller  { return Caller{Admin: true} }
+
+// crashVM makes a VM actor panic; tests use it to prove supervision.
+type crashVM struct{ Ref string }
+
+// Messages between the Manager and its VM children.
+type (
+	vmChanged struct{ VM state.VM }
+	vmDeleted struct{ ID string }
+)

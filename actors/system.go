@@ -1,0 +1,171 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// Deps is what the tree needs from the daemon.
+type Deps struct {
+	Log      *slog.Logger
+	Store    *state.Store
+	Images   ImageResolver
+	Defaults Defaults
+	// OnCounts is called from inside the Manager whenever the tally changes;
+	// it must not block.
+	OnCounts func(api.Counts)
+}
+
+// System is the running supervision tree.
+type System struct {
+	sys     *actor.ActorSystem
+	Manager *actor.PID
+	Stats   *actor.PID
+	Import  *actor.PID
+	Events  *actor.PID
+	stopped sync.Once
+}
+
+// Names of the top-level actors, for logs and the wiring test.
+const (
+	NameManager = "manager"
+	NameStats   = "stats"
+	NameImport  = "import"
+	NameEvents  = "events"
+)
+
+// Start builds the tree; the Manager has loaded every record when it
+// returns, so the daemon can report ready.
+func Start(ctx context.Context, d Deps) (*System, error) {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	pl := slog.New(demote{d.Log.Handler().WithAttrs([]slog.Attr{slog.String("actor", "protoactor")})})
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return pl }))
+	s := &System{sys: sys}
+	root := sys.Root
+	// A VM actor that keeps failing is stopped rather than restarted forever;
+	// the others never notice (one-for-one).
+	vmSupervisor := actor.NewOneForOneStrategy(10, time.Minute, actor.DefaultDecider)
+	var err error
+	if s.Events, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newEventsActor(d.Log) }), NameEvents); err != nil {
+		return nil, fmt.Errorf("spawn events actor: %w", err)
+	}
+	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &notYetActor{name: NameStats} }), NameStats); err != nil {
+		return nil, fmt.Errorf("spawn stats actor: %w", err)
+	}
+	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &notYetActor{name: NameImport} }), NameImport); err != nil {
+		return nil, fmt.Errorf("spawn import actor: %w", err)
+	}
+	mgr := func() actor.Actor {
+		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts}
+	}
+	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
+		return nil, fmt.Errorf("spawn manager: %w", err)
+	}
+	// Started is handled before any queued message, so this round trip
+	// returns once every record is loaded.
+	if err := s.Ping(ctx); err != nil {
+		sys.Shutdown()
+		return nil, fmt.Errorf("actor system did not come up: %w", err)
+	}
+	return s, nil
+}
+
+// Ping round-trips through every top-level actor; the systemd watchdog is fed
+// only when it succeeds, so a wedged actor system gets restarted.
+func (s *System) Ping(ctx context.Context) error {
+	timeout := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Events} {
+		if _, err := s.sys.Root.RequestFuture(pid, &Ping{}, timeout).Result(); err != nil {
+			return fmt.Errorf("ping %s: %w", pid.Id, err)
+		}
+	}
+	return nil
+}
+
+// Request sends msg to the Manager and waits for the answer.
+func (s *System) Request(ctx context.Context, msg any) (*Result, error) {
+	timeout := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	res, err := s.sys.Root.RequestFuture(s.Manager, msg, timeout).Result()
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			// The VM actor went away between routing and delivery: deleted.
+			return nil, &Error{Kind: ErrNotFound, Msg: "the VM was deleted meanwhile"}
+		}
+		return nil, fmt.Errorf("actor request %T: %w", msg, err)
+	}
+	r, ok := res.(*Result)
+	if !ok {
+		return nil, fmt.Errorf("actor request %T: unexpected answer %T", msg, res)
+	}
+	if r.Err != nil {
+		return nil, r.Err
+	}
+	return r, nil
+}
+
+// Counts asks the Manager for the tally.
+func (s *System) Counts(ctx context.Context) (api.Counts, error) {
+	res, err := s.sys.Root.RequestFuture(s.Manager, &CountVMs{}, 5*time.Second).Result()
+	if err != nil {
+		return api.Counts{}, err
+	}
+	c, _ := res.(api.Counts)
+	return c, nil
+}
+
+// Subscribe registers an events subscriber with a buffer of n.
+func (s *System) Subscribe(c Caller, vmID string, n int) (uint64, <-chan api.Event, error) {
+	ch := make(chan api.Event, n)
+	res, err := s.sys.Root.RequestFuture(s.Events, &Subscribe{Caller: c, VMID: vmID, Ch: ch}, 5*time.Second).Result()
+	if err != nil {
+		return 0, nil, fmt.Errorf("subscribe to events: %w", err)
+	}
+	return res.(*Subscribed).ID, ch, nil
+}
+
+// Unsubscribe ends a subscription.
+func (s *System) Unsubscribe(id uint64) { s.sys.Root.Send(s.Events, &Unsubscribe{ID: id}) }
+
+// Shutdown stops every actor. State is already on disk.
+func (s *System) Shutdown() { s.stopped.Do(s.sys.Shutdown) }
+
+// demote logs protoactor's own chatter one level lower, so its Info lines
+// (dead letters, supervision) appear only at debug while warnings stay.
+type demote struct{ slog.Handler }
+
+func (d demote) Enabled(ctx context.Context, l slog.Level) bool {
+	if l < slog.LevelWarn {
+		l -= 4
+	}
+	return d.Handler.Enabled(ctx, l)
+}
+
+func (d demote) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		r.Level -= 4
+	}
+	return d.Handler.Handle(ctx, r)
+}
+
+func (d demote) WithAttrs(as []slog.Attr) slog.Handler { return demote{d.Handler.WithAttrs(as)} }
+func (d demote) WithGroup(n string) slog.Handler       { return demote{d.Handler.WithGroup(n)} }

@@ -1,0 +1,137 @@
+// Package api holds paddock's varlink interface io.paddock.v1: its
+// description, the Go shapes of its parameters, and its error names.
+package api
+
+import (
+	_ "embed"
+)
+
+// Interface is the varlink interface name.
+const Interface = "io.paddock.v1"
+
+// Description is the interface description served by
+// org.varlink.service.GetInterfaceDescription.
+//
+//go:embed io.paddock.v1.varlink
+var Description string
+
+// Error names.
+const (
+	ErrVMNotFound       = Interface + ".VMNotFound"
+	ErrNameInUse        = Interface + ".NameInUse"
+	ErrInvalidArgument  = Interface + ".InvalidArgument"
+	ErrInvalidState     = Interface + ".InvalidState"
+	ErrPermissionDenied = Interface + ".PermissionDenied"
+	ErrInternal         = Interface + ".Internal"
+)
+
+// Spec is what the user asked for.
+type Spec struct {
+	Image       string `json:"image"`
+	ImageDigest string `json:"image_digest"`
+	CPUs        int    `json:"cpus"`
+	Memory      int64  `json:"memory"`
+	DiskSize    int64  `json:"disk_size"`
+	AutoStop    string `json:"auto_stop"`
+}
+
+// VM is the API view of a VM record.
+type VM struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	OwnerUID  uint32 `json:"owner_uid"`
+	Status    string `json:"status"`
+	Reason    string `json:"reason,omitempty"`
+	Spec      Spec   `json:"spec"`
+	CreatedAt string `json:"created_at"`
+	UpdatedAt string `json:"updated_at"`
+}
+
+// Event is one state change.
+type Event struct {
+	Seq            uint64 `json:"seq"`
+	Time           string `json:"time"`
+	Kind           string `json:"kind"`
+	VMID           string `json:"vm_id"`
+	VMName         string `json:"vm_name"`
+	Status         string `json:"status"`
+	PreviousStatus string `json:"previous_status,omitempty"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// Counts tallies VMs by status.
+type Counts struct {
+	Total   int `json:"total"`
+	Created int `json:"created"`
+	Running int `json:"running"`
+	Stopped int `json:"stopped"`
+	Error   int `json:"error"`
+	Other   int `json:"other"`
+}
+
+// CreateIn are Create's parameters.
+type CreateIn struct {
+	Name     string  `json:"name"`
+	Image    string  `json:"image"`
+	CPUs     *int    `json:"cpus,omitempty"`
+	Memory   *int64  `json:"memory,omitempty"`
+	DiskSize *int64  `json:"disk_size,omitempty"`
+	AutoStop *string `json:"auto_stop,omitempty"`
+}
+
+// VMRef names one VM.
+type VMRef struct {
+	VM string `json:"vm"`
+}
+
+// SetIn are Set's parameters.
+type SetIn struct {
+	VM       string  `json:"vm"`
+	CPUs     *int    `json:"cpus,omitempty"`
+	Memory   *int64  `json:"memory,omitempty"`
+	DiskSize *int64  `json:"disk_size,omitempty"`
+	AutoStop *string `json:"auto_stop,omitempty"`
+}
+
+// StopIn are Stop's and Delete's parameters.
+type StopIn struct {
+	VM    string `json:"vm"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// EventsIn are Events' parameters.
+type EventsIn struct {
+	VM string `json:"vm,omitempty"`
+}
+
+// VMOut is the reply of the methods that return one VM.
+type VMOut struct {
+	VM VM `json:"vm"`
+}
+
+// ListOut is List's reply.
+type ListOut struct {
+	VMs []VM `json:"vms"`
+}
+
+// EventOut is one Events reply.
+type EventOut struct {
+	Event Event `json:"event"`
+}
+
+// VersionOut is Version's reply.
+type VersionOut struct {
+	Version   string `json:"version"`
+	API       string `json:"api"`
+	GoVersion string `json:"go_version"`
+}
+
+// InfoOut is Info's reply.
+type InfoOut struct {
+	Version    string  `json:"version"`
+	Uptime     float64 `json:"uptime_seconds"`
+	VMs        Counts  `json:"vms"`
+	StateDir   string  `json:"state_dir"`
+	RuntimeDir string  `json:"runtime_dir"`
+	Socket     string  `json:"socket"`
+}

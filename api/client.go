@@ -1,0 +1,101 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/paddock-vm/paddock/varlink"
+)
+
+// Client is a typed io.paddock.v1 client over one connection.
+type Client struct {
+	*varlink.Client
+	Socket string
+}
+
+// Dial connects to the daemon's socket.
+func Dial(ctx context.Context, socket string) (*Client, error) {
+	c, err := varlink.Dial(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{Client: c, Socket: socket}, nil
+}
+
+func (c *Client) vm(ctx context.Context, method string, in any) (*VM, error) {
+	var out VMOut
+	if err := c.Call(ctx, Interface+"."+method, in, &out); err != nil {
+		return nil, err
+	}
+	return &out.VM, nil
+}
+
+// Create makes a VM record.
+func (c *Client) Create(ctx context.Context, in CreateIn) (*VM, error) {
+	return c.vm(ctx, "Create", in)
+}
+
+// Get reads one VM.
+func (c *Client) Get(ctx context.Context, ref string) (*VM, error) {
+	return c.vm(ctx, "Get", VMRef{VM: ref})
+}
+
+// List reads every VM the caller may see.
+func (c *Client) List(ctx context.Context) ([]VM, error) {
+	var out ListOut
+	if err := c.Call(ctx, Interface+".List", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.VMs, nil
+}
+
+// Set changes spec fields.
+func (c *Client) Set(ctx context.Context, in SetIn) (*VM, error) { return c.vm(ctx, "Set", in) }
+
+// Start starts a VM.
+func (c *Client) Start(ctx context.Context, ref string) (*VM, error) {
+	return c.vm(ctx, "Start", VMRef{VM: ref})
+}
+
+// Stop stops a VM.
+func (c *Client) Stop(ctx context.Context, ref string, force bool) (*VM, error) {
+	return c.vm(ctx, "Stop", StopIn{VM: ref, Force: force})
+}
+
+// Delete removes a VM.
+func (c *Client) Delete(ctx context.Context, ref string, force bool) error {
+	return c.Call(ctx, Interface+".Delete", StopIn{VM: ref, Force: force}, nil)
+}
+
+// Events streams state changes to fn until ctx ends or fn fails.
+func (c *Client) Events(ctx context.Context, ref string, fn func(Event) error) error {
+	return c.Stream(ctx, Interface+".Events", EventsIn{VM: ref}, func(raw json.RawMessage) error {
+		var out EventOut
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return fmt.Errorf("decode event: %w", err)
+		}
+		if out.Event.Seq == 0 {
+			return nil // the closing reply of a stream ended by the daemon
+		}
+		return fn(out.Event)
+	})
+}
+
+// Version asks the daemon's version.
+func (c *Client) Version(ctx context.Context) (*VersionOut, error) {
+	var out VersionOut
+	if err := c.Call(ctx, Interface+".Version", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Info asks the daemon's status.
+func (c *Client) Info(ctx context.Context) (*InfoOut, error) {
+	var out InfoOut
+	if err := c.Call(ctx, Interface+".Info", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -1,0 +1,339 @@
+// Package config loads paddockd's TOML configuration, fills defaults and
+// validates every key, naming the culprit in each error.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// ErrInvalid marks a configuration that parsed but holds a bad value.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is the whole daemon configuration. Field tags are the TOML keys;
+// config.example.toml documents each one.
+type Config struct {
+	StateDir   string `toml:"state_dir"`
+	RuntimeDir string `toml:"runtime_dir"`
+	CacheDir   string `toml:"cache_dir"`
+
+	API      API      `toml:"api"`
+	Log      Log      `toml:"log"`
+	Defaults Defaults `toml:"defaults"`
+}
+
+// API configures the varlink endpoint and who may use it.
+type API struct {
+	Socket          string   `toml:"socket"`
+	SocketGroup     string   `toml:"socket_group"`
+	SocketMode      string   `toml:"socket_mode"`
+	AdminGroup      string   `toml:"admin_group"`
+	RequestTimeout  Duration `toml:"request_timeout"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	MaxMessageSize  Size     `toml:"max_message_size"`
+	MaxConnections  int      `toml:"max_connections"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// Defaults are applied to a VM spec that leaves a field out.
+type Defaults struct {
+	CPUs     int      `toml:"cpus"`
+	Memory   Size     `toml:"memory"`
+	DiskSize Size     `toml:"disk_size"`
+	AutoStop Duration `toml:"auto_stop"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML; "off" or "0" is zero.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) {
+	if d.Duration == 0 {
+		return []byte("off"), nil
+	}
+	return []byte(d.String()), nil
+}
+
+// ParseDuration accepts Go durations plus "off" (zero).
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "off" || s == "0" || s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("bad duration %q (want e.g. 30s, 5m, off)", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("negative duration %q", s)
+	}
+	return d, nil
+}
+
+// Size is a byte count written as "512MiB" in TOML (or a plain integer).
+type Size int64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = Size(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Size) MarshalText() ([]byte, error) { return []byte(FormatSize(int64(s))), nil }
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
+	{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1},
+}
+
+// ParseSize parses "512MiB", "2G", "1048576".
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad size %q (want e.g. 512MiB, 2GiB)", s)
+	}
+	if n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q too large", s)
+	}
+	return n * mult, nil
+}
+
+// FormatSize prints a byte count in the largest exact binary unit.
+func FormatSize(n int64) string {
+	for _, u := range sizeUnits[:4] {
+		if n >= u.mult && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// Default returns working defaults for the calling user: system paths for
+// root, XDG paths for anyone else.
+func Default() *Config {
+	c := &Config{
+		API: API{
+			SocketGroup:     "paddock",
+			SocketMode:      "0660",
+			AdminGroup:      "paddock-admin",
+			RequestTimeout:  Duration{30 * time.Second},
+			ShutdownTimeout: Duration{10 * time.Second},
+			MaxMessageSize:  1 << 20,
+			MaxConnections:  256,
+		},
+		Log:      Log{Level: "info", Format: "auto"},
+		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
+	}
+	if os.Geteuid() == 0 {
+		c.StateDir, c.RuntimeDir, c.CacheDir = "/var/lib/paddock", "/run/paddock", "/var/cache/paddock"
+	} else {
+		c.StateDir = filepath.Join(xdg("XDG_STATE_HOME", ".local/state"), "paddock")
+		c.CacheDir = filepath.Join(xdg("XDG_CACHE_HOME", ".cache"), "paddock")
+		if rt := os.Getenv("XDG_RUNTIME_DIR"); rt != "" {
+			c.RuntimeDir = filepath.Join(rt, "paddock")
+		} else {
+			c.RuntimeDir = filepath.Join(os.TempDir(), fmt.Sprintf("paddock-%d", os.Geteuid()))
+		}
+	}
+	return c
+}
+
+// systemd passes these to a unit with StateDirectory= etc.; they win over
+// built-in defaults but not over an explicit config key.
+func applyEnvDirs(c *Config) {
+	for _, e := range []struct {
+		env string
+		dst *string
+	}{{"STATE_DIRECTORY", &c.StateDir}, {"RUNTIME_DIRECTORY", &c.RuntimeDir}, {"CACHE_DIRECTORY", &c.CacheDir}} {
+		if v := os.Getenv(e.env); v != "" {
+			*e.dst = strings.Split(v, ":")[0]
+		}
+	}
+}
+
+func xdg(env, fallback string) string {
+	if v := os.Getenv(env); v != "" && filepath.IsAbs(v) {
+		return v
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		home = "/"
+	}
+	return filepath.Join(home, fallback)
+}
+
+// Load reads path (empty: defaults only) and validates the result.
+func Load(path string) (*Config, error) {
+	c := Default()
+	applyEnvDirs(c)
+	if path != "" {
+		md, err := toml.DecodeFile(path, c)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, describeDecodeError(err))
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			sort.Strings(keys)
+			return nil, fmt.Errorf("config %s: unknown key %s: %w", path, strings.Join(keys, ", "), ErrInvalid)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		if path != "" {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+func describeDecodeError(err error) error {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		if pe.LastKey != "" {
+			return fmt.Errorf("line %d, key %s: %s: %w", pe.Position.Line, pe.LastKey, pe.Message, ErrInvalid)
+		}
+		return fmt.Errorf("line %d: %s: %w", pe.Position.Line, pe.Message, ErrInvalid)
+	}
+	return fmt.Errorf("%v: %w", err, ErrInvalid)
+}
+
+var logLevels = map[string]bool{"debug": true, "info": true, "warn": true, "error": true}
+var logFormats = map[string]bool{"auto": true, "text": true, "json": true, "journal": true}
+
+// Validate checks every value and names the first bad key.
+func (c *Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("key %s: %s: %w", key, fmt.Sprintf(format, args...), ErrInvalid)
+	}
+	for _, d := range []struct{ key, val string }{{"state_dir", c.StateDir}, {"runtime_dir", c.RuntimeDir}, {"cache_dir", c.CacheDir}} {
+		if d.val == "" || !filepath.IsAbs(d.val) {
+			return bad(d.key, "must be an absolute path, got %q", d.val)
+		}
+	}
+	if c.API.Socket == "" {
+		c.API.Socket = filepath.Join(c.RuntimeDir, "io.paddock.v1")
+	} else if !filepath.IsAbs(c.API.Socket) {
+		return bad("api.socket", "must be an absolute path, got %q", c.API.Socket)
+	}
+	if len(c.API.Socket) > 107 {
+		return bad("api.socket", "path longer than a UNIX socket allows (107 bytes): %q", c.API.Socket)
+	}
+	if _, err := c.API.Mode(); err != nil {
+		return bad("api.socket_mode", "%v", err)
+	}
+	if c.API.RequestTimeout.Duration <= 0 {
+		return bad("api.request_timeout", "must be positive")
+	}
+	if c.API.ShutdownTimeout.Duration <= 0 {
+		return bad("api.shutdown_timeout", "must be positive")
+	}
+	if c.API.MaxMessageSize < 4096 || c.API.MaxMessageSize > 64<<20 {
+		return bad("api.max_message_size", "must be between 4KiB and 64MiB, got %s", FormatSize(int64(c.API.MaxMessageSize)))
+	}
+	if c.API.MaxConnections < 1 {
+		return bad("api.max_connections", "must be at least 1, got %d", c.API.MaxConnections)
+	}
+	if !logLevels[c.Log.Level] {
+		return bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !logFormats[c.Log.Format] {
+		return bad("log.format", "%q is not one of auto, text, json, journal", c.Log.Format)
+	}
+	if c.Defaults.CPUs < 1 || c.Defaults.CPUs > 256 {
+		return bad("defaults.cpus", "must be 1..256, got %d", c.Defaults.CPUs)
+	}
+	if c.Defaults.Memory < 64<<20 {
+		return bad("defaults.memory", "must be at least 64MiB, got %s", FormatSize(int64(c.Defaults.Memory)))
+	}
+	if c.Defaults.DiskSize < 64<<20 {
+		return bad("defaults.disk_size", "must be at least 64MiB, got %s", FormatSize(int64(c.Defaults.DiskSize)))
+	}
+	return nil
+}
+
+// Mode parses socket_mode as octal.
+func (a API) Mode() (os.FileMode, error) {
+	m, err := strconv.ParseUint(a.SocketMode, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("%q is not an octal permission like 0660", a.SocketMode)
+	}
+	return os.FileMode(m), nil
+}
+
+// Change is one key that differs between two configurations.
+type Change struct {
+	Key      string
+	Old, New string
+	Live     bool // applied without a restart
+}
+
+// Diff lists what differs from old to c, marking which keys reload live.
+func (c *Config) Diff(old *Config) []Change {
+	var out []Change
+	add := func(key string, o, n any, live bool) {
+		ov, nv := fmt.Sprint(o), fmt.Sprint(n)
+		if ov != nv {
+			out = append(out, Change{Key: key, Old: ov, New: nv, Live: live})
+		}
+	}
+	add("state_dir", old.StateDir, c.StateDir, false)
+	add("runtime_dir", old.RuntimeDir, c.RuntimeDir, false)
+	add("cache_dir", old.CacheDir, c.CacheDir, false)
+	add("api.socket", old.API.Socket, c.API.Socket, false)
+	add("api.socket_group", old.API.SocketGroup, c.API.SocketGroup, false)
+	add("api.socket_mode", old.API.SocketMode, c.API.SocketMode, false)
+	add("api.max_message_size", old.API.MaxMessageSize, c.API.MaxMessageSize, false)
+	add("api.max_connections", old.API.MaxConnections, c.API.MaxConnections, false)
+	add("api.admin_group", old.API.AdminGroup, c.API.AdminGroup, true)
+	add("api.request_timeout", old.API.RequestTimeout.Duration, c.API.RequestTimeout.Duration, true)
+	add("api.shutdown_timeout", old.API.ShutdownTimeout.Duration, c.API.ShutdownTimeout.Duration, true)
+	add("log.level", old.Log.Level, c.Log.Level, true)
+	add("log.format", old.Log.Format, c.Log.Format, false)
+	add("defaults.cpus", old.Defaults.CPUs, c.Defaults.CPUs, true)
+	add("defaults.memory", old.Defaults.Memory, c.Defaults.Memory, true)
+	add("defaults.disk_size", old.Defaults.DiskSize, c.Defaults.DiskSize, true)
+	add("defaults.auto_stop", old.Defaults.AutoStop.Duration, c.Defaults.AutoStop.Duration, true)
+	return out
+}

@@ -1,0 +1,144 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "paddock.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The shipped example must load and must equal the built-in root defaults, so
+// the file cannot drift from the code.
+func TestExampleMatchesDefaults(t *testing.T) {
+	for _, e := range []string{"STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CACHE_DIRECTORY"} {
+		t.Setenv(e, "")
+	}
+	c, err := Load("../config.example.toml")
+	if err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	d := Default()
+	d.StateDir, d.RuntimeDir, d.CacheDir = "/var/lib/paddock", "/run/paddock", "/var/cache/paddock"
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if diff := c.Diff(d); len(diff) != 0 {
+		t.Fatalf("config.example.toml differs from defaults: %+v", diff)
+	}
+}
+
+func TestNoFileGivesWorkingDefaults(t *testing.T) {
+	t.Setenv("STATE_DIRECTORY", "")
+	t.Setenv("RUNTIME_DIRECTORY", "")
+	t.Setenv("CACHE_DIRECTORY", "")
+	t.Setenv("XDG_STATE_HOME", "/tmp/xs")
+	t.Setenv("XDG_RUNTIME_DIR", "/tmp/xr")
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if c.StateDir != "/var/lib/paddock" || c.API.Socket != "/run/paddock/io.paddock.v1" {
+			t.Fatalf("root defaults: %s %s", c.StateDir, c.API.Socket)
+		}
+	} else if c.StateDir != "/tmp/xs/paddock" || c.API.Socket != "/tmp/xr/paddock/io.paddock.v1" {
+		t.Fatalf("user defaults: %s %s", c.StateDir, c.API.Socket)
+	}
+	t.Setenv("STATE_DIRECTORY", "/var/lib/private/paddock")
+	c, err = Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != "/var/lib/private/paddock" {
+		t.Fatalf("STATE_DIRECTORY not honoured: %s", c.StateDir)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	cases := []struct {
+		name, body string
+		want       []string
+	}{
+		{"unknown top key", "stat_dir = \"/x\"\n", []string{"unknown key", "stat_dir"}},
+		{"unknown nested key", "[api]\nsokcet = \"/x\"\n", []string{"unknown key", "api.sokcet"}},
+		{"wrong type", "[defaults]\ncpus = \"two\"\n", []string{"line 2", "cpus"}},
+		{"bad duration", "[api]\nrequest_timeout = \"soon\"\n", []string{"line 2", "request_timeout", "soon"}},
+		{"bad size", "[defaults]\nmemory = \"lots\"\n", []string{"memory", "lots"}},
+		{"bad level", "[log]\nlevel = \"loud\"\n", []string{"log.level", "loud"}},
+		{"relative dir", "state_dir = \"var/lib\"\n", []string{"state_dir", "absolute"}},
+		{"bad mode", "[api]\nsocket_mode = \"rw\"\n", []string{"api.socket_mode"}},
+		{"zero cpus", "[defaults]\ncpus = 0\n", []string{"defaults.cpus"}},
+		{"syntax", "[api\n", []string{"line "}},
+		{"tiny message size", "[api]\nmax_message_size = \"10B\"\n", []string{"api.max_message_size"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(write(t, tc.body))
+			if err == nil {
+				t.Fatal("want error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v is not ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestDiffMarksLiveKeys(t *testing.T) {
+	a, b := Default(), Default()
+	b.Log.Level = "debug"
+	b.StateDir = "/elsewhere"
+	b.Defaults.AutoStop = Duration{time.Minute}
+	got := map[string]bool{}
+	for _, c := range b.Diff(a) {
+		got[c.Key] = c.Live
+	}
+	want := map[string]bool{"log.level": true, "state_dir": false, "defaults.auto_stop": true}
+	if len(got) != len(want) {
+		t.Fatalf("diff %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if live, ok := got[k]; !ok || live != v {
+			t.Errorf("%s: live=%v ok=%v, want live=%v", k, live, ok, v)
+		}
+	}
+}
+
+func TestSizeAndDuration(t *testing.T) {
+	sizes := map[string]int64{"512MiB": 512 << 20, "2G": 2 << 30, "4096": 4096, "1KiB": 1024}
+	for in, want := range sizes {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5G", "MiB", "99999999999TiB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+	if FormatSize(512<<20) != "512MiB" || FormatSize(1000) != "1000" {
+		t.Error("FormatSize")
+	}
+	if d, err := ParseDuration("off"); err != nil || d != 0 {
+		t.Error("off")
+	}
+	if _, err := ParseDuration("-1s"); err == nil {
+		t.Error("negative accepted")
+	}
+}

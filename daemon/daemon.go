@@ -1,0 +1,287 @@
+// Package daemon wires paddockd together: configuration, the actor tree, the
+// varlink API and systemd integration (activation, sd_notify, watchdog,
+// reload, graceful shutdown).
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/paddock-vm/paddock/actors"
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/state"
+	"github.com/paddock-vm/paddock/systemd"
+	"github.com/paddock-vm/paddock/varlink"
+	"github.com/paddock-vm/paddock/version"
+)
+
+// Daemon is one running paddockd.
+type Daemon struct {
+	configPath string
+	cfg        atomic.Pointer[config.Config]
+	level      *slog.LevelVar
+	log        *slog.Logger
+	notify     *systemd.Notifier
+	auth       *authorizer
+	actors     *actors.System
+	server     *varlink.Server
+	ln         net.Listener
+	socketPath string
+	started    time.Time
+	statusMu   sync.Mutex
+}
+
+func (d *Daemon) config() *config.Config { return d.cfg.Load() }
+
+func (d *Daemon) requestTimeout() time.Duration { return d.config().API.RequestTimeout.Duration }
+
+func logFormat(f string) string {
+	if f == "auto" {
+		return ""
+	}
+	return f
+}
+
+var levels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// New loads state and builds the actor tree and the API server, ready to
+// serve. It does not bind the socket yet.
+func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, error) {
+	d := &Daemon{configPath: configPath, level: new(slog.LevelVar), notify: systemd.NewNotifier(), started: time.Now()}
+	d.cfg.Store(cfg)
+	d.level.Set(levels[cfg.Log.Level])
+	d.log = systemd.NewLogger(systemd.LogOptions{Format: logFormat(cfg.Log.Format), Level: d.level, Identifier: "paddockd"})
+	for _, dir := range []struct {
+		path string
+		mode os.FileMode
+	}{{cfg.StateDir, 0o750}, {cfg.RuntimeDir, 0o755}, {cfg.CacheDir, 0o750}} {
+		if err := os.MkdirAll(dir.path, dir.mode); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir.path, err)
+		}
+	}
+	store, err := state.NewStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	images, err := imaging.OpenStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d.auth = newAuthorizer(cfg.API.AdminGroup)
+	d.actors, err = actors.Start(ctx, actors.Deps{
+		Log: d.log, Store: store, Images: images,
+		Defaults: func() config.Defaults { return d.config().Defaults },
+		OnCounts: d.publishCounts,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.server, err = varlink.NewServer(varlink.Config{
+		Vendor: "paddock", Product: "paddockd", Version: version.Version, URL: "https://github.com/paddock-vm/paddock",
+		Interfaces: map[string]string{api.Interface: api.Description},
+		Methods:    d.dispatch(),
+		MaxMessage: int(cfg.API.MaxMessageSize),
+		MaxConns:   cfg.API.MaxConnections,
+		MapError:   mapError,
+		Logger:     d.log.With("actor", "api"),
+	})
+	if err != nil {
+		d.actors.Shutdown()
+		return nil, err
+	}
+	return d, nil
+}
+
+func statusLine(c api.Counts) string {
+	return fmt.Sprintf("%d VMs: %d running, %d stopped, %d created, %d error", c.Total, c.Running, c.Stopped, c.Created, c.Error)
+}
+
+func (d *Daemon) publishCounts(c api.Counts) {
+	// Called from the Manager's goroutine; sd_notify is one datagram.
+	d.statusMu.Lock()
+	defer d.statusMu.Unlock()
+	if err := d.notify.Status(statusLine(c)); err != nil {
+		d.log.Debug("sd_notify STATUS failed", "err", err)
+	}
+}
+
+// Listen takes the socket from systemd or binds it.
+func (d *Daemon) Listen() error {
+	cfg := d.config()
+	mode, _ := cfg.API.Mode()
+	gid := int(lookupGID(cfg.API.SocketGroup))
+	if gid < 0 && cfg.API.SocketGroup != "" {
+		d.log.Warn("socket group does not exist; leaving the socket's group as is", "group", cfg.API.SocketGroup)
+	}
+	ln, activated, err := systemd.Listen(cfg.API.Socket, mode, gid)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.API.Socket, err)
+	}
+	d.ln = ln
+	d.socketPath = cfg.API.Socket
+	if addr, ok := ln.Addr().(*net.UnixAddr); ok && addr.Name != "" {
+		d.socketPath = addr.Name
+	}
+	d.log.Info("listening", "socket", d.socketPath, "activated", activated)
+	return nil
+}
+
+// Serve runs until SIGTERM/SIGINT (or ctx ends), then shuts down gracefully.
+// It reports READY=1 once serving starts.
+func (d *Daemon) Serve(ctx context.Context) error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	errc := make(chan error, 1)
+	go func() { errc <- d.server.Serve(d.ln) }()
+
+	counts, _ := d.actors.Counts(ctx)
+	if err := d.notify.Ready(statusLine(counts)); err != nil {
+		d.log.Warn("sd_notify READY failed", "err", err)
+	}
+	d.log.Info("paddockd ready", "version", version.Version, "vms", counts.Total, "state_dir", d.config().StateDir)
+
+	wdCtx, stopWD := context.WithCancel(ctx)
+	defer stopWD()
+	if iv, ok := d.notify.WatchdogInterval(); ok {
+		go d.watchdog(wdCtx, iv/2)
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return d.shutdown(nil)
+		case err := <-errc:
+			if err != nil {
+				d.log.Error("API server failed", "err", err)
+			}
+			return d.shutdown(err)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				d.reload()
+				continue
+			}
+			d.log.Info("shutting down", "signal", sig.String())
+			go func() {
+				// A second signal means: now.
+				s := <-sigs
+				for s == syscall.SIGHUP {
+					s = <-sigs
+				}
+				d.log.Warn("second signal: exiting at once", "signal", s.String())
+				os.Exit(130)
+			}()
+			return d.shutdown(nil)
+		}
+	}
+}
+
+// watchdog feeds systemd only after a round trip through the actor tree.
+func (d *Daemon) watchdog(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, every)
+			err := d.actors.Ping(pctx)
+			cancel()
+			if err != nil {
+				d.log.Error("actor system did not answer the watchdog ping", "err", err)
+				continue
+			}
+			if err := d.notify.Watchdog(); err != nil {
+				d.log.Debug("sd_notify WATCHDOG failed", "err", err)
+			}
+		}
+	}
+}
+
+func (d *Daemon) shutdown(cause error) error {
+	if err := d.notify.Stopping(); err != nil {
+		d.log.Debug("sd_notify STOPPING failed", "err", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.config().API.ShutdownTimeout.Duration)
+	defer cancel()
+	if err := d.server.Shutdown(ctx); err != nil {
+		d.log.Warn("in-flight calls did not finish", "err", err)
+	}
+	// Every state change is persisted before it is acknowledged, so there is
+	// nothing left to flush; VMs keep running.
+	d.actors.Shutdown()
+	d.log.Info("paddockd stopped")
+	return cause
+}
+
+// reload re-reads the config file and applies what can change live.
+func (d *Daemon) reload() {
+	_ = d.notify.Reloading()
+	defer func() {
+		c, _ := d.actors.Counts(context.Background())
+		_ = d.notify.Ready(statusLine(c))
+	}()
+	old := d.config()
+	next, err := config.Load(d.configPath)
+	if err != nil {
+		d.log.Error("reload failed; keeping the running configuration", "err", err)
+		return
+	}
+	changes := next.Diff(old)
+	if len(changes) == 0 {
+		d.log.Info("reload: configuration unchanged")
+		return
+	}
+	// Keys that need a restart keep their running value.
+	applied := *old
+	applied.Log.Level = next.Log.Level
+	applied.API.AdminGroup = next.API.AdminGroup
+	applied.API.RequestTimeout = next.API.RequestTimeout
+	applied.API.ShutdownTimeout = next.API.ShutdownTimeout
+	applied.Defaults = next.Defaults
+	for _, c := range changes {
+		if c.Live {
+			d.log.Info("reload: applied", "key", c.Key, "old", c.Old, "new", c.New)
+		} else {
+			d.log.Warn("reload: change needs a restart; keeping the running value", "key", c.Key, "running", c.Old, "file", c.New)
+		}
+	}
+	d.cfg.Store(&applied)
+	d.level.Set(levels[applied.Log.Level])
+	if old.API.AdminGroup != applied.API.AdminGroup {
+		d.auth.setGroup(applied.API.AdminGroup)
+	}
+}
+
+// Run is paddockd's main: load, listen, serve, shut down.
+func Run(ctx context.Context, configPath string) error {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return err
+	}
+	d, err := New(ctx, configPath, cfg)
+	if err != nil {
+		return err
+	}
+	if err := d.Listen(); err != nil {
+		d.actors.Shutdown()
+		if errors.Is(err, systemd.ErrInUse) {
+			return fmt.Errorf("%w (is another paddockd running?)", err)
+		}
+		return err
+	}
+	return d.Serve(ctx)
+}

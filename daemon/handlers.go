@@ -1,0 +1,269 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/paddock-vm/paddock/actors"
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/state"
+	"github.com/paddock-vm/paddock/varlink"
+	"github.com/paddock-vm/paddock/version"
+)
+
+// dispatch is the one table from method name to handler. Every method the
+// interface description declares must be here, and nothing else
+// (TestDispatchMatchesInterface).
+func (d *Daemon) dispatch() map[string]varlink.Handler {
+	t := map[string]varlink.Handler{
+		"Create":  d.create,
+		"Get":     d.get,
+		"List":    d.list,
+		"Set":     d.set,
+		"Start":   d.start,
+		"Stop":    d.stop,
+		"Delete":  d.delete,
+		"Events":  d.events,
+		"Version": d.version,
+		"Info":    d.info,
+	}
+	out := make(map[string]varlink.Handler, len(t))
+	for name, h := range t {
+		out[api.Interface+"."+name] = d.guard(h)
+	}
+	return out
+}
+
+// guard bounds each call by the configured request timeout (streams are
+// bounded by their client and by shutdown instead).
+func (d *Daemon) guard(h varlink.Handler) varlink.Handler {
+	return func(ctx context.Context, c *varlink.Call) error {
+		if !c.More {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d.requestTimeout())
+			defer cancel()
+		}
+		return h(ctx, c)
+	}
+}
+
+func toAPI(vm *state.VM) api.VM {
+	return api.VM{
+		ID: vm.ID, Name: vm.Name, OwnerUID: vm.OwnerUID, Status: string(vm.Status), Reason: vm.Reason,
+		Spec: api.Spec{Image: vm.Spec.Image, ImageDigest: vm.Spec.ImageDigest, CPUs: vm.Spec.CPUs,
+			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop)},
+		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),
+	}
+}
+
+func orOff(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func (d *Daemon) ask(ctx context.Context, c *varlink.Call, msg any) error {
+	r, err := d.actors.Request(ctx, msg)
+	if err != nil {
+		return err
+	}
+	if r.VM == nil {
+		return c.Reply(nil)
+	}
+	return c.Reply(api.VMOut{VM: toAPI(r.VM)})
+}
+
+func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
+	var in api.CreateIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
+		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop})
+}
+
+func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
+	var in api.VMRef
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+}
+
+func (d *Daemon) list(ctx context.Context, c *varlink.Call) error {
+	if err := c.Decode(&struct{}{}); err != nil {
+		return err
+	}
+	r, err := d.actors.Request(ctx, &actors.ListVMs{Caller: d.auth.caller(c.Peer)})
+	if err != nil {
+		return err
+	}
+	out := api.ListOut{VMs: make([]api.VM, len(r.VMs))}
+	for i := range r.VMs {
+		out.VMs[i] = toAPI(&r.VMs[i])
+	}
+	return c.Reply(out)
+}
+
+func (d *Daemon) set(ctx context.Context, c *varlink.Call) error {
+	var in api.SetIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.SetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop})
+}
+
+func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {
+	var in api.VMRef
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.StartVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+}
+
+func (d *Daemon) stop(ctx context.Context, c *varlink.Call) error {
+	var in api.StopIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.StopVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, Force: in.Force})
+}
+
+func (d *Daemon) delete(ctx context.Context, c *varlink.Call) error {
+	var in api.StopIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.DeleteVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, Force: in.Force})
+}
+
+// eventBuffer is how far a subscriber may fall behind before it is dropped.
+const eventBuffer = 1024
+
+func (d *Daemon) events(ctx context.Context, c *varlink.Call) error {
+	var in api.EventsIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if !c.More {
+		return c.ReplyError(varlink.ErrExpectedMore, map[string]string{"message": "Events streams: call it with more=true"})
+	}
+	caller := d.auth.caller(c.Peer)
+	vmID := ""
+	if in.VM != "" {
+		rctx, cancel := context.WithTimeout(ctx, d.requestTimeout())
+		r, err := d.actors.Request(rctx, &actors.GetVM{Caller: caller, Ref: in.VM})
+		cancel()
+		if err != nil {
+			return err
+		}
+		vmID = r.VM.ID
+	}
+	id, ch, err := d.actors.Subscribe(caller, vmID, eventBuffer)
+	if err != nil {
+		return err
+	}
+	defer d.actors.Unsubscribe(id)
+	for {
+		select {
+		case <-ctx.Done():
+			// Client gone or daemon shutting down: end the stream.
+			return c.Reply(nil)
+		case ev, ok := <-ch:
+			if !ok {
+				return &actors.Error{Kind: errors.New("slow"), Msg: fmt.Sprintf("events stream dropped: the client fell %d events behind", eventBuffer)}
+			}
+			if err := c.Continue(api.EventOut{Event: ev}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (d *Daemon) version(_ context.Context, c *varlink.Call) error {
+	if err := c.Decode(&struct{}{}); err != nil {
+		return err
+	}
+	return c.Reply(api.VersionOut{Version: version.Version, API: api.Interface, GoVersion: runtime.Version()})
+}
+
+func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
+	if err := c.Decode(&struct{}{}); err != nil {
+		return err
+	}
+	counts, err := d.actors.Counts(ctx)
+	if err != nil {
+		return err
+	}
+	caller := d.auth.caller(c.Peer)
+	if !caller.Admin {
+		// Other users' VMs are not theirs to count.
+		r, err := d.actors.Request(ctx, &actors.ListVMs{Caller: caller})
+		if err != nil {
+			return err
+		}
+		counts = tally(r.VMs)
+	}
+	cfg := d.config()
+	return c.Reply(api.InfoOut{Version: version.Version, Uptime: time.Since(d.started).Seconds(), VMs: counts,
+		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath})
+}
+
+func tally(vms []state.VM) api.Counts {
+	var c api.Counts
+	for _, vm := range vms {
+		c.Total++
+		switch vm.Status {
+		case state.StatusCreated:
+			c.Created++
+		case state.StatusRunning:
+			c.Running++
+		case state.StatusStopped:
+			c.Stopped++
+		case state.StatusError:
+			c.Error++
+		default:
+			c.Other++
+		}
+	}
+	return c
+}
+
+// mapError turns a Go error into a named io.paddock.v1 error.
+func mapError(err error) *varlink.Error {
+	var ve *varlink.Error
+	if errors.As(err, &ve) {
+		return ve
+	}
+	var ae *actors.Error
+	if errors.As(err, &ae) {
+		switch {
+		case errors.Is(err, actors.ErrNotFound):
+			return varlink.NewError(api.ErrVMNotFound, map[string]any{"vm": ae.VM, "message": ae.Msg})
+		case errors.Is(err, actors.ErrNameInUse):
+			return varlink.NewError(api.ErrNameInUse, map[string]any{"name": ae.Name, "message": ae.Msg})
+		case errors.Is(err, actors.ErrInvalidArgument):
+			return varlink.NewError(api.ErrInvalidArgument, map[string]any{"field": ae.Field, "message": ae.Msg})
+		case errors.Is(err, actors.ErrInvalidState):
+			return varlink.NewError(api.ErrInvalidState, map[string]any{"vm": ae.VM, "status": string(ae.Status), "message": ae.Msg})
+		case errors.Is(err, actors.ErrPermissionDenied):
+			return varlink.NewError(api.ErrPermissionDenied, map[string]any{"vm": ae.VM, "message": ae.Msg})
+		}
+		return varlink.NewError(api.ErrInternal, map[string]any{"message": ae.Msg})
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return varlink.NewError(api.ErrInternal, map[string]any{"message": "the daemon did not answer in time: " + err.Error()})
+	}
+	return varlink.NewError(api.ErrInternal, map[string]any{"message": err.Error()})
+}

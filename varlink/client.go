@@ -1,0 +1,142 @@
+package varlink
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// Client is one connection to a varlink service. Calls on it are serialized.
+type Client struct {
+	nc         net.Conn
+	br         *bufio.Reader
+	MaxMessage int
+}
+
+// Dial connects to a UNIX socket path.
+func Dial(ctx context.Context, path string) (*Client, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{nc: nc, br: bufio.NewReaderSize(nc, 64<<10), MaxMessage: 64 << 20}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.nc.Close() }
+
+// Call sends method with params and decodes the single reply into out (may
+// be nil). A varlink error reply is returned as *Error.
+func (c *Client) Call(ctx context.Context, method string, params, out any) error {
+	if err := c.send(ctx, method, params, false); err != nil {
+		return err
+	}
+	r, err := c.recv(ctx)
+	if err != nil {
+		return err
+	}
+	return decodeReply(r, out)
+}
+
+// Stream sends a "more" call and hands each reply's parameters to fn until
+// the service sends the last one, fn returns an error, or ctx ends.
+func (c *Client) Stream(ctx context.Context, method string, params any, fn func(json.RawMessage) error) error {
+	if err := c.send(ctx, method, params, true); err != nil {
+		return err
+	}
+	for {
+		r, err := c.recv(ctx)
+		if err != nil {
+			return err
+		}
+		if err := decodeReply(r, nil); err != nil {
+			return err
+		}
+		if err := fn(r.Parameters); err != nil {
+			return err
+		}
+		if !r.Continues {
+			return nil
+		}
+	}
+}
+
+type wireReply struct {
+	Parameters json.RawMessage `json:"parameters"`
+	Continues  bool            `json:"continues"`
+	Error      string          `json:"error"`
+}
+
+func decodeReply(r *wireReply, out any) error {
+	if r.Error != "" {
+		return &Error{Name: r.Error, Parameters: r.Parameters}
+	}
+	if out == nil || len(r.Parameters) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(r.Parameters, out); err != nil {
+		return fmt.Errorf("decode reply: %w", err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method string, params any, more bool) error {
+	req := struct {
+		Method     string `json:"method"`
+		Parameters any    `json:"parameters,omitempty"`
+		More       bool   `json:"more,omitempty"`
+	}{method, params, more}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", method, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.nc.SetWriteDeadline(dl)
+	} else {
+		_ = c.nc.SetWriteDeadline(time.Time{})
+	}
+	_, err = c.nc.Write(append(b, 0))
+	return err
+}
+
+func (c *Client) recv(ctx context.Context) (*wireReply, error) {
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.nc.SetReadDeadline(dl)
+	} else {
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+	var buf []byte
+	for {
+		chunk, err := c.br.ReadSlice(0)
+		buf = append(buf, chunk...)
+		if len(buf) > c.MaxMessage {
+			return nil, fmt.Errorf("reply larger than %d bytes", c.MaxMessage)
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("connection closed by the service: %w", io.ErrUnexpectedEOF)
+		}
+		return nil, err
+	}
+	var r wireReply
+	if err := json.Unmarshal(buf[:len(buf)-1], &r); err != nil {
+		return nil, fmt.Errorf("malformed reply: %w", err)
+	}
+	return &r, nil
+}

@@ -1,0 +1,512 @@
+package varlink
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Peer is the identity of the process at the other end, from SO_PEERCRED.
+type Peer struct {
+	UID, GID uint32
+	PID      int32
+}
+
+// Handler serves one method. It must answer through the Call exactly once
+// with Reply or Error (after any number of Continue for a "more" call), or
+// return an error, which becomes an Internal-style reply by the server's
+// ErrorMapper.
+type Handler func(ctx context.Context, c *Call) error
+
+// Call is one request in flight.
+type Call struct {
+	*Request
+	Peer    Peer
+	conn    *conn
+	replied bool
+}
+
+// Decode unmarshals the parameters into v, refusing unknown fields. A failure
+// is returned as an InvalidParameter varlink error naming the parameter.
+func (c *Call) Decode(v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(c.Parameters)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		param := "parameters"
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			param = te.Field
+		} else if s := err.Error(); strings.HasPrefix(s, "json: unknown field ") {
+			param = strings.Trim(strings.TrimPrefix(s, "json: unknown field "), `"`)
+		}
+		return NewError(ErrInvalidParameter, map[string]any{"parameter": param, "message": fmt.Sprintf("invalid parameter %q: %v", param, err)})
+	}
+	return nil
+}
+
+// Reply sends the final answer.
+func (c *Call) Reply(params any) error {
+	c.replied = true
+	if c.Oneway {
+		return nil
+	}
+	return c.conn.write(&Reply{Parameters: orEmpty(params)})
+}
+
+// Continue sends one of several answers to a "more" call.
+func (c *Call) Continue(params any) error {
+	if !c.More {
+		return NewError(ErrExpectedMore, map[string]any{"message": c.Method + " streams: call it with more=true"})
+	}
+	return c.conn.write(&Reply{Parameters: orEmpty(params), Continues: true})
+}
+
+// ReplyError sends a named error as the final answer.
+func (c *Call) ReplyError(name string, params any) error {
+	c.replied = true
+	if c.Oneway {
+		return nil
+	}
+	return c.conn.write(&Reply{Parameters: orEmpty(params), Error: name})
+}
+
+func orEmpty(p any) any {
+	if p == nil {
+		return struct{}{}
+	}
+	return p
+}
+
+// NewError builds an *Error from a name and parameters.
+func NewError(name string, params any) *Error {
+	b, err := json.Marshal(orEmpty(params))
+	if err != nil {
+		b = []byte("{}")
+	}
+	return &Error{Name: name, Parameters: b}
+}
+
+// Config describes a service.
+type Config struct {
+	Vendor, Product, Version, URL string
+	// Interfaces maps interface name to its description text.
+	Interfaces map[string]string
+	// Methods maps "iface.Method" to its handler.
+	Methods map[string]Handler
+	// MaxMessage bounds one request in bytes; a longer one closes the connection.
+	MaxMessage int
+	// MaxConns bounds concurrent connections; more are closed at accept.
+	MaxConns int
+	// MessageTimeout bounds how long a started message may take to arrive.
+	MessageTimeout time.Duration
+	// WriteTimeout bounds one reply write to a client that does not read.
+	WriteTimeout time.Duration
+	// MapError turns a handler's Go error into a varlink error reply.
+	MapError func(error) *Error
+	Logger   *slog.Logger
+}
+
+// Server serves varlink on any number of listeners.
+type Server struct {
+	cfg      Config
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	lns      []net.Listener
+	inflight sync.WaitGroup
+	draining atomic.Bool
+	streams  context.Context // canceled when shutdown begins: ends "more" calls
+	stop     context.CancelFunc
+	sem      chan struct{}
+	waiting  bool // Shutdown waits on inflight: no new calls may start
+}
+
+// begin registers a call in flight; false once Shutdown has begun waiting.
+func (s *Server) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting {
+		return false
+	}
+	s.inflight.Add(1)
+	return true
+}
+
+// NewServer checks cfg and returns a server.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.MaxMessage <= 0 {
+		cfg.MaxMessage = 1 << 20
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 256
+	}
+	if cfg.MessageTimeout <= 0 {
+		cfg.MessageTimeout = 10 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MapError == nil {
+		cfg.MapError = func(err error) *Error {
+			var ve *Error
+			if errors.As(err, &ve) {
+				return ve
+			}
+			return NewError("org.varlink.service.Internal", map[string]any{"message": err.Error()})
+		}
+	}
+	for name := range cfg.Interfaces {
+		if !ValidInterfaceName(name) {
+			return nil, fmt.Errorf("varlink: bad interface name %q", name)
+		}
+	}
+	for m := range cfg.Methods {
+		iface, _ := SplitMethod(m)
+		if _, ok := cfg.Interfaces[iface]; !ok {
+			return nil, fmt.Errorf("varlink: method %s of undeclared interface %s", m, iface)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, conns: map[*conn]struct{}{}, streams: ctx, stop: cancel, sem: make(chan struct{}, cfg.MaxConns)}, nil
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.draining.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("accept failed, retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		delay = 0
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.cfg.Logger.Warn("too many connections, refusing one", "max", s.cfg.MaxConns)
+			_ = nc.Close()
+			continue
+		}
+		c := &conn{srv: s, nc: nc}
+		s.mu.Lock()
+		if s.draining.Load() {
+			s.mu.Unlock()
+			_ = nc.Close()
+			<-s.sem
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting, ends streaming calls, waits for the other calls
+// in flight until ctx is done, then closes every connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	for _, ln := range s.lns {
+		_ = ln.Close()
+	}
+	s.mu.Unlock()
+	s.stop()
+	s.closeIdle()
+	s.mu.Lock()
+	s.waiting = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("shutdown: calls still in flight: %w", ctx.Err())
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.nc.Close()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+func (s *Server) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if !c.busy.Load() {
+			_ = c.nc.Close()
+		}
+	}
+}
+
+type conn struct {
+	srv  *Server
+	nc   net.Conn
+	wmu  sync.Mutex
+	busy atomic.Bool
+}
+
+func (c *conn) write(r *Reply) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode reply: %w", err)
+	}
+	b = append(b, 0)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	_, err = c.nc.Write(b)
+	return err
+}
+
+// PeerOf reads SO_PEERCRED of a UNIX connection.
+func PeerOf(nc net.Conn) (Peer, error) {
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		return Peer{}, fmt.Errorf("peer credentials: %T is not a UNIX socket", nc)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return Peer{}, fmt.Errorf("peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Peer{}, fmt.Errorf("peer credentials: %w", err)
+	}
+	if serr != nil {
+		return Peer{}, fmt.Errorf("peer credentials: %w", serr)
+	}
+	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}, nil
+}
+
+func (c *conn) serve() {
+	defer func() {
+		_ = c.nc.Close()
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		c.srv.mu.Unlock()
+		<-c.srv.sem
+	}()
+	log := c.srv.cfg.Logger
+	peer, err := PeerOf(c.nc)
+	if err != nil {
+		log.Warn("refusing connection", "err", err)
+		return
+	}
+	// The reader runs apart from the calls so that a client hanging up ends a
+	// streaming call at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs := make(chan []byte)
+	go func() {
+		defer cancel()
+		defer close(msgs)
+		br := bufio.NewReaderSize(c.nc, 4096)
+		for {
+			b, err := c.readMessage(br)
+			if err != nil {
+				if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+					log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
+				}
+				return
+			}
+			select {
+			case msgs <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for b := range msgs {
+		if !c.dispatch(ctx, peer, b) {
+			return
+		}
+		if c.srv.draining.Load() {
+			return
+		}
+	}
+}
+
+// readMessage reads one NUL-terminated message. The wait for its first byte
+// is unbounded (idle clients are fine); once started, the message must arrive
+// within MessageTimeout and within MaxMessage bytes.
+func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if _, err := br.Peek(1); err != nil {
+		return nil, err
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.MessageTimeout))
+	var buf []byte
+	for {
+		chunk, err := br.ReadSlice(0)
+		buf = append(buf, chunk...)
+		if len(buf) > c.srv.cfg.MaxMessage+1 {
+			return nil, fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, c.srv.cfg.MaxMessage)
+		}
+		if err == nil {
+			return buf[:len(buf)-1], nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if errors.Is(err, io.EOF) && len(buf) > 0 {
+				return nil, fmt.Errorf("%w: connection closed mid-message", ErrProtocol)
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil, fmt.Errorf("%w: message not completed within %s", ErrProtocol, c.srv.cfg.MessageTimeout)
+			}
+			return nil, err
+		}
+	}
+}
+
+// dispatch runs one call; false means the connection must close.
+func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
+	log := c.srv.cfg.Logger
+	req, err := DecodeRequest(b)
+	if err != nil {
+		log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
+		return false
+	}
+	if !c.srv.begin() {
+		return false
+	}
+	c.busy.Store(true)
+	defer func() {
+		c.busy.Store(false)
+		c.srv.inflight.Done()
+	}()
+	if req.Upgrade {
+		_ = c.write(&Reply{Parameters: map[string]any{"method": req.Method}, Error: ErrMethodNotImplemented})
+		return false
+	}
+	call := &Call{Request: req, Peer: peer, conn: c}
+	if req.More {
+		var stop context.CancelFunc
+		ctx, stop = context.WithCancel(ctx)
+		defer stop()
+		go func() {
+			select {
+			case <-c.srv.streams.Done():
+				stop()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	h, errName, errParams := c.srv.lookup(req.Method)
+	if h == nil {
+		return call.ReplyError(errName, errParams) == nil
+	}
+	herr := h(ctx, call)
+	if herr != nil && !call.replied {
+		ve := c.srv.cfg.MapError(herr)
+		if err := call.ReplyError(ve.Name, ve.Parameters); err != nil {
+			return false
+		}
+	} else if herr == nil && !call.replied {
+		if err := call.Reply(nil); err != nil {
+			return false
+		}
+	} else if herr != nil {
+		// The reply was already (partly) sent; a write error ends the connection.
+		return !isConnErr(herr)
+	}
+	return true
+}
+
+func isConnErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, unix.EPIPE)
+}
+
+func (s *Server) lookup(method string) (Handler, string, any) {
+	iface, member := SplitMethod(method)
+	if iface == "org.varlink.service" {
+		switch member {
+		case "GetInfo":
+			return s.getInfo, "", nil
+		case "GetInterfaceDescription":
+			return s.getDescription, "", nil
+		}
+		return nil, ErrMethodNotFound, map[string]any{"method": method}
+	}
+	if _, ok := s.cfg.Interfaces[iface]; !ok {
+		return nil, ErrInterfaceNotFound, map[string]any{"interface": iface}
+	}
+	h, ok := s.cfg.Methods[method]
+	if !ok {
+		return nil, ErrMethodNotFound, map[string]any{"method": member}
+	}
+	return h, "", nil
+}
+
+func (s *Server) getInfo(_ context.Context, c *Call) error {
+	ifaces := []string{"org.varlink.service"}
+	for name := range s.cfg.Interfaces {
+		ifaces = append(ifaces, name)
+	}
+	sort.Strings(ifaces[1:])
+	return c.Reply(map[string]any{"vendor": s.cfg.Vendor, "product": s.cfg.Product, "version": s.cfg.Version, "url": s.cfg.URL, "interfaces": ifaces})
+}
+
+// ServiceDescription is the description of org.varlink.service itself.
+const ServiceDescription = `# The Varlink Service Interface is provided by every varlink service.
+interface org.varlink.service
+
+method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+error InterfaceNotFound (interface: string)
+error MethodNotFound (method: string)
+error MethodNotImplemented (method: string)
+error InvalidParameter (parameter: string)
+error PermissionDenied ()
+error ExpectedMore ()
+`
+
+func (s *Server) getDescription(_ context.Context, c *Call) error {
+	var p struct {
+		Interface string `json:"interface"`
+	}
+	if err := c.Decode(&p); err != nil {
+		return err
+	}
+	if p.Interface == "org.varlink.service" {
+		return c.Reply(map[string]string{"description": ServiceDescription})
+	}
+	d, ok := s.cfg.Interfaces[p.Interface]
+	if !ok {
+		return c.ReplyError(ErrInterfaceNotFound, map[string]string{"interface": p.Interface})
+	}
+	return c.Reply(map[string]string{"description": d})
+}
