@@ -1,0 +1,204 @@
+// Command bench measures paddockd's API against references taken in the same
+// run, and prints each figure as a ratio: `make bench`.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/imaging/imagetest"
+)
+
+func main() {
+	daemonBin := flag.String("paddockd", "bin/paddockd", "daemon binary to measure")
+	vms := flag.Int("vms", 1000, "VM records to create")
+	gets := flag.Int("gets", 3000, "Get calls to time")
+	lists := flag.Int("lists", 100, "List calls to time")
+	flag.Parse()
+	if err := run(*daemonBin, *vms, *gets, *lists); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(daemonBin string, nVMs, nGets, nLists int) error {
+	dir, err := os.MkdirTemp("", "pdk-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	state := filepath.Join(dir, "state")
+	if _, err := imagetest.SeedImage(state, "alpine"); err != nil {
+		return fmt.Errorf("seed image: %w", err)
+	}
+	cfg := filepath.Join(dir, "paddock.toml")
+	sock := filepath.Join(dir, "run", "io.paddock.v1")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n", state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"))), 0o644); err != nil {
+		return err
+	}
+	d := exec.Command(daemonBin, "--config", cfg)
+	d.Stderr = os.Stderr
+	if err := d.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", daemonBin, err)
+	}
+	defer func() { _ = d.Process.Kill(); _ = d.Wait() }()
+	c, err := dialWait(sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx := context.Background()
+	time.Sleep(200 * time.Millisecond)
+	rss0, err := rssKiB(d.Process.Pid)
+	if err != nil {
+		return err
+	}
+
+	// Reference: a raw NUL-terminated round trip over a UNIX socket, the
+	// transport floor every API call pays.
+	raw, err := rawRoundTrips(filepath.Join(dir, "raw.sock"), nGets)
+	if err != nil {
+		return err
+	}
+
+	t0 := time.Now()
+	for i := 0; i < nVMs; i++ {
+		if _, err := c.Create(ctx, api.CreateIn{Name: fmt.Sprintf("vm-%04d", i), Image: "alpine"}); err != nil {
+			return fmt.Errorf("create: %w", err)
+		}
+	}
+	createEach := time.Since(t0) / time.Duration(nVMs)
+
+	get := make([]time.Duration, nGets)
+	for i := range get {
+		name := fmt.Sprintf("vm-%04d", i%nVMs)
+		s := time.Now()
+		if _, err := c.Get(ctx, name); err != nil {
+			return fmt.Errorf("get: %w", err)
+		}
+		get[i] = time.Since(s)
+	}
+	list := make([]time.Duration, nLists)
+	for i := range list {
+		s := time.Now()
+		vms, err := c.List(ctx)
+		if err != nil || len(vms) != nVMs {
+			return fmt.Errorf("list: %d VMs, %v", len(vms), err)
+		}
+		list[i] = time.Since(s)
+	}
+	time.Sleep(200 * time.Millisecond)
+	rss1, err := rssKiB(d.Process.Pid)
+	if err != nil {
+		return err
+	}
+
+	rp50, rp99 := pct(raw, 50), pct(raw, 99)
+	fmt.Printf("reference: raw UNIX-socket round trip   p50 %v  p99 %v  (n=%d)\n", rp50, rp99, len(raw))
+	fmt.Printf("api Get                                  p50 %v  p99 %v  = %.1fx / %.1fx raw  (n=%d)\n",
+		pct(get, 50), pct(get, 99), ratio(pct(get, 50), rp50), ratio(pct(get, 99), rp99), len(get))
+	fmt.Printf("api List of %d VMs                     p50 %v  p99 %v  = %.1fx / %.1fx raw  (n=%d)\n",
+		nVMs, pct(list, 50), pct(list, 99), ratio(pct(list, 50), rp50), ratio(pct(list, 99), rp99), len(list))
+	fmt.Printf("api Create (durable: fsync'd)            mean %v  = %.1fx raw p50\n", createEach, ratio(createEach, rp50))
+	fmt.Printf("daemon RSS with %d VM records          %d KiB  = %.2fx the idle daemon (%d KiB), %.1f KiB per VM\n",
+		nVMs, rss1, float64(rss1)/float64(rss0), rss0, float64(rss1-rss0)/float64(nVMs))
+	return nil
+}
+
+func dialWait(sock string) (*api.Client, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := api.Dial(context.Background(), sock)
+		if err == nil {
+			if _, err = c.Version(context.Background()); err == nil {
+				return c, nil
+			}
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("daemon not answering on %s: %w", sock, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func rawRoundTrips(path string, n int) ([]time.Duration, error) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			msg, err := br.ReadBytes(0)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(msg); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	msg := []byte(`{"method":"io.paddock.v1.Get","parameters":{"vm":"vm-0001"}}` + "\x00")
+	out := make([]time.Duration, n)
+	for i := range out {
+		s := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return nil, err
+		}
+		if _, err := br.ReadBytes(0); err != nil {
+			return nil, err
+		}
+		out[i] = time.Since(s)
+	}
+	return out, nil
+}
+
+func pct(d []time.Duration, p int) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	if i > 0 {
+		i--
+	}
+	return s[i].Round(100 * time.Nanosecond)
+}
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+func rssKiB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			return strconv.ParseInt(f[1], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
