@@ -46,7 +46,7 @@ step bin/paddock rm web1 web2
 step bin/paddock info
 sleep 0.2
 kill -INT "$events_pid"; wait "$events_pid" 2>/dev/null || true
-printf '\n== what `paddock events` saw\n'
+printf '\n== what paddock events saw\n'
 cat "$work/events.log"
 printf '\n== daemon log\n'
 cat "$work/paddockd.log"
