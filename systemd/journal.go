@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -352,11 +353,7 @@ func newHandler(opts LogOptions, stderrIsJournal bool) (slog.Handler, error) {
 
 func executableName() string {
 	if len(os.Args) > 0 && os.Args[0] != "" {
-		s := os.Args[0]
-		if i := strings.LastIndexByte(s, '/'); i >= 0 {
-			s = s[i+1:]
-		}
-		return s
+		return filepath.Base(os.Args[0])
 	}
 	return "paddockd"
 }

@@ -71,6 +71,9 @@ func TestJournalFields(t *testing.T) {
 		{"WithGroup prefixes later attrs, well-known keep their name", func(l *slog.Logger) {
 			l.With("before", 1).WithGroup("req").With("method", "Start").WithGroup("").Info("m", "vm_name", "web1", "id", 3)
 		}, map[string]string{"BEFORE": "1", "REQ_METHOD": "Start", "VM_NAME": "web1", "REQ_ID": "3"}},
+		{"nested WithGroup", func(l *slog.Logger) {
+			l.WithGroup("a").WithGroup("b").Info("m", "k", 1, slog.Group("c", "d", 2))
+		}, map[string]string{"A_B_K": "1", "A_B_C_D": "2"}},
 		{"record attr overrides With attr", func(l *slog.Logger) {
 			l.With("vm_name", "old").Info("m", "vm_name", "new")
 		}, map[string]string{"VM_NAME": "new"}},

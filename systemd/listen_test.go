@@ -232,20 +232,19 @@ func TestListenSocketActivateBinary(t *testing.T) {
 			cmd := exec.Command(bin, append(args, os.Args[0], "-test.run=^$")...)
 			out := startChild(t, cmd)
 			// It execs the child on the first connection, which it keeps
-			// queued for the child to accept.
+			// queued for the child to accept. Between its bind and listen
+			// a connect is refused, so retry until one gets through.
+			var c net.Conn
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				if _, err := os.Stat(path); err == nil {
+				var err error
+				if c, err = net.DialTimeout("unix", path, 2*time.Second); err == nil {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatal("systemd-socket-activate did not bind")
+					t.Fatalf("systemd-socket-activate did not listen: %v", err)
 				}
 				time.Sleep(5 * time.Millisecond)
-			}
-			c, err := net.DialTimeout("unix", path, 2*time.Second)
-			if err != nil {
-				t.Fatal(err)
 			}
 			defer c.Close()
 			rep := readReport(t, out)

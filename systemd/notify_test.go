@@ -99,6 +99,7 @@ func TestNotifyMessages(t *testing.T) {
 				want string
 			}{
 				{"ready", func() error { return n.Ready("serving 3 VMs") }, "READY=1\nSTATUS=serving 3 VMs"},
+				{"ready status newline cannot inject", func() error { return n.Ready("a\nSTOPPING=1") }, "READY=1\nSTATUS=a STOPPING=1"},
 				{"ready without status", func() error { return n.Ready("") }, "READY=1"},
 				{"status", func() error { return n.Status("reconciling 2/5") }, "STATUS=reconciling 2/5"},
 				{"status newline cannot inject", func() error { return n.Status("a\nREADY=1") }, "STATUS=a READY=1"},

@@ -31,7 +31,7 @@ func SkipOrFail(t testing.TB, reason string) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		SkipOrFail(t, "needs root (mount namespaces, journald)")
+		SkipOrFail(t, "needs root")
 	}
 }
 

@@ -125,6 +125,7 @@ func TestNotifySocketLongName(t *testing.T) {
 }
 
 func TestJournald(t *testing.T) {
+	systemdtest.RequireRoot(t)
 	var nsPID, jPID int
 	var hostMounts string
 	t.Run("run", func(t *testing.T) {
