@@ -7,27 +7,33 @@ LDFLAGS := -X github.com/paddock-vm/paddock/version.Version=$(VERSION)
 GOBIN := $(shell $(GO) env GOPATH)/bin
 # Guest kernel and built images are cached here between runs.
 export PADDOCK_TEST_CACHE ?= $(HOME)/.cache/paddock-test
+# Debian's guest kernel, unpacked (apt-get download + dpkg -x), for boot tests.
+export PADDOCK_KERNEL_DIR ?= $(PADDOCK_TEST_CACHE)/kernel
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build test unit e2e lint lint-go lint-shell bench demo clean
+.PHONY: all deps kernel build test unit e2e lint lint-go lint-shell bench demo clean
 
 all: build
 
 deps:
 	@.ci/deps.sh
 
+kernel: deps
+	@.ci/fetch-kernel.sh $(PADDOCK_KERNEL_DIR) >/dev/null
+
 build:
 	@mkdir -p bin
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/paddockd ./cmd/paddock
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/ ./cmd/paddock-agent
 
 # Every test: unit, integration (root: namespaces, systemd tools) and e2e.
-test: deps build
+test: deps kernel build
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit:
 	$(GO) test -count=1 -short ./...
 
-e2e: deps build
+e2e: deps kernel build
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/... 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 lint: lint-go lint-shell
@@ -40,7 +46,7 @@ lint-go: deps
 lint-shell: deps
 	shellcheck $$(git ls-files '*.sh' .ci/run)
 
-bench: deps build
+bench: deps kernel build
 	$(GO) run ./bench
 
 demo: deps build

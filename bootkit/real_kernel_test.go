@@ -1,0 +1,114 @@
+package bootkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+)
+
+// realKernel returns vmlinuz and the module tree from PADDOCK_KERNEL_DIR
+// (filled by .ci/fetch-kernel.sh). Unset: skip, except under CI=true.
+func realKernel(t *testing.T) (string, string) {
+	t.Helper()
+	dir := os.Getenv("PADDOCK_KERNEL_DIR")
+	if dir == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("PADDOCK_KERNEL_DIR is not set under CI (run .ci/fetch-kernel.sh DIR first)")
+		}
+		t.Skip("PADDOCK_KERNEL_DIR is not set: run .ci/fetch-kernel.sh DIR and export PADDOCK_KERNEL_DIR=DIR")
+	}
+	vs, _ := filepath.Glob(filepath.Join(dir, "*", "boot", "vmlinuz-*"))
+	ms, _ := filepath.Glob(filepath.Join(dir, "*", "lib", "modules", "*"))
+	sort.Strings(vs)
+	sort.Strings(ms)
+	if len(vs) == 0 || len(ms) == 0 {
+		t.Fatalf("no boot/vmlinuz-* and lib/modules/* under %s", dir)
+	}
+	return vs[0], ms[0]
+}
+
+func TestRealKernel(t *testing.T) {
+	vmlinuz, modules := realKernel(t)
+	image, err := os.ReadFile(vmlinuz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	vm, info, err := ExtractVmlinux(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("extracted %d-byte vmlinux (%s at %d, PVH %v, release %s) in %v", len(vm), info.Compression, info.PayloadOffset, info.PVH, info.Release, time.Since(start).Round(time.Millisecond))
+	if !info.PVH || info.Release != filepath.Base(modules) {
+		t.Fatalf("info %+v, module tree %s", info, modules)
+	}
+	// The kernel appends the uncompressed size to its payload.
+	if off, ok := bzImagePayloadOffset(image); ok {
+		n := int(binary.LittleEndian.Uint32(image[0x24c:]))
+		if size := binary.LittleEndian.Uint32(image[off+n-4:]); int(size) != len(vm) {
+			t.Errorf("vmlinux is %d bytes, the kernel says %d", len(vm), size)
+		}
+	}
+	// Byte-exact against xz(1) when it is installed (it checks the BCJ filter).
+	if xzBin, err := exec.LookPath("xz"); err == nil {
+		cmd := exec.Command(xzBin, "-dc", "--single-stream")
+		cmd.Stdin = bytes.NewReader(image[info.PayloadOffset:])
+		want, err := cmd.Output()
+		if err != nil && len(want) == 0 {
+			t.Fatalf("xz -dc: %v", err)
+		}
+		if !bytes.Equal(vm, want) {
+			t.Fatal("vmlinux differs from xz -dc output")
+		}
+	} else {
+		t.Log("xz(1) not installed: byte comparison not done")
+	}
+
+	set, err := ResolveModules(modules, DefaultModules, ResolveOptions{StripSignatures: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range set.Modules {
+		names = append(names, m.Name)
+	}
+	t.Logf("modules (%s): %v; builtin %v; unresolved soft deps %v", set.DepSource, names, set.Builtin, set.Unresolved)
+	for _, want := range append(append([]string{}, DefaultModules...), "crc32c_generic", "jbd2", "virtio") {
+		found := false
+		for _, n := range names {
+			found = found || n == want
+		}
+		if !found && !contains(set.Builtin, want) {
+			t.Errorf("module %s missing", want)
+		}
+	}
+
+	// A full import with a stand-in agent (any static x86-64 ELF).
+	state := t.TempDir()
+	agent := filepath.Join(state, "agent")
+	if err := os.WriteFile(agent, tinyELF(false, 1000), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	kit, err := Import(context.Background(), vmlinuz, modules, "debian", state, WithAgent(agent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(kit.InitramfsPath())
+	t.Logf("import took %v; initramfs %d bytes", time.Since(start).Round(time.Millisecond), st.Size())
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

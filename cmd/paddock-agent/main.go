@@ -1,0 +1,292 @@
+// Command paddock-agent is the init (PID 1) of a paddock guest. It is packed
+// as /init into the boot kit's initramfs. It mounts the API filesystems,
+// loads the kit's kernel modules, mounts the root disk named on the kernel
+// command line and switches into it while staying PID 1, configures the
+// hostname and network, runs the image's entrypoint, reaps zombies, and
+// serves the agent protocol (package agent) over a virtio-serial port or
+// vsock until it is asked to shut down, when it stops every process, syncs,
+// unmounts and powers the VM off.
+//
+// See cmdline.go for the kernel command line keys and the image config.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/paddock-vm/paddock/agent"
+	"golang.org/x/sys/unix"
+)
+
+// Version is set with -ldflags "-X main.Version=...".
+var Version = "dev"
+
+type initState struct {
+	cfg    *bootConfig
+	start  int64
+	mu     sync.Mutex
+	phases []agent.Phase
+	errs   []string
+	kit    string
+	kernel string
+	ready  int64
+
+	reaper   *agent.Reaper
+	spawner  *agent.LocalSpawner
+	image    *imageConfig
+	main     *mainProc
+	stopOnce sync.Once
+	stopping bool
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, "paddock-agent: "+format+"\n", args...)
+}
+
+func main() {
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "paddock-agent: this is the init of a paddock VM; it only runs as PID 1 inside the guest")
+		os.Exit(2)
+	}
+	s := &initState{start: agent.BootTimeNS()}
+	s.run()
+}
+
+// phase runs fn as a named boot phase and records its timing and error.
+func (s *initState) phase(name string, fn func() error) error {
+	p := agent.Phase{Name: name, StartNS: agent.BootTimeNS()}
+	err := fn()
+	p.EndNS = agent.BootTimeNS()
+	if err != nil {
+		p.Error = err.Error()
+		logf("%s: %v", name, err)
+	} else if s.cfg != nil && s.cfg.Debug {
+		logf("%s: %.1f ms", name, float64(p.Duration())/1e6)
+	}
+	s.mu.Lock()
+	s.phases = append(s.phases, p)
+	if err != nil {
+		s.errs = append(s.errs, name+": "+err.Error())
+	}
+	s.mu.Unlock()
+	return err
+}
+
+func (s *initState) bootError() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.errs, "; ")
+}
+
+func (s *initState) run() {
+	// Signals to PID 1 are ignored unless handled: take SIGTERM/SIGINT/SIGPWR
+	// as a request to shut down.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+
+	s.phases = append(s.phases, agent.Phase{Name: "kernel", StartNS: 0, EndNS: s.start})
+	_ = s.phase("mounts", mountEarly)
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	cfg, err := parseCmdline(string(cmdline))
+	if err != nil {
+		logf("kernel command line: %v", err)
+		s.errs = append(s.errs, "cmdline: "+err.Error())
+	}
+	s.cfg = cfg
+	if cfg.PowerOff {
+		powerOff(false)
+	}
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	s.kernel = unix.ByteSliceToString(u.Release[:])
+	if b, err := os.ReadFile("/etc/paddock/kit.json"); err == nil {
+		var k struct{ Name string }
+		_ = json.Unmarshal(b, &k)
+		s.kit = k.Name
+	}
+	s.reaper = agent.NewReaper(true)
+
+	mods, err := readModuleList()
+	if err != nil {
+		logf("module list: %v", err)
+	}
+	modsNow, modsLater := splitModules(mods, cfg)
+	_ = s.phase("modules", func() error {
+		err := loadModules(modsNow, cfg.Debug)
+		return errors.Join(err, openModules(modsLater))
+	})
+
+	// Look for the control port while the root disk is being mounted.
+	type portResult struct {
+		path string
+		err  error
+	}
+	portCh := make(chan portResult, 1)
+	if cfg.CtlPort != "" {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			p, err := agent.FindVirtioPort(ctx, cfg.CtlPort)
+			portCh <- portResult{p, err}
+		}()
+	}
+
+	rootOK := false
+	if cfg.Root != "" {
+		if s.phase("root", func() error { return mountRoot(cfg) }) == nil {
+			rootOK = s.phase("switch_root", switchRoot) == nil
+		}
+	}
+	if rootOK {
+		_ = s.phase("mounts2", mountLate)
+	}
+	if cfg.Hostname != "" {
+		_ = s.phase("hostname", func() error { return unix.Sethostname([]byte(cfg.Hostname)) })
+	}
+	_ = s.phase("network", func() error { return setupNetwork(cfg) })
+	if rootOK && cfg.WriteEtc {
+		_ = s.phase("etc", func() error { return writeEtc(cfg) })
+	}
+	if rootOK {
+		_ = s.phase("config", func() error {
+			var err error
+			s.image, err = loadImageConfig(cfg.ConfigPath)
+			return err
+		})
+	}
+	s.spawner = &agent.LocalSpawner{Reaper: s.reaper, Root: "/", DefaultEnv: s.defaultEnv}
+
+	srv := agent.NewServer(agent.ServerConfig{
+		AgentVersion: Version,
+		Hello:        s.hello,
+		Health:       s.health,
+		Stats:        agent.ReadStats,
+		Ports:        agent.ListPorts,
+		Shutdown:     func(reboot bool) { s.shutdown(reboot) },
+		Spawner:      s.spawner,
+		Uptime:       agent.BootTimeNS,
+		Logf:         logf,
+	})
+	served := false
+	if cfg.CtlPort != "" {
+		_ = s.phase("control", func() error {
+			r := <-portCh
+			if r.err != nil {
+				return r.err
+			}
+			l, err := agent.OpenSerialListener(r.path)
+			if err != nil {
+				return err
+			}
+			go func() {
+				err := srv.Serve(context.Background(), l)
+				logf("serial server stopped: %v", err)
+			}()
+			served = true
+			return nil
+		})
+	}
+	if cfg.VsockPort != 0 {
+		_ = s.phase("vsock", func() error {
+			l, err := agent.ListenVsock(cfg.VsockPort)
+			if err != nil {
+				return err
+			}
+			go func() {
+				err := srv.Serve(context.Background(), l)
+				logf("vsock server stopped: %v", err)
+			}()
+			served = true
+			return nil
+		})
+	}
+	s.mu.Lock()
+	s.ready = agent.BootTimeNS()
+	s.mu.Unlock()
+	if len(modsLater) > 0 {
+		// Drivers this boot did not ask for (network without paddock.ip,
+		// vsock without paddock.vsock) still load, after the agent is ready.
+		go func() { _ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) }) }()
+	}
+	if s.image != nil && len(s.image.argv()) > 0 {
+		s.main = newMainProc(s)
+		s.main.start()
+	}
+	if cfg.Debug {
+		logf("ready at %.3f s", float64(s.ready)/1e9)
+	}
+	if !served {
+		logf("no control channel; powering off in 30 s (boot errors: %s)", s.bootError())
+		go func() {
+			time.Sleep(30 * time.Second)
+			s.shutdown(false)
+		}()
+	}
+	for range sigs {
+		go s.shutdown(false)
+	}
+}
+
+func (s *initState) hello() agent.HelloInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := agent.HelloInfo{
+		Kit: s.kit, Kernel: s.kernel, Phases: append([]agent.Phase{}, s.phases...),
+		ReadyNS: s.ready, BootError: strings.Join(s.errs, "; "),
+	}
+	if s.cfg != nil {
+		h.Hostname = s.cfg.Hostname
+	}
+	return h
+}
+
+func (s *initState) health() agent.Health {
+	h := agent.Health{Status: "ok", BootError: s.bootError(), Main: agent.MainState{State: "none"}}
+	if s.main != nil {
+		h.Main = s.main.state()
+	}
+	s.mu.Lock()
+	stopping := s.stopping
+	s.mu.Unlock()
+	switch {
+	case stopping:
+		h.Status = "stopping"
+	case h.BootError != "":
+		h.Status = "degraded"
+	case h.Main.State == "exited" && h.Main.LastExit != nil && (h.Main.LastExit.Code != 0 || h.Main.LastExit.Signal != 0):
+		h.Status = "degraded"
+	}
+	return h
+}
+
+func (s *initState) defaultEnv() []string {
+	if s.image != nil && len(s.image.Env) > 0 {
+		return s.image.Env
+	}
+	return []string{"PATH=" + agent.DefaultPath, "TERM=xterm"}
+}
+
+func loadImageConfig(path string) (*imageConfig, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil // an image without config: agent only
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > 1<<20 {
+		return nil, fmt.Errorf("%s: larger than 1 MiB", path)
+	}
+	c, err := parseImageConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,538 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+const newRoot = "/newroot"
+
+func mkdirMount(src, target, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(src, target, fstype, flags, data); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mount %s on %s: %w", fstype, target, err)
+	}
+	return nil
+}
+
+// mountEarly mounts the API filesystems in the initramfs.
+func mountEarly() error {
+	const nosuid = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	var errs []error
+	for _, m := range []struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}{
+		{"proc", "/proc", "proc", nosuid, ""},
+		{"sysfs", "/sys", "sysfs", nosuid, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	} {
+		if err := mkdirMount(m.src, m.target, m.fstype, m.flags, m.data); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// kmod is one entry of the boot kit's module list.
+type kmod struct {
+	name string
+	path string
+	deps []string
+	file *os.File // opened ahead, for loading after switch_root
+	done chan struct{}
+	err  error
+}
+
+// openModules opens the module files now so they can be loaded after the
+// initramfs was emptied and the root switched (an open fd survives both).
+func openModules(mods []*kmod) error {
+	var errs []error
+	for _, m := range mods {
+		f, err := os.Open(m.path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.file = f
+	}
+	return errors.Join(errs...)
+}
+
+// readModuleList reads the boot kit's module list: one module a line, its
+// path followed by the names of listed modules it depends on.
+func readModuleList() ([]*kmod, error) {
+	b, err := os.ReadFile("/etc/paddock/modules")
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var mods []*kmod
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f[0]), ".ko"), "-", "_")
+		mods = append(mods, &kmod{name: name, path: f[0], deps: f[1:], done: make(chan struct{})})
+	}
+	return mods, nil
+}
+
+// splitModules separates the modules this boot needs before the agent is
+// ready from those that can load afterwards: the network driver when no
+// address is configured on the command line and the vsock transport when
+// the agent does not serve vsock. Everything the needed top-level modules
+// depend on is needed too.
+func splitModules(mods []*kmod, cfg *bootConfig) (now, later []*kmod) {
+	byName := map[string]*kmod{}
+	isDep := map[string]bool{}
+	for _, m := range mods {
+		byName[m.name] = m
+		for _, d := range m.deps {
+			isDep[d] = true
+		}
+	}
+	deferrable := map[string]bool{}
+	if len(cfg.IPs) == 0 {
+		deferrable["virtio_net"] = true
+	}
+	if cfg.VsockPort == 0 {
+		deferrable["vmw_vsock_virtio_transport"] = true
+	}
+	need := map[string]bool{}
+	var mark func(n string)
+	mark = func(n string) {
+		if need[n] {
+			return
+		}
+		need[n] = true
+		if m, ok := byName[n]; ok {
+			for _, d := range m.deps {
+				mark(d)
+			}
+		}
+	}
+	for _, m := range mods {
+		if !isDep[m.name] && !deferrable[m.name] {
+			mark(m.name)
+		}
+	}
+	for _, m := range mods {
+		if need[m.name] {
+			now = append(now, m)
+		} else {
+			later = append(later, m)
+		}
+	}
+	return now, later
+}
+
+// loadModules loads mods, each as soon as the listed modules it depends on
+// are loaded, so independent chains (block, console, net, ext4) load
+// concurrently and overlap their device probes. Dependencies outside mods
+// must have been loaded before.
+func loadModules(mods []*kmod, debug bool) error {
+	byName := map[string]*kmod{}
+	for _, m := range mods {
+		byName[m.name] = m
+	}
+	for _, m := range mods {
+		go func() {
+			defer close(m.done)
+			for _, d := range m.deps {
+				if dm, ok := byName[d]; ok {
+					<-dm.done
+					if dm.err != nil {
+						m.err = fmt.Errorf("dependency %s failed", d)
+						return
+					}
+				}
+			}
+			start := time.Now()
+			if m.file != nil {
+				m.err = loadModuleFile(m.file)
+				m.file.Close()
+			} else {
+				m.err = loadModule(m.path)
+			}
+			if debug {
+				logf("module %s: %.1f ms", m.name, float64(time.Since(start).Microseconds())/1000)
+			}
+		}()
+	}
+	var errs []error
+	for _, m := range mods {
+		<-m.done
+		if m.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m.name, m.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return loadModuleFile(f)
+}
+
+func loadModuleFile(f *os.File) error {
+	err := unix.FinitModule(int(f.Fd()), "", 0)
+	if err == unix.EEXIST {
+		return nil
+	}
+	if err == unix.ENOSYS || err == unix.EOPNOTSUPP {
+		data, rerr := io.ReadAll(io.NewSectionReader(f, 0, 1<<30))
+		if rerr != nil {
+			return rerr
+		}
+		err = unix.InitModule(data, "")
+		if err == unix.EEXIST {
+			return nil
+		}
+	}
+	return err
+}
+
+// findRootDevice resolves /dev/X, LABEL=, UUID= (ext2/3/4 superblocks).
+func findRootDevice(spec string) (string, error) {
+	kind, val, _ := strings.Cut(spec, "=")
+	if kind != "LABEL" && kind != "UUID" {
+		if _, err := os.Stat(spec); err != nil {
+			return "", err
+		}
+		return spec, nil
+	}
+	ents, err := os.ReadDir("/sys/class/block")
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		dev := "/dev/" + e.Name()
+		label, uuid, err := readExtID(dev)
+		if err != nil {
+			continue
+		}
+		if (kind == "LABEL" && label == val) || (kind == "UUID" && strings.EqualFold(uuid, val)) {
+			return dev, nil
+		}
+	}
+	return "", fmt.Errorf("no block device with %s", spec)
+}
+
+// readExtID reads the label and UUID of an ext2/3/4 superblock.
+func readExtID(dev string) (label, uuid string, err error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", "", err
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return "", "", err
+	}
+	if binary.LittleEndian.Uint16(sb[0x38:]) != 0xef53 {
+		return "", "", errors.New("not ext")
+	}
+	u := hex.EncodeToString(sb[0x68:0x78])
+	uuid = u[0:8] + "-" + u[8:12] + "-" + u[12:16] + "-" + u[16:20] + "-" + u[20:]
+	label = string(bytes.TrimRight(sb[0x78:0x88], "\x00"))
+	return label, uuid, nil
+}
+
+func mountRoot(cfg *bootConfig) error {
+	deadline := time.Now().Add(cfg.RootWait)
+	var dev string
+	for {
+		d, err := findRootDevice(cfg.Root)
+		if err == nil {
+			dev = d
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("root device %s did not appear within %v: %w", cfg.Root, cfg.RootWait, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	flags := uintptr(unix.MS_NOATIME)
+	if cfg.RootRO {
+		flags |= unix.MS_RDONLY
+	}
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev, newRoot, cfg.RootFSType, flags, cfg.RootFlags); err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", dev, cfg.RootFSType, newRoot, err)
+	}
+	return nil
+}
+
+// switchRoot moves the API mounts into the new root, empties the initramfs
+// and makes the new root "/" — in-process, so the agent stays PID 1 (Go's
+// threads share one fs_struct, so the chroot applies to the whole process).
+func switchRoot() error {
+	for _, m := range []string{"/dev", "/proc", "/sys"} {
+		target := newRoot + m
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("creating %s in the root disk: %w", m, err)
+		}
+		if err := unix.Mount(m, target, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("moving %s: %w", m, err)
+		}
+	}
+	var rootSt unix.Stat_t
+	if err := unix.Stat("/", &rootSt); err == nil {
+		removeSameDev("/", rootSt.Dev)
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("moving the root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// removeSameDev deletes the initramfs contents (like busybox switch_root),
+// not descending into other filesystems or the new root.
+func removeSameDev(dir string, dev uint64) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if p == newRoot {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil || st.Dev != dev {
+			continue
+		}
+		if e.IsDir() {
+			removeSameDev(p, dev)
+			_ = unix.Rmdir(p)
+		} else {
+			_ = unix.Unlink(p)
+		}
+	}
+}
+
+func isEmptyDir(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	st, err := f.Stat()
+	return err == nil && st.IsDir() && len(names) == 0
+}
+
+// mountLate mounts what the image needs beyond the API filesystems.
+func mountLate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(mkdirMount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"))
+	if _, err := os.Lstat("/dev/ptmx"); err != nil {
+		add(os.Symlink("pts/ptmx", "/dev/ptmx"))
+	}
+	add(mkdirMount("shm", "/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"))
+	for name, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if _, err := os.Lstat("/dev/" + name); err != nil {
+			_ = os.Symlink(target, "/dev/"+name)
+		}
+	}
+	// /run and /tmp get a tmpfs when the image leaves them empty.
+	if isEmptyDir("/run") {
+		add(mkdirMount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"))
+	}
+	if isEmptyDir("/tmp") {
+		add(mkdirMount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"))
+	}
+	if st, err := os.Stat("/sys/fs/cgroup"); err == nil && st.IsDir() {
+		_ = unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	}
+	return errors.Join(errs...)
+}
+
+func setupNetwork(cfg *bootConfig) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("lo: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("lo up: %w", err)
+	}
+	if len(cfg.IPs) == 0 {
+		return nil
+	}
+	var link netlink.Link
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		link, err = netlink.LinkByName(cfg.IfName)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("interface %s did not appear: %w", cfg.IfName, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if cfg.MTU > 0 {
+		if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
+			return fmt.Errorf("%s mtu: %w", cfg.IfName, err)
+		}
+	}
+	for _, p := range cfg.IPs {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, a); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("%s address %s: %w", cfg.IfName, p, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%s up: %w", cfg.IfName, err)
+	}
+	for _, gw := range cfg.Gateways {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+		if gw.Is6() {
+			r.Family = netlink.FAMILY_V6
+		}
+		if err := netlink.RouteAdd(r); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("default route via %s: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+// writeEtc writes /etc/hosts and (with DNS servers) /etc/resolv.conf when
+// the root is writable. A symlinked resolv.conf is replaced by a file.
+func writeEtc(cfg *bootConfig) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
+		return nil // read-only image: leave its files alone
+	}
+	if err := os.MkdirAll("/etc", 0o755); err != nil {
+		return err
+	}
+	var hosts strings.Builder
+	hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	if cfg.Hostname != "" {
+		if len(cfg.IPs) > 0 {
+			for _, p := range cfg.IPs {
+				fmt.Fprintf(&hosts, "%s\t%s\n", p.Addr(), cfg.Hostname)
+			}
+		} else {
+			fmt.Fprintf(&hosts, "127.0.1.1\t%s\n", cfg.Hostname)
+		}
+	}
+	var errs []error
+	if err := atomicWrite("/etc/hosts", []byte(hosts.String())); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.Hostname != "" {
+		if err := atomicWrite("/etc/hostname", []byte(cfg.Hostname+"\n")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(cfg.DNS) > 0 {
+		var rc strings.Builder
+		for _, d := range cfg.DNS {
+			fmt.Fprintf(&rc, "nameserver %s\n", d)
+		}
+		if err := atomicWrite("/etc/resolv.conf", []byte(rc.String())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func atomicWrite(path string, data []byte) error {
+	tmp := path + ".paddock-tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// mountPoints lists the mount points from /proc/self/mounts, deepest first.
+func mountPoints() []string {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 {
+			out = append(out, strings.ReplaceAll(fields[1], `\040`, " "))
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// unmountAll unmounts everything but the API filesystems and remounts the
+// root read-only.
+func unmountAll() {
+	keep := map[string]bool{"/": true, "/proc": true, "/sys": true, "/dev": true}
+	for _, mp := range mountPoints() {
+		if keep[mp] {
+			continue
+		}
+		if err := unix.Unmount(mp, 0); err != nil {
+			_ = unix.Unmount(mp, unix.MNT_DETACH)
+		}
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		logf("remounting / read-only: %v", err)
+	}
+}
+
+func powerOff(reboot bool) {
+	unix.Sync()
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if reboot {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	err := unix.Reboot(cmd)
+	logf("reboot(%#x): %v", cmd, err)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
