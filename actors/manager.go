@@ -55,6 +55,14 @@ func (m *manager) Receive(ctx actor.Context) {
 		ctx.Respond(&Result{VMs: m.list(msg.Caller)})
 	case *CountVMs:
 		ctx.Respond(m.counts)
+	case *imageUsers:
+		users := []string{}
+		for id, e := range m.byID {
+			if e.vm.Spec.ImageDigest == msg.Digest {
+				users = append(users, orID(e.vm.Name, id))
+			}
+		}
+		ctx.Respond(users)
 	case *GetVM:
 		// Answered from the mirror: VM actors report every change before
 		// they reply, so it is never older than what a caller has seen.
@@ -320,4 +328,11 @@ func loadOrError(store *state.Store, id string, log *slog.Logger) state.VM {
 		return state.VM{ID: id, Status: state.StatusError, Reason: err.Error(), OwnerUID: 0}
 	}
 	return *vm
+}
+
+func orID(name, id string) string {
+	if name != "" {
+		return name
+	}
+	return id
 }

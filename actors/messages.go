@@ -131,6 +131,9 @@ func (m *crashVM) caller() Caller  { return Caller{Admin: true} }
 // crashVM makes a VM actor panic; tests use it to prove supervision.
 type crashVM struct{ Ref string }
 
+// imageUsers asks the Manager which VMs use an image; answered with []string.
+type imageUsers struct{ Digest string }
+
 // Messages between the Manager and its VM children.
 type (
 	vmChanged struct{ VM state.VM }

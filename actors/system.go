@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/imaging/source"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -23,6 +26,8 @@ type Deps struct {
 	// OnCounts is called from inside the Manager whenever the tally changes;
 	// it must not block.
 	OnCounts func(api.Counts)
+	// Importer builds images; nil leaves the Import actor answering "not yet".
+	Importer *imaging.Importer
 }
 
 // System is the running supervision tree.
@@ -63,7 +68,15 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &notYetActor{name: NameStats} }), NameStats); err != nil {
 		return nil, fmt.Errorf("spawn stats actor: %w", err)
 	}
-	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &notYetActor{name: NameImport} }), NameImport); err != nil {
+	users := func(digest string) []string {
+		res, err := root.RequestFuture(s.Manager, &imageUsers{Digest: digest}, 10*time.Second).Result()
+		if err != nil {
+			// Unknown is treated as "in use": never remove on a guess.
+			return []string{"(VM list unavailable: " + err.Error() + ")"}
+		}
+		return res.([]string)
+	}
+	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users) }), NameImport); err != nil {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
 	}
 	mgr := func() actor.Actor {
@@ -145,6 +158,64 @@ func (s *System) Subscribe(c Caller, vmID string, n int) (uint64, <-chan api.Eve
 
 // Unsubscribe ends a subscription.
 func (s *System) Unsubscribe(id uint64) { s.sys.Root.Send(s.Events, &Unsubscribe{ID: id}) }
+
+// Images sends an image store request to the Import actor.
+func (s *System) Images(ctx context.Context, msg any) (*ImageResult, error) {
+	timeout := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	res, err := s.sys.Root.RequestFuture(s.Import, msg, timeout).Result()
+	if err != nil {
+		return nil, fmt.Errorf("image request %T: %w", msg, err)
+	}
+	r, ok := res.(*ImageResult)
+	if !ok {
+		if rr, ok := res.(*Result); ok && rr.Err != nil {
+			return nil, rr.Err
+		}
+		return nil, fmt.Errorf("image request %T: unexpected answer %T", msg, res)
+	}
+	if r.Err != nil {
+		return nil, r.Err
+	}
+	return r, nil
+}
+
+// ImageUsers names the VMs that use an image.
+func (s *System) ImageUsers(ctx context.Context, digest string) ([]string, error) {
+	res, err := s.sys.Root.RequestFuture(s.Manager, &imageUsers{Digest: digest}, 10*time.Second).Result()
+	if err != nil {
+		return nil, err
+	}
+	return res.([]string), nil
+}
+
+var importSeq atomic.Uint64
+
+// ImportImage runs an import through the Import actor, streaming progress to fn,
+// until it is done or ctx ends (which withdraws this caller; the import
+// stops when no one else waits for it).
+func (s *System) ImportImage(ctx context.Context, c Caller, open func(context.Context) (*source.Image, error), fn func(imaging.Progress)) (*ImportDone, error) {
+	req := &ImportImage{ID: importSeq.Add(1), Caller: c, Open: open, Progress: make(chan imaging.Progress, 64), Done: make(chan ImportDone, 1)}
+	s.sys.Root.Send(s.Import, req)
+	for {
+		select {
+		case p := <-req.Progress:
+			if fn != nil {
+				fn(p)
+			}
+		case d := <-req.Done:
+			if d.Err != nil {
+				return nil, d.Err
+			}
+			return &d, nil
+		case <-ctx.Done():
+			s.sys.Root.Send(s.Import, &CancelImport{ID: req.ID})
+			return nil, ctx.Err()
+		}
+	}
+}
 
 // Shutdown stops every actor. State is already on disk.
 func (s *System) Shutdown() { s.stopped.Do(s.sys.Shutdown) }

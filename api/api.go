@@ -4,6 +4,7 @@ package api
 
 import (
 	_ "embed"
+	"encoding/json"
 )
 
 // Interface is the varlink interface name.
@@ -22,6 +23,8 @@ const (
 	ErrInvalidArgument  = Interface + ".InvalidArgument"
 	ErrInvalidState     = Interface + ".InvalidState"
 	ErrPermissionDenied = Interface + ".PermissionDenied"
+	ErrImageNotFound    = Interface + ".ImageNotFound"
+	ErrImageInUse       = Interface + ".ImageInUse"
 	ErrInternal         = Interface + ".Internal"
 )
 
@@ -134,4 +137,66 @@ type InfoOut struct {
 	StateDir   string  `json:"state_dir"`
 	RuntimeDir string  `json:"runtime_dir"`
 	Socket     string  `json:"socket"`
+}
+
+// Image is an image in the store.
+type Image struct {
+	Digest  string   `json:"digest"`
+	Names   []string `json:"names"`
+	Size    int64    `json:"size"`
+	Created string   `json:"created"`
+	Owners  []uint32 `json:"owners"`
+}
+
+// ImportProgress reports an import's advance.
+type ImportProgress struct {
+	Phase  string `json:"phase"`
+	Layer  int    `json:"layer"`
+	Layers int    `json:"layers"`
+	Bytes  int64  `json:"bytes"`
+	Total  int64  `json:"total"`
+}
+
+// PullIn are PullImage's parameters.
+type PullIn struct {
+	Ref      string `json:"ref"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// ImportIn are ImportImage's parameters.
+type ImportIn struct {
+	Source string          `json:"source"`
+	Select string          `json:"select,omitempty"`
+	Name   string          `json:"name,omitempty"`
+	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// ImportOut is one reply of PullImage or ImportImage.
+type ImportOut struct {
+	Progress *ImportProgress `json:"progress,omitempty"`
+	Image    *Image          `json:"image,omitempty"`
+	Cached   bool            `json:"cached,omitempty"`
+}
+
+// ImageRef names one image.
+type ImageRef struct {
+	Image string `json:"image"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// ImagesOut is ListImages' reply.
+type ImagesOut struct {
+	Images []Image `json:"images"`
+}
+
+// InspectImageOut is InspectImage's reply.
+type InspectImageOut struct {
+	Image  Image           `json:"image"`
+	Config json.RawMessage `json:"config"`
+	UsedBy []string        `json:"used_by"`
+}
+
+// RemovedOut is RemoveImage's and PruneImages' reply.
+type RemovedOut struct {
+	Removed []string `json:"removed"`
 }

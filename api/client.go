@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 
 	"github.com/paddock-vm/paddock/varlink"
 )
@@ -98,4 +99,74 @@ func (c *Client) Info(ctx context.Context) (*InfoOut, error) {
 		return nil, err
 	}
 	return &out, nil
+}
+
+func (c *Client) importStream(ctx context.Context, method string, in any, files []*os.File, progress func(ImportProgress)) (*ImportOut, error) {
+	var last ImportOut
+	err := c.StreamFDs(ctx, Interface+"."+method, in, files, func(raw json.RawMessage) error {
+		var out ImportOut
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return fmt.Errorf("decode %s reply: %w", method, err)
+		}
+		if out.Progress != nil && progress != nil {
+			progress(*out.Progress)
+		}
+		if out.Image != nil {
+			last = out
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if last.Image == nil {
+		return nil, fmt.Errorf("%s ended without an image", method)
+	}
+	return &last, nil
+}
+
+// PullImage pulls ref from a registry.
+func (c *Client) PullImage(ctx context.Context, in PullIn, progress func(ImportProgress)) (*ImportOut, error) {
+	return c.importStream(ctx, "PullImage", in, nil, progress)
+}
+
+// ImportImage imports the open file or directory f.
+func (c *Client) ImportImage(ctx context.Context, in ImportIn, f *os.File, progress func(ImportProgress)) (*ImportOut, error) {
+	return c.importStream(ctx, "ImportImage", in, []*os.File{f}, progress)
+}
+
+// ListImages lists the image store.
+func (c *Client) ListImages(ctx context.Context) ([]Image, error) {
+	var out ImagesOut
+	if err := c.Call(ctx, Interface+".ListImages", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Images, nil
+}
+
+// InspectImage reads one image with its config.
+func (c *Client) InspectImage(ctx context.Context, ref string) (*InspectImageOut, error) {
+	var out InspectImageOut
+	if err := c.Call(ctx, Interface+".InspectImage", ImageRef{Image: ref}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RemoveImage removes one image.
+func (c *Client) RemoveImage(ctx context.Context, ref string, force bool) ([]string, error) {
+	var out RemovedOut
+	if err := c.Call(ctx, Interface+".RemoveImage", ImageRef{Image: ref, Force: force}, &out); err != nil {
+		return nil, err
+	}
+	return out.Removed, nil
+}
+
+// PruneImages removes unused images.
+func (c *Client) PruneImages(ctx context.Context) ([]string, error) {
+	var out RemovedOut
+	if err := c.Call(ctx, Interface+".PruneImages", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Removed, nil
 }

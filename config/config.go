@@ -28,6 +28,20 @@ type Config struct {
 	API      API      `toml:"api"`
 	Log      Log      `toml:"log"`
 	Defaults Defaults `toml:"defaults"`
+	Images   Images   `toml:"images"`
+}
+
+// Images configures image import.
+type Images struct {
+	// InsecureRegistries are reached over plain HTTP (host[:port]).
+	InsecureRegistries []string `toml:"insecure_registries"`
+	MaxUnpackedSize    Size     `toml:"max_unpacked_size"`
+	MaxEntries         int64    `toml:"max_entries"`
+	// ScratchDir holds unpacked trees while a base is built; empty means
+	// <cache_dir>/scratch. A tmpfs makes imports faster.
+	ScratchDir string `toml:"scratch_dir"`
+	// FreeSpace is left free in every ext4 base on top of its content.
+	FreeSpace Size `toml:"free_space"`
 }
 
 // API configures the varlink endpoint and who may use it.
@@ -162,6 +176,7 @@ func Default() *Config {
 		},
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
+		Images:   Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
 	}
 	if os.Geteuid() == 0 {
 		c.StateDir, c.RuntimeDir, c.CacheDir = "/var/lib/paddock", "/run/paddock", "/var/cache/paddock"
@@ -290,6 +305,22 @@ func (c *Config) Validate() error {
 	if c.Defaults.DiskSize < 64<<20 {
 		return bad("defaults.disk_size", "must be at least 64MiB, got %s", FormatSize(int64(c.Defaults.DiskSize)))
 	}
+	if c.Images.MaxUnpackedSize < 1<<20 {
+		return bad("images.max_unpacked_size", "must be at least 1MiB, got %s", FormatSize(int64(c.Images.MaxUnpackedSize)))
+	}
+	if c.Images.MaxEntries < 1 {
+		return bad("images.max_entries", "must be at least 1, got %d", c.Images.MaxEntries)
+	}
+	if c.Images.ScratchDir == "" {
+		c.Images.ScratchDir = filepath.Join(c.CacheDir, "scratch")
+	} else if !filepath.IsAbs(c.Images.ScratchDir) {
+		return bad("images.scratch_dir", "must be an absolute path, got %q", c.Images.ScratchDir)
+	}
+	for _, r := range c.Images.InsecureRegistries {
+		if r == "" || strings.ContainsAny(r, "/ ") {
+			return bad("images.insecure_registries", "%q is not a host[:port]", r)
+		}
+	}
 	return nil
 }
 
@@ -335,5 +366,10 @@ func (c *Config) Diff(old *Config) []Change {
 	add("defaults.memory", old.Defaults.Memory, c.Defaults.Memory, true)
 	add("defaults.disk_size", old.Defaults.DiskSize, c.Defaults.DiskSize, true)
 	add("defaults.auto_stop", old.Defaults.AutoStop.Duration, c.Defaults.AutoStop.Duration, true)
+	add("images.insecure_registries", old.Images.InsecureRegistries, c.Images.InsecureRegistries, true)
+	add("images.max_unpacked_size", old.Images.MaxUnpackedSize, c.Images.MaxUnpackedSize, false)
+	add("images.max_entries", old.Images.MaxEntries, c.Images.MaxEntries, false)
+	add("images.scratch_dir", old.Images.ScratchDir, c.Images.ScratchDir, false)
+	add("images.free_space", old.Images.FreeSpace, c.Images.FreeSpace, false)
 	return out
 }

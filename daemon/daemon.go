@@ -20,6 +20,8 @@ import (
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/imaging/ext4"
+	"github.com/paddock-vm/paddock/imaging/flatten"
 	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/systemd"
 	"github.com/paddock-vm/paddock/varlink"
@@ -36,6 +38,7 @@ type Daemon struct {
 	auth       *authorizer
 	actors     *actors.System
 	server     *varlink.Server
+	images     *imaging.Store
 	ln         net.Listener
 	socketPath string
 	started    time.Time
@@ -78,11 +81,22 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	if err != nil {
 		return nil, err
 	}
+	d.images = images
 	d.auth = newAuthorizer(cfg.API.AdminGroup)
+	importer := &imaging.Importer{
+		Store:      images,
+		ScratchDir: cfg.Images.ScratchDir,
+		Limits:     flatten.Options{MaxEntries: cfg.Images.MaxEntries, MaxUnpackedSize: int64(cfg.Images.MaxUnpackedSize)},
+		Build: func(ctx context.Context, res *flatten.Result, out string) error {
+			_, err := ext4.BuildFlattened(ctx, res, out, ext4.Options{ScratchDir: cfg.Images.ScratchDir, FreeBytes: int64(cfg.Images.FreeSpace), Logger: d.log.With("actor", actors.NameImport)})
+			return err
+		},
+	}
 	d.actors, err = actors.Start(ctx, actors.Deps{
 		Log: d.log, Store: store, Images: images,
 		Defaults: func() config.Defaults { return d.config().Defaults },
 		OnCounts: d.publishCounts,
+		Importer: importer,
 	})
 	if err != nil {
 		return nil, err
@@ -252,6 +266,7 @@ func (d *Daemon) reload() {
 	applied.API.RequestTimeout = next.API.RequestTimeout
 	applied.API.ShutdownTimeout = next.API.ShutdownTimeout
 	applied.Defaults = next.Defaults
+	applied.Images.InsecureRegistries = next.Images.InsecureRegistries
 	for _, c := range changes {
 		if c.Live {
 			d.log.Info("reload: applied", "key", c.Key, "old", c.Old, "new", c.New)

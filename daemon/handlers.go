@@ -19,16 +19,22 @@ import (
 // (TestDispatchMatchesInterface).
 func (d *Daemon) dispatch() map[string]varlink.Handler {
 	t := map[string]varlink.Handler{
-		"Create":  d.create,
-		"Get":     d.get,
-		"List":    d.list,
-		"Set":     d.set,
-		"Start":   d.start,
-		"Stop":    d.stop,
-		"Delete":  d.delete,
-		"Events":  d.events,
-		"Version": d.version,
-		"Info":    d.info,
+		"Create":       d.create,
+		"Get":          d.get,
+		"List":         d.list,
+		"Set":          d.set,
+		"Start":        d.start,
+		"Stop":         d.stop,
+		"Delete":       d.delete,
+		"Events":       d.events,
+		"PullImage":    d.pullImage,
+		"ImportImage":  d.importImage,
+		"ListImages":   d.listImages,
+		"InspectImage": d.inspectImage,
+		"RemoveImage":  d.removeImage,
+		"PruneImages":  d.pruneImages,
+		"Version":      d.version,
+		"Info":         d.info,
 	}
 	out := make(map[string]varlink.Handler, len(t))
 	for name, h := range t {
@@ -41,7 +47,7 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 // bounded by their client and by shutdown instead).
 func (d *Daemon) guard(h varlink.Handler) varlink.Handler {
 	return func(ctx context.Context, c *varlink.Call) error {
-		if !c.More {
+		if !c.More && !isImport(c.Method) {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, d.requestTimeout())
 			defer cancel()
@@ -257,6 +263,10 @@ func mapError(err error) *varlink.Error {
 			return varlink.NewError(api.ErrInvalidArgument, map[string]any{"field": ae.Field, "message": ae.Msg})
 		case errors.Is(err, actors.ErrInvalidState):
 			return varlink.NewError(api.ErrInvalidState, map[string]any{"vm": ae.VM, "status": string(ae.Status), "message": ae.Msg})
+		case errors.Is(err, actors.ErrImageNotFound):
+			return varlink.NewError(api.ErrImageNotFound, map[string]any{"image": ae.VM, "message": ae.Msg})
+		case errors.Is(err, actors.ErrImageInUse):
+			return varlink.NewError(api.ErrImageInUse, map[string]any{"image": ae.VM, "message": ae.Msg})
 		case errors.Is(err, actors.ErrPermissionDenied):
 			return varlink.NewError(api.ErrPermissionDenied, map[string]any{"vm": ae.VM, "message": ae.Msg})
 		}
@@ -266,4 +276,10 @@ func mapError(err error) *varlink.Error {
 		return varlink.NewError(api.ErrInternal, map[string]any{"message": "the daemon did not answer in time: " + err.Error()})
 	}
 	return varlink.NewError(api.ErrInternal, map[string]any{"message": err.Error()})
+}
+
+// Imports are bounded by their client (which may cancel) rather than by the
+// request timeout: a large pull takes minutes.
+func isImport(method string) bool {
+	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage"
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"archive/tar"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/imaging/imagetest"
 )
 
 const (
@@ -154,6 +156,36 @@ func TestUnprivilegedDaemonAndOwnership(t *testing.T) {
 	if err := syscall.Stat(filepath.Join(e.state, "vms", vm.ID, "vm.json"), &st2); err != nil || st2.Uid != daemonUID {
 		t.Fatalf("vm.json owner: %d %v", st2.Uid, err)
 	}
+	// The unprivileged daemon imports an image from a file only alice can
+	// read: she opens it, the daemon reads through the passed descriptor.
+	privDir, err := os.MkdirTemp("", "pdk-alice-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(privDir) })
+	priv := filepath.Join(privDir, "alice-root.tar")
+	if err := os.WriteFile(priv, imagetest.LayerTar(t, imagetest.Entry{Name: "./", Type: tar.TypeDir},
+		imagetest.Entry{Name: "./sbin/", Type: tar.TypeDir}, imagetest.Entry{Name: "./sbin/su-ish", Body: "x", Mode: 0o4755}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(priv, aliceUID, socketGID); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(privDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := e.cli(t, alice, "image", "import", priv, "--name", "alice-img:1").ok(t, "alice import")
+	if !strings.Contains(out, "imported") {
+		t.Fatalf("alice import: %s", out)
+	}
+	if r := e.cli(t, bob, "image", "import", priv, "--name", "bob-steals:1"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
+		t.Fatalf("bob imported alice's private file: %+v", r)
+	}
+	if r := e.cli(t, bob, "image", "rm", "alice-img:1"); r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
+		t.Fatalf("bob removed alice's image: %+v", r)
+	}
+	e.cli(t, alice, "create", "alice-vm2", "--image", "alice-img:1").ok(t, "alice create from her image")
+
 	p.signal(t, syscall.SIGTERM)
 	if code := p.wait(t, 15e9); code != 0 {
 		t.Fatalf("exit code %d", code)

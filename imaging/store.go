@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -31,6 +32,18 @@ type Image struct {
 	Created time.Time `json:"created"`
 	// RootFS is the read-only ext4 base, relative to the image directory.
 	RootFS string `json:"rootfs"`
+	// Owners are the uids that imported it; a non-admin may remove only its
+	// own claim, and the image goes when the last claim does.
+	Owners []uint32 `json:"owners,omitempty"`
+}
+
+// AddOwner records uid as an owner; it reports whether that changed anything.
+func (img *Image) AddOwner(uid uint32) bool {
+	if slices.Contains(img.Owners, uid) {
+		return false
+	}
+	img.Owners = append(img.Owners, uid)
+	return true
 }
 
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
@@ -65,24 +78,126 @@ func NormalizeRef(ref string) string {
 	return ref + ":latest"
 }
 
-// Add records an image whose rootfs already sits in its directory.
+// Add records an image whose rootfs already sits in its directory. A name
+// moves to this image from any other image that had it (a tag points at one
+// image at a time).
 func (s *Store) Add(img *Image) error {
 	if !digestRE.MatchString(img.Digest) {
 		return fmt.Errorf("add image: bad digest %q", img.Digest)
 	}
+	dir := s.Dir(img.Digest)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := writeImageJSON(dir, img); err != nil {
+		return err
+	}
+	others, err := s.List()
+	if err != nil {
+		return err
+	}
+	for _, o := range others {
+		if o.Digest != img.Digest && o.dropNames(img.Names) {
+			if err := writeImageJSON(s.Dir(o.Digest), o); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func writeImageJSON(dir string, img *Image) error {
 	for i, n := range img.Names {
 		img.Names[i] = NormalizeRef(n)
+	}
+	if img.Names == nil {
+		img.Names = []string{}
 	}
 	img.Schema = 1
 	b, err := json.MarshalIndent(img, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode image %s: %w", img.Digest, err)
 	}
-	dir := s.Dir(img.Digest)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
 	return state.WriteFileAtomic(filepath.Join(dir, "image.json"), append(b, '\n'), 0o640)
+}
+
+func (img *Image) addNames(names []string) bool {
+	added := false
+	for _, n := range names {
+		n = NormalizeRef(n)
+		if !slices.Contains(img.Names, n) {
+			img.Names = append(img.Names, n)
+			added = true
+		}
+	}
+	return added
+}
+
+func (img *Image) dropNames(names []string) bool {
+	before := len(img.Names)
+	img.Names = slices.DeleteFunc(img.Names, func(n string) bool {
+		for _, m := range names {
+			if NormalizeRef(m) == n {
+				return true
+			}
+		}
+		return false
+	})
+	return len(img.Names) != before
+}
+
+// Get returns the stored image with exactly this digest, or nil.
+func (s *Store) Get(digest string) (*Image, error) {
+	if !digestRE.MatchString(digest) {
+		return nil, fmt.Errorf("bad digest %q", digest)
+	}
+	b, err := os.ReadFile(filepath.Join(s.Dir(digest), "image.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read image %s: %w", digest, err)
+	}
+	var img Image
+	if err := json.Unmarshal(b, &img); err != nil || img.Digest != digest {
+		return nil, fmt.Errorf("image %s: corrupt image.json", digest)
+	}
+	return &img, nil
+}
+
+// Remove deletes an image from the store (rename aside, then remove, so a
+// crash never leaves half an image that lists).
+func (s *Store) Remove(digest string) error {
+	if !digestRE.MatchString(digest) {
+		return fmt.Errorf("bad digest %q", digest)
+	}
+	grave := filepath.Join(s.Root, ".deleted-"+strings.ReplaceAll(digest, ":", "-")+"-"+randomSuffix())
+	if err := os.Rename(s.Dir(digest), grave); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove image %s: %w", digest, err)
+	}
+	if err := state.SyncDir(s.Root); err != nil {
+		return err
+	}
+	return os.RemoveAll(grave)
+}
+
+// Sweep removes what interrupted imports and removals left behind.
+func (s *Store) Sweep() error {
+	ents, err := os.ReadDir(s.Root)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", s.Root, err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".import-") || strings.HasPrefix(e.Name(), ".deleted-") {
+			if err := os.RemoveAll(filepath.Join(s.Root, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // List returns every readable image; unreadable ones are skipped so one

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Client is one connection to a varlink service. Calls on it are serialized.
@@ -34,7 +37,12 @@ func (c *Client) Close() error { return c.nc.Close() }
 // Call sends method with params and decodes the single reply into out (may
 // be nil). A varlink error reply is returned as *Error.
 func (c *Client) Call(ctx context.Context, method string, params, out any) error {
-	if err := c.send(ctx, method, params, false); err != nil {
+	return c.CallFDs(ctx, method, params, out, nil)
+}
+
+// CallFDs is Call passing open files along (SCM_RIGHTS).
+func (c *Client) CallFDs(ctx context.Context, method string, params, out any, files []*os.File) error {
+	if err := c.send(ctx, method, params, false, files); err != nil {
 		return err
 	}
 	r, err := c.recv(ctx)
@@ -47,7 +55,12 @@ func (c *Client) Call(ctx context.Context, method string, params, out any) error
 // Stream sends a "more" call and hands each reply's parameters to fn until
 // the service sends the last one, fn returns an error, or ctx ends.
 func (c *Client) Stream(ctx context.Context, method string, params any, fn func(json.RawMessage) error) error {
-	if err := c.send(ctx, method, params, true); err != nil {
+	return c.StreamFDs(ctx, method, params, nil, fn)
+}
+
+// StreamFDs is Stream passing open files along (SCM_RIGHTS).
+func (c *Client) StreamFDs(ctx context.Context, method string, params any, files []*os.File, fn func(json.RawMessage) error) error {
+	if err := c.send(ctx, method, params, true, files); err != nil {
 		return err
 	}
 	for {
@@ -86,7 +99,7 @@ func decodeReply(r *wireReply, out any) error {
 	return nil
 }
 
-func (c *Client) send(ctx context.Context, method string, params any, more bool) error {
+func (c *Client) send(ctx context.Context, method string, params any, more bool, files []*os.File) error {
 	req := struct {
 		Method     string `json:"method"`
 		Parameters any    `json:"parameters,omitempty"`
@@ -101,7 +114,20 @@ func (c *Client) send(ctx context.Context, method string, params any, more bool)
 	} else {
 		_ = c.nc.SetWriteDeadline(time.Time{})
 	}
-	_, err = c.nc.Write(append(b, 0))
+	b = append(b, 0)
+	if len(files) == 0 {
+		_, err = c.nc.Write(b)
+		return err
+	}
+	uc, ok := c.nc.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("passing files needs a UNIX socket")
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	_, _, err = uc.WriteMsgUnix(b, unix.UnixRights(fds...), nil)
 	return err
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -33,7 +34,10 @@ type Handler func(ctx context.Context, c *Call) error
 // Call is one request in flight.
 type Call struct {
 	*Request
-	Peer    Peer
+	Peer Peer
+	// FDs are the descriptors the client passed with this call (SCM_RIGHTS).
+	// They are closed when the handler returns; dup one to keep it.
+	FDs     []*os.File
 	conn    *conn
 	replied bool
 }
@@ -270,6 +274,7 @@ func (s *Server) closeIdle() {
 type conn struct {
 	srv  *Server
 	nc   net.Conn
+	fdr  *fdReader
 	wmu  sync.Mutex
 	busy atomic.Bool
 }
@@ -313,6 +318,9 @@ func PeerOf(nc net.Conn) (Peer, error) {
 func (c *conn) serve() {
 	defer func() {
 		_ = c.nc.Close()
+		if c.fdr != nil {
+			closeAll(c.fdr.take())
+		}
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
@@ -332,7 +340,12 @@ func (c *conn) serve() {
 	go func() {
 		defer cancel()
 		defer close(msgs)
-		br := bufio.NewReaderSize(c.nc, 4096)
+		var src io.Reader = c.nc
+		if uc, ok := c.nc.(*net.UnixConn); ok {
+			c.fdr = newFDReader(uc)
+			src = c.fdr
+		}
+		br := bufio.NewReaderSize(src, 4096)
 		for {
 			b, err := c.readMessage(br)
 			if err != nil {
@@ -411,6 +424,10 @@ func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
 		return false
 	}
 	call := &Call{Request: req, Peer: peer, conn: c}
+	if c.fdr != nil {
+		call.FDs = c.fdr.take()
+		defer closeAll(call.FDs)
+	}
 	if req.More {
 		var stop context.CancelFunc
 		ctx, stop = context.WithCancel(ctx)

@@ -18,6 +18,7 @@ const testIface = `interface org.example.test
 method Echo(s: string) -> (s: string, uid: int)
 method Count(n: int) -> (i: int)
 method Slow() -> ()
+method ReadFD() -> (data: string, n: int)
 error Boom (why: string)
 `
 
@@ -64,6 +65,15 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 					<-ctx.Done()
 				}
 				return c.Reply(map[string]int{"i": in.N})
+			},
+			"org.example.test.ReadFD": func(_ context.Context, c *Call) error {
+				data := ""
+				if len(c.FDs) > 0 {
+					b := make([]byte, 64)
+					n, _ := c.FDs[0].ReadAt(b, 0)
+					data = string(b[:n])
+				}
+				return c.Reply(map[string]any{"data": data, "n": len(c.FDs)})
 			},
 			"org.example.test.Slow": func(_ context.Context, c *Call) error {
 				<-r.slow
@@ -365,4 +375,37 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatal("accepted more+oneway")
 		}
 	})
+}
+
+func TestPassingFiles(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.client(t)
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte("secret of the caller"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out struct {
+		Data string `json:"data"`
+		N    int    `json:"n"`
+	}
+	if err := c.CallFDs(ctx(t), "org.example.test.ReadFD", nil, &out, []*os.File{f}); err != nil || out.Data != "secret of the caller" || out.N != 1 {
+		t.Fatalf("fd call: %+v %v", out, err)
+	}
+	// Descriptors belong to the call that carried them, not the next one.
+	if err := c.Call(ctx(t), "org.example.test.ReadFD", nil, &out); err != nil || out.N != 0 {
+		t.Fatalf("next call saw %d fds: %v", out.N, err)
+	}
+	// More descriptors than allowed close the connection.
+	many := make([]*os.File, MaxFDs+4)
+	for i := range many {
+		many[i] = f
+	}
+	if err := c.CallFDs(ctx(t), "org.example.test.ReadFD", nil, &out, many); err == nil {
+		t.Fatalf("call with %d fds served: %+v", len(many), out)
+	}
 }

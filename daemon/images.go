@@ -1,0 +1,219 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/actors"
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/imaging/flatten"
+	"github.com/paddock-vm/paddock/imaging/source"
+	"github.com/paddock-vm/paddock/varlink"
+)
+
+func imageToAPI(img *imaging.Image) *api.Image {
+	owners := img.Owners
+	if owners == nil {
+		owners = []uint32{}
+	}
+	return &api.Image{Digest: img.Digest, Names: img.Names, Size: img.Size, Created: stamp(img.Created), Owners: owners}
+}
+
+// runImport streams progress while the Import actor works, then replies
+// with the image. A client that hangs up withdraws from the import.
+func (d *Daemon) runImport(ctx context.Context, c *varlink.Call, open func(context.Context) (*source.Image, error)) error {
+	var last time.Time
+	done, err := d.actors.ImportImage(ctx, d.auth.caller(c.Peer), open, func(p imaging.Progress) {
+		if !c.More || (p.Phase == "layers" && time.Since(last) < 200*time.Millisecond) {
+			return
+		}
+		last = time.Now()
+		_ = c.Continue(api.ImportOut{Progress: &api.ImportProgress{Phase: p.Phase, Layer: p.Layer, Layers: p.Layers, Bytes: p.Bytes, Total: p.Total}})
+	})
+	if err != nil {
+		return importError(err)
+	}
+	return c.Reply(api.ImportOut{Image: imageToAPI(done.Image), Cached: done.Cached})
+}
+
+// importError names what was wrong with the image as InvalidArgument; the
+// rest stays Internal.
+func importError(err error) error {
+	var ee *flatten.EntryError
+	switch {
+	case errors.As(err, &ee), errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrAmbiguous),
+		errors.Is(err, source.ErrUnsupported), errors.Is(err, source.ErrPlatform):
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "image", Msg: err.Error()}
+	case errors.Is(err, context.Canceled):
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "image", Msg: "import canceled"}
+	}
+	var ae *actors.Error
+	if errors.As(err, &ae) {
+		return err
+	}
+	// Registry and transport failures name the reference already.
+	return &actors.Error{Kind: errors.New("import"), Msg: "import failed: " + err.Error()}
+}
+
+func (d *Daemon) sourceOptions() source.Options {
+	cfg := d.config()
+	return source.Options{Insecure: cfg.Images.InsecureRegistries, BlobCache: filepath.Join(cfg.CacheDir, "blobs")}
+}
+
+func (d *Daemon) pullImage(ctx context.Context, c *varlink.Call) error {
+	var in api.PullIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if in.Ref == "" {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "ref", Msg: "no image reference given"}
+	}
+	opts := d.sourceOptions()
+	if in.Insecure {
+		host, _, _ := strings.Cut(in.Ref, "/")
+		opts.Insecure = append(append([]string{}, opts.Insecure...), host)
+	}
+	return d.runImport(ctx, c, func(ctx context.Context) (*source.Image, error) {
+		return source.Pull(ctx, in.Ref, opts)
+	})
+}
+
+func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {
+	var in api.ImportIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if len(c.FDs) != 1 {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "source", Msg: fmt.Sprintf("ImportImage needs the file or directory %q passed as one file descriptor, got %d", in.Source, len(c.FDs))}
+	}
+	if len(in.Config) > 0 && !json.Valid(in.Config) {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "config", Msg: "config is not valid JSON"}
+	}
+	// The caller opened the file with its own rights; the daemon reads
+	// through that descriptor and never opens the caller's path itself.
+	// It is duplicated so the import can outlive this call when another
+	// caller joins the same flight.
+	fd, err := unix.FcntlInt(c.FDs[0].Fd(), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return fmt.Errorf("dup descriptor of %s: %w", in.Source, err)
+	}
+	f := os.NewFile(uintptr(fd), in.Source)
+	opts := d.sourceOptions()
+	opts.Name, opts.Config = in.Name, in.Config
+	return d.runImport(ctx, c, func(ctx context.Context) (*source.Image, error) {
+		img, err := openPassed(ctx, f, in, opts)
+		if err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		img.Ref = in.Source
+		prev := img.Release
+		img.Release = func() {
+			if prev != nil {
+				prev()
+			}
+			_ = f.Close()
+		}
+		return img, nil
+	})
+}
+
+// openPassed opens a passed file, or a passed OCI layout directory. A
+// directory is read through /proc/self/fd, so its files must be readable by
+// paddockd's own user (a file needs no such thing).
+func openPassed(ctx context.Context, f *os.File, in api.ImportIn, opts source.Options) (*source.Image, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", in.Source, err)
+	}
+	if !fi.IsDir() {
+		if in.Select != "" {
+			return nil, fmt.Errorf("import %s: a tag or digest selects only within an OCI layout directory: %w", in.Source, source.ErrUnsupported)
+		}
+		return source.ImportFile(ctx, f, in.Source, opts)
+	}
+	path := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	img, err := source.ImportDir(path, in.Select, opts)
+	if err != nil {
+		msg := strings.ReplaceAll(err.Error(), path, in.Source)
+		if errors.Is(err, os.ErrPermission) || strings.Contains(msg, "permission denied") {
+			msg += " (paddockd reads an OCI layout directory as its own user: make it readable, or import a tar of it)"
+		}
+		return nil, fmt.Errorf("%s: %w", msg, source.ErrUnsupported)
+	}
+	return img, nil
+}
+
+func (d *Daemon) listImages(ctx context.Context, c *varlink.Call) error {
+	if err := c.Decode(&struct{}{}); err != nil {
+		return err
+	}
+	r, err := d.actors.Images(ctx, &actors.ListImages{})
+	if err != nil {
+		return err
+	}
+	out := api.ImagesOut{Images: []api.Image{}}
+	for _, img := range r.Images {
+		out.Images = append(out.Images, *imageToAPI(img))
+	}
+	return c.Reply(out)
+}
+
+func (d *Daemon) inspectImage(ctx context.Context, c *varlink.Call) error {
+	var in api.ImageRef
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	r, err := d.actors.Images(ctx, &actors.GetImage{Ref: in.Image})
+	if err != nil {
+		return err
+	}
+	cfg, err := os.ReadFile(filepath.Join(d.images.Dir(r.Image.Digest), "config.json"))
+	if err != nil || !json.Valid(cfg) {
+		cfg = []byte("{}")
+	}
+	users, err := d.actors.ImageUsers(ctx, r.Image.Digest)
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.InspectImageOut{Image: *imageToAPI(r.Image), Config: cfg, UsedBy: users})
+}
+
+func (d *Daemon) removeImage(ctx context.Context, c *varlink.Call) error {
+	var in api.ImageRef
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	r, err := d.actors.Images(ctx, &actors.RemoveImage{Caller: d.auth.caller(c.Peer), Ref: in.Image, Force: in.Force})
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.RemovedOut{Removed: orEmptyList(r.Removed)})
+}
+
+func (d *Daemon) pruneImages(ctx context.Context, c *varlink.Call) error {
+	if err := c.Decode(&struct{}{}); err != nil {
+		return err
+	}
+	r, err := d.actors.Images(ctx, &actors.PruneImages{Caller: d.auth.caller(c.Peer)})
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.RemovedOut{Removed: orEmptyList(r.Removed)})
+}
+
+func orEmptyList(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

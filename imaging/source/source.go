@@ -1,0 +1,441 @@
+// Package source opens the images a user has — registry references, OCI
+// layout directories, `docker save` archives and plain rootfs tars — as
+// go-containerregistry images for the import pipeline.
+package source
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/cache"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound    = errors.New("image not found in source")
+	ErrAmbiguous   = errors.New("source holds several images")
+	ErrUnsupported = errors.New("unsupported image source")
+	ErrPlatform    = errors.New("no linux/amd64 image")
+)
+
+// Kind names where an image came from.
+type Kind string
+
+// The source kinds.
+const (
+	Registry      Kind = "registry"
+	OCILayout     Kind = "oci-layout"
+	DockerArchive Kind = "docker-archive"
+	RootfsTar     Kind = "rootfs-tar"
+)
+
+// Image is an opened image, ready to flatten.
+type Image struct {
+	Kind  Kind
+	Ref   string // as the user gave it
+	Names []string
+	v1.Image
+	// Release frees what the source holds open (a passed file descriptor);
+	// nil when there is nothing to free. Call it once the image is imported.
+	Release func()
+}
+
+// Options tune opening.
+type Options struct {
+	// Insecure lists registries (host[:port]) reached over plain HTTP.
+	Insecure []string
+	// BlobCache, when set, keeps compressed layer blobs by digest so that
+	// images sharing layers download them once.
+	BlobCache string
+	// Platform to pick from an index; default linux/amd64.
+	Platform *v1.Platform
+	// Name and Config apply to rootfs tars: the name to record, and an
+	// optional image config as JSON (an OCI config, or its "config" object:
+	// Entrypoint, Cmd, Env, ...).
+	Name   string
+	Config []byte
+	// Keychain resolves registry credentials; default the docker config.
+	Keychain authn.Keychain
+}
+
+func (o *Options) platform() v1.Platform {
+	if o.Platform != nil {
+		return *o.Platform
+	}
+	return v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+}
+
+// Pull opens an image reference from a registry.
+func Pull(ctx context.Context, ref string, o Options) (*Image, error) {
+	var nopts []name.Option
+	for _, h := range o.Insecure {
+		if strings.HasPrefix(ref, h+"/") {
+			nopts = append(nopts, name.Insecure)
+		}
+	}
+	r, err := name.ParseReference(ref, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	kc := o.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithPlatform(o.platform()))
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	if err := checkPlatform(img, o.platform(), ref); err != nil {
+		return nil, err
+	}
+	if o.BlobCache != "" {
+		img = cache.Image(img, cache.NewFilesystemCache(o.BlobCache))
+	}
+	names := []string{}
+	if t, ok := r.(name.Tag); ok {
+		names = append(names, t.Name())
+	}
+	return &Image{Kind: Registry, Ref: ref, Names: names, Image: img}, nil
+}
+
+func checkPlatform(img v1.Image, want v1.Platform, ref string) error {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("%s: read config: %w", ref, err)
+	}
+	if cf.OS != "" && (cf.OS != want.OS || cf.Architecture != want.Architecture) {
+		return fmt.Errorf("%s is %s/%s: %w", ref, cf.OS, cf.Architecture, ErrPlatform)
+	}
+	return nil
+}
+
+// Import opens a local path: an OCI layout directory (PATH, PATH:tag or
+// PATH@sha256:...), a docker save archive, or a plain rootfs tar (gzip,
+// zstd or uncompressed).
+func Import(ctx context.Context, path string, o Options) (*Image, error) {
+	base, sel := splitSelector(path)
+	fi, err := os.Stat(base)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", base, err)
+	}
+	if fi.IsDir() {
+		return ImportDir(base, sel, o)
+	}
+	if sel != "" {
+		return nil, fmt.Errorf("import %s: a tag or digest selects only within an OCI layout directory: %w", path, ErrUnsupported)
+	}
+	f, err := os.Open(base)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", base, err)
+	}
+	img, err := ImportFile(ctx, f, base, o)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	img.Release = func() { f.Close() }
+	return img, nil
+}
+
+// ImportDir opens an OCI layout directory; sel picks a tag or digest.
+func ImportDir(dir, sel string, o Options) (*Image, error) {
+	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); err != nil {
+		return nil, fmt.Errorf("import %s: a directory must be an OCI layout (no readable oci-layout file: %v): %w", dir, err, ErrUnsupported)
+	}
+	return openLayout(dir, sel, o)
+}
+
+// ImportFile opens a docker save archive or a plain rootfs tar from an open
+// file, reading it only through the descriptor (positioned reads, so one
+// file serves every reader at once). ref names it in messages. The caller
+// keeps f open until the image is released.
+func ImportFile(ctx context.Context, f *os.File, ref string, o Options) (*Image, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", ref, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("import %s: not a regular file or directory: %w", ref, ErrUnsupported)
+	}
+	size := fi.Size()
+	open := func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(f, 0, size)), nil }
+	isDocker, err := isDockerArchive(open)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", ref, err)
+	}
+	if isDocker {
+		return openDockerArchive(ref, open, o)
+	}
+	return openRootfsTar(ctx, ref, open, o)
+}
+
+// splitSelector splits "dir:tag" or "dir@sha256:..." when dir exists.
+func splitSelector(p string) (string, string) {
+	if i := strings.LastIndex(p, "@sha256:"); i > 0 {
+		return p[:i], p[i+1:]
+	}
+	if i := strings.LastIndex(p, ":"); i > 0 && !strings.Contains(p[i:], "/") {
+		if fi, err := os.Stat(p[:i]); err == nil && fi.IsDir() {
+			return p[:i], p[i+1:]
+		}
+	}
+	return p, ""
+}
+
+func openLayout(dir, sel string, o Options) (*Image, error) {
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+	}
+	var hits []v1.Descriptor
+	for _, d := range im.Manifests {
+		tag := d.Annotations["org.opencontainers.image.ref.name"]
+		switch {
+		case sel == "":
+			hits = append(hits, d)
+		case strings.HasPrefix(sel, "sha256:") && d.Digest.String() == sel:
+			hits = append(hits, d)
+		case tag == sel || strings.HasSuffix(tag, ":"+sel):
+			hits = append(hits, d)
+		}
+	}
+	if len(hits) == 0 {
+		return nil, fmt.Errorf("OCI layout %s has no image %q: %w", dir, sel, ErrNotFound)
+	}
+	if len(hits) > 1 {
+		return nil, fmt.Errorf("OCI layout %s holds %d images; pick one with %s:TAG or %s@sha256:...: %w", dir, len(hits), dir, dir, ErrAmbiguous)
+	}
+	d := hits[0]
+	var img v1.Image
+	switch {
+	case d.MediaType.IsIndex():
+		child, err := idx.ImageIndex(d.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+		}
+		img, err = pickPlatform(child, o.platform())
+		if err != nil {
+			return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+		}
+	case d.MediaType.IsImage():
+		img, err = idx.Image(d.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+		}
+	default:
+		return nil, fmt.Errorf("OCI layout %s: entry of media type %s: %w", dir, d.MediaType, ErrUnsupported)
+	}
+	names := []string{}
+	if tag := d.Annotations["org.opencontainers.image.ref.name"]; tag != "" {
+		if strings.Contains(tag, ":") {
+			names = append(names, tag)
+		} else if o.Name != "" {
+			names = append(names, o.Name+":"+tag)
+		}
+	}
+	if o.Name != "" && len(names) == 0 {
+		names = append(names, o.Name)
+	}
+	return &Image{Kind: OCILayout, Ref: dir, Names: names, Image: img}, nil
+}
+
+func pickPlatform(idx v1.ImageIndex, p v1.Platform) (v1.Image, error) {
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range im.Manifests {
+		if d.Platform != nil && d.Platform.OS == p.OS && d.Platform.Architecture == p.Architecture && d.MediaType.IsImage() {
+			return idx.Image(d.Digest)
+		}
+	}
+	return nil, fmt.Errorf("index has %d manifests: %w", len(im.Manifests), ErrPlatform)
+}
+
+// isDockerArchive reports whether a (possibly compressed) tar holds a
+// docker save manifest.json at its top.
+func isDockerArchive(open func() (io.ReadCloser, error)) (bool, error) {
+	f, err := open()
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	r, err := decompress(f)
+	if err != nil {
+		return false, err
+	}
+	tr := tar.NewReader(r)
+	for i := 0; i < 10000; i++ {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("not a tar archive: %w", err)
+		}
+		n := strings.TrimPrefix(h.Name, "./")
+		if n == "manifest.json" {
+			return true, nil
+		}
+		// A rootfs has directories at its top; docker archives do not.
+		if strings.Contains(strings.TrimSuffix(n, "/"), "/") || h.Typeflag == tar.TypeDir && n != "" {
+			return false, nil
+		}
+	}
+	return false, nil
+}
+
+func openDockerArchive(path string, open func() (io.ReadCloser, error), o Options) (*Image, error) {
+	var tag *name.Tag
+	if o.Name != "" {
+		t, err := name.NewTag(o.Name)
+		if err != nil {
+			return nil, fmt.Errorf("name %q: %w", o.Name, err)
+		}
+		tag = &t
+	}
+	img, err := tarball.Image(tarball.Opener(open), tag)
+	if err != nil {
+		return nil, fmt.Errorf("docker archive %s: %w", path, err)
+	}
+	names, err := dockerTags(open)
+	if err != nil {
+		return nil, fmt.Errorf("docker archive %s: %w", path, err)
+	}
+	if tag != nil {
+		names = []string{o.Name}
+	} else if len(names) > 1 {
+		return nil, fmt.Errorf("docker archive %s holds %d images (%s); pick one with --name: %w", path, len(names), strings.Join(names, ", "), ErrAmbiguous)
+	}
+	return &Image{Kind: DockerArchive, Ref: path, Names: names, Image: img}, nil
+}
+
+func dockerTags(open func() (io.ReadCloser, error)) ([]string, error) {
+	f, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return nil, fmt.Errorf("no manifest.json: %w", err)
+		}
+		if strings.TrimPrefix(h.Name, "./") != "manifest.json" {
+			continue
+		}
+		var m []struct{ RepoTags []string }
+		if err := json.NewDecoder(io.LimitReader(tr, 16<<20)).Decode(&m); err != nil {
+			return nil, fmt.Errorf("manifest.json: %w", err)
+		}
+		var tags []string
+		for _, e := range m {
+			tags = append(tags, e.RepoTags...)
+		}
+		return tags, nil
+	}
+}
+
+func openRootfsTar(_ context.Context, path string, open func() (io.ReadCloser, error), o Options) (*Image, error) {
+	if o.Name == "" {
+		return nil, fmt.Errorf("rootfs tar %s: give it a name with --name: %w", path, ErrUnsupported)
+	}
+	if _, err := name.NewTag(o.Name); err != nil {
+		return nil, fmt.Errorf("name %q: %w", o.Name, err)
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		f, err := open()
+		if err != nil {
+			return nil, err
+		}
+		r, err := decompress(f)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return readCloser{r, f}, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rootfs tar %s: %w", path, err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs tar %s: %w", path, err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
+	if len(o.Config) > 0 {
+		b := o.Config
+		var c v1.Config
+		// Accept either a whole OCI config ({"config": {...}}) or its "config" object.
+		var whole struct {
+			Config *v1.Config `json:"config"`
+		}
+		if err := json.Unmarshal(b, &whole); err == nil && whole.Config != nil {
+			c = *whole.Config
+		} else if err := json.Unmarshal(b, &c); err != nil {
+			return nil, fmt.Errorf("image config: %w", err)
+		}
+		cf.Config = c
+	}
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		return nil, err
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	return &Image{Kind: RootfsTar, Ref: path, Names: []string{o.Name}, Image: img}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// decompress sniffs gzip and zstd; anything else passes through.
+func decompress(r io.Reader) (io.Reader, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		return gzip.NewReader(br)
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		d, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, err
+		}
+		return d.IOReadCloser(), nil
+	}
+	return br, nil
+}

@@ -1,0 +1,88 @@
+package varlink
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxFDs bounds the file descriptors accepted with one read; more (or a
+// truncated control message) closes the connection.
+const MaxFDs = 8
+
+// fdReader reads a UNIX connection and collects descriptors passed with
+// SCM_RIGHTS, so a call can carry open files (the caller's own access
+// rights travel with them; the daemon never opens a caller's path itself).
+type fdReader struct {
+	uc  *net.UnixConn
+	oob []byte
+	mu  sync.Mutex
+	fds []*os.File
+}
+
+func newFDReader(uc *net.UnixConn) *fdReader {
+	return &fdReader{uc: uc, oob: make([]byte, unix.CmsgSpace(MaxFDs*4))}
+}
+
+var errTooManyFDs = errors.New("too many file descriptors in one message")
+
+func (r *fdReader) Read(p []byte) (int, error) {
+	n, oobn, flags, _, err := r.uc.ReadMsgUnix(p, r.oob)
+	if n < 0 {
+		n = 0
+	}
+	if oobn > 0 {
+		if perr := r.collect(r.oob[:oobn]); perr != nil {
+			return 0, fmt.Errorf("%w: %v", ErrProtocol, perr)
+		}
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		return 0, fmt.Errorf("%w: %v (more than %d)", ErrProtocol, errTooManyFDs, MaxFDs)
+	}
+	return n, err
+}
+
+func (r *fdReader) collect(oob []byte) error {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			f := os.NewFile(uintptr(fd), fmt.Sprintf("fd%d", fd))
+			if len(r.fds) >= MaxFDs {
+				_ = f.Close()
+				continue
+			}
+			r.fds = append(r.fds, f)
+		}
+	}
+	return nil
+}
+
+// take hands over the descriptors received so far.
+func (r *fdReader) take() []*os.File {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fds := r.fds
+	r.fds = nil
+	return fds
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
