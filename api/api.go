@@ -200,3 +200,34 @@ type InspectImageOut struct {
 type RemovedOut struct {
 	Removed []string `json:"removed"`
 }
+
+// Kernel is a boot kit.
+type Kernel struct {
+	Name    string `json:"name"`
+	Release string `json:"release"`
+	Created string `json:"created"`
+	Modules int    `json:"modules"`
+	Default bool   `json:"default"`
+}
+
+// ImportKernelIn are ImportKernel's parameters.
+type ImportKernelIn struct {
+	Name    string `json:"name,omitempty"`
+	Kernel  string `json:"kernel"`
+	Modules string `json:"modules"`
+}
+
+// KernelOut is ImportKernel's reply.
+type KernelOut struct {
+	Kernel Kernel `json:"kernel"`
+}
+
+// KernelsOut is ListKernels' reply.
+type KernelsOut struct {
+	Kernels []Kernel `json:"kernels"`
+}
+
+// NameIn names one thing.
+type NameIn struct {
+	Name string `json:"name"`
+}

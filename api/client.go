@@ -170,3 +170,26 @@ func (c *Client) PruneImages(ctx context.Context) ([]string, error) {
 	}
 	return out.Removed, nil
 }
+
+// ImportKernel builds a boot kit from an open kernel file and modules directory.
+func (c *Client) ImportKernel(ctx context.Context, in ImportKernelIn, kernel, modules *os.File) (*Kernel, error) {
+	var out KernelOut
+	if err := c.CallFDs(ctx, Interface+".ImportKernel", in, &out, []*os.File{kernel, modules}); err != nil {
+		return nil, err
+	}
+	return &out.Kernel, nil
+}
+
+// ListKernels lists boot kits.
+func (c *Client) ListKernels(ctx context.Context) ([]Kernel, error) {
+	var out KernelsOut
+	if err := c.Call(ctx, Interface+".ListKernels", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Kernels, nil
+}
+
+// RemoveKernel removes a boot kit.
+func (c *Client) RemoveKernel(ctx context.Context, name string) error {
+	return c.Call(ctx, Interface+".RemoveKernel", NameIn{Name: name}, nil)
+}

@@ -29,6 +29,13 @@ type Config struct {
 	Log      Log      `toml:"log"`
 	Defaults Defaults `toml:"defaults"`
 	Images   Images   `toml:"images"`
+	VM       VM       `toml:"vm"`
+}
+
+// VM configures how VMs run.
+type VM struct {
+	// Kernel is the boot kit VMs boot (paddock kernel import --name).
+	Kernel string `toml:"kernel"`
 }
 
 // Images configures image import.
@@ -176,6 +183,7 @@ func Default() *Config {
 		},
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
+		VM:       VM{Kernel: "default"},
 		Images:   Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
 	}
 	if os.Geteuid() == 0 {
@@ -305,6 +313,9 @@ func (c *Config) Validate() error {
 	if c.Defaults.DiskSize < 64<<20 {
 		return bad("defaults.disk_size", "must be at least 64MiB, got %s", FormatSize(int64(c.Defaults.DiskSize)))
 	}
+	if c.VM.Kernel == "" {
+		return bad("vm.kernel", "must name a boot kit")
+	}
 	if c.Images.MaxUnpackedSize < 1<<20 {
 		return bad("images.max_unpacked_size", "must be at least 1MiB, got %s", FormatSize(int64(c.Images.MaxUnpackedSize)))
 	}
@@ -366,6 +377,7 @@ func (c *Config) Diff(old *Config) []Change {
 	add("defaults.memory", old.Defaults.Memory, c.Defaults.Memory, true)
 	add("defaults.disk_size", old.Defaults.DiskSize, c.Defaults.DiskSize, true)
 	add("defaults.auto_stop", old.Defaults.AutoStop.Duration, c.Defaults.AutoStop.Duration, true)
+	add("vm.kernel", old.VM.Kernel, c.VM.Kernel, true)
 	add("images.insecure_registries", old.Images.InsecureRegistries, c.Images.InsecureRegistries, true)
 	add("images.max_unpacked_size", old.Images.MaxUnpackedSize, c.Images.MaxUnpackedSize, false)
 	add("images.max_entries", old.Images.MaxEntries, c.Images.MaxEntries, false)

@@ -267,6 +267,7 @@ func (d *Daemon) reload() {
 	applied.API.ShutdownTimeout = next.API.ShutdownTimeout
 	applied.Defaults = next.Defaults
 	applied.Images.InsecureRegistries = next.Images.InsecureRegistries
+	applied.VM.Kernel = next.VM.Kernel
 	for _, c := range changes {
 		if c.Live {
 			d.log.Info("reload: applied", "key", c.Key, "old", c.Old, "new", c.New)

@@ -33,6 +33,9 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"InspectImage": d.inspectImage,
 		"RemoveImage":  d.removeImage,
 		"PruneImages":  d.pruneImages,
+		"ImportKernel": d.importKernel,
+		"ListKernels":  d.listKernels,
+		"RemoveKernel": d.removeKernel,
 		"Version":      d.version,
 		"Info":         d.info,
 	}

@@ -398,7 +398,7 @@ func (c *cli) commands() *cobra.Command {
 		},
 	}
 
-	root.AddCommand(createCmd, lsCmd, inspectCmd, setCmd, startCmd, stopCmd, rmCmd, eventsCmd, versionCmd, infoCmd, completionCmd, c.imageCommands())
+	root.AddCommand(createCmd, lsCmd, inspectCmd, setCmd, startCmd, stopCmd, rmCmd, eventsCmd, versionCmd, infoCmd, completionCmd, c.imageCommands(), c.kernelCommands())
 	for _, cmd := range root.Commands() {
 		cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	}
