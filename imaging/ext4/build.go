@@ -1,13 +1,20 @@
-// Package ext4 builds a read-only ext4 base image from a flattened tar
-// stream without root.
+// Package ext4 builds a read-only ext4 base image from a flattened tree
+// or tar stream without root.
 //
-// Where mke2fs ≥ 1.47.1 can read a tar on stdin (-d -, probed at run
-// time) the stream goes straight in. Otherwise (Debian 12's 1.47.0) the
-// stream is unpacked as the current user into a scratch tree with owner-
-// accessible permissions, mkfs.ext4 -d copies the tree, and ONE debugfs
-// pass (ApplyOwnership) applies what an unprivileged unpack cannot:
-// owners, setuid/setgid/sticky and other mode bits, device nodes, fifos
-// and xattrs. e2fsck -fyD then indexes directories (neither mkfs -d nor
+// Scratch-tree path (always for BuildFlattened; for Build where mke2fs
+// cannot read tars, as Debian 12's 1.47.0): the tree is unpacked as the
+// current user into a scratch directory with owner-accessible
+// permissions, mkfs.ext4 -d copies it, and ONE debugfs pass
+// (ApplyOwnership) applies what an unprivileged unpack cannot: owners,
+// setuid/setgid/sticky and other mode bits, device nodes, fifos, xattrs
+// and times past 2038.
+//
+// Tar path (Build, where mke2fs ≥ 1.47.1 reads a tar on stdin, probed at
+// run time): the validated stream goes to mke2fs -d -, and the debugfs
+// pass only sets the root and what mke2fs drops (xattrs other than
+// security.capability, times past 2038).
+//
+// Both end with e2fsck -fyD, which indexes directories (neither mkfs -d nor
 // debugfs builds htrees) and checks the result.
 package ext4
 
@@ -41,7 +48,9 @@ type Options struct {
 	ImageRef string
 	// ScratchDir holds the staging tree, command file and xattr values
 	// (a private subdirectory is created and always removed). tmpfs is
-	// several times faster for trees of many small files. Default os.TempDir().
+	// several times faster for trees of many small files. For
+	// BuildFlattened, put it on the filesystem of flatten's ScratchDir so
+	// spilled contents are hardlinked, not copied. Default os.TempDir().
 	ScratchDir string
 	// FreeBytes is added to the computed size. The image is sparse, so free
 	// space costs no disk until a guest writes it.
@@ -146,24 +155,19 @@ const mke2fsConf = `[defaults]
 	}
 `
 
-// BuildFlattened emits a flattened tree straight into Build.
+// BuildFlattened builds the image of a flattened tree. It always uses the
+// scratch-tree path and stages the tree directly: spilled contents are
+// hardlinked when ScratchDir is on the filesystem of flatten's ScratchDir
+// (copied otherwise), so contents are written once in the whole import.
+// flat must stay open until it returns.
 func BuildFlattened(ctx context.Context, flat *flatten.Result, out string, opts Options) (*Result, error) {
-	pr, pw := io.Pipe()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		err := flat.Emit(ctx, pw)
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	res, err := Build(ctx, pr, flat.Summary, out, opts)
-	pr.CloseWithError(errors.New("ext4 build stopped reading"))
-	cancel()
-	if eerr := <-done; err == nil && eerr != nil {
-		err = eerr
-	}
-	return res, err
+	return build(ctx, source{flat: flat}, flat.Summary, out, opts)
+}
+
+// source is what Build reads: a tar stream or a flattened tree.
+type source struct {
+	r    io.Reader
+	flat *flatten.Result
 }
 
 // Build writes an ext4 image of the tar stream r to out (mode 0444,
@@ -172,7 +176,11 @@ func BuildFlattened(ctx context.Context, flat *flatten.Result, out string, opts 
 // and free of duplicates, as flatten emits it; every name is validated
 // again. On error nothing is left: neither out, nor a partial image, nor
 // scratch files.
-func Build(ctx context.Context, r io.Reader, sum flatten.Summary, out string, opts Options) (res *Result, err error) {
+func Build(ctx context.Context, r io.Reader, sum flatten.Summary, out string, opts Options) (*Result, error) {
+	return build(ctx, source{r: r}, sum, out, opts)
+}
+
+func build(ctx context.Context, src source, sum flatten.Summary, out string, opts Options) (res *Result, err error) {
 	start := time.Now()
 	log := opts.Logger
 	if log == nil {
@@ -228,16 +236,20 @@ func Build(ctx context.Context, r io.Reader, sum flatten.Summary, out string, op
 	}
 	env := append(os.Environ(), "MKE2FS_CONFIG="+conf, "LC_ALL=C")
 
-	res = &Result{Path: out, Size: size, Inodes: inodes, TarStdin: caps.TarStdin && !opts.NoTarStdin}
+	// mke2fs -d - saves writing a scratch copy of a tar stream. A flattened
+	// tree is staged instead: its spilled contents are hardlinked, so no
+	// copy is saved, and staging + mkfs -d measured faster than 1.47.2's
+	// tar reader (bookworm minbase on tmpfs: 0.61 s vs 0.80 s in total).
+	res = &Result{Path: out, Size: size, Inodes: inodes, TarStdin: caps.TarStdin && !opts.NoTarStdin && src.flat == nil}
 	sc, err := newScript(scratch, opts.ImageRef)
 	if err != nil {
 		return nil, err
 	}
 	defer sc.close()
 	if res.TarStdin {
-		err = buildTarStdin(ctx, r, tools.Mke2fs, append(mkfsArgs, "-d", "-", img), env, sc, opts.ImageRef, &res.Timings)
+		err = buildTarStdin(ctx, src.r, tools.Mke2fs, append(mkfsArgs, "-d", "-", img), env, sc, opts.ImageRef, &res.Timings)
 	} else {
-		err = buildStaged(ctx, r, tools.Mke2fs, mkfsArgs, img, env, scratch, sc, opts.ImageRef, &res.Timings)
+		err = buildStaged(ctx, src, tools.Mke2fs, mkfsArgs, img, env, scratch, sc, opts.ImageRef, &res.Timings)
 	}
 	if err != nil {
 		return nil, err
@@ -276,7 +288,7 @@ func Build(ctx context.Context, r io.Reader, sum flatten.Summary, out string, op
 	return res, nil
 }
 
-func buildStaged(ctx context.Context, r io.Reader, mke2fs string, args []string, img string, env []string,
+func buildStaged(ctx context.Context, src source, mke2fs string, args []string, img string, env []string,
 	scratch string, sc *script, imageRef string, tm *Timings) error {
 	t := time.Now()
 	tree := filepath.Join(scratch, "tree")
@@ -287,7 +299,11 @@ func buildStaged(ctx context.Context, r io.Reader, mke2fs string, args []string,
 	if err != nil {
 		return err
 	}
-	err = st.run(r)
+	if src.flat != nil {
+		err = st.walk(src.flat)
+	} else {
+		err = st.run(src.r)
+	}
 	if err == nil {
 		err = st.finishDirs()
 	}
@@ -302,7 +318,9 @@ func buildStaged(ctx context.Context, r io.Reader, mke2fs string, args []string,
 		return err
 	}
 	tm.Mkfs = time.Since(t)
-	return nil
+	// The tree is not needed any more; removing it now frees the scratch
+	// space before the debugfs and e2fsck passes.
+	return os.RemoveAll(tree)
 }
 
 // run executes a tool; failures wrap sentinel with its output.

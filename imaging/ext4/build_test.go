@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,13 +24,12 @@ import (
 // case's own expectations, then with e2fsck -fn.
 func TestBuildSemantics(t *testing.T) {
 	requireTools(t)
-	for mode, opts := range buildModes(t) {
+	for mode, m := range buildModes(t) {
 		for _, c := range ft.Cases() {
 			t.Run(mode+"/"+c.Name, func(t *testing.T) {
 				t.Parallel()
-				opts := opts
-				opts.ImageRef = "test/" + c.Name
-				img, stream, res := build(t, ft.Layers(t, c.Layers...), opts)
+				m.opts.ImageRef = "test/" + c.Name
+				img, stream, res := build(t, ft.Layers(t, c.Layers...), m)
 				if res.TarStdin != (mode == "tar-stdin") {
 					t.Fatalf("built with TarStdin=%v in mode %s", res.TarStdin, mode)
 				}
@@ -51,7 +51,7 @@ func TestBuildResult(t *testing.T) {
 		entries = append(entries, ft.File("big/file-with-a-longish-name-"+strings.Repeat("x", i%7)+"-"+strconv.Itoa(i), "x", 0))
 	}
 	entries = append(entries, ft.File("zeros", string(make([]byte, 8<<20)), 0))
-	img, _, res := build(t, ft.Layers(t, entries), ext4.Options{Tools: testTools(), FreeBytes: 1 << 30, Label: "paddock-root"})
+	img, _, res := build(t, ft.Layers(t, entries), buildMode{opts: ext4.Options{Tools: testTools(), FreeBytes: 1 << 30, Label: "paddock-root"}})
 	st, err := os.Stat(img)
 	if err != nil {
 		t.Fatal(err)
@@ -70,12 +70,17 @@ func TestBuildResult(t *testing.T) {
 	if strings.Contains(out[0], "Not a hash-indexed directory") || !strings.Contains(out[0], "Root node dump") {
 		t.Errorf("/big is not indexed after e2fsck -D:\n%.300s", out[0])
 	}
-	if !strings.Contains(out[1], "Filesystem volume name:   paddock-root") || !strings.Contains(out[1], "Block size:               4096") ||
-		!strings.Contains(out[1], "Inode size:	          256") && !strings.Contains(out[1], "Inode size:") {
-		t.Errorf("unexpected superblock:\n%.1200s", out[1])
+	for _, re := range []string{`Filesystem volume name:\s+paddock-root\n`, `Block size:\s+4096\n`, `Inode size:\s+256\n`,
+		`Reserved block count:\s+0\n`, `Filesystem features:.*metadata_csum`} {
+		if !regexp.MustCompile(re).MatchString(out[1]) {
+			t.Errorf("superblock does not match %q:\n%.1500s", re, out[1])
+		}
 	}
-	if !strings.Contains(out[1], "Reserved block count:     0") {
-		t.Errorf("reserved blocks not 0 (-m 0)")
+	// mke2fs rounds -N up to whole inode-table blocks per group
+	if m := regexp.MustCompile(`Inode count:\s+(\d+)`).FindStringSubmatch(out[1]); m == nil {
+		t.Error("no inode count in superblock")
+	} else if n, _ := strconv.ParseInt(m[1], 10, 64); n < res.Inodes {
+		t.Errorf("inode count %d < requested %d", n, res.Inodes)
 	}
 	t.Logf("size %d MiB, allocated %d KiB, inodes %d, fixup lines %d, timings %+v", res.Size>>20, alloc>>10, res.Inodes, res.FixupLines, res.Timings)
 }

@@ -92,6 +92,7 @@ type script struct {
 	lines     int
 	links     map[string]int // created extra names per link target
 	linkOrder []string
+	closed    bool
 }
 
 func newScript(dir, imageRef string) (*script, error) {
@@ -103,7 +104,12 @@ func newScript(dir, imageRef string) (*script, error) {
 	return &script{dir: dir, path: p, imageRef: imageRef, f: f, w: bufio.NewWriterSize(f, 1<<20), links: map[string]int{}}, nil
 }
 
-func (s *script) close() { s.f.Close() }
+func (s *script) close() {
+	if !s.closed {
+		s.f.Close()
+		s.closed = true
+	}
+}
 
 // quote makes s one debugfs argument: inside double quotes everything is
 // literal (spaces, tabs, backslashes, '#', '!') except '"', which is doubled.
@@ -291,6 +297,7 @@ func (s *script) finish() error {
 	if err := s.w.Flush(); err != nil {
 		return fmt.Errorf("debugfs command file: %w", err)
 	}
+	s.closed = true
 	if err := s.f.Close(); err != nil {
 		return fmt.Errorf("debugfs command file: %w", err)
 	}

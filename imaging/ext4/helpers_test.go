@@ -66,16 +66,35 @@ func testTools() ext4.Tools {
 	return ext4.Tools{Mke2fs: filepath.Join(d, "mke2fs"), Debugfs: filepath.Join(d, "debugfs"), E2fsck: filepath.Join(d, "e2fsck")}
 }
 
-// buildModes are the build paths available here: the scratch tree always,
-// mke2fs -d - when the mke2fs under test reads tars.
-func buildModes(t testing.TB) map[string]ext4.Options {
-	modes := map[string]ext4.Options{"staged": {Tools: testTools(), NoTarStdin: true}}
+// buildMode is one way of building: how the tree reaches ext4.Build and
+// with which options.
+type buildMode struct {
+	opts ext4.Options
+	// stream: Build reads the emitted tar instead of the flattened tree.
+	stream bool
+	// otherFS: ext4's scratch is on another filesystem than flatten's, so
+	// spilled contents are copied instead of hardlinked.
+	otherFS bool
+}
+
+// buildModes are the build paths available here: the scratch tree fed by a
+// flattened tree (hardlinking or copying spilled contents) or by a tar
+// stream, and mke2fs -d - when the mke2fs under test reads tars.
+func buildModes(t testing.TB) map[string]buildMode {
+	staged := ext4.Options{Tools: testTools(), NoTarStdin: true}
+	modes := map[string]buildMode{
+		"staged-link":   {opts: staged},
+		"staged-stream": {opts: staged, stream: true},
+	}
+	if d := testDir(t); !strings.HasPrefix(d, os.TempDir()) {
+		modes["staged-copy"] = buildMode{opts: staged, otherFS: true}
+	}
 	mk := testTools().Mke2fs
 	if mk == "" {
 		mk = tool("mke2fs")
 	}
 	if c, err := ext4.Probe(context.Background(), mk); err == nil && c.TarStdin {
-		modes["tar-stdin"] = ext4.Options{Tools: testTools()}
+		modes["tar-stdin"] = buildMode{opts: ext4.Options{Tools: testTools()}, stream: true}
 	}
 	return modes
 }
@@ -255,7 +274,7 @@ func fsckClean(t testing.TB, img string) {
 // build flattens layers and builds an image, checking that the scratch
 // dir is empty afterwards. It returns the image, the flattened stream and
 // the build result.
-func build(t *testing.T, layers []flatten.Layer, opts ext4.Options) (string, []byte, *ext4.Result) {
+func build(t *testing.T, layers []flatten.Layer, m buildMode) (string, []byte, *ext4.Result) {
 	t.Helper()
 	scratch := testDir(t)
 	ctx := context.Background()
@@ -269,13 +288,27 @@ func build(t *testing.T, layers []flatten.Layer, opts ext4.Options) (string, []b
 		t.Fatal(err)
 	}
 	img := filepath.Join(testDir(t), "rootfs.ext4")
+	opts := m.opts
 	opts.ScratchDir = scratch
-	res, err := ext4.BuildFlattened(ctx, flat, img, opts)
+	if m.otherFS {
+		opts.ScratchDir = t.TempDir()
+	}
+	var res *ext4.Result
+	if m.stream {
+		res, err = ext4.Build(ctx, bytes.NewReader(stream.Bytes()), flat.Summary, img, opts)
+	} else {
+		res, err = ext4.BuildFlattened(ctx, flat, img, opts)
+	}
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
-	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
-		t.Errorf("scratch not empty after build: %v", ents)
+	if err := flat.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{scratch, opts.ScratchDir} {
+		if ents, _ := os.ReadDir(d); len(ents) != 0 {
+			t.Errorf("scratch %s not empty after build and Close: %v", d, ents)
+		}
 	}
 	if len(res.FsckFixes) > 0 {
 		t.Errorf("e2fsck had to repair the image: %q", res.FsckFixes)

@@ -5,8 +5,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -36,8 +38,6 @@ type stager struct {
 	buf      []byte
 	zero     []byte
 	script   *script
-	bytes    int64
-	end      int64 // end of the last data written to the current file
 }
 
 type dirTime struct {
@@ -83,6 +83,7 @@ func (s *stager) popTo(n int) {
 
 // dirFD returns an fd for the directory comps, reusing the open chain:
 // the stream is depth-first, so this is amortised one openat per directory.
+// The chain holds one fd per level (at most MaxPathLen/2 = 2048).
 func (s *stager) dirFD(comps []string) (int, error) {
 	k := 0
 	for k < len(comps) && k < len(s.stackDir) && comps[k] == s.stackDir[k] {
@@ -127,10 +128,15 @@ func (s *stager) run(r io.Reader) error {
 			return s.fail(prev, fmt.Errorf("%w: corrupt tar after this entry: %v", flatten.ErrBadEntry, err))
 		}
 		prev = h.Name
-		if err := s.entry(h, tr); err != nil {
+		if err := s.entry(h, tr, ""); err != nil {
 			return err
 		}
 	}
+}
+
+// walk stages a flattened tree directly, without a tar stream in between.
+func (s *stager) walk(flat *flatten.Result) error {
+	return flat.Walk(s.ctx, func(e flatten.Entry) error { return s.entry(e.Header, nil, e.ContentPath) })
 }
 
 // checkHeader applies the rules on everything but the entry's own name
@@ -163,7 +169,9 @@ func checkHeader(h *tar.Header) error {
 	return nil
 }
 
-func (s *stager) entry(h *tar.Header, tr *tar.Reader) error {
+// entry stages one entry; content comes from src (a tar stream) or from
+// contentPath (a flattened tree's spill file).
+func (s *stager) entry(h *tar.Header, src io.Reader, contentPath string) error {
 	clean, err := flatten.CleanPath(h.Name)
 	if err == nil {
 		err = checkHeader(h)
@@ -206,7 +214,7 @@ func (s *stager) entry(h *tar.Header, tr *tar.Reader) error {
 		fx.SkipMode = int64(staged) == mode
 		s.dirs = append(s.dirs, dirTime{comps: comps, mtime: h.ModTime.Unix()})
 	case tar.TypeReg:
-		if err := s.file(h, tr, comps, base); err != nil {
+		if err := s.file(h, src, contentPath, comps, base); err != nil {
 			return err
 		}
 		fx.SkipMode = mode&0o777|stagedFileBits == mode
@@ -277,35 +285,58 @@ func hasXattrs(h *tar.Header) bool {
 	return false
 }
 
-// file stages a regular file: zero 4 KiB blocks become holes, which
-// mkfs -d keeps as holes in the image.
-func (s *stager) file(h *tar.Header, tr *tar.Reader, comps []string, base string) error {
+// file stages a regular file. A spilled content (contentPath) is
+// hardlinked into the tree when it is on the same filesystem: the contents
+// are then written once in the whole import. Otherwise the content is
+// copied; zero 4 KiB blocks become holes, which mkfs -d keeps as holes.
+func (s *stager) file(h *tar.Header, src io.Reader, contentPath string, comps []string, base string) error {
 	dfd, err := s.dirFD(comps[:len(comps)-1])
 	if err != nil {
 		return err
+	}
+	if contentPath != "" {
+		err := unix.Linkat(unix.AT_FDCWD, contentPath, dfd, base, 0)
+		if err == nil {
+			if err := unix.Fchmodat(dfd, base, uint32(h.Mode&0o777|stagedFileBits), 0); err != nil {
+				return fmt.Errorf("stage %q: %w", h.Name, err)
+			}
+			return setTime(dfd, base, h.ModTime.Unix())
+		}
+		if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EMLINK) {
+			return fmt.Errorf("stage %q: %w", h.Name, err)
+		}
+		f, err := os.Open(contentPath)
+		if err != nil {
+			return fmt.Errorf("stage %q: %w", h.Name, err)
+		}
+		defer f.Close()
+		src = f
 	}
 	fd, err := unix.Openat(dfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, stagedFileBits)
 	if err != nil {
 		return fmt.Errorf("stage %q: %w", h.Name, err)
 	}
 	defer unix.Close(fd)
-	var off int64
-	s.end = 0
+	var off, end int64
 	for off < h.Size {
 		if err := s.ctx.Err(); err != nil {
 			return err
 		}
-		n, err := io.ReadFull(tr, s.buf[:min(int64(len(s.buf)), h.Size-off)])
+		if src == nil {
+			return s.fail(h.Name, fmt.Errorf("%w: content missing", flatten.ErrBadEntry))
+		}
+		n, err := io.ReadFull(src, s.buf[:min(int64(len(s.buf)), h.Size-off)])
 		if err != nil {
 			return s.fail(h.Name, fmt.Errorf("%w: content truncated: %v", flatten.ErrBadEntry, err))
 		}
-		if err := s.writeSparse(fd, s.buf[:n], off); err != nil {
+		e, err := writeSparse(fd, s.buf[:n], off, s.zero)
+		if err != nil {
 			return fmt.Errorf("stage %q: %w", h.Name, err)
 		}
+		end = max(end, e)
 		off += int64(n)
 	}
-	s.bytes += h.Size
-	if s.end < h.Size { // trailing hole; ftruncate on ext4 is not free, skip it otherwise
+	if end < h.Size { // trailing hole; ftruncate on ext4 is not free, skip it otherwise
 		if err := unix.Ftruncate(fd, h.Size); err != nil {
 			return fmt.Errorf("stage %q: %w", h.Name, err)
 		}
@@ -319,8 +350,11 @@ func (s *stager) file(h *tar.Header, tr *tar.Reader, comps []string, base string
 	return nil
 }
 
-func (s *stager) writeSparse(fd int, chunk []byte, pos int64) error {
-	isZero := func(j int) bool { return j+4096 <= len(chunk) && bytes.Equal(chunk[j:j+4096], s.zero) }
+// writeSparse writes the non-zero 4 KiB blocks of chunk at pos (aligned)
+// and returns the end offset of the last data written (0 if none).
+func writeSparse(fd int, chunk []byte, pos int64, zero []byte) (int64, error) {
+	isZero := func(j int) bool { return j+4096 <= len(chunk) && bytes.Equal(chunk[j:j+4096], zero) }
+	var end int64
 	for i := 0; i < len(chunk); {
 		j := i
 		for j < len(chunk) && !isZero(j) {
@@ -329,19 +363,19 @@ func (s *stager) writeSparse(fd int, chunk []byte, pos int64) error {
 		for w := i; w < j; {
 			n, err := unix.Pwrite(fd, chunk[w:j], pos+int64(w))
 			if err != nil {
-				return err
+				return 0, err
 			}
 			w += n
 		}
 		if j > i {
-			s.end = pos + int64(j)
+			end = pos + int64(j)
 		}
 		for isZero(j) {
 			j += 4096
 		}
 		i = j
 	}
-	return nil
+	return end, nil
 }
 
 // link makes comps a hardlink of the staged regular file target.

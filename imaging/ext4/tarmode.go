@@ -26,7 +26,9 @@ import (
 // their target's metadata (mke2fs applies a link header's mode and owner
 // to the shared inode).
 //
-// Untested on Debian 12, whose mke2fs is 1.47.0; Probe disables it there.
+// Debian 12's mke2fs (1.47.0) cannot do this; Probe disables it there. It
+// is tested with e2fsprogs 1.47.2 from bookworm-backports (see
+// PADDOCK_TEST_E2FSPROGS in the tests).
 func buildTarStdin(ctx context.Context, r io.Reader, mke2fs string, args, env []string, sc *script,
 	imageRef string, tm *Timings) error {
 	t := time.Now()

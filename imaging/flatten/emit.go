@@ -7,24 +7,63 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 )
 
-// Emit writes the flattened tree to w as a tar stream: root "./" first,
-// then depth-first in byte order of names; directories end in "/"; owners
-// are numeric only (no uname/gname); xattrs are PAX SCHILY.xattr records.
-// Emit may be called more than once until Close.
-func (r *Result) Emit(ctx context.Context, w io.Writer) error {
+// Entry is one entry of the flattened tree, as Walk reports it.
+type Entry struct {
+	// Header is the tar header Emit writes: Name relative to the root
+	// ("./" for the root, "dir/" for directories), numeric owner only,
+	// xattrs as PAX SCHILY.xattr records; hardlinks carry their target's
+	// mode, owner and mtime.
+	Header *tar.Header
+	// ContentPath is a file holding a regular file's content (empty for
+	// empty files and non-regular entries). It stays valid until Close.
+	// Callers may hardlink it, or change its mode and times, but must not
+	// write to it.
+	ContentPath string
+}
+
+// Walk calls fn for every entry of the flattened tree in stream order:
+// root first, then depth-first in byte order of names, so parents come
+// before children and a hardlink's target before the link.
+func (r *Result) Walk(ctx context.Context, fn func(Entry) error) error {
 	if r.spill == nil {
-		return errors.New("flatten: emit after Close")
+		return errors.New("flatten: walk after Close")
 	}
 	r.gen++
+	w := &walker{ctx: ctx, gen: r.gen, fn: fn}
+	return w.walk(r.root, "")
+}
+
+// Emit writes the flattened tree to w as a tar stream (see Walk and Entry
+// for order and headers). It may be called more than once until Close.
+func (r *Result) Emit(ctx context.Context, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
-	e := &emitter{ctx: ctx, tw: tar.NewWriter(bw), sp: r.spill, gen: r.gen, buf: make([]byte, 1<<20)}
-	if err := e.emit(r.root, ""); err != nil {
+	tw := tar.NewWriter(bw)
+	buf := make([]byte, 1<<20)
+	err := r.Walk(ctx, func(e Entry) error {
+		if err := tw.WriteHeader(e.Header); err != nil {
+			return fmt.Errorf("flatten: write header %q: %w", e.Header.Name, err)
+		}
+		if e.ContentPath == "" {
+			return nil
+		}
+		f, err := os.Open(e.ContentPath)
+		if err != nil {
+			return fmt.Errorf("flatten: content of %q: %w", e.Header.Name, err)
+		}
+		defer f.Close()
+		if _, err := io.CopyBuffer(tw, io.LimitReader(f, e.Header.Size), buf); err != nil {
+			return fmt.Errorf("flatten: write content of %q: %w", e.Header.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	if err := e.tw.Close(); err != nil {
+	if err := tw.Close(); err != nil {
 		return fmt.Errorf("flatten: finish tar stream: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
@@ -51,16 +90,14 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-type emitter struct {
+type walker struct {
 	ctx context.Context
-	tw  *tar.Writer
-	sp  *spill
 	gen uint32
-	buf []byte
+	fn  func(Entry) error
 }
 
-func (e *emitter) emit(n *node, name string) error {
-	if err := e.ctx.Err(); err != nil {
+func (w *walker) walk(n *node, name string) error {
+	if err := w.ctx.Err(); err != nil {
 		return err
 	}
 	ino := n.ino
@@ -71,19 +108,19 @@ func (e *emitter) emit(n *node, name string) error {
 		Gid:     ino.gid,
 		ModTime: time.Unix(ino.mtime, 0),
 	}
-	if ino.kind != kDir && ino.gen == e.gen {
-		// Later name of an inode already emitted: a hardlink to the first.
+	if ino.kind != kDir && ino.gen == w.gen {
+		// Later name of an inode already walked: a hardlink to the first.
 		hdr.Typeflag, hdr.Linkname = tar.TypeLink, ino.emittedAs
-		return e.write(hdr, nil)
+		return w.fn(Entry{Header: hdr})
 	}
-	ino.gen, ino.emittedAs = e.gen, name
+	ino.gen, ino.emittedAs = w.gen, name
 	for k, v := range ino.xattrs {
 		if hdr.PAXRecords == nil {
 			hdr.PAXRecords = map[string]string{}
 		}
 		hdr.PAXRecords["SCHILY.xattr."+k] = v
 	}
-	var content io.Reader
+	e := Entry{Header: hdr}
 	switch ino.kind {
 	case kDir:
 		hdr.Typeflag = tar.TypeDir
@@ -94,7 +131,7 @@ func (e *emitter) emit(n *node, name string) error {
 		}
 	case kReg:
 		hdr.Typeflag, hdr.Size = tar.TypeReg, ino.size
-		content = e.sp.reader(ino.off, ino.size)
+		e.ContentPath = ino.content
 	case kSymlink:
 		hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, ino.target, 0o777
 	case kChar, kBlock:
@@ -106,7 +143,7 @@ func (e *emitter) emit(n *node, name string) error {
 	case kFifo:
 		hdr.Typeflag = tar.TypeFifo
 	}
-	if err := e.write(hdr, content); err != nil {
+	if err := w.fn(e); err != nil {
 		return err
 	}
 	if ino.kind == kDir {
@@ -115,21 +152,9 @@ func (e *emitter) emit(n *node, name string) error {
 			prefix += "/"
 		}
 		for _, c := range sortedKids(n) {
-			if err := e.emit(c, prefix+c.name); err != nil {
+			if err := w.walk(c, prefix+c.name); err != nil {
 				return err
 			}
-		}
-	}
-	return nil
-}
-
-func (e *emitter) write(hdr *tar.Header, content io.Reader) error {
-	if err := e.tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("flatten: write header %q: %w", hdr.Name, err)
-	}
-	if content != nil {
-		if _, err := io.CopyBuffer(e.tw, content, e.buf); err != nil {
-			return fmt.Errorf("flatten: write content of %q: %w", hdr.Name, err)
 		}
 	}
 	return nil

@@ -25,7 +25,7 @@
 // applies link-header metadata to the shared inode).
 //
 // Memory holds metadata only (about 200 bytes per entry plus names,
-// symlink targets and xattrs); file contents go to a spill file in
+// symlink targets and xattrs); file contents go to spill files in
 // Options.ScratchDir (see spill).
 package flatten
 
@@ -50,8 +50,9 @@ const (
 type Options struct {
 	// ImageRef names the image in errors.
 	ImageRef string
-	// ScratchDir receives the (unlinked) spill file holding file contents
-	// until they are emitted; tmpfs is fastest. Default os.TempDir().
+	// ScratchDir receives a private directory holding file contents until
+	// the Result is closed; tmpfs is fastest, and a builder staging on the
+	// same filesystem can hardlink instead of copying. Default os.TempDir().
 	ScratchDir string
 	// MaxEntries bounds the number of tar entries read over all layers
 	// (whiteouts included). Default DefaultMaxEntries.
@@ -117,7 +118,8 @@ func (r *Result) Close() error {
 }
 
 // Flatten reads the layers in order and returns the flattened tree. On
-// error nothing is left in ScratchDir. Rejections are *EntryError.
+// error nothing is left in ScratchDir (after a crash, a "paddock-flatten-*"
+// directory may be). Rejections are *EntryError.
 func Flatten(ctx context.Context, layers []Layer, opts Options) (*Result, error) {
 	if opts.MaxEntries <= 0 {
 		opts.MaxEntries = DefaultMaxEntries
@@ -136,10 +138,6 @@ func Flatten(ctx context.Context, layers []Layer, opts Options) (*Result, error)
 			sp.Close()
 			return nil, err
 		}
-	}
-	if err := sp.finish(); err != nil {
-		sp.Close()
-		return nil, err
 	}
 	res := &Result{root: f.root, spill: sp}
 	res.Summary = f.summarize()
@@ -166,7 +164,8 @@ type inode struct {
 	major, minor int64
 	target       string            // symlink target
 	xattrs       map[string]string // nil when none
-	off, size    int64             // regular file content in the spill
+	content      string            // spill file of a regular file ("" when empty)
+	size         int64             // regular file size
 	refs         int32             // names in the tree
 	emittedAs    string            // first emitted name, for hardlinks
 	gen          uint32            // emission/summary generation that set emittedAs
@@ -446,14 +445,14 @@ func (f *flattener) newInode(hdr *tar.Header, tr *tar.Reader) (*inode, error) {
 	}
 	f.unpacked += meta + size
 	if ino.kind == kReg {
-		off, err := f.spill.write(tr, size)
+		p, err := f.spill.write(tr, size)
 		if err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, rule(ErrBadEntry, "content truncated")
 			}
 			return nil, err
 		}
-		ino.off, ino.size = off, size
+		ino.content, ino.size = p, size
 	}
 	return ino, nil
 }
@@ -586,7 +585,7 @@ func (f *flattener) release(n *node) {
 	}
 	n.ino.refs--
 	if n.ino.refs == 0 && n.ino.kind == kReg {
-		f.spill.release(n.ino.off, n.ino.size)
+		f.spill.release(n.ino.content)
 	}
 }
 

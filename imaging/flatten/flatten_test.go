@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 
@@ -209,5 +211,40 @@ func TestCleanPath(t *testing.T) {
 		if !errors.Is(err, tc.err) || (tc.err == nil && got != tc.want) {
 			t.Errorf("CleanPath(%.40q) = %.40q, %v; want %.40q, %v", tc.in, got, err, tc.want, tc.err)
 		}
+	}
+}
+
+// TestWalk: Walk reports the stream's headers with a content file for each
+// non-empty regular inode (first name only) that holds exactly its bytes.
+func TestWalk(t *testing.T) {
+	layers := ft.Layers(t, []ft.Entry{ft.File("a", "alpha", 0), ft.File("empty", "", 0), ft.Hardlink("b", "a"), ft.Symlink("s", "a")})
+	res, err := flatten.Flatten(context.Background(), layers, flatten.Options{ScratchDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	got := map[string]string{}
+	err = res.Walk(context.Background(), func(e flatten.Entry) error {
+		c := "-"
+		if e.ContentPath != "" {
+			b, err := os.ReadFile(e.ContentPath)
+			if err != nil {
+				return err
+			}
+			c = string(b)
+		}
+		got[e.Header.Name+" "+string(e.Header.Typeflag)] = c
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"./ 5": "-", "a 0": "alpha", "b 1": "-", "empty 0": "-", "s 2": "-"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Walk saw %v, want %v", got, want)
+	}
+	res.Close()
+	if err := res.Walk(context.Background(), func(flatten.Entry) error { return nil }); err == nil {
+		t.Error("Walk after Close succeeded")
 	}
 }

@@ -31,12 +31,19 @@ func FuzzFlatten(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
 	}
+	scratch := f.TempDir()
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() { // spill files are cheap on tmpfs
+		if d, err := os.MkdirTemp("/dev/shm", "paddock-fuzz-"); err == nil {
+			scratch = d
+			f.Cleanup(func() { os.RemoveAll(d) })
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		layers := []flatten.Layer{
 			flatten.ReaderLayer("sha256:base", bytes.NewReader(fuzzBase)),
 			flatten.ReaderLayer("sha256:fuzz", bytes.NewReader(data)),
 		}
-		res, err := flatten.Flatten(context.Background(), layers, flatten.Options{MaxEntries: 2000, MaxUnpackedSize: 4 << 20})
+		res, err := flatten.Flatten(context.Background(), layers, flatten.Options{MaxEntries: 2000, MaxUnpackedSize: 4 << 20, ScratchDir: scratch})
 		if err != nil {
 			var ee *flatten.EntryError
 			if errors.As(err, &ee) && ee.Layer != "sha256:fuzz" {
