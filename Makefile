@@ -47,7 +47,8 @@ lint-shell: deps
 	shellcheck $$(git ls-files '*.sh' .ci/run)
 
 bench: deps kernel build
-	$(GO) run ./bench
+	@.ci/minbase.sh $(PADDOCK_TEST_CACHE)/bench/bookworm-minbase.tar
+	PADDOCK_BENCH_MINBASE=$(PADDOCK_TEST_CACHE)/bench/bookworm-minbase.tar $(GO) run ./bench
 
 demo: deps build
 	.ci/demo.sh

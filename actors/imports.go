@@ -226,6 +226,11 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 		req.Done <- ImportDone{Image: img, Cached: err == nil, Err: err}
 		return
 	}
+	if src.HintOnly {
+		release(src)
+		req.Done <- ImportDone{Err: fmt.Errorf("image %s changed while it was being imported; import it again", src.Ref)}
+		return
+	}
 	fctx, cancel := context.WithCancel(context.Background())
 	f := &flight{cancel: cancel, src: src, waiters: []*ImportImage{req}, owners: []uint32{req.Caller.UID}}
 	a.flights[digest] = f

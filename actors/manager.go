@@ -1,9 +1,11 @@
 package actors
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/host/netdev"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/state"
 )
@@ -36,6 +39,7 @@ type manager struct {
 	defaults Defaults
 	events   *actor.PID
 	onCounts func(api.Counts)
+	host     *Host
 
 	byID   map[string]*entry
 	byName map[string]string
@@ -119,13 +123,62 @@ func (m *manager) start(ctx actor.Context) {
 		}
 		m.spawn(ctx, vm)
 	}
+	if m.host != nil {
+		// Ready only once every VM is reconciled and orphans are gone.
+		for id, e := range m.byID {
+			if _, err := ctx.RequestFuture(e.pid, &reconciled{}, 10*time.Minute).Result(); err != nil {
+				m.log.Error("VM did not reconcile", "vm_id", id, "err", err)
+			}
+		}
+		m.sweep()
+	}
 	m.recount()
+}
+
+// sweep removes host objects that carry paddock's tags but belong to no VM:
+// what a crash between create and record, or a lost VM directory, leaves.
+func (m *manager) sweep() {
+	known := func(id string) bool { _, ok := m.byID[id]; return ok }
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	h := m.host
+	if procs, err := h.VMM.List(); err != nil {
+		m.log.Warn("listing VMM processes for the orphan sweep", "err", err)
+	} else {
+		for id, rt := range procs {
+			if !known(id) {
+				m.log.Warn("killing an orphan VMM", "vm_id", id, "pid", rt.PID)
+				if err := h.VMM.Kill(ctx, rt); err != nil {
+					m.log.Error("killing an orphan VMM", "vm_id", id, "err", err)
+				}
+			}
+		}
+	}
+	if h.SweepDisks != nil {
+		if err := h.SweepDisks(ctx, known); err != nil {
+			m.log.Warn("sweeping orphan disks", "err", err)
+		}
+	}
+	if h.Net != nil {
+		owned, err := h.Net.ListOwned(ctx)
+		if err != nil {
+			m.log.Warn("listing tagged links for the orphan sweep", "err", err)
+		}
+		for _, o := range owned {
+			if o.Kind == netdev.KindTap && o.Valid && !known(o.VMID) {
+				m.log.Warn("removing an orphan tap", "tap", o.Name, "vm_id", o.VMID)
+				if err := h.Net.ReleaseTap(ctx, o.Name, o.Ifindex); err != nil {
+					m.log.Error("removing an orphan tap", "tap", o.Name, "err", err)
+				}
+			}
+		}
+	}
 }
 
 func (m *manager) spawn(ctx actor.Context, vm state.VM) {
 	id := vm.ID
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events}
+		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host}
 	})
 	pid, err := ctx.SpawnNamed(props, "vm-"+id)
 	if err != nil {
@@ -265,6 +318,23 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	vm := state.VM{ID: state.NewID(), Name: req.Name, OwnerUID: req.Caller.UID, Spec: spec, Status: state.StatusCreated, CreatedAt: now, UpdatedAt: now}
 	for m.byID[vm.ID] != nil {
 		vm.ID = state.NewID()
+	}
+	if m.host != nil && m.host.Alloc != nil {
+		// The address is the VM's for life, chosen here where every other
+		// VM's is known.
+		taken := map[netip.Addr]bool{}
+		for _, e := range m.byID {
+			if e.vm.Net != nil {
+				if p, err := netip.ParsePrefix(e.vm.Net.IP); err == nil {
+					taken[p.Addr()] = true
+				}
+			}
+		}
+		addr, err := m.host.Alloc.Allocate(vm.ID, taken)
+		if err != nil {
+			return nil, fmt.Errorf("allocate an address for %s: %w", req.Name, err)
+		}
+		vm.Net = &state.NetRuntime{IP: netip.PrefixFrom(addr, m.host.Alloc.Subnet().Bits()).String(), Gateway: m.host.Alloc.Gateway().String(), MAC: netdev.GuestMAC(vm.ID).String()}
 	}
 	// vm.json first: a crash before handles.json leaves a whole VM whose
 	// handle set is empty, which is what a missing handles.json means.

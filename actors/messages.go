@@ -19,6 +19,9 @@ var (
 	ErrInvalidState     = errors.New("invalid state")
 	ErrPermissionDenied = errors.New("permission denied")
 	ErrNotYet           = errors.New("not implemented yet")
+	// ErrAgentUnavailable: the VM runs but its agent is not connected; it
+	// may be booting or reconnecting after a daemon restart.
+	ErrAgentUnavailable = errors.New("agent unavailable")
 )
 
 // Error is a refusal that names its culprit.

@@ -28,6 +28,8 @@ type Deps struct {
 	OnCounts func(api.Counts)
 	// Importer builds images; nil leaves the Import actor answering "not yet".
 	Importer *imaging.Importer
+	// Host runs VMs for real; nil keeps VMs as records only.
+	Host *Host
 }
 
 // System is the running supervision tree.
@@ -80,7 +82,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
 	}
 	mgr := func() actor.Actor {
-		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts}
+		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host}
 	}
 	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
 		return nil, fmt.Errorf("spawn manager: %w", err)
@@ -180,6 +182,32 @@ func (s *System) Images(ctx context.Context, msg any) (*ImageResult, error) {
 		return nil, r.Err
 	}
 	return r, nil
+}
+
+// Agent returns a running VM's agent connection, after the same routing
+// and permission checks as every VM request.
+func (s *System) Agent(ctx context.Context, c Caller, ref string) (*AgentResult, error) {
+	timeout := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	res, err := s.sys.Root.RequestFuture(s.Manager, &ExecVM{Caller: c, Ref: ref}, timeout).Result()
+	if err != nil {
+		if errors.Is(err, actor.ErrDeadLetter) {
+			return nil, &Error{Kind: ErrNotFound, VM: ref, Msg: "the VM was deleted meanwhile"}
+		}
+		return nil, err
+	}
+	switch r := res.(type) {
+	case *AgentResult:
+		if r.Err != nil {
+			return r, r.Err
+		}
+		return r, nil
+	case *Result:
+		return nil, r.Err
+	}
+	return nil, fmt.Errorf("agent request: unexpected answer %T", res)
 }
 
 // ImageUsers names the VMs that use an image.

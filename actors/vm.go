@@ -3,10 +3,12 @@ package actors
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/state"
 )
@@ -22,22 +24,66 @@ type vmActor struct {
 	vm      state.VM
 	corrupt bool // the record on disk is unreadable: never overwrite it
 	deleted bool
+
+	// Set when VMs really run (nil: records only).
+	host     *Host
+	book     *handleBook
+	children map[string]*actor.PID
+	mach     *machine
+	agentc   *agent.Client
 }
 
 func (a *vmActor) Receive(ctx actor.Context) {
-	switch msg := ctx.Message().(type) {
+	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.load(ctx)
+		if a.host != nil && !a.corrupt {
+			var err error
+			if a.book, err = openBook(a.store, a.id); err != nil {
+				// Unreadable handles: cleanup falls back to vm.json's Runtime.
+				a.log.Warn("handles.json unreadable; using vm.json's runtime mirror", "vm_name", a.vm.Name, "err", err)
+			}
+			a.spawnChildren(ctx)
+			a.reconcile(ctx)
+			ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+		}
 	case *actor.Restarting:
 		a.log.Warn("VM actor restarting after a failure")
+	case *actor.Stopping:
+		if a.agentc != nil {
+			_ = a.agentc.Close()
+		}
 	case *crashVM:
 		panic(fmt.Sprintf("injected panic in VM actor %s", a.id))
-	case vmRequest:
+	case *reconciled:
+		ctx.Respond(true)
+	case *vmmExited:
+		a.vmmGone(ctx, m)
+	case *agentConnected:
+		if a.mach != nil && a.mach.rt.PID == m.pid && a.vm.Status == state.StatusRunning {
+			a.agentc = m.c
+		} else {
+			_ = m.c.Close()
+		}
+	case *ExecVM:
 		if a.deleted {
-			ctx.Respond(&Result{Err: &Error{Kind: ErrNotFound, VM: msg.ref(), Msg: fmt.Sprintf("no VM named %q", msg.ref())}})
+			ctx.Respond(&AgentResult{Err: &Error{Kind: ErrNotFound, VM: m.Ref, Msg: fmt.Sprintf("no VM named %q", m.Ref)}})
 			return
 		}
-		vm, err := a.handle(ctx, msg)
+		vm := a.vm
+		r := &AgentResult{VM: &vm, Agent: a.agentc, Dir: a.vmDir()}
+		if a.vm.Status != state.StatusRunning {
+			r.Err = a.refuse(a.vm.Status, "VM %s is %s, not running", a.vm.Name, a.vm.Status)
+		} else if a.agentc == nil {
+			r.Err = &Error{Kind: ErrAgentUnavailable, VM: a.vm.Name, Status: a.vm.Status, Msg: fmt.Sprintf("the agent of VM %s is not connected (yet)", a.vm.Name)}
+		}
+		ctx.Respond(r)
+	case vmRequest:
+		if a.deleted {
+			ctx.Respond(&Result{Err: &Error{Kind: ErrNotFound, VM: m.ref(), Msg: fmt.Sprintf("no VM named %q", m.ref())}})
+			return
+		}
+		vm, err := a.handle(ctx, m)
 		ctx.Respond(&Result{VM: vm, Err: err})
 	}
 }
@@ -86,6 +132,12 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 		default:
 			return nil, a.refuse(a.vm.Status, "VM %s is %s: it can only be started when created or stopped", name, a.vm.Status)
 		}
+		if a.host != nil {
+			if err := a.boot(ctx); err != nil {
+				return nil, err
+			}
+			break
+		}
 		if err := a.setStatus(ctx, state.StatusStarting, ""); err != nil {
 			return nil, err
 		}
@@ -96,7 +148,7 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 		if a.vm.Status != state.StatusRunning && !(m.Force && a.vm.Status == state.StatusStarting) {
 			return nil, a.refuse(a.vm.Status, "VM %s is %s: only a running VM can be stopped", name, a.vm.Status)
 		}
-		if err := a.stop(ctx); err != nil {
+		if err := a.stop(ctx, m.Force); err != nil {
 			return nil, err
 		}
 	case *DeleteVM:
@@ -105,9 +157,12 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 			if !m.Force {
 				return nil, a.refuse(a.vm.Status, "VM %s is %s: stop it first or delete with force", name, a.vm.Status)
 			}
-			if err := a.stop(ctx); err != nil {
+			if err := a.stop(ctx, true); err != nil {
 				return nil, err
 			}
+		}
+		if a.host != nil && a.book != nil {
+			a.teardown(ctx)
 		}
 		if err := a.store.Remove(a.id); err != nil {
 			return nil, fmt.Errorf("delete VM %s: %w", name, err)
@@ -121,7 +176,10 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 	return &vm, nil
 }
 
-func (a *vmActor) stop(ctx actor.Context) error {
+func (a *vmActor) stop(ctx actor.Context, force bool) error {
+	if a.host != nil {
+		return a.shutdown(ctx, force)
+	}
 	if err := a.setStatus(ctx, state.StatusStopping, ""); err != nil {
 		return err
 	}
@@ -183,4 +241,27 @@ func (a *vmActor) save(next state.VM) error {
 	}
 	a.vm = next
 	return nil
+}
+
+// reconciled is answered once the actor has loaded and reconciled its VM;
+// the Manager waits for every VM before the daemon reports ready.
+type reconciled struct{}
+
+// vmmGone handles a VMM that ended without being stopped through paddock
+// (guest poweroff, crash, kill from outside): release everything, and say why.
+func (a *vmActor) vmmGone(ctx actor.Context, m *vmmExited) {
+	if a.mach == nil || a.mach.rt.PID != m.pid || a.vm.Status != state.StatusRunning {
+		return // expected: stop or rollback already handled it
+	}
+	a.log.Warn("VMM exited", "vm_name", a.vm.Name, "pid", m.pid, "reason", m.reason)
+	a.teardown(ctx)
+	status, reason := state.StatusStopped, "the guest powered off"
+	switch {
+	case strings.Contains(m.reason, "status unknown"):
+		// A re-adopted VMM is not our child: how it ended cannot be known.
+		reason = "the VMM exited (" + m.reason + ")"
+	case m.reason != "exit status 0" && m.reason != "":
+		status, reason = state.StatusError, "the VMM ended: "+m.reason
+	}
+	_ = a.setStatus(ctx, status, reason)
 }

@@ -231,3 +231,32 @@ type KernelsOut struct {
 type NameIn struct {
 	Name string `json:"name"`
 }
+
+// ExecIn are Exec's parameters.
+type ExecIn struct {
+	VM      string   `json:"vm"`
+	Command []string `json:"command"`
+	Env     []string `json:"env,omitempty"`
+	Workdir string   `json:"workdir,omitempty"`
+	User    string   `json:"user,omitempty"`
+	TTY     bool     `json:"tty,omitempty"`
+	Rows    int      `json:"rows,omitempty"`
+	Cols    int      `json:"cols,omitempty"`
+}
+
+// ExecOut is Exec's reply.
+type ExecOut struct {
+	ExitCode int `json:"exit_code"`
+	Signal   int `json:"signal"`
+}
+
+// LogsIn are Logs' parameters.
+type LogsIn struct {
+	VM   string `json:"vm"`
+	Tail int    `json:"tail,omitempty"`
+}
+
+// LogsOut is one Logs reply.
+type LogsOut struct {
+	Data string `json:"data"`
+}

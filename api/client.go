@@ -193,3 +193,31 @@ func (c *Client) ListKernels(ctx context.Context) ([]Kernel, error) {
 func (c *Client) RemoveKernel(ctx context.Context, name string) error {
 	return c.Call(ctx, Interface+".RemoveKernel", NameIn{Name: name}, nil)
 }
+
+// Exec runs a command in a VM with the given stdin, stdout and stderr.
+func (c *Client) Exec(ctx context.Context, in ExecIn, stdin, stdout, stderr *os.File) (*ExecOut, error) {
+	var out ExecOut
+	if err := c.CallFDs(ctx, Interface+".Exec", in, &out, []*os.File{stdin, stdout, stderr}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Logs hands the console log to fn; with follow, until ctx ends.
+func (c *Client) Logs(ctx context.Context, in LogsIn, follow bool, fn func(string) error) error {
+	decode := func(raw json.RawMessage) error {
+		var out LogsOut
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return err
+		}
+		return fn(out.Data)
+	}
+	if !follow {
+		var out LogsOut
+		if err := c.Call(ctx, Interface+".Logs", in, &out); err != nil {
+			return err
+		}
+		return fn(out.Data)
+	}
+	return c.Stream(ctx, Interface+".Logs", in, decode)
+}

@@ -25,14 +25,15 @@ func main() {
 	vms := flag.Int("vms", 1000, "VM records to create")
 	gets := flag.Int("gets", 3000, "Get calls to time")
 	lists := flag.Int("lists", 100, "List calls to time")
+	minbase := flag.String("minbase", os.Getenv("PADDOCK_BENCH_MINBASE"), "Debian minbase rootfs tar for the image benchmark (.ci/minbase.sh)")
 	flag.Parse()
-	if err := run(*daemonBin, *vms, *gets, *lists); err != nil {
+	if err := run(*daemonBin, *vms, *gets, *lists, *minbase); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(daemonBin string, nVMs, nGets, nLists int) error {
+func run(daemonBin string, nVMs, nGets, nLists int, minbase string) error {
 	dir, err := os.MkdirTemp("", "pdk-bench-")
 	if err != nil {
 		return err
@@ -44,7 +45,12 @@ func run(daemonBin string, nVMs, nGets, nLists int) error {
 	}
 	cfg := filepath.Join(dir, "paddock.toml")
 	sock := filepath.Join(dir, "run", "io.paddock.v1")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n", state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"))), 0o644); err != nil {
+	shm, err := os.MkdirTemp("/dev/shm", "pdk-bench-")
+	if err != nil {
+		shm, _ = os.MkdirTemp("", "pdk-bench-scratch-")
+	}
+	defer os.RemoveAll(shm)
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n[images]\nscratch_dir = %q\n[vm]\nrun = \"off\"\n", state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"), filepath.Join(shm, "scratch"))), 0o644); err != nil {
 		return err
 	}
 	d := exec.Command(daemonBin, "--config", cfg)
@@ -113,8 +119,58 @@ func run(daemonBin string, nVMs, nGets, nLists int) error {
 	fmt.Printf("api Create (durable: fsync'd)            mean %v  = %.1fx raw p50\n", createEach, ratio(createEach, rp50))
 	fmt.Printf("daemon RSS with %d VM records          %d KiB  = %.2fx the idle daemon (%d KiB), %.1f KiB per VM\n",
 		nVMs, rss1, float64(rss1)/float64(rss0), rss0, float64(rss1-rss0)/float64(nVMs))
+	if minbase == "" {
+		fmt.Println("image import: skipped (no minbase tar; make bench builds one with .ci/minbase.sh)")
+		return nil
+	}
+	return imageBench(c, minbase, shm, state)
+}
+
+// imageBench times a full import of a Debian minbase rootfs tar through the
+// daemon against the root reference: tar -x as root plus mkfs.ext4 -d.
+func imageBench(c *api.Client, tarPath, shm, state string) error {
+	ctx := context.Background()
+	ref := filepath.Join(shm, "ref")
+	if err := os.MkdirAll(ref, 0o755); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if out, err := exec.Command("tar", "-C", ref, "--numeric-owner", "-xpf", tarPath).CombinedOutput(); err != nil {
+		return fmt.Errorf("reference tar -x: %v %s", err, out)
+	}
+	du, _ := exec.Command("du", "-sm", ref).Output()
+	mb, _ := strconv.Atoi(strings.Fields(string(du) + " 0")[0])
+	img := filepath.Join(state, "ref.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", "-d", ref, img, fmt.Sprintf("%dM", mb*11/10+128)).CombinedOutput(); err != nil {
+		return fmt.Errorf("reference mkfs.ext4 -d: %v %s", err, out)
+	}
+	refTime := time.Since(t0)
+	os.RemoveAll(ref)
+	os.Remove(img)
+
+	f, err := os.Open(tarPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	t1 := time.Now()
+	out, err := c.ImportImage(ctx, api.ImportIn{Source: tarPath, Name: "minbase:bench"}, f, nil)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	ours := time.Since(t1)
+	t2 := time.Now()
+	again, err := c.ImportImage(ctx, api.ImportIn{Source: tarPath, Name: "minbase:bench"}, f, nil)
+	if err != nil || !again.Cached {
+		return fmt.Errorf("cached re-import: cached=%v %v", again != nil && again.Cached, err)
+	}
+	cached := time.Since(t2)
+	fmt.Printf("image import of Debian minbase (%s)   %v  = %.2fx root reference (tar -x + mkfs.ext4 -d: %v)\n", humanMB(out.Image.Size), ours.Round(time.Millisecond), ratio(ours, refTime), refTime.Round(time.Millisecond))
+	fmt.Printf("cached re-import of the same image       %v\n", cached.Round(time.Millisecond))
 	return nil
 }
+
+func humanMB(n int64) string { return fmt.Sprintf("%d MiB base", n>>20) }
 
 func dialWait(sock string) (*api.Client, error) {
 	deadline := time.Now().Add(10 * time.Second)

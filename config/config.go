@@ -5,6 +5,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,23 @@ type Config struct {
 type VM struct {
 	// Kernel is the boot kit VMs boot (paddock kernel import --name).
 	Kernel string `toml:"kernel"`
+	// Run: "off" keeps VMs as records only (no VMM is ever started).
+	Run string `toml:"run"`
+	// DiskBackend: auto, dm, reflink, qcow2 or copy.
+	DiskBackend string `toml:"disk_backend"`
+	// Accel: auto (KVM when a KVM guest really boots, else TCG), kvm or tcg.
+	Accel string `toml:"accel"`
+	// Network: "bridge" gives every VM a tap on Bridge with an address
+	// from Subnet; "none" gives VMs no network device.
+	Network string `toml:"network"`
+	Bridge  string `toml:"bridge"`
+	Subnet  string `toml:"subnet"`
+	// StartTimeout bounds a start from VMM launch to the agent's hello.
+	StartTimeout Duration `toml:"start_timeout"`
+	// StopTimeout is how long a guest gets to power off before a kill.
+	StopTimeout Duration `toml:"stop_timeout"`
+	// ConsoleLogMax caps each VM's console.log.
+	ConsoleLogMax Size `toml:"console_log_max"`
 }
 
 // Images configures image import.
@@ -183,8 +201,9 @@ func Default() *Config {
 		},
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
-		VM:       VM{Kernel: "default"},
-		Images:   Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
+		VM: VM{Kernel: "default", Run: "on", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
+			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20},
+		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
 	}
 	if os.Geteuid() == 0 {
 		c.StateDir, c.RuntimeDir, c.CacheDir = "/var/lib/paddock", "/run/paddock", "/var/cache/paddock"
@@ -316,6 +335,36 @@ func (c *Config) Validate() error {
 	if c.VM.Kernel == "" {
 		return bad("vm.kernel", "must name a boot kit")
 	}
+	oneOf := func(key, v string, allowed ...string) error {
+		for _, a := range allowed {
+			if v == a {
+				return nil
+			}
+		}
+		return bad(key, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+	for _, e := range []error{
+		oneOf("vm.run", c.VM.Run, "on", "off"),
+		oneOf("vm.disk_backend", c.VM.DiskBackend, "auto", "dm", "reflink", "qcow2", "copy"),
+		oneOf("vm.accel", c.VM.Accel, "auto", "kvm", "tcg"),
+		oneOf("vm.network", c.VM.Network, "bridge", "none"),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	if p, err := netip.ParsePrefix(c.VM.Subnet); err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30 {
+		return bad("vm.subnet", "%q is not an IPv4 prefix like 10.77.0.0/16", c.VM.Subnet)
+	}
+	if c.VM.Bridge == "" || len(c.VM.Bridge) > 15 {
+		return bad("vm.bridge", "%q must be 1-15 bytes", c.VM.Bridge)
+	}
+	if c.VM.StartTimeout.Duration <= 0 || c.VM.StopTimeout.Duration < 0 {
+		return bad("vm.start_timeout", "must be positive")
+	}
+	if c.VM.ConsoleLogMax < 64<<10 {
+		return bad("vm.console_log_max", "must be at least 64KiB")
+	}
 	if c.Images.MaxUnpackedSize < 1<<20 {
 		return bad("images.max_unpacked_size", "must be at least 1MiB, got %s", FormatSize(int64(c.Images.MaxUnpackedSize)))
 	}
@@ -378,6 +427,15 @@ func (c *Config) Diff(old *Config) []Change {
 	add("defaults.disk_size", old.Defaults.DiskSize, c.Defaults.DiskSize, true)
 	add("defaults.auto_stop", old.Defaults.AutoStop.Duration, c.Defaults.AutoStop.Duration, true)
 	add("vm.kernel", old.VM.Kernel, c.VM.Kernel, true)
+	add("vm.run", old.VM.Run, c.VM.Run, false)
+	add("vm.disk_backend", old.VM.DiskBackend, c.VM.DiskBackend, false)
+	add("vm.accel", old.VM.Accel, c.VM.Accel, false)
+	add("vm.network", old.VM.Network, c.VM.Network, false)
+	add("vm.bridge", old.VM.Bridge, c.VM.Bridge, false)
+	add("vm.subnet", old.VM.Subnet, c.VM.Subnet, false)
+	add("vm.start_timeout", old.VM.StartTimeout.Duration, c.VM.StartTimeout.Duration, false)
+	add("vm.stop_timeout", old.VM.StopTimeout.Duration, c.VM.StopTimeout.Duration, false)
+	add("vm.console_log_max", old.VM.ConsoleLogMax, c.VM.ConsoleLogMax, false)
 	add("images.insecure_registries", old.Images.InsecureRegistries, c.Images.InsecureRegistries, true)
 	add("images.max_unpacked_size", old.Images.MaxUnpackedSize, c.Images.MaxUnpackedSize, false)
 	add("images.max_entries", old.Images.MaxEntries, c.Images.MaxEntries, false)

@@ -19,6 +19,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/ext4"
 	"github.com/paddock-vm/paddock/imaging/flatten"
@@ -92,11 +93,18 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 			return err
 		},
 	}
+	var host *actors.Host
+	if cfg.VM.Run == "on" {
+		if host, err = d.newHost(ctx, cfg, images, qemu.New()); err != nil {
+			return nil, fmt.Errorf("%w (set [vm] run = \"off\" to keep VMs as records only)", err)
+		}
+	}
 	d.actors, err = actors.Start(ctx, actors.Deps{
 		Log: d.log, Store: store, Images: images,
 		Defaults: func() config.Defaults { return d.config().Defaults },
 		OnCounts: d.publishCounts,
 		Importer: importer,
+		Host:     host,
 	})
 	if err != nil {
 		return nil, err

@@ -24,6 +24,7 @@ func newTestDaemon(t *testing.T) *Daemon {
 	cfg := config.Default()
 	cfg.StateDir, cfg.RuntimeDir, cfg.CacheDir = filepath.Join(dir, "state"), filepath.Join(dir, "run"), filepath.Join(dir, "cache")
 	cfg.Log.Format = "text"
+	cfg.VM.Run = "off" // unit tests never touch host devices
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

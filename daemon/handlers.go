@@ -36,6 +36,8 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"ImportKernel": d.importKernel,
 		"ListKernels":  d.listKernels,
 		"RemoveKernel": d.removeKernel,
+		"Exec":         d.exec,
+		"Logs":         d.logs,
 		"Version":      d.version,
 		"Info":         d.info,
 	}
@@ -270,6 +272,8 @@ func mapError(err error) *varlink.Error {
 			return varlink.NewError(api.ErrImageNotFound, map[string]any{"image": ae.VM, "message": ae.Msg})
 		case errors.Is(err, actors.ErrImageInUse):
 			return varlink.NewError(api.ErrImageInUse, map[string]any{"image": ae.VM, "message": ae.Msg})
+		case errors.Is(err, actors.ErrAgentUnavailable):
+			return varlink.NewError(api.ErrInvalidState, map[string]any{"vm": ae.VM, "status": string(ae.Status), "message": ae.Msg})
 		case errors.Is(err, actors.ErrPermissionDenied):
 			return varlink.NewError(api.ErrPermissionDenied, map[string]any{"vm": ae.VM, "message": ae.Msg})
 		}
@@ -284,5 +288,5 @@ func mapError(err error) *varlink.Error {
 // Imports are bounded by their client (which may cancel) rather than by the
 // request timeout: a large pull takes minutes.
 func isImport(method string) bool {
-	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage"
+	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec"
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/actors"
@@ -28,9 +30,42 @@ func imageToAPI(img *imaging.Image) *api.Image {
 	return &api.Image{Digest: img.Digest, Names: img.Names, Size: img.Size, Created: stamp(img.Created), Owners: owners}
 }
 
+// knownConfig short-cuts the config digest of an unchanged local file whose
+// image is already stored, so a re-import reads nothing.
+type knownConfig struct {
+	v1.Image
+	digest string
+}
+
+func (k knownConfig) ConfigName() (v1.Hash, error) { return v1.NewHash(k.digest) }
+
+// fileKey identifies a passed regular file by device, inode, size, mtime
+// and the options that shape the image; "" for anything else.
+func fileKey(f *os.File, in api.ImportIn) string {
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%s:%x", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, in.Select, sha256.Sum256(in.Config))
+}
+
+func (d *Daemon) runImportHinted(ctx context.Context, c *varlink.Call, hint string, open func(context.Context) (*source.Image, error)) error {
+	return d.runImportThen(ctx, c, open, func(img *imaging.Image) {
+		if hint != "" {
+			if err := d.images.SetHint(hint, img.Digest); err != nil {
+				d.log.Debug("recording an import hint", "err", err)
+			}
+		}
+	})
+}
+
 // runImport streams progress while the Import actor works, then replies
 // with the image. A client that hangs up withdraws from the import.
 func (d *Daemon) runImport(ctx context.Context, c *varlink.Call, open func(context.Context) (*source.Image, error)) error {
+	return d.runImportThen(ctx, c, open, nil)
+}
+
+func (d *Daemon) runImportThen(ctx context.Context, c *varlink.Call, open func(context.Context) (*source.Image, error), then func(*imaging.Image)) error {
 	var last time.Time
 	done, err := d.actors.ImportImage(ctx, d.auth.caller(c.Peer), open, func(p imaging.Progress) {
 		if !c.More || (p.Phase == "layers" && time.Since(last) < 200*time.Millisecond) {
@@ -41,6 +76,9 @@ func (d *Daemon) runImport(ctx context.Context, c *varlink.Call, open func(conte
 	})
 	if err != nil {
 		return importError(err)
+	}
+	if then != nil {
+		then(done.Image)
 	}
 	return c.Reply(api.ImportOut{Image: imageToAPI(done.Image), Cached: done.Cached})
 }
@@ -109,7 +147,19 @@ func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {
 	f := os.NewFile(uintptr(fd), in.Source)
 	opts := d.sourceOptions()
 	opts.Name, opts.Config = in.Name, in.Config
-	return d.runImport(ctx, c, func(ctx context.Context) (*source.Image, error) {
+	hint := fileKey(f, in)
+	return d.runImportHinted(ctx, c, hint, func(ctx context.Context) (*source.Image, error) {
+		if digest := d.images.Hint(hint); hint != "" && digest != "" {
+			if cached, _ := d.images.Get(digest); cached != nil {
+				// Unchanged file, image stored: nothing needs reading.
+				names := []string{}
+				if in.Name != "" {
+					names = append(names, in.Name)
+				}
+				return &source.Image{Kind: source.RootfsTar, Ref: in.Source, Names: names, Image: knownConfig{digest: digest},
+					HintOnly: true, Release: func() { _ = f.Close() }}, nil
+			}
+		}
 		img, err := openPassed(ctx, f, in, opts)
 		if err != nil {
 			_ = f.Close()

@@ -44,6 +44,13 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
 		return 1
 	}
+	agentBuild := exec.Command("go", "build", "-o", dir+"/", "../cmd/paddock-agent")
+	agentBuild.Env = append(os.Environ(), "CGO_ENABLED=0")
+	agentBuild.Stderr = os.Stderr
+	if err := agentBuild.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building paddock-agent:", err)
+		return 1
+	}
 	binDir = dir
 	return m.Run()
 }
@@ -69,6 +76,10 @@ func newEnv(t *testing.T, extra string) *env {
 		t.Fatal(err)
 	}
 	e := &env{dir: dir, cfg: filepath.Join(dir, "paddock.toml"), socket: filepath.Join(dir, "run", "io.paddock.v1"), state: filepath.Join(dir, "state")}
+	if !strings.Contains(extra, "[vm]") {
+		// The API tests drive the state machine: VMs stay records.
+		extra += "\n[vm]\nrun = \"off\"\n"
+	}
 	body := fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n%s", e.state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"), extra)
 	if err := os.WriteFile(e.cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)

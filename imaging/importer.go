@@ -79,9 +79,13 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 		return img, err
 	}
 	progress(Progress{Phase: "resolve"})
-	manifest, err := src.RawManifest()
-	if err != nil {
-		return nil, fmt.Errorf("image %s: manifest: %w", src.Ref, err)
+	// A rootfs tar has no manifest of its own; making one would gzip the
+	// whole layer just to learn its compressed digest.
+	var manifest []byte
+	if src.Kind != source.RootfsTar {
+		if manifest, err = src.RawManifest(); err != nil {
+			return nil, fmt.Errorf("image %s: manifest: %w", src.Ref, err)
+		}
 	}
 	config, err := src.RawConfigFile()
 	if err != nil {
@@ -92,9 +96,11 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 		return nil, fmt.Errorf("image %s: layers: %w", src.Ref, err)
 	}
 	var total int64
-	if m, err := src.Manifest(); err == nil {
-		for _, l := range m.Layers {
-			total += l.Size
+	if manifest != nil {
+		if m, err := src.Manifest(); err == nil {
+			for _, l := range m.Layers {
+				total += l.Size
+			}
 		}
 	}
 	if err := os.MkdirAll(im.ScratchDir, 0o750); err != nil {
@@ -114,7 +120,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	var read atomic.Int64
 	fl := make([]flatten.Layer, len(layers))
 	for i, l := range layers {
-		label, err := layerLabel(l, i)
+		label, err := layerLabel(l, i, src.Kind == source.RootfsTar)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", src.Ref, err)
 		}
@@ -148,6 +154,9 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	}
 	progress(Progress{Phase: "store", Layers: len(layers), Bytes: read.Load(), Total: total})
 	for name, b := range map[string][]byte{"manifest.json": manifest, "config.json": config} {
+		if b == nil {
+			continue
+		}
 		if err := state.WriteFileAtomic(filepath.Join(tmp, name), b, 0o640); err != nil {
 			return nil, err
 		}
@@ -178,9 +187,11 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 
 // layerLabel names a layer in errors without forcing go-containerregistry
 // to compress an uncompressed tarball just to learn its digest.
-func layerLabel(l v1.Layer, i int) (string, error) {
-	if d, err := l.Digest(); err == nil {
-		return d.String(), nil
+func layerLabel(l v1.Layer, i int, uncompressed bool) (string, error) {
+	if !uncompressed {
+		if d, err := l.Digest(); err == nil {
+			return d.String(), nil
+		}
 	}
 	d, err := l.DiffID()
 	if err != nil {

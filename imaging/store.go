@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/paddock-vm/paddock/state"
@@ -263,4 +264,48 @@ func (s *Store) Resolve(ref string) (*Image, error) {
 		}
 	}
 	return nil, fmt.Errorf("image %q: %w", ref, ErrImageNotFound)
+}
+
+// Source hints remember which image a local file held, keyed by the file's
+// identity (device, inode, size, mtime), so re-importing an unchanged file
+// needs no hashing pass over it.
+func (s *Store) hintsPath() string { return filepath.Join(s.Root, "sources.json") }
+
+var hintsMu sync.Mutex
+
+// Hint returns the digest last imported from a file with this identity.
+func (s *Store) Hint(key string) string {
+	hintsMu.Lock()
+	defer hintsMu.Unlock()
+	m := s.readHints()
+	return m[key]
+}
+
+// SetHint records the digest imported from a file with this identity.
+func (s *Store) SetHint(key, digest string) error {
+	hintsMu.Lock()
+	defer hintsMu.Unlock()
+	m := s.readHints()
+	m[key] = digest
+	if len(m) > 1024 {
+		for k := range m { // bounded: forget an arbitrary old one
+			if k != key {
+				delete(m, k)
+				break
+			}
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return state.WriteFileAtomic(s.hintsPath(), b, 0o640)
+}
+
+func (s *Store) readHints() map[string]string {
+	m := map[string]string{}
+	if b, err := os.ReadFile(s.hintsPath()); err == nil {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m
 }

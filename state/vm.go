@@ -56,6 +56,10 @@ type Runtime struct {
 	DM        *DMRuntime    `json:"dm,omitempty"`
 	VMM       *VMMRuntime   `json:"vmm,omitempty"`
 	CgroupDir string        `json:"cgroup,omitempty"`
+	// DiskFiles are the VM's own disk files (inside its directory), made
+	// by DiskBackend.
+	DiskFiles   []string `json:"disk_files,omitempty"`
+	DiskBackend string   `json:"disk_backend,omitempty"`
 }
 
 // TapRuntime identifies a tap device.
@@ -81,6 +85,17 @@ type VMMRuntime struct {
 	PID       int      `json:"pid"`
 	StartTime uint64   `json:"start_time"` // /proc/PID/stat field 22
 	Sockets   []string `json:"sockets,omitempty"`
+	// Handle is the VMM driver's own handle (vmm.Process), which proves the
+	// identity of the process before anything signals it.
+	Handle json.RawMessage `json:"handle,omitempty"`
+}
+
+// NetRuntime is the guest's network identity, kept while the VM exists so
+// it gets the same address at every start.
+type NetRuntime struct {
+	IP      string `json:"ip"` // CIDR
+	Gateway string `json:"gateway"`
+	MAC     string `json:"mac"`
 }
 
 // VM is the content of vms/<id>/vm.json.
@@ -95,15 +110,18 @@ type VM struct {
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 	Runtime   Runtime   `json:"runtime"`
+	// Net survives stops so the guest keeps its address.
+	Net *NetRuntime `json:"net,omitempty"`
 }
 
 // Handle is one host object a resource actor owns. Intent is recorded before
 // the object is created; Live after.
 type Handle struct {
-	Kind  string            `json:"kind"`
-	ID    string            `json:"id"`
-	State string            `json:"state"` // "intent" or "live"
-	Data  map[string]string `json:"data,omitempty"`
+	Kind  string `json:"kind"`
+	ID    string `json:"id"`
+	State string `json:"state"` // "intent" or "live"
+	// Payload is the resource's own handle (a tap, a disk, a VMM process).
+	Payload json.RawMessage `json:"payload,omitempty"`
 }
 
 // Handles is the content of vms/<id>/handles.json.

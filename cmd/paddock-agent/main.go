@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -280,6 +281,11 @@ func loadImageConfig(path string) (*imageConfig, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	// A config on a raw block device (paddock.config=/dev/vdb) is the JSON
+	// padded with NULs to a whole sector.
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
 	}
 	if len(b) > 1<<20 {
 		return nil, fmt.Errorf("%s: larger than 1 MiB", path)

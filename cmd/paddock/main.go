@@ -53,6 +53,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
+	if code, ok := exitCode(err); ok {
+		return code
+	}
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
 		fmt.Fprintf(stderr, "paddock: %v\nRun 'paddock --help' for usage.\n", err)
@@ -399,6 +402,8 @@ func (c *cli) commands() *cobra.Command {
 	}
 
 	root.AddCommand(createCmd, lsCmd, inspectCmd, setCmd, startCmd, stopCmd, rmCmd, eventsCmd, versionCmd, infoCmd, completionCmd, c.imageCommands(), c.kernelCommands())
+	root.AddCommand(c.execCommands()...)
+	root.AddCommand(c.lifecycleCommands(createCmd)...)
 	for _, cmd := range root.Commands() {
 		cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	}

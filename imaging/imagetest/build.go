@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,25 @@ func Push(t testing.TB, ref string, img v1.Image) {
 	if err := remote.Write(r, img); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
+}
+
+// BusyboxLayer is a layer with the host's static busybox as /bin/busybox and
+// the applets a test needs as symlinks (package busybox-static).
+func BusyboxLayer(t testing.TB, applets ...string) []byte {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("static busybox (apt-get install busybox-static): %v", err)
+	}
+	if len(applets) == 0 {
+		applets = []string{"sh", "cat", "echo", "ls", "sleep", "poweroff", "id", "env", "pwd", "head", "true", "false", "wc", "dd", "sync"}
+	}
+	entries := []Entry{{Name: "bin/", Type: tar.TypeDir}, {Name: "bin/busybox", Body: string(bb), Mode: 0o755}}
+	for _, a := range applets {
+		entries = append(entries, Entry{Name: "bin/" + a, Type: tar.TypeSymlink, Linkname: "busybox"})
+	}
+	for _, d := range []string{"etc/", "tmp/", "proc/", "sys/", "dev/", "run/", "root/"} {
+		entries = append(entries, Entry{Name: d, Type: tar.TypeDir})
+	}
+	return LayerTar(t, entries...)
 }

@@ -60,6 +60,9 @@ type Image struct {
 	// Release frees what the source holds open (a passed file descriptor);
 	// nil when there is nothing to free. Call it once the image is imported.
 	Release func()
+	// HintOnly: only the config digest is known (an unchanged file whose
+	// image is stored); it can serve a cached import and nothing else.
+	HintOnly bool
 }
 
 // Options tune opening.
@@ -370,7 +373,7 @@ func openRootfsTar(_ context.Context, path string, open func() (io.ReadCloser, e
 	if _, err := name.NewTag(o.Name); err != nil {
 		return nil, fmt.Errorf("name %q: %w", o.Name, err)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+	layer, err := newRawLayer(func() (io.ReadCloser, error) {
 		f, err := open()
 		if err != nil {
 			return nil, err

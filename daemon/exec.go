@@ -1,0 +1,155 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/paddock-vm/paddock/actors"
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/varlink"
+)
+
+func (d *Daemon) exec(ctx context.Context, c *varlink.Call) error {
+	var in api.ExecIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if len(in.Command) == 0 {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "command", Msg: "no command given"}
+	}
+	if len(c.FDs) != 3 {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "command", Msg: fmt.Sprintf("Exec needs stdin, stdout and stderr as three file descriptors, got %d", len(c.FDs))}
+	}
+	r, err := d.agent(ctx, c, in.VM)
+	if err != nil {
+		return err
+	}
+	p, err := r.Agent.Exec(ctx, agent.ExecRequest{Argv: in.Command, Env: in.Env, Dir: in.Workdir, User: in.User, TTY: in.TTY, Rows: in.Rows, Cols: in.Cols, Stdin: true})
+	if err != nil {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "command", Msg: fmt.Sprintf("exec in %s: %v", in.VM, err)}
+	}
+	stdin, stdout, stderr := c.FDs[0], c.FDs[1], c.FDs[2]
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _, _ = io.Copy(stdout, p.Stdout()) }()
+	go func() { defer wg.Done(); _, _ = io.Copy(stderr, p.Stderr()) }()
+	go func() {
+		// Stdin ends the session's input at EOF; a closed client ends it too.
+		_, _ = io.Copy(processWriter{p}, stdin)
+		_ = p.CloseStdin()
+	}()
+	st, err := p.Wait(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			_ = p.Signal(context.Background(), 9)
+		}
+		return fmt.Errorf("exec in %s: %w", in.VM, err)
+	}
+	waitTimeout(&wg, 2*time.Second)
+	return c.Reply(api.ExecOut{ExitCode: st.Code, Signal: st.Signal})
+}
+
+type processWriter struct{ p *agent.Process }
+
+func (w processWriter) Write(b []byte) (int, error) { return w.p.Write(b) }
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// logChunk bounds one Logs reply well under the client's message limit.
+const logChunk = 256 << 10
+
+func (d *Daemon) logs(ctx context.Context, c *varlink.Call) error {
+	var in api.LogsIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	r, err := d.actors.Request(ctx, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(d.config().StateDir, "vms", r.VM.ID, "console.log")
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if !c.More {
+			return c.Reply(api.LogsOut{})
+		}
+	} else if err != nil {
+		return err
+	} else {
+		defer f.Close()
+	}
+	var off int64
+	if f != nil {
+		fi, _ := f.Stat()
+		if in.Tail > 0 && fi.Size() > int64(in.Tail) {
+			off = fi.Size() - int64(in.Tail)
+		}
+		if !c.More && fi.Size()-off > logChunk {
+			off = fi.Size() - logChunk // a single reply carries the newest part
+		}
+	}
+	buf := make([]byte, logChunk)
+	for {
+		if f != nil {
+			n, _ := f.ReadAt(buf, off)
+			if n > 0 {
+				off += int64(n)
+				if !c.More {
+					return c.Reply(api.LogsOut{Data: string(buf[:n])})
+				}
+				if err := c.Continue(api.LogsOut{Data: string(buf[:n])}); err != nil {
+					return err
+				}
+				continue
+			}
+			if fi, err := f.Stat(); err == nil && fi.Size() < off {
+				off = 0 // capped and rotated: start over
+			}
+		}
+		if !c.More {
+			return c.Reply(api.LogsOut{})
+		}
+		select {
+		case <-ctx.Done():
+			return c.Reply(api.LogsOut{})
+		case <-time.After(250 * time.Millisecond):
+		}
+		if f == nil {
+			if f, err = os.Open(path); err == nil {
+				defer f.Close()
+			}
+		}
+	}
+}
+
+// agent returns a VM's agent connection, waiting a while for one that is
+// (re)connecting: right after a daemon restart the re-adopted VMs' agents
+// reconnect in the background.
+func (d *Daemon) agent(ctx context.Context, c *varlink.Call, ref string) (*actors.AgentResult, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, err := d.actors.Agent(ctx, d.auth.caller(c.Peer), ref)
+		if err == nil || !errors.Is(err, actors.ErrAgentUnavailable) || time.Now().After(deadline) {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

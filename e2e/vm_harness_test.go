@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/vishvananda/netns"
+
+	"github.com/paddock-vm/paddock/host/loop"
+	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/systemd/systemdtest"
+)
+
+// newNetns makes a named network namespace for one test: every tap, bridge
+// and packet of the test lives there, and it is deleted at the end.
+func newNetns(t *testing.T) string {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "pdk-e2e-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v %s", name, err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
+	return name
+}
+
+// registryIn serves a registry on 127.0.0.1 inside the namespace ns: the
+// listening socket is made on a thread that has entered ns.
+func registryIn(t *testing.T, ns string) string {
+	t.Helper()
+	var ln net.Listener
+	var lerr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // this thread ends in ns: never unlocked, so it dies with the goroutine
+		h, err := netns.GetFromName(ns)
+		if err != nil {
+			lerr = err
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			lerr = err
+			return
+		}
+		ln, lerr = net.Listen("tcp", "127.0.0.1:0")
+	}()
+	<-done
+	if lerr != nil {
+		t.Fatalf("listen in %s: %v", ns, lerr)
+	}
+	h := registry.New(registry.Logger(nilLogger()))
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	// The same registry, also on the test's own loopback, for pushes.
+	side := httptest.NewServer(h)
+	t.Cleanup(side.Close)
+	registrySides.Store(ln.Addr().String(), strings.TrimPrefix(side.URL, "http://"))
+	return ln.Addr().String()
+}
+
+// inNetns runs paddockd inside ns.
+func inNetns(ns string) func(*exec.Cmd) {
+	return func(c *exec.Cmd) {
+		nsenter, _ := exec.LookPath("nsenter")
+		c.Args = append([]string{nsenter, "--net=/run/netns/" + ns, "--"}, c.Args...)
+		c.Path = nsenter
+	}
+}
+
+// bootKit imports the cached Debian kernel as the default boot kit.
+func (e *env) bootKit(t *testing.T) {
+	t.Helper()
+	dir := os.Getenv("PADDOCK_KERNEL_DIR")
+	if dir == "" {
+		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR not set (make kernel)")
+	}
+	vmlinuz, _ := filepath.Glob(filepath.Join(dir, "*", "boot", "vmlinuz-*"))
+	mods, _ := filepath.Glob(filepath.Join(dir, "*", "lib", "modules", "*"))
+	if len(vmlinuz) != 1 || len(mods) != 1 {
+		t.Fatalf("no kernel under %s: %v %v", dir, vmlinuz, mods)
+	}
+	e.cli(t, nil, "kernel", "import", vmlinuz[0], "--modules", mods[0]).ok(t, "kernel import")
+}
+
+// leaks counts what a VM may leave behind: taps in ns, loop devices backed
+// by files under the state dir, VMM processes of VMs of this env, and VM
+// directories.
+type leaks struct {
+	taps, loops, vmms, dirs int
+	detail                  []string
+}
+
+func (e *env) leaks(t *testing.T, ns string) leaks {
+	t.Helper()
+	var l leaks
+	out, _ := exec.Command("ip", "-n", ns, "-o", "link", "show").CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, " pdk-") {
+			l.taps++
+			l.detail = append(l.detail, "tap: "+line)
+		}
+	}
+	devs, _ := loop.List()
+	for _, d := range devs {
+		if strings.HasPrefix(d.Backing, e.state) {
+			l.loops++
+			l.detail = append(l.detail, "loop: "+d.Path+" "+d.Backing)
+		}
+	}
+	procs, _ := vmm.Find("")
+	for _, p := range procs {
+		if strings.Contains(strings.Join(p.Cmdline, " "), e.dir) {
+			l.vmms++
+			l.detail = append(l.detail, fmt.Sprintf("vmm: pid %d %s", p.PID, p.VMID))
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(e.state, "vms"))
+	for _, en := range ents {
+		l.dirs++
+		l.detail = append(l.detail, "dir: "+en.Name())
+	}
+	return l
+}
+
+// killVMMs kills the env's VMM processes from outside, as an OOM kill would.
+func (e *env) killVMMs(t *testing.T) int {
+	t.Helper()
+	procs, err := vmm.Find("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range procs {
+		if strings.Contains(strings.Join(p.Cmdline, " "), e.dir) {
+			if err := syscallKill(p.PID); err == nil {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+var _ = context.Background
+
+var registrySides sync.Map // in-namespace registry host:port -> same registry on the test's loopback

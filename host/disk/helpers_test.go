@@ -1,0 +1,246 @@
+package disk
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/host/loop"
+	"golang.org/x/sys/unix"
+)
+
+// require skips when a prerequisite is missing, except under CI=true where
+// it fails: CI must provide it.
+func require(t testing.TB, ok bool, reason string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("integration prerequisite missing under CI: %s", reason)
+	}
+	t.Skip(reason)
+}
+
+func requireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := findTool(name, "", pkg)
+	require(t, err == nil, name+" not found (install "+pkg+")")
+	return p
+}
+
+const motd = "paddock base image\n"
+
+// makeBase builds an ext4 base of size bytes with mkfs.ext4 -d from a small
+// tree: /etc/motd and /data/blob (dataSize random bytes).
+func makeBase(t testing.TB, dir string, size, dataSize int64) string {
+	t.Helper()
+	mkfs := requireTool(t, "mkfs.ext4", "e2fsprogs")
+	tree := filepath.Join(t.TempDir(), "tree")
+	for _, d := range []string{"etc", "data", "empty"} {
+		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tree, "etc", "motd"), []byte(motd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := os.Create(filepath.Join(tree, "data", "blob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.NewChaCha8([32]byte{1})
+	if _, err := io.CopyN(blob, r, dataSize); err != nil {
+		t.Fatal(err)
+	}
+	blob.Close()
+	base := filepath.Join(dir, "rootfs.ext4")
+	out, err := exec.Command(mkfs, "-q", "-F", "-b", "4096", "-I", "256", "-m", "0",
+		"-E", "root_owner=0:0,assume_storage_prezeroed=1", "-d", tree, base, strconv.FormatInt(size/1024, 10)+"k").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	if err := os.Chmod(base, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
+func fileHash(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// dirList is the sorted names in dir.
+func dirList(t testing.TB, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// e2fsckClean fails the test unless e2fsck -fn finds nothing to fix.
+func e2fsckClean(t testing.TB, img string) {
+	t.Helper()
+	e2fsck := requireTool(t, "e2fsck", "e2fsprogs")
+	out, err := exec.Command(e2fsck, "-fn", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("e2fsck -fn %s: %v\n%s", img, err, out)
+	}
+}
+
+var blockCountRE = regexp.MustCompile(`(?m)^Block count:\s+(\d+)$`)
+var blockSizeRE = regexp.MustCompile(`(?m)^Block size:\s+(\d+)$`)
+
+// fsSize is the ext4 file system's size in bytes (dumpe2fs -h).
+func fsSize(t testing.TB, img string) int64 {
+	t.Helper()
+	dumpe2fs := requireTool(t, "dumpe2fs", "e2fsprogs")
+	out, err := exec.Command(dumpe2fs, "-h", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs -h %s: %v\n%s", img, err, out)
+	}
+	c, s := blockCountRE.FindSubmatch(out), blockSizeRE.FindSubmatch(out)
+	if c == nil || s == nil {
+		t.Fatalf("dumpe2fs -h %s: no block count/size:\n%s", img, out)
+	}
+	n, _ := strconv.ParseInt(string(c[1]), 10, 64)
+	b, _ := strconv.ParseInt(string(s[1]), 10, 64)
+	return n * b
+}
+
+// debugfs runs one debugfs request and fails on an error message.
+func debugfs(t testing.TB, img string, write bool, req string) string {
+	t.Helper()
+	dbg := requireTool(t, "debugfs", "e2fsprogs")
+	args := []string{"-R", req, img}
+	if write {
+		args = append([]string{"-w"}, args...)
+	}
+	cmd := exec.Command(dbg, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("debugfs %v: %v\n%s", args, err, stderr.String())
+	}
+	// debugfs prints its banner on stderr and exits 0 on request errors.
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if l != "" && !strings.HasPrefix(l, "debugfs ") {
+			t.Fatalf("debugfs %v: %s", args, stderr.String())
+		}
+	}
+	return stdout.String()
+}
+
+// allocated is the bytes a file occupies on disk.
+func allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// noLoopsOn fails when a loop device is backed by one of paths (or by a file
+// in one of the directories among them) and detaches it.
+func noLoopsOn(t testing.TB, paths ...string) {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		var left []loop.Device
+		all, err := loop.List()
+		if err != nil {
+			t.Errorf("loop.List: %v", err)
+			return
+		}
+		for _, d := range all {
+			for _, p := range paths {
+				if d.Backing == p || strings.HasPrefix(d.Backing, p+"/") {
+					left = append(left, d)
+				}
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if i == 49 {
+			for _, d := range left {
+				t.Errorf("leaked loop device %s backed by %s", d.Path, d.Backing)
+				_ = loop.Detach(&d)
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // autoclear runs at the last close
+	}
+}
+
+// xfsDir mounts a fresh xfs (reflink=1) on a loop device under a temp dir
+// and returns the mount point; cleanup unmounts it, and autoclear frees the
+// loop device. Needs root and mkfs.xfs.
+func xfsDir(t testing.TB) (string, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return "", "needs root to mount a loop-backed xfs"
+	}
+	mkfs, err := findTool("mkfs.xfs", "", "xfsprogs")
+	if err != nil {
+		return "", err.Error()
+	}
+	tmp := t.TempDir()
+	img := filepath.Join(tmp, "xfs.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 2<<30); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-f", "-m", "reflink=1", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v: %s", err, out)
+	}
+	dev, err := loop.Attach(t.Context(), img, loop.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(tmp, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dev.Path, mnt, "xfs", 0, ""); err != nil {
+		loop.Detach(dev)
+		t.Fatalf("mount xfs: %v", err)
+	}
+	dev.Close() // the mount holds the device now
+	t.Cleanup(func() {
+		if err := unix.Unmount(mnt, 0); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+			_ = unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+		noLoopsOn(t, img)
+	})
+	return mnt, ""
+}

@@ -1,0 +1,305 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/cgroup"
+)
+
+// killWait bounds how long Kill waits for a SIGKILLed VMM to disappear when
+// ctx has no earlier deadline.
+const killWait = 10 * time.Second
+
+// Base is the driver-independent half of a Driver (identity, launch, wait,
+// kill, console copier, cleanup). Drivers embed it and add Name, Start,
+// Stop and their own protocol. The zero value is ready to use.
+type Base struct {
+	mu        sync.Mutex
+	followers map[string]*follower // by VM id
+}
+
+// Launch starts c as the VMM of p (p.VMID, p.Cgroup set; c.Args must carry
+// Tag(p.VMID)) and fills p's PID, StartTime, BootID and Cmdline. It refuses
+// with ErrAlreadyRunning when a tagged VMM of the VM is alive.
+func (b *Base) Launch(p *Process, c Command) error {
+	if id, _, ok := TagOf(c.Args); !ok || id != p.VMID {
+		return fmt.Errorf("%w: argv does not carry the tag %s", ErrInvalidSpec, Tag(p.VMID))
+	}
+	live, err := Find(p.VMID)
+	if err != nil {
+		return err
+	}
+	if len(live) > 0 {
+		return fmt.Errorf("%w: pid %d carries %s", ErrAlreadyRunning, live[0].PID, Tag(p.VMID))
+	}
+	c.Cgroup = p.Cgroup
+	pid, start, err := launch(c)
+	if err != nil {
+		return err
+	}
+	p.PID, p.StartTime, p.BootID = pid, start, BootID()
+	p.Cmdline = append([]string(nil), c.Args...)
+	return nil
+}
+
+// Probe reports whether p's VMM is alive and p's (/proc only).
+func (b *Base) Probe(p *Process) (State, error) { return identify(p) }
+
+// AttachConsole starts copying p's console into its capped log, unless a
+// copier for this VMM runs already. It returns once connected.
+func (b *Base) AttachConsole(ctx context.Context, p *Process) error {
+	if p.ConsoleSocket == "" || p.ConsoleLog == "" {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if f := b.followers[p.VMID]; f != nil {
+		select {
+		case <-f.done:
+		default:
+			if f.pid == p.PID && f.start == p.StartTime {
+				return nil
+			}
+			f.stop()
+		}
+	}
+	f, err := follow(ctx, p)
+	if err != nil {
+		return err
+	}
+	if b.followers == nil {
+		b.followers = map[string]*follower{}
+	}
+	b.followers[p.VMID] = f
+	return nil
+}
+
+// detachConsole stops the console copier of vmID, if any.
+func (b *Base) detachConsole(vmID string) {
+	b.mu.Lock()
+	f := b.followers[vmID]
+	delete(b.followers, vmID)
+	b.mu.Unlock()
+	if f != nil {
+		f.stop()
+	}
+}
+
+// Adopt re-attaches to a running VMM after a daemon restart (console
+// copier). ErrNotRunning when p's VMM is gone or not p's.
+func (b *Base) Adopt(ctx context.Context, p *Process) error {
+	s, err := identify(p)
+	if err != nil {
+		return err
+	}
+	if s != StateRunning {
+		return fmt.Errorf("%w: pid %d is %s", ErrNotRunning, p.PID, s)
+	}
+	return b.AttachConsole(ctx, p)
+}
+
+// Close stops every console copier; VMMs are left running (daemon
+// shutdown: the next daemon re-adopts them).
+func (b *Base) Close() error {
+	b.mu.Lock()
+	fs := b.followers
+	b.followers = nil
+	b.mu.Unlock()
+	for _, f := range fs {
+		f.stop()
+	}
+	return nil
+}
+
+// Wait blocks until p's VMM has exited or ctx ends. The status is known
+// (Exit.Known) when this process started the VMM.
+func (b *Base) Wait(ctx context.Context, p *Process) (Exit, error) {
+	if err := checkHandle(p); err != nil {
+		return Exit{}, err
+	}
+	return waitGone(ctx, p)
+}
+
+// Kill SIGKILLs p's VMM (through a pidfd, after proving identity), waits for
+// it to go, and removes its sockets and cgroup. A VMM that is gone, or a pid
+// that is no longer p's, is success and nothing is signalled. A handle
+// without a pid (intent persisted, crash before the pid was) kills every
+// process carrying the VM's tag instead.
+func (b *Base) Kill(ctx context.Context, p *Process) error {
+	if p != nil && p.PID == 0 && ValidVMID(p.VMID) == nil {
+		found, err := Find(p.VMID)
+		if err != nil {
+			return err
+		}
+		for _, q := range found {
+			if err := b.kill(ctx, q); err != nil {
+				return err
+			}
+		}
+		return b.Cleanup(ctx, p)
+	}
+	if err := b.kill(ctx, p); err != nil {
+		return err
+	}
+	return b.Cleanup(ctx, p)
+}
+
+func (b *Base) kill(ctx context.Context, p *Process) error {
+	fd, s, err := openIdentified(p)
+	if err != nil {
+		return err
+	}
+	if s != StateRunning {
+		return nil
+	}
+	defer fd.close()
+	if err := fd.signal(unix.SIGKILL); err != nil {
+		return fmt.Errorf("vmm: kill pid %d: %w", p.PID, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	if err := fd.wait(wctx); err != nil {
+		return fmt.Errorf("vmm: pid %d did not exit after SIGKILL: %w", p.PID, err)
+	}
+	return nil
+}
+
+// StopStep is one graceful step of StopWith: Do asks the VMM or guest to end,
+// then StopWith waits up to Wait for the VMM to exit.
+type StopStep struct {
+	Name string
+	Do   func(ctx context.Context) error
+	Wait time.Duration
+}
+
+// StopWith runs steps in order until p's VMM exits, SIGKILLs it when none
+// worked, then cleans up. A step whose Do fails is skipped (its error is
+// returned only when the VMM had to be killed, for the log). A VMM that is
+// gone or not p's is success.
+func (b *Base) StopWith(ctx context.Context, p *Process, steps ...StopStep) error {
+	fd, s, err := openIdentified(p)
+	if err != nil {
+		return err
+	}
+	if s != StateRunning {
+		return b.Cleanup(ctx, p)
+	}
+	defer fd.close()
+	var stepErrs []error
+	for _, st := range steps {
+		if err := st.Do(ctx); err != nil {
+			stepErrs = append(stepErrs, fmt.Errorf("%s: %w", st.Name, err))
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, st.Wait)
+		err := fd.wait(wctx)
+		cancel()
+		if err == nil {
+			return b.Cleanup(ctx, p)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if err := fd.signal(unix.SIGKILL); err != nil {
+		return fmt.Errorf("vmm: kill pid %d: %w", p.PID, err)
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killWait)
+	defer cancel()
+	if err := fd.wait(wctx); err != nil {
+		return fmt.Errorf("vmm: pid %d did not exit after SIGKILL: %w", p.PID, err)
+	}
+	if err := b.Cleanup(ctx, p); err != nil {
+		return err
+	}
+	if len(stepErrs) > 0 {
+		return fmt.Errorf("vmm: stopped by SIGKILL after graceful steps failed: %w", errors.Join(stepErrs...))
+	}
+	return nil
+}
+
+// Cleanup releases what a gone VMM leaves behind: its console copier, its
+// sockets and FIFOs (nothing else is removed) and its cgroup (only one named
+// Tag(p.VMID)). It does nothing while another live process carries the VM's
+// tag (that VMM owns these paths now). Idempotent.
+func (b *Base) Cleanup(ctx context.Context, p *Process) error {
+	if p == nil || ValidVMID(p.VMID) != nil {
+		return fmt.Errorf("%w: no valid VM id", ErrInvalidHandle)
+	}
+	b.detachConsole(p.VMID)
+	if live, err := Find(p.VMID); err != nil {
+		return err
+	} else if len(live) > 0 {
+		return nil
+	}
+	var errs []error
+	for _, s := range p.Sockets {
+		fi, err := os.Lstat(s)
+		if err != nil {
+			continue
+		}
+		if t := fi.Mode().Type(); t == os.ModeSocket || t == os.ModeNamedPipe {
+			if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if p.Cgroup != "" {
+		if filepath.Base(p.Cgroup) != Tag(p.VMID) {
+			errs = append(errs, fmt.Errorf("%w: cgroup %s is not %s", ErrInvalidHandle, p.Cgroup, Tag(p.VMID)))
+		} else {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killWait)
+			err := cgroup.Remove(cctx, p.Cgroup, true)
+			cancel()
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CreateCgroup makes the VMM's cgroup <parent>/paddock-<vm id>.
+func CreateCgroup(parent, vmID string) (string, error) {
+	return cgroup.Create(parent, Tag(vmID))
+}
+
+// DialAgent connects to the guest agent of p, waiting for the socket to
+// appear (until ctx ends). For Firecracker it performs the hybrid vsock
+// handshake to agent.DefaultVsockPort.
+func DialAgent(ctx context.Context, p *Process) (net.Conn, error) {
+	for {
+		var c net.Conn
+		var err error
+		switch p.ControlKind {
+		case ControlHybridVsock:
+			c, err = agent.DialHybridVsock(ctx, p.ControlSocket, agent.DefaultVsockPort)
+		case ControlVirtioSerial, "":
+			var d net.Dialer
+			c, err = d.DialContext(ctx, "unix", p.ControlSocket)
+		default:
+			return nil, fmt.Errorf("%w: control kind %q", ErrInvalidHandle, p.ControlKind)
+		}
+		if err == nil {
+			return c, nil
+		}
+		if s, _ := identify(p); s != StateRunning {
+			return nil, fmt.Errorf("%w: agent socket %s: %v", ErrNotRunning, p.ControlSocket, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("vmm: agent socket %s: %w (%v)", p.ControlSocket, ctx.Err(), err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

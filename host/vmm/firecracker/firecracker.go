@@ -1,0 +1,392 @@
+// Package firecracker is the Firecracker VMM driver: it runs
+// "firecracker --api-sock <RunDir>/firecracker.sock --id paddock-<vm id>"
+// and configures the microVM through Firecracker's REST API on that UNIX
+// socket: PUT /machine-config, /boot-source, /drives/{id},
+// /network-interfaces/{id}, /vsock, /serial, then PUT /actions
+// InstanceStart; Stop sends PUT /actions SendCtrlAltDel, waits, then kills.
+//
+// CONTRACT-TESTED ONLY. Firecracker cannot run on paddock's development and
+// CI hosts (no usable KVM), so this driver has never driven a real
+// Firecracker. Its tests run it against a stand-in process that serves the
+// API on the UNIX socket and validates every request (method and path exist,
+// body matches the definition: required fields, types, enums, bounds, no
+// unknown fields) against Firecracker's published swagger description
+// (v1.17.0-dev, read from ../shared/firecracker-api.yaml by the tests).
+// Behaviour beyond the schema (ordering rules, when Firecracker exits, how
+// it opens the serial FIFO) follows Firecracker's documentation and is
+// unverified.
+//
+// Differences from QEMU: Firecracker needs KVM (Accel "tcg" is
+// ErrUnsupported), takes raw disks only (qcow2 is ErrUnsupported), and the
+// agent is reached over hybrid vsock (Process.ControlKind
+// ControlHybridVsock: dial the vsock UDS and write "CONNECT <port>"). The
+// guest's serial console goes to a FIFO in RunDir (PUT /serial) that the
+// console copier drains; Firecracker's own log goes to RunDir/vmm.log.
+// The jailer is not used.
+package firecracker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/vmm"
+)
+
+// Name is the driver's name (Process.Driver).
+const Name = "firecracker"
+
+// Defaults.
+const (
+	DefaultBinary = "firecracker"
+	// DefaultAPITimeout bounds one API request.
+	DefaultAPITimeout = 10 * time.Second
+	// readyTimeout bounds the wait for the API socket when ctx has none.
+	readyTimeout = 30 * time.Second
+)
+
+// Driver runs Firecracker VMMs. The zero value is ready to use.
+type Driver struct {
+	vmm.Base
+	// Binary is the firecracker binary (DefaultBinary on $PATH).
+	Binary string
+	// APITimeout bounds each API request (DefaultAPITimeout).
+	APITimeout time.Duration
+	// Env is the VMM's environment (nil: PATH only).
+	Env []string
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// New returns a Firecracker driver with default settings.
+func New() *Driver { return &Driver{} }
+
+// Name returns "firecracker".
+func (d *Driver) Name() string { return Name }
+
+func (d *Driver) binary() string {
+	if d.Binary != "" {
+		return d.Binary
+	}
+	return DefaultBinary
+}
+
+// Paths of a VM's files under its RunDir.
+func apiPath(runDir string) string     { return filepath.Join(runDir, "firecracker.sock") }
+func consolePath(runDir string) string { return filepath.Join(runDir, "console.fifo") }
+
+// API bodies (the subset of Firecracker's definitions paddock sets).
+type (
+	machineConfig struct {
+		VCPUCount  int `json:"vcpu_count"`
+		MemSizeMiB int `json:"mem_size_mib"`
+	}
+	bootSource struct {
+		KernelImagePath string `json:"kernel_image_path"`
+		InitrdPath      string `json:"initrd_path,omitempty"`
+		BootArgs        string `json:"boot_args,omitempty"`
+	}
+	drive struct {
+		DriveID      string `json:"drive_id"`
+		PathOnHost   string `json:"path_on_host"`
+		IsRootDevice bool   `json:"is_root_device"`
+		IsReadOnly   bool   `json:"is_read_only"`
+	}
+	networkInterface struct {
+		IfaceID     string `json:"iface_id"`
+		HostDevName string `json:"host_dev_name"`
+		GuestMAC    string `json:"guest_mac,omitempty"`
+	}
+	vsockDevice struct {
+		GuestCID uint32 `json:"guest_cid"`
+		UDSPath  string `json:"uds_path"`
+	}
+	serialDevice struct {
+		SerialOutPath string `json:"serial_out_path"`
+	}
+	action struct {
+		ActionType string `json:"action_type"`
+	}
+	// InstanceInfo is GET / (the fields paddock reads).
+	InstanceInfo struct {
+		ID         string `json:"id"`
+		State      string `json:"state"`
+		VMMVersion string `json:"vmm_version"`
+		AppName    string `json:"app_name"`
+	}
+)
+
+// APIError is a non-2xx answer of the Firecracker API.
+type APIError struct {
+	Method, Path string
+	Status       int
+	Fault        string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("firecracker: %s %s: HTTP %d: %s", e.Method, e.Path, e.Status, e.Fault)
+}
+
+// client talks HTTP/1.1 to one API socket.
+type client struct {
+	sock    string
+	http    *http.Client
+	timeout time.Duration
+}
+
+func (d *Driver) client(sock string) *client {
+	t := d.APITimeout
+	if t <= 0 {
+		t = DefaultAPITimeout
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var nd net.Dialer
+			return nd.DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}
+	return &client{sock: sock, http: &http.Client{Transport: tr}, timeout: t}
+}
+
+// do sends one request; out (optional) receives a JSON answer.
+func (c *client) do(ctx context.Context, method, path string, body, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("firecracker: %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("firecracker: %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var fe struct {
+			FaultMessage string `json:"fault_message"`
+		}
+		if json.Unmarshal(b, &fe) != nil || fe.FaultMessage == "" {
+			fe.FaultMessage = strings.TrimSpace(string(b))
+		}
+		return &APIError{Method: method, Path: path, Status: resp.StatusCode, Fault: fe.FaultMessage}
+	}
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("firecracker: %s %s: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// BootArgs returns the guest kernel command line for spec: serial console,
+// no reboot (a reboot ends Firecracker), and the agent on vsock instead of
+// virtio-serial.
+func BootArgs(spec vmm.Spec) string {
+	args := []string{"console=ttyS0", "reboot=k", "panic=1", "pci=off",
+		"paddock.ctl=", "paddock.vsock=" + strconv.Itoa(agent.DefaultVsockPort)}
+	if spec.Cmdline != "" {
+		args = append(args, spec.Cmdline)
+	}
+	return strings.Join(args, " ")
+}
+
+// Start launches Firecracker, configures the VM and starts it.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
+	spec, err := spec.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	if spec.Accel == vmm.AccelTCG {
+		return nil, fmt.Errorf("%w: firecracker needs KVM (accel tcg)", vmm.ErrUnsupported)
+	}
+	for i, disk := range spec.Disks {
+		if disk.Format != vmm.FormatRaw {
+			return nil, fmt.Errorf("%w: disk %d is %s; firecracker takes raw disks only", vmm.ErrUnsupported, i, disk.Format)
+		}
+	}
+	if live, err := vmm.Find(spec.VMID); err != nil {
+		return nil, err
+	} else if len(live) > 0 {
+		return nil, fmt.Errorf("%w: pid %d carries %s", vmm.ErrAlreadyRunning, live[0].PID, vmm.Tag(spec.VMID))
+	}
+	if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("firecracker: %w", err)
+	}
+	p := &vmm.Process{
+		Driver: Name, VMID: spec.VMID, RunDir: spec.RunDir, Accel: vmm.AccelKVM,
+		APISocket:     apiPath(spec.RunDir),
+		ControlSocket: spec.VsockUDS, ControlKind: vmm.ControlHybridVsock,
+		ConsoleSocket: consolePath(spec.RunDir), ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
+	}
+	p.Sockets = []string{p.APISocket, p.ControlSocket, p.ConsoleSocket}
+	for _, s := range p.Sockets {
+		removeStale(s)
+	}
+	if err := unix.Mkfifo(p.ConsoleSocket, 0o600); err != nil {
+		return nil, fmt.Errorf("firecracker: console FIFO: %w", err)
+	}
+	if spec.Cgroup != "" {
+		if p.Cgroup, err = vmm.CreateCgroup(spec.Cgroup, spec.VMID); err != nil {
+			_ = os.Remove(p.ConsoleSocket)
+			return nil, err
+		}
+	}
+	argv := []string{d.binary(), "--api-sock", p.APISocket, "--id", vmm.Tag(spec.VMID)}
+	logPath := filepath.Join(spec.RunDir, "vmm.log")
+	if err := d.Launch(p, vmm.Command{Path: argv[0], Args: argv, Log: logPath, Env: d.Env}); err != nil {
+		_ = d.Cleanup(ctx, p)
+		return nil, err
+	}
+	if err := d.configure(ctx, p, spec); err != nil {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		_ = d.Kill(kctx, p)
+		return nil, fmt.Errorf("firecracker: %w%s", err, logTail(logPath))
+	}
+	return p, nil
+}
+
+// configure waits for the API, attaches the console, configures the VM and
+// starts it.
+func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+	}
+	c := d.client(p.APISocket)
+	for {
+		var info InstanceInfo
+		err := c.do(ctx, http.MethodGet, "/", nil, &info)
+		if err == nil {
+			break
+		}
+		if s, _ := d.Probe(p); s != vmm.StateRunning {
+			ex, _ := d.Wait(context.Background(), p)
+			return fmt.Errorf("firecracker exited at start (%s)", ex)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("API socket %s: %w (%v)", p.APISocket, ctx.Err(), err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := d.AttachConsole(ctx, p); err != nil {
+		return err
+	}
+	steps := []apiStep{
+		{"/machine-config", machineConfig{VCPUCount: spec.CPUs, MemSizeMiB: spec.MemoryMiB}},
+		{"/boot-source", bootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: BootArgs(spec)}},
+	}
+	for i, disk := range spec.Disks {
+		id := "disk" + strconv.Itoa(i)
+		steps = append(steps, apiStep{"/drives/" + id, drive{DriveID: id, PathOnHost: disk.Path, IsReadOnly: disk.ReadOnly}})
+	}
+	if spec.Tap != nil {
+		steps = append(steps, apiStep{"/network-interfaces/eth0", networkInterface{IfaceID: "eth0", HostDevName: spec.Tap.Name, GuestMAC: spec.Tap.MAC}})
+	}
+	steps = append(steps,
+		apiStep{"/vsock", vsockDevice{GuestCID: spec.VsockCID, UDSPath: spec.VsockUDS}},
+		apiStep{"/serial", serialDevice{SerialOutPath: p.ConsoleSocket}},
+		apiStep{"/actions", action{ActionType: "InstanceStart"}},
+	)
+	for _, st := range steps {
+		if err := c.do(ctx, http.MethodPut, st.path, st.body, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apiStep is one configuration request.
+type apiStep struct {
+	path string
+	body any
+}
+
+// Info returns GET / of p's VMM.
+func (d *Driver) Info(ctx context.Context, p *vmm.Process) (InstanceInfo, error) {
+	var info InstanceInfo
+	if s, err := d.Probe(p); err != nil {
+		return info, err
+	} else if s != vmm.StateRunning {
+		return info, fmt.Errorf("%w: pid %d is %s", vmm.ErrNotRunning, p.PID, s)
+	}
+	err := d.client(p.APISocket).do(ctx, http.MethodGet, "/", nil, &info)
+	return info, err
+}
+
+// Adopt re-attaches to a running Firecracker after a daemon restart (the
+// console copier). A Firecracker whose guest was never started (the previous
+// daemon died while configuring it) cannot be finished from the handle:
+// Adopt reports ErrNotRunning and the caller tears it down.
+func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
+	if err := d.Base.Adopt(ctx, p); err != nil {
+		return err
+	}
+	info, err := d.Info(ctx, p)
+	if err != nil {
+		return err
+	}
+	if info.State == "Not started" {
+		return fmt.Errorf("%w: firecracker pid %d never started its guest", vmm.ErrNotRunning, p.PID)
+	}
+	return nil
+}
+
+// Stop sends Ctrl+Alt+Del to the guest (PUT /actions SendCtrlAltDel: the
+// guest reboots, which ends Firecracker), waits up to timeout, then kills.
+func (d *Driver) Stop(ctx context.Context, p *vmm.Process, timeout time.Duration) error {
+	return d.StopWith(ctx, p, vmm.StopStep{Name: "SendCtrlAltDel", Wait: timeout, Do: func(ctx context.Context) error {
+		return d.client(p.APISocket).do(ctx, http.MethodPut, "/actions", action{ActionType: "SendCtrlAltDel"}, nil)
+	}})
+}
+
+// removeStale removes a socket or FIFO left by a dead VMM (nothing else).
+func removeStale(path string) {
+	if fi, err := os.Lstat(path); err == nil {
+		if t := fi.Mode().Type(); t == os.ModeSocket || t == os.ModeNamedPipe {
+			_ = os.Remove(path)
+		}
+	}
+}
+
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return " (vmm.log: " + strings.TrimSpace(string(b)) + ")"
+}

@@ -1,0 +1,331 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// procRoot is /proc; tests may point it elsewhere.
+var procRoot = "/proc"
+
+// procStat is what paddock reads from /proc/PID/stat.
+type procStat struct {
+	State     byte
+	PPID      int
+	StartTime uint64
+}
+
+// parseStat parses /proc/PID/stat. The command name (field 2) is in
+// parentheses and may itself contain spaces and parentheses, so fields are
+// counted from the last ')'.
+func parseStat(b []byte) (procStat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, errors.New("vmm: malformed /proc stat (no ')')")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state), f[1] field 4 (ppid), f[19] field 22 (starttime)
+	if len(f) < 20 || len(f[0]) != 1 {
+		return procStat{}, fmt.Errorf("vmm: malformed /proc stat (%d fields after comm)", len(f))
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return procStat{}, fmt.Errorf("vmm: malformed /proc stat ppid %q", f[1])
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("vmm: malformed /proc stat starttime %q", f[19])
+	}
+	return procStat{State: f[0][0], PPID: ppid, StartTime: st}, nil
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(b)
+}
+
+func readCmdline(pid int) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return nil, err
+	}
+	return splitCmdline(b), nil
+}
+
+func splitCmdline(b []byte) []string {
+	b = bytes.TrimSuffix(b, []byte{0})
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(string(b), "\x00")
+}
+
+// StartTimeOf returns /proc/PID/stat field 22 of a live process.
+func StartTimeOf(pid int) (uint64, error) {
+	st, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return st.StartTime, nil
+}
+
+// BootID returns the kernel's boot id, "" when it cannot be read.
+func BootID() string {
+	b, err := os.ReadFile(filepath.Join(procRoot, "sys/kernel/random/boot_id"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// gone reports whether err from reading /proc/PID means no such process.
+func gone(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH)
+}
+
+func checkHandle(p *Process) error {
+	if p == nil || p.PID <= 0 || p.StartTime == 0 || len(p.Cmdline) == 0 {
+		return fmt.Errorf("%w: needs pid, start time and cmdline", ErrInvalidHandle)
+	}
+	if err := ValidVMID(p.VMID); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidHandle, err)
+	}
+	if id, _, ok := TagOf(p.Cmdline); !ok || id != p.VMID {
+		return fmt.Errorf("%w: cmdline does not carry the tag %s", ErrInvalidHandle, Tag(p.VMID))
+	}
+	return nil
+}
+
+// identify compares the live process p.PID with the handle (start time,
+// boot id, argv with the tag). Callers hold a pidfd opened before calling
+// it when they mean to signal.
+func identify(p *Process) (State, error) {
+	if err := checkHandle(p); err != nil {
+		return StateExited, err
+	}
+	st, err := readStat(p.PID)
+	if gone(err) {
+		return StateExited, nil
+	}
+	if err != nil {
+		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", p.PID, err)
+	}
+	if st.StartTime != p.StartTime {
+		return StateNotOurs, nil
+	}
+	if p.BootID != "" {
+		if b := BootID(); b != "" && b != p.BootID {
+			return StateNotOurs, nil
+		}
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return StateExited, nil
+	}
+	argv, err := readCmdline(p.PID)
+	if gone(err) {
+		return StateExited, nil
+	}
+	if err != nil {
+		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", p.PID, err)
+	}
+	if len(argv) == 0 {
+		// exiting (mm released) or a kernel thread: re-check
+		if st, err := readStat(p.PID); gone(err) || err == nil && (st.State == 'Z' || st.State == 'X') {
+			return StateExited, nil
+		}
+		return StateNotOurs, nil
+	}
+	if !slices.Equal(argv, p.Cmdline) {
+		return StateNotOurs, nil
+	}
+	return StateRunning, nil
+}
+
+// ProbeProcess is the driver-independent Probe: /proc only.
+func ProbeProcess(p *Process) (State, error) { return identify(p) }
+
+// pidfd is an open pidfd of a process identified as p's VMM.
+type pidfd int
+
+// openIdentified opens a pidfd for p.PID, then identifies the process. The
+// pidfd is returned only with StateRunning; it then refers to p's VMM for
+// good (a pidfd never follows a reused pid).
+func openIdentified(p *Process) (pidfd, State, error) {
+	if err := checkHandle(p); err != nil {
+		return -1, StateExited, err
+	}
+	fd, err := unix.PidfdOpen(p.PID, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return -1, StateExited, nil
+	}
+	if err != nil {
+		return -1, StateExited, fmt.Errorf("vmm: pidfd_open %d: %w", p.PID, err)
+	}
+	s, err := identify(p)
+	if err != nil || s != StateRunning {
+		unix.Close(fd)
+		return -1, s, err
+	}
+	return pidfd(fd), s, nil
+}
+
+func (fd pidfd) close() { unix.Close(int(fd)) }
+
+// signal sends sig through the pidfd; an exited process is not an error.
+func (fd pidfd) signal(sig unix.Signal) error {
+	err := unix.PidfdSendSignal(int(fd), sig, nil, 0)
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		return err
+	}
+	return nil
+}
+
+// wait blocks until the process exits (the pidfd becomes readable) or ctx
+// ends, polling in slices so that ctx is honoured.
+func (fd pidfd) wait(ctx context.Context) error {
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 100)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("vmm: poll pidfd: %w", err)
+		}
+		if n > 0 {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+// Find scans /proc for live processes whose command line carries a paddock
+// tag: of VM vmID, or of any VM when vmID is "". The handles it returns have
+// Driver, VMID, PID, StartTime, BootID, Cmdline, and APISocket and RunDir
+// when the command line names its API socket; they are enough for Probe and
+// Kill (the orphan sweep after a crash between launching a VMM and
+// persisting its handle). Processes of other users that /proc hides are not
+// found.
+func Find(vmID string) ([]*Process, error) {
+	ents, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: %w", err)
+	}
+	boot := BootID()
+	var out []*Process
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		argv, err := readCmdline(pid)
+		if err != nil || len(argv) == 0 {
+			continue
+		}
+		id, driver, ok := TagOf(argv)
+		if !ok || vmID != "" && id != vmID {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil || st.State == 'Z' || st.State == 'X' {
+			continue
+		}
+		q := &Process{Driver: driver, VMID: id, PID: pid, StartTime: st.StartTime, BootID: boot, Cmdline: argv}
+		if q.APISocket = apiSocketOf(argv); q.APISocket != "" {
+			q.RunDir = filepath.Dir(q.APISocket)
+		}
+		out = append(out, q)
+	}
+	return out, nil
+}
+
+// FindUnder is Find("") restricted to VMMs whose API socket lies under
+// runRoot: the VMMs of one daemon (its RuntimeDirectory). An orphan sweep
+// must use this, not Find: several daemons (or test suites) may run on one
+// host, and a tag alone does not say whose VMM it is.
+func FindUnder(runRoot string) ([]*Process, error) {
+	all, err := Find("")
+	if err != nil {
+		return nil, err
+	}
+	root := filepath.Clean(runRoot) + string(filepath.Separator)
+	var out []*Process
+	for _, p := range all {
+		if p.APISocket != "" && strings.HasPrefix(filepath.Clean(p.APISocket), root) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// apiSocketOf finds the API socket on a VMM command line: QEMU's
+// "-qmp unix:PATH,..." (QEMU's ",," escape undone) or Firecracker's
+// "--api-sock PATH".
+func apiSocketOf(argv []string) string {
+	for i := 1; i+1 < len(argv); i++ {
+		switch argv[i] {
+		case "--api-sock":
+			return argv[i+1]
+		case "-qmp":
+			v, ok := strings.CutPrefix(argv[i+1], "unix:")
+			if !ok {
+				continue
+			}
+			var b strings.Builder
+			for j := 0; j < len(v); j++ {
+				if v[j] == ',' {
+					if j+1 < len(v) && v[j+1] == ',' {
+						b.WriteByte(',')
+						j++
+						continue
+					}
+					break
+				}
+				b.WriteByte(v[j])
+			}
+			return b.String()
+		}
+	}
+	return ""
+}
+
+// waitGone waits until p's VMM is no longer running: through the child
+// table for a child (it is reaped there), through a pidfd otherwise.
+func waitGone(ctx context.Context, p *Process) (Exit, error) {
+	s, err := identify(p)
+	if err != nil || s == StateNotOurs {
+		return Exit{}, err
+	}
+	if c := lookupChild(p); c != nil {
+		select {
+		case <-c.done:
+			return c.exit, nil
+		case <-ctx.Done():
+			return Exit{}, ctx.Err()
+		}
+	}
+	if s == StateExited {
+		return Exit{}, nil
+	}
+	fd, s, err := openIdentified(p)
+	if err != nil || s != StateRunning {
+		return Exit{}, err
+	}
+	defer fd.close()
+	if err := fd.wait(ctx); err != nil {
+		return Exit{}, err
+	}
+	return Exit{}, nil
+}

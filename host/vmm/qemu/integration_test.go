@@ -1,0 +1,345 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/cgroup"
+	"github.com/paddock-vm/paddock/host/vmm"
+)
+
+// testCgroupParent makes a stand-in for paddockd's delegated cgroup and
+// removes it at cleanup.
+func testCgroupParent(t *testing.T) string {
+	t.Helper()
+	mnt, _, err := cgroup.Mountpoint()
+	requireEnv(t, err == nil, fmt.Sprintf("no cgroup2 hierarchy: %v", err))
+	dir := filepath.Join(mnt, fmt.Sprintf("pdktest-qemu-%d.service", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// VMM cgroups below are removed by the driver; anything left is a
+		// failure, but kill and remove it anyway
+		if subs, _ := cgroup.Find(dir); len(subs) > 0 {
+			t.Errorf("cgroups left behind: %v", subs)
+			for _, s := range subs {
+				_ = cgroup.Remove(context.Background(), s, true)
+			}
+		}
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return dir
+}
+
+// agentClient dials p's agent and runs hello.
+func agentClient(t *testing.T, ctx context.Context, p *vmm.Process) *agent.Client {
+	t.Helper()
+	conn, err := vmm.DialAgent(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	c, err := agent.NewClient(hctx, conn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func run(t *testing.T, ctx context.Context, c *agent.Client, script string) string {
+	t.Helper()
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	r, err := c.Run(rctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", script}}, nil, 0)
+	if err != nil {
+		t.Fatalf("exec %q: %v", script, err)
+	}
+	if r.Status.Code != 0 {
+		t.Fatalf("exec %q: %v %s", script, r.Status, r.Stderr)
+	}
+	return string(r.Stdout)
+}
+
+// TestIntegration boots a real guest through the driver from a stand-in
+// daemon, kills that daemon, re-adopts the VMM from its JSON handle, talks
+// to the agent, checks a pid that is not ours is left alone, and stops it.
+// A second VM, the test's own child, is stopped without the agent's help
+// (system_powerdown, then quit).
+func TestIntegration(t *testing.T) {
+	f := getFixture(t)
+	tmp := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root := rootDisk(t, tmp)
+	data := smallDisk(t, tmp, "data", "data disk\n")
+	cgParent := testCgroupParent(t)
+
+	d := New()
+	kvmOK, why := d.KVMUsable(ctx, f.kit.VmlinuxPath())
+	t.Logf("KVM usable: %v (%s)", kvmOK, why)
+
+	spec := vmm.Spec{
+		VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
+		Cmdline: "paddock.root=/dev/vda paddock.hostname=vma",
+		Disks:   []vmm.Disk{{Path: root}, {Path: data, ReadOnly: true}},
+		Tap:     &vmm.Tap{Name: "pdktest0", MAC: "02:00:00:0a:0b:0c"},
+		RunDir:  filepath.Join(tmp, "run-a"), Cgroup: cgParent, ConsoleLogMax: 64 << 10,
+	}
+	js, _ := json.Marshal(spec)
+
+	// --- daemon #1 starts the VM
+	daemon := exec.Command(os.Args[0], "-test.run=^$")
+	daemon.Env = append(os.Environ(), helperEnv+"=1", "VMM_SPEC="+string(js))
+	stdin, _ := daemon.StdinPipe()
+	defer stdin.Close()
+	out, _ := daemon.StdoutPipe()
+	daemon.Stderr = os.Stderr
+	startAt := time.Now()
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "{") {
+		_ = daemon.Process.Kill()
+		_ = daemon.Wait()
+		t.Fatalf("stand-in daemon: %q %v", line, err)
+	}
+	startTook := time.Since(startAt)
+	var p vmm.Process
+	if err := json.Unmarshal([]byte(line), &p); err != nil {
+		t.Fatal(err)
+	}
+	// whatever happens, the VMM does not outlive the test
+	t.Cleanup(func() {
+		kctx, kcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer kcancel()
+		if err := New().Kill(kctx, &p); err != nil {
+			t.Errorf("cleanup kill: %v", err)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(p.ConsoleLog)
+			l, _ := os.ReadFile(filepath.Join(p.RunDir, "vmm.log"))
+			t.Logf("console:\n%s\nvmm.log:\n%s", b, l)
+		}
+	})
+	t.Logf("handle: %s", line)
+	if p.Driver != Name || p.VMID != spec.VMID || p.PID <= 0 || p.StartTime == 0 || p.Accel == "" {
+		t.Fatalf("handle %+v", p)
+	}
+	if want := map[bool]string{true: vmm.AccelKVM, false: vmm.AccelTCG}[kvmOK]; p.Accel != want {
+		t.Fatalf("accel %s, want %s", p.Accel, want)
+	}
+	if ppid, _ := strconv.Atoi(procField(p.PID, 4)); ppid != daemon.Process.Pid {
+		t.Fatalf("QEMU's parent is %d, daemon %d", ppid, daemon.Process.Pid)
+	}
+	if sid := procField(p.PID, 6); sid != strconv.Itoa(p.PID) {
+		t.Fatalf("QEMU session %s, want its own (%d)", sid, p.PID)
+	}
+	if got, err := cgroup.Of(p.PID); err != nil || got != p.Cgroup || filepath.Dir(got) != cgParent {
+		t.Fatalf("QEMU in cgroup %q (%v), handle %q", got, err, p.Cgroup)
+	}
+
+	c := agentClient(t, ctx, &p)
+	helloTook := time.Since(startAt)
+	if _, err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := run(t, ctx, c, "hostname; cat /sys/class/net/eth0/address /sys/block/vda/ro /sys/block/vdb/ro /data/hello.txt")
+	if want := "vma\n02:00:00:0a:0b:0c\n0\n1\nhello from the image\n"; got != want {
+		t.Fatalf("guest view %q, want %q", got, want)
+	}
+	c.Close()
+
+	// --- kill -9 the daemon: the VMM stays, and is re-adopted from JSON
+	_ = daemon.Process.Signal(syscall.SIGKILL)
+	_ = daemon.Wait()
+	var h vmm.Process
+	if err := json.Unmarshal([]byte(line), &h); err != nil {
+		t.Fatal(err)
+	}
+	d2 := New()
+	defer d2.Close()
+	if s, err := d2.Probe(&h); err != nil || s != vmm.StateRunning {
+		t.Fatalf("Probe after the daemon died: %v %v", s, err)
+	}
+	if ppid, _ := strconv.Atoi(procField(h.PID, 4)); ppid == daemon.Process.Pid {
+		t.Fatal("QEMU not re-parented")
+	}
+	if err := d2.Adopt(ctx, &h); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d2.Status(ctx, &h); err != nil || st != "running" {
+		t.Fatalf("query-status: %q %v", st, err)
+	}
+	c = agentClient(t, ctx, &h)
+	defer c.Close()
+	if got := run(t, ctx, c, "echo re-adopted >/dev/console; cat /data/hello.txt"); got != "hello from the image\n" {
+		t.Fatalf("after re-adoption: %q", got)
+	}
+	waitFor(t, "console output through the re-attached copier", 10*time.Second, func() bool {
+		b, _ := os.ReadFile(h.ConsoleLog)
+		return strings.Contains(string(b), "re-adopted")
+	})
+
+	// --- a live pid that is not ours is never touched
+	sleep := exec.Command("sleep", "300")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sleepDone := make(chan struct{})
+	go func() { _ = sleep.Wait(); close(sleepDone) }()
+	defer func() { _ = sleep.Process.Kill(); <-sleepDone }()
+	fake := h
+	fake.PID = sleep.Process.Pid
+	fake.Sockets, fake.Cgroup = nil, ""
+	if s, err := d2.Probe(&fake); err != nil || s != vmm.StateNotOurs {
+		t.Fatalf("Probe of a foreign pid: %v %v", s, err)
+	}
+	if err := d2.Kill(ctx, &fake); err != nil {
+		t.Fatalf("Kill of a foreign pid: %v", err)
+	}
+	if err := d2.Stop(ctx, &fake, time.Second); err != nil {
+		t.Fatalf("Stop of a foreign pid: %v", err)
+	}
+	select {
+	case <-sleepDone:
+		t.Fatal("the foreign process was killed")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if s, _ := d2.Probe(&h); s != vmm.StateRunning {
+		t.Fatalf("the real VMM is %v", s)
+	}
+
+	// --- stop: the caller asks the agent first, the driver finishes
+	waited := make(chan vmm.Exit, 1)
+	go func() { ex, _ := d2.Wait(ctx, &h); waited <- ex }()
+	stopAt := time.Now()
+	if err := c.Shutdown(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Stop(ctx, &h, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stopTook := time.Since(stopAt)
+	select {
+	case ex := <-waited:
+		if ex.Known {
+			t.Fatalf("exit of a re-adopted VMM reported as known: %v", ex)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Wait did not return after the VMM exited")
+	}
+	if s, err := d2.Probe(&h); err != nil || s != vmm.StateExited {
+		t.Fatalf("Probe after Stop: %v %v", s, err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := d2.Kill(ctx, &h); err != nil {
+			t.Fatalf("Kill #%d after exit: %v", i+1, err)
+		}
+	}
+	for _, s := range h.Sockets {
+		if _, err := os.Lstat(s); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket %s left: %v", s, err)
+		}
+	}
+	if _, err := os.Stat(h.Cgroup); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cgroup %s left: %v", h.Cgroup, err)
+	}
+	if fi, err := os.Stat(h.ConsoleLog); err != nil || fi.Size() == 0 || fi.Size() > h.ConsoleLogMax {
+		t.Errorf("console log: %v %v", fi, err)
+	}
+	if out, err := exec.Command("e2fsck", "-fn", root).CombinedOutput(); err != nil {
+		t.Errorf("root disk not clean after agent shutdown + Stop: %v\n%s", err, out)
+	}
+
+	// --- VM B: our child, stopped without the agent's help
+	specB := vmm.Spec{VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
+		Cmdline: "paddock.root=/dev/vda", Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, "run-b")}
+	pb, err := d2.Start(ctx, specB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = New().Kill(context.Background(), pb) })
+	cb := agentClient(t, ctx, pb)
+	cb.Close()
+	stopBAt := time.Now()
+	if err := d2.Stop(ctx, pb, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stopBTook := time.Since(stopBAt)
+	t.Logf("stop B took %v", stopBTook)
+	ex, err := d2.Wait(ctx, pb)
+	if err != nil || !ex.Known || ex.Signal != 0 || ex.Code != 0 {
+		t.Fatalf("VM B exit: %v %v (want a clean QEMU exit: powerdown or quit, not SIGKILL)", ex, err)
+	}
+	how := "system_powerdown"
+	if stopBTook >= 3*time.Second {
+		how = "quit (the guest ignored the ACPI power button)"
+	}
+	t.Logf("FIGURES: accel %s | daemon Start → handle %.2f s | Start → agent hello %.2f s | agent shutdown + Stop → exit %.2f s | Stop without agent → exit %.2f s via %s",
+		p.Accel, startTook.Seconds(), helloTook.Seconds(), stopTook.Seconds(), stopBTook.Seconds(), how)
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestStartFailureLeavesNothing: a QEMU that cannot start (missing kernel
+// file) returns an error with QEMU's message and leaves no process, socket or
+// cgroup behind.
+func TestStartFailureLeavesNothing(t *testing.T) {
+	requireEnv(t, os.Geteuid() == 0, "needs root (cgroup)")
+	_, err := exec.LookPath(DefaultBinary)
+	requireEnv(t, err == nil, DefaultBinary+" not installed")
+	cg := testCgroupParent(t)
+	tmp := t.TempDir()
+	initrd := filepath.Join(tmp, "initrd")
+	_ = os.WriteFile(initrd, []byte("x"), 0o644)
+	spec := vmm.Spec{VMID: testID(), Kernel: filepath.Join(tmp, "missing-vmlinux"), Initrd: initrd, Accel: vmm.AccelTCG,
+		RunDir: filepath.Join(tmp, "run"), Cgroup: cg}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := New().Start(ctx, spec)
+	if err == nil {
+		_ = New().Kill(ctx, p)
+		t.Fatal("Start succeeded")
+	}
+	if !strings.Contains(err.Error(), "missing-vmlinux") {
+		t.Errorf("error does not carry QEMU's message: %v", err)
+	}
+	if found, _ := vmm.Find(spec.VMID); len(found) != 0 {
+		t.Errorf("process left: %+v", found[0])
+	}
+	ents, _ := os.ReadDir(spec.RunDir)
+	for _, e := range ents {
+		if e.Type()&os.ModeSocket != 0 {
+			t.Errorf("socket left: %s", e.Name())
+		}
+	}
+	if subs, _ := cgroup.Find(cg); len(subs) != 0 {
+		t.Errorf("cgroup left: %v", subs)
+	}
+}

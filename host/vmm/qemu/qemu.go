@@ -1,0 +1,430 @@
+// Package qemu is the QEMU VMM driver: qemu-system-x86_64 -M microvm with
+// the measured boot recipe of bootkit/qemurun (PVH vmlinux, ACPI on for
+// virtio-mmio discovery and power-off, tsc_early_khz on the kernel command
+// line), virtio-blk disks (raw or qcow2), virtio-net on a tap, the agent's
+// virtio-serial port on a UNIX socket, the serial console on a UNIX socket
+// copied into a capped log (see package vmm), and a QMP socket for
+// system_powerdown, quit, cont and query-status.
+//
+// # Accelerator
+//
+// Accel "auto" uses KVM only when a KVM guest really boots: /dev/kvm must
+// open read-write, and then a probe boots the VM's own kernel under
+// "-accel kvm -cpu host" with no initramfs and no disk, expecting the
+// kernel's "Kernel panic - not syncing: VFS:" line (the end of kernel init)
+// on the console and QEMU's exit through panic=-1 and -no-reboot, within
+// KVMProbeTimeout. Anything else (QEMU aborting on an MSR, as on nested PVM
+// hosts, a hang, a triple-fault reset) means TCG. The result is cached per
+// kernel file (path, size, mtime) for the Driver's lifetime.
+//
+// # Start
+//
+// QEMU starts paused (-S). Start waits for the QMP socket, attaches the
+// console copier, then resumes the guest with QMP cont, so the console log
+// misses nothing. VMMs are tagged "-name paddock-<vm id>".
+//
+// # Stop
+//
+// QMP system_powerdown (ACPI power button), wait up to the timeout; then QMP
+// quit (QEMU exits cleanly, flushing its block layer, e.g. qcow2 metadata),
+// wait QuitWait; then SIGKILL through a pidfd. Whether the guest acts on the
+// power button depends on the guest: paddock-agent shuts down through its
+// own protocol, which the caller uses first.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/paddock-vm/paddock/bootkit/qemurun"
+	"github.com/paddock-vm/paddock/host/vmm"
+)
+
+// Name is the driver's name (Process.Driver).
+const Name = "qemu"
+
+// Defaults.
+const (
+	DefaultBinary          = "qemu-system-x86_64"
+	DefaultKVMProbeTimeout = 10 * time.Second
+	DefaultQuitWait        = 3 * time.Second
+	// readyTimeout bounds Start's wait for the QMP socket when ctx has no
+	// deadline.
+	readyTimeout = 30 * time.Second
+)
+
+// Driver runs QEMU microvm VMMs. Use New; the zero value also works.
+type Driver struct {
+	vmm.Base
+	// Binary is the QEMU binary (DefaultBinary on $PATH).
+	Binary string
+	// KVMProbeTimeout bounds the KVM boot probe (DefaultKVMProbeTimeout).
+	KVMProbeTimeout time.Duration
+	// QuitWait is how long Stop waits after QMP quit (DefaultQuitWait).
+	QuitWait time.Duration
+	// TSCkHz overrides the host TSC rate put on the kernel command line.
+	TSCkHz int
+
+	kvmMu  sync.Mutex
+	kvm    map[string]kvmResult
+	kvmDev string // /dev/kvm; tests point it elsewhere
+}
+
+type kvmResult struct {
+	ok     bool
+	reason string
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// New returns a QEMU driver with default settings.
+func New() *Driver { return &Driver{} }
+
+// Name returns "qemu".
+func (d *Driver) Name() string { return Name }
+
+func (d *Driver) binary() string {
+	if d.Binary != "" {
+		return d.Binary
+	}
+	return DefaultBinary
+}
+
+// qemuEscape doubles commas, QEMU's option-value escape.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// Paths of a VM's sockets under its RunDir.
+func qmpPath(runDir string) string     { return filepath.Join(runDir, "qmp.sock") }
+func consolePath(runDir string) string { return filepath.Join(runDir, "console.sock") }
+
+// Argv returns the complete QEMU argv (binary first) for a normalized spec
+// and a resolved accelerator (kvm or tcg). The boot recipe comes from
+// qemurun.Config.Args; this adds the tag, -S, QMP, the console socket and
+// the disks.
+func (d *Driver) Argv(spec vmm.Spec, accel string) ([]string, error) {
+	if spec.Initrd == "" {
+		return nil, fmt.Errorf("%w: qemu needs an initrd (boot kit)", vmm.ErrInvalidSpec)
+	}
+	cfg := qemurun.Config{
+		Kernel: spec.Kernel, Initrd: spec.Initrd,
+		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: accel,
+		ControlSocket: spec.ControlSocket, PortName: spec.ControlPort,
+		TSCkHz: d.TSCkHz,
+	}
+	if spec.Cmdline != "" {
+		cfg.Cmdline = []string{spec.Cmdline}
+	}
+	if spec.Tap != nil {
+		cfg.Tap, cfg.MAC = spec.Tap.Name, spec.Tap.MAC
+	}
+	args, err := cfg.Args()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", vmm.ErrInvalidSpec, err)
+	}
+	// qemurun puts the console in a file, or "-serial null" without one:
+	// here it goes to a socket the console copier reads.
+	replaced := false
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-serial" {
+			if replaced {
+				return nil, fmt.Errorf("qemu: more than one -serial in %q", args)
+			}
+			args[i+1] = "chardev:con"
+			replaced = true
+		}
+	}
+	if !replaced {
+		return nil, errors.New("qemu: qemurun.Config.Args has no -serial option")
+	}
+	argv := []string{d.binary(), "-name", vmm.Tag(spec.VMID), "-S",
+		"-qmp", "unix:" + qemuEscape(qmpPath(spec.RunDir)) + ",server=on,wait=off",
+		"-chardev", "socket,id=con,path=" + qemuEscape(consolePath(spec.RunDir)) + ",server=on,wait=off"}
+	argv = append(argv, args...)
+	for i, disk := range spec.Disks {
+		drive := fmt.Sprintf("id=disk%d,file=%s,format=%s,if=none", i, qemuEscape(disk.Path), disk.Format)
+		if disk.ReadOnly {
+			drive += ",readonly=on"
+		}
+		argv = append(argv, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=disk%d", i))
+	}
+	return argv, nil
+}
+
+// Start launches QEMU for spec (see the package documentation).
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
+	spec, err := spec.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	if live, err := vmm.Find(spec.VMID); err != nil {
+		return nil, err
+	} else if len(live) > 0 {
+		return nil, fmt.Errorf("%w: pid %d carries %s", vmm.ErrAlreadyRunning, live[0].PID, vmm.Tag(spec.VMID))
+	}
+	accel, err := d.resolveAccel(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	argv, err := d.Argv(spec, accel)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	p := &vmm.Process{
+		Driver: Name, VMID: spec.VMID, RunDir: spec.RunDir, Accel: accel,
+		APISocket:     qmpPath(spec.RunDir),
+		ControlSocket: spec.ControlSocket, ControlKind: vmm.ControlVirtioSerial,
+		ConsoleSocket: consolePath(spec.RunDir), ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
+	}
+	p.Sockets = []string{p.APISocket, p.ConsoleSocket, p.ControlSocket}
+	for _, s := range p.Sockets {
+		removeStaleSocket(s)
+	}
+	if spec.Cgroup != "" {
+		if p.Cgroup, err = vmm.CreateCgroup(spec.Cgroup, spec.VMID); err != nil {
+			return nil, err
+		}
+	}
+	logPath := filepath.Join(spec.RunDir, "vmm.log")
+	if err := d.Launch(p, vmm.Command{Path: argv[0], Args: argv, Log: logPath}); err != nil {
+		_ = d.Cleanup(ctx, p)
+		return nil, err
+	}
+	if err := d.boot(ctx, p); err != nil {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		_ = d.Kill(kctx, p)
+		return nil, fmt.Errorf("qemu: %w%s", err, logTail(logPath))
+	}
+	return p, nil
+}
+
+// boot waits for QMP, attaches the console and resumes the paused guest.
+func (d *Driver) boot(ctx context.Context, p *vmm.Process) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+	}
+	q, err := d.waitQMP(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	if err := d.AttachConsole(ctx, p); err != nil {
+		return err
+	}
+	return q.execute(ctx, "cont", nil, nil)
+}
+
+// waitQMP dials the QMP socket until it answers, the VMM dies or ctx ends.
+func (d *Driver) waitQMP(ctx context.Context, p *vmm.Process) (*qmpConn, error) {
+	for {
+		q, err := dialQMP(ctx, p.APISocket)
+		if err == nil {
+			return q, nil
+		}
+		if s, _ := d.Probe(p); s != vmm.StateRunning {
+			ex, _ := d.Wait(context.Background(), p)
+			return nil, fmt.Errorf("QEMU exited at start (%s)", ex)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("QMP socket %s: %w (%v)", p.APISocket, ctx.Err(), err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// removeStaleSocket removes a socket file left by a dead VMM (only sockets).
+func removeStaleSocket(path string) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		_ = os.Remove(path)
+	}
+}
+
+// logTail returns the end of the VMM's own log for error messages.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return " (vmm.log: " + strings.TrimSpace(string(b)) + ")"
+}
+
+// qmp runs one QMP command on p's VMM, after checking p is running.
+func (d *Driver) qmp(ctx context.Context, p *vmm.Process, cmd string, out any) error {
+	s, err := d.Probe(p)
+	if err != nil {
+		return err
+	}
+	if s != vmm.StateRunning {
+		return fmt.Errorf("%w: pid %d is %s", vmm.ErrNotRunning, p.PID, s)
+	}
+	return qmpDo(ctx, p.APISocket, cmd, nil, out)
+}
+
+// Status returns QEMU's run state from QMP query-status ("running",
+// "paused", "shutdown"...).
+func (d *Driver) Status(ctx context.Context, p *vmm.Process) (string, error) {
+	var st struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	}
+	if err := d.qmp(ctx, p, "query-status", &st); err != nil {
+		return "", err
+	}
+	return st.Status, nil
+}
+
+// Powerdown presses the guest's ACPI power button (QMP system_powerdown).
+func (d *Driver) Powerdown(ctx context.Context, p *vmm.Process) error {
+	return d.qmp(ctx, p, "system_powerdown", nil)
+}
+
+// Quit makes QEMU exit at once (QMP quit); the guest is not asked.
+func (d *Driver) Quit(ctx context.Context, p *vmm.Process) error {
+	err := d.qmp(ctx, p, "quit", nil)
+	if err != nil && isClosed(err) {
+		return nil // QEMU may close the socket before its reply arrives
+	}
+	return err
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || strings.Contains(err.Error(), "EOF")
+}
+
+// Adopt re-attaches to a running QEMU after a daemon restart: the console
+// copier, and a "cont" when the guest is still in "prelaunch" (the previous
+// daemon died between launching QEMU with -S and resuming it).
+func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
+	if err := d.Base.Adopt(ctx, p); err != nil {
+		return err
+	}
+	st, err := d.Status(ctx, p)
+	if err != nil {
+		return err
+	}
+	if st == "prelaunch" {
+		return qmpDo(ctx, p.APISocket, "cont", nil, nil)
+	}
+	return nil
+}
+
+// Stop: system_powerdown, wait timeout; quit, wait QuitWait; SIGKILL.
+func (d *Driver) Stop(ctx context.Context, p *vmm.Process, timeout time.Duration) error {
+	quitWait := d.QuitWait
+	if quitWait <= 0 {
+		quitWait = DefaultQuitWait
+	}
+	return d.StopWith(ctx, p,
+		vmm.StopStep{Name: "system_powerdown", Wait: timeout, Do: func(ctx context.Context) error {
+			return qmpDo(ctx, p.APISocket, "system_powerdown", nil, nil)
+		}},
+		vmm.StopStep{Name: "quit", Wait: quitWait, Do: func(ctx context.Context) error {
+			if err := qmpDo(ctx, p.APISocket, "quit", nil, nil); err != nil && !isClosed(err) {
+				return err
+			}
+			return nil
+		}},
+	)
+}
+
+// resolveAccel maps spec.Accel to kvm or tcg.
+func (d *Driver) resolveAccel(ctx context.Context, spec vmm.Spec) (string, error) {
+	switch spec.Accel {
+	case vmm.AccelKVM, vmm.AccelTCG:
+		return spec.Accel, nil
+	}
+	ok, _ := d.KVMUsable(ctx, spec.Kernel)
+	if ok {
+		return vmm.AccelKVM, nil
+	}
+	return vmm.AccelTCG, nil
+}
+
+// KVMUsable reports whether a KVM guest boots kernel on this host, and why
+// not (see the package documentation). Probed once per kernel file.
+func (d *Driver) KVMUsable(ctx context.Context, kernel string) (bool, string) {
+	fi, err := os.Stat(kernel)
+	if err != nil {
+		return false, err.Error()
+	}
+	key := fmt.Sprintf("%s\x00%d\x00%d", kernel, fi.Size(), fi.ModTime().UnixNano())
+	d.kvmMu.Lock()
+	defer d.kvmMu.Unlock()
+	if r, ok := d.kvm[key]; ok {
+		return r.ok, r.reason
+	}
+	ok, reason := d.probeKVM(ctx, kernel)
+	if ctx.Err() == nil { // an interrupted probe is not cached
+		if d.kvm == nil {
+			d.kvm = map[string]kvmResult{}
+		}
+		d.kvm[key] = kvmResult{ok, reason}
+	}
+	return ok, reason
+}
+
+// kvmProbeMarker is printed at the end of kernel init when there is no root
+// file system (pr_emerg, so printed even with "quiet").
+const kvmProbeMarker = "Kernel panic - not syncing: VFS:"
+
+func (d *Driver) probeKVM(ctx context.Context, kernel string) (bool, string) {
+	dev := d.kvmDev
+	if dev == "" {
+		dev = "/dev/kvm"
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false, err.Error()
+	}
+	f.Close()
+	tmp, err := os.MkdirTemp("", "paddock-kvmprobe-")
+	if err != nil {
+		return false, err.Error()
+	}
+	defer os.RemoveAll(tmp)
+	timeout := d.KVMProbeTimeout
+	if timeout <= 0 {
+		timeout = DefaultKVMProbeTimeout
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	console := filepath.Join(tmp, "console.log")
+	cmd := exec.CommandContext(pctx, d.binary(),
+		"-M", "microvm,pit=off,pic=off,rtc=on", "-accel", "kvm", "-cpu", "host",
+		"-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "file:"+qemuEscape(console), "-kernel", kernel,
+		"-append", "console=ttyS0 panic=-1 quiet pci=off")
+	// the probe is short-lived and must not outlive paddockd
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if pctx.Err() != nil {
+		return false, fmt.Sprintf("KVM guest did not finish booting within %v", timeout)
+	}
+	log, _ := os.ReadFile(console)
+	if err != nil {
+		return false, fmt.Sprintf("QEMU with KVM failed: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	if !strings.Contains(string(log), kvmProbeMarker) {
+		return false, "KVM guest exited without reaching the end of kernel init"
+	}
+	return true, ""
+}
