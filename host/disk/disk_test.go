@@ -101,11 +101,19 @@ func TestBackends(t *testing.T) {
 					}
 					t.Cleanup(func() { noLoopsOn(t, vmDir, base) })
 					plan := b.Plan(vmDir)
+					free0 := freeBytes(t, vmDir)
 					d, err := b.Create(context.Background(), vmDir, base, tc.size)
 					if err != nil {
 						t.Fatal(err)
 					}
 					defer b.Release(context.Background(), d)
+					if name == Reflink {
+						// Shared extents, not a copy: the clone (plus what
+						// resize2fs writes) costs far less than the data.
+						if used := free0 - freeBytes(t, vmDir); used > testDataSize/2 {
+							t.Errorf("reflink layer took %d bytes for %d bytes of data", used, testDataSize)
+						}
+					}
 
 					// The handle: what the plan promised, nothing else.
 					if d.Backend != name || d.Dir != vmDir || d.Size != tc.want || d.Base != base {
@@ -148,6 +156,31 @@ func TestBackends(t *testing.T) {
 					}
 					if got := dirList(t, vmDir); !slices.Equal(got, want) {
 						t.Errorf("after the refused Create the vm dir holds %v, want %v", got, want)
+					}
+
+					// Stop and start: the host objects go, the layer stays.
+					if err := b.Deactivate(context.Background(), d); err != nil {
+						t.Fatal(err)
+					}
+					if name == DM {
+						noDMDevices(t, vmDir)
+						noLoopsOn(t, vmDir)
+					}
+					if got := dirList(t, vmDir); !slices.Equal(got, want) {
+						t.Errorf("after Deactivate the vm dir holds %v, want %v", got, want)
+					}
+					if d, err = b.Activate(context.Background(), d); err != nil {
+						t.Fatal(err)
+					}
+					if d.Format == FormatRaw {
+						if got := debugfs(t, d.Path, false, "cat /hello"); got != "written by the VM\n" {
+							t.Errorf("after Activate /hello = %q", got)
+						}
+						if got := fsSize(t, d.Path); got != tc.want {
+							t.Errorf("after Activate the file system is %d bytes, want %d", got, tc.want)
+						}
+					} else {
+						qemuIO(t, d.Path, "read -P 0xab 0 512")
 					}
 
 					// Release works from the JSON handle alone, twice.
@@ -243,7 +276,6 @@ func checkRawLayer(t *testing.T, d *Disk, size int64) {
 func checkQCOW2Layer(t *testing.T, d *Disk, size int64) {
 	t.Helper()
 	qimg := requireTool(t, "qemu-img", "qemu-utils")
-	qio := requireTool(t, "qemu-io", "qemu-utils")
 	out, err := exec.Command(qimg, "info", "--output=json", "-U", d.Path).Output()
 	if err != nil {
 		t.Fatalf("qemu-img info: %v", err)
@@ -264,17 +296,7 @@ func checkQCOW2Layer(t *testing.T, d *Disk, size int64) {
 	if d.GuestResize != (size > testBaseSize) {
 		t.Errorf("GuestResize = %v for %d over a %d base", d.GuestResize, size, testBaseSize)
 	}
-	io := func(cmds ...string) {
-		t.Helper()
-		args := []string{"-f", "qcow2"}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
-		}
-		if out, err := exec.Command(qio, append(args, d.Path)...).CombinedOutput(); err != nil || strings.Contains(string(out), "fail") ||
-			strings.Contains(string(out), "Pattern verification") {
-			t.Fatalf("qemu-io %v: %v\n%s", cmds, err, out)
-		}
-	}
+	io := func(cmds ...string) { t.Helper(); qemuIO(t, d.Path, cmds...) }
 	// The boot sector (unused by ext4), and the grown tail.
 	io("write -P 0xab 0 512", "read -P 0xab 0 512")
 	if size > testBaseSize {
@@ -580,5 +602,20 @@ func TestFSName(t *testing.T) {
 	}
 	if n := fsName(t.TempDir()); n == "" || (st.Type == unix.EXT4_SUPER_MAGIC && n != "ext2/3/4") {
 		t.Errorf("fsName = %q for type %#x", n, st.Type)
+	}
+}
+
+// qemuIO runs qemu-io commands on a qcow2 image and fails on any error or
+// pattern mismatch.
+func qemuIO(t *testing.T, img string, cmds ...string) {
+	t.Helper()
+	qio := requireTool(t, "qemu-io", "qemu-utils")
+	args := []string{"-f", "qcow2"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	if out, err := exec.Command(qio, append(args, img)...).CombinedOutput(); err != nil || strings.Contains(string(out), "fail") ||
+		strings.Contains(string(out), "Pattern verification") {
+		t.Fatalf("qemu-io %v: %v\n%s", cmds, err, out)
 	}
 }

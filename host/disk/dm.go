@@ -41,7 +41,7 @@ func (kernelLoops) Attach(ctx context.Context, backing string, opts loop.Options
 	return loop.Attach(ctx, backing, opts)
 }
 func (kernelLoops) Find(backing string) ([]loop.Device, error) { return loop.Find(backing) }
-func (kernelLoops) Detach(d *loop.Device) error               { return loop.Detach(d) }
+func (kernelLoops) Detach(d *loop.Device) error                { return loop.Detach(d) }
 
 // dmBackend: a persistent dm-snapshot whose origin is the base (on a
 // read-only loop device) and whose exception store is a sparse COW file in

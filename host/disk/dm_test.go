@@ -68,11 +68,10 @@ func (f *fakeLoops) Detach(d *loop.Device) error {
 }
 
 type fakeMapper struct {
-	r       *recorder
-	next    *int
-	devs    map[string]*dm.Device
-	open    map[string]bool // held by a VMM
-	removed []string
+	r    *recorder
+	next *int
+	devs map[string]*dm.Device
+	open map[string]bool // held by a VMM
 }
 
 func (m *fakeMapper) Create(name, uuid string, table []dm.Target) (*dm.Device, error) {

@@ -50,7 +50,9 @@ func (k *fakeKernel) client() *Client {
 	return c
 }
 
-func (k *fakeKernel) record(format string, args ...any) { k.calls = append(k.calls, fmt.Sprintf(format, args...)) }
+func (k *fakeKernel) record(format string, args ...any) {
+	k.calls = append(k.calls, fmt.Sprintf(format, args...))
+}
 
 func (k *fakeKernel) failing(op string) error {
 	if err, ok := k.fail[op]; ok {
@@ -250,8 +252,6 @@ func versionRecords(m map[string][3]uint32) []byte {
 }
 
 func (k *fakeKernel) callLog() string { return strings.Join(k.calls, "\n") }
-
-func (k *fakeKernel) reset() { k.calls = nil }
 
 func (k *fakeKernel) state() string {
 	var names []string

@@ -28,6 +28,7 @@ func TestBuildSemantics(t *testing.T) {
 		for _, c := range ft.Cases() {
 			t.Run(mode+"/"+c.Name, func(t *testing.T) {
 				t.Parallel()
+				m := m // each subtest gets its own copy of the mode's options
 				m.opts.ImageRef = "test/" + c.Name
 				img, stream, res := build(t, ft.Layers(t, c.Layers...), m)
 				if res.TarStdin != (mode == "tar-stdin") {
