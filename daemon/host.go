@@ -60,7 +60,7 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	}
 	log.Info("disk backend chosen", "backend", b.Name(), "configured", cfg.VM.DiskBackend)
 	h.Disks = b
-	h.VMM = &machines{drv: driver, accel: cfg.VM.Accel, consoleMax: int64(cfg.VM.ConsoleLogMax)}
+	h.VMM = &machines{drv: driver, accel: cfg.VM.Accel, consoleMax: int64(cfg.VM.ConsoleLogMax), runDir: h.RunDir}
 	h.Kit = func() (*actors.Kit, error) {
 		name := d.config().VM.Kernel
 		kit, err := bootkit.Get(cfg.StateDir, name)
@@ -151,6 +151,10 @@ type machines struct {
 	drv        vmm.Driver
 	accel      string
 	consoleMax int64
+	// runDir scopes the orphan sweep: a VMM is this daemon's only when its
+	// sockets live under this daemon's runtime directory (another paddockd,
+	// a per-user one, may run VMMs of its own on the same host).
+	runDir string
 }
 
 func toRuntime(p *vmm.Process) (*state.VMMRuntime, error) {
@@ -226,6 +230,9 @@ func (m *machines) List() (map[string]*state.VMMRuntime, error) {
 	}
 	out := map[string]*state.VMMRuntime{}
 	for _, p := range procs {
+		if !strings.Contains(strings.Join(p.Cmdline, " "), m.runDir+string(filepath.Separator)) {
+			continue
+		}
 		if rt, err := toRuntime(p); err == nil {
 			out[p.VMID] = rt
 		}

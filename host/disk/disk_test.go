@@ -619,3 +619,42 @@ func qemuIO(t *testing.T, img string, cmds ...string) {
 		t.Fatalf("qemu-io %v: %v\n%s", cmds, err, out)
 	}
 }
+
+// A dm disk still held open (a VMM that has not exited) is released with a
+// deferred removal: files go at once, the devices at the last close, and a
+// later Release finishes cleanly. Needs a kernel with device-mapper (it runs
+// in TestDMInGuestKernel's guest otherwise).
+func TestDMReleaseWhileOpen(t *testing.T) {
+	opts, images := backendEnv(t, DM)
+	base := makeBase(t, images, testBaseSize, 1<<20)
+	b, _ := Get(DM, opts)
+	vmDir := filepath.Join(opts.Dir, "vm-open")
+	os.Mkdir(vmDir, 0o755)
+	t.Cleanup(func() { noLoopsOn(t, vmDir, base) })
+	d, err := b.Create(context.Background(), vmDir, base, 128<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmm, err := os.OpenFile(d.Path, os.O_RDWR, 0)
+	if err != nil {
+		b.Release(context.Background(), d)
+		t.Fatal(err)
+	}
+	err = b.Release(context.Background(), d)
+	if !errors.Is(err, dm.ErrDeferred) {
+		vmm.Close()
+		t.Fatalf("Release of an open disk: %v, want dm.ErrDeferred", err)
+	}
+	if got := dirList(t, vmDir); len(got) != 0 {
+		t.Errorf("files left while the device is open: %v", got)
+	}
+	// The VMM still reads and writes its disk.
+	if _, err := vmm.WriteAt([]byte("still here"), 64<<20); err != nil {
+		t.Errorf("write through the held device: %v", err)
+	}
+	vmm.Close()
+	if err := b.Release(context.Background(), d); err != nil {
+		t.Fatalf("Release after the close: %v", err)
+	}
+	noDMDevices(t, vmDir)
+}

@@ -61,21 +61,32 @@ func (b *Base) AttachConsole(ctx context.Context, p *Process) error {
 	if p.ConsoleSocket == "" || p.ConsoleLog == "" {
 		return nil
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if f := b.followers[p.VMID]; f != nil {
+	running := func(f *follower) bool {
 		select {
 		case <-f.done:
+			return false
 		default:
-			if f.pid == p.PID && f.start == p.StartTime {
-				return nil
-			}
-			f.stop()
+			return f.pid == p.PID && f.start == p.StartTime
 		}
 	}
-	f, err := follow(ctx, p)
+	b.mu.Lock()
+	old := b.followers[p.VMID]
+	b.mu.Unlock()
+	if old != nil {
+		if running(old) {
+			return nil
+		}
+		old.stop()
+	}
+	f, err := follow(ctx, p) // connects: not under b.mu
 	if err != nil {
 		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur := b.followers[p.VMID]; cur != nil && cur != old && running(cur) {
+		go f.stop() // a concurrent AttachConsole won
+		return nil
 	}
 	if b.followers == nil {
 		b.followers = map[string]*follower{}

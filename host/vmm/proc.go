@@ -142,20 +142,15 @@ func identify(p *Process) (State, error) {
 		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", p.PID, err)
 	}
 	if len(argv) == 0 {
-		// exiting (mm released) or a kernel thread: re-check
-		if st, err := readStat(p.PID); gone(err) || err == nil && (st.State == 'Z' || st.State == 'X') {
-			return StateExited, nil
-		}
-		return StateNotOurs, nil
+		// pid and start time are the handle's (unique within a boot), and
+		// the argv is gone: the process is exiting (its mm released)
+		return StateExited, nil
 	}
 	if !slices.Equal(argv, p.Cmdline) {
 		return StateNotOurs, nil
 	}
 	return StateRunning, nil
 }
-
-// ProbeProcess is the driver-independent Probe: /proc only.
-func ProbeProcess(p *Process) (State, error) { return identify(p) }
 
 // pidfd is an open pidfd of a process identified as p's VMM.
 type pidfd int

@@ -362,10 +362,10 @@ func TestZombie(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &Process{VMID: id, PID: cmd.Process.Pid, StartTime: start, Cmdline: cmd.Args}
-	waitFor(t, "running", 5*time.Second, func() bool { s, _ := ProbeProcess(p); return s == StateRunning })
+	waitFor(t, "running", 5*time.Second, func() bool { s, _ := identify(p); return s == StateRunning })
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	waitFor(t, "zombie", 5*time.Second, func() bool { st, _ := readStat(p.PID); return st.State == 'Z' })
-	if s, err := ProbeProcess(p); err != nil || s != StateExited {
+	if s, err := identify(p); err != nil || s != StateExited {
 		t.Fatalf("zombie: %v %v", s, err)
 	}
 	if found, _ := Find(id); len(found) != 0 {

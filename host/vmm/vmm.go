@@ -119,8 +119,10 @@ type Driver interface {
 	// agent may still be booting). On error nothing is left behind.
 	Start(ctx context.Context, spec Spec) (*Process, error)
 	// Adopt takes over a VMM that Probe reported StateRunning, after a
-	// daemon restart: it re-attaches the console copier. Idempotent;
-	// ErrNotRunning when the VMM is gone or not ours.
+	// daemon restart: it re-attaches the console copier (QEMU also resumes
+	// a guest its previous daemon left paused at start-up). Idempotent;
+	// ErrNotRunning when the VMM is gone, not ours, or (Firecracker) never
+	// started its guest: the caller then tears it down with Kill.
 	Adopt(ctx context.Context, p *Process) error
 	// Wait blocks until the VMM exits (or ctx ends) and reports how; it
 	// returns at once for a VMM that is gone or not ours.

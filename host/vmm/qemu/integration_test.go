@@ -268,15 +268,24 @@ func TestIntegration(t *testing.T) {
 		t.Errorf("root disk not clean after agent shutdown + Stop: %v\n%s", err, out)
 	}
 
-	// --- VM B: our child, stopped without the agent's help
+	// --- VM B: our child, on a qcow2 overlay of the root disk, stopped
+	// without the agent's help
+	overlay := filepath.Join(tmp, "overlay.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", root, overlay).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	fresh, _ := os.Stat(overlay)
 	specB := vmm.Spec{VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
-		Cmdline: "paddock.root=/dev/vda", Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, "run-b")}
+		Cmdline: "paddock.root=/dev/vda", Disks: []vmm.Disk{{Path: overlay, Format: vmm.FormatQCOW2}}, RunDir: filepath.Join(tmp, "run-b")}
 	pb, err := d2.Start(ctx, specB)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = New().Kill(context.Background(), pb) })
 	cb := agentClient(t, ctx, pb)
+	if got := run(t, ctx, cb, "echo written-on-the-overlay >/data/new.txt; sync; cat /data/hello.txt"); got != "hello from the image\n" {
+		t.Fatalf("VM B: %q", got)
+	}
 	cb.Close()
 	stopBAt := time.Now()
 	if err := d2.Stop(ctx, pb, 3*time.Second); err != nil {
@@ -287,6 +296,12 @@ func TestIntegration(t *testing.T) {
 	ex, err := d2.Wait(ctx, pb)
 	if err != nil || !ex.Known || ex.Signal != 0 || ex.Code != 0 {
 		t.Fatalf("VM B exit: %v %v (want a clean QEMU exit: powerdown or quit, not SIGKILL)", ex, err)
+	}
+	if out, err := exec.Command("qemu-img", "check", "-q", overlay).CombinedOutput(); err != nil {
+		t.Errorf("qcow2 overlay after quit: %v %s", err, out)
+	}
+	if fi, err := os.Stat(overlay); err != nil || fi.Size() <= fresh.Size() {
+		t.Errorf("the guest's writes did not land in the overlay: %d → %v %v", fresh.Size(), fi, err)
 	}
 	how := "system_powerdown"
 	if stopBTook >= 3*time.Second {
