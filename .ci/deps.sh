@@ -8,7 +8,8 @@ packages=(
   systemd systemd-container # systemd-socket-activate, systemd-analyze, journald, nspawn
   dbus                      # private dbus-daemon for D-Bus tests
   e2fsprogs                 # mkfs.ext4, debugfs, e2fsck for image bases
-  qemu-system-x86           # the VMM
+  qemu-system-x86 qemu-utils # the VMM; qemu-img for qcow2 disks
+  xfsprogs                  # a reflink-capable file system for the disk tests
   busybox-static cpio xz-utils zstd  # guest test trees, initramfs inspection
   util-linux iproute2       # setpriv, unshare, nsenter; ip netns
 )

@@ -30,6 +30,9 @@ type Machines interface {
 	// List finds every VMM process paddock started, by the VM id its
 	// command line carries, for the orphan sweep.
 	List() (map[string]*state.VMMRuntime, error)
+	// KillTagged kills every VMM carrying vmID's tag: the VMM a crash left
+	// between its launch and the record of its handle.
+	KillTagged(ctx context.Context, vmID string) error
 }
 
 // MachineSpec is what a VMM is started with.

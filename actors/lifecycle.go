@@ -198,9 +198,19 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	if err != nil {
 		return err
 	}
-	rootfs, imgConfig, err := h.Image(a.vm.Spec.ImageDigest)
-	if err != nil {
-		return fmt.Errorf("image %s (%s): %w", a.vm.Spec.Image, a.vm.Spec.ImageDigest, err)
+	// The image is needed to make the VM's disk at its first start; after
+	// that the VM carries its disk and a copy of the image config.
+	var rootfs string
+	imgConfig, cerr := os.ReadFile(filepath.Join(a.vmDir(), "config.json"))
+	if a.ownDisk() == nil || cerr != nil {
+		var err error
+		rootfs, imgConfig, err = h.Image(a.vm.Spec.ImageDigest)
+		if err != nil {
+			return fmt.Errorf("image %s (%s): %w", a.vm.Spec.Image, a.vm.Spec.ImageDigest, err)
+		}
+		if err := state.WriteFileAtomic(filepath.Join(a.vmDir(), "config.json"), imgConfig, 0o640); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(a.runDir(), 0o750); err != nil {
 		return fmt.Errorf("run dir: %w", err)
@@ -232,15 +242,40 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 		args = append(args, "paddock.ip="+a.vm.Net.IP, "paddock.gw="+a.vm.Net.Gateway)
 	}
 
-	// Disk: the VM's own copy-on-write layer over the image base.
-	plan := h.Disks.Plan(a.vmDir())
-	d, err := a.ask(ctx, KindDisk, &acquireRes{plan: plan, create: func(c context.Context) (any, error) {
-		return h.Disks.Create(c, a.vmDir(), rootfs, a.vm.Spec.DiskSize)
-	}})
+	// Disk: the VM's own copy-on-write layer over the image base, made at
+	// the first start and kept (deactivated) across stops.
+	var dk *disk.Disk
+	if existing := a.ownDisk(); existing != nil {
+		b, err := disk.ForDisk(existing, h.DiskOpts)
+		if err != nil {
+			return err
+		}
+		d, err := a.ask(ctx, KindDisk, &acquireRes{plan: existing, create: func(c context.Context) (any, error) {
+			return b.Activate(c, existing)
+		}})
+		if err != nil {
+			return err
+		}
+		dk = d.handle.(*disk.Disk)
+	} else {
+		plan := h.Disks.Plan(a.vmDir())
+		d, err := a.ask(ctx, KindDisk, &acquireRes{plan: plan, create: func(c context.Context) (any, error) {
+			return h.Disks.Create(c, a.vmDir(), rootfs, a.vm.Spec.DiskSize)
+		}})
+		if err != nil {
+			return err
+		}
+		dk = d.handle.(*disk.Disk)
+	}
+	raw, err := json.Marshal(dk)
 	if err != nil {
 		return err
 	}
-	dk := d.handle.(*disk.Disk)
+	next := a.vm
+	next.Disk = raw
+	if err := a.save(next); err != nil {
+		return err
+	}
 	if err := a.mirror(func(r *state.Runtime) {
 		r.DiskFiles, r.DiskBackend, r.Loops = dk.Files, dk.Backend, nil
 		for _, l := range dk.Loops {
@@ -260,7 +295,7 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	spec.Cmdline = strings.Join(args, " ")
 
 	// VMM.
-	d, err = a.ask(ctx, KindVMM, &acquireRes{plan: state.VMMRuntime{Sockets: []string{spec.ControlSocket}}, create: func(c context.Context) (any, error) {
+	d, err := a.ask(ctx, KindVMM, &acquireRes{plan: state.VMMRuntime{Sockets: []string{spec.ControlSocket}}, create: func(c context.Context) (any, error) {
 		return h.VMM.Start(c, spec)
 	}})
 	if err != nil {
@@ -370,10 +405,25 @@ func (a *vmActor) shutdown(ctx actor.Context, force bool) error {
 	return a.setStatus(ctx, state.StatusStopped, "")
 }
 
+// ownDisk is the VM's recorded disk, if it has one.
+func (a *vmActor) ownDisk() *disk.Disk {
+	if len(a.vm.Disk) == 0 {
+		return nil
+	}
+	var d disk.Disk
+	if json.Unmarshal(a.vm.Disk, &d) != nil || d.Backend == "" {
+		return nil
+	}
+	return &d
+}
+
 // teardown releases every resource of the VM, from handles.json, else from
 // vm.json's Runtime, else from paddock's naming rules. Each step is
-// idempotent; errors are logged and the rest still runs.
-func (a *vmActor) teardown(ctx actor.Context) {
+// idempotent; errors are logged and the rest still runs. The VM's own disk
+// is deactivated (its files kept) unless remove is set.
+func (a *vmActor) teardown(ctx actor.Context) { a.teardownDisk(ctx, false) }
+
+func (a *vmActor) teardownDisk(ctx actor.Context, remove bool) {
 	h := a.host
 	if a.agentc != nil {
 		_ = a.agentc.Close()
@@ -391,15 +441,19 @@ func (a *vmActor) teardown(ctx actor.Context) {
 					rt = &r
 				}
 			}
-			if rt == nil || rt.PID == 0 {
-				return nil
-			}
-			if a.mach != nil && a.mach.rt.PID == rt.PID {
-				if _, gone := a.mach.exited(); gone {
-					return nil
+			if rt != nil && rt.PID > 0 {
+				gone := false
+				if a.mach != nil && a.mach.rt.PID == rt.PID {
+					_, gone = a.mach.exited()
+				}
+				if !gone {
+					if err := h.VMM.Kill(c, rt); err != nil {
+						return err
+					}
 				}
 			}
-			return h.VMM.Kill(c, rt)
+			// A VMM launched but never recorded carries the VM's tag.
+			return h.VMM.KillTagged(c, a.id)
 		}},
 		{KindDisk, func(c context.Context, hd state.Handle, found bool) error {
 			var dk *disk.Disk
@@ -415,6 +469,10 @@ func (a *vmActor) teardown(ctx actor.Context) {
 					dk.DM = []string{a.vm.Runtime.DM.Name}
 				}
 			}
+			own := a.ownDisk()
+			if dk == nil {
+				dk = own
+			}
 			if dk == nil {
 				// Nothing recorded: a plan of the configured backend names
 				// everything it could have made.
@@ -424,7 +482,12 @@ func (a *vmActor) teardown(ctx actor.Context) {
 			if err != nil {
 				return err
 			}
-			return b.Release(c, dk)
+			if remove || own == nil {
+				// Deleting the VM, or a layer never recorded as the VM's
+				// (a crash between making and recording it): discard it.
+				return b.Release(c, dk)
+			}
+			return b.Deactivate(c, dk)
 		}},
 		{KindTap, func(c context.Context, hd state.Handle, found bool) error {
 			if h.Net == nil {

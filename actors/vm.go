@@ -128,7 +128,8 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 		switch a.vm.Status {
 		case state.StatusCreated, state.StatusStopped:
 		case state.StatusError:
-			return nil, a.refuse(a.vm.Status, "VM %s is in error (%s): fix or delete it", name, a.vm.Reason)
+			// A VM whose VMM crashed or whose start failed has had its
+			// resources released: starting it again is allowed.
 		default:
 			return nil, a.refuse(a.vm.Status, "VM %s is %s: it can only be started when created or stopped", name, a.vm.Status)
 		}
@@ -162,7 +163,7 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 			}
 		}
 		if a.host != nil && a.book != nil {
-			a.teardown(ctx)
+			a.teardownDisk(ctx, true)
 		}
 		if err := a.store.Remove(a.id); err != nil {
 			return nil, fmt.Errorf("delete VM %s: %w", name, err)

@@ -224,18 +224,29 @@ func (m *machines) Watch(rt *state.VMMRuntime) <-chan string {
 }
 
 func (m *machines) List() (map[string]*state.VMMRuntime, error) {
-	procs, err := vmm.Find("")
+	procs, err := vmm.FindUnder(m.runDir)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]*state.VMMRuntime{}
 	for _, p := range procs {
-		if !strings.Contains(strings.Join(p.Cmdline, " "), m.runDir+string(filepath.Separator)) {
-			continue
-		}
 		if rt, err := toRuntime(p); err == nil {
 			out[p.VMID] = rt
 		}
 	}
 	return out, nil
+}
+
+func (m *machines) KillTagged(ctx context.Context, vmID string) error {
+	procs, err := vmm.FindUnder(m.runDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range procs {
+		if p.VMID == vmID {
+			errs = append(errs, m.drv.Kill(ctx, p))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -13,7 +13,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
 )
 
@@ -121,12 +123,16 @@ func TestBootExecStopStartRm(t *testing.T) {
 	if during.taps != 1 || during.vmms != 1 {
 		t.Fatalf("while running: %+v", during)
 	}
+	// What the guest writes to its disk survives a stop and a start.
+	if _, code := execOut(t, e, "web", "", "sh", "-c", "echo kept > /root/note; sync"); code != 0 {
+		t.Fatalf("write in guest: %d", code)
+	}
 	e.cli(t, nil, "stop", "web").ok(t, "stop")
 	if l := e.leaks(t, ns); l.taps+l.loops+l.vmms != 0 {
 		t.Fatalf("after stop: %+v", l)
 	}
 	e.cli(t, nil, "start", "web").ok(t, "start")
-	if out, code := execOut(t, e, "web", "", "cat", "/etc/motd"); code != 0 || !strings.Contains(out, "welcome") {
+	if out, code := execOut(t, e, "web", "", "cat", "/etc/motd", "/root/note"); code != 0 || out != "welcome to the paddock demo\nkept\n" {
 		t.Fatalf("after restart: %q %d", out, code)
 	}
 	e.cli(t, nil, "rm", "--force", "web").ok(t, "rm --force")
@@ -218,4 +224,146 @@ func TestRestartSafety(t *testing.T) {
 	}
 	noLeaks("orphans")
 	p.waitLog(t, "orphan VMM", "orphan tap")
+}
+
+// inspectVM reads one VM through the CLI.
+func inspectVM(t *testing.T, e *env, name string) api.VM {
+	t.Helper()
+	var vm api.VM
+	if err := json.Unmarshal([]byte(e.cli(t, nil, "inspect", name, "--json").ok(t, "inspect "+name)), &vm); err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
+
+// waitStatus polls until the VM leaves status from (bounded, generous:
+// this is about correctness, not speed).
+func waitStatus(t *testing.T, e *env, name, from string) api.VM {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		vm := inspectVM(t, e, name)
+		if vm.Status != from {
+			return vm
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM %s still %s", name, from)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Acceptance (issue 5, item 7): a VMM that ends without paddock (killed
+// from outside, or the guest powering off) is noticed, its resources
+// released, and the VM says why. A VM whose image is gone fails to start
+// with an error that says so.
+func TestVMMExitAndMissingImage(t *testing.T) {
+	e, _, ns, image := vmEnvImage(t, "", nil)
+	e.cli(t, nil, "run", "--image", image, "--name", "victim").ok(t, "run victim")
+	e.cli(t, nil, "run", "--image", image, "--name", "quitter").ok(t, "run quitter")
+
+	// kill -9 of one VMM from outside.
+	procs := e.leaks(t, ns)
+	if procs.vmms != 2 {
+		t.Fatalf("want 2 VMMs, have %+v", procs)
+	}
+	victim := inspectVM(t, e, "victim")
+	killTagged(t, e, victim.ID)
+	vm := waitStatus(t, e, "victim", "running")
+	if vm.Status != "error" || !strings.Contains(vm.Reason, "signal 9") {
+		t.Fatalf("after kill -9 of its VMM: %s %q", vm.Status, vm.Reason)
+	}
+	// The guest powers itself off.
+	execOut(t, e, "quitter", "", "poweroff", "-f")
+	vm = waitStatus(t, e, "quitter", "running")
+	if vm.Status != "stopped" || !strings.Contains(vm.Reason, "powered off") {
+		t.Fatalf("after guest poweroff: %s %q", vm.Status, vm.Reason)
+	}
+	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+		t.Fatalf("resources of exited VMMs not released: %+v %v", l, l.detail)
+	}
+	// Both start again.
+	e.cli(t, nil, "start", "victim", "quitter").ok(t, "start after exits")
+
+	// A VM never started whose image was removed.
+	e.cli(t, nil, "create", "orphaned", "--image", image).ok(t, "create")
+	e.cli(t, nil, "rm", "--force", "victim", "quitter").ok(t, "rm")
+	e.cli(t, nil, "image", "rm", "--force", image).ok(t, "image rm --force")
+	r := e.cli(t, nil, "start", "orphaned")
+	if r.code != 1 || !strings.Contains(r.stderr, "image") || !strings.Contains(r.stderr, "removed") {
+		t.Fatalf("start without its image: %+v", r)
+	}
+	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+		t.Fatalf("failed start left %+v", l)
+	}
+}
+
+func killTagged(t *testing.T, e *env, vmID string) {
+	t.Helper()
+	procs, err := vmm.Find(vmID)
+	if err != nil || len(procs) != 1 {
+		t.Fatalf("VMM of %s: %v %v", vmID, procs, err)
+	}
+	if err := syscallKill(procs[0].PID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Acceptance (issue 5): paddockd killed at every step of start and stop
+// (failpoints: it SIGKILLs itself there) leaves, after a restart, a
+// consistent VM and nothing leaked.
+func TestCrashPoints(t *testing.T) {
+	e, p, ns, image := vmEnvImage(t, "", nil)
+	e.cli(t, nil, "create", "fp", "--image", image).ok(t, "create")
+	withFailpoint := func(fp string) func(*exec.Cmd) {
+		return func(c *exec.Cmd) {
+			c.Env = append(os.Environ(), "PADDOCK_FAILPOINTS="+fp)
+			inNetns(ns)(c)
+		}
+	}
+	stopDaemon := func() {
+		p.signal(t, syscall.SIGTERM)
+		p.wait(t, 30*time.Second)
+	}
+	settle := func(fp string) {
+		t.Helper()
+		p.wait(t, 60*time.Second) // the daemon killed itself at fp
+		p = e.daemon(t, inNetns(ns))
+		vm := inspectVM(t, e, "fp")
+		switch vm.Status {
+		case "running":
+			if out, code := execOut(t, e, "fp", "", "cat", "/etc/motd"); code != 0 || !strings.Contains(out, "welcome") {
+				t.Fatalf("%s: running VM does not answer: %q %d", fp, out, code)
+			}
+			e.cli(t, nil, "stop", "fp").ok(t, fp+": stop")
+		case "stopped", "created", "error":
+		default:
+			t.Fatalf("%s: VM left %s (%s)", fp, vm.Status, vm.Reason)
+		}
+		if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+			t.Fatalf("%s: leaked %+v %v", fp, l, l.detail)
+		}
+	}
+	startPoints := []string{"start-begin", "acquire-tap-intent", "acquire-tap-live", "acquire-disk-intent", "acquire-disk-live", "acquire-vmm-intent", "acquire-vmm-live", "start-before-running"}
+	stopPoints := []string{"stop-begin", "release-vmm", "release-disk", "release-tap", "stop-before-stopped"}
+	for _, fp := range startPoints {
+		stopDaemon()
+		p = e.daemon(t, withFailpoint(fp))
+		if r := e.cli(t, nil, "start", "fp"); r.code == 0 {
+			t.Fatalf("%s: start succeeded although the daemon died", fp)
+		}
+		settle(fp)
+	}
+	for _, fp := range stopPoints {
+		e.cli(t, nil, "start", "fp").ok(t, fp+": start")
+		stopDaemon()
+		p = e.daemon(t, withFailpoint(fp))
+		if r := e.cli(t, nil, "stop", "fp"); r.code == 0 {
+			t.Fatalf("%s: stop succeeded although the daemon died", fp)
+		}
+		settle(fp)
+	}
+	if got := len(startPoints) + len(stopPoints); got != len(actors.FailpointNames) {
+		t.Fatalf("the test covers %d crash points, the daemon has %d", got, len(actors.FailpointNames))
+	}
 }

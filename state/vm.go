@@ -112,6 +112,9 @@ type VM struct {
 	Runtime   Runtime   `json:"runtime"`
 	// Net survives stops so the guest keeps its address.
 	Net *NetRuntime `json:"net,omitempty"`
+	// Disk is the VM's own disk (the disk backend's handle): it survives
+	// stops, and goes with the VM.
+	Disk json.RawMessage `json:"disk,omitempty"`
 }
 
 // Handle is one host object a resource actor owns. Intent is recorded before
