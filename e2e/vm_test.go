@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +17,10 @@ import (
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
+	"github.com/paddock-vm/paddock/systemd/systemdtest"
 )
 
 // demoImage is a busybox userland with a motd and a tiny service.
@@ -366,4 +370,86 @@ func TestCrashPoints(t *testing.T) {
 	if got := len(startPoints) + len(stopPoints); got != len(actors.FailpointNames) {
 		t.Fatalf("the test covers %d crash points, the daemon has %d", got, len(actors.FailpointNames))
 	}
+}
+
+// Acceptance (issue 5): the boot test with paddockd as an unprivileged uid
+// whose only capability is an ambient CAP_NET_ADMIN, on a non-dm disk
+// backend. /dev/net/tun is made world-usable in a private mount namespace,
+// as Debian's udev rules make it on a normal host (here it is 0600).
+func TestRootlessBoot(t *testing.T) {
+	requireRoot(t)
+	setpriv := requireTool(t, "setpriv")
+	ns := newNetns(t)
+	e := newEnv(t, "\n[vm]\nrun = \"on\"\ndisk_backend = \"qcow2\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n")
+	reg := registryIn(t, ns)
+	pushTo(t, reg+"/demo:1", demoImage(t))
+	for _, d := range []string{"run", "cache"} {
+		if err := os.MkdirAll(filepath.Join(e.dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The module tree under root's cache is not readable by the daemon's
+	// user: the operator (here the test, as root) builds the boot kit.
+	kdir := os.Getenv("PADDOCK_KERNEL_DIR")
+	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "*", "boot", "vmlinuz-*"))
+	mods, _ := filepath.Glob(filepath.Join(kdir, "*", "lib", "modules", "*"))
+	if len(vmlinuz) != 1 || len(mods) != 1 {
+		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR holds no kernel (make kernel)")
+	}
+	if _, err := bootkit.Import(context.Background(), vmlinuz[0], mods[0], "default", e.state, bootkit.WithAgent(bin("paddock-agent"))); err != nil {
+		t.Fatal(err)
+	}
+	tun := filepath.Join(e.dir, "tun")
+	if err := syscall.Mknod(tun, syscall.S_IFCHR|0o666, int(unixMkdev(10, 200))); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(tun, 0o666)
+	chownTree(t, e.dir, daemonUID, daemonUID)
+	t.Cleanup(func() { e.killVMMs(t) })
+
+	p := e.daemon(t, func(c *exec.Cmd) {
+		inner := []string{setpriv, fmt.Sprintf("--reuid=%d", daemonUID), fmt.Sprintf("--regid=%d", daemonUID), "--clear-groups",
+			"--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin", "--",
+			bin("paddockd"), "--config", e.cfg}
+		script := `ns=$1; shift; mount --bind "$0" /dev/net/tun && exec nsenter --net=/run/netns/"$ns" -- "$@"`
+		c.Path = "/usr/bin/unshare"
+		c.Args = append([]string{"unshare", "-m", "--propagation", "private", "sh", "-c", script, tun, ns}, inner...)
+		c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"}
+	})
+	e.cli(t, nil, "image", "pull", reg+"/demo:1").ok(t, "pull as the unprivileged daemon")
+
+	// The daemon process: not root, CAP_NET_ADMIN only.
+	pids, _ := exec.Command("pgrep", "-f", "paddockd --config "+e.cfg).Output()
+	var daemonPID int
+	fmt.Sscan(strings.Fields(string(pids) + " 0")[0], &daemonPID)
+	if daemonPID == 0 {
+		t.Fatal("daemon process not found")
+	}
+	if eff := capLine(t, daemonPID, "CapEff"); eff != "0000000000001000" {
+		t.Fatalf("paddockd CapEff = %s, want CAP_NET_ADMIN only", eff)
+	}
+	if uid := capLine(t, daemonPID, "Uid"); !strings.HasPrefix(uid, fmt.Sprint(daemonUID)) {
+		t.Fatalf("paddockd Uid: %s", uid)
+	}
+
+	e.cli(t, nil, "run", "--image", reg+"/demo:1", "--name", "rootless").ok(t, "run")
+	if out, code := execOut(t, e, "rootless", "", "cat", "/etc/motd"); code != 0 || !strings.Contains(out, "welcome") {
+		t.Fatalf("exec: %q %d", out, code)
+	}
+	if l := e.leaks(t, ns); l.taps != 1 || l.vmms != 1 {
+		t.Fatalf("while running: %+v", l)
+	}
+	e.cli(t, nil, "stop", "rootless").ok(t, "stop")
+	e.cli(t, nil, "rm", "rootless").ok(t, "rm")
+	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops+l.dirs != 0 {
+		t.Fatalf("after rm: %+v %v", l, l.detail)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func unixMkdev(major, minor uint32) uint64 {
+	return uint64(major)<<8 | uint64(minor)
 }
