@@ -33,8 +33,9 @@ test: deps kernel build
 unit:
 	$(GO) test -count=1 -short ./...
 
+# The end-to-end suite; the smoke scenarios print "PASS name" / "FAIL name: reason".
 e2e: deps kernel build
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/... 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/... 2>&1 | grep -E '^(PASS|FAIL)( |$$)|^--- (PASS|FAIL)|^(ok|FAIL)[[:space:]]|^smoke|^panic|_test.go:' ; exit $${PIPESTATUS[0]}
 
 lint: lint-go lint-shell
 
