@@ -47,9 +47,23 @@ lint-go: deps
 lint-shell: deps
 	shellcheck $$(git ls-files '*.sh' .ci/run)
 
+# Every figure is printed as a ratio to a reference measured in the same run.
+MINBASE := $(PADDOCK_TEST_CACHE)/bench/bookworm-minbase.tar
+BENCH := $(GO) test -run '^$$' -benchtime
 bench: deps kernel build
-	@.ci/minbase.sh $(PADDOCK_TEST_CACHE)/bench/bookworm-minbase.tar
-	PADDOCK_BENCH_MINBASE=$(PADDOCK_TEST_CACHE)/bench/bookworm-minbase.tar $(GO) run ./bench
+	@.ci/minbase.sh $(MINBASE)
+	@echo "== API, records, image import (ratios to a raw socket round trip, the idle daemon, tar -x + mkfs.ext4 -d)"
+	PADDOCK_BENCH_MINBASE=$(MINBASE) $(GO) run ./bench
+	@echo "== ext4 base build from the flattened minbase image (x-ref: / tar -x + mkfs.ext4 -d)"
+	PADDOCK_BENCH_ROOTFS_TAR=$(MINBASE) $(BENCH) 3x -bench Build ./imaging/ext4
+	@echo "== guest boot: QEMU start -> agent hello, / a bare kernel whose /init powers off (median of 5)"
+	$(BENCH) 5x -bench Boot ./bootkit/qemurun
+	@echo "== VMM driver start -> agent hello, / bare QEMU boot to the same point"
+	$(BENCH) 5x -bench StartToHello ./host/vmm/qemu
+	@echo "== per-VM disk clone per backend (x-ref: / cp --sparse=always of the base)"
+	$(BENCH) 5x -bench Create ./host/disk
+	@echo "== tap acquire+release (x-ref: / create+delete a plain link)"
+	$(BENCH) 20x -bench AcquireReleaseTap ./host/netdev
 
 demo: deps build
 	.ci/demo.sh
