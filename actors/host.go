@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
@@ -30,6 +31,8 @@ type Machines interface {
 	// List finds every VMM process paddock started, by the VM id its
 	// command line carries, for the orphan sweep.
 	List() (map[string]*state.VMMRuntime, error)
+	// Console attaches to a running VM's serial console.
+	Console(vmID string) (out <-chan []byte, in io.Writer, detach func(), err error)
 	// KillTagged kills every VMM carrying vmID's tag: the VMM a crash left
 	// between its launch and the record of its handle.
 	KillTagged(ctx context.Context, vmID string) error

@@ -40,6 +40,7 @@ type System struct {
 	Import  *actor.PID
 	Events  *actor.PID
 	stopped sync.Once
+	host    *Host
 }
 
 // Names of the top-level actors, for logs and the wiring test.
@@ -58,7 +59,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	}
 	pl := slog.New(demote{d.Log.Handler().WithAttrs([]slog.Attr{slog.String("actor", "protoactor")})})
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return pl }))
-	s := &System{sys: sys}
+	s := &System{sys: sys, host: d.Host}
 	root := sys.Root
 	// A VM actor that keeps failing is stopped rather than restarted forever;
 	// the others never notice (one-for-one).
@@ -209,6 +210,9 @@ func (s *System) Agent(ctx context.Context, c Caller, ref string) (*AgentResult,
 	}
 	return nil, fmt.Errorf("agent request: unexpected answer %T", res)
 }
+
+// Host is the host facilities VMs run on (nil: records only).
+func (s *System) Host() *Host { return s.host }
 
 // ImageUsers names the VMs that use an image.
 func (s *System) ImageUsers(ctx context.Context, digest string) ([]string, error) {

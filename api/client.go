@@ -221,3 +221,8 @@ func (c *Client) Logs(ctx context.Context, in LogsIn, follow bool, fn func(strin
 	}
 	return c.Stream(ctx, Interface+".Logs", in, decode)
 }
+
+// Console attaches stdin and stdout to a VM's serial console until detach.
+func (c *Client) Console(ctx context.Context, vm string, stdin, stdout *os.File) error {
+	return c.CallFDs(ctx, Interface+".Console", VMRef{VM: vm}, nil, []*os.File{stdin, stdout})
+}

@@ -153,3 +153,72 @@ func (d *Daemon) agent(ctx context.Context, c *varlink.Call, ref string) (*actor
 		}
 	}
 }
+
+// detachKey ends a console session (Ctrl-], as telnet and virsh use).
+const detachKey = 0x1d
+
+func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
+	var in api.VMRef
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if len(c.FDs) != 2 {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "vm", Msg: fmt.Sprintf("Console needs stdin and stdout as two file descriptors, got %d", len(c.FDs))}
+	}
+	r, err := d.actors.Request(ctx, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+	if err != nil {
+		return err
+	}
+	host := d.actors.Host()
+	if host == nil || r.VM.Status != "running" {
+		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: r.VM.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, r.VM.Status)}
+	}
+	out, input, detach, err := host.VMM.Console(r.VM.ID)
+	if err != nil {
+		return err
+	}
+	defer detach()
+	stdin, stdout := c.FDs[0], c.FDs[1]
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := stdin.Read(buf)
+			if n > 0 {
+				chunk := buf[:n]
+				if i := indexByte(chunk, detachKey); i >= 0 {
+					_, _ = input.Write(chunk[:i])
+					return
+				}
+				if _, err := input.Write(chunk); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case b := <-out:
+			if _, err := stdout.Write(b); err != nil {
+				return c.Reply(nil)
+			}
+		case <-done:
+			return c.Reply(nil)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}

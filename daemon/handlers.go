@@ -38,6 +38,7 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"RemoveKernel": d.removeKernel,
 		"Exec":         d.exec,
 		"Logs":         d.logs,
+		"Console":      d.console,
 		"Version":      d.version,
 		"Info":         d.info,
 	}
@@ -288,5 +289,5 @@ func mapError(err error) *varlink.Error {
 // Imports are bounded by their client (which may cancel) rather than by the
 // request timeout: a large pull takes minutes.
 func isImport(method string) bool {
-	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec"
+	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console"
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -249,4 +250,17 @@ func (m *machines) KillTagged(ctx context.Context, vmID string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// consoler is what a driver offers when it follows consoles (vmm.Base).
+type consoler interface {
+	Console(vmID string) (<-chan []byte, io.Writer, func(), error)
+}
+
+func (m *machines) Console(vmID string) (<-chan []byte, io.Writer, func(), error) {
+	c, ok := m.drv.(consoler)
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("the %s driver offers no console", m.drv.Name())
+	}
+	return c.Console(vmID)
 }

@@ -161,6 +161,7 @@ func TestSmoke(t *testing.T) {
 		return nil
 	})
 	step("logs", func() error { return expect(cli("logs", "s1")) })
+	step("console", func() error { return consoleRoundTrip(t, e, "s1") })
 	step("stop", func() error { _, err := cli("stop", "s1"); return errorsJoin(err, status("s1", "stopped"), noLeaks()) })
 	step("start", func() error { _, err := cli("start", "s1"); return errorsJoin(err, status("s1", "running")) })
 	step("restart", func() error { _, err := cli("restart", "s1"); return errorsJoin(err, status("s1", "running")) })
@@ -298,4 +299,40 @@ func noLeaksExcept(e *env, t *testing.T, ns, running string) error {
 		return fmt.Errorf("want only %s's tap and VMM, have %v", running, l.detail)
 	}
 	return nil
+}
+
+// consoleRoundTrip attaches to a VM's serial console, makes the guest write
+// to it, sees that output, and detaches with Ctrl-].
+func consoleRoundTrip(t *testing.T, e *env, vm string) error {
+	c := exec.Command(bin("paddock"), "--socket", e.socket, "console", vm)
+	in, err := c.StdinPipe()
+	if err != nil {
+		return err
+	}
+	out := &lockedBuf{}
+	c.Stdout, c.Stderr = out, out
+	if err := c.Start(); err != nil {
+		return err
+	}
+	defer c.Process.Kill()
+	marker := fmt.Sprintf("console-marker-%d", time.Now().UnixNano())
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), marker) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("marker not seen on the console; got %q", out.String())
+		}
+		execOut(t, e, vm, "", "sh", "-c", "echo "+marker+" > /dev/ttyS0")
+		time.Sleep(300 * time.Millisecond)
+	}
+	if _, err := in.Write([]byte{0x1d}); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("Ctrl-] did not detach")
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -63,7 +64,12 @@ func (c *cli) execCommands() []*cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			out, err := cl.Exec(ctx, in, os.Stdin, os.Stdout, os.Stderr)
+			stdin, closeRelay, err := stdinRelay(false)
+			if err != nil {
+				return err
+			}
+			defer closeRelay()
+			out, err := cl.Exec(ctx, in, stdin, os.Stdout, os.Stderr)
 			if err != nil {
 				return c.explain(err)
 			}
@@ -108,7 +114,31 @@ func (c *cli) execCommands() []*cobra.Command {
 	}
 	logsCmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	logsCmd.Flags().IntVar(&tail, "tail", 0, "only the last N bytes")
-	return []*cobra.Command{execCmd, logsCmd}
+	consoleCmd := &cobra.Command{
+		Use:   "console VM",
+		Short: "Attach to a VM's serial console (Ctrl-] detaches)",
+		Args:  exact(1, "one VM"),
+		RunE: func(_ *cobra.Command, a []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+			defer stop()
+			if restore, err := makeRaw(int(os.Stdin.Fd())); err == nil {
+				defer restore()
+				fmt.Fprint(os.Stderr, "Connected to the console of "+a[0]+"; Ctrl-] detaches.\r\n")
+			}
+			cl, err := c.dial(ctx)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			stdin, closeRelay, err := stdinRelay(true)
+			if err != nil {
+				return err
+			}
+			defer closeRelay()
+			return c.explain(cl.Console(ctx, a[0], stdin, os.Stdout))
+		},
+	}
+	return []*cobra.Command{execCmd, logsCmd, consoleCmd}
 }
 
 // exitCode maps a command's own exit status through.
@@ -118,4 +148,39 @@ func exitCode(err error) (int, bool) {
 		return ee.code, true
 	}
 	return 0, false
+}
+
+// stdinRelay hands the daemon one end of a socket pair and copies our stdin
+// into the other: the daemon never holds the terminal itself, so nothing of
+// the user's keyboard is read after the command ends. With detach, Ctrl-]
+// ends the relay (console sessions).
+func stdinRelay(detach bool) (*os.File, func(), error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	remote, local := os.NewFile(uintptr(fds[0]), "stdin-relay"), os.NewFile(uintptr(fds[1]), "stdin-relay-local")
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := os.Stdin.Read(buf)
+			if n > 0 {
+				chunk := buf[:n]
+				if detach {
+					if i := bytes.IndexByte(chunk, 0x1d); i >= 0 {
+						_, _ = local.Write(chunk[:i+1])
+						break
+					}
+				}
+				if _, werr := local.Write(chunk); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		_ = unix.Shutdown(int(local.Fd()), unix.SHUT_WR)
+	}()
+	return remote, func() { remote.Close(); local.Close() }, nil
 }

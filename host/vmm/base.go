@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -313,4 +314,18 @@ func DialAgent(ctx context.Context, p *Process) (net.Conn, error) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// Console attaches to the serial console of a VM whose console this Base
+// follows: its output from now on, and a writer to its input. Call detach
+// when done. ErrNotRunning when no console is followed for vmID.
+func (b *Base) Console(vmID string) (out <-chan []byte, in io.Writer, detach func(), err error) {
+	b.mu.Lock()
+	f := b.followers[vmID]
+	b.mu.Unlock()
+	if f == nil {
+		return nil, nil, nil, fmt.Errorf("%w: no console attached for %s", ErrNotRunning, vmID)
+	}
+	out, in, detach = f.attach()
+	return out, in, detach, nil
 }

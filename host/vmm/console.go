@@ -170,12 +170,68 @@ func (b bestEffort) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// follower copies one VMM's console into its ConsoleLog.
+// follower copies one VMM's console into its ConsoleLog, and to any
+// attached clients, and carries their input to the console.
 type follower struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	pid    int
 	start  uint64
+
+	mu   sync.Mutex
+	conn io.ReadCloser // the current console connection
+	subs map[int]chan []byte
+	next int
+}
+
+// fanout writes console output to the log and to every attached client;
+// a client that does not keep up loses output rather than slowing the guest.
+type fanout struct {
+	f   *follower
+	log io.Writer
+}
+
+func (o fanout) Write(p []byte) (int, error) {
+	o.f.mu.Lock()
+	for _, ch := range o.f.subs {
+		select {
+		case ch <- append([]byte(nil), p...):
+		default:
+		}
+	}
+	o.f.mu.Unlock()
+	return o.log.Write(p)
+}
+
+// attach subscribes to the console's output and returns a writer to its input.
+func (f *follower) attach() (<-chan []byte, io.Writer, func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.subs == nil {
+		f.subs = map[int]chan []byte{}
+	}
+	f.next++
+	id, ch := f.next, make(chan []byte, 256)
+	f.subs[id] = ch
+	detach := func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.subs, id)
+	}
+	return ch, consoleInput{f}, detach
+}
+
+type consoleInput struct{ f *follower }
+
+func (c consoleInput) Write(p []byte) (int, error) {
+	c.f.mu.Lock()
+	conn := c.f.conn
+	c.f.mu.Unlock()
+	w, ok := conn.(io.Writer)
+	if !ok {
+		return 0, fmt.Errorf("vmm: console takes no input")
+	}
+	return w.Write(p)
 }
 
 func (f *follower) stop() {
@@ -219,8 +275,11 @@ func follow(ctx context.Context, p *Process) (*follower, error) {
 		defer close(f.done)
 		defer log.Close()
 		for {
+			f.mu.Lock()
+			f.conn = rc
+			f.mu.Unlock()
 			stop := context.AfterFunc(fctx, func() { rc.Close() })
-			_, _ = io.Copy(bestEffort{log}, rc)
+			_, _ = io.Copy(fanout{f: f, log: bestEffort{log}}, rc)
 			stop()
 			rc.Close()
 			if fctx.Err() != nil {
