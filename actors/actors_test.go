@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -111,7 +112,7 @@ func TestLifecycleTransitionsAndRefusals(t *testing.T) {
 	}
 	// What the actor says is what is on disk.
 	disk, err := h.store.Load(vm.ID)
-	if err != nil || disk.Spec != got.VM.Spec || disk.Status != state.StatusStopped {
+	if err != nil || !reflect.DeepEqual(disk.Spec, got.VM.Spec) || disk.Status != state.StatusStopped {
 		t.Fatalf("disk %+v %v", disk, err)
 	}
 	if _, err := h.do(t, &DeleteVM{Caller: admin, Ref: "web1"}); err != nil {

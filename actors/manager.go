@@ -306,6 +306,12 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	if req.Image == "" {
 		return nil, &Error{Kind: ErrInvalidArgument, Field: "image", Msg: "no image given"}
 	}
+	for _, kv := range req.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsAny(kv, "\x00") {
+			return nil, &Error{Kind: ErrInvalidArgument, Field: "env", Msg: fmt.Sprintf("env %q is not KEY=VALUE", kv)}
+		}
+	}
+	spec.Env = req.Env
 	img, err := m.images.Resolve(req.Image)
 	if err != nil {
 		if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {

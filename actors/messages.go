@@ -61,6 +61,7 @@ type (
 		Memory   *int64
 		DiskSize *int64
 		AutoStop *string
+		Env      []string
 	}
 	// GetVM reads one VM.
 	GetVM struct {

@@ -3,6 +3,7 @@ package actors
 import (
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"time"
 
@@ -207,7 +208,7 @@ func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
 	if err := applySpec(&spec, m.CPUs, m.Memory, m.DiskSize, m.AutoStop, a.vm.Spec.DiskSize); err != nil {
 		return err
 	}
-	if spec == a.vm.Spec {
+	if reflect.DeepEqual(spec, a.vm.Spec) {
 		return nil
 	}
 	next := a.vm

@@ -30,12 +30,13 @@ const (
 
 // Spec is what the user asked for.
 type Spec struct {
-	Image       string `json:"image"`
-	ImageDigest string `json:"image_digest"`
-	CPUs        int    `json:"cpus"`
-	Memory      int64  `json:"memory"`
-	DiskSize    int64  `json:"disk_size"`
-	AutoStop    string `json:"auto_stop"`
+	Image       string   `json:"image"`
+	ImageDigest string   `json:"image_digest"`
+	CPUs        int      `json:"cpus"`
+	Memory      int64    `json:"memory"`
+	DiskSize    int64    `json:"disk_size"`
+	AutoStop    string   `json:"auto_stop"`
+	Env         []string `json:"env"`
 }
 
 // VM is the API view of a VM record.
@@ -74,12 +75,13 @@ type Counts struct {
 
 // CreateIn are Create's parameters.
 type CreateIn struct {
-	Name     string  `json:"name"`
-	Image    string  `json:"image"`
-	CPUs     *int    `json:"cpus,omitempty"`
-	Memory   *int64  `json:"memory,omitempty"`
-	DiskSize *int64  `json:"disk_size,omitempty"`
-	AutoStop *string `json:"auto_stop,omitempty"`
+	Name     string   `json:"name"`
+	Image    string   `json:"image"`
+	CPUs     *int     `json:"cpus,omitempty"`
+	Memory   *int64   `json:"memory,omitempty"`
+	DiskSize *int64   `json:"disk_size,omitempty"`
+	AutoStop *string  `json:"auto_stop,omitempty"`
+	Env      []string `json:"env,omitempty"`
 }
 
 // VMRef names one VM.

@@ -66,7 +66,7 @@ func toAPI(vm *state.VM) api.VM {
 	return api.VM{
 		ID: vm.ID, Name: vm.Name, OwnerUID: vm.OwnerUID, Status: string(vm.Status), Reason: vm.Reason,
 		Spec: api.Spec{Image: vm.Spec.Image, ImageDigest: vm.Spec.ImageDigest, CPUs: vm.Spec.CPUs,
-			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop)},
+			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env)},
 		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),
 	}
 }
@@ -102,7 +102,7 @@ func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	return d.ask(ctx, c, &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
-		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop})
+		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env})
 }
 
 func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {

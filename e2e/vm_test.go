@@ -107,7 +107,7 @@ func TestBootExecStopStartRm(t *testing.T) {
 			}
 		}
 	}
-	e.cli(t, nil, "run", "--image", regImage, "--name", "web").ok(t, "run")
+	e.cli(t, nil, "run", "--image", regImage, "--name", "web", "--env", "DEMO=2", "--env", "EXTRA=yes", "--disk", "1GiB").ok(t, "run")
 	if out, code := execOut(t, e, "web", "", "cat", "/etc/motd"); code != 0 || out != "welcome to the paddock demo\n" {
 		t.Fatalf("exec cat /etc/motd: %q exit %d", out, code)
 	}
@@ -117,8 +117,12 @@ func TestBootExecStopStartRm(t *testing.T) {
 	if _, code := execOut(t, e, "web", "", "sh", "-c", "exit 7"); code != 7 {
 		t.Fatalf("exit code: %d", code)
 	}
-	if out, _ := execOut(t, e, "web", "", "sh", "-c", "echo $DEMO"); out != "1\n" {
-		t.Fatalf("image env not applied: %q", out)
+	if out, _ := execOut(t, e, "web", "", "sh", "-c", "echo $DEMO $EXTRA $PATH"); out != "2 yes /bin\n" {
+		t.Fatalf("image env with the VM's own on top: %q", out)
+	}
+	// The root file system fills the 1 GiB disk, whatever the image's size.
+	if out, _ := execOut(t, e, "web", "", "sh", "-c", "df -k / | tail -1"); len(strings.Fields(out)) < 2 || atoi(strings.Fields(out)[1]) < 900000 {
+		t.Fatalf("root not grown to the disk size: %q", out)
 	}
 	if l := e.cli(t, nil, "logs", "web").ok(t, "logs"); !strings.Contains(l, "demo-main-started") {
 		t.Fatalf("console log lacks the entrypoint's output:\n%s", l)
@@ -135,6 +139,7 @@ func TestBootExecStopStartRm(t *testing.T) {
 	if l := e.leaks(t, ns); l.taps+l.loops+l.vmms != 0 {
 		t.Fatalf("after stop: %+v", l)
 	}
+	assertRecoveryCleared(t, e, "web")
 	e.cli(t, nil, "start", "web").ok(t, "start")
 	if out, code := execOut(t, e, "web", "", "cat", "/etc/motd", "/root/note"); code != 0 || out != "welcome to the paddock demo\nkept\n" {
 		t.Fatalf("after restart: %q %d", out, code)
@@ -277,6 +282,7 @@ func TestVMMExitAndMissingImage(t *testing.T) {
 	if vm.Status != "error" || !strings.Contains(vm.Reason, "signal 9") {
 		t.Fatalf("after kill -9 of its VMM: %s %q", vm.Status, vm.Reason)
 	}
+	assertRecoveryCleared(t, e, "victim")
 	// The guest powers itself off.
 	execOut(t, e, "quitter", "", "poweroff", "-f")
 	vm = waitStatus(t, e, "quitter", "running")
@@ -452,4 +458,33 @@ func TestRootlessBoot(t *testing.T) {
 
 func unixMkdev(major, minor uint32) uint64 {
 	return uint64(major)<<8 | uint64(minor)
+}
+
+func atoi(s string) int {
+	n := 0
+	fmt.Sscan(s, &n)
+	return n
+}
+
+// assertRecoveryCleared checks that a VM at rest keeps no recovery state:
+// handles.json lists nothing and vm.json's Runtime is empty.
+func assertRecoveryCleared(t *testing.T, e *env, name string) {
+	t.Helper()
+	vm := inspectVM(t, e, name)
+	dir := filepath.Join(e.state, "vms", vm.ID)
+	var h struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "handles.json")); err == nil {
+		if err := json.Unmarshal(b, &h); err != nil || len(h.Items) != 0 {
+			t.Fatalf("%s: handles.json not cleared: %s", name, b)
+		}
+	}
+	var rec struct {
+		Runtime map[string]json.RawMessage `json:"runtime"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "vm.json"))
+	if err != nil || json.Unmarshal(b, &rec) != nil || len(rec.Runtime) != 0 {
+		t.Fatalf("%s: vm.json runtime not cleared: %v %s", name, err, rec.Runtime)
+	}
 }

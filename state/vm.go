@@ -46,6 +46,8 @@ type Spec struct {
 	DiskSize    int64  `json:"disk_size"` // bytes
 	// AutoStop is a Go duration string; "" or "off" means never.
 	AutoStop string `json:"auto_stop,omitempty"`
+	// Env is added to the image's environment (KEY=VALUE).
+	Env []string `json:"env,omitempty"`
 }
 
 // Runtime mirrors every identity needed to tear a running VM down, so that

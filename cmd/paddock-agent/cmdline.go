@@ -21,6 +21,7 @@ import (
 //	paddock.rootflags=OPTS   filesystem-specific mount data (e.g. "discard")
 //	paddock.ro               mount the root read-only
 //	paddock.rootwait=SECS    how long to wait for the root device (10)
+//	paddock.growfs           grow the ext4 root to fill its device (a disk made larger than its image)
 //	paddock.hostname=NAME    hostname (also written to /etc/hosts)
 //	paddock.ip=CIDR[,CIDR]   static address(es) of the interface, e.g. 10.0.0.2/24
 //	paddock.gw=IP[,IP]       default gateway(s)
@@ -43,6 +44,7 @@ type bootConfig struct {
 	RootFSType  string
 	RootFlags   string
 	RootRO      bool
+	GrowFS      bool // grow the root file system to its device at boot
 	RootWait    time.Duration
 	Hostname    string
 	IPs         []netip.Prefix
@@ -135,6 +137,12 @@ func parseCmdline(line string) (*bootConfig, error) {
 				bad(err)
 			}
 			c.RootRO = b
+		case "growfs":
+			b, err := parseBool(v)
+			if err != nil {
+				bad(err)
+			}
+			c.GrowFS = b
 		case "rootwait", "stoptimeout":
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f < 0 || f > 3600 {

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -286,6 +287,45 @@ func mountRoot(cfg *bootConfig) error {
 	}
 	if err := unix.Mount(dev, newRoot, cfg.RootFSType, flags, cfg.RootFlags); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, cfg.RootFSType, newRoot, err)
+	}
+	if cfg.GrowFS && !cfg.RootRO && cfg.RootFSType == "ext4" {
+		if err := growExt4(dev, newRoot); err != nil {
+			// A root that stays small still boots: say so and go on.
+			fmt.Fprintf(os.Stderr, "paddock-agent: growing the root file system: %v\n", err)
+		}
+	}
+	return nil
+}
+
+// ext4IocResizeFS is EXT4_IOC_RESIZE_FS, _IOW('f', 16, __u64).
+const ext4IocResizeFS = 0x40086610
+
+// growExt4 grows a mounted ext4 file system online to fill its device.
+func growExt4(dev, mountpoint string) error {
+	d, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	size, err := unix.IoctlGetUint64(int(d.Fd()), unix.BLKGETSIZE64)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("size of %s: %w", dev, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(mountpoint, &st); err != nil {
+		return err
+	}
+	blocks := size / uint64(st.Bsize)
+	if blocks <= st.Blocks {
+		return nil
+	}
+	m, err := os.Open(mountpoint)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, m.Fd(), ext4IocResizeFS, uintptr(unsafe.Pointer(&blocks))); e != 0 {
+		return fmt.Errorf("EXT4_IOC_RESIZE_FS to %d blocks: %w", blocks, e)
 	}
 	return nil
 }

@@ -127,13 +127,14 @@ func (c *cli) commands() *cobra.Command {
 	var create struct {
 		name, image, memory, disk, autoStop string
 		cpus                                int
+		env                                 []string
 	}
 	createCmd := &cobra.Command{
 		Use:   "create [NAME] --image IMAGE",
 		Short: "Create a VM from an image",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			in := api.CreateIn{Name: create.name, Image: create.image}
+			in := api.CreateIn{Name: create.name, Image: create.image, Env: create.env}
 			if len(a) == 1 {
 				if in.Name != "" && in.Name != a[0] {
 					return usageError{fmt.Errorf("name given twice: %q and --name %q", a[0], in.Name)}
@@ -172,6 +173,7 @@ func (c *cli) commands() *cobra.Command {
 	f.StringVar(&create.memory, "memory", "", "memory, e.g. 512MiB")
 	f.StringVar(&create.disk, "disk", "", "disk size, e.g. 4GiB")
 	f.StringVar(&create.autoStop, "auto-stop", "", "stop after this long idle, e.g. 30m, or off")
+	f.StringArrayVarP(&create.env, "env", "e", nil, "add KEY=VALUE to the image's environment (repeatable)")
 
 	var quiet bool
 	lsCmd := &cobra.Command{
