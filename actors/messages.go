@@ -84,11 +84,12 @@ type (
 		Caller Caller
 		Ref    string
 	}
-	// StopVM stops a VM.
+	// StopVM stops a VM. Reason, when set, is recorded as why it stopped.
 	StopVM struct {
 		Caller Caller
 		Ref    string
 		Force  bool
+		Reason string
 	}
 	// DeleteVM removes a VM.
 	DeleteVM struct {

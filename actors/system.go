@@ -11,6 +11,7 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/source"
@@ -30,6 +31,8 @@ type Deps struct {
 	Importer *imaging.Importer
 	// Host runs VMs for real; nil keeps VMs as records only.
 	Host *Host
+	// Stats configures the Stats actor (with Host).
+	Stats StatsDeps
 }
 
 // System is the running supervision tree.
@@ -68,7 +71,38 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	if s.Events, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newEventsActor(d.Log) }), NameEvents); err != nil {
 		return nil, fmt.Errorf("spawn events actor: %w", err)
 	}
-	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return &notYetActor{name: NameStats} }), NameStats); err != nil {
+	statsProducer := func() actor.Actor { return &notYetActor{name: NameStats} }
+	if d.Host != nil {
+		sd := d.Stats
+		sd.Log = d.Log
+		admin := Caller{Admin: true}
+		sd.Running = func(ctx context.Context) ([]state.VM, error) {
+			r, err := s.Request(ctx, &ListVMs{Caller: admin})
+			if err != nil {
+				return nil, err
+			}
+			var out []state.VM
+			for _, vm := range r.VMs {
+				if vm.Status == state.StatusRunning {
+					out = append(out, vm)
+				}
+			}
+			return out, nil
+		}
+		sd.Agent = func(ctx context.Context, vmID string) (*agent.Client, error) {
+			r, err := s.Agent(ctx, admin, vmID)
+			if err != nil {
+				return nil, err
+			}
+			return r.Agent, nil
+		}
+		sd.Stop = func(ctx context.Context, vmID, reason string) error {
+			_, err := s.Request(ctx, &StopVM{Caller: admin, Ref: vmID, Reason: reason})
+			return err
+		}
+		statsProducer = func() actor.Actor { return newStatsActor(sd) }
+	}
+	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(statsProducer), NameStats); err != nil {
 		return nil, fmt.Errorf("spawn stats actor: %w", err)
 	}
 	users := func(digest string) []string {
@@ -209,6 +243,30 @@ func (s *System) Agent(ctx context.Context, c Caller, ref string) (*AgentResult,
 		return nil, r.Err
 	}
 	return nil, fmt.Errorf("agent request: unexpected answer %T", res)
+}
+
+// GetStats asks the Stats actor for fresh figures.
+func (s *System) GetStats(ctx context.Context, c Caller, vmID string) ([]api.VMStats, error) {
+	timeout := 60 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	res, err := s.sys.Root.RequestFuture(s.Stats, &GetStats{Caller: c, VMID: vmID, Fresh: true}, timeout).Result()
+	if err != nil {
+		return nil, err
+	}
+	switch r := res.(type) {
+	case *StatsResult:
+		return r.Stats, r.Err
+	case *Result:
+		return nil, r.Err
+	}
+	return nil, fmt.Errorf("stats: unexpected answer %T", res)
+}
+
+// Touch records user activity on a VM for auto-stop.
+func (s *System) Touch(vmID, cause string) {
+	s.sys.Root.Send(s.Stats, &Touch{VMID: vmID, Cause: cause})
 }
 
 // Host is the host facilities VMs run on (nil: records only).

@@ -153,6 +153,14 @@ func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
 		if err := a.stop(ctx, m.Force); err != nil {
 			return nil, err
 		}
+		if m.Reason != "" {
+			next := a.vm
+			next.Reason = m.Reason
+			if err := a.save(next); err == nil {
+				ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+				ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "auto-stopped", VMID: a.id, VMName: a.vm.Name, Status: string(a.vm.Status), Reason: m.Reason}})
+			}
+		}
 	case *DeleteVM:
 		switch a.vm.Status {
 		case state.StatusRunning, state.StatusStarting, state.StatusStopping:

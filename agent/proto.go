@@ -192,6 +192,9 @@ type Stats struct {
 	DiskTotal uint64     `json:"disk_total"`
 	DiskFree  uint64     `json:"disk_free"`
 	Net       []NetStats `json:"net,omitempty"`
+	// Inbound counts established TCP connections to a listening port of
+	// the guest (what keeps a VM busy for auto-stop).
+	Inbound int `json:"inbound"`
 }
 
 // NetStats are one interface's counters.

@@ -26,6 +26,7 @@ func BootTimeNS() int64 {
 // ReadStats collects resource usage from /proc and statfs of /.
 func ReadStats() (Stats, error) {
 	var s Stats
+	s.Inbound = countInbound("/proc")
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		f := strings.Fields(string(b))
 		if len(f) >= 3 {
@@ -97,6 +98,42 @@ func ReadStats() (Stats, error) {
 // /proc/net/{tcp,tcp6,udp,udp6}, with the owning process where found.
 func ListPorts() ([]Port, error) {
 	return listPorts("/proc")
+}
+
+// countInbound counts established TCP connections whose local port is one
+// the guest listens on: connections made to the guest, not from it.
+func countInbound(proc string) int {
+	listening := map[string]bool{}
+	var est []string
+	for _, proto := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(filepath.Join(proc, "net", proto))
+		if err != nil {
+			continue
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if i == 0 || len(f) < 4 {
+				continue
+			}
+			_, port, ok := strings.Cut(f[1], ":")
+			if !ok {
+				continue
+			}
+			switch f[3] {
+			case "0A":
+				listening[port] = true
+			case "01":
+				est = append(est, port)
+			}
+		}
+	}
+	n := 0
+	for _, p := range est {
+		if listening[p] {
+			n++
+		}
+	}
+	return n
 }
 
 func listPorts(proc string) ([]Port, error) {

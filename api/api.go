@@ -262,3 +262,68 @@ type LogsIn struct {
 type LogsOut struct {
 	Data string `json:"data"`
 }
+
+// HostStats are a VM's figures seen from the host.
+type HostStats struct {
+	CPUSeconds float64 `json:"cpu_seconds"`
+	CPURate    float64 `json:"cpu_rate"` // CPUs' worth of VMM CPU time per second
+	RSS        int64   `json:"rss"`
+	DiskUsed   int64   `json:"disk_used"` // bytes the VM's own disk layer takes
+	RxBytes    int64   `json:"rx_bytes"`
+	TxBytes    int64   `json:"tx_bytes"`
+	RxPackets  int64   `json:"rx_packets"`
+	TxPackets  int64   `json:"tx_packets"`
+}
+
+// GuestStats are a VM's figures as its agent reports them.
+type GuestStats struct {
+	MemTotal     int64   `json:"mem_total"`
+	MemAvailable int64   `json:"mem_available"`
+	Load1        float64 `json:"load1"`
+	CPURate      float64 `json:"cpu_rate"` // busy share of the guest's CPUs, 0..1
+	Uptime       float64 `json:"uptime_seconds"`
+	RootUsed     int64   `json:"root_used"`
+	RootFree     int64   `json:"root_free"`
+	Procs        int     `json:"procs"`
+	Inbound      int     `json:"inbound"`  // established inbound TCP connections
+	Sessions     int     `json:"sessions"` // open exec sessions
+}
+
+// Port is a listening TCP port of a guest, probed from outside.
+type Port struct {
+	Proto   string `json:"proto"`
+	Port    int    `json:"port"`
+	PID     int    `json:"pid,omitempty"`
+	Process string `json:"process,omitempty"`
+	Scheme  string `json:"scheme"` // https, http or tcp
+	URL     string `json:"url,omitempty"`
+}
+
+// VMStats is what paddock knows about a running VM.
+type VMStats struct {
+	VMID          string      `json:"vm_id"`
+	VMName        string      `json:"vm_name"`
+	Time          string      `json:"time"`
+	Health        string      `json:"health"` // healthy, degraded, unreachable
+	HealthReason  string      `json:"health_reason,omitempty"`
+	PingMS        float64     `json:"ping_ms,omitempty"`
+	Main          string      `json:"main,omitempty"`
+	MainExit      string      `json:"main_exit,omitempty"`
+	Host          HostStats   `json:"host"`
+	Guest         *GuestStats `json:"guest,omitempty"`
+	Ports         []Port      `json:"ports,omitempty"`
+	LastActivity  string      `json:"last_activity,omitempty"`
+	ActivityCause string      `json:"activity_cause,omitempty"`
+	AutoStopAt    string      `json:"auto_stop_at,omitempty"`
+}
+
+// StatsIn are Stats' parameters.
+type StatsIn struct {
+	VM      string `json:"vm,omitempty"`
+	Passive bool   `json:"passive,omitempty"`
+}
+
+// StatsOut is a Stats reply.
+type StatsOut struct {
+	Stats []VMStats `json:"stats"`
+}

@@ -226,3 +226,26 @@ func (c *Client) Logs(ctx context.Context, in LogsIn, follow bool, fn func(strin
 func (c *Client) Console(ctx context.Context, vm string, stdin, stdout *os.File) error {
 	return c.CallFDs(ctx, Interface+".Console", VMRef{VM: vm}, nil, []*os.File{stdin, stdout})
 }
+
+// Stats reads fresh stats of running VMs (ref "" for all); with watch, fn
+// gets a new set at every poll until ctx ends.
+func (c *Client) Stats(ctx context.Context, in StatsIn, watch bool, fn func([]VMStats) error) error {
+	decode := func(raw json.RawMessage) error {
+		var out StatsOut
+		if err := json.Unmarshal(raw, &out); err != nil {
+			return err
+		}
+		if len(out.Stats) == 0 && watch {
+			return nil
+		}
+		return fn(out.Stats)
+	}
+	if !watch {
+		var out StatsOut
+		if err := c.Call(ctx, Interface+".Stats", in, &out); err != nil {
+			return err
+		}
+		return fn(out.Stats)
+	}
+	return c.Stream(ctx, Interface+".Stats", in, decode)
+}

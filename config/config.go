@@ -31,6 +31,20 @@ type Config struct {
 	Defaults Defaults `toml:"defaults"`
 	Images   Images   `toml:"images"`
 	VM       VM       `toml:"vm"`
+	Stats    Stats    `toml:"stats"`
+}
+
+// Stats configures the Stats actor.
+type Stats struct {
+	// Interval between background polls of running VMs.
+	Interval Duration `toml:"interval"`
+	// AutoStopStaleAfter stops a VM idle this long when it has no
+	// auto_stop of its own; "off" disables.
+	AutoStopStaleAfter Duration `toml:"auto_stop_stale_after"`
+	// IdleCPU is the guest CPU share under which a VM counts as idle.
+	IdleCPU float64 `toml:"idle_cpu"`
+	// Parallel bounds how many VMs are polled at once.
+	Parallel int `toml:"parallel"`
 }
 
 // VM configures how VMs run.
@@ -203,6 +217,7 @@ func Default() *Config {
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
 		VM: VM{Kernel: "default", Run: "on", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20},
+		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.05, Parallel: 4},
 		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
 	}
 	if os.Geteuid() == 0 {
@@ -365,6 +380,15 @@ func (c *Config) Validate() error {
 	if c.VM.ConsoleLogMax < 64<<10 {
 		return bad("vm.console_log_max", "must be at least 64KiB")
 	}
+	if c.Stats.Interval.Duration < 100*time.Millisecond {
+		return bad("stats.interval", "must be at least 100ms")
+	}
+	if c.Stats.IdleCPU < 0 || c.Stats.IdleCPU > 1 {
+		return bad("stats.idle_cpu", "must be between 0 and 1, got %v", c.Stats.IdleCPU)
+	}
+	if c.Stats.Parallel < 1 {
+		return bad("stats.parallel", "must be at least 1")
+	}
 	if c.Images.MaxUnpackedSize < 1<<20 {
 		return bad("images.max_unpacked_size", "must be at least 1MiB, got %s", FormatSize(int64(c.Images.MaxUnpackedSize)))
 	}
@@ -427,6 +451,10 @@ func (c *Config) Diff(old *Config) []Change {
 	add("defaults.disk_size", old.Defaults.DiskSize, c.Defaults.DiskSize, true)
 	add("defaults.auto_stop", old.Defaults.AutoStop.Duration, c.Defaults.AutoStop.Duration, true)
 	add("vm.kernel", old.VM.Kernel, c.VM.Kernel, true)
+	add("stats.interval", old.Stats.Interval.Duration, c.Stats.Interval.Duration, true)
+	add("stats.auto_stop_stale_after", old.Stats.AutoStopStaleAfter.Duration, c.Stats.AutoStopStaleAfter.Duration, true)
+	add("stats.idle_cpu", old.Stats.IdleCPU, c.Stats.IdleCPU, false)
+	add("stats.parallel", old.Stats.Parallel, c.Stats.Parallel, false)
 	add("vm.run", old.VM.Run, c.VM.Run, false)
 	add("vm.disk_backend", old.VM.DiskBackend, c.VM.DiskBackend, false)
 	add("vm.accel", old.VM.Accel, c.VM.Accel, false)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/host/probe"
 	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/ext4"
@@ -105,6 +107,20 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		OnCounts: d.publishCounts,
 		Importer: importer,
 		Host:     host,
+		Stats: actors.StatsDeps{
+			StateDir:        cfg.StateDir,
+			Interval:        func() time.Duration { return d.config().Stats.Interval.Duration },
+			AutoStopDefault: func() time.Duration { return d.config().Stats.AutoStopStaleAfter.Duration },
+			IdleCPU:         cfg.Stats.IdleCPU,
+			Parallel:        cfg.Stats.Parallel,
+			Classify: func(ctx context.Context, addr netip.AddrPort) (string, string) {
+				r, err := probe.Classify(ctx, addr, probe.Options{})
+				if err != nil {
+					return "tcp", fmt.Sprintf("tcp://%s", addr)
+				}
+				return r.Scheme, r.URL
+			},
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -276,6 +292,8 @@ func (d *Daemon) reload() {
 	applied.Defaults = next.Defaults
 	applied.Images.InsecureRegistries = next.Images.InsecureRegistries
 	applied.VM.Kernel = next.VM.Kernel
+	applied.Stats.Interval = next.Stats.Interval
+	applied.Stats.AutoStopStaleAfter = next.Stats.AutoStopStaleAfter
 	for _, c := range changes {
 		if c.Live {
 			d.log.Info("reload: applied", "key", c.Key, "old", c.Old, "new", c.New)

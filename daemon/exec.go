@@ -31,6 +31,7 @@ func (d *Daemon) exec(ctx context.Context, c *varlink.Call) error {
 	if err != nil {
 		return err
 	}
+	d.actors.Touch(r.VM.ID, "exec")
 	p, err := r.Agent.Exec(ctx, agent.ExecRequest{Argv: in.Command, Env: in.Env, Dir: in.Workdir, User: in.User, TTY: in.TTY, Rows: in.Rows, Cols: in.Cols, Stdin: true})
 	if err != nil {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "command", Msg: fmt.Sprintf("exec in %s: %v", in.VM, err)}
@@ -178,6 +179,7 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	defer detach()
+	d.actors.Touch(r.VM.ID, "console")
 	stdin, stdout := c.FDs[0], c.FDs[1]
 	done := make(chan struct{})
 	go func() {
@@ -221,4 +223,46 @@ func indexByte(b []byte, c byte) int {
 		}
 	}
 	return -1
+}
+
+func (d *Daemon) stats(ctx context.Context, c *varlink.Call) error {
+	var in api.StatsIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	caller := d.auth.caller(c.Peer)
+	id := ""
+	if in.VM != "" {
+		r, err := d.actors.Request(ctx, &actors.GetVM{Caller: caller, Ref: in.VM})
+		if err != nil {
+			return err
+		}
+		if r.VM.Status != "running" {
+			return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: r.VM.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, r.VM.Status)}
+		}
+		id = r.VM.ID
+		if !in.Passive {
+			d.actors.Touch(id, "stats requested")
+		}
+	}
+	for {
+		st, err := d.actors.GetStats(ctx, caller, id)
+		if err != nil {
+			return err
+		}
+		if st == nil {
+			st = []api.VMStats{}
+		}
+		if !c.More {
+			return c.Reply(api.StatsOut{Stats: st})
+		}
+		if err := c.Continue(api.StatsOut{Stats: st}); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return c.Reply(api.StatsOut{Stats: []api.VMStats{}})
+		case <-time.After(d.config().Stats.Interval.Duration):
+		}
+	}
 }

@@ -39,6 +39,7 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"Exec":         d.exec,
 		"Logs":         d.logs,
 		"Console":      d.console,
+		"Stats":        d.stats,
 		"Version":      d.version,
 		"Info":         d.info,
 	}

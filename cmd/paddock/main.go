@@ -237,6 +237,14 @@ func (c *cli) commands() *cobra.Command {
 						fmt.Fprintln(c.out)
 					}
 					printDetail(c.out, vm)
+					if vm.Status == "running" {
+						_ = cl.Stats(ctx, api.StatsIn{VM: vm.ID, Passive: true}, false, func(st []api.VMStats) error {
+							if len(st) == 1 {
+								printActivity(c.out, st[0])
+							}
+							return nil
+						})
+					}
 				}
 				return nil
 			})
@@ -405,6 +413,7 @@ func (c *cli) commands() *cobra.Command {
 
 	root.AddCommand(createCmd, lsCmd, inspectCmd, setCmd, startCmd, stopCmd, rmCmd, eventsCmd, versionCmd, infoCmd, completionCmd, c.imageCommands(), c.kernelCommands())
 	root.AddCommand(c.execCommands()...)
+	root.AddCommand(c.statsCommands()...)
 	root.AddCommand(c.lifecycleCommands(createCmd)...)
 	for _, cmd := range root.Commands() {
 		cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -516,6 +525,18 @@ func printDetail(w io.Writer, vm *api.VM) {
 	row("Auto-stop", vm.Spec.AutoStop)
 	row("Created", vm.CreatedAt)
 	row("Updated", vm.UpdatedAt)
+	_ = tw.Flush()
+}
+
+func printActivity(w io.Writer, s api.VMStats) {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	h := s.Health
+	if s.HealthReason != "" {
+		h += " (" + s.HealthReason + ")"
+	}
+	fmt.Fprintf(tw, "Health:\t%s\n", h)
+	fmt.Fprintf(tw, "Last activity:\t%s (%s)\n", orDash(s.LastActivity), orDash(s.ActivityCause))
+	fmt.Fprintf(tw, "Auto-stop at:\t%s\n", orDash(s.AutoStopAt))
 	_ = tw.Flush()
 }
 

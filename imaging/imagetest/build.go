@@ -133,7 +133,7 @@ func BusyboxLayer(t testing.TB, applets ...string) []byte {
 		t.Fatalf("static busybox (apt-get install busybox-static): %v", err)
 	}
 	if len(applets) == 0 {
-		applets = []string{"sh", "cat", "echo", "ls", "sleep", "poweroff", "id", "env", "pwd", "head", "true", "false", "wc", "dd", "sync"}
+		applets = []string{"sh", "cat", "echo", "ls", "sleep", "poweroff", "id", "env", "pwd", "head", "true", "false", "wc", "dd", "sync", "pidof", "kill", "yes", "grep", "nc"}
 	}
 	entries := []Entry{{Name: "bin/", Type: tar.TypeDir}, {Name: "bin/busybox", Body: string(bb), Mode: 0o755}}
 	for _, a := range applets {
