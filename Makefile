@@ -64,6 +64,10 @@ bench: deps kernel build
 	$(BENCH) 5x -bench Create ./host/disk
 	@echo "== tap acquire+release (x-ref: / create+delete a plain link)"
 	$(BENCH) 20x -bench AcquireReleaseTap ./host/netdev
+	@echo "== stats poll: daemon CPU per VM per poll over 50 in-process agents (x-ping: / one agent ping)"
+	$(BENCH) 20x -bench StatsPoll ./actors
+	@echo "== ports scan: classifying one port (x-connect: / a plain TCP connect)"
+	$(BENCH) 20x -bench Classify ./host/probe
 
 demo: deps build
 	.ci/demo.sh

@@ -74,6 +74,7 @@ type (
 	statsTick      struct{}
 	statsCollected struct {
 		entries []*statsEntry
+		partial bool // one VM only: others stay as they are
 	}
 )
 
@@ -150,8 +151,10 @@ func (a *statsActor) Receive(ctx actor.Context) {
 			root.Send(self, &statsCollected{entries: a.collectAll(prev, "")})
 		}()
 	case *statsCollected:
-		a.running = false
-		a.merge(m.entries, true)
+		if !m.partial {
+			a.running = false
+		}
+		a.merge(m.entries, !m.partial)
 		a.autoStop(ctx)
 	case *GetStats:
 		// A direct call refreshes in the background of the caller's
@@ -162,7 +165,8 @@ func (a *statsActor) Receive(ctx actor.Context) {
 		self := ctx.Self()
 		go func() {
 			entries := a.collectAll(prev, m.VMID)
-			root.Send(self, &statsCollected{entries: entries})
+			// Copy the answer out before the entries go to the actor,
+			// which owns them from then on.
 			var out []api.VMStats
 			for _, e := range entries {
 				if m.Caller.May(e.vm.OwnerUID) {
@@ -170,6 +174,7 @@ func (a *statsActor) Receive(ctx actor.Context) {
 				}
 			}
 			sort.Slice(out, func(i, j int) bool { return out[i].VMName < out[j].VMName })
+			root.Send(self, &statsCollected{entries: entries, partial: m.VMID != ""})
 			root.Send(sender, &StatsResult{Stats: out})
 		}()
 	}
