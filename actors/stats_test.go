@@ -24,8 +24,10 @@ func goodAgent(t testing.TB) *agent.Client {
 	h, g := net.Pipe()
 	srv := agent.NewServer(agent.ServerConfig{AgentVersion: "test",
 		Health: func() agent.Health { return agent.Health{Status: "ok", Main: agent.MainState{State: "running"}} },
-		Stats:  func() (agent.Stats, error) { return agent.Stats{MemTotal: 256 << 20, MemAvailable: 200 << 20, CPU: []uint64{1, 0, 1, 100, 0, 0, 0, 0}}, nil },
-		Ports:  func() ([]agent.Port, error) { return []agent.Port{{Proto: "tcp", Addr: "0.0.0.0", Port: 8080}}, nil },
+		Stats: func() (agent.Stats, error) {
+			return agent.Stats{MemTotal: 256 << 20, MemAvailable: 200 << 20, CPU: []uint64{1, 0, 1, 100, 0, 0, 0, 0}}, nil
+		},
+		Ports: func() ([]agent.Port, error) { return []agent.Port{{Proto: "tcp", Addr: "0.0.0.0", Port: 8080}}, nil },
 	})
 	go srv.ServeConn(context.Background(), g)
 	c, err := agent.NewClient(context.Background(), h, &agent.ClientOptions{RequestTimeout: time.Second})
@@ -91,11 +93,14 @@ func TestStatsSurvivesMisbehavingAgents(t *testing.T) {
 	sys := actor.NewActorSystem()
 	defer sys.Shutdown()
 	d := StatsDeps{
-		Log:             testLogger(),
-		Running:         func(context.Context) ([]state.VM, error) { return vms, nil },
-		Agent:           func(_ context.Context, id string) (*agent.Client, error) { return clients[id], nil },
-		Stop:            func(context.Context, string, string) error { return nil },
-		Classify:        func(context.Context, netip.AddrPort) (string, string) { probes++; return "http", "http://10.77.0.9:8080/" },
+		Log:     testLogger(),
+		Running: func(context.Context) ([]state.VM, error) { return vms, nil },
+		Agent:   func(_ context.Context, id string) (*agent.Client, error) { return clients[id], nil },
+		Stop:    func(context.Context, string, string) error { return nil },
+		Classify: func(context.Context, netip.AddrPort) (string, string) {
+			probes++
+			return "http", "http://10.77.0.9:8080/"
+		},
 		Interval:        func() time.Duration { return time.Hour },
 		AutoStopDefault: func() time.Duration { return 0 },
 		Parallel:        2,
