@@ -100,6 +100,7 @@ type statsActor struct {
 	touches map[string]Touch
 	stop    chan struct{}
 	running bool
+	root    *actor.RootContext
 }
 
 func newStatsActor(d StatsDeps) actor.Actor {
@@ -113,6 +114,7 @@ func (a *statsActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.entries, a.touches = map[string]*statsEntry{}, map[string]Touch{}
+		a.root = ctx.ActorSystem().Root
 		a.stop = make(chan struct{})
 		self, root := ctx.Self(), ctx.ActorSystem().Root
 		// An explicit ticker, not SetReceiveTimeout (protoactor caveat).
@@ -198,8 +200,12 @@ func (a *statsActor) merge(entries []*statsEntry, full bool) {
 	seen := map[string]bool{}
 	for _, e := range entries {
 		seen[e.vm.ID] = true
-		if old, ok := a.entries[e.vm.ID]; ok && old.activity.After(e.activity) {
+		old, had := a.entries[e.vm.ID]
+		if had && old.activity.After(e.activity) {
 			e.activity, e.cause = old.activity, old.cause
+		}
+		if (!had && e.out.Health != HealthHealthy) || (had && old.out.Health != e.out.Health) {
+			a.healthChanged(e, old, had)
 		}
 		if t, ok := a.touches[e.vm.ID]; ok {
 			e.activity, e.cause = time.Now(), t.Cause
@@ -215,6 +221,19 @@ func (a *statsActor) merge(entries []*statsEntry, full bool) {
 				delete(a.entries, id) // no longer running
 			}
 		}
+	}
+}
+
+// healthChanged logs and emits a health transition.
+func (a *statsActor) healthChanged(e *statsEntry, old *statsEntry, had bool) {
+	prev := ""
+	if had {
+		prev = old.out.Health
+	}
+	a.log.Info("vm health", "vm_id", e.vm.ID, "vm_name", e.vm.Name, "op", "health", "health", e.out.Health, "previous", prev, "reason", e.out.HealthReason)
+	if a.d.Events != nil && a.root != nil {
+		a.root.Send(a.d.Events, &emit{Owner: e.vm.OwnerUID, Event: api.Event{Kind: "health", VMID: e.vm.ID, VMName: e.vm.Name,
+			Status: e.out.Health, PreviousStatus: prev, Reason: e.out.HealthReason}})
 	}
 }
 
@@ -297,12 +316,14 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 		return e
 	}
 	t0 := time.Now()
+	rtt := time.Duration(0)
 	if _, err := c.Ping(actx); err != nil {
 		s.Health, s.HealthReason = HealthUnreachable, "ping: "+err.Error()
 		e.out = s
 		return e
 	}
-	s.PingMS = float64(time.Since(t0).Microseconds()) / 1000
+	rtt = time.Since(t0)
+	s.PingMS = float64(rtt.Microseconds()) / 1000
 	gs, err := c.Stats(actx)
 	if err == nil {
 		g := &api.GuestStats{MemTotal: int64(gs.MemTotal), MemAvailable: int64(gs.MemAvailable), Load1: gs.Load1,
@@ -313,7 +334,15 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 		}
 		s.Guest = g
 	}
+	hSent := time.Now()
 	h, herr := c.Health(actx)
+	if herr == nil && h.TimeNS > 0 {
+		// The guest read its clock about halfway through the round trip.
+		mid := hSent.Add(time.Since(hSent) / 2)
+		skew := time.Duration(h.TimeNS - mid.UnixNano())
+		s.ClockSkewMS = float64(skew.Microseconds()) / 1000
+		s.RootWritable = &h.RootWritable
+	}
 	switch {
 	case herr != nil:
 		s.Health, s.HealthReason = HealthDegraded, "health: "+herr.Error()
@@ -321,6 +350,10 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 		s.Health, s.HealthReason = HealthDegraded, "stats: "+err.Error()
 	case h.Status != "ok":
 		s.Health, s.HealthReason = HealthDegraded, healthReason(h)
+	case !h.RootWritable:
+		s.Health, s.HealthReason = HealthDegraded, "the root file system is read-only or full"
+	case abs(s.ClockSkewMS) > maxSkewMS:
+		s.Health, s.HealthReason = HealthDegraded, fmt.Sprintf("guest clock is off by %.1fs", s.ClockSkewMS/1000)
 	default:
 		s.Health = HealthHealthy
 	}
@@ -439,6 +472,16 @@ func (a *statsActor) autoStop(ctx actor.Context) {
 }
 
 const clockTicks = 100 // USER_HZ on Linux
+
+// maxSkewMS is the guest clock offset beyond which a VM is degraded.
+const maxSkewMS = 5000
+
+func abs(f float64) float64 {
+	if f < 0 {
+		return -f
+	}
+	return f
+}
 
 func procStats(pid int) (ticks uint64, rss int64, ok bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")

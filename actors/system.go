@@ -100,6 +100,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 			_, err := s.Request(ctx, &StopVM{Caller: admin, Ref: vmID, Reason: reason})
 			return err
 		}
+		sd.Events = s.Events
 		statsProducer = func() actor.Actor { return newStatsActor(sd) }
 	}
 	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(statsProducer), NameStats); err != nil {

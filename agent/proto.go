@@ -176,6 +176,11 @@ type Health struct {
 	Main      MainState `json:"main"`
 	UptimeNS  int64     `json:"uptime_ns"`
 	Sessions  int       `json:"sessions"`
+	// TimeNS is the guest's wall clock (Unix ns) when it answered, for the
+	// host to measure clock skew.
+	TimeNS int64 `json:"time_ns"`
+	// RootWritable: "/" is mounted read-write and not full.
+	RootWritable bool `json:"root_writable"`
 }
 
 // Stats answers stats.

@@ -320,6 +320,8 @@ func (c *conn) request(_ context.Context, m *Message) {
 			h.Status = "ok"
 		}
 		h.UptimeNS = cfg.Uptime()
+		h.TimeNS = time.Now().UnixNano()
+		h.RootWritable = rootWritable()
 		c.s.mu.Lock()
 		h.Sessions = c.s.sessions
 		c.s.mu.Unlock()

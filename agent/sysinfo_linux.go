@@ -238,3 +238,12 @@ func parseProcAddr(s string) (string, int, error) {
 	}
 	return net.IP(b).String(), int(port), nil
 }
+
+// rootWritable reports whether "/" is mounted read-write with space left.
+func rootWritable() bool {
+	var st unix.Statfs_t
+	if unix.Statfs("/", &st) != nil {
+		return false
+	}
+	return st.Flags&unix.ST_RDONLY == 0 && st.Bavail > 0
+}

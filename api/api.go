@@ -46,6 +46,7 @@ type VM struct {
 	OwnerUID  uint32 `json:"owner_uid"`
 	Status    string `json:"status"`
 	Reason    string `json:"reason,omitempty"`
+	IP        string `json:"ip,omitempty"`
 	Spec      Spec   `json:"spec"`
 	CreatedAt string `json:"created_at"`
 	UpdatedAt string `json:"updated_at"`
@@ -307,6 +308,8 @@ type VMStats struct {
 	Health        string      `json:"health"` // healthy, degraded, unreachable
 	HealthReason  string      `json:"health_reason,omitempty"`
 	PingMS        float64     `json:"ping_ms,omitempty"`
+	ClockSkewMS   float64     `json:"clock_skew_ms"`
+	RootWritable  *bool       `json:"root_writable,omitempty"`
 	Main          string      `json:"main,omitempty"`
 	MainExit      string      `json:"main_exit,omitempty"`
 	Host          HostStats   `json:"host"`

@@ -217,7 +217,7 @@ func Default() *Config {
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
 		VM: VM{Kernel: "default", Run: "on", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20},
-		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.05, Parallel: 4},
+		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
 		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
 	}
 	if os.Geteuid() == 0 {

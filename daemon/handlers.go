@@ -64,8 +64,12 @@ func (d *Daemon) guard(h varlink.Handler) varlink.Handler {
 }
 
 func toAPI(vm *state.VM) api.VM {
+	ip := ""
+	if vm.Net != nil {
+		ip = vm.Net.IP
+	}
 	return api.VM{
-		ID: vm.ID, Name: vm.Name, OwnerUID: vm.OwnerUID, Status: string(vm.Status), Reason: vm.Reason,
+		ID: vm.ID, Name: vm.Name, OwnerUID: vm.OwnerUID, Status: string(vm.Status), Reason: vm.Reason, IP: ip,
 		Spec: api.Spec{Image: vm.Spec.Image, ImageDigest: vm.Spec.ImageDigest, CPUs: vm.Spec.CPUs,
 			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env)},
 		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),

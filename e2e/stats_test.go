@@ -2,14 +2,17 @@ package e2e
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/vishvananda/netns"
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
@@ -77,7 +80,7 @@ func statsOf(t *testing.T, e *env, vm string) api.VMStats {
 // stats that move under load; auto-stop of idle VMs only.
 func TestStatsPortsAutoStop(t *testing.T) {
 	ns := newNetns(t)
-	e := newEnv(t, "\n[vm]\nrun = \"on\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n[stats]\ninterval = \"1s\"\n")
+	e := newEnv(t, "\n[vm]\nrun = \"on\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n[stats]\ninterval = \"1s\"\nidle_cpu = 0.3\n")
 	reg := registryIn(t, ns)
 	pushTo(t, reg+"/services:1", servicesImage(t))
 	e.daemon(t, inNetns(ns))
@@ -146,11 +149,17 @@ func TestStatsPortsAutoStop(t *testing.T) {
 	// Auto-stop: idle stops by itself; an open exec session keeps its VM.
 	e.cli(t, nil, "run", "--image", reg+"/services:1", "--name", "idle", "--auto-stop", "20s").ok(t, "run idle")
 	e.cli(t, nil, "run", "--image", reg+"/services:1", "--name", "kept", "--auto-stop", "20s").ok(t, "run kept")
+	e.cli(t, nil, "run", "--image", reg+"/services:1", "--name", "conn", "--auto-stop", "20s").ok(t, "run conn")
 	session := exec.Command(bin("paddock"), "--socket", e.socket, "exec", "kept", "--", "sleep", "600")
 	if err := session.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer session.Process.Kill()
+	// An established inbound connection (made from the bridge's side, in
+	// the test's namespace) that sends nothing and stays open.
+	connIP := strings.Split(inspectVM(t, e, "conn").IP, "/")[0]
+	conn := dialIn(t, ns, connIP+":8080")
+	defer conn.Close()
 	if out := e.cli(t, nil, "inspect", "idle").ok(t, "inspect"); !strings.Contains(out, "Auto-stop at:") || !strings.Contains(out, "Last activity:") {
 		t.Fatalf("inspect lacks activity:\n%s", out)
 	}
@@ -163,6 +172,16 @@ func TestStatsPortsAutoStop(t *testing.T) {
 	}
 	if k := inspectVM(t, e, "kept"); k.Status != "running" {
 		t.Fatalf("VM with an open exec session was stopped: %s %q", k.Status, k.Reason)
+	}
+	if k := inspectVM(t, e, "conn"); k.Status != "running" {
+		t.Fatalf("VM with an established inbound connection was stopped: %s %q", k.Status, k.Reason)
+	}
+	if out := e.cli(t, nil, "inspect", "conn").ok(t, "inspect conn"); !strings.Contains(out, "inbound TCP connection") {
+		t.Fatalf("inspect does not say what keeps conn alive:\n%s", out)
+	}
+	// Health: reachable, root writable, clock in step.
+	if out := e.cli(t, nil, "health", "kept").ok(t, "health"); !strings.Contains(out, "healthy") || !strings.Contains(out, "root writable true") {
+		t.Fatalf("health: %s", out)
 	}
 	_ = vm
 }
@@ -182,4 +201,40 @@ func waitStatusTimeout(t *testing.T, e *env, name, from string, d time.Duration)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// dialIn opens a TCP connection from inside the namespace ns (the socket is
+// made on a thread that entered it, and stays there).
+func dialIn(t *testing.T, ns, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		h, herr := netns.GetFromName(ns)
+		if herr != nil {
+			err = herr
+			return
+		}
+		defer h.Close()
+		if err = netns.Set(h); err != nil {
+			return
+		}
+		// The guest's service may still be starting: retry a while.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+			if err == nil || time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	<-done
+	if err != nil {
+		t.Fatalf("dial %s in %s: %v", addr, ns, err)
+	}
+	return c
 }

@@ -517,6 +517,9 @@ func printDetail(w io.Writer, vm *api.VM) {
 		row("Reason", vm.Reason)
 	}
 	row("Owner UID", fmt.Sprint(vm.OwnerUID))
+	if vm.IP != "" {
+		row("IP", vm.IP)
+	}
 	row("Image", orDash(vm.Spec.Image))
 	row("Image digest", orDash(vm.Spec.ImageDigest))
 	row("CPUs", fmt.Sprint(vm.Spec.CPUs))

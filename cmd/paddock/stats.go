@@ -93,7 +93,8 @@ func (c *cli) statsCommands() []*cobra.Command {
 				}
 				s := st[0]
 				if c.json {
-					return c.printJSON(map[string]any{"vm": s.VMName, "health": s.Health, "reason": s.HealthReason, "main": s.Main, "main_exit": s.MainExit})
+					return c.printJSON(map[string]any{"vm": s.VMName, "health": s.Health, "reason": s.HealthReason, "main": s.Main, "main_exit": s.MainExit,
+						"clock_skew_ms": s.ClockSkewMS, "root_writable": s.RootWritable, "ping_ms": s.PingMS})
 				}
 				line := s.VMName + ": " + s.Health
 				if s.HealthReason != "" {
@@ -104,6 +105,9 @@ func (c *cli) statsCommands() []*cobra.Command {
 					if s.MainExit != "" {
 						line += ", " + s.MainExit
 					}
+				}
+				if s.RootWritable != nil {
+					line += fmt.Sprintf("; root writable %v; clock skew %.0f ms", *s.RootWritable, s.ClockSkewMS)
 				}
 				fmt.Fprintln(c.out, line)
 				return nil
