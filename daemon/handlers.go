@@ -56,7 +56,7 @@ func (d *Daemon) guard(h varlink.Handler) varlink.Handler {
 	return func(ctx context.Context, c *varlink.Call) error {
 		if !c.More && !isImport(c.Method) {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, d.requestTimeout())
+			ctx, cancel = context.WithTimeout(ctx, d.callTimeout(c.Method))
 			defer cancel()
 		}
 		return h(ctx, c)
@@ -295,4 +295,17 @@ func mapError(err error) *varlink.Error {
 // request timeout: a large pull takes minutes.
 func isImport(method string) bool {
 	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console"
+}
+
+// callTimeout bounds one call: boots and shutdowns are bounded by the VM
+// timeouts (a TCG boot on a loaded host can take long), the rest by the
+// request timeout.
+func (d *Daemon) callTimeout(method string) time.Duration {
+	t := d.requestTimeout()
+	switch method {
+	case api.Interface + ".Start", api.Interface + ".Stop", api.Interface + ".Delete":
+		vm := d.config().VM
+		return max(t, vm.StartTimeout.Duration+vm.StopTimeout.Duration+30*time.Second)
+	}
+	return t
 }

@@ -120,7 +120,7 @@ func (c *cli) commands() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&c.socket, "socket", defaultSocket(), "paddockd's varlink socket (env PADDOCK_SOCKET)")
 	root.PersistentFlags().BoolVar(&c.json, "json", false, "print JSON for scripts")
-	root.PersistentFlags().DurationVar(&c.timeout, "timeout", 60*time.Second, "how long to wait for the daemon")
+	root.PersistentFlags().DurationVar(&c.timeout, "timeout", 5*time.Minute, "how long to wait for the daemon (a boot under TCG on a busy host can take long)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.CompletionOptions.DisableDefaultCmd = true
 
