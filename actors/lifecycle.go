@@ -146,20 +146,10 @@ func (a *vmActor) vmmRuntime() *state.VMMRuntime {
 
 // adopt watches a VMM and (re)connects to its agent in the background.
 func (a *vmActor) adopt(ctx actor.Context, rt *state.VMMRuntime) {
-	m := &machine{rt: rt, done: make(chan struct{})}
-	a.mach = m
-	self, root := ctx.Self(), ctx.ActorSystem().Root
-	ch := a.host.VMM.Watch(rt)
-	go func() {
-		reason := <-ch
-		m.mu.Lock()
-		m.reason = reason
-		m.mu.Unlock()
-		close(m.done)
-		root.Send(self, &vmmExited{pid: rt.PID, reason: reason})
-	}()
+	a.adoptWatchOnly(ctx, rt)
 	if a.agentc == nil && len(rt.Sockets) > 0 {
 		sock := a.controlSocket()
+		self, root := ctx.Self(), ctx.ActorSystem().Root
 		go func() {
 			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -344,8 +334,8 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	return nil
 }
 
-// adoptWatchOnly watches a VMM this actor just started (the agent is dialed
-// by boot itself).
+// adoptWatchOnly watches a VMM for its exit (the agent is dialed by the
+// caller).
 func (a *vmActor) adoptWatchOnly(ctx actor.Context, rt *state.VMMRuntime) {
 	m := &machine{rt: rt, done: make(chan struct{})}
 	a.mach = m

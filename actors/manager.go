@@ -209,10 +209,24 @@ func (m *manager) changed(vm state.VM) {
 }
 
 func (m *manager) recount() {
-	var c api.Counts
+	vms := make([]state.VM, 0, len(m.byID))
 	for _, e := range m.byID {
+		vms = append(vms, e.vm)
+	}
+	if c := Tally(vms); c != m.counts {
+		m.counts = c
+		if m.onCounts != nil {
+			m.onCounts(c)
+		}
+	}
+}
+
+// Tally counts VMs by status.
+func Tally(vms []state.VM) api.Counts {
+	var c api.Counts
+	for _, vm := range vms {
 		c.Total++
-		switch e.vm.Status {
+		switch vm.Status {
 		case state.StatusCreated:
 			c.Created++
 		case state.StatusRunning:
@@ -225,12 +239,7 @@ func (m *manager) recount() {
 			c.Other++
 		}
 	}
-	if c != m.counts {
-		m.counts = c
-		if m.onCounts != nil {
-			m.onCounts(c)
-		}
-	}
+	return c
 }
 
 // resolve finds a VM by name, full id, or unambiguous id prefix.

@@ -230,31 +230,11 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 		if err != nil {
 			return err
 		}
-		counts = tally(r.VMs)
+		counts = actors.Tally(r.VMs)
 	}
 	cfg := d.config()
 	return c.Reply(api.InfoOut{Version: version.Version, Uptime: time.Since(d.started).Seconds(), VMs: counts,
 		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath})
-}
-
-func tally(vms []state.VM) api.Counts {
-	var c api.Counts
-	for _, vm := range vms {
-		c.Total++
-		switch vm.Status {
-		case state.StatusCreated:
-			c.Created++
-		case state.StatusRunning:
-			c.Running++
-		case state.StatusStopped:
-			c.Stopped++
-		case state.StatusError:
-			c.Error++
-		default:
-			c.Other++
-		}
-	}
-	return c
 }
 
 // mapError turns a Go error into a named io.paddock.v1 error.

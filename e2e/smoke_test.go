@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"archive/tar"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,51 +16,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
-	"github.com/paddock-vm/paddock/systemd/systemdtest"
 )
 
 // TestSmoke is `make e2e`: named scenarios through the CLI against a daemon
 // running as an unprivileged uid with only CAP_NET_ADMIN, each printing
 // "PASS name" or "FAIL name: reason".
 func TestSmoke(t *testing.T) {
-	requireRoot(t)
-	setpriv := requireTool(t, "setpriv")
-	ns := newNetns(t)
-	e := newEnv(t, "\n[vm]\nrun = \"on\"\ndisk_backend = \"qcow2\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n")
-	reg := registryIn(t, ns)
+	e, ns, reg, rootless := rootlessEnv(t, "", "src")
 	pushTo(t, reg+"/demo:1", demoImage(t))
-	kdir := os.Getenv("PADDOCK_KERNEL_DIR")
-	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "*", "boot", "vmlinuz-*"))
-	mods, _ := filepath.Glob(filepath.Join(kdir, "*", "lib", "modules", "*"))
-	if len(vmlinuz) != 1 || len(mods) != 1 {
-		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR holds no kernel (make kernel)")
-	}
-	if _, err := bootkit.Import(context.Background(), vmlinuz[0], mods[0], "default", e.state, bootkit.WithAgent(bin("paddock-agent"))); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{"run", "cache", "src"} {
-		os.MkdirAll(filepath.Join(e.dir, d), 0o755)
-	}
-	tun := filepath.Join(e.dir, "tun")
-	if err := syscall.Mknod(tun, syscall.S_IFCHR|0o666, int(unixMkdev(10, 200))); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(tun, 0o666)
-	chownTree(t, e.dir, daemonUID, daemonUID)
-	t.Cleanup(func() { e.killVMMs(t) })
-	rootless := func(env ...string) func(*exec.Cmd) {
-		return func(c *exec.Cmd) {
-			inner := []string{setpriv, fmt.Sprintf("--reuid=%d", daemonUID), fmt.Sprintf("--regid=%d", daemonUID), "--clear-groups",
-				"--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin", "--",
-				bin("paddockd"), "--config", e.cfg}
-			script := `ns=$1; shift; mount --bind "$0" /dev/net/tun && exec nsenter --net=/run/netns/"$ns" -- "$@"`
-			c.Path = "/usr/bin/unshare"
-			c.Args = append([]string{"unshare", "-m", "--propagation", "private", "sh", "-c", script, tun, ns}, inner...)
-			c.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"}, env...)
-		}
-	}
 	p := e.daemon(t, rootless())
 	killDaemon := func() {
 		p.signal(t, syscall.SIGKILL)

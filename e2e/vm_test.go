@@ -383,45 +383,9 @@ func TestCrashPoints(t *testing.T) {
 // backend. /dev/net/tun is made world-usable in a private mount namespace,
 // as Debian's udev rules make it on a normal host (here it is 0600).
 func TestRootlessBoot(t *testing.T) {
-	requireRoot(t)
-	setpriv := requireTool(t, "setpriv")
-	ns := newNetns(t)
-	e := newEnv(t, "\n[vm]\nrun = \"on\"\ndisk_backend = \"qcow2\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n")
-	reg := registryIn(t, ns)
+	e, ns, reg, rootless := rootlessEnv(t, "", "src")
 	pushTo(t, reg+"/demo:1", demoImage(t))
-	for _, d := range []string{"run", "cache"} {
-		if err := os.MkdirAll(filepath.Join(e.dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The module tree under root's cache is not readable by the daemon's
-	// user: the operator (here the test, as root) builds the boot kit.
-	kdir := os.Getenv("PADDOCK_KERNEL_DIR")
-	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "*", "boot", "vmlinuz-*"))
-	mods, _ := filepath.Glob(filepath.Join(kdir, "*", "lib", "modules", "*"))
-	if len(vmlinuz) != 1 || len(mods) != 1 {
-		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR holds no kernel (make kernel)")
-	}
-	if _, err := bootkit.Import(context.Background(), vmlinuz[0], mods[0], "default", e.state, bootkit.WithAgent(bin("paddock-agent"))); err != nil {
-		t.Fatal(err)
-	}
-	tun := filepath.Join(e.dir, "tun")
-	if err := syscall.Mknod(tun, syscall.S_IFCHR|0o666, int(unixMkdev(10, 200))); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(tun, 0o666)
-	chownTree(t, e.dir, daemonUID, daemonUID)
-	t.Cleanup(func() { e.killVMMs(t) })
-
-	p := e.daemon(t, func(c *exec.Cmd) {
-		inner := []string{setpriv, fmt.Sprintf("--reuid=%d", daemonUID), fmt.Sprintf("--regid=%d", daemonUID), "--clear-groups",
-			"--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin", "--",
-			bin("paddockd"), "--config", e.cfg}
-		script := `ns=$1; shift; mount --bind "$0" /dev/net/tun && exec nsenter --net=/run/netns/"$ns" -- "$@"`
-		c.Path = "/usr/bin/unshare"
-		c.Args = append([]string{"unshare", "-m", "--propagation", "private", "sh", "-c", script, tun, ns}, inner...)
-		c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"}
-	})
+	p := e.daemon(t, rootless())
 	e.cli(t, nil, "image", "pull", reg+"/demo:1").ok(t, "pull as the unprivileged daemon")
 
 	// The daemon process: not root, CAP_NET_ADMIN only.
@@ -487,4 +451,53 @@ func assertRecoveryCleared(t *testing.T, e *env, name string) {
 	if err != nil || json.Unmarshal(b, &rec) != nil || len(rec.Runtime) != 0 {
 		t.Fatalf("%s: vm.json runtime not cleared: %v %s", name, err, rec.Runtime)
 	}
+}
+
+// rootlessEnv prepares a daemon that runs as an unprivileged uid whose only
+// capability is an ambient CAP_NET_ADMIN, in its own network namespace,
+// with a boot kit built by the operator (the test, as root: the module tree
+// under root's cache is not readable by that uid) and /dev/net/tun usable
+// by everyone in a private mount namespace, as Debian's udev rules make it
+// on a normal host (it is 0600 on the development machines). rootless(env)
+// is the command modifier that starts it.
+func rootlessEnv(t *testing.T, extra string, dirs ...string) (*env, string, string, func(env ...string) func(*exec.Cmd)) {
+	t.Helper()
+	requireRoot(t)
+	setpriv := requireTool(t, "setpriv")
+	ns := newNetns(t)
+	e := newEnv(t, "\n[vm]\nrun = \"on\"\ndisk_backend = \"qcow2\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n"+extra)
+	reg := registryIn(t, ns)
+	for _, d := range append([]string{"run", "cache"}, dirs...) {
+		if err := os.MkdirAll(filepath.Join(e.dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kdir := os.Getenv("PADDOCK_KERNEL_DIR")
+	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "*", "boot", "vmlinuz-*"))
+	mods, _ := filepath.Glob(filepath.Join(kdir, "*", "lib", "modules", "*"))
+	if len(vmlinuz) != 1 || len(mods) != 1 {
+		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR holds no kernel (make kernel)")
+	}
+	if _, err := bootkit.Import(context.Background(), vmlinuz[0], mods[0], "default", e.state, bootkit.WithAgent(bin("paddock-agent"))); err != nil {
+		t.Fatal(err)
+	}
+	tun := filepath.Join(e.dir, "tun")
+	if err := syscall.Mknod(tun, syscall.S_IFCHR|0o666, int(unixMkdev(10, 200))); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(tun, 0o666)
+	chownTree(t, e.dir, daemonUID, daemonUID)
+	t.Cleanup(func() { e.killVMMs(t) })
+	rootless := func(env ...string) func(*exec.Cmd) {
+		return func(c *exec.Cmd) {
+			inner := []string{setpriv, fmt.Sprintf("--reuid=%d", daemonUID), fmt.Sprintf("--regid=%d", daemonUID), "--clear-groups",
+				"--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin", "--",
+				bin("paddockd"), "--config", e.cfg}
+			script := `ns=$1; shift; mount --bind "$0" /dev/net/tun && exec nsenter --net=/run/netns/"$ns" -- "$@"`
+			c.Path = "/usr/bin/unshare"
+			c.Args = append([]string{"unshare", "-m", "--propagation", "private", "sh", "-c", script, tun, ns}, inner...)
+			c.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"}, env...)
+		}
+	}
+	return e, ns, reg, rootless
 }
