@@ -220,7 +220,8 @@ type result struct {
 // another user.
 func (e *env) cli(t *testing.T, cred *syscall.Credential, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: a boot under TCG on a loaded 2-core host can take a while.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin("paddock"), append([]string{"--socket", e.socket}, args...)...)
 	var out, errb bytes.Buffer
