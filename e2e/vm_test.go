@@ -501,3 +501,33 @@ func rootlessEnv(t *testing.T, extra string, dirs ...string) (*env, string, stri
 	}
 	return e, ns, reg, rootless
 }
+
+// Acceptance (issue 2, item 9): SIGTERM lets in-flight calls finish; a
+// second signal exits at once. A boot in flight is the in-flight call.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	e, p, ns, image := vmEnvImage(t, "\n[api]\nshutdown_timeout = \"2m\"\n", nil)
+	e.cli(t, nil, "create", "slow", "--image", image).ok(t, "create")
+	start := exec.Command(bin("paddock"), "--socket", e.socket, "start", "slow")
+	if err := start.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer start.Process.Kill()
+	waitStatusTimeout(t, e, "slow", "created", 30*time.Second) // the boot has begun
+	p.signal(t, syscall.SIGTERM)
+	time.Sleep(100 * time.Millisecond)
+	p.signal(t, syscall.SIGINT)
+	if code := p.wait(t, 10*time.Second); code != 130 {
+		t.Fatalf("exit code %d after a second signal, want 130 (at once)", code)
+	}
+	start.Wait()
+	// The next daemon settles what the interrupted start left.
+	e.daemon(t, inNetns(ns))
+	vm := inspectVM(t, e, "slow")
+	if vm.Status != "stopped" && vm.Status != "running" {
+		t.Fatalf("after the restart: %s %q", vm.Status, vm.Reason)
+	}
+	e.cli(t, nil, "rm", "--force", "slow").ok(t, "rm")
+	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+		t.Fatalf("leaked %v", l.detail)
+	}
+}
