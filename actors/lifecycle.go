@@ -184,6 +184,15 @@ func (a *vmActor) boot(ctx actor.Context) error {
 
 func (a *vmActor) bootSteps(ctx actor.Context) error {
 	h := a.host
+	// The whole boot, every step included, fits in StartTimeout: a step that
+	// hangs fails the start (and rolls it back) instead of holding the VM.
+	deadline := time.Now().Add(h.StartTimeout)
+	bounded := func(c context.Context) (context.Context, context.CancelFunc) {
+		return context.WithDeadline(c, deadline)
+	}
+	step := func(name string, t0 time.Time) {
+		a.log.Debug("boot step done", "vm_name", a.vm.Name, "step", name, "took", time.Since(t0))
+	}
 	kit, err := h.Kit()
 	if err != nil {
 		return err
@@ -214,7 +223,10 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	// Tap.
 	if h.Net != nil && a.vm.Net != nil {
 		name := netdev.TapName(a.id)
+		t0 := time.Now()
 		d, err := a.ask(ctx, KindTap, &acquireRes{plan: state.TapRuntime{Name: name}, create: func(c context.Context) (any, error) {
+			c, cancel := bounded(c)
+			defer cancel()
 			tap, err := h.Net.AcquireTap(c, a.id, h.TapOwner)
 			if err != nil {
 				return nil, err
@@ -224,6 +236,7 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 		if err != nil {
 			return err
 		}
+		step("tap", t0)
 		tr := d.handle.(state.TapRuntime)
 		if err := a.mirror(func(r *state.Runtime) { r.Tap = &tr }); err != nil {
 			return err
@@ -241,6 +254,8 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 			return err
 		}
 		d, err := a.ask(ctx, KindDisk, &acquireRes{plan: existing, create: func(c context.Context) (any, error) {
+			c, cancel := bounded(c)
+			defer cancel()
 			return b.Activate(c, existing)
 		}})
 		if err != nil {
@@ -250,6 +265,8 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	} else {
 		plan := h.Disks.Plan(a.vmDir())
 		d, err := a.ask(ctx, KindDisk, &acquireRes{plan: plan, create: func(c context.Context) (any, error) {
+			c, cancel := bounded(c)
+			defer cancel()
 			return h.Disks.Create(c, a.vmDir(), rootfs, a.vm.Spec.DiskSize)
 		}})
 		if err != nil {
@@ -292,12 +309,16 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	spec.Cmdline = strings.Join(args, " ")
 
 	// VMM.
+	t0 := time.Now()
 	d, err := a.ask(ctx, KindVMM, &acquireRes{plan: state.VMMRuntime{Sockets: []string{spec.ControlSocket}}, create: func(c context.Context) (any, error) {
+		c, cancel := bounded(c)
+		defer cancel()
 		return h.VMM.Start(c, spec)
 	}})
 	if err != nil {
 		return err
 	}
+	step("vmm", t0)
 	rt := d.handle.(*state.VMMRuntime)
 	if err := a.mirror(func(r *state.Runtime) { r.VMM = rt }); err != nil {
 		return err
@@ -305,9 +326,11 @@ func (a *vmActor) bootSteps(ctx actor.Context) error {
 	a.agentc = nil
 	a.adoptWatchOnly(ctx, rt)
 
-	// Agent hello, bounded.
-	actx, cancel := context.WithTimeout(context.Background(), h.StartTimeout)
+	// Agent hello, within what is left of the boot's time.
+	actx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	t0 = time.Now()
+	defer step("agent", t0)
 	type dialed struct {
 		c   *agent.Client
 		err error
