@@ -39,8 +39,6 @@ type StatsDeps struct {
 	Stop func(ctx context.Context, vmID, reason string) error
 	// Classify probes a guest port from outside: https, http or tcp.
 	Classify func(ctx context.Context, addr netip.AddrPort) (scheme, url string)
-	// StateDir and TapStats locate host-side figures.
-	StateDir string
 	Interval func() time.Duration
 	// AutoStopDefault applies to VMs without their own auto_stop.
 	AutoStopDefault func() time.Duration
@@ -53,12 +51,11 @@ type StatsDeps struct {
 
 // Messages to the Stats actor.
 type (
-	// GetStats answers with *StatsResult; Fresh refreshes a stale entry
-	// first. VMID "" means every running VM the caller may see.
+	// GetStats collects fresh figures and answers with *StatsResult.
+	// VMID "" means every running VM the caller may see.
 	GetStats struct {
 		Caller Caller
 		VMID   string
-		Fresh  bool
 	}
 	// Touch records user activity on a VM (exec, console, a user's stats
 	// or ports request): paddock's own polling never sends it.

@@ -252,7 +252,7 @@ func (s *System) GetStats(ctx context.Context, c Caller, vmID string) ([]api.VMS
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
-	res, err := s.sys.Root.RequestFuture(s.Stats, &GetStats{Caller: c, VMID: vmID, Fresh: true}, timeout).Result()
+	res, err := s.sys.Root.RequestFuture(s.Stats, &GetStats{Caller: c, VMID: vmID}, timeout).Result()
 	if err != nil {
 		return nil, err
 	}

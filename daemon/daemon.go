@@ -108,7 +108,6 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		Importer: importer,
 		Host:     host,
 		Stats: actors.StatsDeps{
-			StateDir:        cfg.StateDir,
 			Interval:        func() time.Duration { return d.config().Stats.Interval.Duration },
 			AutoStopDefault: func() time.Duration { return d.config().Stats.AutoStopStaleAfter.Duration },
 			IdleCPU:         cfg.Stats.IdleCPU,
