@@ -71,7 +71,7 @@ bench: deps kernel build
 	@echo "== ports scan: classifying one port (x-connect: / a plain TCP connect)"
 	$(BENCH) 20x -bench Classify ./host/probe
 
-demo: deps build
+demo: deps kernel build
 	.ci/demo.sh
 
 clean:

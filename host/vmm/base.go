@@ -53,6 +53,36 @@ func (b *Base) Launch(p *Process, c Command) error {
 	return nil
 }
 
+// WaitReady calls ready until it succeeds, p's VMM exits, or ctx ends;
+// what names the awaited endpoint in errors. Every wait in it is bounded by
+// ctx (a ctx without a deadline gets readyTimeout): a VMM that neither
+// answers nor exits fails the start instead of holding it.
+func (b *Base) WaitReady(ctx context.Context, p *Process, what string, ready func(context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+	}
+	for {
+		err := ready(ctx)
+		if err == nil {
+			return nil
+		}
+		if s, _ := identify(p); s != StateRunning {
+			ex, _ := waitGone(ctx, p)
+			return fmt.Errorf("the VMM exited at start (%s)", ex)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s did not answer: %w (%v)", what, ctx.Err(), err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// readyTimeout bounds WaitReady when its ctx has no deadline.
+const readyTimeout = 30 * time.Second
+
 // Probe reports whether p's VMM is alive and p's (/proc only).
 func (b *Base) Probe(p *Process) (State, error) { return identify(p) }
 

@@ -116,6 +116,17 @@ func identify(p *Process) (State, error) {
 	if err := checkHandle(p); err != nil {
 		return StateExited, err
 	}
+	// A child this process launched and has not reaped yet is provably
+	// ours (its pid cannot be reused before the reaper's wait), whatever
+	// /proc shows: right after fork its argv is still paddockd's.
+	if c := lookupChild(p); c != nil {
+		select {
+		case <-c.done:
+			return StateExited, nil
+		default:
+			return StateRunning, nil
+		}
+	}
 	st, err := readStat(p.PID)
 	if gone(err) {
 		return StateExited, nil

@@ -284,21 +284,11 @@ func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec) e
 		defer cancel()
 	}
 	c := d.client(p.APISocket)
-	for {
+	if err := d.WaitReady(ctx, p, "API socket "+p.APISocket, func(ctx context.Context) error {
 		var info InstanceInfo
-		err := c.do(ctx, http.MethodGet, "/", nil, &info)
-		if err == nil {
-			break
-		}
-		if s, _ := d.Probe(p); s != vmm.StateRunning {
-			ex, _ := d.Wait(context.Background(), p)
-			return fmt.Errorf("firecracker exited at start (%s)", ex)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("API socket %s: %w (%v)", p.APISocket, ctx.Err(), err)
-		case <-time.After(5 * time.Millisecond):
-		}
+		return c.do(ctx, http.MethodGet, "/", nil, &info)
+	}); err != nil {
+		return err
 	}
 	if err := d.AttachConsole(ctx, p); err != nil {
 		return err

@@ -229,21 +229,12 @@ func (d *Driver) boot(ctx context.Context, p *vmm.Process) error {
 
 // waitQMP dials the QMP socket until it answers, the VMM dies or ctx ends.
 func (d *Driver) waitQMP(ctx context.Context, p *vmm.Process) (*qmpConn, error) {
-	for {
-		q, err := dialQMP(ctx, p.APISocket)
-		if err == nil {
-			return q, nil
-		}
-		if s, _ := d.Probe(p); s != vmm.StateRunning {
-			ex, _ := d.Wait(context.Background(), p)
-			return nil, fmt.Errorf("QEMU exited at start (%s)", ex)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("QMP socket %s: %w (%v)", p.APISocket, ctx.Err(), err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	var q *qmpConn
+	err := d.WaitReady(ctx, p, "QMP socket "+p.APISocket, func(ctx context.Context) (err error) {
+		q, err = dialQMP(ctx, p.APISocket)
+		return err
+	})
+	return q, err
 }
 
 // removeStaleSocket removes a socket file left by a dead VMM (only sockets).
