@@ -21,6 +21,7 @@ import (
 var admin = Caller{UID: 0, Admin: true}
 
 type harness struct {
+	fk    *fakes
 	dir   string
 	store *state.Store
 	sys   *System
@@ -30,7 +31,15 @@ type harness struct {
 
 func start(t *testing.T, dir string) *harness {
 	t.Helper()
-	h := &harness{dir: dir}
+	host, fk := fakeHost(t, dir)
+	return startOn(t, dir, host, fk)
+}
+
+// startOn starts a tree over host; a second tree over the same host and
+// fakes is a daemon restart.
+func startOn(t *testing.T, dir string, host *Host, fk *fakes) *harness {
+	t.Helper()
+	h := &harness{dir: dir, fk: fk}
 	var err error
 	if h.store, err = state.NewStore(dir); err != nil {
 		t.Fatal(err)
@@ -39,7 +48,9 @@ func start(t *testing.T, dir string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.sys, err = Start(context.Background(), Deps{Store: h.store, Images: imgs,
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h.sys, err = Start(ctx, Deps{Store: h.store, Images: imgs, Host: host,
 		Defaults: func() config.Defaults { return config.Default().Defaults },
 		OnCounts: func(c api.Counts) { h.mu.Lock(); h.count = c; h.mu.Unlock() }})
 	if err != nil {

@@ -19,15 +19,27 @@ var failpoints = func() map[string]bool {
 	return m
 }()
 
-// FailpointNames are every crash point, for tests that loop over them.
-var FailpointNames = []string{
-	"start-begin",
-	"acquire-tap-intent", "acquire-tap-live",
-	"acquire-disk-intent", "acquire-disk-live",
-	"acquire-vmm-intent", "acquire-vmm-live",
-	"start-before-running",
-	"stop-begin", "release-vmm", "release-disk", "release-tap", "stop-before-stopped",
-}
+// Crash points, derived from the resource table: every kind a VM acquires
+// gets one after its intent is recorded, one after it is live, and one
+// after its release; the procedures add their own around them.
+var (
+	StartFailpoints = func() []string {
+		out := []string{"start-begin"}
+		for _, k := range resourceKinds {
+			out = append(out, "acquire-"+k+"-intent", "acquire-"+k+"-live")
+		}
+		return append(out, "start-before-running")
+	}()
+	StopFailpoints = func() []string {
+		out := []string{"stop-begin"}
+		for i := len(resourceKinds) - 1; i >= 0; i-- {
+			out = append(out, "release-"+resourceKinds[i])
+		}
+		return append(out, "stop-before-stopped")
+	}()
+	// FailpointNames are every crash point, for tests that loop over them.
+	FailpointNames = append(append([]string(nil), StartFailpoints...), StopFailpoints...)
+)
 
 func failpoint(name string) {
 	if failpoints[name] {

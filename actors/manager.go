@@ -44,7 +44,15 @@ type manager struct {
 	byID   map[string]*entry
 	byName map[string]string
 	counts api.Counts
+
+	pending      map[string]bool // VM actors still reconciling at start-up
+	ready        bool
+	readyWaiters []*actor.PID
 }
+
+// awaitReady is answered (true) once every VM is reconciled and orphans
+// are swept: the daemon reports ready then.
+type awaitReady struct{}
 
 func (m *manager) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
@@ -86,12 +94,24 @@ func (m *manager) Receive(ctx actor.Context) {
 		ctx.Forward(e.pid)
 	case *vmChanged:
 		m.changed(msg.VM)
+	case *vmReconciled:
+		if m.pending[msg.ID] {
+			delete(m.pending, msg.ID)
+			m.maybeReady(ctx)
+		}
+	case *awaitReady:
+		if m.ready {
+			ctx.Respond(true)
+		} else {
+			m.readyWaiters = append(m.readyWaiters, ctx.Sender())
+		}
 	case *vmDeleted:
 		if e, ok := m.byID[msg.ID]; ok {
 			if m.byName[e.vm.Name] == msg.ID {
 				delete(m.byName, e.vm.Name)
 			}
 			delete(m.byID, msg.ID)
+			delete(m.pending, msg.ID)
 			ctx.Stop(e.pid)
 			m.recount()
 		}
@@ -123,16 +143,30 @@ func (m *manager) start(ctx actor.Context) {
 		}
 		m.spawn(ctx, vm)
 	}
-	if m.host != nil {
-		// Ready only once every VM is reconciled and orphans are gone.
-		for id, e := range m.byID {
-			if _, err := ctx.RequestFuture(e.pid, &reconciled{}, 10*time.Minute).Result(); err != nil {
-				m.log.Error("VM did not reconcile", "vm_id", id, "err", err)
-			}
-		}
-		m.sweep()
+	// Ready once every VM actor has reconciled its VM (they do it in their
+	// own mailboxes, and say so with vmReconciled) and orphans are gone.
+	m.pending = map[string]bool{}
+	for id := range m.byID {
+		m.pending[id] = true
 	}
 	m.recount()
+	m.maybeReady(ctx)
+}
+
+// maybeReady sweeps orphans and answers awaitReady once no VM actor is
+// still reconciling.
+func (m *manager) maybeReady(ctx actor.Context) {
+	if m.ready || len(m.pending) > 0 {
+		return
+	}
+	if m.host != nil {
+		m.sweep()
+	}
+	m.ready = true
+	for _, w := range m.readyWaiters {
+		ctx.Send(w, true)
+	}
+	m.readyWaiters = nil
 }
 
 // sweep removes host objects that carry paddock's tags but belong to no VM:
@@ -142,14 +176,16 @@ func (m *manager) sweep() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	h := m.host
-	if procs, err := h.VMM.List(); err != nil {
-		m.log.Warn("listing VMM processes for the orphan sweep", "err", err)
-	} else {
-		for id, rt := range procs {
-			if !known(id) {
-				m.log.Warn("killing an orphan VMM", "vm_id", id, "pid", rt.PID)
-				if err := h.VMM.Kill(ctx, rt); err != nil {
-					m.log.Error("killing an orphan VMM", "vm_id", id, "err", err)
+	if h.FindVMMs != nil {
+		procs, err := h.FindVMMs()
+		if err != nil {
+			m.log.Warn("listing VMM processes for the orphan sweep", "err", err)
+		}
+		for _, p := range procs {
+			if !known(p.VMID) {
+				m.log.Warn("killing an orphan VMM", "vm_id", p.VMID, "pid", p.PID)
+				if err := h.VMM.Kill(ctx, p); err != nil {
+					m.log.Error("killing an orphan VMM", "vm_id", p.VMID, "err", err)
 				}
 			}
 		}

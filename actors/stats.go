@@ -104,6 +104,12 @@ func newStatsActor(d StatsDeps) actor.Actor {
 	if d.Parallel <= 0 {
 		d.Parallel = 4
 	}
+	if d.Interval == nil {
+		d.Interval = func() time.Duration { return 10 * time.Second }
+	}
+	if d.AutoStopDefault == nil {
+		d.AutoStopDefault = func() time.Duration { return 0 }
+	}
 	return &statsActor{d: d, log: d.Log.With("actor", NameStats)}
 }
 

@@ -123,8 +123,15 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
 		return nil, fmt.Errorf("spawn manager: %w", err)
 	}
-	// Started is handled before any queued message, so this round trip
-	// returns once every record is loaded.
+	// Ready once every VM is reconciled and orphans are swept.
+	wait := 10 * time.Minute
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl)
+	}
+	if _, err := root.RequestFuture(s.Manager, &awaitReady{}, wait).Result(); err != nil {
+		sys.Shutdown()
+		return nil, fmt.Errorf("the VMs were not reconciled within %s: %w", wait, err)
+	}
 	if err := s.Ping(ctx); err != nil {
 		sys.Shutdown()
 		return nil, fmt.Errorf("actor system did not come up: %w", err)
@@ -308,8 +315,19 @@ func (s *System) ImportImage(ctx context.Context, c Caller, open func(context.Co
 	}
 }
 
-// Shutdown stops every actor. State is already on disk.
-func (s *System) Shutdown() { s.stopped.Do(s.sys.Shutdown) }
+// Shutdown stops every actor (stopping releases nothing: VMs keep running,
+// their handles stay recorded for the next daemon). State is already on
+// disk.
+func (s *System) Shutdown() {
+	s.stopped.Do(func() {
+		for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Events} {
+			if pid != nil {
+				_ = s.sys.Root.StopFuture(pid).Wait()
+			}
+		}
+		s.sys.Shutdown()
+	})
+}
 
 // demote logs protoactor's own chatter one level lower, so its Info lines
 // (dead letters, supervision) appear only at debug while warnings stay.

@@ -4,68 +4,86 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
-	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
 )
 
 // vmActor owns one VM's record and its state machine. It reloads the record
 // from disk whenever it (re)starts, so a panic costs nothing but the message
-// that caused it.
+// that caused it. Its mailbox never waits: host work runs in the resource
+// children, which answer with messages, and a request that needs a
+// procedure (start, stop, delete) is answered when the procedure ends.
 type vmActor struct {
 	id      string
 	store   *state.Store
 	log     *slog.Logger
 	events  *actor.PID
+	host    *Host
 	vm      state.VM
 	corrupt bool // the record on disk is unreadable: never overwrite it
 	deleted bool
 
-	// Set when VMs really run (nil: records only).
-	host     *Host
 	book     *handleBook
-	children map[string]*actor.PID
-	mach     *machine
+	kids     map[string]*actor.PID
 	agentc   *agent.Client
+	agentGen uint64
+	vmmPID   int          // the live VMM this actor follows, 0 for none
+	proc     *vmm.Process // its handle
+
+	gen uint64     // of the procedure in flight; older answers are dropped
+	op  *procedure // nil when idle
+}
+
+// waiter is a caller to answer when a procedure ends.
+type waiter struct {
+	to   *actor.PID
+	kind string // "start", "stop", "delete", "reconciled"
 }
 
 func (a *vmActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		a.load(ctx)
-		if a.host != nil && !a.corrupt {
-			var err error
-			if a.book, err = openBook(a.store, a.id); err != nil {
-				// Unreadable handles: cleanup falls back to vm.json's Runtime.
-				a.log.Warn("handles.json unreadable; using vm.json's runtime mirror", "vm_name", a.vm.Name, "err", err)
-			}
-			a.spawnChildren(ctx)
-			a.reconcile(ctx)
-			ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
-		}
+		a.started(ctx)
 	case *actor.Restarting:
 		a.log.Warn("VM actor restarting after a failure")
-	case *actor.Stopping:
-		if a.agentc != nil {
-			_ = a.agentc.Close()
-		}
 	case *crashVM:
 		panic(fmt.Sprintf("injected panic in VM actor %s", a.id))
 	case *reconciled:
-		ctx.Respond(true)
-	case *vmmExited:
-		a.vmmGone(ctx, m)
-	case *agentConnected:
-		if a.mach != nil && a.mach.rt.PID == m.pid && a.vm.Status == state.StatusRunning {
-			a.agentc = m.c
-		} else {
-			_ = m.c.Close()
+		if a.op != nil && a.op.kind == opReconcile {
+			a.op.waiters = append(a.op.waiters, waiter{to: ctx.Sender(), kind: "reconciled"})
+			return
 		}
+		ctx.Respond(true)
+	case *acquired:
+		if m.gen == a.gen && a.op != nil {
+			a.acquired(ctx, m)
+		}
+	case *released:
+		if m.gen == a.gen && a.op != nil {
+			a.released(ctx, m)
+		}
+	case *probed:
+		if m.gen == a.gen && a.op != nil {
+			a.probed(ctx, m)
+		}
+	case *agentReady:
+		a.agentReady(ctx, m)
+	case *agentPoweredOff:
+		if m.gen == a.gen && a.op != nil {
+			a.agentPoweredOff(ctx, m)
+		}
+	case *stopTimer:
+		if m.gen == a.gen && a.op != nil {
+			a.graceOver(ctx)
+		}
+	case *vmmExited:
+		a.vmmExited(ctx, m)
 	case *ExecVM:
 		if a.deleted {
 			ctx.Respond(&AgentResult{Err: &Error{Kind: ErrNotFound, VM: m.Ref, Msg: fmt.Sprintf("no VM named %q", m.Ref)}})
@@ -84,120 +102,164 @@ func (a *vmActor) Receive(ctx actor.Context) {
 			ctx.Respond(&Result{Err: &Error{Kind: ErrNotFound, VM: m.ref(), Msg: fmt.Sprintf("no VM named %q", m.ref())}})
 			return
 		}
-		vm, err := a.handle(ctx, m)
-		ctx.Respond(&Result{VM: vm, Err: err})
+		a.request(ctx, m)
 	}
 }
 
-func (a *vmActor) load(ctx actor.Context) {
+// started loads the record, spawns the resource children and reconciles
+// what the record says with what runs.
+func (a *vmActor) started(ctx actor.Context) {
 	a.vm = loadOrError(a.store, a.id, a.log)
 	a.corrupt = a.vm.Name == "" && a.vm.Status == state.StatusError
-	if a.corrupt {
-		ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+	if a.corrupt || a.host == nil {
+		ctx.Send(ctx.Parent(), &vmReconciled{ID: a.id})
 		return
 	}
-	// Transitions cut short by a crash settle to where they were heading
-	// (records only: nothing runs yet to be re-adopted or torn down).
-	switch a.vm.Status {
-	case state.StatusStarting:
-		a.setStatus(ctx, state.StatusStopped, "start interrupted by a daemon restart")
-	case state.StatusStopping:
-		a.setStatus(ctx, state.StatusStopped, "")
+	var err error
+	if a.book, err = openBook(a.store, a.id); err != nil {
+		// Unreadable handles: cleanup falls back to vm.json's Runtime.
+		a.log.Warn("handles.json unreadable; using vm.json's runtime mirror", "vm_name", a.vm.Name, "err", err)
 	}
-	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+	a.spawnChildren(ctx)
+	a.reconcile(ctx)
+}
+
+func (a *vmActor) name() string {
+	if a.corrupt {
+		return a.id
+	}
+	return a.vm.Name
 }
 
 func (a *vmActor) refuse(status state.Status, format string, args ...any) error {
-	return &Error{Kind: ErrInvalidState, VM: a.vm.Name, Status: status, Msg: fmt.Sprintf(format, args...)}
+	return &Error{Kind: ErrInvalidState, VM: a.name(), Status: status, Msg: fmt.Sprintf(format, args...)}
 }
 
-func (a *vmActor) handle(ctx actor.Context, req vmRequest) (*state.VM, error) {
-	name := a.vm.Name
-	if a.corrupt {
-		name = a.id
-	}
+// request handles a VM request: at once (get, set, refusals), or by
+// starting (or joining) a procedure that answers when it ends.
+func (a *vmActor) request(ctx actor.Context, req vmRequest) {
+	name := a.name()
 	if _, del := req.(*DeleteVM); a.corrupt && !del {
-		return nil, a.refuse(a.vm.Status, "VM %s is in error (%s); only delete is possible", name, a.vm.Reason)
+		ctx.Respond(&Result{Err: a.refuse(a.vm.Status, "VM %s is in error (%s); only delete is possible", name, a.vm.Reason)})
+		return
+	}
+	reply := func(err error) {
+		if err == errPending {
+			return // answered when the procedure ends
+		}
+		if err != nil {
+			ctx.Respond(&Result{Err: err})
+			return
+		}
+		vm := a.vm
+		ctx.Respond(&Result{VM: &vm})
 	}
 	switch m := req.(type) {
 	case *GetVM:
+		reply(nil)
 	case *SetVM:
-		if err := a.set(ctx, m); err != nil {
-			return nil, err
-		}
+		reply(a.set(ctx, m))
 	case *StartVM:
-		switch a.vm.Status {
-		case state.StatusCreated, state.StatusStopped:
-		case state.StatusError:
-			// A VM whose VMM crashed or whose start failed has had its
-			// resources released: starting it again is allowed.
-		default:
-			return nil, a.refuse(a.vm.Status, "VM %s is %s: it can only be started when created or stopped", name, a.vm.Status)
-		}
-		if a.host != nil {
-			if err := a.boot(ctx); err != nil {
-				return nil, err
-			}
-			break
-		}
-		if err := a.setStatus(ctx, state.StatusStarting, ""); err != nil {
-			return nil, err
-		}
-		if err := a.setStatus(ctx, state.StatusRunning, ""); err != nil {
-			return nil, err
-		}
+		reply(a.start(ctx, waiter{to: ctx.Sender(), kind: "start"}))
 	case *StopVM:
-		if a.vm.Status != state.StatusRunning && !(m.Force && a.vm.Status == state.StatusStarting) {
-			return nil, a.refuse(a.vm.Status, "VM %s is %s: only a running VM can be stopped", name, a.vm.Status)
-		}
-		if err := a.stop(ctx, m.Force); err != nil {
-			return nil, err
-		}
-		if m.Reason != "" {
-			next := a.vm
-			next.Reason = m.Reason
-			if err := a.save(next); err == nil {
-				ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
-				ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "auto-stopped", VMID: a.id, VMName: a.vm.Name, Status: string(a.vm.Status), Reason: m.Reason}})
-			}
-		}
+		reply(a.stop(ctx, m, waiter{to: ctx.Sender(), kind: "stop"}))
 	case *DeleteVM:
-		switch a.vm.Status {
-		case state.StatusRunning, state.StatusStarting, state.StatusStopping:
-			if !m.Force {
-				return nil, a.refuse(a.vm.Status, "VM %s is %s: stop it first or delete with force", name, a.vm.Status)
-			}
-			if err := a.stop(ctx, true); err != nil {
-				return nil, err
-			}
-		}
-		if a.host != nil && a.book != nil {
-			a.teardownDisk(ctx, true)
-		}
-		if err := a.store.Remove(a.id); err != nil {
-			return nil, fmt.Errorf("delete VM %s: %w", name, err)
-		}
-		a.deleted = true
-		ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "deleted", VMID: a.id, VMName: a.vm.Name, Status: "deleted", PreviousStatus: string(a.vm.Status)}})
-		ctx.Send(ctx.Parent(), &vmDeleted{ID: a.id})
-		return nil, nil
+		reply(a.delete(ctx, m, waiter{to: ctx.Sender(), kind: "delete"}))
 	}
-	vm := a.vm
-	return &vm, nil
 }
 
-func (a *vmActor) stop(ctx actor.Context, force bool) error {
-	if a.host != nil {
-		return a.shutdown(ctx, force)
+// errPending means "answered when the procedure ends": request does not
+// reply to it.
+var errPending = &Error{Kind: ErrInvalidState, Msg: "pending"}
+
+func (a *vmActor) start(ctx actor.Context, w waiter) error {
+	if a.op != nil {
+		if a.op.kind == opStart {
+			a.op.waiters = append(a.op.waiters, w) // one boot answers both
+			return errPending
+		}
+		return a.refuse(a.vm.Status, "VM %s is %s: it can only be started when created or stopped", a.name(), a.vm.Status)
 	}
-	if err := a.setStatus(ctx, state.StatusStopping, ""); err != nil {
-		return err
+	if a.host == nil {
+		return &Error{Kind: ErrInvalidState, VM: a.name(), Status: a.vm.Status, Msg: fmt.Sprintf("VM %s cannot start: this daemon runs no VMs (vm.run = \"off\" in its configuration)", a.name())}
 	}
-	return a.setStatus(ctx, state.StatusStopped, "")
+	switch a.vm.Status {
+	case state.StatusCreated, state.StatusStopped, state.StatusError:
+		// error: a VM whose VMM crashed or whose start failed has had its
+		// resources released; starting it again is allowed.
+	default:
+		return a.refuse(a.vm.Status, "VM %s is %s: it can only be started when created or stopped", a.name(), a.vm.Status)
+	}
+	return a.boot(ctx, w)
+}
+
+func (a *vmActor) stop(ctx actor.Context, m *StopVM, w waiter) error {
+	if a.op != nil {
+		switch {
+		case a.op.kind == opStop:
+			a.op.waiters = append(a.op.waiters, w)
+			if m.Force {
+				a.hurry(ctx)
+			}
+			return errPending
+		case a.op.kind == opStart && m.Force:
+			a.abortStart(ctx, opStop, w)
+			return errPending
+		case a.op.kind == opStart:
+			return a.refuse(a.vm.Status, "VM %s is starting: wait for it, or stop it with force to cut the start short", a.name())
+		}
+		return a.refuse(a.vm.Status, "VM %s is %s", a.name(), a.vm.Status)
+	}
+	if a.vm.Status != state.StatusRunning {
+		return a.refuse(a.vm.Status, "VM %s is %s: only a running VM can be stopped", a.name(), a.vm.Status)
+	}
+	a.shutdown(ctx, m.Force, m.Reason, w)
+	return errPending
+}
+
+func (a *vmActor) delete(ctx actor.Context, m *DeleteVM, w waiter) error {
+	busy := a.op != nil || a.vm.Status == state.StatusRunning || a.vm.Status == state.StatusStarting || a.vm.Status == state.StatusStopping
+	if busy && !m.Force {
+		return a.refuse(a.vm.Status, "VM %s is %s: stop it first or delete with force", a.name(), a.vm.Status)
+	}
+	if a.op != nil {
+		switch a.op.kind {
+		case opStart:
+			a.abortStart(ctx, opDelete, w)
+		case opDelete:
+			a.op.waiters = append(a.op.waiters, w)
+		default:
+			a.op.kind = opDelete // the teardown in flight ends in the delete
+			a.op.discard = true
+			a.op.waiters = append(a.op.waiters, w)
+			a.hurry(ctx)
+		}
+		return errPending
+	}
+	if a.corrupt || a.host == nil {
+		return a.remove(ctx, a.vm.Status)
+	}
+	a.newOp(opDelete, w)
+	a.op.discard = true
+	a.op.prev = a.vm.Status
+	a.teardown(ctx, 0)
+	return errPending
+}
+
+// remove deletes the record, after every resource is released.
+func (a *vmActor) remove(ctx actor.Context, prev state.Status) error {
+	if err := a.store.Remove(a.id); err != nil {
+		return fmt.Errorf("delete VM %s: %w", a.name(), err)
+	}
+	a.deleted = true
+	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "deleted", VMID: a.id, VMName: a.vm.Name, Status: "deleted", PreviousStatus: string(prev)}})
+	ctx.Send(ctx.Parent(), &vmDeleted{ID: a.id})
+	return nil
 }
 
 func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
-	running := a.vm.Status == state.StatusRunning || a.vm.Status == state.StatusStarting || a.vm.Status == state.StatusStopping
+	running := a.op != nil || a.vm.Status == state.StatusRunning || a.vm.Status == state.StatusStarting || a.vm.Status == state.StatusStopping
 	if running {
 		for _, f := range []struct {
 			name    string
@@ -253,25 +315,16 @@ func (a *vmActor) save(next state.VM) error {
 	return nil
 }
 
-// reconciled is answered once the actor has loaded and reconciled its VM;
-// the Manager waits for every VM before the daemon reports ready.
+// mirror applies f to the Runtime in vm.json, so cleanup works even when
+// handles.json is lost.
+func (a *vmActor) mirror(f func(*state.Runtime)) error {
+	next := a.vm
+	f(&next.Runtime)
+	return a.save(next)
+}
+
+// reconciled is answered once the actor has loaded and reconciled its VM.
 type reconciled struct{}
 
-// vmmGone handles a VMM that ended without being stopped through paddock
-// (guest poweroff, crash, kill from outside): release everything, and say why.
-func (a *vmActor) vmmGone(ctx actor.Context, m *vmmExited) {
-	if a.mach == nil || a.mach.rt.PID != m.pid || a.vm.Status != state.StatusRunning {
-		return // expected: stop or rollback already handled it
-	}
-	a.log.Warn("VMM exited", "vm_name", a.vm.Name, "pid", m.pid, "reason", m.reason)
-	a.teardown(ctx)
-	status, reason := state.StatusStopped, "the guest powered off"
-	switch {
-	case strings.Contains(m.reason, "status unknown"):
-		// A re-adopted VMM is not our child: how it ended cannot be known.
-		reason = "the VMM exited (" + m.reason + ")"
-	case m.reason != "exit status 0" && m.reason != "":
-		status, reason = state.StatusError, "the VMM ended: "+m.reason
-	}
-	_ = a.setStatus(ctx, status, reason)
-}
+// vmReconciled tells the Manager a VM actor has reconciled its VM.
+type vmReconciled struct{ ID string }

@@ -174,7 +174,11 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 	if host == nil || r.VM.Status != "running" {
 		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: r.VM.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, r.VM.Status)}
 	}
-	out, input, detach, err := host.VMM.Console(r.VM.ID)
+	con, ok := host.VMM.(consoler)
+	if !ok {
+		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Msg: fmt.Sprintf("the %s driver offers no console", host.VMM.Name())}
+	}
+	out, input, detach, err := con.Console(r.VM.ID)
 	if err != nil {
 		return err
 	}
@@ -265,4 +269,9 @@ func (d *Daemon) stats(ctx context.Context, c *varlink.Call) error {
 		case <-time.After(d.config().Stats.Interval.Duration):
 		}
 	}
+}
+
+// consoler is what a driver offers when it follows consoles (vmm.Base).
+type consoler interface {
+	Console(vmID string) (<-chan []byte, io.Writer, func(), error)
 }

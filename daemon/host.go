@@ -2,11 +2,8 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -25,7 +22,6 @@ import (
 	"github.com/paddock-vm/paddock/host/netdev"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging"
-	"github.com/paddock-vm/paddock/state"
 )
 
 // newHost wires the host facilities VMs run on. What is unavailable here is
@@ -61,7 +57,11 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	}
 	log.Info("disk backend chosen", "backend", b.Name(), "configured", cfg.VM.DiskBackend)
 	h.Disks = b
-	h.VMM = &machines{drv: driver, accel: cfg.VM.Accel, consoleMax: int64(cfg.VM.ConsoleLogMax), runDir: h.RunDir}
+	h.VMM, h.Accel, h.ConsoleLogMax = driver, cfg.VM.Accel, int64(cfg.VM.ConsoleLogMax)
+	// A VMM is this daemon's only when its sockets live under this
+	// daemon's runtime directory: another paddockd (a per-user one, a
+	// test suite) may run VMMs of its own on the same host.
+	h.FindVMMs = func() ([]*vmm.Process, error) { return vmm.FindUnder(h.RunDir) }
 	h.Kit = func() (*actors.Kit, error) {
 		name := d.config().VM.Kernel
 		kit, err := bootkit.Get(cfg.StateDir, name)
@@ -88,18 +88,17 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	return h, nil
 }
 
-// dialAgent connects to a VM's control socket (it appears when the VMM
-// starts) and completes the hello, which the guest answers once booted.
-func dialAgent(ctx context.Context, socket string) (*agent.Client, error) {
-	var d net.Dialer
+// dialAgent connects to a VM's agent (its control socket appears when the
+// VMM starts) and completes the hello, which the guest answers once booted.
+func dialAgent(ctx context.Context, p *vmm.Process) (*agent.Client, error) {
 	for {
-		conn, err := d.DialContext(ctx, "unix", socket)
+		conn, err := vmm.DialAgent(ctx, p)
 		if err == nil {
 			return agent.NewClient(ctx, conn, &agent.ClientOptions{ClientName: "paddockd"})
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("control socket %s: %w", socket, err)
+			return nil, fmt.Errorf("control socket %s: %w", p.ControlSocket, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -144,123 +143,4 @@ func sweepDisks(ctx context.Context, vmsDir string, known func(string) bool) err
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// machines adapts a vmm.Driver to what VM actors consume; the driver's own
-// handle travels inside state.VMMRuntime.Handle.
-type machines struct {
-	drv        vmm.Driver
-	accel      string
-	consoleMax int64
-	// runDir scopes the orphan sweep: a VMM is this daemon's only when its
-	// sockets live under this daemon's runtime directory (another paddockd,
-	// a per-user one, may run VMMs of its own on the same host).
-	runDir string
-}
-
-func toRuntime(p *vmm.Process) (*state.VMMRuntime, error) {
-	raw, err := json.Marshal(p)
-	if err != nil {
-		return nil, err
-	}
-	return &state.VMMRuntime{PID: p.PID, StartTime: p.StartTime, Sockets: p.Sockets, Handle: raw}, nil
-}
-
-func fromRuntime(rt *state.VMMRuntime) *vmm.Process {
-	var p vmm.Process
-	if len(rt.Handle) > 0 && json.Unmarshal(rt.Handle, &p) == nil && p.PID > 0 {
-		return &p
-	}
-	// Without the driver's handle identity cannot be proven: Probe reports
-	// not-ours and nothing is signalled; the tag sweep finds the VMM.
-	return &vmm.Process{PID: rt.PID, StartTime: rt.StartTime}
-}
-
-func (m *machines) Start(ctx context.Context, s actors.MachineSpec) (*state.VMMRuntime, error) {
-	spec := vmm.Spec{VMID: s.VMID, Kernel: s.Kernel, Initrd: s.Initrd, Cmdline: s.Cmdline, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB,
-		ControlSocket: s.ControlSocket, ControlPort: "paddock.agent", ConsoleLog: s.ConsoleLog, ConsoleLogMax: m.consoleMax,
-		RunDir: s.RunDir, Cgroup: s.Cgroup, Accel: m.accel}
-	for _, dk := range s.Disks {
-		spec.Disks = append(spec.Disks, vmm.Disk{Path: dk.Path, Format: dk.Format, ReadOnly: dk.ReadOnly})
-	}
-	if s.Tap != "" {
-		spec.Tap = &vmm.Tap{Name: s.Tap, MAC: s.MAC}
-	}
-	p, err := m.drv.Start(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	return toRuntime(p)
-}
-
-func (m *machines) Stop(ctx context.Context, rt *state.VMMRuntime, timeout time.Duration) error {
-	return m.drv.Stop(ctx, fromRuntime(rt), timeout)
-}
-
-func (m *machines) Kill(ctx context.Context, rt *state.VMMRuntime) error {
-	return m.drv.Kill(ctx, fromRuntime(rt))
-}
-
-func (m *machines) Alive(rt *state.VMMRuntime) bool {
-	st, err := m.drv.Probe(fromRuntime(rt))
-	return err == nil && st == vmm.StateRunning
-}
-
-func (m *machines) Adopt(ctx context.Context, rt *state.VMMRuntime) error {
-	return m.drv.Adopt(ctx, fromRuntime(rt))
-}
-
-func (m *machines) Watch(rt *state.VMMRuntime) <-chan string {
-	ch := make(chan string, 1)
-	p := fromRuntime(rt)
-	go func() {
-		e, err := m.drv.Wait(context.Background(), p)
-		if err != nil {
-			ch <- "wait: " + err.Error()
-			return
-		}
-		ch <- e.String()
-	}()
-	return ch
-}
-
-func (m *machines) List() (map[string]*state.VMMRuntime, error) {
-	procs, err := vmm.FindUnder(m.runDir)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]*state.VMMRuntime{}
-	for _, p := range procs {
-		if rt, err := toRuntime(p); err == nil {
-			out[p.VMID] = rt
-		}
-	}
-	return out, nil
-}
-
-func (m *machines) KillTagged(ctx context.Context, vmID string) error {
-	procs, err := vmm.FindUnder(m.runDir)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, p := range procs {
-		if p.VMID == vmID {
-			errs = append(errs, m.drv.Kill(ctx, p))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// consoler is what a driver offers when it follows consoles (vmm.Base).
-type consoler interface {
-	Console(vmID string) (<-chan []byte, io.Writer, func(), error)
-}
-
-func (m *machines) Console(vmID string) (<-chan []byte, io.Writer, func(), error) {
-	c, ok := m.drv.(consoler)
-	if !ok {
-		return nil, nil, nil, fmt.Errorf("the %s driver offers no console", m.drv.Name())
-	}
-	return c.Console(vmID)
 }

@@ -140,8 +140,8 @@ func TestUnprivilegedDaemonAndOwnership(t *testing.T) {
 		}
 	}
 	// The owner and the admins may act.
-	e.cli(t, bob, "start", "bob-vm").ok(t, "bob start")
-	e.cli(t, carol, "stop", "bob-vm").ok(t, "carol stop")
+	e.cli(t, bob, "set", "bob-vm", "--cpus", "2").ok(t, "bob set")
+	e.cli(t, carol, "set", "bob-vm", "--cpus", "3").ok(t, "carol set")
 	var vm api.VM
 	if err := json.Unmarshal([]byte(e.cli(t, nil, "inspect", "alice-vm", "--json").ok(t, "root inspect")), &vm); err != nil || vm.OwnerUID != aliceUID {
 		t.Fatalf("owner of alice-vm: %+v %v", vm, err)

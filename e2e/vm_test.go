@@ -354,8 +354,9 @@ func TestCrashPoints(t *testing.T) {
 			t.Fatalf("%s: leaked %+v %v", fp, l, l.detail)
 		}
 	}
-	startPoints := []string{"start-begin", "acquire-tap-intent", "acquire-tap-live", "acquire-disk-intent", "acquire-disk-live", "acquire-vmm-intent", "acquire-vmm-live", "start-before-running"}
-	stopPoints := []string{"stop-begin", "release-vmm", "release-disk", "release-tap", "stop-before-stopped"}
+	// The crash points come from the resource table (actors.resourceKinds):
+	// a new kind of resource is covered here without a change.
+	startPoints, stopPoints := actors.StartFailpoints, actors.StopFailpoints
 	for _, fp := range startPoints {
 		stopDaemon()
 		p = e.daemon(t, withFailpoint(fp))
@@ -373,7 +374,7 @@ func TestCrashPoints(t *testing.T) {
 		}
 		settle(fp)
 	}
-	if got := len(startPoints) + len(stopPoints); got != len(actors.FailpointNames) {
+	if got := len(startPoints) + len(stopPoints); got != len(actors.FailpointNames) || got < 13 {
 		t.Fatalf("the test covers %d crash points, the daemon has %d", got, len(actors.FailpointNames))
 	}
 }

@@ -38,6 +38,7 @@ type child struct {
 	pid    int
 	start  uint64
 	args   []string
+	boot   string // boot id at launch
 	done   chan struct{}
 	exit   Exit
 	exited time.Time
@@ -57,7 +58,7 @@ func lookupChild(p *Process) *child {
 		return nil
 	}
 	c := v.(*child)
-	if c.start != p.StartTime || !slices.Equal(c.args, p.Cmdline) {
+	if c.start != p.StartTime || !slices.Equal(c.args, p.Cmdline) || p.BootID != "" && c.boot != "" && p.BootID != c.boot {
 		return nil
 	}
 	return c
@@ -149,7 +150,7 @@ func launch(c Command) (pid int, start uint64, err error) {
 		return 0, 0, fmt.Errorf("vmm: reading start time of pid %d: %w", pid, err)
 	}
 	pruneChildren()
-	ch := &child{pid: pid, start: start, args: append([]string(nil), c.Args...), done: make(chan struct{})}
+	ch := &child{pid: pid, start: start, args: append([]string(nil), c.Args...), boot: BootID(), done: make(chan struct{})}
 	children.Store(pid, ch)
 	go func() {
 		_ = cmd.Wait()

@@ -36,6 +36,9 @@ type Fake struct {
 	Err map[string]error
 	// StopExit is the exit Stop produces (a clean exit by default).
 	StopExit vmm.Exit
+	// StartHook, when set, runs at the start of Start (a VMM that hangs
+	// until ctx ends, or fails).
+	StartHook func(ctx context.Context, spec vmm.Spec) error
 }
 
 var _ vmm.Driver = (*Fake)(nil)
@@ -77,10 +80,25 @@ func (f *Fake) Running() []string {
 	return out
 }
 
+// SetStartHook sets StartHook safely while the fake is in use.
+func (f *Fake) SetStartHook(h func(ctx context.Context, spec vmm.Spec) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.StartHook = h
+}
+
 // Start records the call and creates a running fake VMM.
 func (f *Fake) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
 	if err := f.record(Call{Op: "Start", VMID: spec.VMID}); err != nil {
 		return nil, err
+	}
+	f.mu.Lock()
+	hook := f.StartHook
+	f.mu.Unlock()
+	if hook != nil {
+		if err := hook(ctx, spec); err != nil {
+			return nil, err
+		}
 	}
 	spec, err := spec.Normalize()
 	if err != nil {
@@ -201,7 +219,9 @@ func (f *Fake) Kill(ctx context.Context, p *vmm.Process) error {
 	if err := f.record(Call{Op: "Kill", VMID: p.VMID}); err != nil {
 		return err
 	}
-	if f.lookup(p) != nil {
+	// An intent-only handle (PID 0) kills whatever carries the VM's tag,
+	// as the real drivers do.
+	if p.PID == 0 || f.lookup(p) != nil {
 		f.Exit(p.VMID, vmm.Exit{Known: true, Signal: 9})
 	}
 	return nil

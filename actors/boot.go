@@ -1,0 +1,234 @@
+package actors
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/disk"
+	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// bootPlan is what a boot's steps work from. The VM actor fills it before
+// it sends a step; a child reads it only while its step runs.
+type bootPlan struct {
+	vmID, vmDir, runDir string
+	deadline            time.Time // of the whole boot: every step fits in it
+	rootfs              string    // the image's base (first start only)
+	disk                *disk.Disk
+	diskSize            int64
+	args                []string // paddock.* kernel arguments
+	vmm                 vmm.Spec
+}
+
+// bootStep is one step of a boot: a resource child acquires, or the agent
+// child connects; up records the result.
+type bootStep struct {
+	kind string
+	skip func(a *vmActor) bool
+	up   func(a *vmActor, ctx actor.Context, handle any) error
+}
+
+// bootSteps is the boot, in order; a failure at any step releases every
+// resource in reverse (rollback) and leaves the VM in error with the reason.
+var bootSteps = []bootStep{
+	{kind: KindTap, skip: (*vmActor).noNetwork, up: (*vmActor).tapUp},
+	{kind: KindDisk, up: (*vmActor).diskUp},
+	{kind: KindVMM, up: (*vmActor).vmmUp},
+	{kind: KindAgent, up: (*vmActor).agentUp},
+}
+
+// boot starts the VM: tap, disk, VMM, agent hello, each step a message to
+// a child. The start is answered when the last step is done, or has failed
+// and been rolled back.
+func (a *vmActor) boot(ctx actor.Context, w waiter) error {
+	failpoint("start-begin")
+	a.newOp(opStart, w)
+	if err := a.setStatus(ctx, state.StatusStarting, ""); err != nil {
+		a.op = nil
+		return err
+	}
+	plan, err := a.prepare()
+	if err != nil {
+		a.rollback(ctx, err)
+		return errPending
+	}
+	a.op.plan = plan
+	a.nextBootStep(ctx)
+	return errPending
+}
+
+// prepare gathers what the steps need: the kit, the image (at the first
+// start), the guest config on its seed disk, the VMM spec.
+func (a *vmActor) prepare() (*bootPlan, error) {
+	h := a.host
+	kit, err := h.Kit()
+	if err != nil {
+		return nil, err
+	}
+	b := &bootPlan{vmID: a.id, vmDir: a.vmDir(), runDir: a.runDir(), deadline: time.Now().Add(h.StartTimeout),
+		disk: decodeDisk(a.vm.Disk), diskSize: a.vm.Spec.DiskSize}
+	// The image is needed to make the VM's disk at its first start; after
+	// that the VM carries its disk and a copy of the image config.
+	cfgPath := filepath.Join(b.vmDir, "config.json")
+	imgConfig, cerr := os.ReadFile(cfgPath)
+	if b.disk == nil || cerr != nil {
+		b.rootfs, imgConfig, err = h.Image(a.vm.Spec.ImageDigest)
+		if err != nil {
+			return nil, fmt.Errorf("image %s (%s): %w", a.vm.Spec.Image, a.vm.Spec.ImageDigest, err)
+		}
+		if err := state.WriteFileAtomic(cfgPath, imgConfig, 0o640); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(b.runDir, 0o750); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	seed := filepath.Join(b.vmDir, "seed.img")
+	cfgJSON, err := withEnv(imgConfig, a.vm.Spec.Env)
+	if err != nil {
+		return nil, fmt.Errorf("image config: %w", err)
+	}
+	if err := writeSeed(seed, cfgJSON); err != nil {
+		return nil, err
+	}
+	b.args = []string{"paddock.root=/dev/vda", "paddock.hostname=" + a.vm.Name,
+		"paddock.config=/dev/vdb", "paddock.ctl=paddock.agent"}
+	b.vmm = vmm.Spec{VMID: a.id, Kernel: kit.Kernel, Initrd: kit.Initrd,
+		CPUs: a.vm.Spec.CPUs, MemoryMiB: int(a.vm.Spec.Memory >> 20),
+		ControlSocket: filepath.Join(b.runDir, "agent.sock"), ControlPort: "paddock.agent",
+		ConsoleLog: filepath.Join(b.vmDir, "console.log"), ConsoleLogMax: h.ConsoleLogMax,
+		RunDir: b.runDir, Cgroup: h.Cgroup, Accel: h.Accel,
+		Disks: []vmm.Disk{{}, {Path: seed, Format: vmm.FormatRaw, ReadOnly: true}}}
+	return b, nil
+}
+
+func (a *vmActor) noNetwork() bool { return a.host.Net == nil || a.vm.Net == nil }
+
+func (a *vmActor) nextBootStep(ctx actor.Context) {
+	op := a.op
+	for op.step < len(bootSteps) && bootSteps[op.step].skip != nil && bootSteps[op.step].skip(a) {
+		op.step++
+	}
+	if op.step == len(bootSteps) {
+		failpoint("start-before-running")
+		a.finish(ctx, a.setStatus(ctx, state.StatusRunning, ""))
+		return
+	}
+	s := bootSteps[op.step]
+	if s.kind == KindAgent {
+		a.connectAgent(ctx, a.proc, op.plan.deadline)
+		return
+	}
+	ctx.Send(a.kids[s.kind], &acquireRes{gen: a.gen, plan: op.plan})
+}
+
+func (a *vmActor) acquired(ctx actor.Context, m *acquired) {
+	if a.op.kind == opStart {
+		a.bootStepDone(ctx, m.kind, m.handle, m.err)
+	}
+}
+
+// bootStepDone records a step's result and goes on, or rolls back.
+func (a *vmActor) bootStepDone(ctx actor.Context, kind string, handle any, err error) {
+	op := a.op
+	if op.step >= len(bootSteps) || bootSteps[op.step].kind != kind {
+		return
+	}
+	if err == nil {
+		err = bootSteps[op.step].up(a, ctx, handle)
+	}
+	if err != nil {
+		if kind == KindAgent && a.vmmPID == 0 {
+			return // the VMM's exit is the cause, and is handled already
+		}
+		a.rollback(ctx, a.stepError(kind, err))
+		return
+	}
+	a.log.Debug("boot step done", "vm_name", a.vm.Name, "step", kind, "after", time.Since(op.started))
+	op.step++
+	a.nextBootStep(ctx)
+}
+
+// stepError says which step failed, in words for users.
+func (a *vmActor) stepError(kind string, err error) error {
+	if kind == KindAgent {
+		return fmt.Errorf("the guest agent did not answer within %s: %w (see %s)", a.host.StartTimeout, err, filepath.Join(a.vmDir(), "console.log"))
+	}
+	return fmt.Errorf("%s: %w", kind, err)
+}
+
+// rollback releases what a failed boot acquired; the VM ends in error.
+func (a *vmActor) rollback(ctx actor.Context, cause error) {
+	a.log.Warn("start failed; rolling back", "vm_name", a.vm.Name, "err", cause)
+	a.op.kind = opRollback
+	a.op.cause = cause
+	a.op.force = true
+	a.teardown(ctx, 0)
+}
+
+func (a *vmActor) tapUp(ctx actor.Context, handle any) error {
+	t := handle.(*state.TapRuntime)
+	if err := a.mirror(func(r *state.Runtime) { tc := *t; r.Tap = &tc }); err != nil {
+		return err
+	}
+	b := a.op.plan
+	b.vmm.Tap = &vmm.Tap{Name: t.Name, MAC: a.vm.Net.MAC}
+	b.args = append(b.args, "paddock.ip="+a.vm.Net.IP, "paddock.gw="+a.vm.Net.Gateway)
+	return nil
+}
+
+func (a *vmActor) diskUp(ctx actor.Context, handle any) error {
+	dk := handle.(*disk.Disk)
+	raw, err := jsonRaw(dk)
+	if err != nil {
+		return err
+	}
+	next := a.vm
+	next.Disk = raw
+	next.Runtime.DiskFiles, next.Runtime.DiskBackend, next.Runtime.Loops, next.Runtime.DM = dk.Files, dk.Backend, nil, nil
+	for _, l := range dk.Loops {
+		next.Runtime.Loops = append(next.Runtime.Loops, state.LoopRuntime{Device: l})
+	}
+	if len(dk.DM) > 0 {
+		next.Runtime.DM = &state.DMRuntime{Name: dk.DM[0], UUID: dk.DM[0]}
+	}
+	if err := a.save(next); err != nil {
+		return err
+	}
+	b := a.op.plan
+	b.disk = dk
+	if dk.GuestResize {
+		b.args = append(b.args, "paddock.growfs")
+	}
+	b.vmm.Disks[0] = vmm.Disk{Path: dk.Path, Format: dk.Format}
+	b.vmm.Cmdline = strings.Join(b.args, " ")
+	return nil
+}
+
+func (a *vmActor) vmmUp(ctx actor.Context, handle any) error {
+	p := handle.(*vmm.Process)
+	a.vmmPID = p.PID
+	a.proc = p
+	return a.mirror(func(r *state.Runtime) { r.VMM = vmmMirror(p) })
+}
+
+func (a *vmActor) agentUp(ctx actor.Context, handle any) error {
+	a.agentc = handle.(*agent.Client)
+	return nil
+}
+
+func jsonRaw(v any) (json.RawMessage, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	return b, nil
+}
