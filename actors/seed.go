@@ -67,4 +67,3 @@ func writeSeed(path string, config []byte) error {
 	copy(buf, config)
 	return state.WriteFileAtomic(path, buf, 0o640)
 }
-
