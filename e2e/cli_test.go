@@ -112,7 +112,7 @@ func TestSocketActivatedCLI(t *testing.T) {
 			if !ok {
 				t.Fatalf("events ended early at %d", i)
 			}
-			if g := got.Kind + "/" + got.Status; g != w || got.VMName != "web1" {
+			if g := string(got.Kind) + "/" + got.Status; g != w || got.VMName != "web1" {
 				t.Fatalf("event %d = %+v, want %s", i, got, w)
 			}
 		case <-time.After(5 * time.Second):
