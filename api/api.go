@@ -158,7 +158,20 @@ type InfoOut struct {
 	StateDir   string  `json:"state_dir"`
 	RuntimeDir string  `json:"runtime_dir"`
 	Socket     string  `json:"socket"`
+	Health     Health  `json:"health"`
+	// Problems name what keeps the daemon from being healthy, each with
+	// its config key and the fix.
+	Problems []string `json:"problems"`
 }
+
+// Health is the daemon's own health, as Info reports it.
+type Health string
+
+// Daemon health values.
+const (
+	HealthOK       Health = "ok"
+	HealthDegraded Health = "degraded" // VMs cannot run as configured: see Problems
+)
 
 // Image is an image in the store.
 type Image struct {

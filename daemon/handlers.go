@@ -145,6 +145,9 @@ func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
+	if err := d.canStart(in.VM); err != nil {
+		return err
+	}
 	return d.ask(ctx, c, &actors.StartVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
 }
 
@@ -232,8 +235,9 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 		counts = actors.Tally(r.VMs)
 	}
 	cfg := d.config()
+	problems := d.problems()
 	return c.Reply(api.InfoOut{Version: version.Version, Uptime: time.Since(d.started).Seconds(), VMs: counts,
-		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath})
+		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Health: health(problems), Problems: problems})
 }
 
 // Imports are bounded by their client (which may cancel) rather than by the

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/host/vmm"
 )
 
@@ -321,5 +322,52 @@ func TestAdoptResumesPrelaunch(t *testing.T) {
 	}
 	if ex, err := d2.Wait(ctx, p); err != nil || !ex.Known || ex.Code != 0 || ex.Signal != 0 {
 		t.Fatalf("exit %v %v", ex, err)
+	}
+}
+
+// A missing QEMU binary is reported by Check and by Start, before anything
+// is made, as Unavailable naming the binary.
+func TestCheckMissingBinary(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "qemu-ok")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	notExec := filepath.Join(dir, "qemu-noexec")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, binary string
+		wantErr      bool
+	}{
+		{"absolute path that exists", script, false},
+		{"absolute path missing", filepath.Join(dir, "no-such-qemu"), true},
+		{"not executable", notExec, true},
+		{"name not in PATH", "paddock-no-such-qemu", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Driver{Binary: tc.binary}
+			err := d.Check()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Check() = %v, want error %v", err, tc.wantErr)
+			}
+			if !tc.wantErr {
+				return
+			}
+			if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), tc.binary) {
+				t.Fatalf("Check() = %v: want Unavailable naming %s", err, tc.binary)
+			}
+			spec := testSpec(t)
+			spec.RunDir = filepath.Join(dir, "run-"+strings.ReplaceAll(tc.name, " ", "-"))
+			spec.VMID = "check-" + strings.ReplaceAll(tc.name, " ", "-")
+			p, err := d.Start(context.Background(), spec)
+			if p != nil || !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), tc.binary) {
+				t.Fatalf("Start = %v, %v: want Unavailable naming %s", p, err, tc.binary)
+			}
+			if _, err := os.Stat(spec.RunDir); !os.IsNotExist(err) {
+				t.Errorf("Start made %s before failing (%v)", spec.RunDir, err)
+			}
+		})
 	}
 }
