@@ -14,7 +14,7 @@ func (d *Daemon) vmmProblem() string {
 		return ""
 	}
 	if err := d.vmmCheck(); err != nil {
-		return fmt.Sprintf("%v (config key vm.vmm_binary): install QEMU (Debian: apt-get install qemu-system-x86) or set vm.vmm_binary to its path", err)
+		return fmt.Sprintf("%v (config key vm.vmm_binary); install QEMU (Debian: apt-get install qemu-system-x86) or set vm.vmm_binary to its path", err)
 	}
 	return ""
 }

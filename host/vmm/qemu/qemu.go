@@ -36,6 +36,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,8 +106,12 @@ func (d *Driver) binary() string {
 func (d *Driver) Check() error {
 	bin := d.binary()
 	if _, err := exec.LookPath(bin); err != nil {
+		// The lookup's own text repeats the path; keep only why.
 		var ee *exec.Error
-		if errors.As(err, &ee) {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		} else if errors.As(err, &ee) {
 			err = ee.Err
 		}
 		return errdefs.Newf(errdefs.ErrUnavailable, "QEMU binary %q: %v", bin, err)
