@@ -142,7 +142,9 @@ func IsDeadlineExceeded(err error) bool {
 
 // IsCanceled reports whether err is in ErrCanceled or is a context
 // cancellation.
-func IsCanceled(err error) bool { return errors.Is(err, ErrCanceled) || errors.Is(err, context.Canceled) }
+func IsCanceled(err error) bool {
+	return errors.Is(err, ErrCanceled) || errors.Is(err, context.Canceled)
+}
 
 // IsNotImplemented reports whether err is in ErrNotImplemented.
 func IsNotImplemented(err error) bool { return errors.Is(err, ErrNotImplemented) }

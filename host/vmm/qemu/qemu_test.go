@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 func testSpec(t *testing.T) vmm.Spec {
@@ -278,8 +278,7 @@ func TestKVMProbeDecision(t *testing.T) {
 // TestAdoptResumesPrelaunch: a QEMU left paused by -S (its daemon died
 // before "cont") is resumed by Adopt. Needs QEMU only (TCG, no kernel).
 func TestAdoptResumesPrelaunch(t *testing.T) {
-	bin, err := exec.LookPath(DefaultBinary)
-	requireEnv(t, err == nil, DefaultBinary+" not installed")
+	bin := testenv.RequireTool(t, DefaultBinary, "qemu-system-x86")
 	dir, err := os.MkdirTemp("", "pq")
 	if err != nil {
 		t.Fatal(err)
