@@ -32,6 +32,8 @@ build:
 test: deps kernel build
 	$(GO) test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 
+# Unit tests only: -short skips every test that needs root or boots a VM
+# (internal/testenv), so this runs anywhere, as any user, in a few minutes.
 unit:
 	$(GO) test -count=1 -short ./...
 

@@ -263,18 +263,18 @@ func TestEventsFanOut(t *testing.T) {
 	dir := t.TempDir()
 	imagetest.Seed(t, dir, "alpine")
 	h := start(t, dir)
-	_, all, err := h.sys.Subscribe(admin, "", 16)
+	_, all, err := h.sys.Subscribe(context.Background(), admin, "", 16)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, mine, _ := h.sys.Subscribe(Caller{UID: 1001}, "", 16)
+	_, mine, _ := h.sys.Subscribe(context.Background(), Caller{UID: 1001}, "", 16)
 	h.mustCreate(t, admin, "e1")
 	h.do(t, &StartVM{Caller: admin, Ref: "e1"})
 	want := []string{"created:created", "status:starting", "status:running"}
 	for i, w := range want {
 		select {
 		case ev := <-all:
-			if got := ev.Kind + ":" + ev.Status; got != w || ev.Seq == 0 || ev.VMName != "e1" {
+			if got := string(ev.Kind) + ":" + ev.Status; got != w || ev.Seq == 0 || ev.VMName != "e1" {
 				t.Fatalf("event %d = %+v, want %s", i, ev, w)
 			}
 		case <-time.After(5 * time.Second):

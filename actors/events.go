@@ -18,6 +18,8 @@ type Subscribe struct {
 	Ch     chan api.Event
 }
 
+func (m *Subscribe) describe() string { return "events subscription" }
+
 // Subscribed answers Subscribe.
 type Subscribed struct{ ID uint64 }
 
@@ -67,14 +69,14 @@ func (a *eventsActor) Receive(ctx actor.Context) {
 		if ev.Time == "" {
 			ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
 		}
-		attrs := []any{"vm_id", ev.VMID, "vm_name", ev.VMName, "op", ev.Kind, "status", ev.Status, "seq", ev.Seq}
+		attrs := []any{"vm_id", ev.VMID, "vm_name", ev.VMName, "op", string(ev.Kind), "status", ev.Status, "seq", ev.Seq}
 		if ev.PreviousStatus != "" {
 			attrs = append(attrs, "previous_status", ev.PreviousStatus)
 		}
 		if ev.Reason != "" {
 			attrs = append(attrs, "reason", ev.Reason)
 		}
-		a.log.Info("vm "+ev.Kind, attrs...)
+		a.log.Info("vm "+string(ev.Kind), attrs...)
 		for id, s := range a.subs {
 			if !s.caller.May(m.Owner) || (s.vmID != "" && s.vmID != ev.VMID) {
 				continue

@@ -12,14 +12,15 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/source"
 )
 
 // ErrImageNotFound and ErrImageInUse are the image store's refusals.
 var (
-	ErrImageNotFound = errors.New("image not found")
-	ErrImageInUse    = errors.New("image in use")
+	ErrImageNotFound = errdefs.New(errdefs.ErrNotFound, "image not found")
+	ErrImageInUse    = errdefs.New(errdefs.ErrFailedPrecondition, "image in use")
 )
 
 // ImportImage asks the Import actor to open and import an image. The actor

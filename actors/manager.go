@@ -399,7 +399,7 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	}
 	m.spawn(ctx, vm)
 	m.recount()
-	ctx.Send(m.events, &emit{Owner: vm.OwnerUID, Event: api.Event{Kind: "created", VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status)}})
+	ctx.Send(m.events, &emit{Owner: vm.OwnerUID, Event: api.Event{Kind: api.EventCreated, VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status)}})
 	return &vm, nil
 }
 

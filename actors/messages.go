@@ -5,23 +5,24 @@
 package actors
 
 import (
-	"errors"
 	"fmt"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/state"
 )
 
-// Sentinel kinds of failure; an *Error wraps one so callers use errors.Is.
+// Kinds of refusal; an *Error wraps one so callers use errors.Is. Each kind
+// is in an errdefs class, which decides the API error a client sees.
 var (
-	ErrNotFound         = errors.New("vm not found")
-	ErrNameInUse        = errors.New("name in use")
-	ErrInvalidArgument  = errors.New("invalid argument")
-	ErrInvalidState     = errors.New("invalid state")
-	ErrPermissionDenied = errors.New("permission denied")
-	ErrNotYet           = errors.New("not implemented yet")
+	ErrNotFound         = errdefs.New(errdefs.ErrNotFound, "vm not found")
+	ErrNameInUse        = errdefs.New(errdefs.ErrAlreadyExists, "name in use")
+	ErrInvalidArgument  = errdefs.New(errdefs.ErrInvalidArgument, "invalid argument")
+	ErrInvalidState     = errdefs.New(errdefs.ErrFailedPrecondition, "invalid state")
+	ErrPermissionDenied = errdefs.New(errdefs.ErrPermissionDenied, "permission denied")
+	ErrNotYet           = errdefs.New(errdefs.ErrNotImplemented, "not implemented yet")
 	// ErrAgentUnavailable: the VM runs but its agent is not connected; it
 	// may be booting or reconnecting after a daemon restart.
-	ErrAgentUnavailable = errors.New("agent unavailable")
+	ErrAgentUnavailable = errdefs.New(errdefs.ErrUnavailable, "agent unavailable")
 )
 
 // Error is a refusal that names its culprit.
@@ -132,6 +133,20 @@ func (m *DeleteVM) ref() string    { return m.Ref }
 func (m *DeleteVM) caller() Caller { return m.Caller }
 func (m *crashVM) ref() string     { return m.Ref }
 func (m *crashVM) caller() Caller  { return Caller{Admin: true} }
+
+// What each request is called in error text (request.go).
+func (m *CreateVM) describe() string { return "creation of VM " + m.Name }
+func (m *GetVM) describe() string    { return "lookup of VM " + m.Ref }
+func (m *ListVMs) describe() string  { return "VM list" }
+func (m *SetVM) describe() string    { return "change of VM " + m.Ref }
+func (m *StartVM) describe() string  { return "start of VM " + m.Ref }
+func (m *StopVM) describe() string   { return "stop of VM " + m.Ref }
+func (m *DeleteVM) describe() string { return "deletion of VM " + m.Ref }
+func (m *CountVMs) describe() string { return "VM count" }
+func (m *Ping) describe() string     { return "liveness ping" }
+func (m *imageUsers) describe() string {
+	return "list of the VMs that use image " + m.Digest
+}
 
 // crashVM makes a VM actor panic; tests use it to prove supervision.
 type crashVM struct{ Ref string }

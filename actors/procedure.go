@@ -453,5 +453,5 @@ func (a *vmActor) agentReady(ctx actor.Context, m *agentReady) {
 }
 
 func eventAutoStopped(vm state.VM, reason string) api.Event {
-	return api.Event{Kind: "auto-stopped", VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status), Reason: reason}
+	return api.Event{Kind: api.EventAutoStopped, VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status), Reason: reason}
 }

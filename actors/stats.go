@@ -235,7 +235,7 @@ func (a *statsActor) healthChanged(e *statsEntry, old *statsEntry, had bool) {
 	}
 	a.log.Info("vm health", "vm_id", e.vm.ID, "vm_name", e.vm.Name, "op", "health", "health", e.out.Health, "previous", prev, "reason", e.out.HealthReason)
 	if a.d.Events != nil && a.root != nil {
-		a.root.Send(a.d.Events, &emit{Owner: e.vm.OwnerUID, Event: api.Event{Kind: "health", VMID: e.vm.ID, VMName: e.vm.Name,
+		a.root.Send(a.d.Events, &emit{Owner: e.vm.OwnerUID, Event: api.Event{Kind: api.EventHealth, VMID: e.vm.ID, VMName: e.vm.Name,
 			Status: e.out.Health, PreviousStatus: prev, Reason: e.out.HealthReason}})
 	}
 }

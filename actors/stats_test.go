@@ -110,11 +110,13 @@ func TestStatsSurvivesMisbehavingAgents(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	for round := 0; round < 2; round++ {
 		t0 := time.Now()
-		res, err := sys.Root.RequestFuture(pid, &GetStats{Caller: Caller{Admin: true}}, 30*time.Second).Result()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := request[*StatsResult](ctx, sys.Root, pid, &GetStats{Caller: Caller{Admin: true}})
+		cancel()
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := res.(*StatsResult).Stats
+		st := res.Stats
 		if len(st) != 4 {
 			t.Fatalf("got %d entries", len(st))
 		}
@@ -179,7 +181,9 @@ func BenchmarkStatsPoll(b *testing.B) {
 		Parallel:        4}
 	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return newStatsActor(d) }))
 	poll := func() {
-		if _, err := sys.Root.RequestFuture(pid, &GetStats{Caller: Caller{Admin: true}}, time.Minute).Result(); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := request[*StatsResult](ctx, sys.Root, pid, &GetStats{Caller: Caller{Admin: true}}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,7 +2,6 @@ package actors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -107,12 +106,16 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 		return nil, fmt.Errorf("spawn stats actor: %w", err)
 	}
 	users := func(digest string) []string {
-		res, err := root.RequestFuture(s.Manager, &imageUsers{Digest: digest}, 10*time.Second).Result()
+		// The Import actor asks while it handles a removal; it has no
+		// caller's context, so the wait gets its own bound.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		names, err := s.ImageUsers(ctx, digest)
 		if err != nil {
 			// Unknown is treated as "in use": never remove on a guess.
 			return []string{"(VM list unavailable: " + err.Error() + ")"}
 		}
-		return res.([]string)
+		return names
 	}
 	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users) }), NameImport); err != nil {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
@@ -142,63 +145,50 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 // Ping round-trips through every top-level actor; the systemd watchdog is fed
 // only when it succeeds, so a wedged actor system gets restarted.
 func (s *System) Ping(ctx context.Context) error {
-	timeout := 5 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
+	ctx, cancel := withDefaultTimeout(ctx, 5*time.Second)
+	defer cancel()
 	for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Events} {
-		if _, err := s.sys.Root.RequestFuture(pid, &Ping{}, timeout).Result(); err != nil {
+		if _, err := request[*Pong](ctx, s.sys.Root, pid, &Ping{}); err != nil {
 			return fmt.Errorf("ping %s: %w", pid.Id, err)
 		}
 	}
 	return nil
 }
 
+// withDefaultTimeout bounds ctx by d unless it has a deadline already.
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
+}
+
 // Request sends msg to the Manager and waits for the answer.
 func (s *System) Request(ctx context.Context, msg any) (*Result, error) {
-	timeout := 30 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	if timeout <= 0 {
-		return nil, context.DeadlineExceeded
-	}
-	res, err := s.sys.Root.RequestFuture(s.Manager, msg, timeout).Result()
+	r, err := request[*Result](ctx, s.sys.Root, s.Manager, msg)
 	if err != nil {
-		if errors.Is(err, actor.ErrDeadLetter) {
-			// The VM actor went away between routing and delivery: deleted.
-			return nil, &Error{Kind: ErrNotFound, Msg: "the VM was deleted meanwhile"}
-		}
-		return nil, fmt.Errorf("actor request %T: %w", msg, err)
-	}
-	r, ok := res.(*Result)
-	if !ok {
-		return nil, fmt.Errorf("actor request %T: unexpected answer %T", msg, res)
-	}
-	if r.Err != nil {
-		return nil, r.Err
+		return nil, err
 	}
 	return r, nil
 }
 
 // Counts asks the Manager for the tally.
 func (s *System) Counts(ctx context.Context) (api.Counts, error) {
-	res, err := s.sys.Root.RequestFuture(s.Manager, &CountVMs{}, 5*time.Second).Result()
-	if err != nil {
-		return api.Counts{}, err
-	}
-	c, _ := res.(api.Counts)
-	return c, nil
+	ctx, cancel := withDefaultTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return request[api.Counts](ctx, s.sys.Root, s.Manager, &CountVMs{})
 }
 
 // Subscribe registers an events subscriber with a buffer of n.
-func (s *System) Subscribe(c Caller, vmID string, n int) (uint64, <-chan api.Event, error) {
+func (s *System) Subscribe(ctx context.Context, c Caller, vmID string, n int) (uint64, <-chan api.Event, error) {
+	ctx, cancel := withDefaultTimeout(ctx, 5*time.Second)
+	defer cancel()
 	ch := make(chan api.Event, n)
-	res, err := s.sys.Root.RequestFuture(s.Events, &Subscribe{Caller: c, VMID: vmID, Ch: ch}, 5*time.Second).Result()
+	r, err := request[*Subscribed](ctx, s.sys.Root, s.Events, &Subscribe{Caller: c, VMID: vmID, Ch: ch})
 	if err != nil {
-		return 0, nil, fmt.Errorf("subscribe to events: %w", err)
+		return 0, nil, err
 	}
-	return res.(*Subscribed).ID, ch, nil
+	return r.ID, ch, nil
 }
 
 // Unsubscribe ends a subscription.
@@ -206,23 +196,9 @@ func (s *System) Unsubscribe(id uint64) { s.sys.Root.Send(s.Events, &Unsubscribe
 
 // Images sends an image store request to the Import actor.
 func (s *System) Images(ctx context.Context, msg any) (*ImageResult, error) {
-	timeout := 30 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	res, err := s.sys.Root.RequestFuture(s.Import, msg, timeout).Result()
+	r, err := request[*ImageResult](ctx, s.sys.Root, s.Import, msg)
 	if err != nil {
-		return nil, fmt.Errorf("image request %T: %w", msg, err)
-	}
-	r, ok := res.(*ImageResult)
-	if !ok {
-		if rr, ok := res.(*Result); ok && rr.Err != nil {
-			return nil, rr.Err
-		}
-		return nil, fmt.Errorf("image request %T: unexpected answer %T", msg, res)
-	}
-	if r.Err != nil {
-		return nil, r.Err
+		return nil, err
 	}
 	return r, nil
 }
@@ -230,46 +206,18 @@ func (s *System) Images(ctx context.Context, msg any) (*ImageResult, error) {
 // Agent returns a running VM's agent connection, after the same routing
 // and permission checks as every VM request.
 func (s *System) Agent(ctx context.Context, c Caller, ref string) (*AgentResult, error) {
-	timeout := 30 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	res, err := s.sys.Root.RequestFuture(s.Manager, &ExecVM{Caller: c, Ref: ref}, timeout).Result()
-	if err != nil {
-		if errors.Is(err, actor.ErrDeadLetter) {
-			return nil, &Error{Kind: ErrNotFound, VM: ref, Msg: "the VM was deleted meanwhile"}
-		}
-		return nil, err
-	}
-	switch r := res.(type) {
-	case *AgentResult:
-		if r.Err != nil {
-			return r, r.Err
-		}
-		return r, nil
-	case *Result:
-		return nil, r.Err
-	}
-	return nil, fmt.Errorf("agent request: unexpected answer %T", res)
+	return request[*AgentResult](ctx, s.sys.Root, s.Manager, &ExecVM{Caller: c, Ref: ref})
 }
 
 // GetStats asks the Stats actor for fresh figures.
 func (s *System) GetStats(ctx context.Context, c Caller, vmID string) ([]api.VMStats, error) {
-	timeout := 60 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	res, err := s.sys.Root.RequestFuture(s.Stats, &GetStats{Caller: c, VMID: vmID}, timeout).Result()
+	ctx, cancel := withDefaultTimeout(ctx, 60*time.Second)
+	defer cancel()
+	r, err := request[*StatsResult](ctx, s.sys.Root, s.Stats, &GetStats{Caller: c, VMID: vmID})
 	if err != nil {
 		return nil, err
 	}
-	switch r := res.(type) {
-	case *StatsResult:
-		return r.Stats, r.Err
-	case *Result:
-		return nil, r.Err
-	}
-	return nil, fmt.Errorf("stats: unexpected answer %T", res)
+	return r.Stats, nil
 }
 
 // Touch records user activity on a VM for auto-stop.
@@ -282,11 +230,9 @@ func (s *System) Host() *Host { return s.host }
 
 // ImageUsers names the VMs that use an image.
 func (s *System) ImageUsers(ctx context.Context, digest string) ([]string, error) {
-	res, err := s.sys.Root.RequestFuture(s.Manager, &imageUsers{Digest: digest}, 10*time.Second).Result()
-	if err != nil {
-		return nil, err
-	}
-	return res.([]string), nil
+	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return request[[]string](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
 }
 
 var importSeq atomic.Uint64

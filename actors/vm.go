@@ -253,7 +253,7 @@ func (a *vmActor) remove(ctx actor.Context, prev state.Status) error {
 		return fmt.Errorf("delete VM %s: %w", a.name(), err)
 	}
 	a.deleted = true
-	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "deleted", VMID: a.id, VMName: a.vm.Name, Status: "deleted", PreviousStatus: string(prev)}})
+	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: api.EventDeleted, VMID: a.id, VMName: a.vm.Name, Status: "deleted", PreviousStatus: string(prev)}})
 	ctx.Send(ctx.Parent(), &vmDeleted{ID: a.id})
 	return nil
 }
@@ -287,7 +287,7 @@ func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
 		return err
 	}
 	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
-	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "updated", VMID: a.id, VMName: a.vm.Name, Status: string(a.vm.Status)}})
+	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: api.EventUpdated, VMID: a.id, VMName: a.vm.Name, Status: string(a.vm.Status)}})
 	return nil
 }
 
@@ -302,7 +302,7 @@ func (a *vmActor) setStatus(ctx actor.Context, s state.Status, reason string) er
 	}
 	a.log.Debug("status", "vm_name", a.vm.Name, "from", prev, "to", s)
 	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
-	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: "status", VMID: a.id, VMName: a.vm.Name, Status: string(s), PreviousStatus: string(prev), Reason: reason}})
+	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: api.EventStatus, VMID: a.id, VMName: a.vm.Name, Status: string(s), PreviousStatus: string(prev), Reason: reason}})
 	return nil
 }
 

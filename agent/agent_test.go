@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // socketpair returns two connected stream sockets that support deadlines.
@@ -189,7 +191,7 @@ func TestExecSignal(t *testing.T) {
 
 func TestExecTTY(t *testing.T) {
 	if _, err := os.Stat("/dev/ptmx"); err != nil {
-		t.Skip("no /dev/ptmx")
+		testenv.SkipBecause(t, "no /dev/ptmx")
 	}
 	c, _ := newPair(t)
 	ctx := ctx5(t)
@@ -494,11 +496,11 @@ func TestHybridVsock(t *testing.T) {
 func TestVsockIntegration(t *testing.T) {
 	// AF_VSOCK needs vhost-vsock (host) or a virtio-vsock device (guest).
 	if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
-		t.Skip("no /dev/vhost-vsock on this host (no vhost-vsock in this kernel): the vsock transport is covered by the hybrid vsock unit test only")
+		testenv.SkipBecause(t, testenv.NoVhostVsock+" on this host (/dev/vhost-vsock: no vhost-vsock in this kernel): the vsock transport is covered by the hybrid vsock unit test only")
 	}
 	l, err := ListenVsock(DefaultVsockPort + 17)
 	if err != nil {
-		t.Skipf("vsock listen: %v", err)
+		testenv.SkipBecause(t, fmt.Sprintf("%s usable here: vsock listen: %v", testenv.NoVhostVsock, err))
 	}
 	defer l.Close()
 	go func() {

@@ -25,6 +25,8 @@ const (
 	ErrPermissionDenied = Interface + ".PermissionDenied"
 	ErrImageNotFound    = Interface + ".ImageNotFound"
 	ErrImageInUse       = Interface + ".ImageInUse"
+	ErrUnavailable      = Interface + ".Unavailable"
+	ErrTimeout          = Interface + ".Timeout"
 	ErrInternal         = Interface + ".Internal"
 )
 
@@ -52,16 +54,32 @@ type VM struct {
 	UpdatedAt string `json:"updated_at"`
 }
 
+// EventKind says what an Event reports; its value is the wire string.
+type EventKind string
+
+// Event kinds, as the interface description lists them.
+const (
+	EventCreated     EventKind = "created"
+	EventStatus      EventKind = "status"  // Status is the new status, PreviousStatus the old one
+	EventUpdated     EventKind = "updated" // the spec changed
+	EventDeleted     EventKind = "deleted"
+	EventHealth      EventKind = "health" // Status is healthy, degraded or unreachable
+	EventAutoStopped EventKind = "auto-stopped"
+)
+
+// EventKinds lists every kind, in the order the description names them.
+var EventKinds = []EventKind{EventCreated, EventStatus, EventUpdated, EventDeleted, EventHealth, EventAutoStopped}
+
 // Event is one state change.
 type Event struct {
-	Seq            uint64 `json:"seq"`
-	Time           string `json:"time"`
-	Kind           string `json:"kind"`
-	VMID           string `json:"vm_id"`
-	VMName         string `json:"vm_name"`
-	Status         string `json:"status"`
-	PreviousStatus string `json:"previous_status,omitempty"`
-	Reason         string `json:"reason,omitempty"`
+	Seq            uint64    `json:"seq"`
+	Time           string    `json:"time"`
+	Kind           EventKind `json:"kind"`
+	VMID           string    `json:"vm_id"`
+	VMName         string    `json:"vm_name"`
+	Status         string    `json:"status"`
+	PreviousStatus string    `json:"previous_status,omitempty"`
+	Reason         string    `json:"reason,omitempty"`
 }
 
 // Counts tallies VMs by status.
@@ -140,7 +158,20 @@ type InfoOut struct {
 	StateDir   string  `json:"state_dir"`
 	RuntimeDir string  `json:"runtime_dir"`
 	Socket     string  `json:"socket"`
+	Health     Health  `json:"health"`
+	// Problems name what keeps the daemon from being healthy, each with
+	// its config key and the fix.
+	Problems []string `json:"problems"`
 }
+
+// Health is the daemon's own health, as Info reports it.
+type Health string
+
+// Daemon health values.
+const (
+	HealthOK       Health = "ok"
+	HealthDegraded Health = "degraded" // VMs cannot run as configured: see Problems
+)
 
 // Image is an image in the store.
 type Image struct {

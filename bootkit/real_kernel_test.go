@@ -7,34 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
-// realKernel returns vmlinuz and the module tree from PADDOCK_KERNEL_DIR
-// (filled by .ci/fetch-kernel.sh). Unset: skip, except under CI=true.
-func realKernel(t *testing.T) (string, string) {
-	t.Helper()
-	dir := os.Getenv("PADDOCK_KERNEL_DIR")
-	if dir == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("PADDOCK_KERNEL_DIR is not set under CI (run .ci/fetch-kernel.sh DIR first)")
-		}
-		t.Skip("PADDOCK_KERNEL_DIR is not set: run .ci/fetch-kernel.sh DIR and export PADDOCK_KERNEL_DIR=DIR")
-	}
-	vs, _ := filepath.Glob(filepath.Join(dir, "*", "boot", "vmlinuz-*"))
-	ms, _ := filepath.Glob(filepath.Join(dir, "*", "lib", "modules", "*"))
-	sort.Strings(vs)
-	sort.Strings(ms)
-	if len(vs) == 0 || len(ms) == 0 {
-		t.Fatalf("no boot/vmlinuz-* and lib/modules/* under %s", dir)
-	}
-	return vs[0], ms[0]
-}
-
 func TestRealKernel(t *testing.T) {
-	vmlinuz, modules := realKernel(t)
+	vmlinuz, modules := testenv.RequireKernel(t)
 	image, err := os.ReadFile(vmlinuz)
 	if err != nil {
 		t.Fatal(err)

@@ -53,6 +53,8 @@ type VM struct {
 	Kernel string `toml:"kernel"`
 	// Run: "off" keeps VMs as records only (no VMM is ever started).
 	Run string `toml:"run"`
+	// VMMBinary is the QEMU binary: a name looked up in $PATH, or a path.
+	VMMBinary string `toml:"vmm_binary"`
 	// DiskBackend: auto, dm, reflink, qcow2 or copy.
 	DiskBackend string `toml:"disk_backend"`
 	// Accel: auto (KVM when a KVM guest really boots, else TCG), kvm or tcg.
@@ -215,7 +217,7 @@ func Default() *Config {
 		},
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
-		VM: VM{Kernel: "default", Run: "on", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
+		VM: VM{Kernel: "default", Run: "on", VMMBinary: "qemu-system-x86_64", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
 		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
@@ -350,6 +352,9 @@ func (c *Config) Validate() error {
 	if c.VM.Kernel == "" {
 		return bad("vm.kernel", "must name a boot kit")
 	}
+	if c.VM.VMMBinary == "" {
+		return bad("vm.vmm_binary", "must name the QEMU binary (e.g. qemu-system-x86_64)")
+	}
 	oneOf := func(key, v string, allowed ...string) error {
 		for _, a := range allowed {
 			if v == a {
@@ -456,6 +461,7 @@ func (c *Config) Diff(old *Config) []Change {
 	add("stats.idle_cpu", old.Stats.IdleCPU, c.Stats.IdleCPU, false)
 	add("stats.parallel", old.Stats.Parallel, c.Stats.Parallel, false)
 	add("vm.run", old.VM.Run, c.VM.Run, false)
+	add("vm.vmm_binary", old.VM.VMMBinary, c.VM.VMMBinary, false)
 	add("vm.disk_backend", old.VM.DiskBackend, c.VM.DiskBackend, false)
 	add("vm.accel", old.VM.Accel, c.VM.Accel, false)
 	add("vm.network", old.VM.Network, c.VM.Network, false)

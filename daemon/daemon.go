@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,6 +47,8 @@ type Daemon struct {
 	socketPath string
 	started    time.Time
 	statusMu   sync.Mutex
+	// vmmCheck reports whether the VMM binary is usable (nil with vm.run off).
+	vmmCheck func() error
 }
 
 func (d *Daemon) config() *config.Config { return d.cfg.Load() }
@@ -97,7 +100,14 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	}
 	var host *actors.Host
 	if cfg.VM.Run == "on" {
-		if host, err = d.newHost(ctx, cfg, images, qemu.New()); err != nil {
+		driver := &qemu.Driver{Binary: cfg.VM.VMMBinary}
+		d.vmmCheck = driver.Check
+		if err := d.vmmCheck(); err != nil {
+			// Said once, here; Info and every start say it again while it lasts.
+			d.log.Warn("VMM binary not usable: every VM start will fail until it is installed or the config names it",
+				"binary", cfg.VM.VMMBinary, "key", "vm.vmm_binary", "err", err)
+		}
+		if host, err = d.newHost(ctx, cfg, images, driver); err != nil {
 			return nil, fmt.Errorf("%w (set [vm] run = \"off\" to keep VMs as records only)", err)
 		}
 	}
@@ -140,15 +150,19 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	return d, nil
 }
 
-func statusLine(c api.Counts) string {
-	return fmt.Sprintf("%d VMs: %d running, %d stopped, %d created, %d error", c.Total, c.Running, c.Stopped, c.Created, c.Error)
+func statusLine(c api.Counts, problems []string) string {
+	s := fmt.Sprintf("%d VMs: %d running, %d stopped, %d created, %d error", c.Total, c.Running, c.Stopped, c.Created, c.Error)
+	if len(problems) > 0 {
+		s += "; degraded: " + strings.Join(problems, "; ")
+	}
+	return s
 }
 
 func (d *Daemon) publishCounts(c api.Counts) {
 	// Called from the Manager's goroutine; sd_notify is one datagram.
 	d.statusMu.Lock()
 	defer d.statusMu.Unlock()
-	if err := d.notify.Status(statusLine(c)); err != nil {
+	if err := d.notify.Status(statusLine(c, d.problems())); err != nil {
 		d.log.Debug("sd_notify STATUS failed", "err", err)
 	}
 }
@@ -185,7 +199,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { errc <- d.server.Serve(d.ln) }()
 
 	counts, _ := d.actors.Counts(ctx)
-	if err := d.notify.Ready(statusLine(counts)); err != nil {
+	if err := d.notify.Ready(statusLine(counts, d.problems())); err != nil {
 		d.log.Warn("sd_notify READY failed", "err", err)
 	}
 	d.log.Info("paddockd ready", "version", version.Version, "vms", counts.Total, "state_dir", d.config().StateDir)
@@ -268,8 +282,10 @@ func (d *Daemon) shutdown(cause error) error {
 func (d *Daemon) reload() {
 	_ = d.notify.Reloading()
 	defer func() {
-		c, _ := d.actors.Counts(context.Background())
-		_ = d.notify.Ready(statusLine(c))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, _ := d.actors.Counts(ctx)
+		_ = d.notify.Ready(statusLine(c, d.problems()))
 	}()
 	old := d.config()
 	next, err := config.Load(d.configPath)

@@ -13,6 +13,8 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/varlink"
 )
 
@@ -92,24 +94,77 @@ func TestWiring(t *testing.T) {
 	}
 }
 
-func TestMapErrorNamesEveryKind(t *testing.T) {
+// Every class and kind reaches the client as its own varlink error, with
+// the culprit in the parameters and the text unchanged.
+func TestMapError(t *testing.T) {
+	timeout := &actors.Error{Kind: errdefs.ErrDeadlineExceeded, VM: "web1", Msg: "start of VM web1: no answer within 2m0s; …"}
 	for _, tc := range []struct {
-		err   error
-		want  string
-		param string
+		name   string
+		err    error
+		want   string
+		params []string
 	}{
-		{&actors.Error{Kind: actors.ErrNotFound, VM: "web9", Msg: "no VM named web9"}, api.ErrVMNotFound, `"vm":"web9"`},
-		{&actors.Error{Kind: actors.ErrNameInUse, Name: "web1", Msg: "m"}, api.ErrNameInUse, `"name":"web1"`},
-		{&actors.Error{Kind: actors.ErrInvalidArgument, Field: "cpus", Msg: "m"}, api.ErrInvalidArgument, `"field":"cpus"`},
-		{&actors.Error{Kind: actors.ErrInvalidState, VM: "web1", Status: "running", Msg: "m"}, api.ErrInvalidState, `"status":"running"`},
-		{&actors.Error{Kind: actors.ErrPermissionDenied, VM: "web1", Msg: "m"}, api.ErrPermissionDenied, `"vm":"web1"`},
-		{fmt.Errorf("persist: %w", os.ErrPermission), api.ErrInternal, "permission denied"},
-		{context.DeadlineExceeded, api.ErrInternal, "in time"},
-		{varlink.NewError(varlink.ErrInvalidParameter, map[string]string{"parameter": "x"}), varlink.ErrInvalidParameter, `"x"`},
+		{"vm not found", &actors.Error{Kind: actors.ErrNotFound, VM: "web9", Msg: "no VM named web9"}, api.ErrVMNotFound, []string{`"vm":"web9"`, `"message":"no VM named web9"`}},
+		{"name in use", &actors.Error{Kind: actors.ErrNameInUse, Name: "web1", Msg: "m"}, api.ErrNameInUse, []string{`"name":"web1"`}},
+		{"invalid argument", &actors.Error{Kind: actors.ErrInvalidArgument, Field: "cpus", Msg: "m"}, api.ErrInvalidArgument, []string{`"field":"cpus"`}},
+		{"invalid state", &actors.Error{Kind: actors.ErrInvalidState, VM: "web1", Status: "running", Msg: "m"}, api.ErrInvalidState, []string{`"status":"running"`, `"vm":"web1"`}},
+		{"permission denied", &actors.Error{Kind: actors.ErrPermissionDenied, VM: "web1", Msg: "m"}, api.ErrPermissionDenied, []string{`"vm":"web1"`}},
+		{"image not found (actors)", &actors.Error{Kind: actors.ErrImageNotFound, VM: "alpine", Msg: "m"}, api.ErrImageNotFound, []string{`"image":"alpine"`}},
+		{"image not found (store)", fmt.Errorf("image %q: %w", "busybox", imaging.ErrImageNotFound), api.ErrImageNotFound, []string{`image \"busybox\": image not found`}},
+		{"image in use", &actors.Error{Kind: actors.ErrImageInUse, VM: "alpine", Msg: "m"}, api.ErrImageInUse, []string{`"image":"alpine"`}},
+		{"agent unavailable", &actors.Error{Kind: actors.ErrAgentUnavailable, VM: "web1", Msg: "the agent of VM web1 is not connected (yet)"}, api.ErrUnavailable, []string{"not connected"}},
+		{"unavailable", errdefs.Newf(errdefs.ErrUnavailable, "cannot start VM web1: QEMU binary %q: not found", "qemu"), api.ErrUnavailable, []string{`cannot start VM web1: QEMU binary \"qemu\"`}},
+		{"not implemented", &actors.Error{Kind: actors.ErrNotYet, Msg: "stats: not implemented yet"}, api.ErrUnavailable, []string{"not implemented yet"}},
+		{"other not found is the caller's argument", errdefs.New(errdefs.ErrNotFound, "no boot kit named x"), api.ErrInvalidArgument, []string{"no boot kit named x"}},
+		{"request timeout", timeout, api.ErrTimeout, []string{`"vm":"web1"`, "start of VM web1: no answer"}},
+		{"wrapped timeout keeps its context", fmt.Errorf("exec: %w", timeout), api.ErrTimeout, []string{`"vm":"web1"`, "exec: start of VM web1"}},
+		{"bare context deadline", context.DeadlineExceeded, api.ErrTimeout, []string{"api.request_timeout"}},
+		{"unclassed", fmt.Errorf("persist: %w", os.ErrPermission), api.ErrInternal, []string{"persist: permission denied"}},
+		{"varlink error passes", varlink.NewError(varlink.ErrInvalidParameter, map[string]string{"parameter": "x"}), varlink.ErrInvalidParameter, []string{`"x"`}},
 	} {
-		got := mapError(tc.err)
-		if got.Name != tc.want || !strings.Contains(string(got.Parameters), tc.param) {
-			t.Errorf("mapError(%v) = %s %s, want %s with %s", tc.err, got.Name, got.Parameters, tc.want, tc.param)
+		t.Run(tc.name, func(t *testing.T) {
+			got := mapError(tc.err)
+			if got.Name != tc.want {
+				t.Fatalf("mapError(%v) = %s %s, want %s", tc.err, got.Name, got.Parameters, tc.want)
+			}
+			for _, p := range tc.params {
+				if !strings.Contains(string(got.Parameters), p) {
+					t.Errorf("parameters %s lack %s", got.Parameters, p)
+				}
+			}
+		})
+	}
+}
+
+// Every error the interface declares is one the table can produce, and the
+// table names no undeclared error.
+func TestErrorTableMatchesInterface(t *testing.T) {
+	declared := map[string]bool{}
+	for _, line := range strings.Split(api.Description, "\n") {
+		if name, ok := strings.CutPrefix(line, "error "); ok {
+			declared[api.Interface+"."+strings.Fields(name)[0]] = true
+		}
+	}
+	produced := map[string]bool{}
+	for _, r := range errorTable {
+		if !declared[r.name] {
+			t.Errorf("the table maps %v to %s, which the interface does not declare", r.class, r.name)
+		}
+		produced[r.name] = true
+	}
+	for name := range declared {
+		if !produced[name] {
+			t.Errorf("the interface declares %s but no class maps to it", name)
+		}
+	}
+	for _, class := range []error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrInvalidArgument, errdefs.ErrFailedPrecondition,
+		errdefs.ErrPermissionDenied, errdefs.ErrUnavailable, errdefs.ErrDeadlineExceeded, errdefs.ErrCanceled, errdefs.ErrNotImplemented, errdefs.ErrInternal} {
+		found := false
+		for _, r := range errorTable {
+			found = found || (r.class == class && r.kind == nil)
+		}
+		if !found {
+			t.Errorf("class %v has no row for errors of no particular kind", class)
 		}
 	}
 }

@@ -2,13 +2,12 @@ package daemon
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"runtime"
 	"time"
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/varlink"
 	"github.com/paddock-vm/paddock/version"
@@ -146,6 +145,9 @@ func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
+	if err := d.canStart(in.VM); err != nil {
+		return err
+	}
 	return d.ask(ctx, c, &actors.StartVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
 }
 
@@ -187,7 +189,7 @@ func (d *Daemon) events(ctx context.Context, c *varlink.Call) error {
 		}
 		vmID = r.VM.ID
 	}
-	id, ch, err := d.actors.Subscribe(caller, vmID, eventBuffer)
+	id, ch, err := d.actors.Subscribe(ctx, caller, vmID, eventBuffer)
 	if err != nil {
 		return err
 	}
@@ -199,7 +201,7 @@ func (d *Daemon) events(ctx context.Context, c *varlink.Call) error {
 			return c.Reply(nil)
 		case ev, ok := <-ch:
 			if !ok {
-				return &actors.Error{Kind: errors.New("slow"), Msg: fmt.Sprintf("events stream dropped: the client fell %d events behind", eventBuffer)}
+				return errdefs.Newf(errdefs.ErrUnavailable, "events stream dropped: the client fell %d events behind (read events as they come, or filter by VM)", eventBuffer)
 			}
 			if err := c.Continue(api.EventOut{Event: ev}); err != nil {
 				return err
@@ -233,42 +235,9 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 		counts = actors.Tally(r.VMs)
 	}
 	cfg := d.config()
+	problems := d.problems()
 	return c.Reply(api.InfoOut{Version: version.Version, Uptime: time.Since(d.started).Seconds(), VMs: counts,
-		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath})
-}
-
-// mapError turns a Go error into a named io.paddock.v1 error.
-func mapError(err error) *varlink.Error {
-	var ve *varlink.Error
-	if errors.As(err, &ve) {
-		return ve
-	}
-	var ae *actors.Error
-	if errors.As(err, &ae) {
-		switch {
-		case errors.Is(err, actors.ErrNotFound):
-			return varlink.NewError(api.ErrVMNotFound, map[string]any{"vm": ae.VM, "message": ae.Msg})
-		case errors.Is(err, actors.ErrNameInUse):
-			return varlink.NewError(api.ErrNameInUse, map[string]any{"name": ae.Name, "message": ae.Msg})
-		case errors.Is(err, actors.ErrInvalidArgument):
-			return varlink.NewError(api.ErrInvalidArgument, map[string]any{"field": ae.Field, "message": ae.Msg})
-		case errors.Is(err, actors.ErrInvalidState):
-			return varlink.NewError(api.ErrInvalidState, map[string]any{"vm": ae.VM, "status": string(ae.Status), "message": ae.Msg})
-		case errors.Is(err, actors.ErrImageNotFound):
-			return varlink.NewError(api.ErrImageNotFound, map[string]any{"image": ae.VM, "message": ae.Msg})
-		case errors.Is(err, actors.ErrImageInUse):
-			return varlink.NewError(api.ErrImageInUse, map[string]any{"image": ae.VM, "message": ae.Msg})
-		case errors.Is(err, actors.ErrAgentUnavailable):
-			return varlink.NewError(api.ErrInvalidState, map[string]any{"vm": ae.VM, "status": string(ae.Status), "message": ae.Msg})
-		case errors.Is(err, actors.ErrPermissionDenied):
-			return varlink.NewError(api.ErrPermissionDenied, map[string]any{"vm": ae.VM, "message": ae.Msg})
-		}
-		return varlink.NewError(api.ErrInternal, map[string]any{"message": ae.Msg})
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return varlink.NewError(api.ErrInternal, map[string]any{"message": "the daemon did not answer in time: " + err.Error()})
-	}
-	return varlink.NewError(api.ErrInternal, map[string]any{"message": err.Error()})
+		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Health: health(problems), Problems: problems})
 }
 
 // Imports are bounded by their client (which may cancel) rather than by the

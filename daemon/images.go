@@ -16,8 +16,8 @@ import (
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging"
-	"github.com/paddock-vm/paddock/imaging/flatten"
 	"github.com/paddock-vm/paddock/imaging/source"
 	"github.com/paddock-vm/paddock/varlink"
 )
@@ -83,23 +83,21 @@ func (d *Daemon) runImportThen(ctx context.Context, c *varlink.Call, open func(c
 	return c.Reply(api.ImportOut{Image: imageToAPI(done.Image), Cached: done.Cached})
 }
 
-// importError names what was wrong with the image as InvalidArgument; the
-// rest stays Internal.
+// importError names what was wrong with the image as InvalidArgument (a
+// source or entry the caller named that is bad or not there); other classes
+// keep theirs, and the rest is Internal.
 func importError(err error) error {
-	var ee *flatten.EntryError
+	var ae *actors.Error
 	switch {
-	case errors.As(err, &ee), errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrAmbiguous),
-		errors.Is(err, source.ErrUnsupported), errors.Is(err, source.ErrPlatform):
+	case errors.As(err, &ae):
+		return err
+	case errdefs.IsInvalidArgument(err), errdefs.IsNotFound(err):
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "image", Msg: err.Error()}
 	case errors.Is(err, context.Canceled):
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "image", Msg: "import canceled"}
 	}
-	var ae *actors.Error
-	if errors.As(err, &ae) {
-		return err
-	}
 	// Registry and transport failures name the reference already.
-	return &actors.Error{Kind: errors.New("import"), Msg: "import failed: " + err.Error()}
+	return fmt.Errorf("import failed: %w", err)
 }
 
 func (d *Daemon) sourceOptions() source.Options {

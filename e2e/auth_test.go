@@ -13,6 +13,7 @@ import (
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 const (
@@ -58,8 +59,8 @@ func capLine(t *testing.T, pid int, key string) string {
 // unprivileged uids each see only their own VMs; the admin sees all; the
 // denied call gets PermissionDenied.
 func TestUnprivilegedDaemonAndOwnership(t *testing.T) {
-	requireRoot(t)
-	setpriv := requireTool(t, "setpriv")
+	testenv.RequireRoot(t, "runs the daemon and clients as other uids")
+	setpriv := testenv.RequireTool(t, "setpriv", "util-linux")
 	e := newEnv(t, fmt.Sprintf("[api]\nsocket_group = \"%d\"\nadmin_group = \"%d\"\n", socketGID, adminGID))
 	for _, d := range []string{"run", "cache"} {
 		if err := os.MkdirAll(filepath.Join(e.dir, d), 0o755); err != nil {

@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // Acceptance: systemd-socket-activate -l SOCK bin/paddockd --config CFG
 // serves the CLI's create, ls --json, inspect, set, rm and events.
 func TestSocketActivatedCLI(t *testing.T) {
-	sa := requireTool(t, "systemd-socket-activate")
+	sa := testenv.RequireTool(t, "systemd-socket-activate", "systemd")
 	e := newEnv(t, "")
 	if err := os.MkdirAll(e.dir+"/run", 0o755); err != nil {
 		t.Fatal(err)
@@ -111,7 +112,7 @@ func TestSocketActivatedCLI(t *testing.T) {
 			if !ok {
 				t.Fatalf("events ended early at %d", i)
 			}
-			if g := got.Kind + "/" + got.Status; g != w || got.VMName != "web1" {
+			if g := string(got.Kind) + "/" + got.Status; g != w || got.VMName != "web1" {
 				t.Fatalf("event %d = %+v, want %s", i, got, w)
 			}
 		case <-time.After(5 * time.Second):

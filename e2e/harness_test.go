@@ -17,7 +17,6 @@ import (
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
-	"github.com/paddock-vm/paddock/systemd/systemdtest"
 )
 
 var binDir string
@@ -246,17 +245,6 @@ func (r result) ok(t *testing.T, what string) string {
 		t.Fatalf("%s: exit %d\nstdout: %s\nstderr: %s", what, r.code, r.stdout, r.stderr)
 	}
 	return r.stdout
-}
-
-func requireRoot(t *testing.T) { systemdtest.RequireRoot(t) }
-
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		systemdtest.SkipOrFail(t, name+" not installed (make deps)")
-	}
-	return p
 }
 
 // waitLog waits until the daemon's stderr holds every substring (stderr is

@@ -17,6 +17,7 @@ import (
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // appImage has what flattening must get right: a whiteout, an opaque
@@ -58,7 +59,7 @@ func debugfs(t *testing.T, img, req string) string {
 // 127.0.0.1, imported by every source kind through the CLI; the ext4 base
 // is clean and holds what the layers say; images in use cannot be removed.
 func TestImageImportEverySource(t *testing.T) {
-	requireTool(t, "debugfs")
+	testenv.RequireTool(t, "debugfs", "e2fsprogs")
 	e := newEnv(t, "")
 	e.daemon(t, nil)
 	img := appImage(t)

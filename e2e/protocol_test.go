@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // socat sends raw NUL-terminated JSON: a varlink client that shares no code
@@ -19,7 +20,7 @@ func socat(t *testing.T, path, in string) []map[string]any {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, requireTool(t, "socat"), "-t2", "-", "UNIX-CONNECT:"+path)
+	cmd := exec.CommandContext(ctx, testenv.RequireTool(t, "socat", "socat"), "-t2", "-", "UNIX-CONNECT:"+path)
 	cmd.Stdin = strings.NewReader(in)
 	out, err := cmd.Output()
 	if err != nil {

@@ -20,14 +20,15 @@ import (
 
 	"github.com/paddock-vm/paddock/host/loop"
 	"github.com/paddock-vm/paddock/host/vmm"
-	"github.com/paddock-vm/paddock/systemd/systemdtest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // newNetns makes a named network namespace for one test: every tap, bridge
 // and packet of the test lives there, and it is deleted at the end.
 func newNetns(t *testing.T) string {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t, "network namespace")
+	testenv.BootsVM(t) // every test that makes a namespace here boots VMs in it
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	name := "pdk-e2e-" + hex.EncodeToString(b)
@@ -95,16 +96,8 @@ func inNetns(ns string) func(*exec.Cmd) {
 // bootKit imports the cached Debian kernel as the default boot kit.
 func (e *env) bootKit(t *testing.T) {
 	t.Helper()
-	dir := os.Getenv("PADDOCK_KERNEL_DIR")
-	if dir == "" {
-		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR not set (make kernel)")
-	}
-	vmlinuz, _ := filepath.Glob(filepath.Join(dir, "*", "boot", "vmlinuz-*"))
-	mods, _ := filepath.Glob(filepath.Join(dir, "*", "lib", "modules", "*"))
-	if len(vmlinuz) != 1 || len(mods) != 1 {
-		t.Fatalf("no kernel under %s: %v %v", dir, vmlinuz, mods)
-	}
-	e.cli(t, nil, "kernel", "import", vmlinuz[0], "--modules", mods[0]).ok(t, "kernel import")
+	vmlinuz, mods := testenv.RequireKernel(t)
+	e.cli(t, nil, "kernel", "import", vmlinuz, "--modules", mods).ok(t, "kernel import")
 }
 
 // leaks counts what a VM may leave behind: taps in ns, loop devices backed

@@ -20,7 +20,7 @@ import (
 	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
-	"github.com/paddock-vm/paddock/systemd/systemdtest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // demoImage is a busybox userland with a motd and a tiny service.
@@ -463,8 +463,8 @@ func assertRecoveryCleared(t *testing.T, e *env, name string) {
 // is the command modifier that starts it.
 func rootlessEnv(t *testing.T, extra string, dirs ...string) (*env, string, string, func(env ...string) func(*exec.Cmd)) {
 	t.Helper()
-	requireRoot(t)
-	setpriv := requireTool(t, "setpriv")
+	testenv.RequireRoot(t, "runs the daemon as another uid, network namespace")
+	setpriv := testenv.RequireTool(t, "setpriv", "util-linux")
 	ns := newNetns(t)
 	e := newEnv(t, "\n[vm]\nrun = \"on\"\ndisk_backend = \"qcow2\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n"+extra)
 	reg := registryIn(t, ns)
@@ -473,13 +473,8 @@ func rootlessEnv(t *testing.T, extra string, dirs ...string) (*env, string, stri
 			t.Fatal(err)
 		}
 	}
-	kdir := os.Getenv("PADDOCK_KERNEL_DIR")
-	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "*", "boot", "vmlinuz-*"))
-	mods, _ := filepath.Glob(filepath.Join(kdir, "*", "lib", "modules", "*"))
-	if len(vmlinuz) != 1 || len(mods) != 1 {
-		systemdtest.SkipOrFail(t, "PADDOCK_KERNEL_DIR holds no kernel (make kernel)")
-	}
-	if _, err := bootkit.Import(context.Background(), vmlinuz[0], mods[0], "default", e.state, bootkit.WithAgent(bin("paddock-agent"))); err != nil {
+	vmlinuz, mods := testenv.RequireKernel(t)
+	if _, err := bootkit.Import(context.Background(), vmlinuz, mods, "default", e.state, bootkit.WithAgent(bin("paddock-agent"))); err != nil {
 		t.Fatal(err)
 	}
 	tun := filepath.Join(e.dir, "tun")

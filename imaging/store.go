@@ -15,14 +15,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/state"
 )
 
 // ErrImageNotFound is returned when a reference names no stored image.
-var ErrImageNotFound = errors.New("image not found")
+var ErrImageNotFound = errdefs.New(errdefs.ErrNotFound, "image not found")
 
 // ErrAmbiguous is returned when a digest prefix matches several images.
-var ErrAmbiguous = errors.New("ambiguous image reference")
+var ErrAmbiguous = errdefs.New(errdefs.ErrInvalidArgument, "ambiguous image reference")
 
 // Image is the content of images/<digest>/image.json.
 type Image struct {

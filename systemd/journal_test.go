@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/journal"
+
 	"github.com/paddock-vm/paddock/systemd/systemdtest"
 )
 

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paddock-vm/paddock/systemd/systemdtest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // childReport is what listenChild prints after Listen.
@@ -217,10 +217,7 @@ func TestListenActivated(t *testing.T) {
 // TestListenSocketActivateBinary uses the real systemd-socket-activate,
 // which sets no LISTEN_FDNAMES without --fdname.
 func TestListenSocketActivateBinary(t *testing.T) {
-	bin, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		systemdtest.SkipOrFail(t, "systemd-socket-activate not installed (package systemd)")
-	}
+	bin := testenv.RequireTool(t, "systemd-socket-activate", "systemd")
 	for _, tc := range []struct{ name, fdname string }{{"no fdname", ""}, {"fdname varlink", "varlink"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

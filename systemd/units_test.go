@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/paddock-vm/paddock/systemd/systemdtest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 const (
@@ -24,11 +24,7 @@ const (
 
 func systemdAnalyze(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		systemdtest.SkipOrFail(t, "systemd-analyze not installed (package systemd)")
-	}
-	return p
+	return testenv.RequireTool(t, "systemd-analyze", "systemd")
 }
 
 // unitCopies copies the units into a temporary directory with ExecStart
@@ -148,10 +144,7 @@ func TestUnitsSecurity(t *testing.T) {
 }
 
 func TestSysusersConf(t *testing.T) {
-	bin, err := exec.LookPath("systemd-sysusers")
-	if err != nil {
-		systemdtest.SkipOrFail(t, "systemd-sysusers not installed (package systemd)")
-	}
+	bin := testenv.RequireTool(t, "systemd-sysusers", "systemd")
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
 		t.Fatal(err)

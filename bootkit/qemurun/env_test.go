@@ -8,42 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/paddock-vm/paddock/bootkit"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
-
-// requireEnv skips with a reason, or fails when CI=true.
-func requireEnv(t testing.TB, ok bool, reason string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("integration prerequisite missing under CI: %s", reason)
-	}
-	t.Skip(reason)
-}
-
-// kernelFromCache finds vmlinuz and the module tree under PADDOCK_KERNEL_DIR
-// (the directory .ci/fetch-kernel.sh fills).
-func kernelFromCache(t testing.TB) (vmlinuz, modules string) {
-	t.Helper()
-	dir := os.Getenv("PADDOCK_KERNEL_DIR")
-	requireEnv(t, dir != "", "PADDOCK_KERNEL_DIR is not set (run .ci/fetch-kernel.sh DIR and export PADDOCK_KERNEL_DIR=DIR)")
-	vs, _ := filepath.Glob(filepath.Join(dir, "*", "boot", "vmlinuz-*"))
-	ms, _ := filepath.Glob(filepath.Join(dir, "*", "lib", "modules", "*"))
-	sort.Strings(vs)
-	sort.Strings(ms)
-	if len(vs) == 0 || len(ms) == 0 {
-		t.Fatalf("no boot/vmlinuz-* and lib/modules/* under %s", dir)
-	}
-	return vs[0], ms[0]
-}
 
 // fixture is built once per test binary: the agent, a kit, the bare
 // reference initramfs.
@@ -62,12 +34,12 @@ var (
 
 func getFixture(t testing.TB) *fixture {
 	t.Helper()
-	requireEnv(t, os.Geteuid() == 0, "needs root (network namespaces, taps)")
-	for _, bin := range []string{"qemu-system-x86_64", "mkfs.ext4", "busybox"} {
-		_, err := exec.LookPath(bin)
-		requireEnv(t, err == nil, bin+" not installed (apt-get install qemu-system-x86 e2fsprogs busybox-static)")
+	testenv.RequireRoot(t, "network namespaces, taps")
+	testenv.BootsVM(t)
+	for _, tool := range []struct{ name, pkg string }{{"qemu-system-x86_64", "qemu-system-x86"}, {"mkfs.ext4", "e2fsprogs"}, {"busybox", "busybox-static"}} {
+		testenv.RequireTool(t, tool.name, tool.pkg)
 	}
-	vmlinuz, modules := kernelFromCache(t)
+	vmlinuz, modules := testenv.RequireKernel(t)
 	fixOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "paddock-qemurun-")
 		if err != nil {
@@ -125,7 +97,7 @@ func imageTree(t testing.TB, dir string, config any) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	requireEnv(t, isStatic(bb), bb+" is not statically linked (apt-get install busybox-static)")
+	testenv.Require(t, isStatic(bb), bb+" is not statically linked (apt-get install busybox-static)")
 	for _, d := range []string{"bin", "sbin", "etc", "tmp", "run", "srv", "data", "www", "root", ".paddock", "dev", "proc", "sys"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)

@@ -15,9 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paddock-vm/paddock/agent"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/paddock-vm/paddock/agent"
 )
 
 // testNetns is a network namespace created by the test, held by one locked

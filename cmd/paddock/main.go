@@ -386,8 +386,11 @@ func (c *cli) commands() *cobra.Command {
 				if c.json {
 					return c.printJSON(in)
 				}
-				fmt.Fprintf(c.out, "version:     %s\nuptime:      %s\nvms:         %d (%d running, %d stopped, %d created, %d error)\nstate dir:   %s\nruntime dir: %s\nsocket:      %s\n",
-					in.Version, (time.Duration(in.Uptime) * time.Second).Round(time.Second), in.VMs.Total, in.VMs.Running, in.VMs.Stopped, in.VMs.Created, in.VMs.Error, in.StateDir, in.RuntimeDir, in.Socket)
+				fmt.Fprintf(c.out, "version:     %s\nuptime:      %s\nhealth:      %s\nvms:         %d (%d running, %d stopped, %d created, %d error)\nstate dir:   %s\nruntime dir: %s\nsocket:      %s\n",
+					in.Version, (time.Duration(in.Uptime) * time.Second).Round(time.Second), orDash(string(in.Health)), in.VMs.Total, in.VMs.Running, in.VMs.Stopped, in.VMs.Created, in.VMs.Error, in.StateDir, in.RuntimeDir, in.Socket)
+				for _, p := range in.Problems {
+					fmt.Fprintf(c.out, "problem:     %s\n", p)
+				}
 				return nil
 			})
 		},

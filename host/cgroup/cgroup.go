@@ -37,6 +37,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // Prefix starts the name of every cgroup paddock creates for a VMM.
@@ -49,13 +51,13 @@ const SupervisorLeaf = "supervisor"
 var (
 	// ErrNoDelegation: this process has no cgroup it may create children in.
 	// The wrapping error says why.
-	ErrNoDelegation = errors.New("cgroup: no delegated cgroup")
+	ErrNoDelegation = errdefs.New(errdefs.ErrUnavailable, "cgroup: no delegated cgroup")
 	// ErrNotOurs: the cgroup's name does not start with Prefix.
-	ErrNotOurs = errors.New("cgroup: not a paddock cgroup")
+	ErrNotOurs = errdefs.New(errdefs.ErrFailedPrecondition, "cgroup: not a paddock cgroup")
 	// ErrNotEmpty: Remove without kill found processes in the cgroup.
-	ErrNotEmpty = errors.New("cgroup: still has processes")
+	ErrNotEmpty = errdefs.New(errdefs.ErrFailedPrecondition, "cgroup: still has processes")
 	// ErrNoCgroup2: no cgroup v2 hierarchy is mounted.
-	ErrNoCgroup2 = errors.New("cgroup: no cgroup2 mount")
+	ErrNoCgroup2 = errdefs.New(errdefs.ErrUnavailable, "cgroup: no cgroup2 mount")
 )
 
 // procRoot is /proc; tests point it elsewhere.

@@ -15,18 +15,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
-// requireRoot skips with a reason, or fails when CI=true.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("needs root (cgroupfs writes); CI=true makes this a failure")
-	}
-	t.Skip("needs root (cgroupfs writes)")
+	testenv.RequireRoot(t, "cgroupfs writes")
 }
 
 func TestParseMountinfo(t *testing.T) {
@@ -163,7 +158,7 @@ func testHierarchy(t *testing.T, delegated bool) string {
 	requireRoot(t)
 	mnt, _, err := Mountpoint()
 	if err != nil {
-		t.Skipf("no cgroup2: %v", err)
+		testenv.SkipBecause(t, fmt.Sprintf("no cgroup2: %v", err))
 	}
 	dir := filepath.Join(mnt, fmt.Sprintf("pdktest-%d-%d.service", os.Getpid(), time.Now().UnixNano()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -394,7 +389,7 @@ func TestDelegation(t *testing.T) {
 func TestDelegatedHere(t *testing.T) {
 	own, err := Of(0)
 	if err != nil {
-		t.Skipf("no cgroup2: %v", err)
+		testenv.SkipBecause(t, fmt.Sprintf("no cgroup2: %v", err))
 	}
 	mnt, _, _ := Mountpoint()
 	if own != mnt {

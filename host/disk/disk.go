@@ -47,6 +47,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -71,10 +72,10 @@ const (
 var (
 	// ErrUnsupported: the backend cannot work on this host; the error
 	// carries the reason (Probe's).
-	ErrUnsupported = errors.New("disk backend unsupported here")
+	ErrUnsupported = errdefs.New(errdefs.ErrUnavailable, "disk backend unsupported here")
 	// ErrBadHandle: a Disk that names files outside its directory, or is
 	// otherwise unusable, so nothing was touched.
-	ErrBadHandle = errors.New("bad disk handle")
+	ErrBadHandle = errdefs.New(errdefs.ErrInvalidArgument, "bad disk handle")
 )
 
 // Disk is a VM's copy-on-write disk: what the VMM opens and every host object

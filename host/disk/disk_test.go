@@ -13,8 +13,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/paddock-vm/paddock/host/dm"
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/host/dm"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 const (
@@ -24,13 +26,13 @@ const (
 
 // backendEnv prepares a state dir for backend name (an xfs mount for
 // reflink when the temp dir's file system has no reflinks) and returns the
-// options and the images dir, or skips with the probe's reason where
-// skipping is allowed.
+// options and the images dir, or skips with the probe's reason: only a
+// kernel without device-mapper may skip under CI.
 func backendEnv(t testing.TB, name string) (Options, string) {
 	t.Helper()
 	opts, images, skip := envFor(t, name)
 	if skip != "" {
-		t.Skip(skip)
+		testenv.SkipBecause(t, skip)
 	}
 	return opts, images
 }
@@ -41,14 +43,9 @@ func envFor(t testing.TB, name string) (opts Options, images, skip string) {
 	root := t.TempDir()
 	if name == Reflink {
 		if err := probeReflink(Options{Dir: root}); err != nil {
-			mnt, why := xfsDir(t)
-			if why != "" {
-				// The temp dir's file system truly has no reflinks (the
-				// probe tried FICLONE), and the loop-mounted xfs that would
-				// give us one cannot be made here.
-				return opts, "", fmt.Sprintf("%v; and no xfs to test on: %s", err, why)
-			}
-			root = mnt
+			// The temp dir's file system has no reflinks (the probe tried
+			// FICLONE): test on a loop-mounted xfs.
+			root = xfsDir(t)
 		}
 	}
 	images, vms := filepath.Join(root, "images"), filepath.Join(root, "vms")
@@ -63,9 +60,10 @@ func envFor(t testing.TB, name string) (opts Options, images, skip string) {
 			continue
 		}
 		if name == DM {
-			require(t, os.Geteuid() == 0, "the dm backend needs root")
+			testenv.RequireRoot(t, "the dm backend")
 			if errors.Is(probeDM(opts), dm.ErrUnsupported) {
-				return opts, "", st.Reason // the kernel lacks device-mapper or a target
+				// The kernel lacks device-mapper or a target.
+				return opts, "", testenv.NoDeviceMapper + ": " + st.Reason
 			}
 		}
 		t.Fatalf("%s unusable: %s", name, st.Reason)

@@ -16,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/bootkit/qemurun"
-	"golang.org/x/sys/unix"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // The dm backend needs a kernel with device-mapper; CI machines may not
@@ -80,22 +82,11 @@ func guestInit(m *testing.M) {
 }
 
 func TestDMInGuestKernel(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a VM")
-	}
-	kdir := os.Getenv("PADDOCK_KERNEL_DIR")
-	require(t, kdir != "", "PADDOCK_KERNEL_DIR is not set: run .ci/fetch-kernel.sh DIR and export PADDOCK_KERNEL_DIR=DIR")
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	require(t, err == nil, "qemu-system-x86_64 not found (install qemu-system-x86)")
-	vs, _ := filepath.Glob(filepath.Join(kdir, "*", "boot", "vmlinuz-*"))
-	ms, _ := filepath.Glob(filepath.Join(kdir, "*", "lib", "modules", "*"))
-	sort.Strings(vs)
-	sort.Strings(ms)
-	if len(vs) == 0 || len(ms) == 0 {
-		t.Fatalf("no boot/vmlinuz-* and lib/modules/* under %s", kdir)
-	}
+	testenv.BootsVM(t)
+	vmlinuz, modules := testenv.RequireKernel(t)
+	qemu := testenv.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	tmp := t.TempDir()
-	image, err := os.ReadFile(vs[0])
+	image, err := os.ReadFile(vmlinuz)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +98,7 @@ func TestDMInGuestKernel(t *testing.T) {
 	if err := os.WriteFile(kernel, vmlinux, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mods, err := bootkit.ResolveModules(ms[0], []string{"loop", "dm_snapshot", "dm_zero"}, bootkit.ResolveOptions{StripSignatures: true})
+	mods, err := bootkit.ResolveModules(modules, []string{"loop", "dm_snapshot", "dm_zero"}, bootkit.ResolveOptions{StripSignatures: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +129,7 @@ func TestDMInGuestKernel(t *testing.T) {
 			summary = append(summary, l)
 		}
 	}
-	t.Logf("in the guest (%s):\n%s", filepath.Base(ms[0]), strings.Join(summary, "\n"))
+	t.Logf("in the guest (%s):\n%s", filepath.Base(modules), strings.Join(summary, "\n"))
 	if werr != nil || code != 0 {
 		t.Fatalf("guest run failed: qemu %v, tests exit %d; console:\n%s", werr, code, tail(out, 60))
 	}

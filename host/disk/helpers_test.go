@@ -15,28 +15,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paddock-vm/paddock/host/loop"
 	"golang.org/x/sys/unix"
-)
 
-// require skips when a prerequisite is missing, except under CI=true where
-// it fails: CI must provide it.
-func require(t testing.TB, ok bool, reason string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("integration prerequisite missing under CI: %s", reason)
-	}
-	t.Skip(reason)
-}
+	"github.com/paddock-vm/paddock/host/loop"
+	"github.com/paddock-vm/paddock/internal/testenv"
+)
 
 func requireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
-	p, err := findTool(name, "", pkg)
-	require(t, err == nil, name+" not found (install "+pkg+")")
-	return p
+	return testenv.RequireTool(t, name, pkg)
 }
 
 const motd = "paddock base image\n"
@@ -202,15 +189,10 @@ func noLoopsOn(t testing.TB, paths ...string) {
 // xfsDir mounts a fresh xfs (reflink=1) on a loop device under a temp dir
 // and returns the mount point; cleanup unmounts it, and autoclear frees the
 // loop device. Needs root and mkfs.xfs.
-func xfsDir(t testing.TB) (string, string) {
+func xfsDir(t testing.TB) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		return "", "needs root to mount a loop-backed xfs"
-	}
-	mkfs, err := findTool("mkfs.xfs", "", "xfsprogs")
-	if err != nil {
-		return "", err.Error()
-	}
+	testenv.RequireRoot(t, "mount a loop-backed xfs for reflinks")
+	mkfs := requireTool(t, "mkfs.xfs", "xfsprogs")
 	tmp := t.TempDir()
 	img := filepath.Join(tmp, "xfs.img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
@@ -242,5 +224,5 @@ func xfsDir(t testing.TB) (string, string) {
 		}
 		noLoopsOn(t, img)
 	})
-	return mnt, ""
+	return mnt
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 func TestCreateSequenceAndRollback(t *testing.T) {
@@ -284,12 +286,7 @@ func TestMiscMinor(t *testing.T) {
 }
 
 func TestEnsureNode(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (mknod) under CI")
-		}
-		t.Skip("needs root (mknod)")
-	}
+	testenv.RequireRoot(t, "mknod")
 	dir := t.TempDir()
 	d := &Device{Major: 240, Minor: 7, Path: filepath.Join(dir, "dm-7")}
 	check := func(what string) {

@@ -16,9 +16,10 @@
 package dm
 
 import (
-	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 const (
@@ -37,12 +38,12 @@ var (
 	// ErrUnsupported: this host cannot run device-mapper (no kernel support,
 	// no control node, no permission, or a missing target type). The error
 	// names the reason.
-	ErrUnsupported = errors.New("device-mapper unsupported")
+	ErrUnsupported = errdefs.New(errdefs.ErrUnavailable, "device-mapper unsupported")
 	// ErrDeferred: the device was still open after the retries, so the
 	// kernel will remove it when its last opener closes it.
-	ErrDeferred = errors.New("device-mapper removal deferred until the device is closed")
+	ErrDeferred = errdefs.New(errdefs.ErrFailedPrecondition, "device-mapper removal deferred until the device is closed")
 	// ErrExists: a device with that name or uuid already exists.
-	ErrExists = errors.New("device-mapper device exists")
+	ErrExists = errdefs.New(errdefs.ErrAlreadyExists, "device-mapper device exists")
 )
 
 // Target is one line of a device-mapper table, in 512-byte sectors.

@@ -11,22 +11,18 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/host/loop"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // requireDM skips when the kernel has no device-mapper or no snapshot target,
-// with the probe's reason: the one skip allowed under CI=true. Missing root
-// is not such a reason under CI.
+// with the probe's reason: one of the skips allowed under CI=true. Missing
+// root is not such a reason under CI.
 func requireDM(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("integration prerequisite missing under CI: needs root")
-		}
-		t.Skip("needs root")
-	}
+	testenv.RequireRoot(t, "device-mapper")
 	if err := Probe("snapshot"); err != nil {
 		if errors.Is(err, ErrUnsupported) {
-			t.Skip(err.Error())
+			testenv.SkipBecause(t, testenv.NoDeviceMapper+": "+err.Error())
 		}
 		t.Fatal(err)
 	}

@@ -13,13 +13,14 @@
 package loop
 
 import (
-	"errors"
 	"os"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // ErrUnsupported: the host cannot attach loop devices (no /dev/loop-control,
 // no permission, or a kernel without the loop driver).
-var ErrUnsupported = errors.New("loop devices unsupported")
+var ErrUnsupported = errdefs.New(errdefs.ErrUnavailable, "loop devices unsupported")
 
 // Options control Attach.
 type Options struct {

@@ -12,25 +12,18 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
-// requireLoop skips without root or loop devices, except under CI=true where
-// the prerequisite is part of the contract and its absence fails.
+// requireLoop skips without root or loop devices (testenv: a failure
+// under CI).
 func requireLoop(t *testing.T) {
 	t.Helper()
-	reason := ""
-	if os.Geteuid() != 0 {
-		reason = "needs root for loop devices"
-	} else if _, err := os.Stat(controlPath); err != nil {
-		reason = "no " + controlPath + ": " + err.Error()
+	testenv.RequireRoot(t, "loop devices")
+	if _, err := os.Stat(controlPath); err != nil {
+		testenv.SkipBecause(t, "no "+controlPath+": "+err.Error())
 	}
-	if reason == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("integration prerequisite missing under CI: %s", reason)
-	}
-	t.Skip(reason)
 }
 
 // backingFile makes a file of size bytes filled with a pattern and registers

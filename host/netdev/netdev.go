@@ -60,11 +60,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // Defaults.
@@ -95,26 +96,26 @@ var DefaultSubnet = netip.MustParsePrefix("10.77.0.0/16")
 var (
 	// ErrNotOurs: the link exists but does not carry paddock's tag for the
 	// object asked for; paddock will not modify or delete it.
-	ErrNotOurs = errors.New("link is not paddock's")
+	ErrNotOurs = errdefs.New(errdefs.ErrFailedPrecondition, "link is not paddock's")
 	// ErrNameTaken: the tap name of a VM is used by another link (a foreign
 	// one, or the tap of another VM whose id shares the same prefix).
-	ErrNameTaken = errors.New("tap name already used by another link")
+	ErrNameTaken = errdefs.New(errdefs.ErrAlreadyExists, "tap name already used by another link")
 	// ErrExhausted: no free guest address is left in the subnet.
-	ErrExhausted = errors.New("guest subnet exhausted")
+	ErrExhausted = errdefs.New(errdefs.ErrUnavailable, "guest subnet exhausted")
 	// ErrNATUnsupported: Config.NAT is set but NAT is not implemented.
-	ErrNATUnsupported = errors.New("NAT is not supported (needs nftables masquerade and ip_forward; not implemented)")
+	ErrNATUnsupported = errdefs.New(errdefs.ErrNotImplemented, "NAT is not supported (needs nftables masquerade and ip_forward; not implemented)")
 	// ErrSubnetConflict: the guest subnet overlaps an address on another link.
-	ErrSubnetConflict = errors.New("guest subnet overlaps an address already in use")
+	ErrSubnetConflict = errdefs.New(errdefs.ErrInvalidArgument, "guest subnet overlaps an address already in use")
 	// ErrInvalidVMID: the VM id is empty, too long or has characters other
 	// than ASCII letters, digits, '_', '.' and '-'.
-	ErrInvalidVMID = errors.New("invalid VM id")
+	ErrInvalidVMID = errdefs.New(errdefs.ErrInvalidArgument, "invalid VM id")
 	// ErrInvalidConfig: the configuration is unusable.
-	ErrInvalidConfig = errors.New("invalid network configuration")
+	ErrInvalidConfig = errdefs.New(errdefs.ErrInvalidArgument, "invalid network configuration")
 	// ErrBridgeBusy: ReleaseBridge was asked to delete a bridge that still
 	// has ports.
-	ErrBridgeBusy = errors.New("bridge still has ports")
+	ErrBridgeBusy = errdefs.New(errdefs.ErrFailedPrecondition, "bridge still has ports")
 	// ErrClosed: the Manager was closed.
-	ErrClosed = errors.New("netdev manager closed")
+	ErrClosed = errdefs.New(errdefs.ErrUnavailable, "netdev manager closed")
 )
 
 // Config is the host network configuration.

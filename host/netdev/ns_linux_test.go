@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 const (
@@ -65,17 +67,9 @@ func attachHelper() int {
 	return 0
 }
 
-// requireRoot skips tests that need root, except in CI where it fails.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	const msg = "needs root: creates a private network namespace (CAP_SYS_ADMIN) and links in it (CAP_NET_ADMIN)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal("CI=true, so this may not skip: " + msg)
-	}
-	t.Skip(msg)
+	testenv.RequireRoot(t, "creates a private network namespace (CAP_SYS_ADMIN) and links in it (CAP_NET_ADMIN)")
 }
 
 // testNS is a private network namespace created by a test.

@@ -31,6 +31,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // Schemes reported in Result.Scheme.
@@ -51,7 +53,7 @@ const maxDetail = 120
 
 // ErrUnreachable is wrapped by Classify's error when the port cannot be
 // connected to (refused, unreachable, or the dial timed out).
-var ErrUnreachable = errors.New("port unreachable")
+var ErrUnreachable = errdefs.New(errdefs.ErrUnavailable, "port unreachable")
 
 // errReadLimit ends reading once Options.MaxRead bytes came from the peer.
 var errReadLimit = errors.New("probe: read limit reached")

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/host/cgroup"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // The test binary doubles as a fake VMM (PADDOCK_FAKE_VMM=1: tagged argv,
@@ -641,15 +642,10 @@ func TestDialAgent(t *testing.T) {
 // TestLaunchCgroup: with a parent cgroup the VMM is born in its own cgroup,
 // which Kill removes.
 func TestLaunchCgroup(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (cgroupfs writes); CI=true makes this a failure")
-		}
-		t.Skip("needs root (cgroupfs writes)")
-	}
+	testenv.RequireRoot(t, "cgroupfs writes")
 	mnt, _, err := cgroup.Mountpoint()
 	if err != nil {
-		t.Skipf("no cgroup2: %v", err)
+		testenv.SkipBecause(t, fmt.Sprintf("no cgroup2: %v", err))
 	}
 	parent := filepath.Join(mnt, fmt.Sprintf("pdktest-vmm-%d.service", os.Getpid()))
 	if err := os.Mkdir(parent, 0o755); err != nil {

@@ -68,11 +68,12 @@ package vmm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // TagPrefix starts the tag a VMM's command line carries, and the name of its
@@ -96,17 +97,17 @@ const (
 // or carry their own context.
 var (
 	// ErrInvalidSpec: the Spec cannot be started as given.
-	ErrInvalidSpec = errors.New("vmm: invalid spec")
+	ErrInvalidSpec = errdefs.New(errdefs.ErrInvalidArgument, "vmm: invalid spec")
 	// ErrAlreadyRunning: a VMM carrying this VM's tag is alive already.
-	ErrAlreadyRunning = errors.New("vmm: a VMM for this VM is already running")
+	ErrAlreadyRunning = errdefs.New(errdefs.ErrAlreadyExists, "vmm: a VMM for this VM is already running")
 	// ErrNotRunning: the handle's VMM is not running (Adopt).
-	ErrNotRunning = errors.New("vmm: VMM is not running")
+	ErrNotRunning = errdefs.New(errdefs.ErrFailedPrecondition, "vmm: VMM is not running")
 	// ErrInvalidHandle: the Process cannot describe a VMM (no pid, no VM id,
 	// wrong driver).
-	ErrInvalidHandle = errors.New("vmm: invalid VMM handle")
+	ErrInvalidHandle = errdefs.New(errdefs.ErrInvalidArgument, "vmm: invalid VMM handle")
 	// ErrUnsupported: the driver cannot do what the Spec asks (e.g. a qcow2
 	// disk on Firecracker).
-	ErrUnsupported = errors.New("vmm: unsupported by this driver")
+	ErrUnsupported = errdefs.New(errdefs.ErrNotImplemented, "vmm: unsupported by this driver")
 )
 
 // Driver starts, stops and re-adopts VMM processes of one kind. The VM actor

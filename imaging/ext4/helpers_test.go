@@ -19,16 +19,13 @@ import (
 	"github.com/paddock-vm/paddock/imaging/ext4"
 	"github.com/paddock-vm/paddock/imaging/flatten"
 	ft "github.com/paddock-vm/paddock/imaging/flatten/flattentest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 func requireTools(t testing.TB) {
 	t.Helper()
 	for _, n := range []string{"mke2fs", "debugfs", "e2fsck"} {
-		if _, err := exec.LookPath(n); err != nil {
-			if _, err := os.Stat("/usr/sbin/" + n); err != nil {
-				t.Skipf("%s not installed (apt-get install e2fsprogs)", n)
-			}
-		}
+		testenv.RequireTool(t, n, "e2fsprogs")
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // Tools names the e2fsprogs binaries. Empty fields are looked up in PATH,
@@ -22,7 +23,7 @@ type Tools struct {
 }
 
 // ErrToolMissing: an e2fsprogs binary was not found.
-var ErrToolMissing = errors.New("e2fsprogs tool not found")
+var ErrToolMissing = errdefs.New(errdefs.ErrUnavailable, "e2fsprogs tool not found")
 
 func findTool(name, given string) (string, error) {
 	if given != "" {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // Sentinel errors for the reasons callers branch on. Every rejection is
@@ -11,21 +13,21 @@ import (
 var (
 	// ErrPathEscape: an entry name, hardlink target, whiteout or a symlink
 	// followed during a write would leave the image root.
-	ErrPathEscape = errors.New("path escapes the image root")
+	ErrPathEscape = errdefs.New(errdefs.ErrInvalidArgument, "path escapes the image root")
 	// ErrBadName: a name the filesystem builders cannot store faithfully
 	// (NUL, LF, CR, empty or over-long component, path over MaxPathLen,
 	// bad symlink target or xattr name).
-	ErrBadName = errors.New("name cannot be stored")
+	ErrBadName = errdefs.New(errdefs.ErrInvalidArgument, "name cannot be stored")
 	// ErrBadLink: a hardlink whose target does not exist or is a directory,
 	// or a symlink that cannot be followed (dangling, loop).
-	ErrBadLink = errors.New("bad link")
+	ErrBadLink = errdefs.New(errdefs.ErrInvalidArgument, "bad link")
 	// ErrBadEntry: a malformed or unsupported entry (type, owner, device
 	// number, parent that is not a directory, truncated or corrupt tar).
-	ErrBadEntry = errors.New("malformed entry")
+	ErrBadEntry = errdefs.New(errdefs.ErrInvalidArgument, "malformed entry")
 	// ErrTooLarge: the unpacked size (or one entry's metadata) is over the limit.
-	ErrTooLarge = errors.New("unpacked size over limit")
+	ErrTooLarge = errdefs.New(errdefs.ErrInvalidArgument, "unpacked size over limit")
 	// ErrTooManyEntries: more tar entries than the configured maximum.
-	ErrTooManyEntries = errors.New("too many entries")
+	ErrTooManyEntries = errdefs.New(errdefs.ErrInvalidArgument, "too many entries")
 )
 
 // EntryError names the entry that was rejected and why.

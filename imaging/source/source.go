@@ -10,7 +10,6 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,14 +29,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/paddock-vm/paddock/errdefs"
 )
 
 // Sentinel errors callers branch on.
 var (
-	ErrNotFound    = errors.New("image not found in source")
-	ErrAmbiguous   = errors.New("source holds several images")
-	ErrUnsupported = errors.New("unsupported image source")
-	ErrPlatform    = errors.New("no linux/amd64 image")
+	ErrNotFound    = errdefs.New(errdefs.ErrNotFound, "image not found in source")
+	ErrAmbiguous   = errdefs.New(errdefs.ErrInvalidArgument, "source holds several images")
+	ErrUnsupported = errdefs.New(errdefs.ErrInvalidArgument, "unsupported image source")
+	ErrPlatform    = errdefs.New(errdefs.ErrNotFound, "no linux/amd64 image")
 )
 
 // Kind names where an image came from.

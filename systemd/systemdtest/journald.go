@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 //go:embed journald.sh
@@ -47,26 +49,16 @@ type Journal struct {
 var QueryTimeout = 5 * time.Second
 
 // Journald starts systemd-journald in a new private mount namespace (root
-// only; SkipOrFail otherwise) and stops it when the test ends. It kills
+// only; testenv.SkipBecause otherwise) and stops it when the test ends. It kills
 // only the processes it started; the namespace and its mounts vanish with
 // them. Start-up takes some 10–30 ms.
 func Journald(t testing.TB) *Journal {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		SkipOrFail(t, "systemdtest.Journald needs root (mount namespace, systemd-journald)")
-	}
+	testenv.RequireRoot(t, "systemdtest.Journald: mount namespace, systemd-journald")
 	journald := firstExisting("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
-	if journald == "" {
-		SkipOrFail(t, "systemd-journald not installed (package systemd)")
-	}
-	nsenter, err := exec.LookPath("nsenter")
-	if err != nil {
-		SkipOrFail(t, "nsenter not installed (package util-linux)")
-	}
-	jctl, err := exec.LookPath("journalctl")
-	if err != nil {
-		SkipOrFail(t, "journalctl not installed (package systemd)")
-	}
+	testenv.Require(t, journald != "", "systemd-journald not installed (apt-get install systemd, or make deps)")
+	nsenter := testenv.RequireTool(t, "nsenter", "util-linux")
+	jctl := testenv.RequireTool(t, "journalctl", "systemd")
 
 	j := &Journal{
 		Dir:     t.TempDir(),
@@ -80,6 +72,7 @@ func Journald(t testing.TB) *Journal {
 	// Go makes "/" recursively private in the child after unsharing.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	cmd.Stderr = j.stderr
+	var err error
 	j.stdin, err = cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -17,24 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SkipOrFail skips the test with reason, except under CI (CI=true) where a
-// missing prerequisite is a failure: CI must run every integration test.
-func SkipOrFail(t testing.TB, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true, cannot skip: %s", reason)
-	}
-	t.Skip(reason)
-}
-
-// RequireRoot calls SkipOrFail unless the test runs as root.
-func RequireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		SkipOrFail(t, "needs root")
-	}
-}
-
 // Message is one datagram received on a NotifySocket.
 type Message struct {
 	PID, UID, GID int        // sender credentials (SCM_CREDENTIALS)

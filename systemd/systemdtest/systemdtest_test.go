@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/journal"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
 	"github.com/paddock-vm/paddock/systemd"
 	"github.com/paddock-vm/paddock/systemd/systemdtest"
 )
@@ -125,7 +127,7 @@ func TestNotifySocketLongName(t *testing.T) {
 }
 
 func TestJournald(t *testing.T) {
-	systemdtest.RequireRoot(t)
+	testenv.RequireRoot(t, "mount namespace, systemd-journald")
 	var nsPID, jPID int
 	var hostMounts string
 	t.Run("run", func(t *testing.T) {
@@ -232,23 +234,6 @@ func run(f func()) {
 	done := make(chan struct{})
 	go func() { defer close(done); f() }()
 	<-done
-}
-
-func TestSkipOrFail(t *testing.T) {
-	for _, ci := range []string{"", "true"} {
-		t.Setenv("CI", ci)
-		f := &fakeTB{TB: t}
-		run(func() { systemdtest.SkipOrFail(f, "no frobnicator") })
-		if ci == "true" && (!f.failed || f.skipped) {
-			t.Errorf("CI=true: skipped=%v failed=%v, want a failure", f.skipped, f.failed)
-		}
-		if ci == "" && (!f.skipped || f.failed) {
-			t.Errorf("CI unset: skipped=%v failed=%v, want a skip", f.skipped, f.failed)
-		}
-		if !strings.Contains(f.msg, "no frobnicator") {
-			t.Errorf("message %q lacks the reason", f.msg)
-		}
-	}
 }
 
 func TestQueryFailsWhenNothingMatches(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,19 +22,8 @@ import (
 	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/bootkit/qemurun"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
-
-// requireEnv skips with a reason, or fails when CI=true.
-func requireEnv(t testing.TB, ok bool, reason string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("integration prerequisite missing under CI: %s", reason)
-	}
-	t.Skip(reason)
-}
 
 // fixture is built once per test binary: paddock-agent and a boot kit from
 // the cached Debian kernel.
@@ -52,20 +40,12 @@ var (
 
 func getFixture(t testing.TB) *fixture {
 	t.Helper()
-	requireEnv(t, os.Geteuid() == 0, "needs root (network namespace, tap, cgroup)")
-	for _, bin := range []string{DefaultBinary, "mkfs.ext4", "busybox"} {
-		_, err := exec.LookPath(bin)
-		requireEnv(t, err == nil, bin+" not installed (apt-get install qemu-system-x86 e2fsprogs busybox-static)")
+	testenv.RequireRoot(t, "network namespace, tap, cgroup")
+	testenv.BootsVM(t)
+	for _, tool := range []struct{ name, pkg string }{{"qemu-system-x86_64", "qemu-system-x86"}, {"mkfs.ext4", "e2fsprogs"}, {"busybox", "busybox-static"}} {
+		testenv.RequireTool(t, tool.name, tool.pkg)
 	}
-	dir := os.Getenv("PADDOCK_KERNEL_DIR")
-	requireEnv(t, dir != "", "PADDOCK_KERNEL_DIR is not set (run .ci/fetch-kernel.sh DIR and export PADDOCK_KERNEL_DIR=DIR)")
-	vs, _ := filepath.Glob(filepath.Join(dir, "*", "boot", "vmlinuz-*"))
-	ms, _ := filepath.Glob(filepath.Join(dir, "*", "lib", "modules", "*"))
-	sort.Strings(vs)
-	sort.Strings(ms)
-	if len(vs) == 0 || len(ms) == 0 {
-		t.Fatalf("no boot/vmlinuz-* and lib/modules/* under %s", dir)
-	}
+	vmlinuz, modules := testenv.RequireKernel(t)
 	fixOnce.Do(func() {
 		d, err := os.MkdirTemp("", "paddock-vmm-qemu-")
 		if err != nil {
@@ -80,7 +60,7 @@ func getFixture(t testing.TB) *fixture {
 			fixErr = "building paddock-agent: " + err.Error() + ": " + string(out)
 			return
 		}
-		if f.kit, err = bootkit.Import(context.Background(), vs[0], ms[0], "debian", filepath.Join(d, "state"), bootkit.WithAgent(agentBin)); err != nil {
+		if f.kit, err = bootkit.Import(context.Background(), vmlinuz, modules, "debian", filepath.Join(d, "state"), bootkit.WithAgent(agentBin)); err != nil {
 			fixErr = err.Error()
 			return
 		}
@@ -166,7 +146,7 @@ func imageTree(t testing.TB, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	requireEnv(t, isStatic(bb), bb+" is not statically linked (apt-get install busybox-static)")
+	testenv.Require(t, isStatic(bb), bb+" is not statically linked (apt-get install busybox-static)")
 	for _, d := range []string{"bin", "etc", "tmp", "run", "srv", "data", "root", ".paddock", "dev", "proc", "sys"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)

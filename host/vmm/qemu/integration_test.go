@@ -18,6 +18,7 @@ import (
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 // testCgroupParent makes a stand-in for paddockd's delegated cgroup and
@@ -25,7 +26,7 @@ import (
 func testCgroupParent(t *testing.T) string {
 	t.Helper()
 	mnt, _, err := cgroup.Mountpoint()
-	requireEnv(t, err == nil, fmt.Sprintf("no cgroup2 hierarchy: %v", err))
+	testenv.Require(t, err == nil, fmt.Sprintf("no cgroup2 hierarchy: %v", err))
 	dir := filepath.Join(mnt, fmt.Sprintf("pdktest-qemu-%d.service", os.Getpid()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -326,9 +327,8 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 // file) returns an error with QEMU's message and leaves no process, socket or
 // cgroup behind.
 func TestStartFailureLeavesNothing(t *testing.T) {
-	requireEnv(t, os.Geteuid() == 0, "needs root (cgroup)")
-	_, err := exec.LookPath(DefaultBinary)
-	requireEnv(t, err == nil, DefaultBinary+" not installed")
+	testenv.RequireRoot(t, "cgroup")
+	testenv.RequireTool(t, DefaultBinary, "qemu-system-x86")
 	cg := testCgroupParent(t)
 	tmp := t.TempDir()
 	initrd := filepath.Join(tmp, "initrd")

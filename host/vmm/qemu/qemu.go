@@ -36,6 +36,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +46,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/bootkit/qemurun"
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/host/vmm"
 )
 
@@ -96,6 +98,25 @@ func (d *Driver) binary() string {
 		return d.Binary
 	}
 	return DefaultBinary
+}
+
+// Check reports whether the driver can start a VMM here: its binary is
+// found (in $PATH, or at the path given). The error, in
+// errdefs.ErrUnavailable, names the binary.
+func (d *Driver) Check() error {
+	bin := d.binary()
+	if _, err := exec.LookPath(bin); err != nil {
+		// The lookup's own text repeats the path; keep only why.
+		var ee *exec.Error
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		} else if errors.As(err, &ee) {
+			err = ee.Err
+		}
+		return errdefs.Newf(errdefs.ErrUnavailable, "QEMU binary %q: %v", bin, err)
+	}
+	return nil
 }
 
 // qemuEscape doubles commas, QEMU's option-value escape.
@@ -162,6 +183,9 @@ func (d *Driver) Argv(spec vmm.Spec, accel string) ([]string, error) {
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
 	spec, err := spec.Normalize()
 	if err != nil {
+		return nil, err
+	}
+	if err := d.Check(); err != nil {
 		return nil, err
 	}
 	if live, err := vmm.Find(spec.VMID); err != nil {

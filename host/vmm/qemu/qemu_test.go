@@ -8,14 +8,15 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
 func testSpec(t *testing.T) vmm.Spec {
@@ -277,8 +278,7 @@ func TestKVMProbeDecision(t *testing.T) {
 // TestAdoptResumesPrelaunch: a QEMU left paused by -S (its daemon died
 // before "cont") is resumed by Adopt. Needs QEMU only (TCG, no kernel).
 func TestAdoptResumesPrelaunch(t *testing.T) {
-	bin, err := exec.LookPath(DefaultBinary)
-	requireEnv(t, err == nil, DefaultBinary+" not installed")
+	bin := testenv.RequireTool(t, DefaultBinary, "qemu-system-x86")
 	dir, err := os.MkdirTemp("", "pq")
 	if err != nil {
 		t.Fatal(err)
@@ -321,5 +321,52 @@ func TestAdoptResumesPrelaunch(t *testing.T) {
 	}
 	if ex, err := d2.Wait(ctx, p); err != nil || !ex.Known || ex.Code != 0 || ex.Signal != 0 {
 		t.Fatalf("exit %v %v", ex, err)
+	}
+}
+
+// A missing QEMU binary is reported by Check and by Start, before anything
+// is made, as Unavailable naming the binary.
+func TestCheckMissingBinary(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "qemu-ok")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	notExec := filepath.Join(dir, "qemu-noexec")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, binary string
+		wantErr      bool
+	}{
+		{"absolute path that exists", script, false},
+		{"absolute path missing", filepath.Join(dir, "no-such-qemu"), true},
+		{"not executable", notExec, true},
+		{"name not in PATH", "paddock-no-such-qemu", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Driver{Binary: tc.binary}
+			err := d.Check()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Check() = %v, want error %v", err, tc.wantErr)
+			}
+			if !tc.wantErr {
+				return
+			}
+			if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), tc.binary) {
+				t.Fatalf("Check() = %v: want Unavailable naming %s", err, tc.binary)
+			}
+			spec := testSpec(t)
+			spec.RunDir = filepath.Join(dir, "run-"+strings.ReplaceAll(tc.name, " ", "-"))
+			spec.VMID = "check-" + strings.ReplaceAll(tc.name, " ", "-")
+			p, err := d.Start(context.Background(), spec)
+			if p != nil || !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), tc.binary) {
+				t.Fatalf("Start = %v, %v: want Unavailable naming %s", p, err, tc.binary)
+			}
+			if _, err := os.Stat(spec.RunDir); !os.IsNotExist(err) {
+				t.Errorf("Start made %s before failing (%v)", spec.RunDir, err)
+			}
+		})
 	}
 }
