@@ -11,7 +11,7 @@ export PADDOCK_TEST_CACHE ?= $(HOME)/.cache/paddock-test
 export PADDOCK_KERNEL_DIR ?= $(PADDOCK_TEST_CACHE)/kernel
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps kernel build test unit e2e lint lint-go lint-shell bench demo clean
+.PHONY: all deps kernel build test unit e2e lint lint-go lint-shell bench demo stress clean
 
 all: build
 
@@ -75,6 +75,11 @@ bench: deps kernel build
 
 demo: deps kernel build
 	.ci/demo.sh
+
+# N back-to-back run/rm cycles under a CPU hog on every core; any hang fails.
+STRESS_CYCLES ?= 50
+stress: deps kernel build
+	.ci/stress-run.sh $(STRESS_CYCLES)
 
 clean:
 	rm -rf bin
