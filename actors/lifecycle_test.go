@@ -345,3 +345,32 @@ func TestReconcile(t *testing.T) {
 		})
 	}
 }
+
+// A panic in a resource child restarts only that child: the VM keeps
+// running, its VMM's end is still noticed, and stop releases everything.
+func TestPanicInResourceChild(t *testing.T) {
+	for _, kind := range append(append([]string(nil), resourceKinds...), KindAgent) {
+		t.Run(kind, func(t *testing.T) {
+			e := newLifecycle(t, nil)
+			if err := <-e.startAsync(t); err != nil {
+				t.Fatal(err)
+			}
+			e.sys.sys.Root.Send(e.sys.Manager, &crashVM{Ref: "v", Kind: kind})
+			if err := e.sys.Ping(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if vm := e.get(t); vm.Status != state.StatusRunning {
+				t.Fatalf("after the %s child's panic: %s (%s)", kind, vm.Status, vm.Reason)
+			}
+			if kind == KindVMM {
+				// The restarted child follows the live VMM again.
+				time.Sleep(50 * time.Millisecond)
+				e.fk.vmm.Exit(e.vm.ID, vmm.Exit{Known: true})
+				waitFor(t, "the VMM's end to be noticed", func() bool { return e.get(t).Status == state.StatusStopped })
+			} else if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {
+				t.Fatal(err)
+			}
+			e.noLeaks(t)
+		})
+	}
+}

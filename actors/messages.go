@@ -148,8 +148,12 @@ func (m *imageUsers) describe() string {
 	return "list of the VMs that use image " + m.Digest
 }
 
-// crashVM makes a VM actor panic; tests use it to prove supervision.
-type crashVM struct{ Ref string }
+// crashVM makes a VM actor panic, or with Kind one of its resource
+// children; tests use it to prove supervision.
+type crashVM struct{ Ref, Kind string }
+
+// crashRes makes a resource child panic.
+type crashRes struct{}
 
 // imageUsers asks the Manager which VMs use an image; answered with []string.
 type imageUsers struct{ Digest string }

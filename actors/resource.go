@@ -127,11 +127,21 @@ type (
 
 func (r *resourceActor[H]) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *actor.Stopping:
+	case *actor.Started:
+		// After a restart (a panic) the resource may be live: follow it
+		// again. The book, not memory, says so.
+		if rec, ok := r.book.get(r.kind); ok && rec.State == "live" {
+			if h, _, ok := r.recorded(nil); ok {
+				r.watch(ctx, h)
+			}
+		}
+	case *actor.Stopping, *actor.Restarting:
 		r.unwatch()
 		if r.cancel != nil {
 			r.cancel()
 		}
+	case *crashRes:
+		panic("injected panic in the " + r.kind + " actor")
 	case *acquireRes, *releaseRes, *probeRes:
 		if r.busy {
 			if _, rel := m.(*releaseRes); rel && r.cancel != nil {

@@ -53,6 +53,10 @@ func (a *vmActor) Receive(ctx actor.Context) {
 	case *actor.Restarting:
 		a.log.Warn("VM actor restarting after a failure")
 	case *crashVM:
+		if pid := a.kids[m.Kind]; pid != nil {
+			ctx.Send(pid, &crashRes{})
+			return
+		}
 		panic(fmt.Sprintf("injected panic in VM actor %s", a.id))
 	case *reconciled:
 		if a.op != nil && a.op.kind == opReconcile {
