@@ -5,94 +5,82 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-vm/paddock/api"
 )
 
-func (c *cli) kernelCommands() *cobra.Command {
+func (c *cli) newKernelCommand() *cobra.Command {
 	k := &cobra.Command{Use: "kernel", Short: "Manage boot kits (guest kernel + initramfs)"}
-	var modules, name string
-	imp := &cobra.Command{
-		Use:   "import VMLINUZ --modules DIR [--name N]",
-		Short: "Build a boot kit from a kernel and its modules (e.g. Debian's linux-image-amd64)",
-		Args:  exact(1, "one kernel image"),
-		RunE: func(_ *cobra.Command, a []string) error {
-			if modules == "" {
-				return usageError{fmt.Errorf("--modules DIR is required (e.g. /lib/modules/$(uname -r))")}
-			}
-			kf, err := os.Open(a[0])
-			if err != nil {
-				return err
-			}
-			defer kf.Close()
-			md, err := os.Open(modules)
-			if err != nil {
-				return err
-			}
-			defer md.Close()
-			kernelPath, _ := filepath.Abs(a[0])
-			modPath, _ := filepath.Abs(modules)
-			return c.call(func(ctx context.Context, cl *api.Client) error {
-				kit, err := cl.ImportKernel(ctx, api.ImportKernelIn{Name: name, Kernel: kernelPath, Modules: modPath}, kf, md)
-				if err != nil {
-					return err
-				}
-				if c.json {
-					return c.printJSON(kit)
-				}
-				fmt.Fprintf(c.out, "boot kit %s: kernel %s, %d modules\n", kit.Name, kit.Release, kit.Modules)
-				return nil
-			})
-		},
-	}
-	imp.Flags().StringVar(&modules, "modules", "", "the kernel's module tree")
-	imp.Flags().StringVar(&name, "name", "", "kit name (default \"default\")")
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List boot kits",
-		Args:  exact(0, "no arguments"),
-		RunE: func(*cobra.Command, []string) error {
-			return c.call(func(ctx context.Context, cl *api.Client) error {
-				kits, err := cl.ListKernels(ctx)
-				if err != nil {
-					return err
-				}
-				if c.json {
-					return c.printJSON(kits)
-				}
-				tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tRELEASE\tMODULES\tDEFAULT\tCREATED")
-				for _, k := range kits {
-					def := ""
-					if k.Default {
-						def = "*"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", k.Name, k.Release, k.Modules, def, ago(k.Created))
-				}
-				return tw.Flush()
-			})
-		},
-	}
-	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove a boot kit",
-		Args:  exact(1, "one kit name"),
-		RunE: func(_ *cobra.Command, a []string) error {
-			return c.call(func(ctx context.Context, cl *api.Client) error {
-				if err := cl.RemoveKernel(ctx, a[0]); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.out, "%s removed\n", a[0])
-				return nil
-			})
-		},
-	}
-	k.AddCommand(imp, ls, rm)
-	for _, sub := range k.Commands() {
-		sub.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	}
+	k.AddCommand(c.newKernelImportCommand(), c.newKernelLsCommand(), c.newKernelRmCommand())
 	return k
+}
+
+func (c *cli) newKernelImportCommand() *cobra.Command {
+	var modules, name string
+	cmd := &cobra.Command{Use: "import VMLINUZ --modules DIR [--name N]", Short: "Build a boot kit from a kernel and its modules (e.g. Debian's linux-image-amd64)", Args: exactly(1, "one kernel image")}
+	cmd.Flags().StringVar(&modules, "modules", "", "the kernel's module tree")
+	cmd.Flags().StringVar(&name, "name", "", "kit name (default \"default\")")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if modules == "" {
+			return usageError{fmt.Errorf("--modules DIR is required (e.g. /lib/modules/$(uname -r))")}
+		}
+		return nil
+	}
+	return query(c, cmd, func(ctx context.Context, cl *api.Client, a []string) (*api.Kernel, error) {
+		files, err := openAll(a[0], modules)
+		if err != nil {
+			return nil, err
+		}
+		defer closeAll(files)
+		kernelPath, _ := filepath.Abs(a[0])
+		modPath, _ := filepath.Abs(modules)
+		return cl.ImportKernel(ctx, api.ImportKernelIn{Name: name, Kernel: kernelPath, Modules: modPath}, files[0], files[1])
+	}, func(kit *api.Kernel) error {
+		_, err := fmt.Fprintf(c.out, "boot kit %s: kernel %s, %d modules\n", kit.Name, termSafe(kit.Release), kit.Modules)
+		return err
+	})
+}
+
+func (c *cli) newKernelLsCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "ls", Short: "List boot kits", Args: exactly(0, "no arguments")}
+	return query(c, cmd, func(ctx context.Context, cl *api.Client, _ []string) ([]api.Kernel, error) {
+		return cl.ListKernels(ctx)
+	}, func(kits []api.Kernel) error {
+		return table(c.out, "NAME\tRELEASE\tMODULES\tDEFAULT\tCREATED", kits, func(k api.Kernel) string {
+			def := ""
+			if k.Default {
+				def = "*"
+			}
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", k.Name, termSafe(k.Release), k.Modules, def, ago(k.Created))
+		})
+	})
+}
+
+func (c *cli) newKernelRmCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "rm NAME", Short: "Remove a boot kit", Args: exactly(1, "one kit name")}
+	return c.eachCommand(cmd, "removed", func(ctx context.Context, cl *api.Client, name string) (any, error) {
+		return nil, cl.RemoveKernel(ctx, name)
+	})
+}
+
+// openAll opens files with the caller's own rights, to pass to the daemon.
+func openAll(paths ...string) ([]*os.File, error) {
+	var files []*os.File
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			closeAll(files)
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/imaging/layoutref"
 )
 
 // Sentinel errors callers branch on.
@@ -139,7 +140,7 @@ func checkPlatform(img v1.Image, want v1.Platform, ref string) error {
 // PATH@sha256:...), a docker save archive, or a plain rootfs tar (gzip,
 // zstd or uncompressed).
 func Import(ctx context.Context, path string, o Options) (*Image, error) {
-	base, sel := splitSelector(path)
+	base, sel := layoutref.Split(path)
 	fi, err := os.Stat(base)
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", base, err)
@@ -193,19 +194,6 @@ func ImportFile(ctx context.Context, f *os.File, ref string, o Options) (*Image,
 		return openDockerArchive(ref, open, o)
 	}
 	return openRootfsTar(ctx, ref, open, o)
-}
-
-// splitSelector splits "dir:tag" or "dir@sha256:..." when dir exists.
-func splitSelector(p string) (string, string) {
-	if i := strings.LastIndex(p, "@sha256:"); i > 0 {
-		return p[:i], p[i+1:]
-	}
-	if i := strings.LastIndex(p, ":"); i > 0 && !strings.Contains(p[i:], "/") {
-		if fi, err := os.Stat(p[:i]); err == nil && fi.IsDir() {
-			return p[:i], p[i+1:]
-		}
-	}
-	return p, ""
 }
 
 func openLayout(dir, sel string, o Options) (*Image, error) {

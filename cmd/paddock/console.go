@@ -1,0 +1,25 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-vm/paddock/api"
+)
+
+func (c *cli) newConsoleCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "console VM", Short: "Attach to a VM's serial console (Ctrl-] detaches)", Args: exactly(1, "one VM")}
+	cmd.RunE = func(_ *cobra.Command, a []string) error {
+		if restore, err := makeRaw(int(os.Stdin.Fd())); err == nil {
+			defer restore()
+			fmt.Fprint(c.errOut, "Connected to the console of "+a[0]+"; Ctrl-] detaches.\r\n")
+		}
+		return c.relayed(true, func(ctx context.Context, cl *api.Client, stdin *os.File) error {
+			return cl.Console(ctx, a[0], stdin, os.Stdout)
+		})
+	}
+	return cmd
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/config"
+)
+
+func (c *cli) newInspectCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "inspect VM...", Short: "Show a VM in full", Args: atLeast(1, "VM name or id")}
+	cmd.RunE = func(_ *cobra.Command, a []string) error {
+		return c.call(func(ctx context.Context, cl *api.Client) error {
+			var vms []*api.VM
+			for _, ref := range a {
+				vm, err := cl.Get(ctx, ref)
+				if err != nil {
+					return err
+				}
+				vms = append(vms, vm)
+			}
+			if c.json && len(vms) == 1 {
+				return c.printJSON(vms[0])
+			}
+			return c.show(vms, func() error {
+				for i, vm := range vms {
+					if i > 0 {
+						fmt.Fprintln(c.out)
+					}
+					printDetail(c.out, vm)
+					if vm.Status == "running" {
+						c.printActivity(ctx, cl, vm.ID)
+					}
+				}
+				return nil
+			})
+		})
+	}
+	return cmd
+}
+
+func printDetail(w io.Writer, vm *api.VM) {
+	rows := [][2]string{{"ID", vm.ID}, {"Name", orDash(vm.Name)}, {"Status", vm.Status}}
+	if vm.Reason != "" {
+		rows = append(rows, [2]string{"Reason", termSafe(vm.Reason)})
+	}
+	rows = append(rows, [2]string{"Owner UID", fmt.Sprint(vm.OwnerUID)})
+	if vm.IP != "" {
+		rows = append(rows, [2]string{"IP", vm.IP})
+	}
+	rows = append(rows,
+		[2]string{"Image", termSafe(orDash(vm.Spec.Image))},
+		[2]string{"Image digest", orDash(vm.Spec.ImageDigest)},
+		[2]string{"CPUs", fmt.Sprint(vm.Spec.CPUs)},
+		[2]string{"Memory", config.FormatSize(vm.Spec.Memory)},
+		[2]string{"Disk", config.FormatSize(vm.Spec.DiskSize)},
+		[2]string{"Auto-stop", vm.Spec.AutoStop},
+		[2]string{"Created", vm.CreatedAt},
+		[2]string{"Updated", vm.UpdatedAt})
+	fields(w, rows)
+}
+
+// printActivity adds a running VM's health and activity, read passively
+// (looking is not activity); nothing when the figures are not there.
+func (c *cli) printActivity(ctx context.Context, cl *api.Client, id string) {
+	_ = cl.Stats(ctx, api.StatsIn{VM: id, Passive: true}, false, func(st []api.VMStats) error {
+		if len(st) != 1 {
+			return nil
+		}
+		s := st[0]
+		h := s.Health
+		if s.HealthReason != "" {
+			h += " (" + termSafe(s.HealthReason) + ")"
+		}
+		fields(c.out, [][2]string{
+			{"Health", h},
+			{"Last activity", fmt.Sprintf("%s (%s)", orDash(s.LastActivity), orDash(s.ActivityCause))},
+			{"Auto-stop at", orDash(s.AutoStopAt)},
+		})
+		return nil
+	})
+}

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-vm/paddock/api"
+)
+
+func (c *cli) newPortsCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "ports VM", Short: "Listening TCP ports of a VM, probed from outside: https, http or tcp, with a URL", Args: exactly(1, "one VM")}
+	cmd.RunE = func(_ *cobra.Command, a []string) error {
+		return c.statsOf(a[0], false, func(st []api.VMStats) error {
+			ps := []api.Port{}
+			if len(st) > 0 && st[0].Ports != nil {
+				ps = st[0].Ports
+			}
+			return c.show(ps, func() error {
+				return table(c.out, "PORT\tSCHEME\tURL\tPROCESS", ps, func(p api.Port) string {
+					return fmt.Sprintf("%d\t%s\t%s\t%s", p.Port, p.Scheme, orDash(p.URL), termSafe(strings.TrimSpace(fmt.Sprintf("%s %s", orDash(p.Process), pidText(p.PID)))))
+				})
+			})
+		})
+	}
+	return cmd
+}
+
+func pidText(pid int) string {
+	if pid == 0 {
+		return ""
+	}
+	return fmt.Sprintf("(pid %d)", pid)
+}
