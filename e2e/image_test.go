@@ -192,3 +192,28 @@ func TestHostileImageLeavesNothing(t *testing.T) {
 		t.Fatalf("scratch left: %v", scratch)
 	}
 }
+
+// Defect (issue 9, #4): importing an OCI layout that holds several images
+// names each in the form that imports it; one of those forms then works.
+func TestImportLayoutNamesItsImages(t *testing.T) {
+	e := newEnv(t, "")
+	e.daemon(t, nil)
+	lay := filepath.Join(t.TempDir(), "layout")
+	lp, err := layout.Write(lay, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range []string{"demo", "busybox"} {
+		img := imagetest.Image(t, nil, imagetest.LayerTar(t, imagetest.Entry{Name: tag, Body: tag}))
+		if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := e.cli(t, nil, "image", "import", lay)
+	if r.code != 1 || !strings.Contains(r.stderr, lay+":demo") || !strings.Contains(r.stderr, lay+":busybox") {
+		t.Fatalf("import of a layout with two images: %+v", r)
+	}
+	if out := e.cli(t, nil, "image", "import", lay+":busybox", "--name", "bb").ok(t, "import by tag"); !strings.Contains(out, "bb:busybox") {
+		t.Fatalf("import by tag: %s", out)
+	}
+}

@@ -207,7 +207,7 @@ func openLayout(dir, sel string, o Options) (*Image, error) {
 	}
 	var hits []v1.Descriptor
 	for _, d := range im.Manifests {
-		tag := d.Annotations["org.opencontainers.image.ref.name"]
+		tag := d.Annotations[refName]
 		switch {
 		case sel == "":
 			hits = append(hits, d)
@@ -218,10 +218,10 @@ func openLayout(dir, sel string, o Options) (*Image, error) {
 		}
 	}
 	if len(hits) == 0 {
-		return nil, fmt.Errorf("OCI layout %s has no image %q: %w", dir, sel, ErrNotFound)
+		return nil, fmt.Errorf("OCI layout %s has no image %q; it holds %s: %w", dir, sel, layoutChoices(dir, im.Manifests), ErrNotFound)
 	}
 	if len(hits) > 1 {
-		return nil, fmt.Errorf("OCI layout %s holds %d images; pick one with %s:TAG or %s@sha256:...: %w", dir, len(hits), dir, dir, ErrAmbiguous)
+		return nil, fmt.Errorf("OCI layout %s holds %d images; pick one: %s: %w", dir, len(hits), layoutChoices(dir, hits), ErrAmbiguous)
 	}
 	d := hits[0]
 	var img v1.Image
@@ -244,7 +244,7 @@ func openLayout(dir, sel string, o Options) (*Image, error) {
 		return nil, fmt.Errorf("OCI layout %s: entry of media type %s: %w", dir, d.MediaType, ErrUnsupported)
 	}
 	names := []string{}
-	if tag := d.Annotations["org.opencontainers.image.ref.name"]; tag != "" {
+	if tag := d.Annotations[refName]; tag != "" {
 		if strings.Contains(tag, ":") {
 			names = append(names, tag)
 		} else if o.Name != "" {
@@ -255,6 +255,48 @@ func openLayout(dir, sel string, o Options) (*Image, error) {
 		names = append(names, o.Name)
 	}
 	return &Image{Kind: OCILayout, Ref: dir, Names: names, Image: img}, nil
+}
+
+// layoutChoices names each image of a layout the way import selects it:
+// DIR:TAG when its tag (or the part after the tag's last colon) picks it
+// alone, else DIR@DIGEST. At most 20, then a count of the rest.
+func layoutChoices(dir string, ds []v1.Descriptor) string {
+	const most = 20
+	suffixes := map[string]int{}
+	for _, d := range ds {
+		if tag := d.Annotations[refName]; tag != "" {
+			suffixes[tagSelector(tag)]++
+		}
+	}
+	var out []string
+	for i, d := range ds {
+		if i == most {
+			out = append(out, fmt.Sprintf("and %d more", len(ds)-most))
+			break
+		}
+		tag := d.Annotations[refName]
+		if sel := tagSelector(tag); tag != "" && suffixes[sel] == 1 {
+			out = append(out, dir+":"+sel)
+		} else {
+			out = append(out, dir+"@"+d.Digest.String())
+		}
+	}
+	if len(out) == 0 {
+		return "no images"
+	}
+	return strings.Join(out, ", ")
+}
+
+// refName is the annotation that tags an image in an OCI layout.
+const refName = "org.opencontainers.image.ref.name"
+
+// tagSelector is what follows DIR: to pick a tagged image: the tag, or for
+// a full reference (name:tag) its tag.
+func tagSelector(tag string) string {
+	if i := strings.LastIndex(tag, ":"); i >= 0 && !strings.Contains(tag[i:], "/") {
+		return tag[i+1:]
+	}
+	return tag
 }
 
 func pickPlatform(idx v1.ImageIndex, p v1.Platform) (v1.Image, error) {

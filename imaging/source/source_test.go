@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -178,7 +180,76 @@ func TestSourceErrors(t *testing.T) {
 	if _, err := source.Import(ctx, lay+":b", source.Options{}); err != nil {
 		t.Fatalf("layout by tag: %v", err)
 	}
+	// Refusals name what the layout holds, in the form that selects each.
+	for _, ref := range []string{lay, lay + ":zzz"} {
+		_, err := source.Import(ctx, ref, source.Options{})
+		if err == nil || !strings.Contains(err.Error(), lay+":a, "+lay+":b") {
+			t.Errorf("import %s: %v, want the choices %s:a and %s:b named", ref, err, lay, lay)
+		}
+	}
 	if _, err := source.Pull(ctx, reg+"/missing:1", source.Options{}); err == nil {
 		t.Fatal("pulled a missing image")
 	}
+}
+
+// A layout's images are named by tag where a tag picks one alone, else by
+// digest, and a long list is cut short.
+func TestLayoutChoices(t *testing.T) {
+	ctx := context.Background()
+	img := func(body string) v1.Image {
+		return imagetest.Image(t, nil, imagetest.LayerTar(t, imagetest.Entry{Name: "f", Body: body}))
+	}
+	cases := []struct {
+		name string
+		tags []string
+		want []string // %s is the layout's path; @ stands for "@sha256:"
+	}{
+		{"plain tags", []string{"demo", "busybox"}, []string{"%s:demo", "%s:busybox"}},
+		{"full references", []string{"team/app:1", "busybox:latest"}, []string{"%s:1", "%s:latest"}},
+		{"a tag two images share", []string{"a:latest", "b:latest", "c"}, []string{"%s@", "%s@", "%s:c"}},
+		{"untagged", []string{"", "x"}, []string{"%s@", "%s:x"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			lay := filepath.Join(t.TempDir(), "layout")
+			lp, err := layout.Write(lay, empty.Index)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, tag := range tc.tags {
+				var opts []layout.Option
+				if tag != "" {
+					opts = append(opts, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag}))
+				}
+				if err := lp.AppendImage(img(fmt.Sprint(i)), opts...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err = source.Import(ctx, lay, source.Options{})
+			if !errors.Is(err, source.ErrAmbiguous) {
+				t.Fatalf("import: %v, want ErrAmbiguous", err)
+			}
+			msg := err.Error()
+			for _, w := range tc.want {
+				w = strings.ReplaceAll(fmt.Sprintf(w, lay), "@", "@sha256:")
+				if !strings.Contains(msg, w) {
+					t.Errorf("%q lacks %q", msg, w)
+				}
+				msg = strings.Replace(msg, w, "", 1)
+			}
+		})
+	}
+	t.Run("long list", func(t *testing.T) {
+		lay := filepath.Join(t.TempDir(), "layout")
+		lp, _ := layout.Write(lay, empty.Index)
+		for i := 0; i < 25; i++ {
+			if err := lp.AppendImage(img(fmt.Sprint(i)), layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": fmt.Sprint("t", i)})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := source.Import(ctx, lay, source.Options{})
+		if err == nil || !strings.Contains(err.Error(), lay+":t19, and 5 more") || strings.Contains(err.Error(), ":t20") {
+			t.Fatalf("import: %v", err)
+		}
+	})
 }
