@@ -182,13 +182,19 @@ type Image struct {
 	Owners  []uint32 `json:"owners"`
 }
 
-// ImportProgress reports an import's advance.
+// ImportProgress reports an import's advance. Text in it comes from the
+// image's source: escape it before it reaches a terminal.
 type ImportProgress struct {
-	Phase  string `json:"phase"`
-	Layer  int    `json:"layer"`
-	Layers int    `json:"layers"`
-	Bytes  int64  `json:"bytes"`
-	Total  int64  `json:"total"`
+	Phase      string `json:"phase"`
+	Layer      int    `json:"layer"`
+	Layers     int    `json:"layers"`
+	Digest     string `json:"digest,omitempty"`
+	LayerBytes int64  `json:"layer_bytes,omitempty"`
+	LayerSize  int64  `json:"layer_size,omitempty"`
+	Bytes      int64  `json:"bytes"`
+	Total      int64  `json:"total"`
+	Built      int64  `json:"built,omitempty"`
+	BuildSize  int64  `json:"build_size,omitempty"`
 }
 
 // PullIn are PullImage's parameters.

@@ -67,12 +67,16 @@ func (d *Daemon) runImport(ctx context.Context, c *varlink.Call, open func(conte
 
 func (d *Daemon) runImportThen(ctx context.Context, c *varlink.Call, open func(context.Context) (*source.Image, error), then func(*imaging.Image)) error {
 	var last time.Time
+	var prev imaging.Progress
 	done, err := d.actors.ImportImage(ctx, d.auth.caller(c.Peer), open, func(p imaging.Progress) {
-		if !c.More || (p.Phase == "layers" && time.Since(last) < 200*time.Millisecond) {
+		// Every change of phase or layer goes out; counts within one at most
+		// every 200 ms.
+		if !c.More || p.Phase == prev.Phase && p.Layer == prev.Layer && time.Since(last) < 200*time.Millisecond {
 			return
 		}
-		last = time.Now()
-		_ = c.Continue(api.ImportOut{Progress: &api.ImportProgress{Phase: p.Phase, Layer: p.Layer, Layers: p.Layers, Bytes: p.Bytes, Total: p.Total}})
+		last, prev = time.Now(), p
+		_ = c.Continue(api.ImportOut{Progress: &api.ImportProgress{Phase: p.Phase, Layer: p.Layer, Layers: p.Layers, Digest: p.Digest,
+			LayerBytes: p.LayerBytes, LayerSize: p.LayerSize, Bytes: p.Bytes, Total: p.Total, Built: p.Built, BuildSize: p.BuildSize}})
 	})
 	if err != nil {
 		return importError(err)

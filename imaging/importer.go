@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -19,14 +20,27 @@ import (
 	"github.com/paddock-vm/paddock/state"
 )
 
-// Progress is one report of an import's advance.
+// Progress is one report of an import's advance. Layer sizes are those of
+// the layers' blobs, as the source has them (compressed, from a registry).
 type Progress struct {
 	Phase  string `json:"phase"` // resolve, layers, build, store, done
 	Layer  int    `json:"layer"` // 1-based layer being read
 	Layers int    `json:"layers"`
-	Bytes  int64  `json:"bytes"` // uncompressed bytes read so far
-	Total  int64  `json:"total"` // compressed size of all layers (as the manifest says)
+	// Digest, LayerBytes and LayerSize describe the layer being read: the
+	// bytes of its blob read so far, and the blob's size (0: unknown).
+	Digest     string `json:"digest,omitempty"`
+	LayerBytes int64  `json:"layer_bytes,omitempty"`
+	LayerSize  int64  `json:"layer_size,omitempty"`
+	Bytes      int64  `json:"bytes"` // blob bytes of all layers read so far
+	Total      int64  `json:"total"` // blob size of all layers (0: unknown)
+	// Built and BuildSize tell how far the disk image is written: the
+	// bytes it holds so far, and about what it will hold.
+	Built     int64 `json:"built,omitempty"`
+	BuildSize int64 `json:"build_size,omitempty"`
 }
+
+// tickEvery is how often a layer being read reports its progress.
+const tickEvery = 100 * time.Millisecond
 
 // BuildFunc writes a flattened tree as an ext4 filesystem image at out.
 type BuildFunc func(ctx context.Context, res *flatten.Result, out string) error
@@ -95,14 +109,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	if err != nil {
 		return nil, fmt.Errorf("image %s: layers: %w", src.Ref, err)
 	}
-	var total int64
-	if manifest != nil {
-		if m, err := src.Manifest(); err == nil {
-			for _, l := range m.Layers {
-				total += l.Size
-			}
-		}
-	}
+	sizes, total := layerSizes(src.Kind, layers)
 	if err := os.MkdirAll(im.ScratchDir, 0o750); err != nil {
 		return nil, fmt.Errorf("scratch dir %s: %w", im.ScratchDir, err)
 	}
@@ -126,14 +133,13 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 		}
 		i, l := i, l
 		fl[i] = flatten.Layer{Digest: label, Open: func() (io.ReadCloser, error) {
-			progress(Progress{Phase: "layers", Layer: i + 1, Layers: len(layers), Bytes: read.Load(), Total: total})
-			rc, err := l.Uncompressed()
-			if err != nil {
-				return nil, err
+			p := Progress{Phase: "layers", Layer: i + 1, Layers: len(layers), Digest: label, LayerSize: sizes[i], Total: total}
+			tick := func(n int64) {
+				p.LayerBytes, p.Bytes = n, read.Add(n-p.LayerBytes)
+				progress(p)
 			}
-			return &countingRC{ReadCloser: rc, n: &read, every: 8 << 20, tick: func(n int64) {
-				progress(Progress{Phase: "layers", Layer: i + 1, Layers: len(layers), Bytes: n, Total: total})
-			}}, nil
+			tick(0)
+			return openLayer(src.Kind, l, tick)
 		}}
 	}
 	opts := im.Limits
@@ -144,15 +150,18 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 		return nil, err
 	}
 	defer res.Close()
-	progress(Progress{Phase: "build", Layers: len(layers), Bytes: read.Load(), Total: total})
+	after := Progress{Layers: len(layers), Bytes: read.Load(), Total: total}
 	rootfs := filepath.Join(tmp, "rootfs.ext4")
-	if err := im.Build(ctx, res, rootfs); err != nil {
+	if err := im.build(ctx, res, rootfs, after, progress); err != nil {
 		return nil, fmt.Errorf("image %s: build ext4: %w", src.Ref, err)
 	}
+	after.Built = allocatedUnder(tmp)
+	after.BuildSize = after.Built
 	if err := os.Chmod(rootfs, 0o440); err != nil {
 		return nil, err
 	}
-	progress(Progress{Phase: "store", Layers: len(layers), Bytes: read.Load(), Total: total})
+	after.Phase = "store"
+	progress(after)
 	for name, b := range map[string][]byte{"manifest.json": manifest, "config.json": config} {
 		if b == nil {
 			continue
@@ -181,7 +190,8 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	if err := state.SyncDir(im.Store.Root); err != nil {
 		return nil, err
 	}
-	progress(Progress{Phase: "done", Layers: len(layers), Bytes: read.Load(), Total: total})
+	after.Phase = "done"
+	progress(after)
 	return img, nil
 }
 
@@ -200,23 +210,110 @@ func layerLabel(l v1.Layer, i int, uncompressed bool) (string, error) {
 	return d.String(), nil
 }
 
+// layerSizes are the blob sizes of the layers and their sum, where they
+// are known without reading: from the manifest (registry, OCI layout), or
+// from the hashing pass a rootfs tar had already (its blob is the tar). A
+// docker archive's layer sizes would cost a gzip pass: unknown, 0.
+func layerSizes(kind source.Kind, layers []v1.Layer) ([]int64, int64) {
+	sizes := make([]int64, len(layers))
+	if kind == source.DockerArchive {
+		return sizes, 0
+	}
+	var total int64
+	for i, l := range layers {
+		if n, err := l.Size(); err == nil && n > 0 {
+			sizes[i] = n
+			total += n
+		} else {
+			return make([]int64, len(layers)), 0
+		}
+	}
+	return sizes, total
+}
+
+// openLayer opens a layer's tar stream, telling tick how many bytes of its
+// blob were read. A registry's or OCI layout's blob is read as it is and
+// decompressed here, so the count is of what travels; the registry's
+// reader checks the blob's digest at its end (flatten reads to the end).
+func openLayer(kind source.Kind, l v1.Layer, tick func(int64)) (io.ReadCloser, error) {
+	if kind != source.Registry && kind != source.OCILayout {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return nil, err
+		}
+		return &countingRC{ReadCloser: rc, tick: tick}, nil
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	return source.Decompress(&countingRC{ReadCloser: rc, tick: tick})
+}
+
+// countingRC counts what is read through it and tells tick, at most every
+// tickEvery and at the end.
 type countingRC struct {
 	io.ReadCloser
-	n     *atomic.Int64
-	every int64
-	since int64
-	tick  func(int64)
+	n    int64
+	last time.Time
+	tick func(int64)
 }
 
 func (c *countingRC) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
-	total := c.n.Add(int64(n))
-	c.since += int64(n)
-	if c.since >= c.every {
-		c.since = 0
-		c.tick(total)
+	c.n += int64(n)
+	if now := time.Now(); err != nil || now.Sub(c.last) >= tickEvery {
+		c.last = now
+		c.tick(c.n)
 	}
 	return n, err
+}
+
+// build runs the Build step, reporting how much of the disk image is
+// written while it runs.
+func (im *Importer) build(ctx context.Context, res *flatten.Result, out string, p Progress, progress func(Progress)) error {
+	p.Phase = "build"
+	p.BuildSize = max(res.Summary.Blocks*4096, res.Summary.ContentBytes)
+	progress(p)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(4 * tickEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				// The written image holds metadata too: it may pass the
+				// estimate, and is not done until the build says so.
+				p.Built = min(allocatedUnder(filepath.Dir(out)), p.BuildSize*99/100)
+				progress(p)
+			}
+		}
+	}()
+	err := im.Build(ctx, res, out)
+	close(stop)
+	<-done
+	return err
+}
+
+// allocatedUnder is what the files directly in dir take on disk.
+func allocatedUnder(dir string) int64 {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+	}
+	return n
 }
 
 func randomSuffix() string {

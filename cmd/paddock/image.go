@@ -21,31 +21,54 @@ func (c *cli) newImageCommand() *cobra.Command {
 	return img
 }
 
-// importing runs one pull or import with progress on stderr; Ctrl-C
-// cancels it.
-func (c *cli) importing(run func(context.Context, *api.Client, func(api.ImportProgress)) (*api.ImportOut, error)) error {
+// transferFunc runs one pull or import, reporting progress to its third
+// argument.
+type transferFunc func(context.Context, *api.Client, func(api.ImportProgress)) (*api.ImportOut, error)
+
+// transfer runs a pull or import with progress on stderr (none when quiet);
+// Ctrl-C cancels it.
+func (c *cli) transfer(quiet bool, run transferFunc) (*api.ImportOut, error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var out *api.ImportOut
 	err := c.with(ctx, func(ctx context.Context, cl *api.Client) error {
-		pp := &progressPrinter{w: c.errOut, tty: isTTY(c.errOut)}
+		var show func(api.ImportProgress)
+		if !quiet {
+			pp := newProgress(c.errOut)
+			defer pp.finish()
+			show = pp.show
+		}
 		var err error
-		out, err = run(ctx, cl, pp.show)
-		pp.done()
+		out, err = run(ctx, cl, show)
 		return err
 	})
 	if ctx.Err() != nil {
-		return errors.New("import canceled")
+		return nil, errors.New("import canceled")
 	}
+	return out, err
+}
+
+// importing is image pull and import: progress, then the image (its
+// digest alone with quiet).
+func (c *cli) importing(quiet bool, run transferFunc) error {
+	out, err := c.transfer(quiet || c.json, run)
 	if err != nil {
 		return err
 	}
+	if quiet && !c.json {
+		_, err := fmt.Fprintln(c.out, out.Image.Digest)
+		return err
+	}
 	return c.show(out, func() error {
-		how := "imported"
-		if out.Cached {
-			how = "already present"
-		}
-		_, err := fmt.Fprintf(c.out, "%s %s (%s, %s)\n", out.Image.Digest, how, termSafe(strings.Join(out.Image.Names, ", ")), humanBytes(out.Image.Size))
+		_, err := fmt.Fprintf(c.out, "%s %s (%s, %s)\n", out.Image.Digest, importedHow(out), termSafe(strings.Join(out.Image.Names, ", ")), humanBytes(out.Image.Size))
 		return err
 	})
+}
+
+func importedHow(out *api.ImportOut) string {
+	if out.Cached {
+		return "already present"
+	}
+	return "imported"
+
 }

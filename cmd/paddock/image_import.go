@@ -12,9 +12,11 @@ import (
 
 func (c *cli) newImageImportCommand() *cobra.Command {
 	var name, cfgPath string
+	var quiet bool
 	cmd := &cobra.Command{Use: "import PATH[:TAG|@DIGEST]", Short: "Import an OCI layout directory, a docker save archive, or a rootfs tar (--name)", Args: exactly(1, "one path")}
 	cmd.Flags().StringVar(&name, "name", "", "name[:tag] to record (required for a rootfs tar)")
 	cmd.Flags().StringVar(&cfgPath, "config", "", "image config JSON for a rootfs tar (Entrypoint, Cmd, Env, ...)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress; print the image's digest only")
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		path, sel := layoutref.Split(a[0])
 		// Opened here, with the caller's own rights; the daemon reads
@@ -30,7 +32,7 @@ func (c *cli) newImageImportCommand() *cobra.Command {
 				return err
 			}
 		}
-		return c.importing(func(ctx context.Context, cl *api.Client, p func(api.ImportProgress)) (*api.ImportOut, error) {
+		return c.importing(quiet, func(ctx context.Context, cl *api.Client, p func(api.ImportProgress)) (*api.ImportOut, error) {
 			return cl.ImportImage(ctx, in, f, p)
 		})
 	}

@@ -9,13 +9,18 @@ import (
 )
 
 func (c *cli) newImagePullCommand() *cobra.Command {
-	var insecure bool
+	var insecure, quiet bool
 	cmd := &cobra.Command{Use: "pull REF", Short: "Pull an image from a registry (linux/amd64)", Args: exactly(1, "one image reference")}
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "reach the registry over plain HTTP")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress; print the image's digest only")
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
-		return c.importing(func(ctx context.Context, cl *api.Client, p func(api.ImportProgress)) (*api.ImportOut, error) {
-			return cl.PullImage(ctx, api.PullIn{Ref: a[0], Insecure: insecure}, p)
-		})
+		return c.importing(quiet, pullImage(api.PullIn{Ref: a[0], Insecure: insecure}))
 	}
 	return cmd
+}
+
+func pullImage(in api.PullIn) transferFunc {
+	return func(ctx context.Context, cl *api.Client, p func(api.ImportProgress)) (*api.ImportOut, error) {
+		return cl.PullImage(ctx, in, p)
+	}
 }

@@ -457,6 +457,30 @@ type readCloser struct {
 	io.Closer
 }
 
+// Decompress reads rc's gzip or zstd stream, or rc as it is when it is
+// neither; closing the result closes rc.
+func Decompress(rc io.ReadCloser) (io.ReadCloser, error) {
+	r, err := decompress(rc)
+	if err != nil {
+		rc.Close()
+		return nil, err
+	}
+	return readCloser{r, closers{r, rc}}, nil
+}
+
+// closers closes the decompressor (when it is one), then the stream.
+type closers struct {
+	r  io.Reader
+	rc io.Closer
+}
+
+func (c closers) Close() error {
+	if dc, ok := c.r.(io.Closer); ok {
+		_ = dc.Close()
+	}
+	return c.rc.Close()
+}
+
 // decompress sniffs gzip and zstd; anything else passes through.
 func decompress(r io.Reader) (io.Reader, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
