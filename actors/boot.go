@@ -69,7 +69,7 @@ func (a *vmActor) boot(ctx actor.Context, w waiter) error {
 // start), the guest config on its seed disk, the VMM spec.
 func (a *vmActor) prepare() (*bootPlan, error) {
 	h := a.host
-	kit, err := h.Kit()
+	kit, err := h.Kit(a.vm.Spec.Kernel)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	seed := filepath.Join(b.vmDir, "seed.img")
-	cfgJSON, err := withEnv(imgConfig, a.vm.Spec.Env)
+	cfgJSON, err := guestConfig(imgConfig, a.vm.Spec)
 	if err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
 	}

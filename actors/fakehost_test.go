@@ -52,7 +52,7 @@ func fakeHost(t *testing.T, dir string) (*Host, *fakes) {
 	h := &Host{
 		Net: f.net, Alloc: alloc, Disks: f.disk, DiskOpts: disk.Options{Dir: filepath.Join(dir, "vms")},
 		VMM: f.vmm, Accel: vmm.AccelTCG, RunDir: filepath.Join(dir, "run"),
-		Kit:          func() (*Kit, error) { return &Kit{Kernel: "/kit/vmlinux", Initrd: "/kit/initrd"}, nil },
+		Kit:          func(string) (*Kit, error) { return &Kit{Kernel: "/kit/vmlinux", Initrd: "/kit/initrd"}, nil },
 		Image:        func(string) (string, []byte, error) { return base, []byte(`{"config":{"Cmd":["/bin/sh"]}}`), nil },
 		StartTimeout: 5 * time.Second, StopTimeout: 2 * time.Second, ReleaseTimeout: 5 * time.Second,
 	}

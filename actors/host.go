@@ -37,8 +37,8 @@ type Host struct {
 	// FindVMMs lists this daemon's VMM processes (by their sockets under
 	// its runtime directory), for the orphan sweep; nil finds none.
 	FindVMMs func() ([]*vmm.Process, error)
-	// Kit returns the boot kit VMs boot now.
-	Kit func() (*Kit, error)
+	// Kit returns the boot kit named name ("": the default).
+	Kit func(name string) (*Kit, error)
 	// Image returns the base disk and the OCI config (JSON) of an image.
 	Image func(digest string) (rootfs string, config []byte, err error)
 	// DialAgent connects to a VM's agent and completes hello; it retries

@@ -135,7 +135,7 @@ func TestBootRollbackAtEveryStep(t *testing.T) {
 		inject func(*Host, *fakes)
 		want   string
 	}{
-		{"kit", func(h *Host, _ *fakes) { h.Kit = func() (*Kit, error) { return nil, boom } }, "injected failure"},
+		{"kit", func(h *Host, _ *fakes) { h.Kit = func(string) (*Kit, error) { return nil, boom } }, "injected failure"},
 		{"tap", func(_ *Host, f *fakes) { f.net.FailNext(netdevtest.OpAcquireTap, boom) }, "tap: "},
 		{"disk", func(_ *Host, f *fakes) { f.disk.FailNext("create", boom) }, "disk: "},
 		{"vmm", func(_ *Host, f *fakes) { f.vmm.Err["Start"] = boom }, "vmm: "},

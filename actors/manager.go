@@ -357,6 +357,9 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 		}
 	}
 	spec.Env = req.Env
+	if err := applyRun(&spec, req.RunChange); err != nil {
+		return nil, err
+	}
 	img, err := m.images.Resolve(req.Image)
 	if err != nil {
 		if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {

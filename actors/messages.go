@@ -63,6 +63,7 @@ type (
 		DiskSize *int64
 		AutoStop *string
 		Env      []string
+		RunChange
 	}
 	// GetVM reads one VM.
 	GetVM struct {
@@ -79,6 +80,7 @@ type (
 		Memory   *int64
 		DiskSize *int64
 		AutoStop *string
+		RunChange
 	}
 	// StartVM starts a VM.
 	StartVM struct {

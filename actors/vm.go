@@ -279,7 +279,7 @@ func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
 		}
 	}
 	spec := a.vm.Spec
-	if err := applySpec(&spec, m.CPUs, m.Memory, m.DiskSize, m.AutoStop, a.vm.Spec.DiskSize); err != nil {
+	if err := applySet(&spec, m, a.vm); err != nil {
 		return err
 	}
 	if reflect.DeepEqual(spec, a.vm.Spec) {

@@ -39,6 +39,23 @@ type Spec struct {
 	DiskSize    int64    `json:"disk_size"`
 	AutoStop    string   `json:"auto_stop"`
 	Env         []string `json:"env"`
+	// Kernel is the boot kit asked for; "" is the daemon's default.
+	Kernel string `json:"kernel"`
+	// Entrypoint, Cmd, Workdir and User override the image's when set.
+	Entrypoint *[]string `json:"entrypoint,omitempty"`
+	Cmd        []string  `json:"cmd,omitempty"`
+	Workdir    string    `json:"workdir,omitempty"`
+	User       string    `json:"user,omitempty"`
+}
+
+// RunIn is what Create and Set take about how a VM boots and what its main
+// process is; nil leaves a field as it is (the image's, on create).
+type RunIn struct {
+	Kernel     *string   `json:"kernel,omitempty"`
+	Entrypoint *[]string `json:"entrypoint,omitempty"`
+	Cmd        *[]string `json:"cmd,omitempty"`
+	Workdir    *string   `json:"workdir,omitempty"`
+	User       *string   `json:"user,omitempty"`
 }
 
 // VM is the API view of a VM record.
@@ -101,6 +118,7 @@ type CreateIn struct {
 	DiskSize *int64   `json:"disk_size,omitempty"`
 	AutoStop *string  `json:"auto_stop,omitempty"`
 	Env      []string `json:"env,omitempty"`
+	RunIn
 }
 
 // VMRef names one VM.
@@ -115,6 +133,10 @@ type SetIn struct {
 	Memory   *int64  `json:"memory,omitempty"`
 	DiskSize *int64  `json:"disk_size,omitempty"`
 	AutoStop *string `json:"auto_stop,omitempty"`
+	RunIn
+	// Reset returns fields to the image's (entrypoint, cmd, workdir,
+	// user) or the default kit (kernel).
+	Reset []string `json:"reset,omitempty"`
 }
 
 // StopIn are Stop's and Delete's parameters.

@@ -70,9 +70,14 @@ func toAPI(vm *state.VM) api.VM {
 	return api.VM{
 		ID: vm.ID, Name: vm.Name, OwnerUID: vm.OwnerUID, Status: string(vm.Status), Reason: vm.Reason, IP: ip,
 		Spec: api.Spec{Image: vm.Spec.Image, ImageDigest: vm.Spec.ImageDigest, CPUs: vm.Spec.CPUs,
-			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env)},
+			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env),
+			Kernel: vm.Spec.Kernel, Entrypoint: vm.Spec.Entrypoint, Cmd: vm.Spec.Cmd, Workdir: vm.Spec.Workdir, User: vm.Spec.User},
 		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),
 	}
+}
+
+func runChange(in api.RunIn, reset []string) actors.RunChange {
+	return actors.RunChange{Kernel: in.Kernel, Entrypoint: in.Entrypoint, Cmd: in.Cmd, Workdir: in.Workdir, User: in.User, Reset: reset}
 }
 
 func orOff(s string) string {
@@ -105,8 +110,11 @@ func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
+	if err := d.checkKit(in.Kernel); err != nil {
+		return err
+	}
 	return d.ask(ctx, c, &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
-		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env})
+		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env, RunChange: runChange(in.RunIn, nil)})
 }
 
 func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
@@ -137,7 +145,11 @@ func (d *Daemon) set(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	return d.ask(ctx, c, &actors.SetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop})
+	if err := d.checkKit(in.Kernel); err != nil {
+		return err
+	}
+	return d.ask(ctx, c, &actors.SetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop,
+		RunChange: runChange(in.RunIn, in.Reset)})
 }
 
 func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/agent"
-	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/dm"
@@ -62,13 +61,12 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	// daemon's runtime directory: another paddockd (a per-user one, a
 	// test suite) may run VMMs of its own on the same host.
 	h.FindVMMs = func() ([]*vmm.Process, error) { return vmm.FindUnder(h.RunDir) }
-	h.Kit = func() (*actors.Kit, error) {
-		name := d.config().VM.Kernel
-		kit, err := bootkit.Get(cfg.StateDir, name)
+	h.Kit = func(name string) (*actors.Kit, error) {
+		kit, err := findKit(cfg.StateDir, name, d.config().VM.Kernel)
 		if err != nil {
-			return nil, fmt.Errorf("boot kit %q: %v (import one: paddock kernel import VMLINUZ --modules DIR --name %s)", name, err, name)
+			return nil, err
 		}
-		return &actors.Kit{Kernel: filepath.Join(kit.Dir, "vmlinux"), Initrd: filepath.Join(kit.Dir, "initramfs.cpio.gz")}, nil
+		return &actors.Kit{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath()}, nil
 	}
 	h.Image = func(digest string) (string, []byte, error) {
 		img, err := images.Get(digest)

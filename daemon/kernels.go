@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
@@ -13,8 +14,70 @@ import (
 	"github.com/paddock-vm/paddock/varlink"
 )
 
-func (d *Daemon) kernelToAPI(k *bootkit.Kit) api.Kernel {
-	return api.Kernel{Name: k.Name, Release: k.Release, Created: stamp(k.Created), Modules: len(k.Modules), Default: k.Name == d.config().VM.Kernel}
+func kernelToAPI(k *bootkit.Kit, def string) api.Kernel {
+	return api.Kernel{Name: k.Name, Release: k.Release, Created: stamp(k.Created), Modules: len(k.Modules), Default: k.Name == def}
+}
+
+// findKit picks the boot kit a VM boots: the one it names; else the
+// configured default (vm.kernel); else, when there is exactly one kit, that
+// one. A miss names what there is and how to get one.
+func findKit(stateDir, name, configured string) (*bootkit.Kit, error) {
+	kits, err := bootkit.List(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	var usable []*bootkit.Kit
+	for _, k := range kits {
+		names = append(names, k.Name)
+		if k.Err == nil {
+			usable = append(usable, k)
+		}
+	}
+	want := name
+	if want == "" {
+		want = configured
+	}
+	for _, k := range kits {
+		if k.Name == want {
+			return k, k.Err
+		}
+	}
+	if name == "" && len(usable) == 1 {
+		return usable[0], nil
+	}
+	have := "there is none"
+	if len(names) > 0 {
+		have = "there are: " + strings.Join(names, ", ")
+	}
+	switch {
+	case name != "":
+		return nil, fmt.Errorf("no boot kit named %q (%s): %w", name, have, bootkit.ErrNotFound)
+	case len(names) == 0:
+		return nil, fmt.Errorf("no boot kit (import one: paddock kernel import VMLINUZ --modules DIR): %w", bootkit.ErrNotFound)
+	}
+	return nil, fmt.Errorf("no boot kit named %q, the default (vm.kernel), and %s: name one with --kernel: %w", configured, have, bootkit.ErrNotFound)
+}
+
+// defaultKit is the name of the kit a VM that names none boots ("" when
+// there is none to pick).
+func (d *Daemon) defaultKit() string {
+	k, err := findKit(d.config().StateDir, "", d.config().VM.Kernel)
+	if err != nil {
+		return ""
+	}
+	return k.Name
+}
+
+// checkKit refuses a kit name that names no kit, before it is recorded.
+func (d *Daemon) checkKit(name *string) error {
+	if name == nil || *name == "" {
+		return nil
+	}
+	if _, err := findKit(d.config().StateDir, *name, d.config().VM.Kernel); err != nil {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "kernel", Msg: err.Error()}
+	}
+	return nil
 }
 
 func (d *Daemon) requireAdmin(c *varlink.Call, what string) error {
@@ -72,7 +135,7 @@ func (d *Daemon) importKernel(ctx context.Context, c *varlink.Call) error {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "kernel", Msg: fmt.Sprintf("boot kit from %s and %s: %v", in.Kernel, in.Modules, err)}
 	}
 	d.log.Info("boot kit imported", "kernel_name", kit.Name, "release", kit.Release, "modules", len(kit.Modules))
-	return c.Reply(api.KernelOut{Kernel: d.kernelToAPI(kit)})
+	return c.Reply(api.KernelOut{Kernel: kernelToAPI(kit, d.defaultKit())})
 }
 
 func (d *Daemon) listKernels(_ context.Context, c *varlink.Call) error {
@@ -84,9 +147,10 @@ func (d *Daemon) listKernels(_ context.Context, c *varlink.Call) error {
 		return err
 	}
 	out := api.KernelsOut{Kernels: []api.Kernel{}}
+	def := d.defaultKit()
 	for _, k := range kits {
 		if k.Err == nil {
-			out.Kernels = append(out.Kernels, d.kernelToAPI(k))
+			out.Kernels = append(out.Kernels, kernelToAPI(k, def))
 		}
 	}
 	return c.Reply(out)

@@ -48,6 +48,17 @@ type Spec struct {
 	AutoStop string `json:"auto_stop,omitempty"`
 	// Env is added to the image's environment (KEY=VALUE).
 	Env []string `json:"env,omitempty"`
+	// Kernel names the boot kit; "" is the daemon's default (vm.kernel, or
+	// the only kit there is).
+	Kernel string `json:"kernel,omitempty"`
+	// Entrypoint, when set, replaces the image's (an empty list clears it)
+	// and, as in docker, drops the image's Cmd unless Cmd is set too.
+	Entrypoint *[]string `json:"entrypoint,omitempty"`
+	// Cmd, when set, replaces the image's Cmd.
+	Cmd []string `json:"cmd,omitempty"`
+	// Workdir and User, when set, replace the image's WorkingDir and User.
+	Workdir string `json:"workdir,omitempty"`
+	User    string `json:"user,omitempty"`
 }
 
 // Runtime mirrors every identity needed to tear a running VM down, so that

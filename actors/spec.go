@@ -1,0 +1,152 @@
+package actors
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/paddock-vm/paddock/state"
+)
+
+// RunChange is what create and set say about how a VM boots and what its
+// main process is. nil leaves a field as it is; Reset returns fields to
+// the image's (entrypoint, cmd, workdir, user) or the default kit (kernel).
+type RunChange struct {
+	Kernel     *string
+	Entrypoint *[]string
+	Cmd        *[]string
+	Workdir    *string
+	User       *string
+	Reset      []string
+}
+
+// resettable are the fields RunChange.Reset may name.
+var resettable = []string{"kernel", "entrypoint", "cmd", "workdir", "user"}
+
+var (
+	kitNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	userRE    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$`)
+)
+
+// maxArgv bounds an entrypoint or command: it travels in the seed disk,
+// which holds at most 1 MiB with the image's config.
+const maxArgv = 64 << 10
+
+// changed lists the fields r changes, for the refusal while a VM runs.
+func (r RunChange) changed(s state.Spec) []string {
+	reset := func(f string) bool { return slices.Contains(r.Reset, f) }
+	var out []string
+	for _, f := range []struct {
+		name    string
+		changes bool
+	}{
+		{"kernel", r.Kernel != nil && *r.Kernel != s.Kernel || reset("kernel") && s.Kernel != ""},
+		{"entrypoint", r.Entrypoint != nil && (s.Entrypoint == nil || !slices.Equal(*r.Entrypoint, *s.Entrypoint)) || reset("entrypoint") && s.Entrypoint != nil},
+		{"cmd", r.Cmd != nil && !slices.Equal(*r.Cmd, s.Cmd) || reset("cmd") && s.Cmd != nil},
+		{"workdir", r.Workdir != nil && *r.Workdir != s.Workdir || reset("workdir") && s.Workdir != ""},
+		{"user", r.User != nil && *r.User != s.User || reset("user") && s.User != ""},
+	} {
+		if f.changes {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+// applyRun validates r and applies it to s: resets first, then values.
+func applyRun(s *state.Spec, r RunChange) error {
+	for _, f := range r.Reset {
+		switch f {
+		case "kernel":
+			s.Kernel = ""
+		case "entrypoint":
+			s.Entrypoint = nil
+		case "cmd":
+			s.Cmd = nil
+		case "workdir":
+			s.Workdir = ""
+		case "user":
+			s.User = ""
+		default:
+			return invalid("reset", "reset %q: want one of %s", f, strings.Join(resettable, ", "))
+		}
+	}
+	if r.Kernel != nil {
+		if *r.Kernel != "" && !kitNameRE.MatchString(*r.Kernel) {
+			return invalid("kernel", "kernel %q is not a boot kit name ([A-Za-z0-9][A-Za-z0-9._-], at most 64)", *r.Kernel)
+		}
+		s.Kernel = *r.Kernel
+	}
+	if r.Entrypoint != nil {
+		if err := checkArgv("entrypoint", *r.Entrypoint); err != nil {
+			return err
+		}
+		e := slices.Clone(*r.Entrypoint)
+		if e == nil {
+			e = []string{}
+		}
+		s.Entrypoint = &e
+	}
+	if r.Cmd != nil {
+		if err := checkArgv("cmd", *r.Cmd); err != nil {
+			return err
+		}
+		s.Cmd = nil
+		if len(*r.Cmd) > 0 {
+			s.Cmd = slices.Clone(*r.Cmd)
+		}
+	}
+	if r.Workdir != nil {
+		w := *r.Workdir
+		if w != "" && (!path.IsAbs(w) || len(w) > 4096 || strings.ContainsAny(w, "\x00\n")) {
+			return invalid("workdir", "workdir %q must be an absolute path", w)
+		}
+		s.Workdir = w
+	}
+	if r.User != nil {
+		if u := *r.User; u != "" && !userRE.MatchString(u) {
+			return invalid("user", "user %q: want USER or USER:GROUP (names or numeric ids)", u)
+		}
+		s.User = *r.User
+	}
+	return nil
+}
+
+func checkArgv(field string, argv []string) error {
+	n := 0
+	for _, a := range argv {
+		if strings.ContainsRune(a, 0) {
+			return invalid(field, "%s argument %q holds a NUL byte", field, a)
+		}
+		n += len(a) + 1
+	}
+	if n > maxArgv {
+		return invalid(field, "%s is %d bytes long; at most %d", field, n, maxArgv)
+	}
+	if len(argv) > 0 && argv[0] == "" {
+		return invalid(field, "%s starts with an empty program name", field)
+	}
+	return nil
+}
+
+func invalid(field, format string, args ...any) error {
+	return &Error{Kind: ErrInvalidArgument, Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// applySet applies a set request to spec (a copy of vm's). What shapes the
+// boot (hardware, kit, main process) changes only while the VM is down.
+func applySet(spec *state.Spec, m *SetVM, vm state.VM) error {
+	if err := applySpec(spec, m.CPUs, m.Memory, m.DiskSize, m.AutoStop, vm.Spec.DiskSize); err != nil {
+		return err
+	}
+	switch vm.Status {
+	case state.StatusRunning, state.StatusStarting, state.StatusStopping:
+		if f := m.RunChange.changed(vm.Spec); len(f) > 0 {
+			return &Error{Kind: ErrInvalidState, VM: vm.Name, Status: vm.Status,
+				Msg: fmt.Sprintf("cannot change %s of VM %s while it is %s: stop it first", strings.Join(f, ", "), vm.Name, vm.Status)}
+		}
+	}
+	return applyRun(spec, m.RunChange)
+}
