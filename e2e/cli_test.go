@@ -63,7 +63,7 @@ func TestSocketActivatedCLI(t *testing.T) {
 	if r := e.cli(t, nil, "create", "web1", "--image", "alpine"); r.code != 1 || !strings.Contains(r.stderr, `"web1"`) || !strings.Contains(r.stderr, "NameInUse") {
 		t.Fatalf("duplicate create: %+v", r)
 	}
-	if r := e.cli(t, nil, "create", "web2", "--image", "no-such-image"); r.code != 1 || !strings.Contains(r.stderr, "no-such-image") {
+	if r := e.cli(t, nil, "create", "web2", "--image", "no-such-image", "--pull=never"); r.code != 1 || !strings.Contains(r.stderr, "no-such-image") {
 		t.Fatalf("create from unknown image: %+v", r)
 	}
 	if r := e.cli(t, nil, "create", "--bogus-flag"); r.code != 2 {

@@ -94,10 +94,13 @@ func inNetns(ns string) func(*exec.Cmd) {
 }
 
 // bootKit imports the cached Debian kernel as the default boot kit.
-func (e *env) bootKit(t *testing.T) {
+func (e *env) bootKit(t *testing.T) { e.bootKitNamed(t, "default") }
+
+// bootKitNamed imports the cached Debian kernel as the boot kit name.
+func (e *env) bootKitNamed(t *testing.T, name string) {
 	t.Helper()
-	vmlinuz, mods := testenv.RequireKernel(t)
-	e.cli(t, nil, "kernel", "import", vmlinuz, "--modules", mods).ok(t, "kernel import")
+	vmlinuz, modules := testenv.RequireKernel(t)
+	e.cli(t, nil, "kernel", "import", vmlinuz, "--modules", modules, "--name", name).ok(t, "kernel import "+name)
 }
 
 // leaks counts what a VM may leave behind: taps in ns, loop devices backed

@@ -40,6 +40,16 @@ func vmEnv(t *testing.T, extra string, mod func(*exec.Cmd)) (*env, *proc, string
 // vmEnvImage is vmEnv that also returns the pulled image's reference.
 func vmEnvImage(t *testing.T, extra string, mod func(*exec.Cmd)) (*env, *proc, string, string) {
 	t.Helper()
+	e, p, ns, ref := bootEnv(t, extra, mod)
+	e.bootKit(t)
+	e.cli(t, nil, "image", "pull", ref).ok(t, "pull demo image")
+	return e, p, ns, ref
+}
+
+// bootEnv is a daemon that runs VMs, in its own network namespace, with a
+// registry there holding the demo image (returned): no kit, nothing pulled.
+func bootEnv(t *testing.T, extra string, mod func(*exec.Cmd)) (*env, *proc, string, string) {
+	t.Helper()
 	ns := newNetns(t)
 	if !strings.Contains(extra, "[vm]") {
 		extra += "\n[vm]\nrun = \"on\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n"
@@ -53,8 +63,6 @@ func vmEnvImage(t *testing.T, extra string, mod func(*exec.Cmd)) (*env, *proc, s
 		}
 		inNetns(ns)(c)
 	})
-	e.bootKit(t)
-	e.cli(t, nil, "image", "pull", reg+"/demo:1").ok(t, "pull demo image")
 	t.Cleanup(func() {
 		// Whatever a failing test left running is killed by PID.
 		e.killVMMs(t)

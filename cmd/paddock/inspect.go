@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -55,6 +57,11 @@ func printDetail(w io.Writer, vm *api.VM) {
 	rows = append(rows,
 		[2]string{"Image", termSafe(orDash(vm.Spec.Image))},
 		[2]string{"Image digest", orDash(vm.Spec.ImageDigest)},
+		[2]string{"Kernel", orText(vm.Spec.Kernel, "default")},
+		[2]string{"Entrypoint", argvText(vm.Spec.Entrypoint, "image's")},
+		[2]string{"Cmd", argvText(&vm.Spec.Cmd, "image's")},
+		[2]string{"Workdir", termSafe(orText(vm.Spec.Workdir, "image's"))},
+		[2]string{"User", termSafe(orText(vm.Spec.User, "image's"))},
 		[2]string{"CPUs", fmt.Sprint(vm.Spec.CPUs)},
 		[2]string{"Memory", config.FormatSize(vm.Spec.Memory)},
 		[2]string{"Disk", config.FormatSize(vm.Spec.DiskSize)},
@@ -62,6 +69,25 @@ func printDetail(w io.Writer, vm *api.VM) {
 		[2]string{"Created", vm.CreatedAt},
 		[2]string{"Updated", vm.UpdatedAt})
 	fields(w, rows)
+}
+
+// argvText shows a command as a JSON list; def when it is not set.
+func argvText(argv *[]string, def string) string {
+	if argv == nil || *argv == nil {
+		return "(" + def + ")"
+	}
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(*argv)
+	return termSafe(strings.TrimSpace(b.String()))
+}
+
+func orText(s, def string) string {
+	if s == "" {
+		return "(" + def + ")"
+	}
+	return s
 }
 
 // printActivity adds a running VM's health and activity, read passively

@@ -10,7 +10,7 @@ import (
 )
 
 func (c *cli) newRunCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "run [NAME] --image IMAGE [create flags]", Short: "Create a VM and start it"}
+	cmd := &cobra.Command{Use: "run [NAME] --image IMAGE [create flags] [-- COMMAND [ARG...]]", Short: "Create a VM and start it (the image pulled when missing)"}
 	return c.creating(cmd, func(ctx context.Context, cl *api.Client, vm *api.VM) error {
 		vm, err := cl.Start(ctx, vm.ID)
 		if err != nil {

@@ -13,19 +13,29 @@ func (c *cli) newSetCommand() *cobra.Command {
 	var f struct {
 		memory, disk, autoStop string
 		cpus                   int
+		run                    runFlags
+		reset                  []string
 	}
-	cmd := &cobra.Command{Use: "set VM [--cpus N] [--memory SIZE] [--disk SIZE] [--auto-stop DUR|off]", Short: "Change a VM's spec (cpus, memory and disk only while stopped)", Args: exactly(1, "one VM name or id")}
+	cmd := &cobra.Command{Use: "set VM [flags] [-- COMMAND [ARG...]]", Short: "Change a VM's spec (all but --auto-stop only while it is stopped)"}
 	fs := cmd.Flags()
 	fs.IntVar(&f.cpus, "cpus", 1, "virtual CPUs")
 	fs.StringVar(&f.memory, "memory", "", "memory, e.g. 1GiB")
 	fs.StringVar(&f.disk, "disk", "", "disk size (grow only)")
 	fs.StringVar(&f.autoStop, "auto-stop", "", "idle time before auto-stop, or off")
+	f.run.register(cmd, ` ("": the default)`)
+	fs.StringSliceVar(&f.reset, "reset", nil, "return fields to the image's: entrypoint, cmd, workdir, user (kernel: to the default kit)")
 	cmd.RunE = func(cmd *cobra.Command, a []string) error {
-		in := api.SetIn{VM: a[0]}
+		a, command, err := splitDash(cmd, a, 1)
+		if err != nil {
+			return err
+		}
+		if len(a) != 1 {
+			return usageError{errors.New("set needs one VM name or id")}
+		}
+		in := api.SetIn{VM: a[0], Reset: f.reset}
 		if cmd.Flags().Changed("cpus") {
 			in.CPUs = &f.cpus
 		}
-		var err error
 		if in.Memory, err = sizeFlag(cmd, "memory", f.memory); err != nil {
 			return err
 		}
@@ -35,8 +45,11 @@ func (c *cli) newSetCommand() *cobra.Command {
 		if cmd.Flags().Changed("auto-stop") {
 			in.AutoStop = &f.autoStop
 		}
-		if in.CPUs == nil && in.Memory == nil && in.DiskSize == nil && in.AutoStop == nil {
-			return usageError{errors.New("set needs at least one of --cpus, --memory, --disk, --auto-stop")}
+		if in.RunIn, err = f.run.runIn(cmd, command); err != nil {
+			return err
+		}
+		if in.CPUs == nil && in.Memory == nil && in.DiskSize == nil && in.AutoStop == nil && in.RunIn == (api.RunIn{}) && len(in.Reset) == 0 {
+			return usageError{errors.New("set needs something to change: --cpus, --memory, --disk, --auto-stop, --kernel, --entrypoint, --workdir, --user, --reset, or -- COMMAND")}
 		}
 		return c.call(func(ctx context.Context, cl *api.Client) error {
 			vm, err := cl.Set(ctx, in)
