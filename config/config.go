@@ -49,7 +49,8 @@ type Stats struct {
 
 // VM configures how VMs run.
 type VM struct {
-	// Kernel is the boot kit VMs boot (paddock kernel import --name).
+	// Kernel is the boot kit a VM that names none boots (paddock kernel
+	// import --name); when it does not exist, the only kit there is.
 	Kernel string `toml:"kernel"`
 	// Run: "off" keeps VMs as records only (no VMM is ever started).
 	Run string `toml:"run"`
