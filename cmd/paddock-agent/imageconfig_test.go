@@ -1,45 +1,13 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/paddock-vm/paddock/guestboot"
 )
-
-func TestParseCmdline(t *testing.T) {
-	line := `console=ttyS0 quiet paddock.root=LABEL=root paddock.ro paddock.rootwait=2.5 paddock.hostname=web1 ` +
-		`paddock.ip=10.0.0.2/24,fd00::2/64 paddock.gw=10.0.0.1 paddock.dns=1.1.1.1,9.9.9.9 paddock.mtu=1400 ` +
-		`paddock.ctl=ctl0 paddock.vsock=1024 paddock.restart=on-failure paddock.onexit=poweroff ` +
-		`paddock.stoptimeout=1 paddock.etc=0 "paddock.rootflags=discard,commit=30" paddock.debug`
-	c, err := parseCmdline(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Root != "LABEL=root" || !c.RootRO || c.RootWait != 2500*time.Millisecond || c.Hostname != "web1" ||
-		len(c.IPs) != 2 || c.IPs[1].String() != "fd00::2/64" || c.Gateways[0].String() != "10.0.0.1" ||
-		len(c.DNS) != 2 || c.MTU != 1400 || c.CtlPort != "ctl0" || c.VsockPort != 1024 ||
-		c.Restart != "on-failure" || c.OnExit != "poweroff" || c.StopTimeout != time.Second || c.WriteEtc ||
-		c.RootFlags != "discard,commit=30" || !c.Debug || c.RootFSType != "ext4" || c.IfName != "eth0" {
-		t.Fatalf("parsed %+v", c)
-	}
-	d, err := parseCmdline("console=ttyS0")
-	if err != nil || d.CtlPort != "paddock.agent" || d.ConfigPath != "/.paddock/config.json" || d.OnExit != "keep" || d.Root != "" {
-		t.Fatalf("defaults %+v %v", d, err)
-	}
-	_, err = parseCmdline("paddock.ip=300.1.1.1/24 paddock.mtu=1 paddock.restart=sometimes paddock.bogus=1 paddock.ro=maybe")
-	for _, want := range []string{"paddock.ip", "paddock.mtu", "paddock.restart", "unknown key paddock.bogus", "paddock.ro"} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("error %v does not mention %s", err, want)
-		}
-	}
-}
-
-func TestSplitCmdline(t *testing.T) {
-	got := splitCmdline(` a  "b c"=d e="f g" ` + "\n")
-	if strings.Join(got, "|") != "a|b c=d|e=f g" {
-		t.Fatalf("%q", got)
-	}
-}
 
 func TestParseImageConfig(t *testing.T) {
 	oci := `{"architecture":"amd64","config":{"Entrypoint":["/bin/app"],"Cmd":["-v"],"Env":["A=1"],"WorkingDir":"/srv","User":"app:app"},"Restart":"always"}`
@@ -58,6 +26,32 @@ func TestParseImageConfig(t *testing.T) {
 		if _, err := parseImageConfig([]byte(bad)); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
+	}
+}
+
+// TestLoadImageConfig reads the config the way the host writes it (a seed
+// disk through guestboot) and as a plain file in the root.
+func TestLoadImageConfig(t *testing.T) {
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed.img")
+	if err := guestboot.WriteSeed(seed, []byte(`{"config":{"Cmd":["sh"],"Env":["A=1"]}}`)); err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(dir, "config.json")
+	bad := filepath.Join(dir, "bad.json")
+	_ = os.WriteFile(plain, []byte(`{"Cmd":["sh"],"Env":["A=1"]}`+"\n"), 0o644)
+	_ = os.WriteFile(bad, []byte(`{"Cmd":"sh"}`), 0o644)
+	for _, path := range []string{seed, plain} {
+		c, err := loadImageConfig(path)
+		if err != nil || c == nil || strings.Join(c.argv(), " ") != "sh" || c.Env[0] != "A=1" {
+			t.Errorf("%s: %+v %v", path, c, err)
+		}
+	}
+	if c, err := loadImageConfig(filepath.Join(dir, "missing")); c != nil || err != nil {
+		t.Errorf("missing file: %+v %v", c, err)
+	}
+	if _, err := loadImageConfig(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("bad config: %v", err)
 	}
 }
 
@@ -81,16 +75,16 @@ func TestSplitModules(t *testing.T) {
 		}
 		return strings.Join(n, " ")
 	}
-	cfg, _ := parseCmdline("")
-	now, later := splitModules(mods, cfg)
+	cfg, _ := guestboot.Parse("")
+	now, later := splitModules(mods, &cfg)
 	if names(later) != "failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport" {
 		t.Errorf("later: %s", names(later))
 	}
 	if len(now)+len(later) != len(mods) {
 		t.Errorf("now %s", names(now))
 	}
-	cfg, _ = parseCmdline("paddock.ip=10.0.0.2/24 paddock.vsock=1024")
-	if now, later = splitModules(mods, cfg); len(later) != 0 || len(now) != len(mods) {
+	cfg, _ = guestboot.Parse("paddock.ip=10.0.0.2/24 paddock.vsock=1024")
+	if now, later = splitModules(mods, &cfg); len(later) != 0 || len(now) != len(mods) {
 		t.Errorf("with net and vsock: later %s", names(later))
 	}
 }
