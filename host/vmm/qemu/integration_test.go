@@ -92,11 +92,11 @@ func TestIntegration(t *testing.T) {
 	cgParent := testCgroupParent(t)
 
 	d := New()
-	kvmOK, why := d.KVMUsable(ctx, f.kit.VmlinuxPath())
+	kvmOK, why := d.KVMUsable(ctx, f.Kit.VmlinuxPath())
 	t.Logf("KVM usable: %v (%s)", kvmOK, why)
 
 	spec := vmm.Spec{
-		VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
+		VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
 		Cmdline: "paddock.root=/dev/vda paddock.hostname=vma",
 		Disks:   []vmm.Disk{{Path: root}, {Path: data, ReadOnly: true}},
 		Tap:     &vmm.Tap{Name: "pdktest0", MAC: "02:00:00:0a:0b:0c"},
@@ -276,7 +276,7 @@ func TestIntegration(t *testing.T) {
 		t.Fatalf("qemu-img: %v %s", err, out)
 	}
 	fresh, _ := os.Stat(overlay)
-	specB := vmm.Spec{VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
+	specB := vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
 		Cmdline: "paddock.root=/dev/vda", Disks: []vmm.Disk{{Path: overlay, Format: vmm.FormatQCOW2}}, RunDir: filepath.Join(tmp, "run-b")}
 	pb, err := d2.Start(ctx, specB)
 	if err != nil {
