@@ -67,7 +67,7 @@ func TestSplitModules(t *testing.T) {
 	mods := list("virtio_ring", "virtio virtio_ring", "virtio_mmio virtio virtio_ring", "virtio_blk virtio virtio_ring",
 		"failover", "net_failover failover", "virtio_net virtio_ring virtio net_failover", "virtio_console virtio virtio_ring",
 		"vsock", "vmw_vsock_virtio_transport_common vsock", "vmw_vsock_virtio_transport virtio vmw_vsock_virtio_transport_common virtio_ring vsock",
-		"crc32c_generic", "jbd2 crc32c_generic", "mbcache", "crc16", "ext4 jbd2 mbcache crc16 crc32c_generic")
+		"crc32c_generic", "jbd2 crc32c_generic", "mbcache", "crc16", "ext4 jbd2 mbcache crc16 crc32c_generic", "button", "evdev")
 	names := func(ms []*kmod) string {
 		var n []string
 		for _, m := range ms {
@@ -77,14 +77,14 @@ func TestSplitModules(t *testing.T) {
 	}
 	cfg, _ := guestboot.Parse("")
 	now, later := splitModules(mods, &cfg)
-	if names(later) != "failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport" {
+	if names(later) != "failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport button evdev" {
 		t.Errorf("later: %s", names(later))
 	}
 	if len(now)+len(later) != len(mods) {
 		t.Errorf("now %s", names(now))
 	}
 	cfg, _ = guestboot.Parse("paddock.ip=10.0.0.2/24 paddock.vsock=1024")
-	if now, later = splitModules(mods, &cfg); len(later) != 0 || len(now) != len(mods) {
+	if now, later = splitModules(mods, &cfg); names(later) != "button evdev" || len(now) != len(mods)-2 {
 		t.Errorf("with net and vsock: later %s", names(later))
 	}
 }

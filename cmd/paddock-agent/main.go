@@ -214,11 +214,17 @@ func (s *initState) run() {
 	s.mu.Lock()
 	s.ready = agent.BootTimeNS()
 	s.mu.Unlock()
-	if len(modsLater) > 0 {
+	go func() {
 		// Drivers this boot did not ask for (network without paddock.ip,
-		// vsock without paddock.vsock) still load, after the agent is ready.
-		go func() { _ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) }) }()
-	}
+		// vsock without paddock.vsock) and the power button still load,
+		// after the agent is ready.
+		if len(modsLater) > 0 {
+			_ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) })
+		}
+		if err := watchPowerButton(func() { s.shutdown(false) }, cfg.Debug); err != nil && cfg.Debug {
+			logf("power button: %v", err)
+		}
+	}()
 	if s.image != nil && len(s.image.argv()) > 0 {
 		s.main = newMainProc(s)
 		s.main.start()

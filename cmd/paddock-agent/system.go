@@ -102,9 +102,9 @@ func readModuleList() ([]*kmod, error) {
 
 // splitModules separates the modules this boot needs before the agent is
 // ready from those that can load afterwards: the network driver when no
-// address is configured on the command line and the vsock transport when
-// the agent does not serve vsock. Everything the needed top-level modules
-// depend on is needed too.
+// address is configured on the command line, the vsock transport when the
+// agent does not serve vsock, and the power button's. Everything the needed
+// top-level modules depend on is needed too.
 func splitModules(mods []*kmod, cfg *guestboot.BootArgs) (now, later []*kmod) {
 	byName := map[string]*kmod{}
 	isDep := map[string]bool{}
@@ -114,7 +114,7 @@ func splitModules(mods []*kmod, cfg *guestboot.BootArgs) (now, later []*kmod) {
 			isDep[d] = true
 		}
 	}
-	deferrable := map[string]bool{}
+	deferrable := map[string]bool{"button": true, "evdev": true}
 	if len(cfg.IPs) == 0 {
 		deferrable["virtio_net"] = true
 	}
