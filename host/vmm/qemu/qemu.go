@@ -24,11 +24,16 @@
 //
 // # Stop
 //
-// QMP system_powerdown (ACPI power button), wait up to the timeout; then QMP
+// The whole ladder is: the agent's own shutdown, then the ACPI power button,
+// then QMP quit, then SIGKILL. The first rung is the caller's: it asks the
+// agent (agent.Client.Shutdown, with a deadline), which works from the
+// moment the agent answers and says what went wrong. Stop is the rest: QMP
+// system_powerdown (the ACPI power button), wait up to the timeout; then QMP
 // quit (QEMU exits cleanly, flushing its block layer, e.g. qcow2 metadata),
-// wait QuitWait; then SIGKILL through a pidfd. Whether the guest acts on the
-// power button depends on the guest: paddock-agent shuts down through its
-// own protocol, which the caller uses first.
+// wait QuitWait; then SIGKILL through a pidfd. paddock-agent powers off on
+// the power button (it listens for KEY_POWER once its late modules are
+// loaded), so a guest whose agent protocol is wedged still stops cleanly;
+// any other guest may ignore it, and then quit ends it.
 package qemu
 
 import (
@@ -282,7 +287,8 @@ func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
 	return nil
 }
 
-// Stop: system_powerdown, wait timeout; quit, wait QuitWait; SIGKILL.
+// Stop: system_powerdown, wait timeout; quit, wait QuitWait; SIGKILL (see
+// the package documentation; the caller asks the agent first).
 func (d *Driver) Stop(ctx context.Context, p *vmm.Process, timeout time.Duration) error {
 	quitWait := d.QuitWait
 	if quitWait <= 0 {
