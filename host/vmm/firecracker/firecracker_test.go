@@ -285,17 +285,56 @@ func shortTempDir(t *testing.T) string {
 	return d
 }
 
-func TestLifecycle(t *testing.T) {
-	dir := shortTempDir(t)
-	d, logPath := fakeDriver(t, dir)
-	s := spec(t, dir)
+// started is a VM started through the fake.
+type started struct {
+	d    *Driver
+	dir  string
+	log  string
+	spec vmm.Spec
+	p    *vmm.Process
+	ctx  context.Context
+}
+
+// startFake starts a VM from spec (changed by mutate, if given) through the
+// fake; it is killed at cleanup.
+func startFake(t *testing.T, mutate func(*vmm.Spec)) *started {
+	t.Helper()
+	vm := &started{dir: shortTempDir(t)}
+	vm.d, vm.log = fakeDriver(t, vm.dir)
+	vm.spec = spec(t, vm.dir)
+	if mutate != nil {
+		mutate(&vm.spec)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := d.Start(ctx, s)
+	t.Cleanup(cancel)
+	vm.ctx = ctx
+	p, err := vm.d.Start(ctx, vm.spec)
 	if err != nil {
 		t.Fatal(err)
 	}
+	vm.p = p
 	t.Cleanup(func() { _ = New().Kill(context.Background(), p) })
+	return vm
+}
+
+// hello dials p's agent and returns its hello.
+func hello(t *testing.T, ctx context.Context, p *vmm.Process) agent.HelloInfo {
+	t.Helper()
+	conn, err := vmm.DialAgent(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := agent.NewClient(ctx, conn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.Hello()
+}
+
+func TestLifecycle(t *testing.T) {
+	vm := startFake(t, nil)
+	d, logPath, s, p, ctx, dir := vm.d, vm.log, vm.spec, vm.p, vm.ctx, vm.dir
 
 	// every request was valid, in Firecracker's order, with paddock's values
 	reqs := readLog(t, logPath)
@@ -348,18 +387,9 @@ func TestLifecycle(t *testing.T) {
 	if info, err := d.Info(ctx, p); err != nil || info.State != "Running" || info.ID != vmm.Tag(s.VMID) {
 		t.Fatalf("Info: %+v %v", info, err)
 	}
-	conn, err := vmm.DialAgent(ctx, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := agent.NewClient(ctx, conn, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h := c.Hello(); h.Hostname != "fcguest" || h.BootError != "" {
+	if h := hello(t, ctx, p); h.Hostname != "fcguest" || h.BootError != "" {
 		t.Fatalf("hello %+v", h)
 	}
-	c.Close()
 	waitFor(t, "console through the FIFO", func() bool {
 		b, _ := os.ReadFile(p.ConsoleLog)
 		return strings.Contains(string(b), "fake guest console line 20")
@@ -508,20 +538,13 @@ func TestKernelCmdline(t *testing.T) {
 // vsock port DialAgent connects to through the VM's vsock UDS. The caller's
 // command line is the VM actor's, which names the QEMU port.
 func TestControlChannelContract(t *testing.T) {
-	dir := shortTempDir(t)
-	d, logPath := fakeDriver(t, dir)
-	s := spec(t, dir)
-	s.Cmdline = "console=ttyS0 panic=-1 quiet paddock.root=/dev/vda paddock.hostname=fcguest paddock.config=/dev/vdb paddock.ctl=paddock.agent"
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := d.Start(ctx, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = New().Kill(context.Background(), p) })
+	vm := startFake(t, func(s *vmm.Spec) {
+		s.Cmdline = "console=ttyS0 panic=-1 quiet paddock.root=/dev/vda paddock.hostname=fcguest paddock.config=/dev/vdb paddock.ctl=paddock.agent"
+	})
+	p := vm.p
 	var boot bootSource
 	var vsock vsockDevice
-	for _, r := range readLog(t, logPath) {
+	for _, r := range readLog(t, vm.log) {
 		if r.Error != "" {
 			t.Fatalf("%s %s rejected: %s", r.Method, r.Path, r.Error)
 		}
@@ -545,16 +568,7 @@ func TestControlChannelContract(t *testing.T) {
 	if p.ControlKind != vmm.ControlHybridVsock || vsock.UDSPath != p.ControlSocket {
 		t.Errorf("vsock device on %q, handle dials %s %q", vsock.UDSPath, p.ControlKind, p.ControlSocket)
 	}
-	conn, err := vmm.DialAgent(ctx, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := agent.NewClient(ctx, conn, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if h := c.Hello(); h.BootError != "" {
+	if h := hello(t, vm.ctx, p); h.BootError != "" {
 		t.Errorf("the guest's boot error: %s", h.BootError)
 	}
 }
