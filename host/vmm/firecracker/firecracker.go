@@ -209,7 +209,7 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 // KernelCmdline returns the guest kernel command line for spec: serial
-// console, reboot=k and panic=1 (a reboot ends Firecracker), then the
+// console, reboot=k and panic=1 (a reboot ends Firecracker), quiet, then the
 // caller's keys with the agent's control channel set to this driver's: vsock
 // port agent.DefaultVsockPort (which DialAgent reaches through the vsock
 // UDS) and no virtio-serial port. Whatever paddock.ctl or paddock.vsock the
@@ -223,7 +223,7 @@ func KernelCmdline(spec vmm.Spec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: kernel command line: %v", vmm.ErrInvalidSpec, err)
 	}
-	return "console=ttyS0 reboot=k panic=1 pci=off " + boot.String(), nil
+	return strings.TrimSuffix("console=ttyS0 reboot=k panic=1 pci=off quiet "+boot.String(), " "), nil
 }
 
 // Start launches Firecracker, configures the VM and starts it.

@@ -516,10 +516,10 @@ func TestStartFailures(t *testing.T) {
 func TestKernelCmdline(t *testing.T) {
 	for _, tc := range []struct{ cmdline, want string }{
 		{"paddock.root=/dev/vda paddock.ip=10.0.0.2/24",
-			"console=ttyS0 reboot=k panic=1 pci=off paddock.root=/dev/vda paddock.ip=10.0.0.2/24 paddock.vsock=1024"},
+			"console=ttyS0 reboot=k panic=1 pci=off quiet paddock.root=/dev/vda paddock.ip=10.0.0.2/24 paddock.vsock=1024"},
 		// the caller's channel is replaced, never appended to
 		{"paddock.ctl=paddock.agent paddock.vsock=5 paddock.root=/dev/vda",
-			"console=ttyS0 reboot=k panic=1 pci=off paddock.root=/dev/vda paddock.vsock=1024"},
+			"console=ttyS0 reboot=k panic=1 pci=off quiet paddock.root=/dev/vda paddock.vsock=1024"},
 	} {
 		got, err := KernelCmdline(vmm.Spec{Cmdline: tc.cmdline})
 		if err != nil || got != tc.want {
