@@ -110,6 +110,8 @@ var fakeMods = []fakeMod{
 	{path: "kernel/fs/mbcache.ko"},
 	{path: "kernel/lib/crc16.ko"},
 	{path: "kernel/fs/ext4/ext4.ko.xz", depends: "jbd2,mbcache,crc16", softdep: "pre: crypto-crc32c"},
+	{path: "kernel/drivers/acpi/button.ko"},
+	{path: "kernel/drivers/input/evdev.ko"},
 	{path: "kernel/sound/core/snd.ko"},
 }
 
@@ -234,7 +236,7 @@ func checkOrder(t *testing.T, set *ModuleSet, want []string) {
 
 var wantMods = []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net",
 	"virtio_console", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
-	"crc32c_generic", "jbd2", "mbcache", "crc16", "ext4"}
+	"crc32c_generic", "jbd2", "mbcache", "crc16", "ext4", "button", "evdev"}
 
 func TestResolveModulesModinfo(t *testing.T) {
 	dir := fakeTree(t, t.TempDir(), false, nil)

@@ -18,11 +18,13 @@ import (
 )
 
 // DefaultModules are the modules a paddock guest loads: virtio-mmio transport,
-// block, network and console devices, vsock over virtio, and ext4. Their
+// block, network and console devices, vsock over virtio, ext4, and the ACPI
+// power button with the event device it reports on (QMP system_powerdown
+// reaches paddock-agent as KEY_POWER on /dev/input/event*). Their
 // dependencies (hard and soft "pre:") are added by ResolveModules.
 var DefaultModules = []string{
 	"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console",
-	"vsock", "vmw_vsock_virtio_transport", "ext4",
+	"vsock", "vmw_vsock_virtio_transport", "ext4", "button", "evdev",
 }
 
 // Module is one kernel module resolved from a module tree.

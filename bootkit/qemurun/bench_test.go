@@ -5,25 +5,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/host/vmm/qemu"
+	"github.com/paddock-vm/paddock/internal/guesttest"
 )
-
-func median(xs []float64) float64 {
-	s := append([]float64{}, xs...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
 
 // BenchmarkBoot measures, per iteration, QEMU start → agent hello answered
 // (the agent boot with modules, root disk, switch_root and a network on a
@@ -38,24 +28,19 @@ func BenchmarkBoot(b *testing.B) {
 	f := getFixture(b)
 	cpus, _ := strconv.Atoi(os.Getenv("PADDOCK_BENCH_CPUS"))
 	tmp := b.TempDir()
-	tree := filepath.Join(tmp, "tree")
-	imageTree(b, tree, nil)
-	rootImg := filepath.Join(tmp, "root.ext4")
+	rootImg := guesttest.RootDisk(b, tmp, nil)
 	ctx := context.Background()
-	if err := BuildExt4(ctx, tree, rootImg, 64, "paddockroot"); err != nil {
-		b.Fatal(err)
-	}
 	ns := newTestNetns(b)
 	ns.setupTap(b)
 	var ready, bare, shut []float64
 	phases := map[string][]float64{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		cfg := Config{
-			Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(), RootDisk: rootImg, CPUs: cpus,
-			ControlSocket: filepath.Join(tmp, "ctl.sock"), ConsoleLog: filepath.Join(tmp, "console.log"), Tap: tapName,
-			Cmdline: []string{"paddock.root=/dev/vda", "paddock.ip=" + guestIP + "/24", "paddock.gw=" + hostIP},
-		}
+		cfg := Config{Machine: qemu.Machine{
+			Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(), Disks: []vmm.Disk{{Path: rootImg}}, CPUs: cpus,
+			ControlSocket: filepath.Join(tmp, "ctl.sock"), Tap: &vmm.Tap{Name: tapName},
+			Cmdline: "paddock.root=/dev/vda paddock.ip=" + guestIP + "/24 paddock.gw=" + hostIP,
+		}, ConsoleLog: filepath.Join(tmp, "console.log")}
 		var vm *VM
 		var err error
 		ns.Do(func() { vm, err = Start(cfg) })
@@ -98,15 +83,15 @@ func BenchmarkBoot(b *testing.B) {
 		bare = append(bare, d.Seconds())
 	}
 	b.StopTimer()
-	agentMS := median(phases["modules"]) + median(phases["root"]) + median(phases["switch_root"]) + median(phases["network"])
-	b.ReportMetric(median(ready), "agent-ready-s")
-	b.ReportMetric(median(bare), "bare-s")
-	b.ReportMetric(median(ready)/median(bare), "ratio")
-	b.ReportMetric(agentMS/10/median(ready), "agent-phases-%")
+	agentMS := guesttest.Median(phases["modules"]) + guesttest.Median(phases["root"]) + guesttest.Median(phases["switch_root"]) + guesttest.Median(phases["network"])
+	b.ReportMetric(guesttest.Median(ready), "agent-ready-s")
+	b.ReportMetric(guesttest.Median(bare), "bare-s")
+	b.ReportMetric(guesttest.Median(ready)/guesttest.Median(bare), "ratio")
+	b.ReportMetric(agentMS/10/guesttest.Median(ready), "agent-phases-%")
 	b.ReportMetric(0, "ns/op")
 	fmt.Printf("boot (median of %d, %d vCPU): QEMU start → agent hello %.2f s; bare kernel → /init power-off %.2f s (ratio %.2f); shutdown → QEMU exit %.2f s\n",
-		b.N, max(cpus, 1), median(ready), median(bare), median(ready)/median(bare), median(shut))
+		b.N, max(cpus, 1), guesttest.Median(ready), guesttest.Median(bare), guesttest.Median(ready)/guesttest.Median(bare), guesttest.Median(shut))
 	fmt.Printf("agent phases (median ms): kernel→init %.0f, modules %.0f, root mount %.0f, switch_root %.0f, network %.0f, control %.0f; agent phases = %.1f%% of boot\n",
-		median(phases["kernel"]), median(phases["modules"]), median(phases["root"]), median(phases["switch_root"]),
-		median(phases["network"]), median(phases["control"]), agentMS/10/median(ready))
+		guesttest.Median(phases["kernel"]), guesttest.Median(phases["modules"]), guesttest.Median(phases["root"]), guesttest.Median(phases["switch_root"]),
+		guesttest.Median(phases["network"]), guesttest.Median(phases["control"]), agentMS/10/guesttest.Median(ready))
 }

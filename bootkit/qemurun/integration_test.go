@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/host/vmm/qemu"
+	"github.com/paddock-vm/paddock/internal/guesttest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-
-	"github.com/paddock-vm/paddock/agent"
 )
 
 // testNetns is a network namespace created by the test, held by one locked
@@ -95,10 +97,9 @@ func (n *testNetns) setupTap(t testing.TB) {
 
 func TestBootAgent(t *testing.T) {
 	f := getFixture(t)
-	t.Logf("kit import (vmlinux extraction + initramfs): %v; %d modules, initramfs %s", importTime.Round(time.Millisecond), len(f.kit.Modules), f.kit.InitramfsPath())
+	t.Logf("kit import (vmlinux extraction + initramfs): %v; %d modules, initramfs %s", f.ImportTime.Round(time.Millisecond), len(f.Kit.Modules), f.Kit.InitramfsPath())
 	tmp := t.TempDir()
-	tree := filepath.Join(tmp, "tree")
-	imageTree(t, tree, map[string]any{
+	rootImg := guesttest.RootDisk(t, tmp, map[string]any{
 		"config": map[string]any{
 			"Entrypoint": []string{"/bin/sh", "-c"},
 			"Cmd":        []string{`echo "$(id -u):$(id -g) $(pwd) $GREETING" > /tmp/main.out; exec sleep 3600`},
@@ -107,22 +108,18 @@ func TestBootAgent(t *testing.T) {
 			"User":       "app",
 		},
 	})
-	rootImg := filepath.Join(tmp, "root.ext4")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := BuildExt4(ctx, tree, rootImg, 64, "paddockroot"); err != nil {
-		t.Fatal(err)
-	}
 
 	ns := newTestNetns(t)
 	ns.setupTap(t)
 	console := filepath.Join(tmp, "console.log")
-	cfg := Config{
-		Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(), RootDisk: rootImg,
-		ControlSocket: filepath.Join(tmp, "ctl.sock"), ConsoleLog: console, Tap: tapName,
-		Cmdline: []string{"paddock.root=LABEL=paddockroot", "paddock.hostname=guest1",
-			"paddock.ip=" + guestIP + "/24", "paddock.gw=" + hostIP, "paddock.dns=" + hostIP},
-	}
+	cfg := Config{Machine: qemu.Machine{
+		Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(), Disks: []vmm.Disk{{Path: rootImg}},
+		ControlSocket: filepath.Join(tmp, "ctl.sock"), Tap: &vmm.Tap{Name: tapName},
+		Cmdline: "paddock.root=LABEL=paddockroot paddock.hostname=guest1 " +
+			"paddock.ip=" + guestIP + "/24 paddock.gw=" + hostIP + " paddock.dns=" + hostIP,
+	}, ConsoleLog: console}
 	var vm *VM
 	var err error
 	ns.Do(func() { vm, err = Start(cfg) })
@@ -353,7 +350,8 @@ func TestBootAgent(t *testing.T) {
 // bareBoot boots the same kernel with an initramfs whose /init powers off at
 // once (paddock.poweroff) and returns QEMU start → QEMU exit.
 func bareBoot(ctx context.Context, f *fixture, tmp string, cpus int) (time.Duration, error) {
-	vm, err := Start(Config{Kernel: f.kit.VmlinuxPath(), CPUs: cpus, Initrd: f.bareInitrd, ConsoleLog: filepath.Join(tmp, "bare.log"), Cmdline: []string{"paddock.poweroff"}})
+	vm, err := Start(Config{Machine: qemu.Machine{Kernel: f.Kit.VmlinuxPath(), CPUs: cpus, Initrd: f.bareInitrd, Cmdline: "paddock.poweroff"},
+		ConsoleLog: filepath.Join(tmp, "bare.log")})
 	if err != nil {
 		return 0, err
 	}

@@ -7,11 +7,11 @@
 // vsock until it is asked to shut down, when it stops every process, syncs,
 // unmounts and powers the VM off.
 //
-// See cmdline.go for the kernel command line keys and the image config.
+// The kernel command line keys and the seed disk are described in package
+// guestboot; the image config in imageconfig.go.
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/guestboot"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,7 +31,7 @@ import (
 var Version = "dev"
 
 type initState struct {
-	cfg    *bootConfig
+	cfg    *guestboot.BootArgs
 	start  int64
 	mu     sync.Mutex
 	phases []agent.Phase
@@ -95,11 +96,13 @@ func (s *initState) run() {
 	s.phases = append(s.phases, agent.Phase{Name: "kernel", StartNS: 0, EndNS: s.start})
 	_ = s.phase("mounts", mountEarly)
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	cfg, err := parseCmdline(string(cmdline))
+	args, err := guestboot.Parse(string(cmdline))
 	if err != nil {
 		logf("kernel command line: %v", err)
 		s.errs = append(s.errs, "cmdline: "+err.Error())
 	}
+	withDefaults := args.WithDefaults()
+	cfg := &withDefaults
 	s.cfg = cfg
 	if cfg.PowerOff {
 		powerOff(false)
@@ -130,11 +133,11 @@ func (s *initState) run() {
 		err  error
 	}
 	portCh := make(chan portResult, 1)
-	if cfg.CtlPort != "" {
+	if cfg.Serial != "" {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			p, err := agent.FindVirtioPort(ctx, cfg.CtlPort)
+			p, err := agent.FindVirtioPort(ctx, cfg.Serial)
 			portCh <- portResult{p, err}
 		}()
 	}
@@ -152,13 +155,13 @@ func (s *initState) run() {
 		_ = s.phase("hostname", func() error { return unix.Sethostname([]byte(cfg.Hostname)) })
 	}
 	_ = s.phase("network", func() error { return setupNetwork(cfg) })
-	if rootOK && cfg.WriteEtc {
+	if rootOK && !cfg.NoEtc {
 		_ = s.phase("etc", func() error { return writeEtc(cfg) })
 	}
 	if rootOK {
 		_ = s.phase("config", func() error {
 			var err error
-			s.image, err = loadImageConfig(cfg.ConfigPath)
+			s.image, err = loadImageConfig(cfg.Config)
 			return err
 		})
 	}
@@ -176,7 +179,7 @@ func (s *initState) run() {
 		Logf:         logf,
 	})
 	served := false
-	if cfg.CtlPort != "" {
+	if cfg.Serial != "" {
 		_ = s.phase("control", func() error {
 			r := <-portCh
 			if r.err != nil {
@@ -194,9 +197,9 @@ func (s *initState) run() {
 			return nil
 		})
 	}
-	if cfg.VsockPort != 0 {
+	if cfg.Vsock != 0 {
 		_ = s.phase("vsock", func() error {
-			l, err := agent.ListenVsock(cfg.VsockPort)
+			l, err := agent.ListenVsock(cfg.Vsock)
 			if err != nil {
 				return err
 			}
@@ -211,11 +214,17 @@ func (s *initState) run() {
 	s.mu.Lock()
 	s.ready = agent.BootTimeNS()
 	s.mu.Unlock()
-	if len(modsLater) > 0 {
+	go func() {
 		// Drivers this boot did not ask for (network without paddock.ip,
-		// vsock without paddock.vsock) still load, after the agent is ready.
-		go func() { _ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) }) }()
-	}
+		// vsock without paddock.vsock) and the power button still load,
+		// after the agent is ready.
+		if len(modsLater) > 0 {
+			_ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) })
+		}
+		if err := watchPowerButton(func() { s.shutdown(false) }, cfg.Debug); err != nil && cfg.Debug {
+			logf("power button: %v", err)
+		}
+	}()
 	if s.image != nil && len(s.image.argv()) > 0 {
 		s.main = newMainProc(s)
 		s.main.start()
@@ -272,27 +281,4 @@ func (s *initState) defaultEnv() []string {
 		return s.image.Env
 	}
 	return []string{"PATH=" + agent.DefaultPath, "TERM=xterm"}
-}
-
-func loadImageConfig(path string) (*imageConfig, error) {
-	b, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil, nil // an image without config: agent only
-	}
-	if err != nil {
-		return nil, err
-	}
-	// A config on a raw block device (paddock.config=/dev/vdb) is the JSON
-	// padded with NULs to a whole sector.
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	if len(b) > 1<<20 {
-		return nil, fmt.Errorf("%s: larger than 1 MiB", path)
-	}
-	c, err := parseImageConfig(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/guestboot"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,7 +30,7 @@ func newMainProc(s *initState) *mainProc {
 		policy = s.cfg.Restart
 	}
 	if policy == "" {
-		policy = restartNo
+		policy = guestboot.RestartNo
 	}
 	return &mainProc{s: s, argv: s.image.argv(), policy: policy, finished: make(chan struct{}),
 		st: agent.MainState{State: "starting", Argv: s.image.argv()}}
@@ -82,7 +83,7 @@ func (m *mainProc) loop() {
 		m.st.PID = 0
 		m.proc = nil
 		stopped := m.stopped
-		again := !stopped && (m.policy == restartAlways || (m.policy == restartOnFailure && (st.Code != 0 || st.Signal != 0)))
+		again := !stopped && (m.policy == guestboot.RestartAlways || (m.policy == guestboot.RestartOnFailure && (st.Code != 0 || st.Signal != 0)))
 		if again {
 			m.st.State = "restarting"
 			m.st.Restarts++
@@ -91,7 +92,7 @@ func (m *mainProc) loop() {
 		}
 		m.mu.Unlock()
 		if !again {
-			if !stopped && m.s.cfg.OnExit == "poweroff" {
+			if !stopped && m.s.cfg.OnExit == guestboot.OnExitPowerOff {
 				go m.s.shutdown(false)
 			}
 			return

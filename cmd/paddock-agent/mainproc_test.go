@@ -5,11 +5,12 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/guestboot"
 )
 
 func testState(policy string, cmd ...string) *initState {
 	return &initState{
-		cfg:     &bootConfig{OnExit: "keep"},
+		cfg:     &guestboot.BootArgs{OnExit: guestboot.OnExitKeep},
 		image:   &imageConfig{Cmd: cmd, Restart: policy, Env: []string{"PATH=/usr/bin:/bin"}},
 		spawner: &agent.LocalSpawner{Reaper: agent.NewReaper(false)},
 	}
@@ -56,7 +57,7 @@ func TestMainProcRestartPolicies(t *testing.T) {
 
 	// always: restarted after success too; the cmdline overrides the image
 	s := testState("no", "true")
-	s.cfg.Restart = restartAlways
+	s.cfg.Restart = guestboot.RestartAlways
 	m = newMainProc(s)
 	m.start()
 	waitState(t, m, func(s agent.MainState) bool { return s.Restarts >= 2 })

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -101,10 +102,10 @@ func readModuleList() ([]*kmod, error) {
 
 // splitModules separates the modules this boot needs before the agent is
 // ready from those that can load afterwards: the network driver when no
-// address is configured on the command line and the vsock transport when
-// the agent does not serve vsock. Everything the needed top-level modules
-// depend on is needed too.
-func splitModules(mods []*kmod, cfg *bootConfig) (now, later []*kmod) {
+// address is configured on the command line, the vsock transport when the
+// agent does not serve vsock, and the power button's. Everything the needed
+// top-level modules depend on is needed too.
+func splitModules(mods []*kmod, cfg *guestboot.BootArgs) (now, later []*kmod) {
 	byName := map[string]*kmod{}
 	isDep := map[string]bool{}
 	for _, m := range mods {
@@ -113,11 +114,11 @@ func splitModules(mods []*kmod, cfg *bootConfig) (now, later []*kmod) {
 			isDep[d] = true
 		}
 	}
-	deferrable := map[string]bool{}
+	deferrable := map[string]bool{"button": true, "evdev": true}
 	if len(cfg.IPs) == 0 {
 		deferrable["virtio_net"] = true
 	}
-	if cfg.VsockPort == 0 {
+	if cfg.Vsock == 0 {
 		deferrable["vmw_vsock_virtio_transport"] = true
 	}
 	need := map[string]bool{}
@@ -264,7 +265,7 @@ func readExtID(dev string) (label, uuid string, err error) {
 	return label, uuid, nil
 }
 
-func mountRoot(cfg *bootConfig) error {
+func mountRoot(cfg *guestboot.BootArgs) error {
 	deadline := time.Now().Add(cfg.RootWait)
 	var dev string
 	for {
@@ -288,7 +289,7 @@ func mountRoot(cfg *bootConfig) error {
 	if err := unix.Mount(dev, newRoot, cfg.RootFSType, flags, cfg.RootFlags); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, cfg.RootFSType, newRoot, err)
 	}
-	if cfg.GrowFS && !cfg.RootRO && cfg.RootFSType == "ext4" {
+	if cfg.GrowFS && !cfg.RootRO && cfg.RootFSType == guestboot.DefaultRootFSType {
 		if err := growExt4(dev, newRoot); err != nil {
 			// A root that stays small still boots: say so and go on.
 			fmt.Fprintf(os.Stderr, "paddock-agent: growing the root file system: %v\n", err)
@@ -426,7 +427,7 @@ func mountLate() error {
 	return errors.Join(errs...)
 }
 
-func setupNetwork(cfg *bootConfig) error {
+func setupNetwork(cfg *guestboot.BootArgs) error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("lo: %w", err)
@@ -480,7 +481,7 @@ func setupNetwork(cfg *bootConfig) error {
 
 // writeEtc writes /etc/hosts and (with DNS servers) /etc/resolv.conf when
 // the root is writable. A symlinked resolv.conf is replaced by a file.
-func writeEtc(cfg *bootConfig) error {
+func writeEtc(cfg *guestboot.BootArgs) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/", &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
 		return nil // read-only image: leave its files alone

@@ -20,6 +20,7 @@ import (
 
 	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/bootkit/qemurun"
+	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
@@ -84,7 +85,7 @@ func guestInit(m *testing.M) {
 func TestDMInGuestKernel(t *testing.T) {
 	testenv.BootsVM(t)
 	vmlinuz, modules := testenv.RequireKernel(t)
-	qemu := testenv.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	qemuBin := testenv.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	tmp := t.TempDir()
 	image, err := os.ReadFile(vmlinuz)
 	if err != nil {
@@ -108,7 +109,8 @@ func TestDMInGuestKernel(t *testing.T) {
 	}
 
 	console := filepath.Join(tmp, "console.log")
-	vm, err := qemurun.Start(qemurun.Config{QEMU: qemu, Kernel: kernel, Initrd: initrd, MemoryMiB: 1536, CPUs: 2, ConsoleLog: console})
+	vm, err := qemurun.Start(qemurun.Config{QEMU: qemuBin, Machine: qemu.Machine{Kernel: kernel, Initrd: initrd, MemoryMiB: 1536, CPUs: 2},
+		ConsoleLog: console})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -225,7 +225,10 @@ type Spec struct {
 	// initramfs.
 	Kernel, Initrd string
 	// Cmdline holds the guest kernel arguments beyond the driver's own
-	// (console, panic, TSC settings): the paddock.* keys.
+	// (console, panic, TSC settings): the paddock.* keys, written with
+	// guestboot.BootArgs.String. It must parse (guestboot.Parse), else
+	// Start fails with ErrInvalidSpec. The driver owns the agent's control
+	// channel: it replaces paddock.ctl and paddock.vsock with its own.
 	Cmdline string
 	// CPUs (1) and MemoryMiB (256).
 	CPUs, MemoryMiB int
@@ -236,7 +239,7 @@ type Spec struct {
 	// ControlSocket is the host UNIX socket of the agent's virtio-serial
 	// port (QEMU; default <RunDir>/control.sock).
 	ControlSocket string
-	// ControlPort names the virtio-serial port (qemurun.DefaultPortName).
+	// ControlPort names the virtio-serial port (guestboot.DefaultSerialPort).
 	ControlPort string
 	// VsockUDS is Firecracker's vsock UNIX socket (default
 	// <RunDir>/vsock.sock); VsockCID the guest CID (3).

@@ -42,6 +42,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/vmm"
 )
 
@@ -207,16 +208,22 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
-// BootArgs returns the guest kernel command line for spec: serial console,
-// no reboot (a reboot ends Firecracker), and the agent on vsock instead of
-// virtio-serial.
-func BootArgs(spec vmm.Spec) string {
-	args := []string{"console=ttyS0", "reboot=k", "panic=1", "pci=off",
-		"paddock.ctl=", "paddock.vsock=" + strconv.Itoa(agent.DefaultVsockPort)}
-	if spec.Cmdline != "" {
-		args = append(args, spec.Cmdline)
+// KernelCmdline returns the guest kernel command line for spec: serial
+// console, reboot=k and panic=1 (a reboot ends Firecracker), quiet, then the
+// caller's keys with the agent's control channel set to this driver's: vsock
+// port agent.DefaultVsockPort (which DialAgent reaches through the vsock
+// UDS) and no virtio-serial port. Whatever paddock.ctl or paddock.vsock the
+// caller gave is replaced: exactly one of each reaches the guest.
+func KernelCmdline(spec vmm.Spec) (string, error) {
+	boot, err := guestboot.Parse(spec.Cmdline)
+	if err == nil {
+		boot.SetControl("", agent.DefaultVsockPort)
+		err = boot.Validate()
 	}
-	return strings.Join(args, " ")
+	if err != nil {
+		return "", fmt.Errorf("%w: kernel command line: %v", vmm.ErrInvalidSpec, err)
+	}
+	return strings.TrimSuffix("console=ttyS0 reboot=k panic=1 pci=off quiet "+boot.String(), " "), nil
 }
 
 // Start launches Firecracker, configures the VM and starts it.
@@ -232,6 +239,10 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		if disk.Format != vmm.FormatRaw {
 			return nil, fmt.Errorf("%w: disk %d is %s; firecracker takes raw disks only", vmm.ErrUnsupported, i, disk.Format)
 		}
+	}
+	bootArgs, err := KernelCmdline(spec)
+	if err != nil {
+		return nil, err
 	}
 	if live, err := vmm.Find(spec.VMID); err != nil {
 		return nil, err
@@ -266,7 +277,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		_ = d.Cleanup(ctx, p)
 		return nil, err
 	}
-	if err := d.configure(ctx, p, spec); err != nil {
+	if err := d.configure(ctx, p, spec, bootArgs); err != nil {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		defer cancel()
 		_ = d.Kill(kctx, p)
@@ -277,7 +288,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 
 // configure waits for the API, attaches the console, configures the VM and
 // starts it.
-func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec) error {
+func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec, bootArgs string) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
@@ -295,7 +306,7 @@ func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec) e
 	}
 	steps := []apiStep{
 		{"/machine-config", machineConfig{VCPUCount: spec.CPUs, MemSizeMiB: spec.MemoryMiB}},
-		{"/boot-source", bootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: BootArgs(spec)}},
+		{"/boot-source", bootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: bootArgs}},
 	}
 	for i, disk := range spec.Disks {
 		id := "disk" + strconv.Itoa(i)

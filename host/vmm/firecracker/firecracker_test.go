@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
@@ -179,8 +180,21 @@ func startGuest(config map[string]json.RawMessage) {
 			}()
 		}
 	}
+	// the guest's agent reads its channel from the kernel command line, as
+	// paddock-agent does: it serves on the vsock port named there, and a
+	// virtio-serial port named there does not exist on Firecracker
+	var bs bootSource
+	_ = json.Unmarshal(config["/boot-source"], &bs)
+	boot, err := guestboot.Parse(bs.BootArgs)
+	var bootErrs []string
+	if err != nil {
+		bootErrs = append(bootErrs, "cmdline: "+err.Error())
+	}
+	if boot.Serial != "" {
+		bootErrs = append(bootErrs, fmt.Sprintf("control: no virtio-serial port %q", boot.Serial))
+	}
 	var vs vsockDevice
-	if json.Unmarshal(config["/vsock"], &vs) != nil || vs.UDSPath == "" {
+	if json.Unmarshal(config["/vsock"], &vs) != nil || vs.UDSPath == "" || boot.Vsock == 0 {
 		return
 	}
 	l, err := net.Listen("unix", vs.UDSPath)
@@ -188,7 +202,7 @@ func startGuest(config map[string]json.RawMessage) {
 		return
 	}
 	srv := agent.NewServer(agent.ServerConfig{AgentVersion: "fake", Hello: func() agent.HelloInfo {
-		return agent.HelloInfo{Hostname: "fcguest", Kit: "fake"}
+		return agent.HelloInfo{Hostname: boot.Hostname, Kit: "fake", BootError: strings.Join(bootErrs, "; ")}
 	}})
 	go func() {
 		for {
@@ -199,7 +213,7 @@ func startGuest(config map[string]json.RawMessage) {
 			go func() {
 				br := bufio.NewReader(c)
 				line, err := br.ReadString('\n')
-				if err != nil || line != fmt.Sprintf("CONNECT %d\n", agent.DefaultVsockPort) {
+				if err != nil || line != fmt.Sprintf("CONNECT %d\n", boot.Vsock) {
 					fmt.Fprint(c, "ERR\n")
 					c.Close()
 					return
@@ -251,7 +265,7 @@ func spec(t *testing.T, dir string) vmm.Spec {
 	}
 	return vmm.Spec{
 		VMID: testID(), Kernel: filepath.Join(dir, "vmlinux"), Initrd: filepath.Join(dir, "initrd"),
-		Cmdline: "paddock.root=/dev/vda", CPUs: 2, MemoryMiB: 512,
+		Cmdline: "paddock.root=/dev/vda paddock.hostname=fcguest", CPUs: 2, MemoryMiB: 512,
 		Disks: []vmm.Disk{{Path: filepath.Join(dir, "root.ext4")}, {Path: filepath.Join(dir, "data.ext4"), ReadOnly: true}},
 		Tap:   &vmm.Tap{Name: "pdk-fc", MAC: "02:00:00:00:00:09"},
 		// sun_path is 108 bytes: keep the run directory short
@@ -271,17 +285,56 @@ func shortTempDir(t *testing.T) string {
 	return d
 }
 
-func TestLifecycle(t *testing.T) {
-	dir := shortTempDir(t)
-	d, logPath := fakeDriver(t, dir)
-	s := spec(t, dir)
+// started is a VM started through the fake.
+type started struct {
+	d    *Driver
+	dir  string
+	log  string
+	spec vmm.Spec
+	p    *vmm.Process
+	ctx  context.Context
+}
+
+// startFake starts a VM from spec (changed by mutate, if given) through the
+// fake; it is killed at cleanup.
+func startFake(t *testing.T, mutate func(*vmm.Spec)) *started {
+	t.Helper()
+	vm := &started{dir: shortTempDir(t)}
+	vm.d, vm.log = fakeDriver(t, vm.dir)
+	vm.spec = spec(t, vm.dir)
+	if mutate != nil {
+		mutate(&vm.spec)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := d.Start(ctx, s)
+	t.Cleanup(cancel)
+	vm.ctx = ctx
+	p, err := vm.d.Start(ctx, vm.spec)
 	if err != nil {
 		t.Fatal(err)
 	}
+	vm.p = p
 	t.Cleanup(func() { _ = New().Kill(context.Background(), p) })
+	return vm
+}
+
+// hello dials p's agent and returns its hello.
+func hello(t *testing.T, ctx context.Context, p *vmm.Process) agent.HelloInfo {
+	t.Helper()
+	conn, err := vmm.DialAgent(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := agent.NewClient(ctx, conn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.Hello()
+}
+
+func TestLifecycle(t *testing.T) {
+	vm := startFake(t, nil)
+	d, logPath, s, p, ctx, dir := vm.d, vm.log, vm.spec, vm.p, vm.ctx, vm.dir
 
 	// every request was valid, in Firecracker's order, with paddock's values
 	reqs := readLog(t, logPath)
@@ -302,9 +355,13 @@ func TestLifecycle(t *testing.T) {
 	for _, r := range reqs {
 		bodies[r.Path] = string(r.Body)
 	}
+	bootArgs, err := KernelCmdline(s)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for path, want := range map[string]string{
 		"/machine-config":          `{"vcpu_count":2,"mem_size_mib":512}`,
-		"/boot-source":             fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":%q,"boot_args":%q}`, s.Kernel, s.Initrd, BootArgs(s)),
+		"/boot-source":             fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":%q,"boot_args":%q}`, s.Kernel, s.Initrd, bootArgs),
 		"/drives/disk0":            fmt.Sprintf(`{"drive_id":"disk0","path_on_host":%q,"is_root_device":false,"is_read_only":false}`, s.Disks[0].Path),
 		"/drives/disk1":            fmt.Sprintf(`{"drive_id":"disk1","path_on_host":%q,"is_root_device":false,"is_read_only":true}`, s.Disks[1].Path),
 		"/network-interfaces/eth0": `{"iface_id":"eth0","host_dev_name":"pdk-fc","guest_mac":"02:00:00:00:00:09"}`,
@@ -330,18 +387,9 @@ func TestLifecycle(t *testing.T) {
 	if info, err := d.Info(ctx, p); err != nil || info.State != "Running" || info.ID != vmm.Tag(s.VMID) {
 		t.Fatalf("Info: %+v %v", info, err)
 	}
-	conn, err := vmm.DialAgent(ctx, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := agent.NewClient(ctx, conn, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h := c.Hello(); h.Hostname != "fcguest" {
+	if h := hello(t, ctx, p); h.Hostname != "fcguest" || h.BootError != "" {
 		t.Fatalf("hello %+v", h)
 	}
-	c.Close()
 	waitFor(t, "console through the FIFO", func() bool {
 		b, _ := os.ReadFile(p.ConsoleLog)
 		return strings.Contains(string(b), "fake guest console line 20")
@@ -465,11 +513,63 @@ func TestStartFailures(t *testing.T) {
 	}
 }
 
-func TestBootArgs(t *testing.T) {
-	got := BootArgs(vmm.Spec{Cmdline: "paddock.root=/dev/vda paddock.ip=10.0.0.2/24"})
-	want := "console=ttyS0 reboot=k panic=1 pci=off paddock.ctl= paddock.vsock=1024 paddock.root=/dev/vda paddock.ip=10.0.0.2/24"
-	if got != want {
-		t.Fatalf("%q, want %q", got, want)
+func TestKernelCmdline(t *testing.T) {
+	for _, tc := range []struct{ cmdline, want string }{
+		{"paddock.root=/dev/vda paddock.ip=10.0.0.2/24",
+			"console=ttyS0 reboot=k panic=1 pci=off quiet paddock.root=/dev/vda paddock.ip=10.0.0.2/24 paddock.vsock=1024"},
+		// the caller's channel is replaced, never appended to
+		{"paddock.ctl=paddock.agent paddock.vsock=5 paddock.root=/dev/vda",
+			"console=ttyS0 reboot=k panic=1 pci=off quiet paddock.root=/dev/vda paddock.vsock=1024"},
+	} {
+		got, err := KernelCmdline(vmm.Spec{Cmdline: tc.cmdline})
+		if err != nil || got != tc.want {
+			t.Errorf("KernelCmdline(%q) = %q, %v; want %q", tc.cmdline, got, err, tc.want)
+		}
+	}
+	if _, err := KernelCmdline(vmm.Spec{Cmdline: "paddock.mtu=1"}); !errors.Is(err, vmm.ErrInvalidSpec) || !strings.Contains(err.Error(), "paddock.mtu") {
+		t.Errorf("bad key: %v", err)
+	}
+}
+
+// TestControlChannelContract: the kernel command line the driver sends (as
+// the API server received it, validated against Firecracker's description)
+// parses, the way paddock-agent parses it, to exactly the channel the driver
+// set up and dials: no virtio-serial port (Firecracker has none) and the
+// vsock port DialAgent connects to through the VM's vsock UDS. The caller's
+// command line is the VM actor's, which names the QEMU port.
+func TestControlChannelContract(t *testing.T) {
+	vm := startFake(t, func(s *vmm.Spec) {
+		s.Cmdline = "console=ttyS0 panic=-1 quiet paddock.root=/dev/vda paddock.hostname=fcguest paddock.config=/dev/vdb paddock.ctl=paddock.agent"
+	})
+	p := vm.p
+	var boot bootSource
+	var vsock vsockDevice
+	for _, r := range readLog(t, vm.log) {
+		if r.Error != "" {
+			t.Fatalf("%s %s rejected: %s", r.Method, r.Path, r.Error)
+		}
+		switch r.Path {
+		case "/boot-source":
+			_ = json.Unmarshal(r.Body, &boot)
+		case "/vsock":
+			_ = json.Unmarshal(r.Body, &vsock)
+		}
+	}
+	args, err := guestboot.Parse(boot.BootArgs)
+	if err != nil {
+		t.Fatalf("the guest would report: %v (boot_args %q)", err, boot.BootArgs)
+	}
+	if args.Serial != "" || args.Vsock != agent.DefaultVsockPort {
+		t.Errorf("guest serves on virtio-serial %q, vsock %d; want none, %d (boot_args %q)", args.Serial, args.Vsock, agent.DefaultVsockPort, boot.BootArgs)
+	}
+	if args.Root != "/dev/vda" || args.Hostname != "fcguest" || args.Config != "/dev/vdb" {
+		t.Errorf("the caller's keys did not arrive: %+v", args)
+	}
+	if p.ControlKind != vmm.ControlHybridVsock || vsock.UDSPath != p.ControlSocket {
+		t.Errorf("vsock device on %q, handle dials %s %q", vsock.UDSPath, p.ControlKind, p.ControlSocket)
+	}
+	if h := hello(t, vm.ctx, p); h.BootError != "" {
+		t.Errorf("the guest's boot error: %s", h.BootError)
 	}
 }
 

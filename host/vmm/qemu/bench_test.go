@@ -1,49 +1,42 @@
-package qemu
+package qemu_test
 
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/bootkit/qemurun"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/host/vmm/qemu"
+	"github.com/paddock-vm/paddock/internal/guesttest"
+	"github.com/paddock-vm/paddock/internal/testenv"
 )
-
-func median(xs []float64) float64 {
-	s := append([]float64{}, xs...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
 
 // BenchmarkStartToHello measures, per iteration, Driver.Start → agent hello
 // answered (the driver's whole path: tagged launch in its own session, -S,
 // QMP, console copier attached, cont, DialAgent) and, in the same run, the
 // reference: a bare QEMU of the same kernel, initramfs, disk and command
-// line started directly (qemurun.Start: no QMP, no -S, console to a file) to
+// line started directly (qemurun.Start: the same Machine, no QMP, no -S,
+// console to a file) to
 // the same point. The two alternate, so drift on the host hits both. The
 // ratio is the driver's overhead (goal ≤ 1.10):
 //
 //	PADDOCK_KERNEL_DIR=... go test ./host/vmm/qemu -run '^$' -bench StartToHello -benchtime 5x
 func BenchmarkStartToHello(b *testing.B) {
-	f := getFixture(b)
+	testenv.RequireRoot(b, "network namespace, tap")
+	f := guesttest.Kit(b)
 	tmp := b.TempDir()
-	root := rootDisk(b, tmp)
+	root := guesttest.RootDisk(b, tmp, guesttest.SleepConfig)
 	ctx := context.Background()
-	d := New()
+	d := qemu.New()
 	defer d.Close()
-	accel, err := d.resolveAccel(ctx, vmm.Spec{Kernel: f.kit.VmlinuxPath(), Accel: vmm.AccelAuto})
-	if err != nil {
-		b.Fatal(err)
+	accel := vmm.AccelTCG
+	if ok, _ := d.KVMUsable(ctx, f.Kit.VmlinuxPath()); ok {
+		accel = vmm.AccelKVM
 	}
 	const cmdline = "paddock.root=/dev/vda"
 	var starts []float64 // Driver.Start alone: exec → QMP up → console attached → cont
@@ -55,7 +48,7 @@ func BenchmarkStartToHello(b *testing.B) {
 		return agent.NewClient(ctx, conn, nil)
 	}
 	viaDriver := func(i int) (float64, error) {
-		spec := vmm.Spec{VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(), Cmdline: cmdline,
+		spec := vmm.Spec{VMID: fmt.Sprintf("bench%d-%d", os.Getpid(), i), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(), Cmdline: cmdline,
 			Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, fmt.Sprintf("d%d", i)), Accel: accel}
 		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		defer cancel()
@@ -84,8 +77,9 @@ func BenchmarkStartToHello(b *testing.B) {
 	}
 	bare := func(i int) (float64, error) {
 		dir := filepath.Join(tmp, fmt.Sprintf("r%d", i))
-		cfg := qemurun.Config{Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(), RootDisk: root, Accel: accel,
-			ControlSocket: dir + "-ctl.sock", ConsoleLog: dir + "-console.log", Cmdline: []string{cmdline}}
+		cfg := qemurun.Config{Machine: qemu.Machine{Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
+			Disks: []vmm.Disk{{Path: root}}, Accel: accel, ControlSocket: dir + "-ctl.sock", Cmdline: cmdline},
+			ConsoleLog: dir + "-console.log"}
 		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		defer cancel()
 		vm, err := qemurun.Start(cfg)
@@ -129,13 +123,13 @@ func BenchmarkStartToHello(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(median(drv), "driver-hello-s")
-	b.ReportMetric(median(ref), "bare-hello-s")
-	b.ReportMetric(median(drv)/median(ref), "ratio")
-	b.ReportMetric(median(starts), "driver-start-ms")
+	b.ReportMetric(guesttest.Median(drv), "driver-hello-s")
+	b.ReportMetric(guesttest.Median(ref), "bare-hello-s")
+	b.ReportMetric(guesttest.Median(drv)/guesttest.Median(ref), "ratio")
+	b.ReportMetric(guesttest.Median(starts), "driver-start-ms")
 	b.ReportMetric(0, "ns/op")
 	fmt.Printf("start → agent hello (median of %d, accel %s): driver %.2f s, bare QEMU %.2f s, ratio %.3f; Driver.Start itself %.0f ms\n",
-		b.N, accel, median(drv), median(ref), median(drv)/median(ref), median(starts))
+		b.N, accel, guesttest.Median(drv), guesttest.Median(ref), guesttest.Median(drv)/guesttest.Median(ref), guesttest.Median(starts))
 	if b.N > 1 {
 		fmt.Printf("  driver samples %.2f\n  bare samples   %.2f\n", drv, ref)
 	}

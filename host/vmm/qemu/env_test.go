@@ -3,15 +3,12 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,57 +16,17 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/paddock-vm/paddock/bootkit"
-	"github.com/paddock-vm/paddock/bootkit/qemurun"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/guesttest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
-// fixture is built once per test binary: paddock-agent and a boot kit from
-// the cached Debian kernel.
-type fixture struct {
-	dir string
-	kit *bootkit.Kit
-}
-
-var (
-	fixOnce sync.Once
-	fix     *fixture
-	fixErr  string
-)
-
-func getFixture(t testing.TB) *fixture {
+// getFixture returns paddock-agent and a boot kit from the cached Debian
+// kernel (built once per test binary).
+func getFixture(t testing.TB) *guesttest.Fixture {
 	t.Helper()
 	testenv.RequireRoot(t, "network namespace, tap, cgroup")
-	testenv.BootsVM(t)
-	for _, tool := range []struct{ name, pkg string }{{"qemu-system-x86_64", "qemu-system-x86"}, {"mkfs.ext4", "e2fsprogs"}, {"busybox", "busybox-static"}} {
-		testenv.RequireTool(t, tool.name, tool.pkg)
-	}
-	vmlinuz, modules := testenv.RequireKernel(t)
-	fixOnce.Do(func() {
-		d, err := os.MkdirTemp("", "paddock-vmm-qemu-")
-		if err != nil {
-			fixErr = err.Error()
-			return
-		}
-		f := &fixture{dir: d}
-		agentBin := filepath.Join(d, "paddock-agent")
-		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w -X main.Version=test", "-o", agentBin, "github.com/paddock-vm/paddock/cmd/paddock-agent")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			fixErr = "building paddock-agent: " + err.Error() + ": " + string(out)
-			return
-		}
-		if f.kit, err = bootkit.Import(context.Background(), vmlinuz, modules, "debian", filepath.Join(d, "state"), bootkit.WithAgent(agentBin)); err != nil {
-			fixErr = err.Error()
-			return
-		}
-		fix = f
-	})
-	if fix == nil {
-		t.Fatalf("fixture: %s", fixErr)
-	}
-	return fix
+	return guesttest.Kit(t)
 }
 
 // helperEnv makes the test binary a stand-in paddockd: it starts one VM
@@ -82,9 +39,7 @@ func TestMain(m *testing.M) {
 		os.Exit(helperDaemon())
 	}
 	code := m.Run()
-	if fix != nil {
-		os.RemoveAll(fix.dir)
-	}
+	guesttest.Cleanup()
 	os.Exit(code)
 }
 
@@ -138,73 +93,10 @@ var idSeq atomic.Int64
 
 func testID() string { return fmt.Sprintf("q%d-%d", os.Getpid(), idSeq.Add(1)) }
 
-// imageTree builds a root tree: static busybox with applet links, users, a
-// data file and an image config whose main process sleeps.
-func imageTree(t testing.TB, dir string) {
-	t.Helper()
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Require(t, isStatic(bb), bb+" is not statically linked (apt-get install busybox-static)")
-	for _, d := range []string{"bin", "etc", "tmp", "run", "srv", "data", "root", ".paddock", "dev", "proc", "sys"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data, err := os.ReadFile(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	list, err := exec.Command(bb, "--list").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, applet := range strings.Fields(string(list)) {
-		if applet != "busybox" {
-			_ = os.Symlink("busybox", filepath.Join(dir, "bin", applet))
-		}
-	}
-	cfg, _ := json.Marshal(map[string]any{"config": map[string]any{"Entrypoint": []string{"/bin/sleep"}, "Cmd": []string{"3600"}, "Env": []string{"PATH=/bin"}}})
-	for name, content := range map[string]string{
-		"etc/passwd":           "root:x:0:0:root:/root:/bin/sh\n",
-		"etc/group":            "root:x:0:\n",
-		"data/hello.txt":       "hello from the image\n",
-		".paddock/config.json": string(cfg),
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func isStatic(path string) bool {
-	f, err := elf.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return false
-		}
-	}
-	return true
-}
-
 // rootDisk builds the test root image once per test (64 MiB ext4).
 func rootDisk(t testing.TB, dir string) string {
 	t.Helper()
-	tree := filepath.Join(dir, "tree")
-	imageTree(t, tree)
-	img := filepath.Join(dir, "root.ext4")
-	if err := qemurun.BuildExt4(context.Background(), tree, img, 64, "paddockroot"); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return guesttest.RootDisk(t, dir, guesttest.SleepConfig)
 }
 
 // smallDisk builds an 8 MiB ext4 holding one file.
@@ -218,9 +110,7 @@ func smallDisk(t testing.TB, dir, name, content string) string {
 		t.Fatal(err)
 	}
 	img := filepath.Join(dir, name+".ext4")
-	if err := qemurun.BuildExt4(context.Background(), tree, img, 8, ""); err != nil {
-		t.Fatal(err)
-	}
+	guesttest.BuildExt4(t, tree, img, 8, "")
 	return img
 }
 

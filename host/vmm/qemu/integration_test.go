@@ -92,11 +92,11 @@ func TestIntegration(t *testing.T) {
 	cgParent := testCgroupParent(t)
 
 	d := New()
-	kvmOK, why := d.KVMUsable(ctx, f.kit.VmlinuxPath())
+	kvmOK, why := d.KVMUsable(ctx, f.Kit.VmlinuxPath())
 	t.Logf("KVM usable: %v (%s)", kvmOK, why)
 
 	spec := vmm.Spec{
-		VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
+		VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
 		Cmdline: "paddock.root=/dev/vda paddock.hostname=vma",
 		Disks:   []vmm.Disk{{Path: root}, {Path: data, ReadOnly: true}},
 		Tap:     &vmm.Tap{Name: "pdktest0", MAC: "02:00:00:0a:0b:0c"},
@@ -276,7 +276,7 @@ func TestIntegration(t *testing.T) {
 		t.Fatalf("qemu-img: %v %s", err, out)
 	}
 	fresh, _ := os.Stat(overlay)
-	specB := vmm.Spec{VMID: testID(), Kernel: f.kit.VmlinuxPath(), Initrd: f.kit.InitramfsPath(),
+	specB := vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
 		Cmdline: "paddock.root=/dev/vda", Disks: []vmm.Disk{{Path: overlay, Format: vmm.FormatQCOW2}}, RunDir: filepath.Join(tmp, "run-b")}
 	pb, err := d2.Start(ctx, specB)
 	if err != nil {
@@ -356,5 +356,67 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 	}
 	if subs, _ := cgroup.Find(cg); len(subs) != 0 {
 		t.Errorf("cgroup left: %v", subs)
+	}
+}
+
+// stopTimeout is the daemon's default vm.stop_timeout: how long Stop gives
+// the guest after the power button before it quits QEMU.
+const stopTimeout = 30 * time.Second
+
+// TestPowerButton: a guest whose agent is never spoken to still powers off
+// on the ACPI power button (QMP system_powerdown): paddock-agent, PID 1,
+// hears KEY_POWER, stops its processes, unmounts and powers off, and QEMU
+// exits on its own within the stop timeout, with no quit and no kill.
+func TestPowerButton(t *testing.T) {
+	f := getFixture(t)
+	tmp := t.TempDir()
+	root := rootDisk(t, tmp)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	d := New()
+	defer d.Close()
+	spec := vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
+		Cmdline: "paddock.root=/dev/vda paddock.debug", Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, "run")}
+	p, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		kctx, kcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer kcancel()
+		if err := New().Kill(kctx, p); err != nil {
+			t.Errorf("cleanup kill: %v", err)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(p.ConsoleLog)
+			t.Logf("console:\n%s", b)
+		}
+	})
+	console := func() string { b, _ := os.ReadFile(p.ConsoleLog); return string(b) }
+	// the agent says (paddock.debug) when it listens; the control socket is
+	// never dialled
+	waitFor(t, "the agent watching the power button", 3*time.Minute, func() bool {
+		return strings.Contains(console(), "power button: watching")
+	})
+	waited := make(chan vmm.Exit, 1)
+	go func() { ex, _ := d.Wait(ctx, p); waited <- ex }()
+	if err := d.Powerdown(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ex := <-waited:
+		if !ex.Known || ex.Code != 0 || ex.Signal != 0 {
+			t.Fatalf("QEMU exit %v, want a clean exit through the guest's power-off", ex)
+		}
+	case <-time.After(stopTimeout):
+		t.Fatalf("QEMU still runs %v after system_powerdown", stopTimeout)
+	}
+	for _, want := range []string{"power button pressed", "paddock-agent: shutting down"} {
+		if !strings.Contains(console(), want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+	if out, err := exec.Command("e2fsck", "-fn", root).CombinedOutput(); err != nil {
+		t.Errorf("root disk not clean after the power button: %v\n%s", err, out)
 	}
 }

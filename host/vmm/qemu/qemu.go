@@ -1,7 +1,6 @@
 // Package qemu is the QEMU VMM driver: qemu-system-x86_64 -M microvm with
-// the measured boot recipe of bootkit/qemurun (PVH vmlinux, ACPI on for
-// virtio-mmio discovery and power-off, tsc_early_khz on the kernel command
-// line), virtio-blk disks (raw or qcow2), virtio-net on a tap, the agent's
+// the measured boot recipe (Machine, the one place QEMU's argv is built),
+// virtio-blk disks (raw or qcow2), virtio-net on a tap, the agent's
 // virtio-serial port on a UNIX socket, the serial console on a UNIX socket
 // copied into a capped log (see package vmm), and a QMP socket for
 // system_powerdown, quit, cont and query-status.
@@ -25,11 +24,16 @@
 //
 // # Stop
 //
-// QMP system_powerdown (ACPI power button), wait up to the timeout; then QMP
+// The whole ladder is: the agent's own shutdown, then the ACPI power button,
+// then QMP quit, then SIGKILL. The first rung is the caller's: it asks the
+// agent (agent.Client.Shutdown, with a deadline), which works from the
+// moment the agent answers and says what went wrong. Stop is the rest: QMP
+// system_powerdown (the ACPI power button), wait up to the timeout; then QMP
 // quit (QEMU exits cleanly, flushing its block layer, e.g. qcow2 metadata),
-// wait QuitWait; then SIGKILL through a pidfd. Whether the guest acts on the
-// power button depends on the guest: paddock-agent shuts down through its
-// own protocol, which the caller uses first.
+// wait QuitWait; then SIGKILL through a pidfd. paddock-agent powers off on
+// the power button (it listens for KEY_POWER once its late modules are
+// loaded), so a guest whose agent protocol is wedged still stops cleanly;
+// any other guest may ignore it, and then quit ends it.
 package qemu
 
 import (
@@ -45,7 +49,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/paddock-vm/paddock/bootkit/qemurun"
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/host/vmm"
 )
@@ -119,65 +122,9 @@ func (d *Driver) Check() error {
 	return nil
 }
 
-// qemuEscape doubles commas, QEMU's option-value escape.
-func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
-
 // Paths of a VM's sockets under its RunDir.
 func qmpPath(runDir string) string     { return filepath.Join(runDir, "qmp.sock") }
 func consolePath(runDir string) string { return filepath.Join(runDir, "console.sock") }
-
-// Argv returns the complete QEMU argv (binary first) for a normalized spec
-// and a resolved accelerator (kvm or tcg). The boot recipe comes from
-// qemurun.Config.Args; this adds the tag, -S, QMP, the console socket and
-// the disks.
-func (d *Driver) Argv(spec vmm.Spec, accel string) ([]string, error) {
-	if spec.Initrd == "" {
-		return nil, fmt.Errorf("%w: qemu needs an initrd (boot kit)", vmm.ErrInvalidSpec)
-	}
-	cfg := qemurun.Config{
-		Kernel: spec.Kernel, Initrd: spec.Initrd,
-		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: accel,
-		ControlSocket: spec.ControlSocket, PortName: spec.ControlPort,
-		TSCkHz: d.TSCkHz,
-	}
-	if spec.Cmdline != "" {
-		cfg.Cmdline = []string{spec.Cmdline}
-	}
-	if spec.Tap != nil {
-		cfg.Tap, cfg.MAC = spec.Tap.Name, spec.Tap.MAC
-	}
-	args, err := cfg.Args()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", vmm.ErrInvalidSpec, err)
-	}
-	// qemurun puts the console in a file, or "-serial null" without one:
-	// here it goes to a socket the console copier reads.
-	replaced := false
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "-serial" {
-			if replaced {
-				return nil, fmt.Errorf("qemu: more than one -serial in %q", args)
-			}
-			args[i+1] = "chardev:con"
-			replaced = true
-		}
-	}
-	if !replaced {
-		return nil, errors.New("qemu: qemurun.Config.Args has no -serial option")
-	}
-	argv := []string{d.binary(), "-name", vmm.Tag(spec.VMID), "-S",
-		"-qmp", "unix:" + qemuEscape(qmpPath(spec.RunDir)) + ",server=on,wait=off",
-		"-chardev", "socket,id=con,path=" + qemuEscape(consolePath(spec.RunDir)) + ",server=on,wait=off"}
-	argv = append(argv, args...)
-	for i, disk := range spec.Disks {
-		drive := fmt.Sprintf("id=disk%d,file=%s,format=%s,if=none", i, qemuEscape(disk.Path), disk.Format)
-		if disk.ReadOnly {
-			drive += ",readonly=on"
-		}
-		argv = append(argv, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=disk%d", i))
-	}
-	return argv, nil
-}
 
 // Start launches QEMU for spec (see the package documentation).
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
@@ -340,7 +287,8 @@ func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
 	return nil
 }
 
-// Stop: system_powerdown, wait timeout; quit, wait QuitWait; SIGKILL.
+// Stop: system_powerdown, wait timeout; quit, wait QuitWait; SIGKILL (see
+// the package documentation; the caller asks the agent first).
 func (d *Driver) Stop(ctx context.Context, p *vmm.Process, timeout time.Duration) error {
 	quitWait := d.QuitWait
 	if quitWait <= 0 {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
@@ -101,9 +102,12 @@ func TestArgv(t *testing.T) {
 				}
 			}
 			app := argAfter(argv, "-append")
-			if len(app) != 1 || !strings.Contains(app[0], "tsc_early_khz=2000000") || !strings.Contains(app[0], "console=ttyS0") ||
-				!strings.HasSuffix(app[0], " paddock.root=/dev/vda paddock.ip=10.0.0.2/24") {
-				t.Errorf("-append %q", app)
+			if len(app) != 1 || !strings.HasPrefix(app[0], "console=ttyS0 panic=-1 quiet pci=off tsc_early_khz=2000000 tsc=reliable ") {
+				t.Fatalf("-append %q", app)
+			}
+			boot, err := guestboot.Parse(app[0])
+			if err != nil || boot.Root != "/dev/vda" || len(boot.IPs) != 1 || boot.IPs[0].String() != "10.0.0.2/24" {
+				t.Errorf("-append %q: %+v %v", app[0], boot, err)
 			}
 		})
 	}
@@ -117,6 +121,61 @@ func TestArgv(t *testing.T) {
 	argv, _ := d.Argv(s, vmm.AccelTCG)
 	if len(argAfter(argv, "-netdev")) != 0 || len(argAfter(argv, "-drive")) != 0 {
 		t.Errorf("no tap/disks: %q", argv)
+	}
+	for _, tc := range []struct{ cmdline, want string }{
+		{"paddock.root=/dev/vda paddock.bogus=1", "unknown key paddock.bogus"},
+		{"paddock.hostname=" + strings.Repeat("a.", 1100) + "a", "paddock.hostname"},
+		{strings.Repeat("x", 2100), "kernel command line is"},
+	} {
+		s = testSpec(t)
+		s.Cmdline = tc.cmdline
+		if _, err := d.Argv(s, vmm.AccelTCG); !errors.Is(err, vmm.ErrInvalidSpec) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Argv with %.30q: %v, want %q", tc.cmdline, err, tc.want)
+		}
+	}
+}
+
+// TestArgvControlChannel is the boot contract of the agent's channel: the
+// guest reads exactly one paddock.ctl from the -append line (parsed the way
+// the agent parses it), naming the virtio-serial port QEMU serves on the
+// spec's control socket, whatever the caller's command line said.
+func TestArgvControlChannel(t *testing.T) {
+	d := &Driver{TSCkHz: 2000000}
+	for _, tc := range []struct {
+		name, cmdline, port, wantPort string
+	}{
+		{"caller names none", "paddock.root=/dev/vda", "", guestboot.DefaultSerialPort},
+		// what the VM actor passes today
+		{"caller names the default", "console=ttyS0 panic=-1 quiet paddock.root=/dev/vda paddock.ctl=paddock.agent", "", guestboot.DefaultSerialPort},
+		{"caller names another port and vsock", "paddock.ctl=elsewhere paddock.vsock=77", "", guestboot.DefaultSerialPort},
+		{"spec names the port", "paddock.ctl=paddock.agent", "ctl2", "ctl2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := testSpec(t)
+			s.Cmdline, s.ControlPort = tc.cmdline, tc.port
+			argv, err := d.Argv(s, vmm.AccelTCG)
+			if err != nil {
+				t.Fatal(err)
+			}
+			app := argAfter(argv, "-append")
+			if len(app) != 1 || strings.Count(app[0], "paddock.ctl") != 1 {
+				t.Fatalf("-append %q: want exactly one paddock.ctl", app)
+			}
+			boot, err := guestboot.Parse(app[0])
+			if err != nil {
+				t.Fatalf("the agent would report: %v", err)
+			}
+			if boot.Serial != tc.wantPort || boot.Vsock != 0 {
+				t.Errorf("guest serves on port %q, vsock %d; want %q, no vsock", boot.Serial, boot.Vsock, tc.wantPort)
+			}
+			devs := argAfter(argv, "-device")
+			if !slices.Contains(devs, "virtserialport,chardev=ctl,name="+tc.wantPort) {
+				t.Errorf("QEMU's port is not %q: %q", tc.wantPort, devs)
+			}
+			if !slices.Contains(argAfter(argv, "-chardev"), "socket,id=ctl,path="+qemuEscape(s.ControlSocket)+",server=on,wait=off") {
+				t.Errorf("the port is not on the control socket %s", s.ControlSocket)
+			}
+		})
 	}
 }
 

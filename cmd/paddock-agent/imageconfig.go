@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/paddock-vm/paddock/guestboot"
+)
+
+// imageConfig is the image's run configuration, read from paddock.config:
+// the seed disk (/dev/vdb, see package guestboot) or a file in the root
+// (default /.paddock/config.json). It
+// accepts an OCI image config document ({"config": {"Entrypoint": ...}}) or
+// its "config" object alone, plus paddock's own keys:
+//
+//	{"Entrypoint": ["/bin/app"], "Cmd": ["--flag"], "Env": ["K=V"],
+//	 "WorkingDir": "/srv", "User": "app:app", "Restart": "on-failure"}
+type imageConfig struct {
+	Entrypoint []string `json:"Entrypoint"`
+	Cmd        []string `json:"Cmd"`
+	Env        []string `json:"Env"`
+	WorkingDir string   `json:"WorkingDir"`
+	User       string   `json:"User"`
+	// Restart is the restart policy (no, on-failure, always).
+	Restart string `json:"Restart"`
+}
+
+func parseImageConfig(b []byte) (*imageConfig, error) {
+	var doc struct {
+		imageConfig
+		Config *imageConfig `json:"config"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	c := &doc.imageConfig
+	if doc.Config != nil {
+		c = doc.Config
+		if c.Restart == "" {
+			c.Restart = doc.Restart
+		}
+	}
+	switch c.Restart {
+	case "", guestboot.RestartNo, guestboot.RestartOnFailure, guestboot.RestartAlways:
+	default:
+		return nil, fmt.Errorf("bad Restart %q", c.Restart)
+	}
+	return c, nil
+}
+
+// argv is entrypoint + cmd.
+func (c *imageConfig) argv() []string {
+	return append(append([]string{}, c.Entrypoint...), c.Cmd...)
+}
+
+// loadImageConfig reads the image config from path (a seed disk or a plain
+// file); a missing file means an image without one (the agent only).
+func loadImageConfig(path string) (*imageConfig, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := guestboot.ReadSeed(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c, err := parseImageConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/paddock-vm/paddock/guestboot"
+)
+
+func TestParseImageConfig(t *testing.T) {
+	oci := `{"architecture":"amd64","config":{"Entrypoint":["/bin/app"],"Cmd":["-v"],"Env":["A=1"],"WorkingDir":"/srv","User":"app:app"},"Restart":"always"}`
+	c, err := parseImageConfig([]byte(oci))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.argv(), " ") != "/bin/app -v" || c.Env[0] != "A=1" || c.WorkingDir != "/srv" || c.User != "app:app" || c.Restart != "always" {
+		t.Fatalf("%+v", c)
+	}
+	flat, err := parseImageConfig([]byte(`{"Cmd":["sh"],"Restart":"on-failure"}`))
+	if err != nil || strings.Join(flat.argv(), " ") != "sh" || flat.Restart != "on-failure" {
+		t.Fatalf("%+v %v", flat, err)
+	}
+	for _, bad := range []string{`{"Restart":"sometimes"}`, `not json`, `{"Cmd":"sh"}`} {
+		if _, err := parseImageConfig([]byte(bad)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+// TestLoadImageConfig reads the config the way the host writes it (a seed
+// disk through guestboot) and as a plain file in the root.
+func TestLoadImageConfig(t *testing.T) {
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed.img")
+	if err := guestboot.WriteSeed(seed, []byte(`{"config":{"Cmd":["sh"],"Env":["A=1"]}}`)); err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(dir, "config.json")
+	bad := filepath.Join(dir, "bad.json")
+	_ = os.WriteFile(plain, []byte(`{"Cmd":["sh"],"Env":["A=1"]}`+"\n"), 0o644)
+	_ = os.WriteFile(bad, []byte(`{"Cmd":"sh"}`), 0o644)
+	for _, path := range []string{seed, plain} {
+		c, err := loadImageConfig(path)
+		if err != nil || c == nil || strings.Join(c.argv(), " ") != "sh" || c.Env[0] != "A=1" {
+			t.Errorf("%s: %+v %v", path, c, err)
+		}
+	}
+	if c, err := loadImageConfig(filepath.Join(dir, "missing")); c != nil || err != nil {
+		t.Errorf("missing file: %+v %v", c, err)
+	}
+	if _, err := loadImageConfig(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("bad config: %v", err)
+	}
+}
+
+func TestSplitModules(t *testing.T) {
+	list := func(pairs ...string) []*kmod {
+		var out []*kmod
+		for _, p := range pairs {
+			f := strings.Fields(p)
+			out = append(out, &kmod{name: f[0], deps: f[1:]})
+		}
+		return out
+	}
+	mods := list("virtio_ring", "virtio virtio_ring", "virtio_mmio virtio virtio_ring", "virtio_blk virtio virtio_ring",
+		"failover", "net_failover failover", "virtio_net virtio_ring virtio net_failover", "virtio_console virtio virtio_ring",
+		"vsock", "vmw_vsock_virtio_transport_common vsock", "vmw_vsock_virtio_transport virtio vmw_vsock_virtio_transport_common virtio_ring vsock",
+		"crc32c_generic", "jbd2 crc32c_generic", "mbcache", "crc16", "ext4 jbd2 mbcache crc16 crc32c_generic", "button", "evdev")
+	names := func(ms []*kmod) string {
+		var n []string
+		for _, m := range ms {
+			n = append(n, m.name)
+		}
+		return strings.Join(n, " ")
+	}
+	cfg, _ := guestboot.Parse("")
+	now, later := splitModules(mods, &cfg)
+	if names(later) != "failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport button evdev" {
+		t.Errorf("later: %s", names(later))
+	}
+	if len(now)+len(later) != len(mods) {
+		t.Errorf("now %s", names(now))
+	}
+	cfg, _ = guestboot.Parse("paddock.ip=10.0.0.2/24 paddock.vsock=1024")
+	if now, later = splitModules(mods, &cfg); names(later) != "button evdev" || len(now) != len(mods)-2 {
+		t.Errorf("with net and vsock: later %s", names(later))
+	}
+}

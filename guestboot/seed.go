@@ -1,0 +1,86 @@
+package guestboot
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// The seed disk carries the image config (an OCI image config document, or
+// its "config" object, as JSON) to the guest on a read-only raw block
+// device: the JSON, then NUL bytes up to the next 4096-byte boundary (at
+// least one NUL, so the end of the JSON is always marked). JSON cannot hold a
+// raw NUL, so the first NUL ends it. The agent reads it with
+// paddock.config=/dev/vdb; a plain JSON file (no padding) reads the same.
+const (
+	// MaxSeedConfig is the largest image config a seed carries.
+	MaxSeedConfig = 1 << 20
+	// SeedBlock is the size the seed is padded to a multiple of.
+	SeedBlock = 4096
+)
+
+// EncodeSeed returns the seed disk image for config (empty: "{}").
+func EncodeSeed(config []byte) ([]byte, error) {
+	if len(config) == 0 {
+		config = []byte("{}")
+	}
+	if len(config) > MaxSeedConfig {
+		return nil, fmt.Errorf("image config is %d bytes, more than the seed's %d", len(config), MaxSeedConfig)
+	}
+	if !json.Valid(config) {
+		return nil, errors.New("image config is not valid JSON")
+	}
+	buf := make([]byte, (len(config)+1+SeedBlock-1)/SeedBlock*SeedBlock)
+	copy(buf, config)
+	return buf, nil
+}
+
+// WriteSeed writes the seed disk image for config to path (mode 0640),
+// replacing it atomically. It does not fsync: the seed is rebuilt before
+// every start, so a crash can cost nothing but a rewrite.
+func WriteSeed(path string, config []byte) error {
+	buf, err := EncodeSeed(config)
+	if err != nil {
+		return fmt.Errorf("seed %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	_, err = f.Write(buf)
+	err = errors.Join(err, f.Chmod(0o640), f.Close())
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("seed %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadSeed reads the image config from a seed disk (or a plain JSON file),
+// reading at most MaxSeedConfig+1 bytes from r: the JSON up to its first
+// NUL or the end of r.
+func ReadSeed(r io.Reader) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, MaxSeedConfig+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the seed: %w", err)
+	}
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	} else if len(b) > MaxSeedConfig {
+		return nil, fmt.Errorf("the seed's image config is larger than %d bytes", MaxSeedConfig)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, errors.New("the seed holds no image config")
+	}
+	if !json.Valid(b) {
+		return nil, errors.New("the seed's image config is not valid JSON")
+	}
+	return b, nil
+}
