@@ -124,8 +124,14 @@ func identify(p *Process) (State, error) {
 		case <-c.done:
 			return StateExited, nil
 		default:
-			return StateRunning, nil
 		}
+		// Not reaped yet, so the pid is still the child's: a zombie (or a
+		// pid gone from /proc) has exited, anything else runs.
+		st, err := readStat(p.PID)
+		if gone(err) || err == nil && (st.State == 'Z' || st.State == 'X') {
+			return StateExited, nil
+		}
+		return StateRunning, nil
 	}
 	st, err := readStat(p.PID)
 	if gone(err) {
