@@ -110,8 +110,6 @@ func (a *vmActor) finish(ctx actor.Context, err error) {
 	a.op = nil
 	for _, w := range op.waiters {
 		switch {
-		case w.kind == "reconciled":
-			ctx.Send(w.to, true)
 		case err != nil:
 			ctx.Send(w.to, &Result{Err: err})
 		case a.deleted:

@@ -43,7 +43,7 @@ type vmActor struct {
 // waiter is a caller to answer when a procedure ends.
 type waiter struct {
 	to   *actor.PID
-	kind string // "start", "stop", "delete", "reconciled"
+	kind string // "start", "stop", "delete"
 }
 
 func (a *vmActor) Receive(ctx actor.Context) {
@@ -58,12 +58,6 @@ func (a *vmActor) Receive(ctx actor.Context) {
 			return
 		}
 		panic(fmt.Sprintf("injected panic in VM actor %s", a.id))
-	case *reconciled:
-		if a.op != nil && a.op.kind == opReconcile {
-			a.op.waiters = append(a.op.waiters, waiter{to: ctx.Sender(), kind: "reconciled"})
-			return
-		}
-		ctx.Respond(true)
 	case *acquired:
 		if m.gen == a.gen && a.op != nil {
 			a.acquired(ctx, m)
@@ -326,9 +320,6 @@ func (a *vmActor) mirror(f func(*state.Runtime)) error {
 	f(&next.Runtime)
 	return a.save(next)
 }
-
-// reconciled is answered once the actor has loaded and reconciled its VM.
-type reconciled struct{}
 
 // vmReconciled tells the Manager a VM actor has reconciled its VM.
 type vmReconciled struct{ ID string }
