@@ -228,7 +228,17 @@ func (a *vmActor) delete(ctx actor.Context, m *DeleteVM, w waiter) error {
 		case opDelete:
 			a.op.waiters = append(a.op.waiters, w)
 		default:
-			a.op.kind = opDelete // the teardown in flight ends in the delete
+			// The teardown in flight ends in the delete; its own callers
+			// get their own answer now, not the delete's.
+			why := a.refuse(a.vm.Status, "VM %s is being deleted (forced)", a.vm.Name)
+			if a.op.kind == opRollback {
+				why = a.refuse(state.StatusError, "start of VM %s failed: %v", a.vm.Name, a.op.cause)
+			}
+			for _, ow := range a.op.waiters {
+				ctx.Send(ow.to, &Result{Err: why})
+			}
+			a.op.waiters = nil
+			a.op.kind = opDelete
 			a.op.discard = true
 			a.op.waiters = append(a.op.waiters, w)
 			a.hurry(ctx)
