@@ -3,14 +3,15 @@ package actors
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
@@ -24,7 +25,7 @@ type bootPlan struct {
 	rootfs              string    // the image's base (first start only)
 	disk                *disk.Disk
 	diskSize            int64
-	args                []string // paddock.* kernel arguments
+	args                guestboot.BootArgs // the paddock.* keys; the driver adds its channel
 	vmm                 vmm.Spec
 }
 
@@ -96,11 +97,10 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
 	}
-	if err := writeSeed(seed, cfgJSON); err != nil {
+	if err := guestboot.WriteSeed(seed, cfgJSON); err != nil {
 		return nil, err
 	}
-	b.args = []string{"paddock.root=/dev/vda", "paddock.hostname=" + a.vm.Name,
-		"paddock.config=/dev/vdb", "paddock.ctl=paddock.agent"}
+	b.args = guestboot.BootArgs{Root: "/dev/vda", Hostname: a.vm.Name, Config: "/dev/vdb"}
 	b.vmm = vmm.Spec{VMID: a.id, Kernel: kit.Kernel, Initrd: kit.Initrd,
 		CPUs: a.vm.Spec.CPUs, MemoryMiB: int(a.vm.Spec.Memory >> 20),
 		ControlSocket: filepath.Join(b.runDir, "agent.sock"), ControlPort: "paddock.agent",
@@ -181,7 +181,15 @@ func (a *vmActor) tapUp(ctx actor.Context, handle any) error {
 	}
 	b := a.op.plan
 	b.vmm.Tap = &vmm.Tap{Name: t.Name, MAC: a.vm.Net.MAC}
-	b.args = append(b.args, "paddock.ip="+a.vm.Net.IP, "paddock.gw="+a.vm.Net.Gateway)
+	ip, err := netip.ParsePrefix(a.vm.Net.IP)
+	if err != nil {
+		return fmt.Errorf("VM address %q: %w", a.vm.Net.IP, err)
+	}
+	gw, err := netip.ParseAddr(a.vm.Net.Gateway)
+	if err != nil {
+		return fmt.Errorf("VM gateway %q: %w", a.vm.Net.Gateway, err)
+	}
+	b.args.IPs, b.args.Gateways = []netip.Prefix{ip}, []netip.Addr{gw}
 	return nil
 }
 
@@ -206,10 +214,13 @@ func (a *vmActor) diskUp(ctx actor.Context, handle any) error {
 	b := a.op.plan
 	b.disk = dk
 	if dk.GuestResize {
-		b.args = append(b.args, "paddock.growfs")
+		b.args.GrowFS = true
+	}
+	if err := b.args.Validate(); err != nil {
+		return fmt.Errorf("kernel command line: %w", err)
 	}
 	b.vmm.Disks[0] = vmm.Disk{Path: dk.Path, Format: dk.Format}
-	b.vmm.Cmdline = strings.Join(b.args, " ")
+	b.vmm.Cmdline = b.args.String()
 	return nil
 }
 

@@ -2,11 +2,14 @@ package actors
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/netdev/netdevtest"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/host/vmm/vmmtest"
@@ -66,6 +69,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// stoppedClean checks that the VM is stopped and nothing of it is held.
+func (e *lifecycleEnv) stoppedClean(t *testing.T, when string) {
+	t.Helper()
+	if vm := e.get(t); vm.Status != state.StatusStopped {
+		t.Fatalf("%s: %s (%s)", when, vm.Status, vm.Reason)
+	}
+	e.noLeaks(t)
+}
+
 // noLeaks checks that nothing of the VM is held on the host: no tap, no
 // running VMM, no active disk, no handle, an empty runtime mirror.
 func (e *lifecycleEnv) noLeaks(t *testing.T) {
@@ -103,10 +115,7 @@ func TestBootAndStop(t *testing.T) {
 	if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {
 		t.Fatal(err)
 	}
-	if vm := e.get(t); vm.Status != state.StatusStopped {
-		t.Fatalf("after stop: %+v", vm)
-	}
-	e.noLeaks(t)
+	e.stoppedClean(t, "after stop")
 	// The disk outlives the stop; the next start activates it again.
 	if st := e.fk.disk.State(); !strings.HasSuffix(st, " inactive") {
 		t.Fatalf("disk after stop: %q", st)
@@ -190,10 +199,7 @@ func TestForceStopDuringHungBoot(t *testing.T) {
 			if err := <-started; err == nil || !strings.Contains(err.Error(), "cut short") {
 				t.Fatalf("the start's answer: %v", err)
 			}
-			if vm := e.get(t); vm.Status != state.StatusStopped {
-				t.Fatalf("after the forced stop: %s (%s)", vm.Status, vm.Reason)
-			}
-			e.noLeaks(t)
+			e.stoppedClean(t, "after the forced stop")
 		})
 	}
 }
@@ -231,10 +237,7 @@ func TestStopLadder(t *testing.T) {
 			if tc.wantStop != (len(stops) == 1 && stops[0].Timeout > 0) {
 				t.Fatalf("driver Stop calls: %+v (want the ACPI ladder: %v)", stops, tc.wantStop)
 			}
-			if vm := e.get(t); vm.Status != state.StatusStopped {
-				t.Fatalf("after stop: %s (%s)", vm.Status, vm.Reason)
-			}
-			e.noLeaks(t)
+			e.stoppedClean(t, "after stop")
 		})
 	}
 }
@@ -372,5 +375,44 @@ func TestPanicInResourceChild(t *testing.T) {
 			}
 			e.noLeaks(t)
 		})
+	}
+}
+
+// The boot hands the driver a command line the agent parses back to what
+// the VM is (guestboot owns the format; the driver adds the channel), and a
+// seed the agent reads.
+func TestBootContract(t *testing.T) {
+	var got vmm.Spec
+	e := newLifecycle(t, func(_ *Host, fk *fakes) {
+		fk.vmm.SetStartHook(func(_ context.Context, spec vmm.Spec) error { got = spec; return nil })
+	})
+	if err := <-e.startAsync(t); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.get(t)
+	args, err := guestboot.Parse(got.Cmdline)
+	if err != nil {
+		t.Fatalf("cmdline %q: %v", got.Cmdline, err)
+	}
+	if args.Root != "/dev/vda" || args.Hostname != "v" || args.Config != "/dev/vdb" {
+		t.Errorf("cmdline %q: root, hostname or config wrong: %+v", got.Cmdline, args)
+	}
+	if args.Serial != "" || args.Vsock != 0 {
+		t.Errorf("cmdline %q names the agent's channel; that is the driver's word", got.Cmdline)
+	}
+	if len(args.IPs) != 1 || args.IPs[0].String() != vm.Net.IP || len(args.Gateways) != 1 || args.Gateways[0].String() != vm.Net.Gateway {
+		t.Errorf("cmdline %q: address not the VM's %s via %s", got.Cmdline, vm.Net.IP, vm.Net.Gateway)
+	}
+	if len(got.Disks) != 2 {
+		t.Fatalf("disks: %+v", got.Disks)
+	}
+	f, err := os.Open(got.Disks[1].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg, err := guestboot.ReadSeed(f)
+	if err != nil || !json.Valid(cfg) {
+		t.Fatalf("seed %s: %v (%q)", got.Disks[1].Path, err, cfg)
 	}
 }

@@ -60,7 +60,7 @@ func TestRequest(t *testing.T) {
 		answer func(any) any // nil: the target is a stopped actor
 		msg    any
 		ctx    func(t *testing.T, got chan any) context.Context
-		call   func(ctx context.Context, pid *actor.PID, msg any) (any, error)
+		call   func(ctx context.Context, pid *actor.PID, msg any) (any, error) // nil: request[*Result]
 		want   outcome
 		unsent bool // the request must not reach the actor
 	}{
@@ -88,10 +88,7 @@ func TestRequest(t *testing.T) {
 			name:   "refusal inside the answer",
 			answer: func(any) any { return &Result{Err: refusal} },
 			msg:    &StartVM{Ref: "web1"},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
-			want: outcome{class: errdefs.ErrFailedPrecondition, err: refusal, text: []string{"VM web1 is running"}},
+			want:   outcome{class: errdefs.ErrFailedPrecondition, err: refusal, text: []string{"VM web1 is running"}},
 		},
 		{
 			name:   "refusal as a *Result to another request type",
@@ -115,44 +112,23 @@ func TestRequest(t *testing.T) {
 			name:   "no answer before the caller's deadline",
 			answer: func(any) any { return nil },
 			msg:    &StartVM{Ref: "web1"},
-			ctx: func(t *testing.T, _ chan any) context.Context {
-				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-				t.Cleanup(cancel)
-				return ctx
-			},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
-			want: outcome{class: errdefs.ErrDeadlineExceeded, text: []string{"start of VM web1: no answer within", "paddock inspect web1"}},
+			ctx:    deadlineIn(300 * time.Millisecond),
+			want:   outcome{class: errdefs.ErrDeadlineExceeded, text: []string{"start of VM web1: no answer within", "paddock inspect web1"}},
 		},
 		{
 			name:   "no answer, not about a VM",
 			answer: func(any) any { return nil },
 			msg:    &CountVMs{},
-			ctx: func(t *testing.T, _ chan any) context.Context {
-				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-				t.Cleanup(cancel)
-				return ctx
-			},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
-			want: outcome{class: errdefs.ErrDeadlineExceeded, text: []string{"VM count: no answer within", "journalctl -u paddock"}},
+			ctx:    deadlineIn(300 * time.Millisecond),
+			want:   outcome{class: errdefs.ErrDeadlineExceeded, text: []string{"VM count: no answer within", "journalctl -u paddock"}},
 		},
 		{
 			name:   "deadline passed before sending",
 			answer: func(any) any { return &Result{} },
 			unsent: true,
 			msg:    &StopVM{Ref: "web2"},
-			ctx: func(t *testing.T, _ chan any) context.Context {
-				ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
-				t.Cleanup(cancel)
-				return ctx
-			},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
-			want: outcome{class: errdefs.ErrDeadlineExceeded, text: []string{"stop of VM web2"}},
+			ctx:    deadlineIn(-time.Second),
+			want:   outcome{class: errdefs.ErrDeadlineExceeded, text: []string{"stop of VM web2"}},
 		},
 		{
 			// No deadline: only honouring the cancellation ends the wait
@@ -166,25 +142,16 @@ func TestRequest(t *testing.T) {
 				go func() { <-got; cancel() }()
 				return ctx
 			},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
 			want: outcome{class: errdefs.ErrCanceled, text: []string{"deletion of VM web3: canceled by the caller"}},
 		},
 		{
 			name: "VM actor gone",
 			msg:  &GetVM{Ref: "web4"},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
 			want: outcome{class: errdefs.ErrNotFound, err: ErrNotFound, text: []string{"VM web4 was deleted meanwhile"}},
 		},
 		{
 			name: "other actor gone",
 			msg:  &oddMessage{},
-			call: func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
-				return request[*Result](ctx, sys.Root, pid, msg)
-			},
 			want: outcome{class: errdefs.ErrUnavailable, text: []string{"oddMessage request: the actor that serves it is gone"}},
 		},
 	} {
@@ -202,7 +169,13 @@ func TestRequest(t *testing.T) {
 				t.Cleanup(cancel)
 				ctx = c
 			}
-			_, err := tc.call(ctx, pid, tc.msg)
+			call := tc.call
+			if call == nil {
+				call = func(ctx context.Context, pid *actor.PID, msg any) (any, error) {
+					return request[*Result](ctx, sys.Root, pid, msg)
+				}
+			}
+			_, err := call(ctx, pid, tc.msg)
 			if tc.unsent {
 				// Probe: the mailbox is in order, so once the probe is
 				// answered, an earlier request would have been seen.
@@ -251,5 +224,14 @@ func TestRequestTimeoutNamesVM(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "within 2m0s") {
 		t.Errorf("%q does not say how long it waited", err)
+	}
+}
+
+// deadlineIn is a test case's context with a deadline d from now (d < 0: passed).
+func deadlineIn(d time.Duration) func(*testing.T, chan any) context.Context {
+	return func(t *testing.T, _ chan any) context.Context {
+		ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(d))
+		t.Cleanup(cancel)
+		return ctx
 	}
 }

@@ -47,6 +47,9 @@ type waiter struct {
 }
 
 func (a *vmActor) Receive(ctx actor.Context) {
+	if m, ok := ctx.Message().(procedureAnswer); ok && (m.procedure() != a.gen || a.op == nil) {
+		return
+	}
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.started(ctx)
@@ -59,27 +62,17 @@ func (a *vmActor) Receive(ctx actor.Context) {
 		}
 		panic(fmt.Sprintf("injected panic in VM actor %s", a.id))
 	case *acquired:
-		if m.gen == a.gen && a.op != nil {
-			a.acquired(ctx, m)
-		}
+		a.acquired(ctx, m)
 	case *released:
-		if m.gen == a.gen && a.op != nil {
-			a.released(ctx, m)
-		}
+		a.released(ctx, m)
 	case *probed:
-		if m.gen == a.gen && a.op != nil {
-			a.probed(ctx, m)
-		}
+		a.probed(ctx, m)
+	case *agentPoweredOff:
+		a.agentPoweredOff(ctx, m)
+	case *stopTimer:
+		a.graceOver(ctx)
 	case *agentReady:
 		a.agentReady(ctx, m)
-	case *agentPoweredOff:
-		if m.gen == a.gen && a.op != nil {
-			a.agentPoweredOff(ctx, m)
-		}
-	case *stopTimer:
-		if m.gen == a.gen && a.op != nil {
-			a.graceOver(ctx)
-		}
 	case *vmmExited:
 		a.vmmExited(ctx, m)
 	case *ExecVM:
@@ -103,6 +96,16 @@ func (a *vmActor) Receive(ctx actor.Context) {
 		a.request(ctx, m)
 	}
 }
+
+// procedureAnswer is a message that moves the procedure in flight on; one
+// that carries an older procedure's generation arrived late and is dropped.
+type procedureAnswer interface{ procedure() uint64 }
+
+func (m *acquired) procedure() uint64        { return m.gen }
+func (m *released) procedure() uint64        { return m.gen }
+func (m *probed) procedure() uint64          { return m.gen }
+func (m *agentPoweredOff) procedure() uint64 { return m.gen }
+func (m *stopTimer) procedure() uint64       { return m.gen }
 
 // started loads the record, spawns the resource children and reconciles
 // what the record says with what runs.
