@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,12 +37,8 @@ func (b *Base) Launch(p *Process, c Command) error {
 	if id, _, ok := TagOf(c.Args); !ok || id != p.VMID {
 		return fmt.Errorf("%w: argv does not carry the tag %s", ErrInvalidSpec, Tag(p.VMID))
 	}
-	live, err := Find(p.VMID)
-	if err != nil {
+	if err := RefuseRunning(p.VMID); err != nil {
 		return err
-	}
-	if len(live) > 0 {
-		return fmt.Errorf("%w: pid %d carries %s", ErrAlreadyRunning, live[0].PID, Tag(p.VMID))
 	}
 	c.Cgroup = p.Cgroup
 	pid, start, err := launch(c)
@@ -51,6 +48,101 @@ func (b *Base) Launch(p *Process, c Command) error {
 	p.PID, p.StartTime, p.BootID = pid, start, BootID()
 	p.Cmdline = append([]string(nil), c.Args...)
 	return nil
+}
+
+// RefuseRunning returns ErrAlreadyRunning, naming the pid, when a live
+// process carries vmID's tag. Drivers call it before their costlier Start
+// steps; Launch checks again.
+func RefuseRunning(vmID string) error {
+	live, err := Find(vmID)
+	if err != nil {
+		return err
+	}
+	if len(live) > 0 {
+		return fmt.Errorf("%w: pid %d carries %s", ErrAlreadyRunning, live[0].PID, Tag(vmID))
+	}
+	return nil
+}
+
+// PrepareRunDir makes p.RunDir (0700) and removes the sockets and FIFOs a
+// dead VMM left at p.Sockets, before a driver launches p's VMM.
+func PrepareRunDir(p *Process) error {
+	if err := os.MkdirAll(p.RunDir, 0o700); err != nil {
+		return fmt.Errorf("%s: %w", p.Driver, err)
+	}
+	for _, s := range p.Sockets {
+		_ = removeEndpoint(s)
+	}
+	return nil
+}
+
+// removeEndpoint removes path when it is a socket or a FIFO: nothing else
+// is ever a VMM's to remove. A path that is not there is no error.
+func removeEndpoint(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil
+	}
+	if t := fi.Mode().Type(); t != os.ModeSocket && t != os.ModeNamedPipe {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// LogPath is the VMM's own log (its stdout and stderr) under runDir.
+func LogPath(runDir string) string { return filepath.Join(runDir, "vmm.log") }
+
+// StartVMM is the shared second half of a driver's Start, after
+// PrepareRunDir: it creates p's cgroup under cgroupParent (when set),
+// launches c as p's VMM with its output in LogPath(p.RunDir), then runs boot
+// (the driver's "wait for the API, attach the console, start the guest")
+// under ctx, bounded by readyTimeout when ctx has no deadline. On failure
+// nothing is left behind: the VMM is killed and its sockets and cgroup are
+// removed; a failed boot's error ends with the tail of the VMM's log.
+func (b *Base) StartVMM(ctx context.Context, p *Process, cgroupParent string, c Command, boot func(context.Context) error) error {
+	if cgroupParent != "" {
+		var err error
+		if p.Cgroup, err = CreateCgroup(cgroupParent, p.VMID); err != nil {
+			_ = b.Cleanup(ctx, p)
+			return err
+		}
+	}
+	c.Log = LogPath(p.RunDir)
+	if err := b.Launch(p, c); err != nil {
+		_ = b.Cleanup(ctx, p)
+		return err
+	}
+	bctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		bctx, cancel = context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+	}
+	if err := boot(bctx); err != nil {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startKillWait)
+		defer cancel()
+		_ = b.Kill(kctx, p)
+		return fmt.Errorf("%s: %w%s", p.Driver, err, logTail(c.Log))
+	}
+	return nil
+}
+
+// startKillWait bounds killing a VMM whose start failed.
+const startKillWait = 15 * time.Second
+
+// logTail returns the end of the VMM's own log for error messages.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return " (vmm.log: " + strings.TrimSpace(string(b)) + ")"
 }
 
 // WaitReady calls ready until it succeeds, p's VMM exits, or ctx ends;
@@ -140,6 +232,15 @@ func (b *Base) detachConsole(vmID string) {
 // Adopt re-attaches to a running VMM after a daemon restart (console
 // copier). ErrNotRunning when p's VMM is gone or not p's.
 func (b *Base) Adopt(ctx context.Context, p *Process) error {
+	if err := b.RequireRunning(p); err != nil {
+		return err
+	}
+	return b.AttachConsole(ctx, p)
+}
+
+// RequireRunning returns nil when p's VMM is alive and p's, else
+// ErrNotRunning saying what became of the pid (or why /proc could not tell).
+func (b *Base) RequireRunning(p *Process) error {
 	s, err := identify(p)
 	if err != nil {
 		return err
@@ -147,7 +248,7 @@ func (b *Base) Adopt(ctx context.Context, p *Process) error {
 	if s != StateRunning {
 		return fmt.Errorf("%w: pid %d is %s", ErrNotRunning, p.PID, s)
 	}
-	return b.AttachConsole(ctx, p)
+	return nil
 }
 
 // Close stops every console copier; VMMs are left running (daemon
@@ -286,14 +387,8 @@ func (b *Base) Cleanup(ctx context.Context, p *Process) error {
 	}
 	var errs []error
 	for _, s := range p.Sockets {
-		fi, err := os.Lstat(s)
-		if err != nil {
-			continue
-		}
-		if t := fi.Mode().Type(); t == os.ModeSocket || t == os.ModeNamedPipe {
-			if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-			}
+		if err := removeEndpoint(s); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if p.Cgroup != "" {
@@ -320,28 +415,40 @@ func CreateCgroup(parent, vmID string) (string, error) {
 // appear (until ctx ends). For Firecracker it performs the hybrid vsock
 // handshake to agent.DefaultVsockPort.
 func DialAgent(ctx context.Context, p *Process) (net.Conn, error) {
-	for {
-		var c net.Conn
-		var err error
-		switch p.ControlKind {
-		case ControlHybridVsock:
-			c, err = agent.DialHybridVsock(ctx, p.ControlSocket, agent.DefaultVsockPort)
-		case ControlVirtioSerial, "":
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "unix", p.ControlSocket)
-		default:
-			return nil, fmt.Errorf("%w: control kind %q", ErrInvalidHandle, p.ControlKind)
+	var dial func(ctx context.Context) (net.Conn, error)
+	switch p.ControlKind {
+	case ControlHybridVsock:
+		dial = func(ctx context.Context) (net.Conn, error) {
+			return agent.DialHybridVsock(ctx, p.ControlSocket, agent.DefaultVsockPort)
 		}
+	case ControlVirtioSerial, "":
+		dial = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", p.ControlSocket)
+		}
+	default:
+		return nil, fmt.Errorf("%w: control kind %q", ErrInvalidHandle, p.ControlKind)
+	}
+	return retryWhileRunning(ctx, p, "agent socket "+p.ControlSocket, 10*time.Millisecond, dial)
+}
+
+// retryWhileRunning calls try every interval until it succeeds. It gives up
+// with ErrNotRunning once p's VMM is gone (its endpoint will never answer),
+// or when ctx ends; what names the endpoint in both errors.
+func retryWhileRunning[T any](ctx context.Context, p *Process, what string, interval time.Duration, try func(context.Context) (T, error)) (T, error) {
+	var zero T
+	for {
+		v, err := try(ctx)
 		if err == nil {
-			return c, nil
+			return v, nil
 		}
 		if s, _ := identify(p); s != StateRunning {
-			return nil, fmt.Errorf("%w: agent socket %s: %v", ErrNotRunning, p.ControlSocket, err)
+			return zero, fmt.Errorf("%w: %s: %v", ErrNotRunning, what, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("vmm: agent socket %s: %w (%v)", p.ControlSocket, ctx.Err(), err)
-		case <-time.After(10 * time.Millisecond):
+			return zero, fmt.Errorf("vmm: %s: %w (%v)", what, ctx.Err(), err)
+		case <-time.After(interval):
 		}
 	}
 }

@@ -249,20 +249,9 @@ func follow(ctx context.Context, p *Process) (*follower, error) {
 		return nil, err
 	}
 	connect := func(ctx context.Context) (io.ReadCloser, error) {
-		for {
-			rc, err := openConsole(ctx, p.ConsoleSocket)
-			if err == nil {
-				return rc, nil
-			}
-			if s, _ := identify(p); s != StateRunning {
-				return nil, fmt.Errorf("%w: console %s: %v", ErrNotRunning, p.ConsoleSocket, err)
-			}
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("vmm: console %s: %w (%v)", p.ConsoleSocket, ctx.Err(), err)
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+		return retryWhileRunning(ctx, p, "console "+p.ConsoleSocket, 20*time.Millisecond, func(ctx context.Context) (io.ReadCloser, error) {
+			return openConsole(ctx, p.ConsoleSocket)
+		})
 	}
 	rc, err := connect(ctx)
 	if err != nil {

@@ -33,7 +33,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -54,8 +53,6 @@ const (
 	DefaultBinary = "firecracker"
 	// DefaultAPITimeout bounds one API request.
 	DefaultAPITimeout = 10 * time.Second
-	// readyTimeout bounds the wait for the API socket when ctx has none.
-	readyTimeout = 30 * time.Second
 )
 
 // Driver runs Firecracker VMMs. The zero value is ready to use.
@@ -244,13 +241,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if err != nil {
 		return nil, err
 	}
-	if live, err := vmm.Find(spec.VMID); err != nil {
+	if err := vmm.RefuseRunning(spec.VMID); err != nil {
 		return nil, err
-	} else if len(live) > 0 {
-		return nil, fmt.Errorf("%w: pid %d carries %s", vmm.ErrAlreadyRunning, live[0].PID, vmm.Tag(spec.VMID))
-	}
-	if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("firecracker: %w", err)
 	}
 	p := &vmm.Process{
 		Driver: Name, VMID: spec.VMID, RunDir: spec.RunDir, Accel: vmm.AccelKVM,
@@ -259,29 +251,16 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		ConsoleSocket: consolePath(spec.RunDir), ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
 	}
 	p.Sockets = []string{p.APISocket, p.ControlSocket, p.ConsoleSocket}
-	for _, s := range p.Sockets {
-		removeStale(s)
+	if err := vmm.PrepareRunDir(p); err != nil {
+		return nil, err
 	}
 	if err := unix.Mkfifo(p.ConsoleSocket, 0o600); err != nil {
 		return nil, fmt.Errorf("firecracker: console FIFO: %w", err)
 	}
-	if spec.Cgroup != "" {
-		if p.Cgroup, err = vmm.CreateCgroup(spec.Cgroup, spec.VMID); err != nil {
-			_ = os.Remove(p.ConsoleSocket)
-			return nil, err
-		}
-	}
 	argv := []string{d.binary(), "--api-sock", p.APISocket, "--id", vmm.Tag(spec.VMID)}
-	logPath := filepath.Join(spec.RunDir, "vmm.log")
-	if err := d.Launch(p, vmm.Command{Path: argv[0], Args: argv, Log: logPath, Env: d.Env}); err != nil {
-		_ = d.Cleanup(ctx, p)
+	configure := func(ctx context.Context) error { return d.configure(ctx, p, spec, bootArgs) }
+	if err := d.StartVMM(ctx, p, spec.Cgroup, vmm.Command{Path: argv[0], Args: argv, Env: d.Env}, configure); err != nil {
 		return nil, err
-	}
-	if err := d.configure(ctx, p, spec, bootArgs); err != nil {
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		_ = d.Kill(kctx, p)
-		return nil, fmt.Errorf("firecracker: %w%s", err, logTail(logPath))
 	}
 	return p, nil
 }
@@ -289,11 +268,6 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 // configure waits for the API, attaches the console, configures the VM and
 // starts it.
 func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec, bootArgs string) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
-		defer cancel()
-	}
 	c := d.client(p.APISocket)
 	if err := d.WaitReady(ctx, p, "API socket "+p.APISocket, func(ctx context.Context) error {
 		var info InstanceInfo
@@ -337,10 +311,8 @@ type apiStep struct {
 // Info returns GET / of p's VMM.
 func (d *Driver) Info(ctx context.Context, p *vmm.Process) (InstanceInfo, error) {
 	var info InstanceInfo
-	if s, err := d.Probe(p); err != nil {
+	if err := d.RequireRunning(p); err != nil {
 		return info, err
-	} else if s != vmm.StateRunning {
-		return info, fmt.Errorf("%w: pid %d is %s", vmm.ErrNotRunning, p.PID, s)
 	}
 	err := d.client(p.APISocket).do(ctx, http.MethodGet, "/", nil, &info)
 	return info, err
@@ -370,24 +342,4 @@ func (d *Driver) Stop(ctx context.Context, p *vmm.Process, timeout time.Duration
 	return d.StopWith(ctx, p, vmm.StopStep{Name: "SendCtrlAltDel", Wait: timeout, Do: func(ctx context.Context) error {
 		return d.client(p.APISocket).do(ctx, http.MethodPut, "/actions", action{ActionType: "SendCtrlAltDel"}, nil)
 	}})
-}
-
-// removeStale removes a socket or FIFO left by a dead VMM (nothing else).
-func removeStale(path string) {
-	if fi, err := os.Lstat(path); err == nil {
-		if t := fi.Mode().Type(); t == os.ModeSocket || t == os.ModeNamedPipe {
-			_ = os.Remove(path)
-		}
-	}
-}
-
-func logTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
-	}
-	return " (vmm.log: " + strings.TrimSpace(string(b)) + ")"
 }

@@ -61,9 +61,6 @@ const (
 	DefaultBinary          = "qemu-system-x86_64"
 	DefaultKVMProbeTimeout = 10 * time.Second
 	DefaultQuitWait        = 3 * time.Second
-	// readyTimeout bounds Start's wait for the QMP socket when ctx has no
-	// deadline.
-	readyTimeout = 30 * time.Second
 )
 
 // Driver runs QEMU microvm VMMs. Use New; the zero value also works.
@@ -135,10 +132,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if err := d.Check(); err != nil {
 		return nil, err
 	}
-	if live, err := vmm.Find(spec.VMID); err != nil {
+	if err := vmm.RefuseRunning(spec.VMID); err != nil {
 		return nil, err
-	} else if len(live) > 0 {
-		return nil, fmt.Errorf("%w: pid %d carries %s", vmm.ErrAlreadyRunning, live[0].PID, vmm.Tag(spec.VMID))
 	}
 	accel, err := d.resolveAccel(ctx, spec)
 	if err != nil {
@@ -148,9 +143,6 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
-	}
 	p := &vmm.Process{
 		Driver: Name, VMID: spec.VMID, RunDir: spec.RunDir, Accel: accel,
 		APISocket:     qmpPath(spec.RunDir),
@@ -158,35 +150,18 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		ConsoleSocket: consolePath(spec.RunDir), ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
 	}
 	p.Sockets = []string{p.APISocket, p.ConsoleSocket, p.ControlSocket}
-	for _, s := range p.Sockets {
-		removeStaleSocket(s)
-	}
-	if spec.Cgroup != "" {
-		if p.Cgroup, err = vmm.CreateCgroup(spec.Cgroup, spec.VMID); err != nil {
-			return nil, err
-		}
-	}
-	logPath := filepath.Join(spec.RunDir, "vmm.log")
-	if err := d.Launch(p, vmm.Command{Path: argv[0], Args: argv, Log: logPath}); err != nil {
-		_ = d.Cleanup(ctx, p)
+	if err := vmm.PrepareRunDir(p); err != nil {
 		return nil, err
 	}
-	if err := d.boot(ctx, p); err != nil {
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		defer cancel()
-		_ = d.Kill(kctx, p)
-		return nil, fmt.Errorf("qemu: %w%s", err, logTail(logPath))
+	boot := func(ctx context.Context) error { return d.boot(ctx, p) }
+	if err := d.StartVMM(ctx, p, spec.Cgroup, vmm.Command{Path: argv[0], Args: argv}, boot); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
 
 // boot waits for QMP, attaches the console and resumes the paused guest.
 func (d *Driver) boot(ctx context.Context, p *vmm.Process) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
-		defer cancel()
-	}
 	q, err := d.waitQMP(ctx, p)
 	if err != nil {
 		return err
@@ -208,33 +183,10 @@ func (d *Driver) waitQMP(ctx context.Context, p *vmm.Process) (*qmpConn, error) 
 	return q, err
 }
 
-// removeStaleSocket removes a socket file left by a dead VMM (only sockets).
-func removeStaleSocket(path string) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
-		_ = os.Remove(path)
-	}
-}
-
-// logTail returns the end of the VMM's own log for error messages.
-func logTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
-	}
-	return " (vmm.log: " + strings.TrimSpace(string(b)) + ")"
-}
-
 // qmp runs one QMP command on p's VMM, after checking p is running.
 func (d *Driver) qmp(ctx context.Context, p *vmm.Process, cmd string, out any) error {
-	s, err := d.Probe(p)
-	if err != nil {
+	if err := d.RequireRunning(p); err != nil {
 		return err
-	}
-	if s != vmm.StateRunning {
-		return fmt.Errorf("%w: pid %d is %s", vmm.ErrNotRunning, p.PID, s)
 	}
 	return qmpDo(ctx, p.APISocket, cmd, nil, out)
 }
