@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/unixtest"
 )
 
 // socketpair returns two connected stream sockets that support deadlines.
@@ -428,25 +429,11 @@ func TestHybridVsock(t *testing.T) {
 	dir := t.TempDir()
 	serve := func(name string, reply func(c net.Conn, line string)) string {
 		path := filepath.Join(dir, name)
-		l, err := net.Listen("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					buf := make([]byte, 64)
-					n, _ := c.Read(buf)
-					reply(c, string(buf[:n]))
-				}()
-			}
-		}()
+		unixtest.Listen(t, path, func(c net.Conn) {
+			buf := make([]byte, 64)
+			n, _ := c.Read(buf)
+			reply(c, string(buf[:n]))
+		})
 		return path
 	}
 	ok := serve("ok.sock", func(c net.Conn, line string) {

@@ -23,6 +23,7 @@ import (
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/unixtest"
 )
 
 // The test binary doubles as a stand-in firecracker (FAKE_FC=1): it serves
@@ -204,25 +205,16 @@ func startGuest(config map[string]json.RawMessage) {
 	srv := agent.NewServer(agent.ServerConfig{AgentVersion: "fake", Hello: func() agent.HelloInfo {
 		return agent.HelloInfo{Hostname: boot.Hostname, Kit: "fake", BootError: strings.Join(bootErrs, "; ")}
 	}})
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil || line != fmt.Sprintf("CONNECT %d\n", boot.Vsock) {
-					fmt.Fprint(c, "ERR\n")
-					c.Close()
-					return
-				}
-				fmt.Fprint(c, "OK 1073741824\n")
-				_ = srv.ServeConn(context.Background(), c)
-			}()
+	unixtest.Serve(l, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil || line != fmt.Sprintf("CONNECT %d\n", boot.Vsock) {
+			fmt.Fprint(c, "ERR\n")
+			return
 		}
-	}()
+		fmt.Fprint(c, "OK 1073741824\n")
+		_ = srv.ServeConn(context.Background(), c)
+	})
 }
 
 var idSeq atomic.Int64

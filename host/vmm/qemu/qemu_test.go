@@ -18,6 +18,7 @@ import (
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/unixtest"
 )
 
 func testSpec(t *testing.T) vmm.Spec {
@@ -183,37 +184,23 @@ func TestArgvControlChannel(t *testing.T) {
 func fakeQMP(t *testing.T, handle func(cmd string) string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
+	unixtest.Listen(t, sock, func(c net.Conn) {
+		fmt.Fprint(c, `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}`+"\r\n")
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			var req struct {
+				Execute string `json:"execute"`
+			}
+			if json.Unmarshal(sc.Bytes(), &req) != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				fmt.Fprint(c, `{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}`+"\r\n")
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					var req struct {
-						Execute string `json:"execute"`
-					}
-					if json.Unmarshal(sc.Bytes(), &req) != nil {
-						return
-					}
-					reply := handle(req.Execute)
-					if reply == "" {
-						return
-					}
-					fmt.Fprint(c, reply+"\r\n")
-				}
-			}()
+			reply := handle(req.Execute)
+			if reply == "" {
+				return
+			}
+			fmt.Fprint(c, reply+"\r\n")
 		}
-	}()
+	})
 	return sock
 }
 
