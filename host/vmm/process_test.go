@@ -22,6 +22,7 @@ import (
 
 	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/testwait"
 )
 
 // The test binary doubles as a fake VMM (PADDOCK_FAKE_VMM=1: tagged argv,
@@ -155,21 +156,10 @@ func killTestProcess(t *testing.T, p *Process) {
 	}
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func readVMMLog(t *testing.T, p *Process) string {
 	t.Helper()
 	var s string
-	waitFor(t, "the fake VMM's report", 10*time.Second, func() bool {
+	testwait.For(t, "the fake VMM's report", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(filepath.Join(p.RunDir, "vmm.log"))
 		s = string(b)
 		return strings.Contains(s, "\n")
@@ -207,7 +197,7 @@ func TestLaunchAttributes(t *testing.T) {
 func TestKillWaitProbe(t *testing.T) {
 	var b Base
 	p := launchFake(t, &b)
-	waitFor(t, "console socket", 10*time.Second, func() bool { _, err := os.Stat(p.ConsoleSocket); return err == nil })
+	testwait.For(t, "console socket", 10*time.Second, func() bool { _, err := os.Stat(p.ConsoleSocket); return err == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	exited := make(chan Exit, 1)
@@ -363,9 +353,9 @@ func TestZombie(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &Process{VMID: id, PID: cmd.Process.Pid, StartTime: start, Cmdline: cmd.Args}
-	waitFor(t, "running", 5*time.Second, func() bool { s, _ := identify(p); return s == StateRunning })
+	testwait.For(t, "running", 5*time.Second, func() bool { s, _ := identify(p); return s == StateRunning })
 	_ = cmd.Process.Signal(syscall.SIGKILL)
-	waitFor(t, "zombie", 5*time.Second, func() bool { st, _ := readStat(p.PID); return st.State == 'Z' })
+	testwait.For(t, "zombie", 5*time.Second, func() bool { st, _ := readStat(p.PID); return st.State == 'Z' })
 	if s, err := identify(p); err != nil || s != StateExited {
 		t.Fatalf("zombie: %v %v", s, err)
 	}
@@ -516,7 +506,7 @@ func TestSurvivesDaemon(t *testing.T) {
 	if st, _ := readStat(p.PID); st.PPID != daemon.Process.Pid {
 		t.Fatalf("VMM's parent is %d, daemon %d", st.PPID, daemon.Process.Pid)
 	}
-	waitFor(t, "console output", 10*time.Second, func() bool {
+	testwait.For(t, "console output", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(p.ConsoleLog)
 		return strings.Contains(string(b), "tick")
 	})
@@ -550,7 +540,7 @@ func TestSurvivesDaemon(t *testing.T) {
 	if err := b.Adopt(ctx, &p); err != nil {
 		t.Fatalf("second Adopt: %v", err)
 	}
-	waitFor(t, "console output after re-adoption", 10*time.Second, func() bool { return lastTick() > before+20 })
+	testwait.For(t, "console output after re-adoption", 10*time.Second, func() bool { return lastTick() > before+20 })
 	if fi, _ := os.Stat(p.ConsoleLog); fi.Size() > p.ConsoleLogMax {
 		t.Fatalf("console log %d bytes over cap %d", fi.Size(), p.ConsoleLogMax)
 	}
@@ -592,7 +582,7 @@ func TestConsoleFIFO(t *testing.T) {
 	if err := b.AttachConsole(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "fifo output", 10*time.Second, func() bool {
+	testwait.For(t, "fifo output", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(p.ConsoleLog)
 		return strings.Count(string(b), "fifo tick") > 5
 	})

@@ -23,6 +23,7 @@ import (
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/testwait"
 	"github.com/paddock-vm/paddock/internal/unixtest"
 )
 
@@ -382,7 +383,7 @@ func TestLifecycle(t *testing.T) {
 	if h := hello(t, ctx, p); h.Hostname != "fcguest" || h.BootError != "" {
 		t.Fatalf("hello %+v", h)
 	}
-	waitFor(t, "console through the FIFO", func() bool {
+	testwait.For(t, "console through the FIFO", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(p.ConsoleLog)
 		return strings.Contains(string(b), "fake guest console line 20")
 	})
@@ -399,7 +400,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	size := func() int64 { fi, _ := os.Stat(h.ConsoleLog); return fi.Size() }
-	waitFor(t, "console after re-adoption", func() bool {
+	testwait.For(t, "console after re-adoption", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(h.ConsoleLog)
 		return strings.Count(string(b), "\n") > 10 && size() <= h.ConsoleLogMax
 	})
@@ -614,17 +615,6 @@ func TestValidator(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAdoptNotStarted: a Firecracker whose daemon died before InstanceStart
 // is not adoptable.
 func TestAdoptNotStarted(t *testing.T) {
@@ -640,7 +630,7 @@ func TestAdoptNotStarted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	t.Cleanup(func() { _ = New().Kill(context.Background(), p) })
-	waitFor(t, "API socket", func() bool { _, err := d.Info(ctx, p); return err == nil })
+	testwait.For(t, "API socket", 10*time.Second, func() bool { _, err := d.Info(ctx, p); return err == nil })
 	if err := New().Adopt(ctx, p); !errors.Is(err, vmm.ErrNotRunning) || !strings.Contains(err.Error(), "never started") {
 		t.Fatalf("Adopt: %v", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/testwait"
 )
 
 // testCgroupParent makes a stand-in for paddockd's delegated cgroup and
@@ -193,7 +194,7 @@ func TestIntegration(t *testing.T) {
 	if got := run(t, ctx, c, "echo re-adopted >/dev/console; cat /data/hello.txt"); got != "hello from the image\n" {
 		t.Fatalf("after re-adoption: %q", got)
 	}
-	waitFor(t, "console output through the re-attached copier", 10*time.Second, func() bool {
+	testwait.For(t, "console output through the re-attached copier", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(h.ConsoleLog)
 		return strings.Contains(string(b), "re-adopted")
 	})
@@ -312,17 +313,6 @@ func TestIntegration(t *testing.T) {
 		p.Accel, startTook.Seconds(), helloTook.Seconds(), stopTook.Seconds(), stopBTook.Seconds(), how)
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestStartFailureLeavesNothing: a QEMU that cannot start (missing kernel
 // file) returns an error with QEMU's message and leaves no process, socket or
 // cgroup behind.
@@ -395,7 +385,7 @@ func TestPowerButton(t *testing.T) {
 	console := func() string { b, _ := os.ReadFile(p.ConsoleLog); return string(b) }
 	// the agent says (paddock.debug) when it listens; the control socket is
 	// never dialled
-	waitFor(t, "the agent watching the power button", 3*time.Minute, func() bool {
+	testwait.For(t, "the agent watching the power button", 3*time.Minute, func() bool {
 		return strings.Contains(console(), "power button: watching")
 	})
 	waited := make(chan vmm.Exit, 1)
