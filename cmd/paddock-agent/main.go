@@ -179,6 +179,14 @@ func (s *initState) run() {
 		Logf:         logf,
 	})
 	served := false
+	// serve runs the agent protocol on l for the rest of the boot.
+	serve := func(what string, l agent.Listener) {
+		go func() {
+			err := srv.Serve(context.Background(), l)
+			logf("%s server stopped: %v", what, err)
+		}()
+		served = true
+	}
 	if cfg.Serial != "" {
 		_ = s.phase("control", func() error {
 			r := <-portCh
@@ -189,11 +197,7 @@ func (s *initState) run() {
 			if err != nil {
 				return err
 			}
-			go func() {
-				err := srv.Serve(context.Background(), l)
-				logf("serial server stopped: %v", err)
-			}()
-			served = true
+			serve("serial", l)
 			return nil
 		})
 	}
@@ -203,11 +207,7 @@ func (s *initState) run() {
 			if err != nil {
 				return err
 			}
-			go func() {
-				err := srv.Serve(context.Background(), l)
-				logf("vsock server stopped: %v", err)
-			}()
-			served = true
+			serve("vsock", l)
 			return nil
 		})
 	}

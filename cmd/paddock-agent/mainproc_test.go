@@ -6,6 +6,7 @@ import (
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/guestboot"
+	"github.com/paddock-vm/paddock/internal/testwait"
 )
 
 func testState(policy string, cmd ...string) *initState {
@@ -16,59 +17,45 @@ func testState(policy string, cmd ...string) *initState {
 	}
 }
 
-func waitState(t *testing.T, m *mainProc, ok func(agent.MainState) bool) agent.MainState {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st := m.state()
-		if ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("main state stuck at %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestMainProcRestartPolicies(t *testing.T) {
-	// no: runs once, exit status recorded
-	m := newMainProc(testState("", "sh", "-c", "exit 3"))
-	m.start()
-	<-m.finished
-	st := m.state()
-	if st.State != "exited" || st.Restarts != 0 || st.LastExit == nil || st.LastExit.Code != 3 {
-		t.Fatalf("no: %+v", st)
+	always := testState("no", "true")
+	always.cfg.Restart = guestboot.RestartAlways
+	cases := []struct {
+		name string
+		s    *initState
+		// restarts: the main process is restarted (the test waits for two
+		// restarts, then stops it); otherwise it runs once and its final
+		// state must satisfy final.
+		restarts bool
+		final    func(agent.MainState) bool
+	}{
+		{name: "no runs once and records the exit status", s: testState("", "sh", "-c", "exit 3"),
+			final: func(st agent.MainState) bool {
+				return st.State == "exited" && st.Restarts == 0 && st.LastExit != nil && st.LastExit.Code == 3
+			}},
+		{name: "on-failure restarts after a failure", s: testState("on-failure", "sh", "-c", "exit 1"), restarts: true},
+		{name: "on-failure does not restart after success", s: testState("on-failure", "true"),
+			final: func(st agent.MainState) bool { return st.Restarts == 0 && st.LastExit != nil && st.LastExit.Code == 0 }},
+		{name: "always (from the cmdline, over the image's no) restarts after success", s: always, restarts: true},
+		{name: "a missing binary is reported, not retried under no", s: testState("", "/nonexistent"),
+			final: func(st agent.MainState) bool {
+				return st.State == "exited" && st.LastExit != nil && st.LastExit.Code == 127
+			}},
 	}
-
-	// on-failure: restarted after a failure, not after success
-	m = newMainProc(testState("on-failure", "sh", "-c", "exit 1"))
-	m.start()
-	waitState(t, m, func(s agent.MainState) bool { return s.Restarts >= 2 })
-	m.stop()
-	<-m.finished
-
-	m = newMainProc(testState("on-failure", "true"))
-	m.start()
-	<-m.finished
-	if st := m.state(); st.Restarts != 0 || st.LastExit.Code != 0 {
-		t.Fatalf("on-failure after success: %+v", st)
-	}
-
-	// always: restarted after success too; the cmdline overrides the image
-	s := testState("no", "true")
-	s.cfg.Restart = guestboot.RestartAlways
-	m = newMainProc(s)
-	m.start()
-	waitState(t, m, func(s agent.MainState) bool { return s.Restarts >= 2 })
-	m.stop()
-	<-m.finished
-
-	// a missing binary is reported, not retried under "no"
-	m = newMainProc(testState("", "/nonexistent"))
-	m.start()
-	<-m.finished
-	if st := m.state(); st.State != "exited" || st.LastExit.Code != 127 {
-		t.Fatalf("missing binary: %+v", st)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMainProc(tc.s)
+			m.start()
+			if tc.restarts {
+				testwait.For(t, "two restarts", 5*time.Second, func() bool { return m.state().Restarts >= 2 })
+				m.stop()
+				<-m.finished
+				return
+			}
+			<-m.finished
+			if st := m.state(); !tc.final(st) {
+				t.Fatalf("final state %+v", st)
+			}
+		})
 	}
 }
