@@ -27,6 +27,7 @@ package firecracker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -73,13 +74,6 @@ func New() *Driver { return &Driver{} }
 
 // Name returns "firecracker".
 func (d *Driver) Name() string { return Name }
-
-func (d *Driver) binary() string {
-	if d.Binary != "" {
-		return d.Binary
-	}
-	return DefaultBinary
-}
 
 // Paths of a VM's files under its RunDir.
 func apiPath(runDir string) string     { return filepath.Join(runDir, "firecracker.sock") }
@@ -257,7 +251,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if err := unix.Mkfifo(p.ConsoleSocket, 0o600); err != nil {
 		return nil, fmt.Errorf("firecracker: console FIFO: %w", err)
 	}
-	argv := []string{d.binary(), "--api-sock", p.APISocket, "--id", vmm.Tag(spec.VMID)}
+	argv := []string{cmp.Or(d.Binary, DefaultBinary), "--api-sock", p.APISocket, "--id", vmm.Tag(spec.VMID)}
 	configure := func(ctx context.Context) error { return d.configure(ctx, p, spec, bootArgs) }
 	if err := d.StartVMM(ctx, p, spec.Cgroup, vmm.Command{Path: argv[0], Args: argv, Env: d.Env}, configure); err != nil {
 		return nil, err

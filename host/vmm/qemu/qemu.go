@@ -37,6 +37,7 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -93,12 +94,7 @@ func New() *Driver { return &Driver{} }
 // Name returns "qemu".
 func (d *Driver) Name() string { return Name }
 
-func (d *Driver) binary() string {
-	if d.Binary != "" {
-		return d.Binary
-	}
-	return DefaultBinary
-}
+func (d *Driver) binary() string { return cmp.Or(d.Binary, DefaultBinary) }
 
 // Check reports whether the driver can start a VMM here: its binary is
 // found (in $PATH, or at the path given). The error, in
