@@ -2,48 +2,13 @@ package testenv
 
 import (
 	"flag"
-	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/paddock-vm/paddock/internal/tbtest"
 )
-
-// fakeTB records Skip/Fatal instead of acting on them.
-type fakeTB struct {
-	testing.TB
-	mu      sync.Mutex
-	skipped bool
-	failed  bool
-	msg     string
-}
-
-func (f *fakeTB) Helper() {}
-func (f *fakeTB) Skip(args ...any) {
-	f.mu.Lock()
-	f.skipped, f.msg = true, fmt.Sprint(args...)
-	f.mu.Unlock()
-	runtime.Goexit()
-}
-func (f *fakeTB) Fatalf(format string, args ...any) {
-	f.mu.Lock()
-	f.failed, f.msg = true, fmt.Sprintf(format, args...)
-	f.mu.Unlock()
-	runtime.Goexit()
-}
-func (f *fakeTB) Fatal(args ...any) { f.Fatalf("%s", fmt.Sprint(args...)) }
-
-// run calls fn on a fresh fakeTB in its own goroutine (Skip and Fatal end
-// it, as they end a test).
-func run(fn func(testing.TB)) *fakeTB {
-	f := &fakeTB{}
-	done := make(chan struct{})
-	go func() { defer close(done); fn(f) }()
-	<-done
-	return f
-}
 
 func TestSkipBecause(t *testing.T) {
 	for _, tc := range []struct {
@@ -60,12 +25,12 @@ func TestSkipBecause(t *testing.T) {
 	} {
 		t.Run(tc.ci+"/"+tc.reason, func(t *testing.T) {
 			t.Setenv("CI", tc.ci)
-			f := run(func(tb testing.TB) { SkipBecause(tb, tc.reason) })
-			if f.failed != tc.wantFail || f.skipped == tc.wantFail {
-				t.Errorf("skipped=%v failed=%v, want failed=%v", f.skipped, f.failed, tc.wantFail)
+			f := tbtest.Run(nil, func(tb testing.TB) { SkipBecause(tb, tc.reason) })
+			if f.Failed() != tc.wantFail || f.Skipped() == tc.wantFail {
+				t.Errorf("skipped=%v failed=%v, want failed=%v", f.Skipped(), f.Failed(), tc.wantFail)
 			}
-			if !strings.Contains(f.msg, tc.reason) {
-				t.Errorf("message %q lacks the reason", f.msg)
+			if !strings.Contains(f.Msg(), tc.reason) {
+				t.Errorf("message %q lacks the reason", f.Msg())
 			}
 		})
 	}
@@ -73,23 +38,23 @@ func TestSkipBecause(t *testing.T) {
 
 func TestRequire(t *testing.T) {
 	t.Setenv("CI", "true")
-	if f := run(func(tb testing.TB) { Require(tb, true, "x") }); f.skipped || f.failed {
-		t.Errorf("a met prerequisite: skipped=%v failed=%v", f.skipped, f.failed)
+	if f := tbtest.Run(nil, func(tb testing.TB) { Require(tb, true, "x") }); f.Skipped() || f.Failed() {
+		t.Errorf("a met prerequisite: skipped=%v failed=%v", f.Skipped(), f.Failed())
 	}
-	if f := run(func(tb testing.TB) { Require(tb, false, "no x") }); !f.failed {
-		t.Errorf("an unmet prerequisite under CI: skipped=%v failed=%v", f.skipped, f.failed)
+	if f := tbtest.Run(nil, func(tb testing.TB) { Require(tb, false, "no x") }); !f.Failed() {
+		t.Errorf("an unmet prerequisite under CI: skipped=%v failed=%v", f.Skipped(), f.Failed())
 	}
 }
 
 func TestRequireTool(t *testing.T) {
 	t.Setenv("CI", "")
 	var path string
-	if f := run(func(tb testing.TB) { path = RequireTool(tb, "sh", "dash") }); f.skipped || f.failed || !filepath.IsAbs(path) {
-		t.Errorf("sh: %q skipped=%v failed=%v", path, f.skipped, f.failed)
+	if f := tbtest.Run(nil, func(tb testing.TB) { path = RequireTool(tb, "sh", "dash") }); f.Skipped() || f.Failed() || !filepath.IsAbs(path) {
+		t.Errorf("sh: %q skipped=%v failed=%v", path, f.Skipped(), f.Failed())
 	}
-	f := run(func(tb testing.TB) { RequireTool(tb, "paddock-no-such-tool", "paddock-pkg") })
-	if !f.skipped || !strings.Contains(f.msg, "paddock-no-such-tool") || !strings.Contains(f.msg, "apt-get install paddock-pkg") {
-		t.Errorf("missing tool: skipped=%v %q", f.skipped, f.msg)
+	f := tbtest.Run(nil, func(tb testing.TB) { RequireTool(tb, "paddock-no-such-tool", "paddock-pkg") })
+	if !f.Skipped() || !strings.Contains(f.Msg(), "paddock-no-such-tool") || !strings.Contains(f.Msg(), "apt-get install paddock-pkg") {
+		t.Errorf("missing tool: skipped=%v %q", f.Skipped(), f.Msg())
 	}
 }
 
@@ -120,9 +85,9 @@ func TestRequireKernel(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("PADDOCK_KERNEL_DIR", tc.dir)
 			var v, m string
-			f := run(func(tb testing.TB) { v, m = RequireKernel(tb) })
-			if f.skipped != tc.skipped || f.failed != tc.failed || v != tc.vmlinuz || m != tc.modules {
-				t.Errorf("skipped=%v failed=%v %q %q (%s)", f.skipped, f.failed, v, m, f.msg)
+			f := tbtest.Run(nil, func(tb testing.TB) { v, m = RequireKernel(tb) })
+			if f.Skipped() != tc.skipped || f.Failed() != tc.failed || v != tc.vmlinuz || m != tc.modules {
+				t.Errorf("skipped=%v failed=%v %q %q (%s)", f.Skipped(), f.Failed(), v, m, f.Msg())
 			}
 		})
 	}
@@ -141,8 +106,8 @@ func TestShort(t *testing.T) {
 		"RequireRoot": func(tb testing.TB) { RequireRoot(tb, "mknod") },
 		"BootsVM":     BootsVM,
 	} {
-		if f := run(fn); !f.skipped || f.failed || !strings.Contains(f.msg, "-short") {
-			t.Errorf("%s under -short: skipped=%v failed=%v %q", name, f.skipped, f.failed, f.msg)
+		if f := tbtest.Run(nil, fn); !f.Skipped() || f.Failed() || !strings.Contains(f.Msg(), "-short") {
+			t.Errorf("%s under -short: skipped=%v failed=%v %q", name, f.Skipped(), f.Failed(), f.Msg())
 		}
 	}
 }

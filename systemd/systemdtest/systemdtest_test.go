@@ -6,15 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/journal"
 
+	"github.com/paddock-vm/paddock/internal/tbtest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 	"github.com/paddock-vm/paddock/systemd"
 	"github.com/paddock-vm/paddock/systemd/systemdtest"
@@ -207,44 +206,14 @@ func TestJournald(t *testing.T) {
 	}
 }
 
-// fakeTB records Skip/Fatal instead of acting on them.
-type fakeTB struct {
-	testing.TB
-	mu      sync.Mutex
-	skipped bool
-	failed  bool
-	msg     string
-}
-
-func (f *fakeTB) Helper() {}
-func (f *fakeTB) Skip(args ...any) {
-	f.mu.Lock()
-	f.skipped, f.msg = true, fmt.Sprint(args...)
-	f.mu.Unlock()
-	runtime.Goexit()
-}
-func (f *fakeTB) Fatalf(format string, args ...any) {
-	f.mu.Lock()
-	f.failed, f.msg = true, fmt.Sprintf(format, args...)
-	f.mu.Unlock()
-	runtime.Goexit()
-}
-
-func run(f func()) {
-	done := make(chan struct{})
-	go func() { defer close(done); f() }()
-	<-done
-}
-
 func TestQueryFailsWhenNothingMatches(t *testing.T) {
 	j := systemdtest.Journald(t)
 	old := systemdtest.QueryTimeout
 	systemdtest.QueryTimeout = 100 * time.Millisecond
 	defer func() { systemdtest.QueryTimeout = old }()
-	f := &fakeTB{TB: t}
 	var got []map[string]any
-	run(func() { got = j.Query(f, "TOKEN=never-logged") })
-	if !f.failed || got != nil || !strings.Contains(f.msg, "TOKEN=never-logged") {
-		t.Errorf("Query with no match: failed=%v msg=%q got=%v; want a test failure", f.failed, f.msg, got)
+	f := tbtest.Run(t, func(tb testing.TB) { got = j.Query(tb, "TOKEN=never-logged") })
+	if !f.Failed() || got != nil || !strings.Contains(f.Msg(), "TOKEN=never-logged") {
+		t.Errorf("Query with no match: failed=%v msg=%q got=%v; want a test failure", f.Failed(), f.Msg(), got)
 	}
 }
