@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/internal/testwait"
 	"github.com/paddock-vm/paddock/internal/unixtest"
 )
 
@@ -250,13 +251,8 @@ func TestShutdown(t *testing.T) {
 	if err := c.Shutdown(ctx5(t), false); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case reboot := <-g.shutdown:
-		if reboot {
-			t.Fatal("reboot requested")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("shutdown callback not called")
+	if reboot := testwait.Recv(t, "the shutdown callback", 5*time.Second, g.shutdown); reboot {
+		t.Fatal("reboot requested")
 	}
 }
 
@@ -388,11 +384,7 @@ func TestOutputOverWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-c.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("client did not reject a guest exceeding its window")
-	}
+	testwait.Recv(t, "the client to reject a guest exceeding its window", 5*time.Second, c.Done())
 	if !strings.Contains(c.Err().Error(), "window") {
 		t.Fatalf("err = %v", c.Err())
 	}

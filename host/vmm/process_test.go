@@ -549,13 +549,8 @@ func TestSurvivesDaemon(t *testing.T) {
 	if err := b.Kill(ctx, &p); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case ex := <-waited:
-		if ex.Known {
-			t.Fatalf("status of a non-child reported as known: %+v", ex)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Wait did not notice the exit of an adopted VMM within 2 s")
+	if ex := testwait.Recv(t, "Wait to notice the exit of an adopted VMM", 2*time.Second, waited); ex.Known {
+		t.Fatalf("status of a non-child reported as known: %+v", ex)
 	}
 	if s, _ := b.Probe(&p); s != StateExited {
 		t.Fatalf("after Kill: %v", s)

@@ -23,3 +23,19 @@ func For(t testing.TB, what string, d time.Duration, cond func() bool) {
 		time.Sleep(interval)
 	}
 }
+
+// Recv receives from ch; if nothing comes within d, t fails, naming what
+// it waited for.
+func Recv[T any](t testing.TB, what string, d time.Duration, ch <-chan T) T {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+	var zero T
+	return zero
+}

@@ -239,13 +239,8 @@ func TestIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopTook := time.Since(stopAt)
-	select {
-	case ex := <-waited:
-		if ex.Known {
-			t.Fatalf("exit of a re-adopted VMM reported as known: %v", ex)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Wait did not return after the VMM exited")
+	if ex := testwait.Recv(t, "Wait to return after the VMM exited", 2*time.Second, waited); ex.Known {
+		t.Fatalf("exit of a re-adopted VMM reported as known: %v", ex)
 	}
 	if s, err := d2.Probe(&h); err != nil || s != vmm.StateExited {
 		t.Fatalf("Probe after Stop: %v %v", s, err)
@@ -393,13 +388,8 @@ func TestPowerButton(t *testing.T) {
 	if err := d.Powerdown(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case ex := <-waited:
-		if !ex.Known || ex.Code != 0 || ex.Signal != 0 {
-			t.Fatalf("QEMU exit %v, want a clean exit through the guest's power-off", ex)
-		}
-	case <-time.After(stopTimeout):
-		t.Fatalf("QEMU still runs %v after system_powerdown", stopTimeout)
+	if ex := testwait.Recv(t, "QEMU to exit after system_powerdown", stopTimeout, waited); !ex.Known || ex.Code != 0 || ex.Signal != 0 {
+		t.Fatalf("QEMU exit %v, want a clean exit through the guest's power-off", ex)
 	}
 	for _, want := range []string{"power button pressed", "paddock-agent: shutting down"} {
 		if !strings.Contains(console(), want) {

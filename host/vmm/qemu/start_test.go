@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/testwait"
 )
 
 // A VMM that is alive but never serves QMP (a QEMU paused before its
@@ -45,12 +46,7 @@ func TestStartBoundedWhenVMMNeverAnswers(t *testing.T) {
 		}
 		done <- err
 	}()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(time.Minute):
-		t.Fatal("Start did not return a minute after its deadline")
-	}
+	err := testwait.Recv(t, "Start to return after its deadline", time.Minute, done)
 	if err == nil {
 		t.Fatal("Start succeeded against a VMM that never serves QMP")
 	}
