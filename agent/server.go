@@ -228,6 +228,16 @@ func badRequest(format string, args ...any) error {
 	return &Error{Code: CodeBadRequest, Message: fmt.Sprintf(format, args...)}
 }
 
+// unsupported answers an op the server's config does not provide.
+func unsupported(op string) error {
+	return &Error{Code: CodeUnknownOp, Message: op + " not supported"}
+}
+
+// noStream answers a request for a stream that is not (or no longer) open.
+func noStream(id uint32) error {
+	return &Error{Code: CodeNotFound, Message: fmt.Sprintf("no stream %d", id)}
+}
+
 func (c *conn) handle(ctx context.Context, m *Message) error {
 	switch m.T {
 	case TypeRequest:
@@ -328,7 +338,7 @@ func (c *conn) request(_ context.Context, m *Message) {
 		c.reply(m.ID, h, nil)
 	case OpStats:
 		if cfg.Stats == nil {
-			c.reply(m.ID, nil, &Error{Code: CodeUnknownOp, Message: "stats not supported"})
+			c.reply(m.ID, nil, unsupported("stats"))
 			return
 		}
 		st, err := cfg.Stats()
@@ -336,7 +346,7 @@ func (c *conn) request(_ context.Context, m *Message) {
 		c.reply(m.ID, st, err)
 	case OpPorts:
 		if cfg.Ports == nil {
-			c.reply(m.ID, nil, &Error{Code: CodeUnknownOp, Message: "ports not supported"})
+			c.reply(m.ID, nil, unsupported("ports"))
 			return
 		}
 		ps, err := cfg.Ports()
@@ -349,7 +359,7 @@ func (c *conn) request(_ context.Context, m *Message) {
 		}
 		se := c.session(req.Stream)
 		if se == nil {
-			c.reply(m.ID, nil, &Error{Code: CodeNotFound, Message: fmt.Sprintf("no stream %d", req.Stream)})
+			c.reply(m.ID, nil, noStream(req.Stream))
 			return
 		}
 		c.reply(m.ID, struct{}{}, se.proc.Signal(syscall.Signal(req.Signal)))
@@ -361,7 +371,7 @@ func (c *conn) request(_ context.Context, m *Message) {
 		}
 		se := c.session(req.Stream)
 		if se == nil {
-			c.reply(m.ID, nil, &Error{Code: CodeNotFound, Message: fmt.Sprintf("no stream %d", req.Stream)})
+			c.reply(m.ID, nil, noStream(req.Stream))
 			return
 		}
 		c.reply(m.ID, struct{}{}, se.proc.Resize(req.Rows, req.Cols))
@@ -369,7 +379,7 @@ func (c *conn) request(_ context.Context, m *Message) {
 		var req ShutdownRequest
 		_ = json.Unmarshal(m.Body, &req)
 		if cfg.Shutdown == nil {
-			c.reply(m.ID, nil, &Error{Code: CodeUnknownOp, Message: "shutdown not supported"})
+			c.reply(m.ID, nil, unsupported("shutdown"))
 			return
 		}
 		c.reply(m.ID, struct{}{}, nil)
@@ -393,7 +403,7 @@ func (c *conn) exec(m *Message) {
 		return
 	}
 	if c.s.cfg.Spawner == nil {
-		c.reply(m.ID, nil, &Error{Code: CodeUnknownOp, Message: "exec not supported"})
+		c.reply(m.ID, nil, unsupported("exec"))
 		return
 	}
 	c.mu.Lock()
