@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -382,11 +383,7 @@ func TestFindAndIntentKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := false
-	for _, q := range all {
-		seen = seen || q.PID == p.PID
-	}
-	if !seen {
+	if !slices.ContainsFunc(all, func(q *Process) bool { return q.PID == p.PID }) {
 		t.Fatal("Find(\"\") does not list the VMM")
 	}
 	// scoped to one daemon's runtime directory
