@@ -311,9 +311,25 @@ func (b *Base) Cleanup(ctx context.Context, p *Process) error {
 	return errors.Join(errs...)
 }
 
-// CreateCgroup makes the VMM's cgroup <parent>/paddock-<vm id>.
-func CreateCgroup(parent, vmID string) (string, error) {
-	return cgroup.Create(parent, Tag(vmID))
+// CreateCgroup makes the VMM's cgroup <parent>/paddock-<vm id> and writes
+// l into it. A limit whose controller parent does not offer is skipped (a
+// hybrid host's cgroup v2 hierarchy has none: paddockd says so once at
+// start-up); a limit that cannot be written removes the cgroup again and
+// fails, naming the file.
+func CreateCgroup(ctx context.Context, parent, vmID string, l cgroup.Limits) (string, error) {
+	dir, err := cgroup.Create(parent, Tag(vmID))
+	if err != nil {
+		return "", err
+	}
+	if _, err := cgroup.SetLimits(dir, l); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killWait)
+		defer cancel()
+		if rerr := cgroup.Remove(rctx, dir, false); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return "", err
+	}
+	return dir, nil
 }
 
 // DialAgent connects to the guest agent of p, waiting for the socket to

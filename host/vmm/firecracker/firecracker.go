@@ -266,7 +266,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		return nil, fmt.Errorf("firecracker: console FIFO: %w", err)
 	}
 	if spec.Cgroup != "" {
-		if p.Cgroup, err = vmm.CreateCgroup(spec.Cgroup, spec.VMID); err != nil {
+		if p.Cgroup, err = vmm.CreateCgroup(ctx, spec.Cgroup, spec.VMID, spec.Limits); err != nil {
 			_ = os.Remove(p.ConsoleSocket)
 			return nil, err
 		}

@@ -162,7 +162,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		removeStaleSocket(s)
 	}
 	if spec.Cgroup != "" {
-		if p.Cgroup, err = vmm.CreateCgroup(spec.Cgroup, spec.VMID); err != nil {
+		if p.Cgroup, err = vmm.CreateCgroup(ctx, spec.Cgroup, spec.VMID, spec.Limits); err != nil {
 			return nil, err
 		}
 	}
