@@ -177,3 +177,23 @@ func TestVMMCgroupSpec(t *testing.T) {
 		t.Fatalf("intent without a delegated cgroup names %q", p.Cgroup)
 	}
 }
+
+// The start-up sweep removes VMM cgroups of VMs the daemon does not know
+// from its delegated cgroup, and leaves its VMs' and anything not named
+// like a VMM cgroup alone.
+func TestSweepOrphanCgroups(t *testing.T) {
+	parent := t.TempDir()
+	e := newLifecycle(t, func(h *Host, _ *fakes) { h.Cgroup = parent })
+	for _, name := range []string{vmm.Tag(e.vm.ID), vmm.Tag("ghost"), cgroup.SupervisorLeaf, "other"} {
+		if err := os.Mkdir(filepath.Join(parent, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.sys.Shutdown()
+	e.harness = startOn(t, e.dir, e.host, e.fk)
+	for name, kept := range map[string]bool{vmm.Tag(e.vm.ID): true, vmm.Tag("ghost"): false, cgroup.SupervisorLeaf: true, "other": true} {
+		if _, err := os.Stat(filepath.Join(parent, name)); (err == nil) != kept {
+			t.Errorf("%s: kept %v, want %v", name, err == nil, kept)
+		}
+	}
+}
