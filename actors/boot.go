@@ -105,7 +105,7 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		CPUs: a.vm.Spec.CPUs, MemoryMiB: int(a.vm.Spec.Memory >> 20),
 		ControlSocket: filepath.Join(b.runDir, "agent.sock"), ControlPort: "paddock.agent",
 		ConsoleLog: filepath.Join(b.vmDir, "console.log"), ConsoleLogMax: h.ConsoleLogMax,
-		RunDir: b.runDir, Cgroup: h.Cgroup, Accel: h.Accel,
+		RunDir: b.runDir, Cgroup: h.Cgroup, Limits: h.vmmLimits(a.vm.Spec), Accel: h.Accel,
 		Disks: []vmm.Disk{{}, {Path: seed, Format: vmm.FormatRaw, ReadOnly: true}}}
 	return b, nil
 }

@@ -5,9 +5,11 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/netdev"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/state"
 )
 
 // Kit is the boot kit a VM boots.
@@ -34,6 +36,11 @@ type Host struct {
 	// Cgroup is the delegated cgroup each VMM gets a cgroup of its own in
 	// ("" runs VMMs in paddockd's cgroup).
 	Cgroup string
+	// VMMMemoryOverhead is added to a VM's memory to make its VMM
+	// cgroup's memory.max (0: none); VMMPIDs plus one per guest CPU is its
+	// pids.max (0: none). cpu.max is the VM's CPUs. With Cgroup only.
+	VMMMemoryOverhead int64
+	VMMPIDs           int
 	// FindVMMs lists this daemon's VMM processes (by their sockets under
 	// its runtime directory), for the orphan sweep; nil finds none.
 	FindVMMs func() ([]*vmm.Process, error)
@@ -55,6 +62,18 @@ type Host struct {
 	// SweepDisks removes loop and dm devices that paddock made for VMs that
 	// no longer exist (known reports whether a VM id exists).
 	SweepDisks func(ctx context.Context, known func(vmID string) bool) error
+}
+
+// vmmLimits are the limits of the cgroup of a VM's VMM.
+func (h *Host) vmmLimits(s state.Spec) cgroup.Limits {
+	l := cgroup.Limits{CPUs: s.CPUs}
+	if h.VMMMemoryOverhead > 0 && s.Memory > 0 {
+		l.MemoryMax = s.Memory + h.VMMMemoryOverhead
+	}
+	if h.VMMPIDs > 0 {
+		l.PIDsMax = h.VMMPIDs + max(s.CPUs, 1)
+	}
+	return l
 }
 
 func (h *Host) releaseTimeout() time.Duration {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/state"
 )
@@ -186,6 +189,22 @@ func (m *manager) sweep() {
 				m.log.Warn("killing an orphan VMM", "vm_id", p.VMID, "pid", p.PID)
 				if err := h.VMM.Kill(ctx, p); err != nil {
 					m.log.Error("killing an orphan VMM", "vm_id", p.VMID, "err", err)
+				}
+			}
+		}
+	}
+	if h.Cgroup != "" {
+		// The delegated cgroup is this daemon's alone (one per unit): a
+		// VMM cgroup of a VM it does not know is a crash's leftover.
+		dirs, err := cgroup.Find(h.Cgroup)
+		if err != nil {
+			m.log.Warn("listing VMM cgroups for the orphan sweep", "err", err)
+		}
+		for _, d := range dirs {
+			if id := strings.TrimPrefix(filepath.Base(d), vmm.TagPrefix); !known(id) {
+				m.log.Warn("removing an orphan VMM cgroup", "cgroup", d, "vm_id", id)
+				if err := cgroup.Remove(ctx, d, true); err != nil {
+					m.log.Error("removing an orphan VMM cgroup", "cgroup", d, "err", err)
 				}
 			}
 		}

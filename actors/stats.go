@@ -17,6 +17,8 @@ import (
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/host/cgroup"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -80,7 +82,8 @@ type statsEntry struct {
 	vm       state.VM
 	at       time.Time
 	out      api.VMStats
-	cpuTicks uint64 // VMM utime+stime
+	cpuUsec  uint64 // VMM CPU time, from cpuFrom
+	cpuFrom  string // "cgroup" or "proc": a rate needs two figures of one source
 	guestCPU []uint64
 	// probed caches each port's classification by port, pid and process:
 	// a listener is probed when it appears, not at every poll, so
@@ -291,12 +294,12 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 	}
 	s := api.VMStats{VMID: vm.ID, VMName: vm.Name, Time: stamp(now)}
 	if rt := vm.Runtime.VMM; rt != nil && rt.PID > 0 {
-		if ticks, rss, ok := procStats(rt.PID); ok {
-			e.cpuTicks = ticks
-			s.Host.CPUSeconds = float64(ticks) / clockTicks
-			s.Host.RSS = rss
-			if prev.cpuTicks > 0 && ticks >= prev.cpuTicks && !prev.at.IsZero() {
-				s.Host.CPURate = float64(ticks-prev.cpuTicks) / clockTicks / now.Sub(prev.at).Seconds()
+		if u := readVMMUsage(rt.PID, vmmCgroup(rt, vm.ID)); u.haveCPU {
+			e.cpuUsec, e.cpuFrom = u.cpuUsec, u.cpuFrom
+			s.Host.CPUSeconds = float64(u.cpuUsec) / 1e6
+			s.Host.RSS = u.memory
+			if prev.cpuUsec > 0 && prev.cpuFrom == u.cpuFrom && u.cpuUsec >= prev.cpuUsec && !prev.at.IsZero() {
+				s.Host.CPURate = float64(u.cpuUsec-prev.cpuUsec) / 1e6 / now.Sub(prev.at).Seconds()
 			}
 		}
 	}
@@ -484,6 +487,57 @@ func abs(f float64) float64 {
 		return -f
 	}
 	return f
+}
+
+// vmmUsage is a VMM's CPU time and memory.
+type vmmUsage struct {
+	cpuUsec uint64
+	cpuFrom string // "cgroup" or "proc"
+	haveCPU bool
+	memory  int64 // memory.current, or the resident set
+	memFrom string
+}
+
+// readVMMUsage reads a VMM's figures from its cgroup cg (cpu.stat's
+// usage_usec, memory.current), falling back per figure to /proc/<pid>
+// (utime+stime, RSS) where the cgroup has none: no cgroup, or no memory
+// controller (a hybrid host's cgroup v2 hierarchy has none; cpu.stat is
+// there without the cpu controller).
+func readVMMUsage(pid int, cg string) vmmUsage {
+	var u vmmUsage
+	if cg != "" {
+		c := cgroup.ReadUsage(cg)
+		if c.HaveCPU {
+			u.cpuUsec, u.cpuFrom, u.haveCPU = c.CPUUsec, "cgroup", true
+		}
+		if c.HaveMemory {
+			u.memory, u.memFrom = c.Memory, "cgroup"
+		}
+	}
+	if u.haveCPU && u.memFrom != "" {
+		return u
+	}
+	ticks, rss, ok := procStats(pid)
+	if !ok {
+		return u
+	}
+	if !u.haveCPU {
+		u.cpuUsec, u.cpuFrom, u.haveCPU = ticks*(1e6/clockTicks), "proc", true
+	}
+	if u.memFrom == "" {
+		u.memory, u.memFrom = rss, "proc"
+	}
+	return u
+}
+
+// vmmCgroup is the VMM's own cgroup from its handle in vm.json, "" for
+// none or one that is not named for this VM.
+func vmmCgroup(rt *state.VMMRuntime, vmID string) string {
+	cg := vmmFromMirror(rt, vmID).Cgroup
+	if cg == "" || filepath.Base(cg) != vmm.Tag(vmID) {
+		return ""
+	}
+	return cg
 }
 
 func procStats(pid int) (ticks uint64, rss int64, ok bool) {

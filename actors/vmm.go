@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"path/filepath"
 
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
@@ -30,7 +31,13 @@ type vmmExited struct {
 }
 
 func (s vmmStep) Plan(b *bootPlan) *vmm.Process {
-	return &vmm.Process{Driver: s.drv.Name(), VMID: b.vmID, RunDir: b.runDir}
+	p := &vmm.Process{Driver: s.drv.Name(), VMID: b.vmID, RunDir: b.runDir}
+	if b.vmm.Cgroup != "" {
+		// the driver makes it before the launch: a crash in between
+		// leaves it to this intent's release
+		p.Cgroup = filepath.Join(b.vmm.Cgroup, vmm.Tag(b.vmID))
+	}
+	return p
 }
 
 func (s vmmStep) Acquire(ctx context.Context, b *bootPlan, _ *vmm.Process) (*vmm.Process, error) {

@@ -180,7 +180,10 @@ type InfoOut struct {
 	StateDir   string  `json:"state_dir"`
 	RuntimeDir string  `json:"runtime_dir"`
 	Socket     string  `json:"socket"`
-	Health     Health  `json:"health"`
+	// Cgroup is the cgroup VMMs get cgroups of their own in, with the
+	// controllers it lacks, or "none: <why>".
+	Cgroup string `json:"cgroup"`
+	Health Health `json:"health"`
 	// Problems name what keeps the daemon from being healthy, each with
 	// its config key and the fix.
 	Problems []string `json:"problems"`

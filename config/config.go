@@ -71,6 +71,11 @@ type VM struct {
 	StopTimeout Duration `toml:"stop_timeout"`
 	// ConsoleLogMax caps each VM's console.log.
 	ConsoleLogMax Size `toml:"console_log_max"`
+	// VMMMemoryOverhead is added to a VM's memory to make its VMM cgroup's
+	// memory.max (0: none); VMMPIDsMax plus one per guest CPU is its
+	// pids.max (0: none). Only where paddockd has a delegated cgroup.
+	VMMMemoryOverhead Size `toml:"vmm_memory_overhead"`
+	VMMPIDsMax        int  `toml:"vmm_pids_max"`
 }
 
 // Images configures image import.
@@ -219,7 +224,8 @@ func Default() *Config {
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
 		VM: VM{Kernel: "default", Run: "on", VMMBinary: "qemu-system-x86_64", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
-			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20},
+			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20,
+			VMMMemoryOverhead: 256 << 20, VMMPIDsMax: 256},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
 		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
 	}
@@ -386,6 +392,12 @@ func (c *Config) Validate() error {
 	if c.VM.ConsoleLogMax < 64<<10 {
 		return bad("vm.console_log_max", "must be at least 64KiB")
 	}
+	if c.VM.VMMMemoryOverhead != 0 && c.VM.VMMMemoryOverhead < 64<<20 {
+		return bad("vm.vmm_memory_overhead", "must be 0 (no memory limit) or at least 64MiB (QEMU's own memory), got %s", FormatSize(int64(c.VM.VMMMemoryOverhead)))
+	}
+	if c.VM.VMMPIDsMax != 0 && (c.VM.VMMPIDsMax < 128 || c.VM.VMMPIDsMax > 1<<20) {
+		return bad("vm.vmm_pids_max", "must be 0 (no limit) or 128..1048576 (QEMU alone may run 64 I/O threads), got %d", c.VM.VMMPIDsMax)
+	}
 	if c.Stats.Interval.Duration < 100*time.Millisecond {
 		return bad("stats.interval", "must be at least 100ms")
 	}
@@ -471,6 +483,8 @@ func (c *Config) Diff(old *Config) []Change {
 	add("vm.start_timeout", old.VM.StartTimeout.Duration, c.VM.StartTimeout.Duration, false)
 	add("vm.stop_timeout", old.VM.StopTimeout.Duration, c.VM.StopTimeout.Duration, false)
 	add("vm.console_log_max", old.VM.ConsoleLogMax, c.VM.ConsoleLogMax, false)
+	add("vm.vmm_memory_overhead", old.VM.VMMMemoryOverhead, c.VM.VMMMemoryOverhead, false)
+	add("vm.vmm_pids_max", old.VM.VMMPIDsMax, c.VM.VMMPIDsMax, false)
 	add("images.insecure_registries", old.Images.InsecureRegistries, c.Images.InsecureRegistries, true)
 	add("images.max_unpacked_size", old.Images.MaxUnpackedSize, c.Images.MaxUnpackedSize, false)
 	add("images.max_entries", old.Images.MaxEntries, c.Images.MaxEntries, false)

@@ -81,6 +81,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"zero cpus", "[defaults]\ncpus = 0\n", []string{"defaults.cpus"}},
 		{"syntax", "[api\n", []string{"line "}},
 		{"tiny message size", "[api]\nmax_message_size = \"10B\"\n", []string{"api.max_message_size"}},
+		{"tiny VMM memory overhead", "[vm]\nvmm_memory_overhead = \"1MiB\"\n", []string{"vm.vmm_memory_overhead", "1MiB"}},
+		{"too few VMM pids", "[vm]\nvmm_pids_max = 8\n", []string{"vm.vmm_pids_max", "8"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -49,6 +49,8 @@ type Daemon struct {
 	statusMu   sync.Mutex
 	// vmmCheck reports whether the VMM binary is usable (nil with vm.run off).
 	vmmCheck func() error
+	// cgroupInfo says where VMMs' cgroups go, or "none: <why>" (Info).
+	cgroupInfo string
 }
 
 func (d *Daemon) config() *config.Config { return d.cfg.Load() }
@@ -99,6 +101,7 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		},
 	}
 	var host *actors.Host
+	d.cgroupInfo = "none: vm.run is off"
 	if cfg.VM.Run == "on" {
 		driver := &qemu.Driver{Binary: cfg.VM.VMMBinary}
 		d.vmmCheck = driver.Check

@@ -249,7 +249,7 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 	cfg := d.config()
 	problems := d.problems()
 	return c.Reply(api.InfoOut{Version: version.Version, Uptime: time.Since(d.started).Seconds(), VMs: counts,
-		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Health: health(problems), Problems: problems})
+		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Cgroup: d.cgroupInfo, Health: health(problems), Problems: problems})
 }
 
 // Imports are bounded by their client (which may cancel) rather than by the

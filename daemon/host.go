@@ -15,6 +15,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/dm"
 	"github.com/paddock-vm/paddock/host/loop"
@@ -57,6 +58,8 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	log.Info("disk backend chosen", "backend", b.Name(), "configured", cfg.VM.DiskBackend)
 	h.Disks = b
 	h.VMM, h.Accel, h.ConsoleLogMax = driver, cfg.VM.Accel, int64(cfg.VM.ConsoleLogMax)
+	h.Cgroup, d.cgroupInfo = vmmCgroup(log, cgroup.Delegated)
+	h.VMMMemoryOverhead, h.VMMPIDs = int64(cfg.VM.VMMMemoryOverhead), cfg.VM.VMMPIDsMax
 	// A VMM is this daemon's only when its sockets live under this
 	// daemon's runtime directory: another paddockd (a per-user one, a
 	// test suite) may run VMMs of its own on the same host.

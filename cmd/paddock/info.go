@@ -17,6 +17,9 @@ func (c *cli) newInfoCommand() *cobra.Command {
 	}, func(in *api.InfoOut) error {
 		fmt.Fprintf(c.out, "version:     %s\nuptime:      %s\nhealth:      %s\nvms:         %d (%d running, %d stopped, %d created, %d error)\nstate dir:   %s\nruntime dir: %s\nsocket:      %s\n",
 			in.Version, (time.Duration(in.Uptime) * time.Second).Round(time.Second), orDash(string(in.Health)), in.VMs.Total, in.VMs.Running, in.VMs.Stopped, in.VMs.Created, in.VMs.Error, in.StateDir, in.RuntimeDir, in.Socket)
+		if in.Cgroup != "" {
+			fmt.Fprintf(c.out, "cgroup:      %s\n", termSafe(in.Cgroup))
+		}
 		for _, p := range in.Problems {
 			fmt.Fprintf(c.out, "problem:     %s\n", termSafe(p))
 		}

@@ -10,6 +10,10 @@
 //	                           no processes in inner cgroups with controllers)
 //	<unit>/paddock-<vm id>/    one VMM each (Create, AddPID, Remove, Find)
 //
+// A VMM's cgroup gets Limits (memory.max, cpu.max, pids.max: SetLimits) as
+// far as EnableControllers could enable their controllers in the parent; its
+// accounting (cpu.stat, memory.current) is read with ReadUsage.
+//
 // Every cgroup this package creates or removes is named with Prefix; Remove
 // refuses (ErrNotOurs) any other name, so a wrong path from a corrupt handle
 // cannot remove a cgroup paddock does not own.

@@ -198,7 +198,13 @@ func testHierarchy(t *testing.T, delegated bool) string {
 // startSleep starts a sleep(1) the test owns; it is killed at cleanup.
 func startSleep(t *testing.T, attr *syscall.SysProcAttr) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command("sleep", "300")
+	return startProc(t, attr, "sleep", "300")
+}
+
+// startProc starts argv; it is killed at cleanup.
+func startProc(t *testing.T, attr *syscall.SysProcAttr, argv ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -96,16 +96,16 @@ func removeEndpoint(path string) error {
 func LogPath(runDir string) string { return filepath.Join(runDir, "vmm.log") }
 
 // StartVMM is the shared second half of a driver's Start, after
-// PrepareRunDir: it creates p's cgroup under cgroupParent (when set),
+// PrepareRunDir: it creates p's cgroup under cgroupParent (when set) with limits,
 // launches c as p's VMM with its output in LogPath(p.RunDir), then runs boot
 // (the driver's "wait for the API, attach the console, start the guest")
 // under ctx, bounded by readyTimeout when ctx has no deadline. On failure
 // nothing is left behind: the VMM is killed and its sockets and cgroup are
 // removed; a failed boot's error ends with the tail of the VMM's log.
-func (b *Base) StartVMM(ctx context.Context, p *Process, cgroupParent string, c Command, boot func(context.Context) error) error {
+func (b *Base) StartVMM(ctx context.Context, p *Process, cgroupParent string, limits cgroup.Limits, c Command, boot func(context.Context) error) error {
 	if cgroupParent != "" {
 		var err error
-		if p.Cgroup, err = CreateCgroup(cgroupParent, p.VMID); err != nil {
+		if p.Cgroup, err = CreateCgroup(ctx, cgroupParent, p.VMID, limits); err != nil {
 			_ = b.Cleanup(ctx, p)
 			return err
 		}
@@ -406,9 +406,25 @@ func (b *Base) Cleanup(ctx context.Context, p *Process) error {
 	return errors.Join(errs...)
 }
 
-// CreateCgroup makes the VMM's cgroup <parent>/paddock-<vm id>.
-func CreateCgroup(parent, vmID string) (string, error) {
-	return cgroup.Create(parent, Tag(vmID))
+// CreateCgroup makes the VMM's cgroup <parent>/paddock-<vm id> and writes
+// l into it. A limit whose controller parent does not offer is skipped (a
+// hybrid host's cgroup v2 hierarchy has none: paddockd says so once at
+// start-up); a limit that cannot be written removes the cgroup again and
+// fails, naming the file.
+func CreateCgroup(ctx context.Context, parent, vmID string, l cgroup.Limits) (string, error) {
+	dir, err := cgroup.Create(parent, Tag(vmID))
+	if err != nil {
+		return "", err
+	}
+	if _, err := cgroup.SetLimits(dir, l); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killWait)
+		defer cancel()
+		if rerr := cgroup.Remove(rctx, dir, false); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return "", err
+	}
+	return dir, nil
 }
 
 // DialAgent connects to the guest agent of p, waiting for the socket to

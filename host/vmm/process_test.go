@@ -622,7 +622,9 @@ func TestDialAgent(t *testing.T) {
 }
 
 // TestLaunchCgroup: with a parent cgroup the VMM is born in its own cgroup,
-// which Kill removes.
+// limited as far as the parent's controllers allow (on a hybrid host, whose
+// cgroup v2 hierarchy carries no controllers, every limit is skipped),
+// accounted in cpu.stat, and removed by Kill.
 func TestLaunchCgroup(t *testing.T) {
 	testenv.RequireRoot(t, "cgroupfs writes")
 	mnt, _, err := cgroup.Mountpoint()
@@ -638,12 +640,22 @@ func TestLaunchCgroup(t *testing.T) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
+	enabled, _, err := cgroup.EnableControllers(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var b Base
 	dir := t.TempDir()
 	id := testID()
-	cg, err := CreateCgroup(parent, id)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	limits := cgroup.Limits{MemoryMax: 512 << 20, CPUs: 2, PIDsMax: 258}
+	cg, err := CreateCgroup(ctx, parent, id, limits)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cg != filepath.Join(parent, Tag(id)) {
+		t.Fatalf("cgroup %s, want %s", cg, filepath.Join(parent, Tag(id)))
 	}
 	p := &Process{Driver: "qemu", VMID: id, RunDir: dir, Cgroup: cg}
 	if err := b.Launch(p, fakeCommand(id, filepath.Join(dir, "vmm.log"))); err != nil {
@@ -654,8 +666,25 @@ func TestLaunchCgroup(t *testing.T) {
 	if got, err := cgroup.Of(p.PID); err != nil || got != cg {
 		t.Fatalf("VMM in %q %v, want %q", got, err, cg)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	for _, c := range []struct{ controller, file, want string }{
+		{"memory", "memory.max", "536870912"}, {"cpu", "cpu.max", "200000 100000"}, {"pids", "pids.max", "258"},
+	} {
+		got, err := os.ReadFile(filepath.Join(cg, c.file))
+		switch {
+		case slices.Contains(enabled, c.controller):
+			if err != nil || strings.TrimSpace(string(got)) != c.want {
+				t.Errorf("%s = %q (%v), want %q", c.file, got, err, c.want)
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			t.Errorf("%s exists (%v) though the parent offers no %s controller", c.file, err, c.controller)
+		default:
+			t.Logf("%s skipped: the parent offers no %s controller", c.file, c.controller)
+		}
+	}
+	testwait.For(t, "the VMM's CPU time in cpu.stat", 10*time.Second, func() bool {
+		u := cgroup.ReadUsage(cg)
+		return u.HaveCPU && u.CPUUsec > 0
+	})
 	if err := b.Kill(ctx, p); err != nil {
 		t.Fatal(err)
 	}
@@ -663,7 +692,7 @@ func TestLaunchCgroup(t *testing.T) {
 		t.Fatalf("cgroup left: %v", err)
 	}
 	// a handle naming another VM's cgroup is refused at cleanup
-	other, err := CreateCgroup(parent, "other-"+id)
+	other, err := CreateCgroup(ctx, parent, "other-"+id, cgroup.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,6 +74,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/host/cgroup"
 )
 
 // TagPrefix starts the tag a VMM's command line carries, and the name of its
@@ -254,6 +255,10 @@ type Spec struct {
 	// Cgroup is a parent cgroup directory (cgroup.Delegated) to create the
 	// VMM's own cgroup in; empty runs the VMM in paddockd's cgroup.
 	Cgroup string
+	// Limits are written into the VMM's own cgroup (with Cgroup) before
+	// the VMM starts; those whose controller the parent does not offer are
+	// skipped (cgroup.SetLimits).
+	Limits cgroup.Limits
 	// Accel is AccelAuto (default), AccelKVM or AccelTCG.
 	Accel string
 }

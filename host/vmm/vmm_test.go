@@ -1,12 +1,15 @@
 package vmm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/paddock-vm/paddock/host/cgroup"
 )
 
 func TestParseStat(t *testing.T) {
@@ -211,5 +214,22 @@ func TestAPISocketOf(t *testing.T) {
 		if got := apiSocketOf(tc.argv); got != tc.want {
 			t.Errorf("%q: %q, want %q", tc.argv, got, tc.want)
 		}
+	}
+}
+
+// TestCreateCgroupRollsBack: a VMM cgroup whose limits cannot be written
+// is removed again, and the error says why.
+func TestCreateCgroupRollsBack(t *testing.T) {
+	parent := t.TempDir()
+	if err := os.WriteFile(filepath.Join(parent, "cgroup.procs"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// a plain directory, not cgroupfs: the new "cgroup" has no control files
+	_, err := CreateCgroup(context.Background(), parent, "vm1", cgroup.Limits{CPUs: 1})
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(parent, Tag("vm1"))) {
+		t.Fatalf("CreateCgroup = %v, want an error naming the cgroup", err)
+	}
+	if _, err := os.Stat(filepath.Join(parent, Tag("vm1"))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the failed cgroup was left: %v", err)
 	}
 }

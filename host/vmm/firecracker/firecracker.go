@@ -253,7 +253,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	}
 	argv := []string{cmp.Or(d.Binary, DefaultBinary), "--api-sock", p.APISocket, "--id", vmm.Tag(spec.VMID)}
 	configure := func(ctx context.Context) error { return d.configure(ctx, p, spec, bootArgs) }
-	if err := d.StartVMM(ctx, p, spec.Cgroup, vmm.Command{Path: argv[0], Args: argv, Env: d.Env}, configure); err != nil {
+	if err := d.StartVMM(ctx, p, spec.Cgroup, spec.Limits, vmm.Command{Path: argv[0], Args: argv, Env: d.Env}, configure); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -150,7 +150,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		return nil, err
 	}
 	boot := func(ctx context.Context) error { return d.boot(ctx, p) }
-	if err := d.StartVMM(ctx, p, spec.Cgroup, vmm.Command{Path: argv[0], Args: argv}, boot); err != nil {
+	if err := d.StartVMM(ctx, p, spec.Cgroup, spec.Limits, vmm.Command{Path: argv[0], Args: argv}, boot); err != nil {
 		return nil, err
 	}
 	return p, nil
