@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/internal/sbin"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -303,16 +304,11 @@ func findTool(name, given, pkg string) (string, error) {
 	if given != "" {
 		return given, nil
 	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
+	p, err := sbin.Look(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s not found (install %s)", ErrUnsupported, name, pkg)
 	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s not found (install %s)", ErrUnsupported, name, pkg)
+	return p, nil
 }
 
 // run executes a tool; a failure carries its output.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/internal/sbin"
 )
 
 // Tools names the e2fsprogs binaries. Empty fields are looked up in PATH,
@@ -29,16 +30,11 @@ func findTool(name, given string) (string, error) {
 	if given != "" {
 		return given, nil
 	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
+	p, err := sbin.Look(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s (install e2fsprogs)", ErrToolMissing, name)
 	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s (install e2fsprogs)", ErrToolMissing, name)
+	return p, nil
 }
 
 func (t Tools) resolve() (Tools, error) {

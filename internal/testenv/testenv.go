@@ -10,11 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/paddock-vm/paddock/internal/sbin"
 )
 
 // The reasons a skip is allowed under CI=true. A reason given to
@@ -76,26 +77,11 @@ func BootsVM(t testing.TB) {
 	Short(t, "boots a VM")
 }
 
-// LookTool finds a program in $PATH, then in /usr/sbin and /sbin (not in an
-// unprivileged user's $PATH on Debian).
-func LookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found in $PATH, /usr/sbin or /sbin", name)
-}
-
 // RequireTool returns the path of the program name, or calls SkipBecause
 // naming the Debian package that has it (make deps installs them all).
 func RequireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
-	p, err := LookTool(name)
+	p, err := sbin.Look(name)
 	if err != nil {
 		SkipBecause(t, fmt.Sprintf("%s not installed (apt-get install %s, or make deps)", name, pkg))
 	}
