@@ -41,7 +41,13 @@ var (
 	FailpointNames = append(append([]string(nil), StartFailpoints...), StopFailpoints...)
 )
 
+// failpointHook, when set (tests), sees every crash point reached.
+var failpointHook func(name string)
+
 func failpoint(name string) {
+	if failpointHook != nil {
+		failpointHook(name)
+	}
 	if failpoints[name] {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is on its way

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -414,5 +416,29 @@ func TestBootContract(t *testing.T) {
 	cfg, err := guestboot.ReadSeed(f)
 	if err != nil || !json.Valid(cfg) {
 		t.Fatalf("seed %s: %v (%q)", got.Disks[1].Path, err, cfg)
+	}
+}
+
+// Every crash point the step tables list is reached by a boot and a stop,
+// in the listed order: a listed point the code never passes would make
+// e2e/TestCrashPoints prove nothing for it.
+func TestFailpointsReached(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	failpointHook = func(name string) { mu.Lock(); seen = append(seen, name); mu.Unlock() }
+	t.Cleanup(func() { failpointHook = nil })
+	e := newLifecycle(t, nil)
+	if err := <-e.startAsync(t); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := slices.Clone(seen)
+	mu.Unlock()
+	t.Logf("crash points: %s", strings.Join(FailpointNames, " "))
+	if !slices.Equal(got, FailpointNames) {
+		t.Fatalf("reached %v\nlisted  %v", got, FailpointNames)
 	}
 }
