@@ -149,6 +149,7 @@ func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {
 	f := os.NewFile(uintptr(fd), in.Source)
 	opts := d.sourceOptions()
 	opts.Name, opts.Config = in.Name, in.Config
+	opts.Access = layoutAccess(d.auth.caller(c.Peer), c.Peer)
 	hint := fileKey(f, in)
 	return d.runImportHinted(ctx, c, hint, func(ctx context.Context) (*source.Image, error) {
 		if digest := d.images.Hint(hint); hint != "" && digest != "" {
@@ -180,8 +181,8 @@ func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {
 }
 
 // openPassed opens a passed file, or a passed OCI layout directory. A
-// directory is read through /proc/self/fd, so its files must be readable by
-// paddockd's own user (a file needs no such thing).
+// directory is read beneath its descriptor only (no symbolic links, regular
+// files only), and what a non-admin caller could not read is refused.
 func openPassed(ctx context.Context, f *os.File, in api.ImportIn, opts source.Options) (*source.Image, error) {
 	fi, err := f.Stat()
 	if err != nil {
@@ -193,16 +194,16 @@ func openPassed(ctx context.Context, f *os.File, in api.ImportIn, opts source.Op
 		}
 		return source.ImportFile(ctx, f, in.Source, opts)
 	}
-	path := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
-	img, err := source.ImportDir(path, in.Select, opts)
-	if err != nil {
-		msg := strings.ReplaceAll(err.Error(), path, in.Source)
-		if errors.Is(err, os.ErrPermission) || strings.Contains(msg, "permission denied") {
-			msg += " (paddockd reads an OCI layout directory as its own user: make it readable, or import a tar of it)"
-		}
-		return nil, fmt.Errorf("%s: %w", msg, source.ErrUnsupported)
+	return source.ImportDir(f, in.Source, in.Select, opts)
+}
+
+// layoutAccess is what a caller may read of a directory it passed: an
+// admin anything beneath it, anyone else what its own uid and group could.
+func layoutAccess(caller actors.Caller, p varlink.Peer) source.Access {
+	if caller.Admin {
+		return nil
 	}
-	return img, nil
+	return source.ReadableBy(p.UID, []uint32{p.GID})
 }
 
 func (d *Daemon) listImages(ctx context.Context, c *varlink.Call) error {

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -23,7 +22,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/cache"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -83,6 +81,9 @@ type Options struct {
 	Config []byte
 	// Keychain resolves registry credentials; default the docker config.
 	Keychain authn.Keychain
+	// Access checks each file and directory of an OCI layout against the
+	// rights of the caller that passed it; nil checks nothing.
+	Access Access
 }
 
 func (o *Options) platform() v1.Platform {
@@ -141,35 +142,54 @@ func checkPlatform(img v1.Image, want v1.Platform, ref string) error {
 // zstd or uncompressed).
 func Import(ctx context.Context, path string, o Options) (*Image, error) {
 	base, sel := layoutref.Split(path)
-	fi, err := os.Stat(base)
-	if err != nil {
-		return nil, fmt.Errorf("import %s: %w", base, err)
-	}
-	if fi.IsDir() {
-		return ImportDir(base, sel, o)
-	}
-	if sel != "" {
-		return nil, fmt.Errorf("import %s: a tag or digest selects only within an OCI layout directory: %w", path, ErrUnsupported)
-	}
 	f, err := os.Open(base)
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", base, err)
 	}
-	img, err := ImportFile(ctx, f, base, o)
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("import %s: %w", base, err)
+	}
+	var img *Image
+	switch {
+	case fi.IsDir():
+		img, err = ImportDir(f, base, sel, o)
+	case sel != "":
+		err = fmt.Errorf("import %s: a tag or digest selects only within an OCI layout directory: %w", path, ErrUnsupported)
+	default:
+		img, err = ImportFile(ctx, f, base, o)
+	}
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	img.Release = func() { f.Close() }
+	prev := img.Release
+	img.Release = func() {
+		if prev != nil {
+			prev()
+		}
+		f.Close()
+	}
 	return img, nil
 }
 
-// ImportDir opens an OCI layout directory; sel picks a tag or digest.
-func ImportDir(dir, sel string, o Options) (*Image, error) {
-	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); err != nil {
-		return nil, fmt.Errorf("import %s: a directory must be an OCI layout (no readable oci-layout file: %v): %w", dir, err, ErrUnsupported)
+// ImportDir opens the OCI layout in the open directory dir, reading only
+// regular files beneath it and following no symbolic link (o.Access adds
+// the caller's permission check); name is how the user named it, sel picks
+// a tag or digest. The caller keeps dir open until the image is released.
+func ImportDir(dir *os.File, name, sel string, o Options) (*Image, error) {
+	d, im, err := openLayoutDir(dir, name, o.Access)
+	if err != nil {
+		return nil, err
 	}
-	return openLayout(dir, sel, o)
+	img, err := openLayout(d, im, sel, o)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	img.Release = d.Close
+	return img, nil
 }
 
 // ImportFile opens a docker save archive or a plain rootfs tar from an open
@@ -196,15 +216,8 @@ func ImportFile(ctx context.Context, f *os.File, ref string, o Options) (*Image,
 	return openRootfsTar(ctx, ref, open, o)
 }
 
-func openLayout(dir, sel string, o Options) (*Image, error) {
-	idx, err := layout.ImageIndexFromPath(dir)
-	if err != nil {
-		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
-	}
+func openLayout(ld *layoutDir, im *v1.IndexManifest, sel string, o Options) (*Image, error) {
+	dir := ld.name
 	var hits []v1.Descriptor
 	for _, d := range im.Manifests {
 		tag := d.Annotations[refName]
@@ -224,35 +237,28 @@ func openLayout(dir, sel string, o Options) (*Image, error) {
 		return nil, fmt.Errorf("OCI layout %s holds %d images; pick one: %s: %w", dir, len(hits), layoutChoices(dir, hits), ErrAmbiguous)
 	}
 	d := hits[0]
+	names, err := layoutNames(d.Annotations[refName], o.Name)
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: image %s: %w", dir, d.Digest, err)
+	}
 	var img v1.Image
 	switch {
 	case d.MediaType.IsIndex():
-		child, err := idx.ImageIndex(d.Digest)
+		child, err := ld.index(d)
 		if err != nil {
-			return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+			return nil, err
 		}
-		img, err = pickPlatform(child, o.platform())
+		img, err = pickLayoutPlatform(ld, child, o.platform())
 		if err != nil {
 			return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
 		}
 	case d.MediaType.IsImage():
-		img, err = idx.Image(d.Digest)
+		img, err = ld.image(d)
 		if err != nil {
-			return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("OCI layout %s: entry of media type %s: %w", dir, d.MediaType, ErrUnsupported)
-	}
-	names := []string{}
-	if tag := d.Annotations[refName]; tag != "" {
-		if strings.Contains(tag, ":") {
-			names = append(names, tag)
-		} else if o.Name != "" {
-			names = append(names, o.Name+":"+tag)
-		}
-	}
-	if o.Name != "" && len(names) == 0 {
-		names = append(names, o.Name)
+		return nil, fmt.Errorf("OCI layout %s: entry of media type %q: %w", dir, d.MediaType, ErrUnsupported)
 	}
 	return &Image{Kind: OCILayout, Ref: dir, Names: names, Image: img}, nil
 }
@@ -299,14 +305,10 @@ func tagSelector(tag string) string {
 	return tag
 }
 
-func pickPlatform(idx v1.ImageIndex, p v1.Platform) (v1.Image, error) {
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return nil, err
-	}
+func pickLayoutPlatform(ld *layoutDir, im *v1.IndexManifest, p v1.Platform) (v1.Image, error) {
 	for _, d := range im.Manifests {
 		if d.Platform != nil && d.Platform.OS == p.OS && d.Platform.Architecture == p.Architecture && d.MediaType.IsImage() {
-			return idx.Image(d.Digest)
+			return ld.image(d)
 		}
 	}
 	return nil, fmt.Errorf("index has %d manifests: %w", len(im.Manifests), ErrPlatform)
@@ -348,9 +350,12 @@ func isDockerArchive(open func() (io.ReadCloser, error)) (bool, error) {
 func openDockerArchive(path string, open func() (io.ReadCloser, error), o Options) (*Image, error) {
 	var tag *name.Tag
 	if o.Name != "" {
+		if err := ValidName(o.Name); err != nil {
+			return nil, err
+		}
 		t, err := name.NewTag(o.Name)
 		if err != nil {
-			return nil, fmt.Errorf("name %q: %w", o.Name, err)
+			return nil, fmt.Errorf("name %+q: %w", o.Name, err)
 		}
 		tag = &t
 	}
@@ -366,6 +371,9 @@ func openDockerArchive(path string, open func() (io.ReadCloser, error), o Option
 		names = []string{o.Name}
 	} else if len(names) > 1 {
 		return nil, fmt.Errorf("docker archive %s holds %d images (%s); pick one with --name: %w", path, len(names), strings.Join(names, ", "), ErrAmbiguous)
+	}
+	if err := validNames(names); err != nil {
+		return nil, fmt.Errorf("docker archive %s: %w", path, err)
 	}
 	return &Image{Kind: DockerArchive, Ref: path, Names: names, Image: img}, nil
 }
@@ -401,8 +409,8 @@ func openRootfsTar(_ context.Context, path string, open func() (io.ReadCloser, e
 	if o.Name == "" {
 		return nil, fmt.Errorf("rootfs tar %s: give it a name with --name: %w", path, ErrUnsupported)
 	}
-	if _, err := name.NewTag(o.Name); err != nil {
-		return nil, fmt.Errorf("name %q: %w", o.Name, err)
+	if err := ValidName(o.Name); err != nil {
+		return nil, err
 	}
 	layer, err := newRawLayer(func() (io.ReadCloser, error) {
 		f, err := open()
