@@ -15,7 +15,7 @@ func (c *cli) newConsoleCommand() *cobra.Command {
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		if restore, err := makeRaw(int(os.Stdin.Fd())); err == nil {
 			defer restore()
-			fmt.Fprint(c.errOut, "Connected to the console of "+a[0]+"; Ctrl-] detaches.\r\n")
+			fmt.Fprint(c.errOut, safef("Connected to the console of %s; Ctrl-] detaches.", a[0])+"\r\n")
 		}
 		return c.relayed(true, func(ctx context.Context, cl *api.Client, stdin *os.File) error {
 			return cl.Console(ctx, a[0], stdin, os.Stdout)

@@ -205,7 +205,7 @@ func (c *cli) pullFor(ref, policy string) error {
 			return err
 		}
 		if !c.json {
-			fmt.Fprintf(c.errOut, "image %s is not stored; pulling it\n", termSafe(ref))
+			_ = say(c.errOut, "image %s is not stored; pulling it", ref)
 		}
 	}
 	out, err := c.transfer(c.json, pullImage(api.PullIn{Ref: ref}))
@@ -213,7 +213,7 @@ func (c *cli) pullFor(ref, policy string) error {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	if !c.json {
-		fmt.Fprintf(c.errOut, "image %s %s (%s)\n", termSafe(ref), importedHow(out), out.Image.Digest)
+		_ = say(c.errOut, "image %s %s (%s)", ref, importedHow(out), out.Image.Digest)
 	}
 	return nil
 }

@@ -28,12 +28,12 @@ func (c *cli) newEventsCommand() *cobra.Command {
 }
 
 func eventLine(ev api.Event) string {
-	line := fmt.Sprintf("%s %s %s %s", ev.Time, ev.Kind, orDash(ev.VMName), ev.Status)
+	line := safef("%s %s %s %s", ev.Time, ev.Kind, orDash(ev.VMName), ev.Status)
 	if ev.PreviousStatus != "" {
-		line += " (was " + ev.PreviousStatus + ")"
+		line += safef(" (was %s)", ev.PreviousStatus)
 	}
 	if ev.Reason != "" {
-		line += ": " + termSafe(ev.Reason)
+		line += safef(": %s", ev.Reason)
 	}
 	return line
 }

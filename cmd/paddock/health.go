@@ -20,14 +20,14 @@ func (c *cli) newHealthCommand() *cobra.Command {
 }
 
 func healthLine(s api.VMStats) string {
-	line := s.VMName + ": " + s.Health
+	line := safef("%s: %s", s.VMName, s.Health)
 	if s.HealthReason != "" {
-		line += " (" + termSafe(s.HealthReason) + ")"
+		line += safef(" (%s)", s.HealthReason)
 	}
 	if s.Main != "" {
-		line += "; main process " + s.Main
+		line += safef("; main process %s", s.Main)
 		if s.MainExit != "" {
-			line += ", " + termSafe(s.MainExit)
+			line += safef(", %s", s.MainExit)
 		}
 	}
 	if s.RootWritable != nil {

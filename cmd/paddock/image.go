@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"strings"
@@ -56,12 +55,10 @@ func (c *cli) importing(quiet bool, run transferFunc) error {
 		return err
 	}
 	if quiet && !c.json {
-		_, err := fmt.Fprintln(c.out, out.Image.Digest)
-		return err
+		return say(c.out, "%s", out.Image.Digest)
 	}
 	return c.show(out, func() error {
-		_, err := fmt.Fprintf(c.out, "%s %s (%s, %s)\n", out.Image.Digest, importedHow(out), termSafe(strings.Join(out.Image.Names, ", ")), humanBytes(out.Image.Size))
-		return err
+		return say(c.out, "%s %s (%s, %s)", out.Image.Digest, importedHow(out), strings.Join(out.Image.Names, ", "), humanBytes(out.Image.Size))
 	})
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -15,8 +14,8 @@ func (c *cli) newImageLsCommand() *cobra.Command {
 	return query(c, cmd, func(ctx context.Context, cl *api.Client, _ []string) ([]api.Image, error) {
 		return cl.ListImages(ctx)
 	}, func(imgs []api.Image) error {
-		return table(c.out, "DIGEST\tNAMES\tSIZE\tCREATED", imgs, func(im api.Image) string {
-			return fmt.Sprintf("%s\t%s\t%s\t%s", shortDigest(im.Digest), termSafe(orDash(strings.Join(im.Names, ","))), humanBytes(im.Size), ago(im.Created))
+		return table(c.out, "DIGEST\tNAMES\tSIZE\tCREATED", imgs, func(im api.Image) []string {
+			return []string{shortDigest(im.Digest), orDash(strings.Join(im.Names, ",")), humanBytes(im.Size), ago(im.Created)}
 		})
 	})
 }

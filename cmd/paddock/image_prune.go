@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +14,9 @@ func (c *cli) newImagePruneCommand() *cobra.Command {
 		return cl.PruneImages(ctx)
 	}, func(removed []string) error {
 		for _, d := range removed {
-			fmt.Fprintln(c.out, d, "removed")
+			if err := say(c.out, "%s removed", d); err != nil {
+				return err
+			}
 		}
 		return nil
 	})

@@ -15,14 +15,22 @@ func (c *cli) newInfoCommand() *cobra.Command {
 	return query(c, cmd, func(ctx context.Context, cl *api.Client, _ []string) (*api.InfoOut, error) {
 		return cl.Info(ctx)
 	}, func(in *api.InfoOut) error {
-		fmt.Fprintf(c.out, "version:     %s\nuptime:      %s\nhealth:      %s\nvms:         %d (%d running, %d stopped, %d created, %d error)\nstate dir:   %s\nruntime dir: %s\nsocket:      %s\n",
-			in.Version, (time.Duration(in.Uptime) * time.Second).Round(time.Second), orDash(string(in.Health)), in.VMs.Total, in.VMs.Running, in.VMs.Stopped, in.VMs.Created, in.VMs.Error, in.StateDir, in.RuntimeDir, in.Socket)
+		rows := [][2]string{
+			{"version", in.Version},
+			{"uptime", (time.Duration(in.Uptime) * time.Second).Round(time.Second).String()},
+			{"health", orDash(string(in.Health))},
+			{"vms", fmt.Sprintf("%d (%d running, %d stopped, %d created, %d error)", in.VMs.Total, in.VMs.Running, in.VMs.Stopped, in.VMs.Created, in.VMs.Error)},
+			{"state dir", in.StateDir},
+			{"runtime dir", in.RuntimeDir},
+			{"socket", in.Socket},
+		}
 		if in.Cgroup != "" {
-			fmt.Fprintf(c.out, "cgroup:      %s\n", termSafe(in.Cgroup))
+			rows = append(rows, [2]string{"cgroup", in.Cgroup})
 		}
 		for _, p := range in.Problems {
-			fmt.Fprintf(c.out, "problem:     %s\n", termSafe(p))
+			rows = append(rows, [2]string{"problem", p})
 		}
+		fields(c.out, rows)
 		return nil
 	})
 }

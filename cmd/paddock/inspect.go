@@ -48,20 +48,20 @@ func (c *cli) newInspectCommand() *cobra.Command {
 func printDetail(w io.Writer, vm *api.VM) {
 	rows := [][2]string{{"ID", vm.ID}, {"Name", orDash(vm.Name)}, {"Status", vm.Status}}
 	if vm.Reason != "" {
-		rows = append(rows, [2]string{"Reason", termSafe(vm.Reason)})
+		rows = append(rows, [2]string{"Reason", vm.Reason})
 	}
 	rows = append(rows, [2]string{"Owner UID", fmt.Sprint(vm.OwnerUID)})
 	if vm.IP != "" {
 		rows = append(rows, [2]string{"IP", vm.IP})
 	}
 	rows = append(rows,
-		[2]string{"Image", termSafe(orDash(vm.Spec.Image))},
+		[2]string{"Image", orDash(vm.Spec.Image)},
 		[2]string{"Image digest", orDash(vm.Spec.ImageDigest)},
 		[2]string{"Kernel", orText(vm.Spec.Kernel, "default")},
 		[2]string{"Entrypoint", argvText(vm.Spec.Entrypoint, "image's")},
 		[2]string{"Cmd", argvText(&vm.Spec.Cmd, "image's")},
-		[2]string{"Workdir", termSafe(orText(vm.Spec.Workdir, "image's"))},
-		[2]string{"User", termSafe(orText(vm.Spec.User, "image's"))},
+		[2]string{"Workdir", orText(vm.Spec.Workdir, "image's")},
+		[2]string{"User", orText(vm.Spec.User, "image's")},
 		[2]string{"CPUs", fmt.Sprint(vm.Spec.CPUs)},
 		[2]string{"Memory", config.FormatSize(vm.Spec.Memory)},
 		[2]string{"Disk", config.FormatSize(vm.Spec.DiskSize)},
@@ -80,7 +80,7 @@ func argvText(argv *[]string, def string) string {
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(*argv)
-	return termSafe(strings.TrimSpace(b.String()))
+	return strings.TrimSpace(b.String())
 }
 
 func orText(s, def string) string {
@@ -100,7 +100,7 @@ func (c *cli) printActivity(ctx context.Context, cl *api.Client, id string) {
 		s := st[0]
 		h := s.Health
 		if s.HealthReason != "" {
-			h += " (" + termSafe(s.HealthReason) + ")"
+			h += " (" + s.HealthReason + ")"
 		}
 		fields(c.out, [][2]string{
 			{"Health", h},

@@ -38,8 +38,7 @@ func (c *cli) newKernelImportCommand() *cobra.Command {
 		modPath, _ := filepath.Abs(modules)
 		return cl.ImportKernel(ctx, api.ImportKernelIn{Name: name, Kernel: kernelPath, Modules: modPath}, files[0], files[1])
 	}, func(kit *api.Kernel) error {
-		_, err := fmt.Fprintf(c.out, "boot kit %s: kernel %s, %d modules\n", kit.Name, termSafe(kit.Release), kit.Modules)
-		return err
+		return say(c.out, "boot kit %s: kernel %s, %d modules", kit.Name, kit.Release, kit.Modules)
 	})
 }
 
@@ -48,12 +47,12 @@ func (c *cli) newKernelLsCommand() *cobra.Command {
 	return query(c, cmd, func(ctx context.Context, cl *api.Client, _ []string) ([]api.Kernel, error) {
 		return cl.ListKernels(ctx)
 	}, func(kits []api.Kernel) error {
-		return table(c.out, "NAME\tRELEASE\tMODULES\tDEFAULT\tCREATED", kits, func(k api.Kernel) string {
+		return table(c.out, "NAME\tRELEASE\tMODULES\tDEFAULT\tCREATED", kits, func(k api.Kernel) []string {
 			def := ""
 			if k.Default {
 				def = "*"
 			}
-			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", k.Name, termSafe(k.Release), k.Modules, def, ago(k.Created))
+			return []string{k.Name, k.Release, fmt.Sprint(k.Modules), def, ago(k.Created)}
 		})
 	})
 }

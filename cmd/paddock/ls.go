@@ -19,13 +19,15 @@ func (c *cli) newLsCommand() *cobra.Command {
 	}, func(vms []api.VM) error {
 		if quiet {
 			for _, vm := range vms {
-				fmt.Fprintln(c.out, vm.ID)
+				if err := say(c.out, "%s", vm.ID); err != nil {
+					return err
+				}
 			}
 			return nil
 		}
-		return table(c.out, "ID\tNAME\tSTATUS\tIMAGE\tCPUS\tMEMORY\tDISK\tCREATED", vms, func(vm api.VM) string {
-			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s", short(vm.ID), orDash(vm.Name), vm.Status, termSafe(orDash(vm.Spec.Image)),
-				vm.Spec.CPUs, config.FormatSize(vm.Spec.Memory), config.FormatSize(vm.Spec.DiskSize), ago(vm.CreatedAt))
+		return table(c.out, "ID\tNAME\tSTATUS\tIMAGE\tCPUS\tMEMORY\tDISK\tCREATED", vms, func(vm api.VM) []string {
+			return []string{short(vm.ID), orDash(vm.Name), vm.Status, orDash(vm.Spec.Image),
+				fmt.Sprint(vm.Spec.CPUs), config.FormatSize(vm.Spec.Memory), config.FormatSize(vm.Spec.DiskSize), ago(vm.CreatedAt)}
 		})
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -139,7 +140,7 @@ func (c *cli) each(refs []string, done string, fn func(context.Context, *api.Cli
 		for _, ref := range refs {
 			v, err := fn(ctx, cl, ref)
 			if err != nil {
-				fmt.Fprintf(c.errOut, "paddock: %s: %s\n", termSafe(ref), termSafe(c.explain(err).Error()))
+				_ = say(c.errOut, "paddock: %s: %s", ref, c.explain(err))
 				failed = append(failed, ref)
 				continue
 			}
@@ -147,7 +148,7 @@ func (c *cli) each(refs []string, done string, fn func(context.Context, *api.Cli
 				out = append(out, v)
 			}
 			if !c.json {
-				fmt.Fprintf(c.out, "%s %s\n", termSafe(ref), done)
+				_ = say(c.out, "%s %s", ref, done)
 			}
 		}
 		if c.json && len(out) > 0 {
@@ -199,27 +200,30 @@ func (c *cli) eachCommand(cmd *cobra.Command, done string, fn func(context.Conte
 
 func (c *cli) printVM(vm *api.VM, human string) error {
 	return c.show(vm, func() error {
-		_, err := fmt.Fprintln(c.out, human)
-		return err
+		return say(c.out, "%s", human)
 	})
 }
 
-// table prints a header and one row per item; row returns tab-separated
-// cells.
-func table[T any](w io.Writer, header string, items []T, row func(T) string) error {
+// table prints a header (tab-separated) and one row per item; row returns
+// its cells, each printed through termField.
+func table[T any](w io.Writer, header string, items []T, row func(T) []string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, header)
 	for _, it := range items {
-		fmt.Fprintln(tw, row(it))
+		cells := row(it)
+		for i, c := range cells {
+			cells[i] = termField(c)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	return tw.Flush()
 }
 
-// fields prints "Key: value" rows aligned.
+// fields prints "Key: value" rows aligned, each value through termField.
 func fields(w io.Writer, rows [][2]string) {
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], termField(r[1]))
 	}
 	_ = tw.Flush()
 }
@@ -273,9 +277,48 @@ func humanBytes(n int64) string {
 
 // termSafe makes text from images, registries, guests and other users safe
 // to print on a terminal: control characters (escape sequences among them)
-// and invisible direction overrides are shown as Go escapes.
-func termSafe(s string) string {
-	if !strings.ContainsFunc(s, unsafeRune) {
+// and invisible direction overrides are shown as Go escapes. Newlines and
+// tabs stay: it is for messages. One value within a line or a table cell
+// goes through termField.
+func termSafe(s string) string { return escapeText(s, true) }
+
+// termField is termSafe for one value within a line: a newline or tab in
+// it is shown too, so it cannot forge a line or shift a column.
+func termField(s string) string { return escapeText(s, false) }
+
+// safef is fmt.Sprintf for human output: every string, error and Stringer
+// argument goes through termField, whoever supplied it.
+func safef(format string, args ...any) string {
+	safe := make([]any, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			safe[i] = termField(v)
+		case error:
+			safe[i] = termField(v.Error())
+		case fmt.Stringer:
+			safe[i] = termField(v.String())
+		default:
+			// Named string types (api.EventKind, api.Health, ...) too.
+			if rv := reflect.ValueOf(a); rv.Kind() == reflect.String {
+				safe[i] = termField(rv.String())
+			} else {
+				safe[i] = a
+			}
+		}
+	}
+	return fmt.Sprintf(format, safe...)
+}
+
+// say writes one line of human output built by safef.
+func say(w io.Writer, format string, args ...any) error {
+	_, err := fmt.Fprintln(w, safef(format, args...))
+	return err
+}
+
+func escapeText(s string, layout bool) string {
+	unsafe := func(r rune) bool { return unsafeRune(r, layout) }
+	if !strings.ContainsFunc(s, unsafe) {
 		return s
 	}
 	var b strings.Builder
@@ -284,7 +327,7 @@ func termSafe(s string) string {
 		switch {
 		case r == utf8.RuneError && n == 1:
 			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case unsafeRune(r):
+		case unsafe(r):
 			q := strconv.QuoteRuneToASCII(r)
 			b.WriteString(q[1 : len(q)-1])
 		default:
@@ -295,11 +338,12 @@ func termSafe(s string) string {
 	return b.String()
 }
 
-func unsafeRune(r rune) bool {
-	if r == '\n' || r == '\t' {
+func unsafeRune(r rune, layout bool) bool {
+	if layout && (r == '\n' || r == '\t') {
 		return false
 	}
-	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == utf8.RuneError
+	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == utf8.RuneError ||
+		r == '\u2028' || r == '\u2029'
 }
 
 // isTTY reports whether w is a terminal.

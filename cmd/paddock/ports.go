@@ -18,13 +18,15 @@ func (c *cli) newPortsCommand() *cobra.Command {
 				ps = st[0].Ports
 			}
 			return c.show(ps, func() error {
-				return table(c.out, "PORT\tSCHEME\tURL\tPROCESS", ps, func(p api.Port) string {
-					return fmt.Sprintf("%d\t%s\t%s\t%s", p.Port, p.Scheme, orDash(p.URL), termSafe(strings.TrimSpace(fmt.Sprintf("%s %s", orDash(p.Process), pidText(p.PID)))))
-				})
+				return table(c.out, "PORT\tSCHEME\tURL\tPROCESS", ps, portRow)
 			})
 		})
 	}
 	return cmd
+}
+
+func portRow(p api.Port) []string {
+	return []string{fmt.Sprint(p.Port), p.Scheme, orDash(p.URL), strings.TrimSpace(orDash(p.Process) + " " + pidText(p.PID))}
 }
 
 func pidText(pid int) string {

@@ -59,7 +59,7 @@ func newProgress(w io.Writer) *progress {
 // show takes one report.
 func (p *progress) show(r api.ImportProgress) {
 	now := p.now()
-	phase := termSafe(r.Phase)
+	phase := termField(r.Phase)
 	if r.Layers > len(p.layers) && r.Layers <= 10000 {
 		p.layers = append(p.layers, make([]*meter, r.Layers-len(p.layers))...)
 	}
@@ -67,7 +67,7 @@ func (p *progress) show(r api.ImportProgress) {
 		p.finishLayers(r.Layer-1, now)
 		m := p.layers[r.Layer-1]
 		if m == nil {
-			m = &meter{label: fmt.Sprintf("layer %d/%d %s", r.Layer, r.Layers, termSafe(shortDigest(r.Digest))), start: now, startedBytes: r.LayerBytes}
+			m = &meter{label: fmt.Sprintf("layer %d/%d %s", r.Layer, r.Layers, termField(shortDigest(r.Digest))), start: now, startedBytes: r.LayerBytes}
 			p.layers[r.Layer-1] = m
 			p.plainf(m, now, "%s: %s", m.label, sizeText(r.LayerSize))
 		}

@@ -45,15 +45,15 @@ func (c *cli) newStatsCommand() *cobra.Command {
 	return cmd
 }
 
-func statsRow(s api.VMStats) string {
+func statsRow(s api.VMStats) []string {
 	guestCPU, mem, load := "-", "-", "-"
 	if g := s.Guest; g != nil {
 		guestCPU = fmt.Sprintf("%.0f%%", g.CPURate*100)
 		mem = fmt.Sprintf("%s/%s", humanBytes(g.MemTotal-g.MemAvailable), humanBytes(g.MemTotal))
 		load = fmt.Sprintf("%.2f", g.Load1)
 	}
-	return fmt.Sprintf("%s\t%s\t%.0f%%\t%s\t%s\t%s\t%s\t%s\t%s/%s", s.VMName, s.Health, s.Host.CPURate*100, humanBytes(s.Host.RSS),
-		guestCPU, mem, load, humanBytes(s.Host.DiskUsed), humanBytes(s.Host.RxBytes), humanBytes(s.Host.TxBytes))
+	return []string{s.VMName, s.Health, fmt.Sprintf("%.0f%%", s.Host.CPURate*100), humanBytes(s.Host.RSS),
+		guestCPU, mem, load, humanBytes(s.Host.DiskUsed), humanBytes(s.Host.RxBytes) + "/" + humanBytes(s.Host.TxBytes)}
 }
 
 // optional is the one optional argument, or "".

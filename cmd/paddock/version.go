@@ -21,7 +21,7 @@ func (c *cli) newVersionCommand() *cobra.Command {
 		v, err := cl.Version(ctx)
 		return versions{version.Version, v}, err
 	}, func(v versions) error {
-		_, err := fmt.Fprintf(c.out, "client: %s\ndaemon: %s (%s, %s)\n", v.Client, v.Daemon.Version, v.Daemon.API, v.Daemon.GoVersion)
-		return err
+		fields(c.out, [][2]string{{"client", v.Client}, {"daemon", fmt.Sprintf("%s (%s, %s)", v.Daemon.Version, v.Daemon.API, v.Daemon.GoVersion)}})
+		return nil
 	})
 }
