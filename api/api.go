@@ -5,6 +5,7 @@ package api
 import (
 	_ "embed"
 	"encoding/json"
+	"log/slog"
 )
 
 // Interface is the varlink interface name.
@@ -224,9 +225,30 @@ type ImportProgress struct {
 
 // PullIn are PullImage's parameters.
 type PullIn struct {
-	Ref      string `json:"ref"`
-	Insecure bool   `json:"insecure,omitempty"`
+	Ref      string        `json:"ref"`
+	Insecure bool          `json:"insecure,omitempty"`
+	Auth     *RegistryAuth `json:"auth,omitempty"`
 }
+
+// RegistryAuth is a caller's credentials for the registry of one pull, as
+// the client read them from the caller's own docker config. The daemon
+// uses them for that pull only: never stored, never logged.
+type RegistryAuth struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	Auth          string `json:"auth,omitempty"`
+	IdentityToken string `json:"identity_token,omitempty"`
+	RegistryToken string `json:"registry_token,omitempty"`
+}
+
+// String keeps credentials out of anything that prints a request.
+func (RegistryAuth) String() string { return "[credentials]" }
+
+// GoString is String for %#v.
+func (a RegistryAuth) GoString() string { return a.String() }
+
+// LogValue is String for slog.
+func (a RegistryAuth) LogValue() slog.Value { return slog.StringValue(a.String()) }
 
 // ImportIn are ImportImage's parameters.
 type ImportIn struct {

@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
@@ -117,14 +120,42 @@ func (d *Daemon) pullImage(ctx context.Context, c *varlink.Call) error {
 	if in.Ref == "" {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "ref", Msg: "no image reference given"}
 	}
-	opts := d.sourceOptions()
-	if in.Insecure {
-		host, _, _ := strings.Cut(in.Ref, "/")
-		opts.Insecure = append(append([]string{}, opts.Insecure...), host)
+	opts, err := pullOptions(d.sourceOptions(), in, d.auth.caller(c.Peer))
+	if err != nil {
+		return err
 	}
 	return d.runImport(ctx, c, func(ctx context.Context) (*source.Image, error) {
 		return source.Pull(ctx, in.Ref, opts)
 	})
+}
+
+// pullOptions decides what a caller's pull may use: the caller's own
+// credentials when it sent them, else paddockd's for an admin and none for
+// anyone else; plain HTTP to a registry the config does not list is an
+// admin's call.
+func pullOptions(opts source.Options, in api.PullIn, caller actors.Caller) (source.Options, error) {
+	if in.Insecure {
+		host, _, _ := strings.Cut(in.Ref, "/")
+		if !slices.Contains(opts.Insecure, host) {
+			if !caller.Admin {
+				return opts, &actors.Error{Kind: actors.ErrPermissionDenied, VM: in.Ref,
+					Msg: fmt.Sprintf("only an admin may reach %s over plain HTTP: ask one to add it to images.insecure_registries", host)}
+			}
+			opts.Insecure = append(slices.Clone(opts.Insecure), host)
+		}
+	}
+	switch {
+	case in.Auth != nil:
+		r, err := name.ParseReference(in.Ref)
+		if err != nil {
+			return opts, &actors.Error{Kind: actors.ErrInvalidArgument, Field: "ref", Msg: fmt.Sprintf("image reference %+q: %v", in.Ref, err)}
+		}
+		opts.Keychain = source.Credentials(r.Context().RegistryStr(), authn.AuthConfig{Username: in.Auth.Username, Password: in.Auth.Password,
+			Auth: in.Auth.Auth, IdentityToken: in.Auth.IdentityToken, RegistryToken: in.Auth.RegistryToken})
+	case caller.Admin:
+		opts.Keychain = authn.DefaultKeychain
+	}
+	return opts, nil
 }
 
 func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
@@ -208,7 +209,11 @@ func (c *cli) pullFor(ref, policy string) error {
 			_ = say(c.errOut, "image %s is not stored; pulling it", ref)
 		}
 	}
-	out, err := c.transfer(c.json, pullImage(api.PullIn{Ref: ref}))
+	in, err := pullIn(ref, false, authn.DefaultKeychain)
+	if err != nil {
+		return err
+	}
+	out, err := c.transfer(c.json, pullImage(in))
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}

@@ -79,7 +79,8 @@ type Options struct {
 	// Entrypoint, Cmd, Env, ...).
 	Name   string
 	Config []byte
-	// Keychain resolves registry credentials; default the docker config.
+	// Keychain resolves registry credentials; nil pulls anonymously (the
+	// daemon decides whose credentials a pull may use).
 	Keychain authn.Keychain
 	// Access checks each file and directory of an OCI layout against the
 	// rights of the caller that passed it; nil checks nothing.
@@ -107,7 +108,7 @@ func Pull(ctx context.Context, ref string, o Options) (*Image, error) {
 	}
 	kc := o.Keychain
 	if kc == nil {
-		kc = authn.DefaultKeychain
+		kc = authn.NewMultiKeychain() // resolves to anonymous
 	}
 	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithPlatform(o.platform()))
 	if err != nil {
