@@ -435,3 +435,149 @@ func TestTwoUsersRegistryCredentials(t *testing.T) {
 		}
 	}
 }
+
+// Issue 10, finding 9, guest side: a guest's process named with terminal
+// escapes listens on a port; its owner's `ports` shows the name as visible
+// text (JSON exact); `events` and `inspect` show a failure reason that
+// carries a stored image's escape-laden name as text too.
+func TestTwoUsersGuestStringsEscaped(t *testing.T) {
+	testenv.RequireRoot(t, "runs clients as other uids")
+	// A title change and a forged line, 15 bytes: a whole comm.
+	const comm = "\x1b]0;own\a\nFORGED"
+	e, _, ns, demo := bootEnv(t, fmt.Sprintf("[api]\nsocket_group = \"%d\"\nadmin_group = \"%d\"\n[vm]\nrun = \"on\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n[stats]\ninterval = \"1s\"\n", socketGID, adminGID), nil)
+	e.bootKit(t)
+	reg, _, _ := strings.Cut(demo, "/")
+	// The guest copies a listener to a file named with escapes and runs it.
+	pushTo(t, reg+"/evil:1", imagetest.Image(t, &v1.Config{
+		Entrypoint: []string{"/bin/sh", "-c", `cp /bin/services "/tmp/$N" && exec "/tmp/$N"`},
+		Env:        []string{"PATH=/bin", "N=" + comm}},
+		imagetest.BusyboxLayer(t, "sh", "cp"),
+		imagetest.LayerTar(t, imagetest.Entry{Name: "bin/services", Body: string(servicesBinary(t)), Mode: 0o755})))
+	e.runAs(t, alice, nil, "run", "--image", reg+"/evil:1", "--name", "evil", "--memory", "256MiB").ok(t, "alice runs the image")
+
+	deadline := time.Now().Add(90 * time.Second)
+	var ports []api.Port
+	for {
+		if err := json.Unmarshal([]byte(e.runAs(t, alice, nil, "ports", "evil", "--json").ok(t, "ports --json")), &ports); err != nil {
+			t.Fatal(err)
+		}
+		if len(ports) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	for _, p := range ports {
+		if p.Process != comm {
+			t.Fatalf("ports --json: %+v, want each by %q exactly", ports, comm)
+		}
+	}
+	if len(ports) == 0 {
+		t.Fatal("the guest's listener never showed")
+	}
+	out := e.runAs(t, alice, nil, "ports", "evil").ok(t, "ports")
+	rawControls(t, "alice's ports", out)
+	if !strings.Contains(out, `\x1b]0;own\a\nFORGED`) || strings.Contains(out, "\nFORGED") {
+		t.Fatalf("ports does not show the process name's escapes as text:\n%s", out)
+	}
+	rawControls(t, "alice's health", e.runAs(t, alice, nil, "health", "evil").ok(t, "health"))
+	rawControls(t, "alice's stats", e.runAs(t, alice, nil, "stats", "evil").ok(t, "stats"))
+
+	// A VM made from an image an older paddockd stored under an
+	// escape-laden name; the image goes, the start fails naming it.
+	legacy := imagetest.Seed(t, e.state, hostileName)
+	e.runAs(t, alice, nil, "create", "legacy", "--image", hostileName, "--pull", "never").ok(t, "alice creates from the stored image")
+	e.cli(t, nil, "image", "rm", "--force", legacy.Digest).ok(t, "the image goes")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	events := exec.CommandContext(ctx, bin("paddock"), "--socket", e.socket, "events", "legacy")
+	events.SysProcAttr = &syscall.SysProcAttr{Credential: alice}
+	events.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent"}
+	stdout, err := events.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = events.Process.Kill(); _ = events.Wait() }()
+	lines := make(chan string, 64)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 64<<10)
+		var acc string
+		for {
+			n, err := stdout.Read(buf)
+			acc += string(buf[:n])
+			for {
+				l, rest, ok := strings.Cut(acc, "\n")
+				if !ok {
+					break
+				}
+				lines <- l
+				acc = rest
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// The subscription is up once a change of ours comes through it.
+	for i := 0; ; i++ {
+		if i == 10 {
+			t.Fatal("no event came through the subscription")
+		}
+		e.runAs(t, alice, nil, "set", "legacy", "--cpus", fmt.Sprint(2+i%2)).ok(t, "set")
+		if waitLine(t, lines, "updated", 5*time.Second) != "" {
+			break
+		}
+	}
+	r := e.runAs(t, alice, nil, "start", "legacy")
+	refused(t, "alice starts the VM whose image is gone", r, `\x1b]0;owned\a`)
+	l := waitLine(t, lines, "error", 30*time.Second)
+	rawControls(t, "alice's events", l)
+	if !strings.Contains(l, `\x1b]0;owned\a\x1b[2J`) {
+		t.Fatalf("events does not show the reason's escapes as text: %q", l)
+	}
+	out = e.runAs(t, alice, nil, "inspect", "legacy").ok(t, "inspect")
+	rawControls(t, "alice's inspect", out)
+	e.runAs(t, alice, nil, "rm", "--force", "evil", "legacy").ok(t, "alice removes her VMs")
+	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops+l.dirs != 0 {
+		t.Fatalf("left behind: %+v %v", l, l.detail)
+	}
+}
+
+// waitLine returns the first line from lines holding sub, or "" when none
+// comes within d.
+func waitLine(t *testing.T, lines <-chan string, sub string, d time.Duration) string {
+	t.Helper()
+	timeout := time.After(d)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("the event stream ended")
+			}
+			if strings.Contains(l, sub) {
+				return l
+			}
+		case <-timeout:
+			return ""
+		}
+	}
+}
+
+// servicesBinary builds the static test listener (imaging/imagetest/services).
+func servicesBinary(t *testing.T) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "services")
+	b := exec.Command("go", "build", "-o", out, "../imaging/imagetest/services")
+	b.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := b.CombinedOutput(); err != nil {
+		t.Fatalf("build services: %v %s", err, msg)
+	}
+	bin, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}

@@ -13,10 +13,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/imaging/imagetest"
@@ -325,4 +327,60 @@ func mutateIndex(t *testing.T, img v1.Image) v1.ImageIndex {
 	t.Helper()
 	return mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img,
 		Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}})
+}
+
+// A docker archive's RepoTags name the image only when they are references.
+func TestDockerArchiveNames(t *testing.T) {
+	for _, tc := range []struct {
+		tag string
+		ok  bool
+	}{
+		{"app:1", true},
+		{"app:1\x1b]0;owned\a", false},
+		{"team/App:1", false},
+	} {
+		var src bytes.Buffer
+		tag, _ := name.NewTag("app:1")
+		if err := tarball.Write(tag, testImage(t), &src); err != nil {
+			t.Fatal(err)
+		}
+		// Rewrite manifest.json's RepoTags as a hostile archive would.
+		var dst bytes.Buffer
+		tr, tw := tar.NewReader(&src), tar.NewWriter(&dst)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(tr)
+			if h.Name == "manifest.json" {
+				var m []map[string]any
+				json.Unmarshal(body, &m)
+				m[0]["RepoTags"] = []string{tc.tag}
+				body, _ = json.Marshal(m)
+				h.Size = int64(len(body))
+			}
+			tw.WriteHeader(h)
+			tw.Write(body)
+		}
+		tw.Close()
+		p := filepath.Join(t.TempDir(), "archive.tar")
+		if err := os.WriteFile(p, dst.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		img, err := source.Import(context.Background(), p, source.Options{})
+		if tc.ok != (err == nil) || !tc.ok && !errors.Is(err, source.ErrBadName) {
+			t.Errorf("RepoTags %q: %v, want ok %v", tc.tag, err, tc.ok)
+			continue
+		}
+		if err == nil {
+			img.Release()
+			if img.Names[0] != tc.tag {
+				t.Errorf("names %v", img.Names)
+			}
+		}
+	}
 }
