@@ -442,3 +442,50 @@ func TestFailpointsReached(t *testing.T) {
 		t.Fatalf("reached %v\nlisted  %v", got, FailpointNames)
 	}
 }
+
+// A forced delete that arrives while a stop is still tearing down takes
+// that teardown over: the earlier callers get their own
+// answer (not the delete's success), the VM is gone and nothing is held.
+func TestForcedDeleteJoinsTeardown(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		mod     func(*Host, *fakes)
+		begin   func(e *lifecycleEnv, t *testing.T) <-chan error
+		wantErr string
+	}{
+		{
+			name: "stop in flight",
+			mod:  func(h *Host, f *fakes) { h.StopTimeout = 10 * time.Minute; f.setAgent("deaf") },
+			begin: func(e *lifecycleEnv, t *testing.T) <-chan error {
+				if err := <-e.startAsync(t); err != nil {
+					t.Fatal(err)
+				}
+				ch := make(chan error, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					_, err := e.sys.Request(ctx, &StopVM{Caller: admin, Ref: "v"})
+					ch <- err
+				}()
+				waitFor(t, "the stop to begin", func() bool { return e.get(t).Status == state.StatusStopping })
+				return ch
+			},
+			wantErr: "being deleted",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newLifecycle(t, tc.mod)
+			first := tc.begin(e, t)
+			if _, err := e.do(t, &DeleteVM{Caller: admin, Ref: "v", Force: true}); err != nil {
+				t.Fatalf("forced delete: %v", err)
+			}
+			if err := <-first; err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("the first caller's answer: %v (want %q)", err, tc.wantErr)
+			}
+			if _, err := e.do(t, &GetVM{Caller: admin, Ref: "v"}); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("after the delete: %v", err)
+			}
+			e.noLeaks(t)
+		})
+	}
+}
