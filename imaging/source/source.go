@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"
@@ -334,6 +335,7 @@ func isDockerArchive(ctx context.Context, open opener, limit int64) (bool, error
 		return false, err
 	}
 	defer r.Close()
+	seekable := r.seek != nil
 	tr := tar.NewReader(r)
 	prev := ""
 	for i := 0; i < 10000; i++ {
@@ -355,13 +357,38 @@ func isDockerArchive(ctx context.Context, open opener, limit int64) (bool, error
 		if n == "manifest.json" {
 			return true, nil
 		}
-		// A rootfs has directories at its top; docker archives do not.
+		if seekable {
+			continue // skipping an entry costs nothing: look further
+		}
+		// A compressed archive is decompressed to skip an entry. A rootfs
+		// has directories at its top; a docker archive, mostly, does not.
 		if strings.Contains(strings.TrimSuffix(n, "/"), "/") || h.Typeflag == tar.TypeDir && n != "" {
+			return false, nil
+		}
+		// Nor files a docker archive does not have: so a rootfs's first
+		// file is never skipped (decompressed, when compressed) to know.
+		if h.Typeflag == tar.TypeReg && !dockerTopFile(n, h.Size) {
 			return false, nil
 		}
 
 	}
 	return false, nil
+}
+
+var (
+	hexName   = regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$`)
+	layerName = regexp.MustCompile(`^[0-9a-f]{64}\.(tar|tar\.gz|tgz|tar\.zst)$`)
+)
+
+// dockerTopFile reports a regular file a docker archive may hold at its
+// top (before its manifest.json): small metadata (JSON files, repositories,
+// a config named by its digest) or a layer named by its digest.
+func dockerTopFile(n string, size int64) bool {
+	if layerName.MatchString(n) {
+		return true
+	}
+	meta := strings.HasSuffix(n, ".json") || n == "repositories" || n == "oci-layout" || hexName.MatchString(n)
+	return meta && size <= maxMetaSize
 }
 
 // openRootfsTar opens a plain rootfs tar: one uncompressed layer (the tar,
@@ -483,7 +510,7 @@ type opener func() *io.SectionReader
 // one stays seekable (archive/tar skips entries without reading them); a
 // compressed one is decompressed. Either way every byte read counts against
 // limit, and reading stops when ctx ends.
-func openScan(ctx context.Context, open opener, limit int64) (io.ReadCloser, error) {
+func openScan(ctx context.Context, open opener, limit int64) (*scanner, error) {
 	sr := open()
 	magic := make([]byte, 4)
 	n, _ := sr.ReadAt(magic, 0)

@@ -253,3 +253,50 @@ func TestLayoutChoices(t *testing.T) {
 		}
 	})
 }
+
+// A docker save archive in the layout newer docker writes (blobs/sha256/...
+// directories first, manifest.json after) is a docker archive, and its
+// layers are read by the paths its manifest.json gives.
+func TestDockerArchiveBlobsLayout(t *testing.T) {
+	layer := imagetest.LayerTar(t, imagetest.Entry{Name: "etc/", Type: tar.TypeDir}, imagetest.Entry{Name: "etc/motd", Body: "hi\n"})
+	cfg := imagetest.ConfigFor("X=1", layer)
+	hexOf := func(b []byte) string { return strings.TrimPrefix(imagetest.Digest(b), "sha256:") }
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, typ byte, body []byte) {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Size: int64(len(body))}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	add("blobs/", tar.TypeDir, nil)
+	add("blobs/sha256/", tar.TypeDir, nil)
+	add("blobs/sha256/"+hexOf(layer), tar.TypeReg, layer)
+	add("blobs/sha256/"+hexOf(cfg), tar.TypeReg, cfg)
+	add("manifest.json", tar.TypeReg, []byte(fmt.Sprintf(`[{"Config":"blobs/sha256/%s","RepoTags":["app:2"],"Layers":["blobs/sha256/%s"]}]`, hexOf(cfg), hexOf(layer))))
+	tw.Close()
+	p := filepath.Join(t.TempDir(), "save.tar")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := source.Import(context.Background(), p, source.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Release()
+	if img.Kind != source.DockerArchive || configDigest(t, img) != imagetest.Digest(cfg) || img.Names[0] != "app:2" {
+		t.Fatalf("kind %s digest %s names %v", img.Kind, configDigest(t, img), img.Names)
+	}
+	blobs, err := img.Blobs()
+	if err != nil || len(blobs) != 1 {
+		t.Fatalf("blobs %v %v", blobs, err)
+	}
+	rc, err := blobs[0].Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if h, _, err := v1.SHA256(rc); err != nil || h.String() != imagetest.Digest(layer) {
+		t.Fatalf("layer hashes to %v %v", h, err)
+	}
+}
