@@ -162,9 +162,17 @@ func (p Parts) DockerArchive(t testing.TB, tag string, raw []byte) []byte {
 // under whatever digest p claims.
 func (p Parts) Serve(t testing.TB, repo, tag string) string {
 	t.Helper()
+	srv := httptest.NewServer(p.Handler(repo, tag))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// Handler is the registry Serve runs, for a listener of the caller's own
+// (one in a test's network namespace).
+func (p Parts) Handler(repo, tag string) http.Handler {
 	man := p.Manifest()
 	blobs := p.Blobs()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := r.URL.Path
 		switch {
 		case path == "/v2/" || path == "/v2":
@@ -189,9 +197,7 @@ func (p Parts) Serve(t testing.TB, repo, tag string) string {
 		default:
 			http.NotFound(w, r)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
+	})
 }
 
 // ConfigFor is an OCI config (linux/amd64) whose rootfs.diff_ids name the
