@@ -122,7 +122,7 @@ func (p Parts) DockerArchive(t testing.TB, tag string, raw []byte) []byte {
 		body []byte
 	}{{"config.json", p.Config}}
 	for i, l := range p.Layers {
-		n := fmt.Sprintf("layer%d.tar", i)
+		n := p.LayerFile(i)
 		layers = append(layers, n)
 		files = append(files, struct {
 			name string
@@ -155,6 +155,12 @@ func (p Parts) DockerArchive(t testing.TB, tag string, raw []byte) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// LayerFile is the name of layer i in DockerArchive: its digest, as
+// go-containerregistry names layers.
+func (p Parts) LayerFile(i int) string {
+	return strings.TrimPrefix(Digest(p.Layers[i]), "sha256:") + ".tar"
 }
 
 // Serve runs a registry on 127.0.0.1 that serves p, as it claims, at

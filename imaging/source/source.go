@@ -335,7 +335,6 @@ func isDockerArchive(ctx context.Context, open opener, limit int64) (bool, error
 		return false, err
 	}
 	defer r.Close()
-	seekable := r.seek != nil
 	tr := tar.NewReader(r)
 	prev := ""
 	for i := 0; i < 10000; i++ {
@@ -357,20 +356,16 @@ func isDockerArchive(ctx context.Context, open opener, limit int64) (bool, error
 		if n == "manifest.json" {
 			return true, nil
 		}
-		if seekable {
-			continue // skipping an entry costs nothing: look further
-		}
-		// A compressed archive is decompressed to skip an entry. A rootfs
-		// has directories at its top; a docker archive, mostly, does not.
-		if strings.Contains(strings.TrimSuffix(n, "/"), "/") || h.Typeflag == tar.TypeDir && n != "" {
+		// Anything a docker archive does not hold before its manifest.json
+		// says "rootfs" at once: no entry of a rootfs is ever skipped (nor,
+		// when compressed, decompressed) to tell.
+		if top, _, nested := strings.Cut(strings.TrimSuffix(n, "/"), "/"); nested || h.Typeflag == tar.TypeDir {
+			if top != "blobs" && !hexName.MatchString(top) {
+				return false, nil
+			}
+		} else if h.Typeflag == tar.TypeReg && !dockerTopFile(n, h.Size) {
 			return false, nil
 		}
-		// Nor files a docker archive does not have: so a rootfs's first
-		// file is never skipped (decompressed, when compressed) to know.
-		if h.Typeflag == tar.TypeReg && !dockerTopFile(n, h.Size) {
-			return false, nil
-		}
-
 	}
 	return false, nil
 }
