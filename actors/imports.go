@@ -168,7 +168,7 @@ func (a *importActor) Receive(ctx actor.Context) {
 		if m.err != nil {
 			a.log.Warn("import failed", "image_digest", m.digest, "err", m.err)
 		} else {
-			a.log.Info("image imported", "image_digest", m.digest, "names", strings.Join(img.Names, ","), "size", img.Size)
+			a.log.Info("image imported", "image_digest", img.Digest, "names", strings.Join(img.Names, ","), "size", img.Size)
 		}
 		for _, w := range f.snapshot() {
 			w.Done <- ImportDone{Image: img, Err: m.err}
@@ -211,7 +211,12 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 		req.Done <- ImportDone{Err: err}
 		return
 	}
-	if f, ok := a.flights[digest]; ok {
+	// A rootfs tar's digest is learnt while it is read: its flight is its own.
+	key := digest
+	if key == "" {
+		key = fmt.Sprintf("pending-%d", req.ID)
+	}
+	if f, ok := a.flights[key]; ok {
 		release(src) // the flight's own source serves this waiter too
 		f.mu.Lock()
 		f.waiters = append(f.waiters, req)
@@ -219,7 +224,7 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 		f.owners = append(f.owners, req.Caller.UID)
 		return
 	}
-	if img, err := a.importer.Cached(digest, src.Names); err != nil || img != nil {
+	if img, err := a.cached(digest, src.Names); err != nil || img != nil {
 		release(src)
 		if err == nil {
 			img, err = a.claim(digest, []uint32{req.Caller.UID})
@@ -234,7 +239,7 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	f := &flight{cancel: cancel, src: src, waiters: []*ImportImage{req}, owners: []uint32{req.Caller.UID}}
-	a.flights[digest] = f
+	a.flights[key] = f
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.log.Info("importing image", "image_digest", digest, "source", src.Ref, "kind", string(src.Kind))
 	go func() {
@@ -248,8 +253,16 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 			}
 		})
 		cancel()
-		root.Send(self, &finished{digest: digest, img: img, err: err})
+		root.Send(self, &finished{digest: key, img: img, err: err})
 	}()
+}
+
+// cached is the stored, verified image for digest, or nil ("" is unknown).
+func (a *importActor) cached(digest string, names []string) (*imaging.Image, error) {
+	if digest == "" {
+		return nil, nil
+	}
+	return a.importer.Cached(digest, names)
 }
 
 func (f *flight) snapshot() []*ImportImage {

@@ -89,6 +89,9 @@ type Images struct {
 	ScratchDir string `toml:"scratch_dir"`
 	// FreeSpace is left free in every ext4 base on top of its content.
 	FreeSpace Size `toml:"free_space"`
+	// BlobCacheSize caps <cache_dir>/blobs, where verified registry layer
+	// blobs are kept (least recently used go first); 0 keeps none.
+	BlobCacheSize Size `toml:"blob_cache_size"`
 }
 
 // API configures the varlink endpoint and who may use it.
@@ -227,7 +230,7 @@ func Default() *Config {
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20,
 			VMMMemoryOverhead: 256 << 20, VMMPIDsMax: 256},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
-		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20},
+		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20, BlobCacheSize: 2 << 30},
 	}
 	if os.Geteuid() == 0 {
 		c.StateDir, c.RuntimeDir, c.CacheDir = "/var/lib/paddock", "/run/paddock", "/var/cache/paddock"
@@ -410,6 +413,9 @@ func (c *Config) Validate() error {
 	if c.Images.MaxUnpackedSize < 1<<20 {
 		return bad("images.max_unpacked_size", "must be at least 1MiB, got %s", FormatSize(int64(c.Images.MaxUnpackedSize)))
 	}
+	if c.Images.BlobCacheSize < 0 {
+		return bad("images.blob_cache_size", "must not be negative, got %s", FormatSize(int64(c.Images.BlobCacheSize)))
+	}
 	if c.Images.MaxEntries < 1 {
 		return bad("images.max_entries", "must be at least 1, got %d", c.Images.MaxEntries)
 	}
@@ -490,5 +496,6 @@ func (c *Config) Diff(old *Config) []Change {
 	add("images.max_entries", old.Images.MaxEntries, c.Images.MaxEntries, false)
 	add("images.scratch_dir", old.Images.ScratchDir, c.Images.ScratchDir, false)
 	add("images.free_space", old.Images.FreeSpace, c.Images.FreeSpace, false)
+	add("images.blob_cache_size", old.Images.BlobCacheSize, c.Images.BlobCacheSize, false)
 	return out
 }

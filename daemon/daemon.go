@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"github.com/paddock-vm/paddock/host/probe"
 	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/imaging/blobcache"
 	"github.com/paddock-vm/paddock/imaging/ext4"
 	"github.com/paddock-vm/paddock/imaging/flatten"
 	"github.com/paddock-vm/paddock/state"
@@ -91,7 +93,18 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	}
 	d.images = images
 	d.auth = newAuthorizer(cfg.API.AdminGroup)
+	// The blob cache holds only what was verified; the files an older
+	// paddock cached there under digests it never checked are dropped.
+	var blobs *blobcache.Cache
+	if cfg.Images.BlobCacheSize > 0 {
+		if blobs, err = blobcache.Open(filepath.Join(cfg.CacheDir, "blobs"), int64(cfg.Images.BlobCacheSize)); err != nil {
+			return nil, err
+		}
+	} else if err := os.RemoveAll(filepath.Join(cfg.CacheDir, "blobs")); err != nil {
+		return nil, fmt.Errorf("drop the blob cache (images.blob_cache_size = 0): %w", err)
+	}
 	importer := &imaging.Importer{
+		Cache:      blobs,
 		Store:      images,
 		ScratchDir: cfg.Images.ScratchDir,
 		Limits:     flatten.Options{MaxEntries: cfg.Images.MaxEntries, MaxUnpackedSize: int64(cfg.Images.MaxUnpackedSize)},

@@ -109,7 +109,7 @@ func importError(err error) error {
 
 func (d *Daemon) sourceOptions() source.Options {
 	cfg := d.config()
-	return source.Options{Insecure: cfg.Images.InsecureRegistries, BlobCache: filepath.Join(cfg.CacheDir, "blobs")}
+	return source.Options{Insecure: cfg.Images.InsecureRegistries, MaxUnpackedSize: int64(cfg.Images.MaxUnpackedSize)}
 }
 
 func (d *Daemon) pullImage(ctx context.Context, c *varlink.Call) error {
@@ -184,7 +184,7 @@ func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {
 	hint := fileKey(f, in)
 	return d.runImportHinted(ctx, c, hint, func(ctx context.Context) (*source.Image, error) {
 		if digest := d.images.Hint(hint); hint != "" && digest != "" {
-			if cached, _ := d.images.Get(digest); cached != nil {
+			if cached, _ := d.images.Get(digest); cached != nil && cached.Verified {
 				// Unchanged file, image stored: nothing needs reading.
 				names := []string{}
 				if in.Name != "" {

@@ -191,6 +191,12 @@ func TestHostileImageLeavesNothing(t *testing.T) {
 	if len(scratch) != 0 {
 		t.Fatalf("scratch left: %v", scratch)
 	}
+	// The refused layers' blobs were read only in part: none is cached,
+	// under its digest or as a temporary file.
+	blobs, err := os.ReadDir(filepath.Join(e.dir, "cache", "blobs"))
+	if err != nil || len(blobs) != 0 {
+		t.Fatalf("blob cache after refused images: %v %v", blobs, err)
+	}
 }
 
 // Defect (issue 9, #4): importing an OCI layout that holds several images

@@ -3,8 +3,9 @@ package imaging
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/paddock-vm/paddock/imaging/blobcache"
 	"github.com/paddock-vm/paddock/imaging/flatten"
 	"github.com/paddock-vm/paddock/imaging/source"
 	"github.com/paddock-vm/paddock/state"
@@ -53,11 +55,17 @@ type Importer struct {
 	ScratchDir string // spill files and partial bases live here until done
 	Limits     flatten.Options
 	Build      BuildFunc
+	// Cache, when set, keeps registry blobs by digest (verified ones only).
+	Cache *blobcache.Cache
 }
 
 // Key is the digest an image is stored under: its config digest, so the
-// same content reached by any route is stored once.
+// same content reached by any route is stored once. It is "" for a rootfs
+// tar, whose digest only reading it tells.
 func Key(img *source.Image) (string, error) {
+	if img.Pending() {
+		return "", nil
+	}
 	d, err := img.ConfigName()
 	if err != nil {
 		return "", fmt.Errorf("image %s: config digest: %w", img.Ref, err)
@@ -66,9 +74,11 @@ func Key(img *source.Image) (string, error) {
 }
 
 // Cached returns the stored image for digest, adding names to it, or nil.
+// An entry stored before content was verified is not served: the import
+// that finds it builds it again from verified content.
 func (im *Importer) Cached(digest string, names []string) (*Image, error) {
 	img, err := im.Store.Get(digest)
-	if err != nil || img == nil {
+	if err != nil || img == nil || !img.Verified {
 		return nil, err
 	}
 	if added := img.addNames(names); added {
@@ -79,8 +89,11 @@ func (im *Importer) Cached(digest string, names []string) (*Image, error) {
 	return img, nil
 }
 
-// Import flattens, builds and stores src. Nothing partial is left behind
-// on any failure or cancellation.
+// Import flattens, builds and stores src. Every layer is checked while it
+// is flattened, in the same pass: its blob against the manifest's digest,
+// its content against the config's diff id, and the config against the
+// digest the image is stored under; nothing enters the store otherwise.
+// Nothing partial is left behind on any failure or cancellation.
 func (im *Importer) Import(ctx context.Context, src *source.Image, progress func(Progress)) (*Image, error) {
 	if progress == nil {
 		progress = func(Progress) {}
@@ -89,29 +102,112 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	if err != nil {
 		return nil, err
 	}
-	if img, err := im.Cached(digest, src.Names); err != nil || img != nil {
-		return img, err
+	if digest != "" {
+		if img, err := im.Cached(digest, src.Names); err != nil || img != nil {
+			return img, err
+		}
 	}
 	progress(Progress{Phase: "resolve"})
-	// A rootfs tar has no manifest of its own; making one would gzip the
-	// whole layer just to learn its compressed digest.
-	var manifest []byte
-	if src.Kind != source.RootfsTar {
+	var manifest, config []byte
+	var diffIDs []v1.Hash
+	if digest != "" {
+		if config, diffIDs, err = verifiedConfig(src, digest); err != nil {
+			return nil, err
+		}
+	}
+	// A rootfs tar and a docker archive have no manifest of their own;
+	// making one would hash (or gzip) every layer just to learn digests.
+	if src.Kind == source.Registry || src.Kind == source.OCILayout {
 		if manifest, err = src.RawManifest(); err != nil {
 			return nil, fmt.Errorf("image %s: manifest: %w", src.Ref, err)
 		}
+		var m struct {
+			Config struct {
+				Digest string `json:"digest"`
+			} `json:"config"`
+		}
+		if err := json.Unmarshal(manifest, &m); err != nil {
+			return nil, fmt.Errorf("image %s: manifest: %v: %w", src.Ref, err, ErrBadBlob)
+		}
+		if m.Config.Digest != digest {
+			return nil, fmt.Errorf("image %s: the config blob hashes to %s, not to the manifest's config digest %q: refused: %w", src.Ref, digest, m.Config.Digest, ErrMismatch)
+		}
 	}
-	config, err := src.RawConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("image %s: config: %w", src.Ref, err)
-	}
-	layers, err := src.Layers()
+	blobs, err := src.Blobs()
 	if err != nil {
 		return nil, fmt.Errorf("image %s: layers: %w", src.Ref, err)
 	}
-	sizes, total := layerSizes(src.Kind, layers)
+	if digest != "" && len(blobs) != len(diffIDs) {
+		return nil, fmt.Errorf("image %s: the manifest lists %d layers but the config's rootfs.diff_ids names %d: refused: %w",
+			src.Ref, len(blobs), len(diffIDs), ErrMismatch)
+	}
+	sizes, total := layerSizes(blobs)
 	if err := os.MkdirAll(im.ScratchDir, 0o750); err != nil {
 		return nil, fmt.Errorf("scratch dir %s: %w", im.ScratchDir, err)
+	}
+
+	limit := im.Limits.MaxUnpackedSize
+	if limit <= 0 {
+		limit = flatten.DefaultMaxUnpackedSize
+	}
+	var read, blobTotal atomic.Int64
+	checks := make([]*layerCheck, len(blobs))
+	fl := make([]flatten.Layer, len(blobs))
+	for i, b := range blobs {
+		c := &layerCheck{name: fmt.Sprintf("image %s: layer %d of %d", src.Ref, i+1, len(blobs)), blob: b.Digest}
+		if digest != "" {
+			c.diffID = diffIDs[i]
+		}
+		checks[i] = c
+		label := layerLabel(b, c, i, len(blobs))
+		i, b := i, b
+		fl[i] = flatten.Layer{Digest: label, Open: func() (io.ReadCloser, error) {
+			p := Progress{Phase: "layers", Layer: i + 1, Layers: len(blobs), Digest: progressDigest(b, c), LayerSize: sizes[i], Total: total}
+			tick := throttle(func(n int64) {
+				p.LayerBytes, p.Bytes = n, read.Add(n-p.LayerBytes)
+				progress(p)
+			})
+			tick(0, true)
+			return im.openLayer(ctx, src.Kind, b, c, &blobTotal, limit, tick)
+		}}
+	}
+	opts := im.Limits
+	opts.ImageRef = src.Ref
+	opts.ScratchDir = im.ScratchDir
+	res, err := flatten.Flatten(ctx, fl, opts)
+	for _, c := range checks {
+		if c.err != nil && ctx.Err() == nil {
+			// The layer's own failure (a mismatch, the limit) says more
+			// than what the flattener made of the stream ending there.
+			if res != nil {
+				res.Close()
+			}
+			return nil, c.err
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	for _, c := range checks {
+		if !c.verified {
+			return nil, fmt.Errorf("%s: not read to its end, so not verified: refused: %w", c.name, ErrMismatch)
+		}
+	}
+	if digest == "" {
+		// A rootfs tar: its diff id is now known, and with it the digest.
+		if err := src.Complete(checks[0].gotDiff, checks[0].size); err != nil {
+			return nil, err
+		}
+		if digest, err = Key(src); err != nil {
+			return nil, err
+		}
+		if img, err := im.Cached(digest, src.Names); err != nil || img != nil {
+			return img, err
+		}
+		if config, err = src.RawConfigFile(); err != nil {
+			return nil, fmt.Errorf("image %s: config: %w", src.Ref, err)
+		}
 	}
 	tmp, err := os.MkdirTemp(im.Store.Root, ".import-")
 	if err != nil {
@@ -123,34 +219,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 			_ = os.RemoveAll(tmp)
 		}
 	}()
-
-	var read atomic.Int64
-	fl := make([]flatten.Layer, len(layers))
-	for i, l := range layers {
-		label, err := layerLabel(l, i, src.Kind == source.RootfsTar)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", src.Ref, err)
-		}
-		i, l := i, l
-		fl[i] = flatten.Layer{Digest: label, Open: func() (io.ReadCloser, error) {
-			p := Progress{Phase: "layers", Layer: i + 1, Layers: len(layers), Digest: label, LayerSize: sizes[i], Total: total}
-			tick := func(n int64) {
-				p.LayerBytes, p.Bytes = n, read.Add(n-p.LayerBytes)
-				progress(p)
-			}
-			tick(0)
-			return openLayer(src.Kind, l, tick)
-		}}
-	}
-	opts := im.Limits
-	opts.ImageRef = src.Ref
-	opts.ScratchDir = im.ScratchDir
-	res, err := flatten.Flatten(ctx, fl, opts)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Close()
-	after := Progress{Layers: len(layers), Bytes: read.Load(), Total: total}
+	after := Progress{Layers: len(blobs), Bytes: read.Load(), Total: total}
 	rootfs := filepath.Join(tmp, "rootfs.ext4")
 	if err := im.build(ctx, res, rootfs, after, progress); err != nil {
 		return nil, fmt.Errorf("image %s: build ext4: %w", src.Ref, err)
@@ -174,99 +243,113 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	if fi, err := os.Stat(rootfs); err == nil {
 		size = fi.Size()
 	}
-	img := &Image{Digest: digest, Names: src.Names, Size: size, Created: time.Now().UTC(), RootFS: "rootfs.ext4"}
-	if err := writeImageJSON(tmp, img); err != nil {
+	img := &Image{Digest: digest, Names: src.Names, Size: size, Created: time.Now().UTC(), RootFS: "rootfs.ext4", Verified: true}
+	stored, err := im.Store.put(tmp, img)
+	if err != nil {
 		return nil, err
-	}
-	final := im.Store.Dir(digest)
-	if err := os.Rename(tmp, final); err != nil {
-		if errors.Is(err, os.ErrExist) || errors.Is(err, os.ErrNotExist) {
-			// Someone stored it meanwhile (another daemon instance): theirs wins.
-			return im.Cached(digest, src.Names)
-		}
-		return nil, fmt.Errorf("store image %s: %w", digest, err)
 	}
 	ok = true
-	if err := state.SyncDir(im.Store.Root); err != nil {
-		return nil, err
+	if stored != img {
+		// Someone stored it meanwhile (another daemon instance): theirs wins.
+		return im.Cached(digest, src.Names)
 	}
 	after.Phase = "done"
 	progress(after)
 	return img, nil
 }
 
-// layerLabel names a layer in errors without forcing go-containerregistry
-// to compress an uncompressed tarball just to learn its digest.
-func layerLabel(l v1.Layer, i int, uncompressed bool) (string, error) {
-	if !uncompressed {
-		if d, err := l.Digest(); err == nil {
-			return d.String(), nil
-		}
+// layerLabel names a layer in the flattener's errors: its blob's digest, or
+// its diff id, and its place.
+func layerLabel(b source.Blob, c *layerCheck, i, n int) string {
+	switch {
+	case b.Digest != (v1.Hash{}):
+		return fmt.Sprintf("%d of %d (%s)", i+1, n, b.Digest)
+	case c.diffID != (v1.Hash{}):
+		return fmt.Sprintf("%d of %d (%s)", i+1, n, c.diffID)
 	}
-	d, err := l.DiffID()
-	if err != nil {
-		return fmt.Sprintf("layer %d", i+1), nil
-	}
-	return d.String(), nil
+	return fmt.Sprintf("%d of %d", i+1, n)
 }
 
-// layerSizes are the blob sizes of the layers and their sum, where they
-// are known without reading: from the manifest (registry, OCI layout), or
-// from the hashing pass a rootfs tar had already (its blob is the tar). A
-// docker archive's layer sizes would cost a gzip pass: unknown, 0.
-func layerSizes(kind source.Kind, layers []v1.Layer) ([]int64, int64) {
-	sizes := make([]int64, len(layers))
-	if kind == source.DockerArchive {
-		return sizes, 0
+// progressDigest is the digest a layer's progress reports carry.
+func progressDigest(b source.Blob, c *layerCheck) string {
+	switch {
+	case b.Digest != (v1.Hash{}):
+		return b.Digest.String()
+	case c.diffID != (v1.Hash{}):
+		return c.diffID.String()
 	}
+	return ""
+}
+
+// layerSizes are the blob sizes of the layers and their sum, where the
+// source knows them without reading (a manifest, a file's size); else 0.
+func layerSizes(blobs []source.Blob) ([]int64, int64) {
+	sizes := make([]int64, len(blobs))
 	var total int64
-	for i, l := range layers {
-		if n, err := l.Size(); err == nil && n > 0 {
-			sizes[i] = n
-			total += n
-		} else {
-			return make([]int64, len(layers)), 0
+	for i, b := range blobs {
+		if b.Size <= 0 {
+			return make([]int64, len(blobs)), 0
 		}
+		sizes[i] = b.Size
+		total += b.Size
 	}
 	return sizes, total
 }
 
-// openLayer opens a layer's tar stream, telling tick how many bytes of its
-// blob were read. A registry's or OCI layout's blob is read as it is and
-// decompressed here, so the count is of what travels; the registry's
-// reader checks the blob's digest at its end (flatten reads to the end).
-func openLayer(kind source.Kind, l v1.Layer, tick func(int64)) (io.ReadCloser, error) {
-	if kind != source.Registry && kind != source.OCILayout {
-		rc, err := l.Uncompressed()
+// openLayer opens a layer's blob (from the cache when it holds it) and
+// returns its decompressed tar stream, hashed and checked as it is read.
+func (im *Importer) openLayer(ctx context.Context, kind source.Kind, b source.Blob, c *layerCheck, total *atomic.Int64, limit int64, tick func(int64, bool)) (io.ReadCloser, error) {
+	var rc io.ReadCloser
+	var pending *blobcache.Pending
+	var fromCache *blobcache.Cache
+	useCache := im.Cache != nil && kind == source.Registry && b.Digest != (v1.Hash{})
+	if useCache {
+		f, err := im.Cache.Get(b.Digest.String())
 		if err != nil {
 			return nil, err
 		}
-		return &countingRC{ReadCloser: rc, tick: tick}, nil
+		if f != nil {
+			rc, fromCache = f, im.Cache
+		}
 	}
-	rc, err := l.Compressed()
+	if rc == nil {
+		var err error
+		if rc, err = b.Open(ctx); err != nil {
+			return nil, fmt.Errorf("%s: %w", c.name, err)
+		}
+		if useCache {
+			if pending, err = im.Cache.Begin(b.Digest.String()); err != nil {
+				pending = nil // no cache this time; the import goes on
+			}
+		}
+	}
+	br := &blobReader{ctx: ctx, rc: rc, name: c.name, want: b.Digest, size: b.Size, total: total, limit: limit, tick: tick}
+	if b.Digest != (v1.Hash{}) {
+		br.hash = sha256.New()
+	}
+	if pending != nil {
+		br.tee = pending
+	}
+	dec, err := source.Decompress(br)
 	if err != nil {
-		return nil, err
+		if pending != nil {
+			pending.Abort()
+		}
+		return nil, fmt.Errorf("%s: %w", c.name, err)
 	}
-	return source.Decompress(&countingRC{ReadCloser: rc, tick: tick})
+	return &layerStream{check: c, blob: br, dec: dec, diffHash: sha256.New(), pending: pending, cache: fromCache}, nil
 }
 
-// countingRC counts what is read through it and tells tick, at most every
-// tickEvery and at the end.
-type countingRC struct {
-	io.ReadCloser
-	n    int64
-	last time.Time
-	tick func(int64)
-}
-
-func (c *countingRC) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
-	c.n += int64(n)
-	if now := time.Now(); err != nil || now.Sub(c.last) >= tickEvery {
-		c.last = now
-		c.tick(c.n)
+// throttle calls report with a layer's count at most every tickEvery, and
+// always when forced (its start and end).
+func throttle(report func(int64)) func(n int64, force bool) {
+	var last time.Time
+	return func(n int64, force bool) {
+		if now := time.Now(); force || now.Sub(last) >= tickEvery {
+			last = now
+			report(n)
+		}
 	}
-	return n, err
 }
 
 // build runs the Build step, reporting how much of the disk image is

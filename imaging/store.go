@@ -37,6 +37,11 @@ type Image struct {
 	// Owners are the uids that imported it; a non-admin may remove only its
 	// own claim, and the image goes when the last claim does.
 	Owners []uint32 `json:"owners,omitempty"`
+	// Verified: the base was built from layers that hashed to the config's
+	// diff ids, under the config's own digest. Only such an entry serves a
+	// later import of the same digest; one without (stored by an older
+	// paddock) is built again by that import.
+	Verified bool `json:"verified,omitempty"`
 }
 
 // AddOwner records uid as an owner; it reports whether that changed anything.
@@ -146,6 +151,51 @@ func (img *Image) dropNames(names []string) bool {
 		return false
 	})
 	return len(img.Names) != before
+}
+
+// put moves a built image directory tmp into the store as img. When the
+// digest is stored already, a verified entry wins (put returns it; tmp is
+// the caller's to remove); an unverified one is replaced, keeping its names
+// and owners. VMs made from the replaced base keep it: their disks pin the
+// base they were made from.
+func (s *Store) put(tmp string, img *Image) (*Image, error) {
+	final := s.Dir(img.Digest)
+	old, err := s.Get(img.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if old != nil && old.Verified {
+		return old, nil
+	}
+	if old != nil {
+		img.addNames(old.Names)
+		for _, u := range old.Owners {
+			img.AddOwner(u)
+		}
+	}
+	if err := writeImageJSON(tmp, img); err != nil {
+		return nil, err
+	}
+	if old != nil {
+		grave := filepath.Join(s.Root, ".deleted-"+filepath.Base(final)+"-"+randomSuffix())
+		if err := os.Rename(final, grave); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("replace unverified image %s: %w", img.Digest, err)
+		}
+		defer os.RemoveAll(grave)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			// Stored meanwhile by another daemon instance: theirs wins.
+			if other, gerr := s.Get(img.Digest); gerr == nil && other != nil {
+				return other, nil
+			}
+		}
+		return nil, fmt.Errorf("store image %s: %w", img.Digest, err)
+	}
+	if err := state.SyncDir(s.Root); err != nil {
+		return nil, err
+	}
+	return img, nil
 }
 
 // Get returns the stored image with exactly this digest, or nil.

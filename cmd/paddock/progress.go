@@ -67,7 +67,9 @@ func (p *progress) show(r api.ImportProgress) {
 		p.finishLayers(r.Layer-1, now)
 		m := p.layers[r.Layer-1]
 		if m == nil {
-			m = &meter{label: fmt.Sprintf("layer %d/%d %s", r.Layer, r.Layers, termField(shortDigest(r.Digest))), start: now, startedBytes: r.LayerBytes}
+			// A rootfs tar's layer has no digest until it is read.
+			label := strings.TrimSpace(fmt.Sprintf("layer %d/%d %s", r.Layer, r.Layers, termField(shortDigest(r.Digest))))
+			m = &meter{label: label, start: now, startedBytes: r.LayerBytes}
 			p.layers[r.Layer-1] = m
 			p.plainf(m, now, "%s: %s", m.label, sizeText(r.LayerSize))
 		}

@@ -57,13 +57,21 @@ type Options struct {
 	// MaxEntries bounds the number of tar entries read over all layers
 	// (whiteouts included). Default DefaultMaxEntries.
 	MaxEntries int64
-	// MaxUnpackedSize bounds the bytes unpacked over all layers: file
-	// contents as read (including ones a later layer replaces), symlink
-	// targets and xattrs. Checked before an entry's content is read, so
-	// reading stops as soon as the limit would be crossed.
+	// MaxUnpackedSize bounds what unpacking may cost, over all layers, on
+	// two meters: the tree's size (file contents at their full length,
+	// sparse holes included, even ones a later layer replaces; symlink
+	// targets and xattrs), checked before an entry's content is read; and
+	// every byte of the layer streams read (headers, padding, content and
+	// what follows the end-of-archive marker), checked as it is read. Either
+	// stops reading as soon as it would be crossed.
 	// Default DefaultMaxUnpackedSize.
 	MaxUnpackedSize int64
 }
+
+// MaxTrailingBytes bounds what may follow a layer's end-of-archive marker:
+// tar writers pad to their record size (10 KiB by default, more with a
+// larger blocking factor); anything longer is refused, unread.
+const MaxTrailingBytes = 1 << 20
 
 // Layer is one layer tar, uncompressed, applied in order.
 type Layer struct {
@@ -71,7 +79,8 @@ type Layer struct {
 	Digest string
 	// Open returns the uncompressed tar stream. It is called once, when the
 	// layer's turn comes, and the stream is read to EOF (so that readers
-	// that verify a digest at EOF get to do so) and closed.
+	// that verify a digest at EOF get to do so; at most MaxTrailingBytes
+	// follow the end-of-archive marker) and closed.
 	Open func() (io.ReadCloser, error)
 }
 
@@ -133,7 +142,7 @@ func Flatten(ctx context.Context, layers []Layer, opts Options) (*Result, error)
 	}
 	f := &flattener{opts: opts, spill: sp, root: newRoot()}
 	for i, l := range layers {
-		f.layer, f.digest = i+1, l.Digest
+		f.layer, f.digest, f.curName = i+1, l.Digest, ""
 		if err := f.applyLayer(ctx, l); err != nil {
 			sp.Close()
 			return nil, err
@@ -210,6 +219,7 @@ type flattener struct {
 	digest string
 
 	entries, unpacked  int64
+	streamed           int64 // bytes of the layer streams read so far
 	whiteouts, opaques int64
 	curName            string // entry being applied, for errors
 }
@@ -227,8 +237,8 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 		return fmt.Errorf("image %s: open layer %s: %w", f.opts.ImageRef, l.Digest, err)
 	}
 	defer rc.Close()
-	cr := &ctxReader{ctx: ctx, r: rc}
-	tr := tar.NewReader(cr)
+	m := &meter{ctx: ctx, r: rc, f: f}
+	tr := tar.NewReader(m)
 	prev := ""
 	for {
 		if err := ctx.Err(); err != nil {
@@ -239,8 +249,8 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 			break
 		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			if err := m.stopped(); err != nil {
+				return err
 			}
 			return &EntryError{ImageRef: f.opts.ImageRef, Layer: l.Digest, Path: prev, Err: ErrBadEntry,
 				Reason: fmt.Sprintf("corrupt tar after this entry: %v", err)}
@@ -252,8 +262,8 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 			return f.fail(rule(ErrTooManyEntries, "more than %d entries", f.opts.MaxEntries))
 		}
 		if err := f.apply(hdr, tr); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			if err := m.stopped(); err != nil {
+				return err
 			}
 			var re *ruleError
 			if errors.As(err, &re) {
@@ -262,23 +272,64 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 			return fmt.Errorf("image %s: layer %s: entry %q: %w", f.opts.ImageRef, l.Digest, hdr.Name, err)
 		}
 	}
-	// Drain to EOF: registry readers verify the blob digest only at EOF.
-	if _, err := io.Copy(io.Discard, cr); err != nil {
-		return fmt.Errorf("image %s: layer %s: reading after end of tar: %w", f.opts.ImageRef, l.Digest, err)
+	// Read to EOF, so that readers verifying a digest at EOF get to do so;
+	// but only a little: a bomb's zeros after the marker are refused unread.
+	n, err := io.CopyN(io.Discard, m, MaxTrailingBytes+1)
+	if err := m.stopped(); err != nil {
+		return err
+	}
+	switch {
+	case err == nil:
+		return &EntryError{ImageRef: f.opts.ImageRef, Layer: l.Digest, Path: prev, Err: ErrBadEntry,
+			Reason: fmt.Sprintf("more than %d bytes follow the end of the tar archive", MaxTrailingBytes)}
+	case err != io.EOF:
+		return fmt.Errorf("image %s: layer %s: reading %d bytes after the end of the tar archive: %w", f.opts.ImageRef, l.Digest, n, err)
 	}
 	return nil
 }
 
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
+// meter reads a layer stream for Flatten: it stops at the caller's
+// cancellation and when the bytes read over all layers pass the limit.
+type meter struct {
+	ctx  context.Context
+	r    io.Reader
+	f    *flattener
+	stop error // why reading stopped, when the meter stopped it
 }
 
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
+func (m *meter) Read(p []byte) (int, error) {
+	if m.stop != nil {
+		return 0, m.stop
+	}
+	if err := m.ctx.Err(); err != nil {
+		m.stop = err
 		return 0, err
 	}
-	return c.r.Read(p)
+	// Never read past the limit: ask for at most one byte beyond it.
+	room := m.f.opts.MaxUnpackedSize - m.f.streamed + 1
+	if int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := m.r.Read(p)
+	m.f.streamed += int64(n)
+	if m.f.streamed > m.f.opts.MaxUnpackedSize {
+		m.stop = m.f.fail(rule(ErrTooLarge, "the layers' tar streams hold more than %d bytes (max_unpacked_size); reading stopped there",
+			m.f.opts.MaxUnpackedSize))
+		return 0, m.stop
+	}
+	return n, err
+}
+
+// stopped returns why the meter stopped reading (the caller's
+// cancellation or the limit), or nil when it did not.
+func (m *meter) stopped() error {
+	if m.stop != nil {
+		return m.stop
+	}
+	if err := m.ctx.Err(); err != nil {
+		return err
+	}
+	return nil
 }
 
 // ext4 stores seconds as 32 bits plus 2 epoch bits: 1901-12-13 … 2446-05-10.
@@ -440,7 +491,7 @@ func (f *flattener) newInode(hdr *tar.Header, tr *tar.Reader) (*inode, error) {
 		size = hdr.Size
 	}
 	if f.unpacked+meta+size > f.opts.MaxUnpackedSize {
-		return nil, rule(ErrTooLarge, "unpacking %d more bytes would exceed %d (already %d)",
+		return nil, rule(ErrTooLarge, "unpacking %d more bytes would exceed %d (max_unpacked_size; already %d)",
 			meta+size, f.opts.MaxUnpackedSize, f.unpacked)
 	}
 	f.unpacked += meta + size

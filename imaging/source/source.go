@@ -10,9 +10,11 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"
@@ -20,11 +22,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/cache"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
 
@@ -38,6 +38,7 @@ var (
 	ErrAmbiguous   = errdefs.New(errdefs.ErrInvalidArgument, "source holds several images")
 	ErrUnsupported = errdefs.New(errdefs.ErrInvalidArgument, "unsupported image source")
 	ErrPlatform    = errdefs.New(errdefs.ErrNotFound, "no linux/amd64 image")
+	ErrTooLarge    = errdefs.New(errdefs.ErrInvalidArgument, "archive over the unpack limit")
 )
 
 // Kind names where an image came from.
@@ -63,15 +64,22 @@ type Image struct {
 	// HintOnly: only the config digest is known (an unchanged file whose
 	// image is stored); it can serve a cached import and nothing else.
 	HintOnly bool
+
+	// blobs, when set, are the layers (docker archives, rootfs tars).
+	blobs []Blob
+	// rootfs is a rootfs tar's image-to-be: Image stays nil until Complete
+	// is given the layer's diff id, which only reading the layer tells.
+	rootfs *v1.ConfigFile
 }
 
 // Options tune opening.
 type Options struct {
 	// Insecure lists registries (host[:port]) reached over plain HTTP.
 	Insecure []string
-	// BlobCache, when set, keeps compressed layer blobs by digest so that
-	// images sharing layers download them once.
-	BlobCache string
+	// MaxUnpackedSize bounds what scanning a local archive may read (a
+	// compressed docker archive is decompressed to find each entry); the
+	// importer's limit of the same name. Default 16 GiB.
+	MaxUnpackedSize int64
 	// Platform to pick from an index; default linux/amd64.
 	Platform *v1.Platform
 	// Name and Config apply to rootfs tars: the name to record, and an
@@ -85,6 +93,13 @@ type Options struct {
 	// Access checks each file and directory of an OCI layout against the
 	// rights of the caller that passed it; nil checks nothing.
 	Access Access
+}
+
+func (o *Options) maxUnpacked() int64 {
+	if o.MaxUnpackedSize > 0 {
+		return o.MaxUnpackedSize
+	}
+	return 16 << 30
 }
 
 func (o *Options) platform() v1.Platform {
@@ -116,9 +131,6 @@ func Pull(ctx context.Context, ref string, o Options) (*Image, error) {
 	}
 	if err := checkPlatform(img, o.platform(), ref); err != nil {
 		return nil, err
-	}
-	if o.BlobCache != "" {
-		img = cache.Image(img, cache.NewFilesystemCache(o.BlobCache))
 	}
 	names := []string{}
 	if t, ok := r.(name.Tag); ok {
@@ -206,15 +218,15 @@ func ImportFile(ctx context.Context, f *os.File, ref string, o Options) (*Image,
 		return nil, fmt.Errorf("import %s: not a regular file or directory: %w", ref, ErrUnsupported)
 	}
 	size := fi.Size()
-	open := func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(f, 0, size)), nil }
-	isDocker, err := isDockerArchive(open)
+	open := func() *io.SectionReader { return io.NewSectionReader(f, 0, size) }
+	isDocker, err := isDockerArchive(ctx, open, o.maxUnpacked())
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", ref, err)
 	}
 	if isDocker {
-		return openDockerArchive(ref, open, o)
+		return openDockerArchive(ctx, ref, open, o)
 	}
-	return openRootfsTar(ctx, ref, open, o)
+	return openRootfsTar(ref, open, size, o)
 }
 
 func openLayout(ld *layoutDir, im *v1.IndexManifest, sel string, o Options) (*Image, error) {
@@ -317,128 +329,73 @@ func pickLayoutPlatform(ld *layoutDir, im *v1.IndexManifest, p v1.Platform) (v1.
 
 // isDockerArchive reports whether a (possibly compressed) tar holds a
 // docker save manifest.json at its top.
-func isDockerArchive(open func() (io.ReadCloser, error)) (bool, error) {
-	f, err := open()
+func isDockerArchive(ctx context.Context, open opener, limit int64) (bool, error) {
+	r, err := openScan(ctx, open, limit)
 	if err != nil {
 		return false, err
 	}
-	defer f.Close()
-	r, err := decompress(f)
-	if err != nil {
-		return false, err
-	}
+	defer r.Close()
 	tr := tar.NewReader(r)
+	prev := ""
 	for i := 0; i < 10000; i++ {
 		h, err := tr.Next()
 		if err == io.EOF {
 			return false, nil
 		}
 		if err != nil {
+			if e := ctx.Err(); e != nil {
+				return false, e
+			}
+			if errors.Is(err, ErrTooLarge) {
+				return false, fmt.Errorf("looking for manifest.json past entry %q: %w", prev, err)
+			}
 			return false, fmt.Errorf("not a tar archive: %w", err)
 		}
+		prev = h.Name
 		n := strings.TrimPrefix(h.Name, "./")
 		if n == "manifest.json" {
 			return true, nil
 		}
-		// A rootfs has directories at its top; docker archives do not.
-		if strings.Contains(strings.TrimSuffix(n, "/"), "/") || h.Typeflag == tar.TypeDir && n != "" {
+		// Anything a docker archive does not hold before its manifest.json
+		// says "rootfs" at once: no entry of a rootfs is ever skipped (nor,
+		// when compressed, decompressed) to tell.
+		if top, _, nested := strings.Cut(strings.TrimSuffix(n, "/"), "/"); nested || h.Typeflag == tar.TypeDir {
+			if top != "blobs" && !hexName.MatchString(top) {
+				return false, nil
+			}
+		} else if h.Typeflag == tar.TypeReg && !dockerTopFile(n, h.Size) {
 			return false, nil
 		}
 	}
 	return false, nil
 }
 
-func openDockerArchive(path string, open func() (io.ReadCloser, error), o Options) (*Image, error) {
-	var tag *name.Tag
-	if o.Name != "" {
-		if err := ValidName(o.Name); err != nil {
-			return nil, err
-		}
-		t, err := name.NewTag(o.Name)
-		if err != nil {
-			return nil, fmt.Errorf("name %+q: %w", o.Name, err)
-		}
-		tag = &t
+var (
+	hexName   = regexp.MustCompile(`^(sha256:)?[0-9a-f]{64}$`)
+	layerName = regexp.MustCompile(`^[0-9a-f]{64}\.(tar|tar\.gz|tgz|tar\.zst)$`)
+)
+
+// dockerTopFile reports a regular file a docker archive may hold at its
+// top (before its manifest.json): small metadata (JSON files, repositories,
+// a config named by its digest) or a layer named by its digest.
+func dockerTopFile(n string, size int64) bool {
+	if layerName.MatchString(n) {
+		return true
 	}
-	img, err := tarball.Image(tarball.Opener(open), tag)
-	if err != nil {
-		return nil, fmt.Errorf("docker archive %s: %w", path, err)
-	}
-	names, err := dockerTags(open)
-	if err != nil {
-		return nil, fmt.Errorf("docker archive %s: %w", path, err)
-	}
-	if tag != nil {
-		names = []string{o.Name}
-	} else if len(names) > 1 {
-		return nil, fmt.Errorf("docker archive %s holds %d images (%s); pick one with --name: %w", path, len(names), strings.Join(names, ", "), ErrAmbiguous)
-	}
-	if err := validNames(names); err != nil {
-		return nil, fmt.Errorf("docker archive %s: %w", path, err)
-	}
-	return &Image{Kind: DockerArchive, Ref: path, Names: names, Image: img}, nil
+	meta := strings.HasSuffix(n, ".json") || n == "repositories" || n == "oci-layout" || hexName.MatchString(n)
+	return meta && size <= maxMetaSize
 }
 
-func dockerTags(open func() (io.ReadCloser, error)) ([]string, error) {
-	f, err := open()
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			return nil, fmt.Errorf("no manifest.json: %w", err)
-		}
-		if strings.TrimPrefix(h.Name, "./") != "manifest.json" {
-			continue
-		}
-		var m []struct{ RepoTags []string }
-		if err := json.NewDecoder(io.LimitReader(tr, 16<<20)).Decode(&m); err != nil {
-			return nil, fmt.Errorf("manifest.json: %w", err)
-		}
-		var tags []string
-		for _, e := range m {
-			tags = append(tags, e.RepoTags...)
-		}
-		return tags, nil
-	}
-}
-
-func openRootfsTar(_ context.Context, path string, open func() (io.ReadCloser, error), o Options) (*Image, error) {
+// openRootfsTar opens a plain rootfs tar: one uncompressed layer (the tar,
+// decompressed), whose diff id the importer learns while flattening it.
+func openRootfsTar(path string, open opener, size int64, o Options) (*Image, error) {
 	if o.Name == "" {
 		return nil, fmt.Errorf("rootfs tar %s: give it a name with --name: %w", path, ErrUnsupported)
 	}
 	if err := ValidName(o.Name); err != nil {
 		return nil, err
 	}
-	layer, err := newRawLayer(func() (io.ReadCloser, error) {
-		f, err := open()
-		if err != nil {
-			return nil, err
-		}
-		r, err := decompress(f)
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		return readCloser{r, f}, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rootfs tar %s: %w", path, err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, fmt.Errorf("rootfs tar %s: %w", path, err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
+	cf := &v1.ConfigFile{OS: "linux", Architecture: runtime.GOARCH}
 	if len(o.Config) > 0 {
 		b := o.Config
 		var c v1.Config
@@ -453,13 +410,42 @@ func openRootfsTar(_ context.Context, path string, open func() (io.ReadCloser, e
 		}
 		cf.Config = c
 	}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		return nil, err
-	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	return &Image{Kind: RootfsTar, Ref: path, Names: []string{o.Name}, Image: img}, nil
+	blob := Blob{Size: size, Open: func(context.Context) (io.ReadCloser, error) { return io.NopCloser(open()), nil }}
+	return &Image{Kind: RootfsTar, Ref: path, Names: []string{o.Name}, blobs: []Blob{blob}, rootfs: cf}, nil
 }
+
+// Complete makes a rootfs tar's image once its layer's diff id (and its
+// uncompressed size) are known: the config, and so the digest, name it.
+// The same tar gives the same digest however it is compressed.
+func (img *Image) Complete(diffID v1.Hash, size int64) error {
+	if img.rootfs == nil {
+		return fmt.Errorf("image %s: not a rootfs tar", img.Ref)
+	}
+	layer := &rawLayer{open: func() (io.ReadCloser, error) {
+		return nil, errors.New("a rootfs tar's layer is read as a blob")
+	}, hash: diffID, size: size}
+	base, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return fmt.Errorf("rootfs tar %s: %w", img.Ref, err)
+	}
+	cf, err := base.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = img.rootfs.OS, img.rootfs.Architecture
+	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
+	cf.Config = img.rootfs.Config
+	out, err := mutate.ConfigFile(base, cf)
+	if err != nil {
+		return err
+	}
+	img.Image = mutate.MediaType(out, types.OCIManifestSchema1)
+	return nil
+}
+
+// Pending reports a rootfs tar whose digest is not known yet.
+func (img *Image) Pending() bool { return img.rootfs != nil && img.Image == nil }
 
 type readCloser struct {
 	io.Reader
@@ -490,14 +476,19 @@ func (c closers) Close() error {
 	return c.rc.Close()
 }
 
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
 // decompress sniffs gzip and zstd; anything else passes through.
 func decompress(r io.Reader) (io.Reader, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	magic, _ := br.Peek(4)
 	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+	case bytes.HasPrefix(magic, gzipMagic):
 		return gzip.NewReader(br)
-	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+	case bytes.HasPrefix(magic, zstdMagic):
 		d, err := zstd.NewReader(br)
 		if err != nil {
 			return nil, err
@@ -505,4 +496,67 @@ func decompress(r io.Reader) (io.Reader, error) {
 		return d.IOReadCloser(), nil
 	}
 	return br, nil
+}
+
+// opener opens a local source file afresh, positioned at its start.
+type opener func() *io.SectionReader
+
+// openScan opens a local archive for a scan of its entries: an uncompressed
+// one stays seekable (archive/tar skips entries without reading them); a
+// compressed one is decompressed. Either way every byte read counts against
+// limit, and reading stops when ctx ends.
+func openScan(ctx context.Context, open opener, limit int64) (*scanner, error) {
+	sr := open()
+	magic := make([]byte, 4)
+	n, _ := sr.ReadAt(magic, 0)
+	magic = magic[:n]
+	if !bytes.HasPrefix(magic, gzipMagic) && !bytes.HasPrefix(magic, zstdMagic) {
+		return &scanner{ctx: ctx, r: sr, seek: sr, limit: limit}, nil
+	}
+	dr, err := Decompress(io.NopCloser(sr))
+	if err != nil {
+		return nil, err
+	}
+	return &scanner{ctx: ctx, r: dr, c: dr, limit: limit}, nil
+}
+
+// scanner is a bounded, cancellable reader of a local archive.
+type scanner struct {
+	ctx   context.Context
+	r     io.Reader
+	seek  io.Seeker // set when skipping costs nothing
+	c     io.Closer
+	n     int64
+	limit int64
+}
+
+func (s *scanner) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if s.n >= s.limit {
+		return 0, fmt.Errorf("read %d bytes of the archive (max_unpacked_size): %w", s.limit, ErrTooLarge)
+	}
+	if int64(len(p)) > s.limit-s.n {
+		p = p[:s.limit-s.n]
+	}
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	return n, err
+}
+
+// Seek lets archive/tar skip entries of an uncompressed archive; a
+// compressed one has no Seek, so archive/tar reads (and counts) them.
+func (s *scanner) Seek(off int64, whence int) (int64, error) {
+	if s.seek == nil {
+		return 0, errors.ErrUnsupported
+	}
+	return s.seek.Seek(off, whence)
+}
+
+func (s *scanner) Close() error {
+	if s.c != nil {
+		return s.c.Close()
+	}
+	return nil
 }

@@ -25,7 +25,8 @@ type Entry struct {
 	Link         string // symlink or hardlink target
 	Major, Minor int64
 	Xattrs       map[string]string
-	MTime        int64 // seconds; 0 means DefaultMTime
+	PAX          map[string]string // other PAX records, e.g. "comment"
+	MTime        int64             // seconds; 0 means DefaultMTime
 }
 
 // NoPerm asks for mode 0000 (0 already means "default").
@@ -88,6 +89,12 @@ func (e Entry) Header() *tar.Header {
 			h.PAXRecords = map[string]string{}
 		}
 		h.PAXRecords["SCHILY.xattr."+k] = v
+	}
+	for k, v := range e.PAX {
+		if h.PAXRecords == nil {
+			h.PAXRecords = map[string]string{}
+		}
+		h.PAXRecords[k] = v
 	}
 	return h
 }

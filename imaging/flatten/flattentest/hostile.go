@@ -77,7 +77,45 @@ func HostileCases(canary string) []Hostile {
 			Opts: flatten.Options{MaxUnpackedSize: 1 << 20}, Sentinel: flatten.ErrTooLarge, Path: "a", Layer: 1},
 		{Name: "truncated", Raw: [][]byte{MustTar(File("a", strings.Repeat("a", 4096), 0))[:1024]}, Sentinel: flatten.ErrBadEntry, Path: "a"},
 		{Name: "nul-in-pax-path", Raw: [][]byte{append(MustTar(File("ok", "x", 0))[:1024], PaxNUL()...)}, Sentinel: flatten.ErrBadEntry, Path: "ok"},
+		// Bombs: what costs reading without growing the tree counts too.
+		{Name: "sparse-16TiB", Raw: [][]byte{SparseTar("hole", 16<<40)}, Sentinel: flatten.ErrTooLarge, Path: "hole"},
+		{Name: "trailing-garbage", Raw: [][]byte{append(MustTar(File("ok", "x", 0)), bytes.Repeat([]byte("junk"), flatten.MaxTrailingBytes/2)...)},
+			Sentinel: flatten.ErrBadEntry, Path: "ok"},
+		{Name: "zeros-after-end", Raw: [][]byte{MustTar(File("ok", "x", 0)), append(MustTar(File("z", "x", 0)), make([]byte, 4<<20)...)},
+			Sentinel: flatten.ErrBadEntry, Path: "z", Layer: 1},
+		{Name: "headers-over-limit", Layers: [][]Entry{{
+			{Name: "a", PAX: map[string]string{"comment": strings.Repeat("c", 700<<10)}},
+			{Name: "b", PAX: map[string]string{"comment": strings.Repeat("c", 700<<10)}},
+		}}, Opts: flatten.Options{MaxUnpackedSize: 1 << 20}, Sentinel: flatten.ErrTooLarge, Path: "a"},
 	}
+}
+
+// SparseTar is a layer holding one PAX 1.0 sparse file of logical size
+// size whose only data is its last byte: a few KiB that read as size bytes.
+// archive/tar cannot write sparse files, so the headers are made by hand.
+func SparseTar(name string, size int64) []byte {
+	var recs string
+	for _, kv := range [][2]string{{"GNU.sparse.major", "1"}, {"GNU.sparse.minor", "0"},
+		{"GNU.sparse.name", name}, {"GNU.sparse.realsize", strconv.FormatInt(size, 10)}} {
+		rec := " " + kv[0] + "=" + kv[1] + "\n"
+		n := len(rec) + 1
+		for len(strconv.Itoa(n))+len(rec) != n {
+			n++
+		}
+		recs += strconv.Itoa(n) + rec
+	}
+	sparseMap := pad512([]byte(fmt.Sprintf("1\n%d\n1\n", size-1)))
+	var out []byte
+	out = append(out, rawHeader("PaxHeaders/"+name, 'x', len(recs))...)
+	out = append(out, pad512([]byte(recs))...)
+	out = append(out, rawHeader("GNUSparseFile.0/"+name, '0', len(sparseMap)+1)...)
+	out = append(out, sparseMap...)
+	out = append(out, pad512([]byte{'x'})...)
+	return append(out, make([]byte, 1024)...)
+}
+
+func pad512(b []byte) []byte {
+	return append(b, make([]byte, (512-len(b)%512)%512)...)
 }
 
 // PaxNUL is a PAX header whose path record contains a NUL byte, followed
