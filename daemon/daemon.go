@@ -139,12 +139,17 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	}
 	d.server, err = varlink.NewServer(varlink.Config{
 		Vendor: "paddock", Product: "paddockd", Version: version.Version, URL: "https://github.com/paddock-vm/paddock",
-		Interfaces: map[string]string{api.Interface: api.Description},
-		Methods:    d.dispatch(),
-		MaxMessage: int(cfg.API.MaxMessageSize),
-		MaxConns:   cfg.API.MaxConnections,
-		MapError:   mapError,
-		Logger:     d.log.With("actor", "api"),
+		Interfaces:     map[string]string{api.Interface: api.Description},
+		Methods:        d.dispatch(),
+		MaxMessage:     int(cfg.API.MaxMessageSize),
+		MaxConns:       cfg.API.MaxConnections,
+		MaxConnsPerUID: cfg.API.MaxConnectionsPerUser,
+		AdminReserve:   cfg.API.AdminReservedConnections,
+		IdleTimeout:    cfg.API.IdleTimeout.Duration,
+		IsAdmin:        d.auth.admin,
+		Refused:        refused(cfg.API),
+		MapError:       mapError,
+		Logger:         d.log.With("actor", "api"),
 	})
 	if err != nil {
 		d.actors.Shutdown()
