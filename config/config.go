@@ -229,7 +229,7 @@ func Default() *Config {
 			MaxMessageSize:  1 << 20,
 			MaxConnections:  256,
 			// A user may hold an eighth of the connections, and a sixteenth
-			// is kept for admins, whatever the users hold.
+			// is kept for admins, whatever the users hold (scaleLimits).
 			MaxConnectionsPerUser:    32,
 			AdminReservedConnections: 16,
 			IdleTimeout:              Duration{5 * time.Minute},
@@ -297,6 +297,7 @@ func Load(path string) (*Config, error) {
 			sort.Strings(keys)
 			return nil, fmt.Errorf("config %s: unknown key %s: %w", path, strings.Join(keys, ", "), ErrInvalid)
 		}
+		c.API.scaleLimits(md.IsDefined("api", "max_connections_per_user"), md.IsDefined("api", "admin_reserved_connections"))
 	}
 	if err := c.Validate(); err != nil {
 		if path != "" {
@@ -446,6 +447,18 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// scaleLimits derives the per-user cap and the admins' reserve that the
+// file leaves out from max_connections, as the defaults are derived from
+// its default: an eighth per user, a sixteenth kept for admins.
+func (a *API) scaleLimits(perUserSet, reserveSet bool) {
+	if !reserveSet {
+		a.AdminReservedConnections = a.MaxConnections / 16
+	}
+	if !perUserSet {
+		a.MaxConnectionsPerUser = max(1, a.MaxConnections/8)
+	}
 }
 
 // Mode parses socket_mode as octal.

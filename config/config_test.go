@@ -159,6 +159,10 @@ func TestConnectionLimitKeys(t *testing.T) {
 		{"", 32, 16, 5 * time.Minute},
 		{"[api]\nidle_timeout = \"off\"\n", 32, 16, 0},
 		{"[api]\nmax_connections = 4\nadmin_reserved_connections = 0\nmax_connections_per_user = 4\nidle_timeout = \"1s\"\n", 4, 0, time.Second},
+		// Left out, they scale with max_connections.
+		{"[api]\nmax_connections = 7\n", 1, 0, 5 * time.Minute},
+		{"[api]\nmax_connections = 64\n", 8, 4, 5 * time.Minute},
+		{"[api]\nmax_connections = 64\nadmin_reserved_connections = 0\n", 8, 0, 5 * time.Minute},
 	}
 	for _, tc := range cases {
 		c, err := Load(write(t, tc.body))
