@@ -260,10 +260,17 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 			}
 		}
 	}()
-	// The input reader ends before the call does, whichever way it ends.
+	// The input reader ends before the call does, whichever way it ends
+	// (a console that takes no input holds it a bounded time).
 	defer func() {
 		expire(stdin, stdout)
-		<-done
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			d.log.Warn("console: the input copy still runs after the call ended", "vm", r.VM.ID)
+		}
 	}()
 	// A client that stops reading blocks the writes below in the poller
 	// only: its hanging up (or the daemon's shutdown) ends the call, and
