@@ -46,24 +46,29 @@ func TestLimits(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newLimits(tc.max, tc.perUID, tc.reserve)
+			var open []step // admitted and not released
 			for i, s := range tc.steps {
 				if !s.open {
 					l.release(s.uid, s.admin)
+					for j, o := range open {
+						if o.uid == s.uid {
+							open = append(open[:j], open[j+1:]...)
+							break
+						}
+					}
 					continue
 				}
 				err := l.admit(s.uid, s.admin)
 				if (err == nil) != (s.want == nil) || s.want != nil && !errors.Is(err, s.want) {
 					t.Fatalf("step %d (uid %d admin %v): err = %v, want %v", i, s.uid, s.admin, err, s.want)
 				}
+				if err == nil {
+					open = append(open, s)
+				}
 			}
-			// Every admitted connection released leaves nothing counted.
-			for _, s := range tc.steps {
-				if s.open && s.want == nil {
-					l.release(s.uid, s.admin)
-				}
-				if !s.open {
-					l.admit(s.uid, s.admin) // undo the release above
-				}
+			// Releasing every open connection leaves nothing counted.
+			for _, o := range open {
+				l.release(o.uid, o.admin)
 			}
 			if l.total != 0 || l.users != 0 || len(l.byUID) != 0 {
 				t.Fatalf("after releasing all: total %d users %d by uid %v", l.total, l.users, l.byUID)
