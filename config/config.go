@@ -104,6 +104,14 @@ type API struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	MaxMessageSize  Size     `toml:"max_message_size"`
 	MaxConnections  int      `toml:"max_connections"`
+	// MaxConnectionsPerUser bounds the connections one user who is not an
+	// admin may hold, so that no user can starve the others.
+	MaxConnectionsPerUser int `toml:"max_connections_per_user"`
+	// AdminReservedConnections of MaxConnections only admins may take.
+	AdminReservedConnections int `toml:"admin_reserved_connections"`
+	// IdleTimeout closes a connection with no call in flight that sends
+	// nothing for this long; "off" keeps them.
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // Log configures logging.
@@ -223,6 +231,11 @@ func Default() *Config {
 			ShutdownTimeout: Duration{10 * time.Second},
 			MaxMessageSize:  1 << 20,
 			MaxConnections:  256,
+			// A user may hold an eighth of the connections, and a sixteenth
+			// is kept for admins, whatever the users hold (scaleLimits).
+			MaxConnectionsPerUser:    32,
+			AdminReservedConnections: 16,
+			IdleTimeout:              Duration{5 * time.Minute},
 		},
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
@@ -287,6 +300,7 @@ func Load(path string) (*Config, error) {
 			sort.Strings(keys)
 			return nil, fmt.Errorf("config %s: unknown key %s: %w", path, strings.Join(keys, ", "), ErrInvalid)
 		}
+		c.API.scaleLimits(md.IsDefined("api", "max_connections_per_user"), md.IsDefined("api", "admin_reserved_connections"))
 	}
 	if err := c.Validate(); err != nil {
 		if path != "" {
@@ -343,6 +357,15 @@ func (c *Config) Validate() error {
 	}
 	if c.API.MaxConnections < 1 {
 		return bad("api.max_connections", "must be at least 1, got %d", c.API.MaxConnections)
+	}
+	if c.API.AdminReservedConnections < 0 || c.API.AdminReservedConnections >= c.API.MaxConnections {
+		return bad("api.admin_reserved_connections", "must be 0 or more and less than api.max_connections (%d), got %d", c.API.MaxConnections, c.API.AdminReservedConnections)
+	}
+	if users := c.API.MaxConnections - c.API.AdminReservedConnections; c.API.MaxConnectionsPerUser < 1 || c.API.MaxConnectionsPerUser > users {
+		return bad("api.max_connections_per_user", "must be 1..%d (api.max_connections less api.admin_reserved_connections), got %d", users, c.API.MaxConnectionsPerUser)
+	}
+	if d := c.API.IdleTimeout.Duration; d != 0 && d < time.Second {
+		return bad("api.idle_timeout", "must be \"off\" or at least 1s, got %s", d)
 	}
 	if !logLevels[c.Log.Level] {
 		return bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
@@ -432,6 +455,18 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// scaleLimits derives the per-user cap and the admins' reserve that the
+// file leaves out from max_connections, as the defaults are derived from
+// its default: an eighth per user, a sixteenth kept for admins.
+func (a *API) scaleLimits(perUserSet, reserveSet bool) {
+	if !reserveSet {
+		a.AdminReservedConnections = a.MaxConnections / 16
+	}
+	if !perUserSet {
+		a.MaxConnectionsPerUser = max(1, a.MaxConnections/8)
+	}
+}
+
 // Mode parses socket_mode as octal.
 func (a API) Mode() (os.FileMode, error) {
 	m, err := strconv.ParseUint(a.SocketMode, 8, 32)
@@ -465,6 +500,9 @@ func (c *Config) Diff(old *Config) []Change {
 	add("api.socket_mode", old.API.SocketMode, c.API.SocketMode, false)
 	add("api.max_message_size", old.API.MaxMessageSize, c.API.MaxMessageSize, false)
 	add("api.max_connections", old.API.MaxConnections, c.API.MaxConnections, false)
+	add("api.max_connections_per_user", old.API.MaxConnectionsPerUser, c.API.MaxConnectionsPerUser, false)
+	add("api.admin_reserved_connections", old.API.AdminReservedConnections, c.API.AdminReservedConnections, false)
+	add("api.idle_timeout", old.API.IdleTimeout.Duration, c.API.IdleTimeout.Duration, false)
 	add("api.admin_group", old.API.AdminGroup, c.API.AdminGroup, true)
 	add("api.request_timeout", old.API.RequestTimeout.Duration, c.API.RequestTimeout.Duration, true)
 	add("api.shutdown_timeout", old.API.ShutdownTimeout.Duration, c.API.ShutdownTimeout.Duration, true)

@@ -83,6 +83,11 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"tiny message size", "[api]\nmax_message_size = \"10B\"\n", []string{"api.max_message_size"}},
 		{"tiny VMM memory overhead", "[vm]\nvmm_memory_overhead = \"1MiB\"\n", []string{"vm.vmm_memory_overhead", "1MiB"}},
 		{"too few VMM pids", "[vm]\nvmm_pids_max = 8\n", []string{"vm.vmm_pids_max", "8"}},
+		{"per-user cap above the users' share", "[api]\nmax_connections = 10\nadmin_reserved_connections = 4\nmax_connections_per_user = 7\n", []string{"api.max_connections_per_user", "1..6", "got 7"}},
+		{"no connection per user", "[api]\nmax_connections_per_user = 0\n", []string{"api.max_connections_per_user"}},
+		{"reserve takes every connection", "[api]\nmax_connections = 8\nadmin_reserved_connections = 8\nmax_connections_per_user = 1\n", []string{"api.admin_reserved_connections", "less than api.max_connections (8)"}},
+		{"negative reserve", "[api]\nadmin_reserved_connections = -1\n", []string{"api.admin_reserved_connections"}},
+		{"idle timeout too short", "[api]\nidle_timeout = \"10ms\"\n", []string{"api.idle_timeout", "10ms"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,5 +147,30 @@ func TestSizeAndDuration(t *testing.T) {
 	}
 	if _, err := ParseDuration("-1s"); err == nil {
 		t.Error("negative accepted")
+	}
+}
+
+func TestConnectionLimitKeys(t *testing.T) {
+	cases := []struct {
+		body              string
+		perUser, reserved int
+		idle              time.Duration
+	}{
+		{"", 32, 16, 5 * time.Minute},
+		{"[api]\nidle_timeout = \"off\"\n", 32, 16, 0},
+		{"[api]\nmax_connections = 4\nadmin_reserved_connections = 0\nmax_connections_per_user = 4\nidle_timeout = \"1s\"\n", 4, 0, time.Second},
+		// Left out, they scale with max_connections.
+		{"[api]\nmax_connections = 7\n", 1, 0, 5 * time.Minute},
+		{"[api]\nmax_connections = 64\n", 8, 4, 5 * time.Minute},
+		{"[api]\nmax_connections = 64\nadmin_reserved_connections = 0\n", 8, 0, 5 * time.Minute},
+	}
+	for _, tc := range cases {
+		c, err := Load(write(t, tc.body))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.body, err)
+		}
+		if c.API.MaxConnectionsPerUser != tc.perUser || c.API.AdminReservedConnections != tc.reserved || c.API.IdleTimeout.Duration != tc.idle {
+			t.Errorf("%q: per user %d reserved %d idle %s", tc.body, c.API.MaxConnectionsPerUser, c.API.AdminReservedConnections, c.API.IdleTimeout.Duration)
+		}
 	}
 }

@@ -12,35 +12,37 @@ import (
 )
 
 // authorizer turns a peer's credentials into a Caller. Root, the daemon's own
-// uid and members of the admin group are admins; group membership is cached
-// briefly because reading the group database on every call is slow.
+// uid and members of the admin group are admins. Membership is the peer's
+// own: its primary and supplementary groups as the kernel recorded them
+// when it connected (SO_PEERCRED, SO_PEERGROUPS). The group database is
+// read only to turn the admin group's name into a gid, never to ask who is
+// in it: a user added to the group counts from the first process that
+// carries it (a new login, newgrp, sg), and one removed stops counting as
+// soon as its processes do not.
 type authorizer struct {
 	mu         sync.Mutex
 	adminGroup string
-	adminGID   int64 // -1: no such group
-	cache      map[uint32]authEntry
+	adminGID   int64     // -1: no such group (yet)
+	looked     time.Time // when a missing group was last looked up
 	self       uint32
+	lookup     func(string) int64
 }
 
-type authEntry struct {
-	admin   bool
-	expires time.Time
-}
-
-const authTTL = 5 * time.Second
+// retryLookup is how often a missing admin group is looked up again, so a
+// group created after the daemon started takes effect without a reload.
+const retryLookup = 5 * time.Second
 
 func newAuthorizer(adminGroup string) *authorizer {
-	a := &authorizer{self: uint32(os.Geteuid())}
+	a := &authorizer{self: uint32(os.Geteuid()), lookup: lookupGID}
 	a.setGroup(adminGroup)
 	return a
 }
 
-// setGroup changes the admin group (SIGHUP) and forgets cached answers.
+// setGroup changes the admin group (SIGHUP).
 func (a *authorizer) setGroup(name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.adminGroup, a.adminGID = name, lookupGID(name)
-	a.cache = map[uint32]authEntry{}
+	a.adminGroup, a.adminGID, a.looked = name, a.lookup(name), time.Now()
 }
 
 // lookupGID resolves a group name or number; -1 when it does not exist.
@@ -62,34 +64,25 @@ func lookupGID(name string) int64 {
 	return n
 }
 
-func (a *authorizer) caller(p varlink.Peer) actors.Caller {
-	if p.UID == 0 || p.UID == a.self {
-		return actors.Caller{UID: p.UID, Admin: true}
-	}
+// gid is the admin group's gid, or -1.
+func (a *authorizer) gid() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if e, ok := a.cache[p.UID]; ok && time.Now().Before(e.expires) {
-		return actors.Caller{UID: p.UID, Admin: e.admin}
+	if a.adminGID < 0 && a.adminGroup != "" && time.Since(a.looked) >= retryLookup {
+		a.adminGID, a.looked = a.lookup(a.adminGroup), time.Now()
 	}
-	admin := a.adminGID >= 0 && (int64(p.GID) == a.adminGID || a.memberOf(p.UID))
-	a.cache[p.UID] = authEntry{admin: admin, expires: time.Now().Add(authTTL)}
-	return actors.Caller{UID: p.UID, Admin: admin}
+	return a.adminGID
 }
 
-func (a *authorizer) memberOf(uid uint32) bool {
-	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
-	if err != nil {
-		return false
+// admin reports whether the peer is an admin.
+func (a *authorizer) admin(p varlink.Peer) bool {
+	if p.UID == 0 || p.UID == a.self {
+		return true
 	}
-	gids, err := u.GroupIds()
-	if err != nil {
-		return false
-	}
-	want := strconv.FormatInt(a.adminGID, 10)
-	for _, g := range gids {
-		if g == want {
-			return true
-		}
-	}
-	return false
+	gid := a.gid()
+	return gid >= 0 && p.InGroup(uint32(gid))
+}
+
+func (a *authorizer) caller(p varlink.Peer) actors.Caller {
+	return actors.Caller{UID: p.UID, Admin: a.admin(p)}
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -18,6 +19,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
@@ -75,13 +78,15 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	d.cfg.Store(cfg)
 	d.level.Set(levels[cfg.Log.Level])
 	d.log = systemd.NewLogger(systemd.LogOptions{Format: logFormat(cfg.Log.Format), Level: d.level, Identifier: "paddockd"})
-	for _, dir := range []struct {
-		path string
-		mode os.FileMode
-	}{{cfg.StateDir, 0o750}, {cfg.RuntimeDir, 0o755}, {cfg.CacheDir, 0o750}} {
-		if err := os.MkdirAll(dir.path, dir.mode); err != nil {
-			return nil, fmt.Errorf("create %s: %w", dir.path, err)
+	// State and cache are the daemon's alone (vm.json holds --env values);
+	// the runtime directory holds the API socket, which its users must reach.
+	for _, dir := range []string{cfg.StateDir, cfg.CacheDir} {
+		if err := state.MkdirPrivate(dir); err != nil {
+			return nil, err
 		}
+	}
+	if err := mkdirReachable(cfg.RuntimeDir); err != nil {
+		return nil, err
 	}
 	store, err := state.NewStore(cfg.StateDir)
 	if err != nil {
@@ -152,12 +157,17 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	}
 	d.server, err = varlink.NewServer(varlink.Config{
 		Vendor: "paddock", Product: "paddockd", Version: version.Version, URL: "https://github.com/paddock-vm/paddock",
-		Interfaces: map[string]string{api.Interface: api.Description},
-		Methods:    d.dispatch(),
-		MaxMessage: int(cfg.API.MaxMessageSize),
-		MaxConns:   cfg.API.MaxConnections,
-		MapError:   mapError,
-		Logger:     d.log.With("actor", "api"),
+		Interfaces:     map[string]string{api.Interface: api.Description},
+		Methods:        d.dispatch(),
+		MaxMessage:     int(cfg.API.MaxMessageSize),
+		MaxConns:       cfg.API.MaxConnections,
+		MaxConnsPerUID: cfg.API.MaxConnectionsPerUser,
+		AdminReserve:   cfg.API.AdminReservedConnections,
+		IdleTimeout:    cfg.API.IdleTimeout.Duration,
+		IsAdmin:        d.auth.admin,
+		Refused:        refused(cfg.API),
+		MapError:       mapError,
+		Logger:         d.log.With("actor", "api"),
 	})
 	if err != nil {
 		d.actors.Shutdown()
@@ -190,6 +200,9 @@ func (d *Daemon) Listen() error {
 	gid := int(lookupGID(cfg.API.SocketGroup))
 	if gid < 0 && cfg.API.SocketGroup != "" {
 		d.log.Warn("socket group does not exist; leaving the socket's group as is", "group", cfg.API.SocketGroup)
+	}
+	if err := mkdirReachable(filepath.Dir(cfg.API.Socket)); err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.API.Socket, err)
 	}
 	ln, activated, err := systemd.Listen(cfg.API.Socket, mode, gid)
 	if err != nil {
@@ -339,8 +352,27 @@ func (d *Daemon) reload() {
 	}
 }
 
+// mkdirReachable creates dir, if missing, as 0755 whatever the umask: the
+// directory of the API socket, which every user of it must be able to reach.
+func mkdirReachable(dir string) error {
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	return nil
+}
+
 // Run is paddockd's main: load, listen, serve, shut down.
 func Run(ctx context.Context, configPath string) error {
+	// What the daemon and its VMMs create is theirs alone unless made
+	// otherwise on purpose (the socket, its directory): a umask of 000
+	// under which paddockd was started must not make state readable.
+	unix.Umask(0o077)
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		return err

@@ -3,9 +3,11 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/varlink"
@@ -87,4 +89,19 @@ func mapError(err error) *varlink.Error {
 		}
 	}
 	return varlink.NewError(api.ErrInternal, messageParams(detailOf(err)))
+}
+
+// refused is the error a connection refused at accept reads: which limit,
+// and the config key that sets it.
+func refused(c config.API) func(varlink.Peer, error) *varlink.Error {
+	return func(_ varlink.Peer, cause error) *varlink.Error {
+		key := fmt.Sprintf("api.max_connections = %d", c.MaxConnections)
+		switch {
+		case errors.Is(cause, varlink.ErrPerUIDLimit):
+			key = fmt.Sprintf("api.max_connections_per_user = %d; each running paddock command, event stream or exec session holds one", c.MaxConnectionsPerUser)
+		case errors.Is(cause, varlink.ErrUserConnLimit):
+			key = fmt.Sprintf("api.max_connections = %d less api.admin_reserved_connections = %d", c.MaxConnections, c.AdminReservedConnections)
+		}
+		return varlink.NewError(api.ErrUnavailable, messageParams(errDetail{message: fmt.Sprintf("paddockd refused the connection: %v (%s)", cause, key)}))
+	}
 }

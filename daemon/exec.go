@@ -27,6 +27,11 @@ func (d *Daemon) exec(ctx context.Context, c *varlink.Call) error {
 	if len(c.FDs) != 3 {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "command", Msg: fmt.Sprintf("Exec needs stdin, stdout and stderr as three file descriptors, got %d", len(c.FDs))}
 	}
+	stdio, err := sockets(c, "stdin", "stdout", "stderr")
+	if err != nil {
+		return err
+	}
+	stdin, stdout, stderr := stdio[0], stdio[1], stdio[2]
 	r, err := d.agent(ctx, c, in.VM)
 	if err != nil {
 		return err
@@ -36,12 +41,16 @@ func (d *Daemon) exec(ctx context.Context, c *varlink.Call) error {
 	if err != nil {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "command", Msg: fmt.Sprintf("exec in %s: %v", in.VM, err)}
 	}
-	stdin, stdout, stderr := c.FDs[0], c.FDs[1], c.FDs[2]
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _, _ = io.Copy(stdout, p.Stdout()) }()
-	go func() { defer wg.Done(); _, _ = io.Copy(stderr, p.Stderr()) }()
+	// Every copy waits in the poller, never in a thread: a client that
+	// keeps its sockets open and silent (or full) costs parked goroutines
+	// until this call ends, and the call ends them all before it returns.
+	var out, input sync.WaitGroup
+	out.Add(2)
+	go func() { defer out.Done(); _, _ = io.Copy(stdout, p.Stdout()) }()
+	go func() { defer out.Done(); _, _ = io.Copy(stderr, p.Stderr()) }()
+	input.Add(1)
 	go func() {
+		defer input.Done()
 		// Stdin ends the session's input at EOF; a closed client ends it too.
 		_, _ = io.Copy(processWriter{p}, stdin)
 		_ = p.CloseStdin()
@@ -49,24 +58,65 @@ func (d *Daemon) exec(ctx context.Context, c *varlink.Call) error {
 	st, err := p.Wait(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
-			_ = p.Signal(context.Background(), 9)
+			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = p.Signal(kctx, 9)
+			cancel()
 		}
+	} else {
+		// Output still buffered gets a moment to reach a reading client.
+		waitTimeout(&out, 2*time.Second)
+	}
+	expire(stdin, stdout, stderr)
+	// The copies now end at once on the client's side; the guest's side
+	// (a wedged agent) is waited for a bounded time.
+	if !waitTimeout(&input, 5*time.Second) || !waitTimeout(&out, 5*time.Second) {
+		d.log.Warn("exec: a copy to or from the guest still runs after the call ended", "vm", r.VM.ID)
+	}
+	if err != nil {
 		return fmt.Errorf("exec in %s: %w", in.VM, err)
 	}
-	waitTimeout(&wg, 2*time.Second)
 	return c.Reply(api.ExecOut{ExitCode: st.Code, Signal: st.Signal})
+}
+
+// sockets returns the call's descriptors as sockets, refusing any other
+// kind with the stream named: only a socket can be read and written with
+// no thread waiting on it whatever the client does to it (the paddock CLI
+// relays the terminal, files and pipes through socket pairs).
+func sockets(c *varlink.Call, names ...string) ([]*varlink.Socket, error) {
+	out := make([]*varlink.Socket, len(names))
+	for i, name := range names {
+		s, err := c.Socket(i, name)
+		if err != nil {
+			return nil, &actors.Error{Kind: actors.ErrInvalidArgument, Field: name, Msg: err.Error()}
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
+// expire ends every wait on the sockets now.
+func expire(ss ...*varlink.Socket) {
+	past := time.Unix(1, 0)
+	for _, s := range ss {
+		_ = s.SetDeadline(past)
+	}
 }
 
 type processWriter struct{ p *agent.Process }
 
 func (w processWriter) Write(b []byte) (int, error) { return w.p.Write(b) }
 
-func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+// waitTimeout waits for wg at most d; false when it did not finish.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-time.After(d):
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
@@ -166,6 +216,11 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 	if len(c.FDs) != 2 {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "vm", Msg: fmt.Sprintf("Console needs stdin and stdout as two file descriptors, got %d", len(c.FDs))}
 	}
+	stdio, err := sockets(c, "stdin", "stdout")
+	if err != nil {
+		return err
+	}
+	stdin, stdout := stdio[0], stdio[1]
 	r, err := d.actors.Request(ctx, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
 	if err != nil {
 		return err
@@ -184,7 +239,6 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 	}
 	defer detach()
 	d.actors.Touch(r.VM.ID, "console")
-	stdin, stdout := c.FDs[0], c.FDs[1]
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -206,6 +260,21 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 			}
 		}
 	}()
+	// The input reader ends before the call does, whichever way it ends
+	// (a console that takes no input holds it a bounded time).
+	defer func() {
+		expire(stdin, stdout)
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			d.log.Warn("console: the input copy still runs after the call ended", "vm", r.VM.ID)
+		}
+	}()
+	// A client that stops reading blocks the writes below in the poller
+	// only: its hanging up (or the daemon's shutdown) ends the call, and
+	// the varlink server then expires the wait.
 	for {
 		select {
 		case b := <-out:

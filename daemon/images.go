@@ -229,12 +229,13 @@ func openPassed(ctx context.Context, f *os.File, in api.ImportIn, opts source.Op
 }
 
 // layoutAccess is what a caller may read of a directory it passed: an
-// admin anything beneath it, anyone else what its own uid and group could.
+// admin anything beneath it, anyone else what its own uid and groups (as
+// its connection carries them) could.
 func layoutAccess(caller actors.Caller, p varlink.Peer) source.Access {
 	if caller.Admin {
 		return nil
 	}
-	return source.ReadableBy(p.UID, []uint32{p.GID})
+	return source.ReadableBy(p.UID, append([]uint32{p.GID}, p.Groups...))
 }
 
 func (d *Daemon) listImages(ctx context.Context, c *varlink.Call) error {

@@ -39,7 +39,8 @@ func EncodeSeed(config []byte) ([]byte, error) {
 	return buf, nil
 }
 
-// WriteSeed writes the seed disk image for config to path (mode 0640),
+// WriteSeed writes the seed disk image for config to path (mode 0600: it
+// holds the VM's environment, --env values included),
 // replacing it atomically. It does not fsync: the seed is rebuilt before
 // every start, so a crash can cost nothing but a rewrite.
 func WriteSeed(path string, config []byte) error {
@@ -52,7 +53,7 @@ func WriteSeed(path string, config []byte) error {
 		return fmt.Errorf("seed: %w", err)
 	}
 	_, err = f.Write(buf)
-	err = errors.Join(err, f.Chmod(0o640), f.Close())
+	err = errors.Join(err, f.Chmod(0o600), f.Close())
 	if err == nil {
 		err = os.Rename(f.Name(), path)
 	}

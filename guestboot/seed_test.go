@@ -27,8 +27,8 @@ func TestSeedRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			fi, err := os.Stat(path)
-			if err != nil || fi.Size() != int64(tc.size) || fi.Mode().Perm() != 0o640 {
-				t.Fatalf("seed file %v %v, want %d bytes, 0640", fi, err, tc.size)
+			if err != nil || fi.Size() != int64(tc.size) || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("seed file %v %v, want %d bytes, 0600", fi, err, tc.size)
 			}
 			f, err := os.Open(path)
 			if err != nil {

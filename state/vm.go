@@ -182,8 +182,10 @@ type Store struct {
 // NewStore creates <stateDir>/vms if needed.
 func NewStore(stateDir string) (*Store, error) {
 	root := filepath.Join(stateDir, "vms")
-	if err := os.MkdirAll(root, 0o750); err != nil {
-		return nil, fmt.Errorf("create state dir %s: %w", root, err)
+	for _, d := range []string{stateDir, root} {
+		if err := MkdirPrivate(d); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
 	}
 	return &Store{Root: root}, nil
 }
@@ -248,15 +250,15 @@ func (s *Store) Save(vm *VM) error {
 		return fmt.Errorf("save vm: bad id %q", vm.ID)
 	}
 	dir := s.Dir(vm.ID)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+	if err := MkdirPrivate(dir); err != nil {
+		return err
 	}
 	vm.Schema = SchemaVersion
 	b, err := json.MarshalIndent(vm, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode vm %s: %w", vm.ID, err)
 	}
-	return WriteFileAtomic(filepath.Join(dir, "vm.json"), append(b, '\n'), 0o640)
+	return WriteFileAtomic(filepath.Join(dir, "vm.json"), append(b, '\n'), 0o600)
 }
 
 // LoadHandles reads handles.json; a missing file is an empty set.
@@ -289,7 +291,7 @@ func (s *Store) SaveHandles(id string, h *Handles) error {
 	if err != nil {
 		return fmt.Errorf("encode handles %s: %w", id, err)
 	}
-	return WriteFileAtomic(filepath.Join(s.Dir(id), "handles.json"), append(b, '\n'), 0o640)
+	return WriteFileAtomic(filepath.Join(s.Dir(id), "handles.json"), append(b, '\n'), 0o600)
 }
 
 // Remove deletes the VM's directory. Removing one that is gone succeeds.

@@ -43,7 +43,7 @@ func (c *Client) Call(ctx context.Context, method string, params, out any) error
 // CallFDs is Call passing open files along (SCM_RIGHTS).
 func (c *Client) CallFDs(ctx context.Context, method string, params, out any, files []*os.File) error {
 	if err := c.send(ctx, method, params, false, files); err != nil {
-		return err
+		return c.refusal(ctx, err)
 	}
 	r, err := c.recv(ctx)
 	if err != nil {
@@ -61,7 +61,7 @@ func (c *Client) Stream(ctx context.Context, method string, params any, fn func(
 // StreamFDs is Stream passing open files along (SCM_RIGHTS).
 func (c *Client) StreamFDs(ctx context.Context, method string, params any, files []*os.File, fn func(json.RawMessage) error) error {
 	if err := c.send(ctx, method, params, true, files); err != nil {
-		return err
+		return c.refusal(ctx, err)
 	}
 	for {
 		r, err := c.recv(ctx)
@@ -129,6 +129,18 @@ func (c *Client) send(ctx context.Context, method string, params any, more bool,
 	}
 	_, _, err = uc.WriteMsgUnix(b, unix.UnixRights(fds...), nil)
 	return err
+}
+
+// refusal turns a failed send into the error the service sent before it
+// closed the connection (a service refusing a connection at accept says
+// why first), or returns the send's own error.
+func (c *Client) refusal(ctx context.Context, sendErr error) error {
+	ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if r, err := c.recv(ctx); err == nil && r.Error != "" {
+		return decodeReply(r, nil)
+	}
+	return sendErr
 }
 
 func (c *Client) recv(ctx context.Context) (*wireReply, error) {

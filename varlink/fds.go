@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,12 +60,11 @@ func (r *fdReader) collect(oob []byte) error {
 			continue
 		}
 		for _, fd := range fds {
-			f := os.NewFile(uintptr(fd), fmt.Sprintf("fd%d", fd))
 			if len(r.fds) >= MaxFDs {
-				_ = f.Close()
+				_ = unix.Close(fd)
 				continue
 			}
-			r.fds = append(r.fds, f)
+			r.fds = append(r.fds, adopt(fd))
 		}
 	}
 	return nil
@@ -79,10 +79,41 @@ func (r *fdReader) take() []*os.File {
 	return fds
 }
 
+// adopt wraps a received descriptor. A socket joins Go's poller, so that
+// Socket can read and write it without blocking a thread: os.NewFile
+// registers a descriptor that is in non-blocking mode, and the
+// registration outlives the mode, so the socket is switched for the
+// wrapping only and given its mode back at once (the client shares the
+// file description and must not find it changed). Other kinds are wrapped
+// as they are.
+func adopt(fd int) *os.File {
+	name := fmt.Sprintf("fd%d", fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return os.NewFile(uintptr(fd), name)
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_NONBLOCK != 0 || unix.SetNonblock(fd, true) != nil {
+		return os.NewFile(uintptr(fd), name)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+	return f
+}
+
 func closeAll(fs []*os.File) {
 	for _, f := range fs {
 		if f != nil {
 			_ = f.Close()
 		}
+	}
+}
+
+// expire makes every wait on the files end now; used when a call's context
+// ends, so that no handler stays blocked on a client's descriptor.
+func expire(fs []*os.File) {
+	past := time.Unix(1, 0)
+	for _, f := range fs {
+		_ = f.SetDeadline(past)
 	}
 }

@@ -19,12 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Peer is the identity of the process at the other end, from SO_PEERCRED.
-type Peer struct {
-	UID, GID uint32
-	PID      int32
-}
-
 // Handler serves one method. It must answer through the Call exactly once
 // with Reply or Error (after any number of Continue for a "more" call), or
 // return an error, which becomes an Internal-style reply by the server's
@@ -36,7 +30,9 @@ type Call struct {
 	*Request
 	Peer Peer
 	// FDs are the descriptors the client passed with this call (SCM_RIGHTS).
-	// They are closed when the handler returns; dup one to keep it.
+	// They are closed when the handler returns; dup one to keep it. Read and
+	// write a passed socket only through Socket: a plain Read may block a
+	// thread for as long as the client likes.
 	FDs     []*os.File
 	conn    *conn
 	replied bool
@@ -111,8 +107,22 @@ type Config struct {
 	Methods map[string]Handler
 	// MaxMessage bounds one request in bytes; a longer one closes the connection.
 	MaxMessage int
-	// MaxConns bounds concurrent connections; more are closed at accept.
+	// MaxConns bounds concurrent connections; more are refused at accept.
 	MaxConns int
+	// MaxConnsPerUID bounds the connections one caller who is not an admin
+	// may hold; 0 means MaxConns.
+	MaxConnsPerUID int
+	// AdminReserve is how many of MaxConns only admins may take.
+	AdminReserve int
+	// IsAdmin says whether a peer counts as an admin for the limits above.
+	IsAdmin func(Peer) bool
+	// Refused builds the error sent to a connection refused at accept (the
+	// cause wraps ErrConnLimit, ErrUserConnLimit or ErrPerUIDLimit) before it
+	// is closed; the client reads it as the answer to its first call.
+	Refused func(p Peer, cause error) *Error
+	// IdleTimeout closes a connection that has no call in flight and sends
+	// nothing for this long; 0 keeps idle connections open.
+	IdleTimeout time.Duration
 	// MessageTimeout bounds how long a started message may take to arrive.
 	MessageTimeout time.Duration
 	// WriteTimeout bounds one reply write to a client that does not read.
@@ -132,8 +142,9 @@ type Server struct {
 	draining atomic.Bool
 	streams  context.Context // canceled when shutdown begins: ends "more" calls
 	stop     context.CancelFunc
-	sem      chan struct{}
-	waiting  bool // Shutdown waits on inflight: no new calls may start
+	limits   *limits // under mu
+	waiting  bool    // Shutdown waits on inflight: no new calls may start
+	refusals refusalLog
 }
 
 // begin registers a call in flight; false once Shutdown has begun waiting.
@@ -164,6 +175,14 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.IsAdmin == nil {
+		cfg.IsAdmin = func(Peer) bool { return false }
+	}
+	if cfg.Refused == nil {
+		cfg.Refused = func(_ Peer, cause error) *Error {
+			return NewError(ErrPermissionDenied, map[string]any{"message": "connection refused: " + cause.Error()})
+		}
+	}
 	if cfg.MapError == nil {
 		cfg.MapError = func(err error) *Error {
 			var ve *Error
@@ -185,7 +204,8 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, conns: map[*conn]struct{}{}, streams: ctx, stop: cancel, sem: make(chan struct{}, cfg.MaxConns)}, nil
+	return &Server{cfg: cfg, conns: map[*conn]struct{}{}, streams: ctx, stop: cancel,
+		limits: newLimits(cfg.MaxConns, cfg.MaxConnsPerUID, cfg.AdminReserve)}, nil
 }
 
 // Serve accepts connections on ln until Shutdown.
@@ -210,25 +230,61 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		delay = 0
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			s.cfg.Logger.Warn("too many connections, refusing one", "max", s.cfg.MaxConns)
-			_ = nc.Close()
-			continue
-		}
-		c := &conn{srv: s, nc: nc}
-		s.mu.Lock()
-		if s.draining.Load() {
-			s.mu.Unlock()
-			_ = nc.Close()
-			<-s.sem
-			continue
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		go c.serve()
+		s.admit(nc)
 	}
+}
+
+// admit counts a new connection against the limits and serves it, or
+// tells the client why not and closes it. It never waits on the client.
+func (s *Server) admit(nc net.Conn) {
+	peer, err := PeerOf(nc)
+	if err != nil {
+		s.cfg.Logger.Warn("refusing connection", "err", err)
+		_ = nc.Close()
+		return
+	}
+	admin := s.cfg.IsAdmin(peer)
+	c := &conn{srv: s, nc: nc, peer: peer, admin: admin}
+	c.touch()
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	if err := s.limits.admit(peer.UID, admin); err != nil {
+		s.mu.Unlock()
+		s.refusals.note(s.cfg.Logger, peer, err)
+		ve := s.cfg.Refused(peer, err)
+		b, _ := json.Marshal(&Reply{Parameters: ve.Parameters, Error: ve.Name})
+		// A fresh socket's send buffer is empty: this write does not wait.
+		_ = nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = nc.Write(append(b, 0))
+		_ = nc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	go c.serve()
+}
+
+// refusalLog logs refused connections without letting a flood of them
+// flood the log: the first, then at most one a minute with a count.
+type refusalLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *refusalLog) note(log *slog.Logger, p Peer, cause error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.last) < time.Minute {
+		r.suppressed++
+		return
+	}
+	log.Warn("refusing a connection", "uid", p.UID, "pid", p.PID, "err", cause, "refused_since_last_report", r.suppressed)
+	r.last, r.suppressed = time.Now(), 0
 }
 
 // Shutdown stops accepting, ends streaming calls, waits for the other calls
@@ -272,12 +328,18 @@ func (s *Server) closeIdle() {
 }
 
 type conn struct {
-	srv  *Server
-	nc   net.Conn
-	fdr  *fdReader
-	wmu  sync.Mutex
-	busy atomic.Bool
+	srv   *Server
+	nc    net.Conn
+	peer  Peer
+	admin bool
+	fdr   *fdReader
+	wmu   sync.Mutex
+	busy  atomic.Bool
+	// active is when the connection last began or ended a call (Unix ns).
+	active atomic.Int64
 }
+
+func (c *conn) touch() { c.active.Store(time.Now().UnixNano()) }
 
 func (c *conn) write(r *Reply) error {
 	b, err := json.Marshal(r)
@@ -292,29 +354,6 @@ func (c *conn) write(r *Reply) error {
 	return err
 }
 
-// PeerOf reads SO_PEERCRED of a UNIX connection.
-func PeerOf(nc net.Conn) (Peer, error) {
-	uc, ok := nc.(*net.UnixConn)
-	if !ok {
-		return Peer{}, fmt.Errorf("peer credentials: %T is not a UNIX socket", nc)
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return Peer{}, fmt.Errorf("peer credentials: %w", err)
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return Peer{}, fmt.Errorf("peer credentials: %w", err)
-	}
-	if serr != nil {
-		return Peer{}, fmt.Errorf("peer credentials: %w", serr)
-	}
-	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}, nil
-}
-
 func (c *conn) serve() {
 	defer func() {
 		_ = c.nc.Close()
@@ -323,15 +362,11 @@ func (c *conn) serve() {
 		}
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
+		c.srv.limits.release(c.peer.UID, c.admin)
 		c.srv.mu.Unlock()
-		<-c.srv.sem
 	}()
 	log := c.srv.cfg.Logger
-	peer, err := PeerOf(c.nc)
-	if err != nil {
-		log.Warn("refusing connection", "err", err)
-		return
-	}
+	peer := c.peer
 	// The reader runs apart from the calls so that a client hanging up ends a
 	// streaming call at once.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -349,7 +384,9 @@ func (c *conn) serve() {
 		for {
 			b, err := c.readMessage(br)
 			if err != nil {
-				if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				if errors.Is(err, errIdle) {
+					log.Debug("closing an idle connection", "uid", peer.UID, "pid", peer.PID, "idle", c.srv.cfg.IdleTimeout)
+				} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 					log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
 				}
 				return
@@ -371,12 +408,14 @@ func (c *conn) serve() {
 	}
 }
 
+var errIdle = errors.New("connection idle")
+
 // readMessage reads one NUL-terminated message. The wait for its first byte
-// is unbounded (idle clients are fine); once started, the message must arrive
-// within MessageTimeout and within MaxMessage bytes.
+// lasts while a call is in flight, or up to IdleTimeout after the last one
+// began or ended; once started, the message must arrive within
+// MessageTimeout and within MaxMessage bytes.
 func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
-	_ = c.nc.SetReadDeadline(time.Time{})
-	if _, err := br.Peek(1); err != nil {
+	if err := c.awaitMessage(br); err != nil {
 		return nil, err
 	}
 	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.MessageTimeout))
@@ -403,6 +442,34 @@ func (c *conn) readMessage(br *bufio.Reader) ([]byte, error) {
 	}
 }
 
+// awaitMessage waits for the first byte of the next message; errIdle when
+// none comes within IdleTimeout of the last call while no call is in flight.
+func (c *conn) awaitMessage(br *bufio.Reader) error {
+	idle := c.srv.cfg.IdleTimeout
+	for {
+		deadline := time.Time{}
+		if idle > 0 {
+			deadline = time.Unix(0, c.active.Load()).Add(idle)
+			if c.busy.Load() {
+				// A call in flight keeps the connection; look again later.
+				deadline = time.Now().Add(idle)
+			}
+		}
+		_ = c.nc.SetReadDeadline(deadline)
+		_, err := br.Peek(1)
+		if err == nil {
+			return nil
+		}
+		var ne net.Error
+		if idle <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
+			return err
+		}
+		if !c.busy.Load() && time.Since(time.Unix(0, c.active.Load())) >= idle {
+			return errIdle
+		}
+	}
+}
+
 // dispatch runs one call; false means the connection must close.
 func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
 	log := c.srv.cfg.Logger
@@ -415,7 +482,9 @@ func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
 		return false
 	}
 	c.busy.Store(true)
+	c.touch()
 	defer func() {
+		c.touch()
 		c.busy.Store(false)
 		c.srv.inflight.Done()
 	}()
@@ -426,7 +495,10 @@ func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
 	call := &Call{Request: req, Peer: peer, conn: c}
 	if c.fdr != nil {
 		call.FDs = c.fdr.take()
+		// Closing wakes any Socket wait still on them.
 		defer closeAll(call.FDs)
+		// However the call ends, nothing keeps waiting on the client's files.
+		defer context.AfterFunc(ctx, func() { expire(call.FDs) })()
 	}
 	if req.More {
 		var stop context.CancelFunc

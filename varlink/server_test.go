@@ -5,13 +5,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const testIface = `interface org.example.test
@@ -19,6 +23,8 @@ method Echo(s: string) -> (s: string, uid: int)
 method Count(n: int) -> (i: int)
 method Slow() -> ()
 method ReadFD() -> (data: string, n: int)
+method Who() -> (uid: int, gid: int, groups: []int)
+method Abandon() -> ()
 error Boom (why: string)
 `
 
@@ -26,12 +32,16 @@ type rig struct {
 	srv  *Server
 	path string
 	slow chan struct{}
-	done atomic.Bool
+	// slowBegan hears from each Slow call as it begins.
+	slowBegan chan struct{}
+	done      atomic.Bool
+	// abandoned counts readers Abandon left behind that have ended.
+	abandoned sync.WaitGroup
 }
 
 func newRig(t *testing.T, mod func(*Config)) *rig {
 	t.Helper()
-	r := &rig{path: filepath.Join(t.TempDir(), "s.sock"), slow: make(chan struct{})}
+	r := &rig{path: filepath.Join(t.TempDir(), "s.sock"), slow: make(chan struct{}), slowBegan: make(chan struct{}, 8)}
 	cfg := Config{
 		Vendor: "v", Product: "p", Version: "1", URL: "u",
 		Interfaces: map[string]string{"org.example.test": testIface},
@@ -61,7 +71,10 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 						return err
 					}
 				}
-				if in.N < 0 { // stream until the client or shutdown ends it
+				if in.N < 0 { // say it began, then stream until the client or shutdown ends it
+					if err := c.Continue(map[string]int{"i": 0}); err != nil {
+						return err
+					}
 					<-ctx.Done()
 				}
 				return c.Reply(map[string]int{"i": in.N})
@@ -75,7 +88,25 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 				}
 				return c.Reply(map[string]any{"data": data, "n": len(c.FDs)})
 			},
+			"org.example.test.Who": func(_ context.Context, c *Call) error {
+				return c.Reply(map[string]any{"uid": c.Peer.UID, "gid": c.Peer.GID, "groups": c.Peer.Groups})
+			},
+			// Abandon leaves a reader on the passed descriptor behind, as a
+			// handler's copy goroutine does when its call ends first.
+			"org.example.test.Abandon": func(_ context.Context, c *Call) error {
+				s, err := c.Socket(0, "input")
+				if err != nil {
+					return NewError("org.example.test.Boom", map[string]string{"why": err.Error()})
+				}
+				r.abandoned.Add(1)
+				go func() {
+					defer r.abandoned.Done()
+					_, _ = s.Read(make([]byte, 1))
+				}()
+				return c.Reply(nil)
+			},
 			"org.example.test.Slow": func(_ context.Context, c *Call) error {
+				r.slowBegan <- struct{}{}
 				<-r.slow
 				r.done.Store(true)
 				return c.Reply(nil)
@@ -278,10 +309,18 @@ func TestShutdownFinishesInFlightAndEndsStreams(t *testing.T) {
 	slowErr := make(chan error, 1)
 	go func() { slowErr <- slowC.Call(context.Background(), "org.example.test.Slow", nil, nil) }()
 	streamErr := make(chan error, 1)
+	began := make(chan struct{}, 1)
 	go func() {
-		streamErr <- streamC.Stream(context.Background(), "org.example.test.Count", map[string]int{"n": -1}, func(json.RawMessage) error { return nil })
+		streamErr <- streamC.Stream(context.Background(), "org.example.test.Count", map[string]int{"n": -1}, func(json.RawMessage) error {
+			select {
+			case began <- struct{}{}:
+			default:
+			}
+			return nil
+		})
 	}()
-	time.Sleep(100 * time.Millisecond)
+	<-began
+	<-r.slowBegan
 	shut := make(chan error, 1)
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -311,101 +350,181 @@ func TestShutdownFinishesInFlightAndEndsStreams(t *testing.T) {
 	}
 }
 
-func TestConnectionLimit(t *testing.T) {
-	r := newRig(t, func(c *Config) { c.MaxConns = 1 })
-	first := r.client(t)
-	if err := first.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "a"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	second := r.client(t)
-	if err := second.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "b"}, nil); err == nil {
-		t.Fatal("second connection served beyond the limit")
-	}
-}
-
-func TestDecodeRequest(t *testing.T) {
+// Connections beyond a limit are refused with an error that says which
+// limit, and the client reads it as the answer to its call.
+func TestConnectionLimits(t *testing.T) {
 	cases := []struct {
-		in string
-		ok bool
+		name  string
+		mod   func(*Config)
+		admin bool
+		want  error
 	}{
-		{`{"method":"a.b.C"}`, true},
-		{`{"method":"a.b.C","parameters":{"x":1},"more":true}`, true},
-		{`{"method":"a.b.C","parameters":null}`, true},
-		{`{"method":"a.b.c"}`, false},
-		{`{"method":"C"}`, false},
-		{`{"method":"a.b.C","parameters":"x"}`, false},
-		{`{"method":"a.b.C","more":true,"oneway":true}`, false},
-		{`{"method":"a.b.C"} {"method":"a.b.C"}`, false},
-		{`{"method":"a.b.C"`, false},
-		{``, false},
+		{"total", func(c *Config) { c.MaxConns = 1 }, false, ErrConnLimit},
+		{"per uid", func(c *Config) { c.MaxConns, c.MaxConnsPerUID = 8, 1 }, false, ErrPerUIDLimit},
+		{"users' share", func(c *Config) { c.MaxConns, c.AdminReserve = 2, 1 }, false, ErrUserConnLimit},
+		{"admins use the reserve", func(c *Config) { c.MaxConns, c.MaxConnsPerUID, c.AdminReserve = 2, 1, 1 }, true, nil},
 	}
 	for _, tc := range cases {
-		_, err := DecodeRequest([]byte(tc.in))
-		if (err == nil) != tc.ok {
-			t.Errorf("DecodeRequest(%s) err = %v, want ok=%v", tc.in, err, tc.ok)
-		}
-		if err != nil && !errors.Is(err, ErrProtocol) {
-			t.Errorf("error %v is not ErrProtocol", err)
-		}
-	}
-}
-
-func FuzzDecodeRequest(f *testing.F) {
-	for _, s := range []string{
-		`{"method":"io.paddock.v1.Get","parameters":{"vm":"web1"}}`,
-		`{"method":"io.paddock.v1.Events","more":true}`,
-		`{"method":"org.varlink.service.GetInfo"}`,
-		`{"method":"a.b.C","parameters":{"x":[1,{"y":null}]},"oneway":true}`,
-		`{"method":"\u0000.x.Y"}`, `[]`, `null`, `{"parameters":{}}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := DecodeRequest(b)
-		if err != nil {
-			if !errors.Is(err, ErrProtocol) {
-				t.Fatalf("error not ErrProtocol: %v", err)
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, func(c *Config) {
+				tc.mod(c)
+				c.IsAdmin = func(Peer) bool { return tc.admin }
+				c.Refused = func(p Peer, cause error) *Error {
+					return NewError("org.example.test.Boom", map[string]any{"why": cause.Error(), "uid": p.UID})
+				}
+			})
+			first := r.client(t)
+			if err := first.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "a"}, nil); err != nil {
+				t.Fatal(err)
 			}
-			return
-		}
-		if !methodRE.MatchString(r.Method) || len(r.Parameters) == 0 || r.Parameters[0] != '{' && strings.TrimSpace(string(r.Parameters))[0] != '{' {
-			t.Fatalf("accepted a bad request: %+v", r)
-		}
-		if r.More && r.Oneway {
-			t.Fatal("accepted more+oneway")
-		}
-	})
+			second := r.client(t)
+			err := second.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "b"}, nil)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("second connection refused: %v", err)
+				}
+				return
+			}
+			var ve *Error
+			if !errors.As(err, &ve) || ve.Name != "org.example.test.Boom" || !strings.Contains(ve.Error(), tc.want.Error()) {
+				t.Fatalf("second connection: %v, want the refusal naming %q", err, tc.want)
+			}
+			// The slot comes back when the first connection goes.
+			first.Close()
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				third := r.client(t)
+				err := third.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "c"}, nil)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("slot not given back: %v", err)
+				}
+				third.Close()
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
 }
 
-func TestPassingFiles(t *testing.T) {
-	r := newRig(t, nil)
-	c := r.client(t)
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, []byte("secret of the caller"), 0o600); err != nil {
+// An idle connection is closed after IdleTimeout; one with a call in
+// flight is not, however long the call lasts.
+func TestIdleTimeout(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.IdleTimeout = 200 * time.Millisecond })
+	idle := r.client(t)
+	if err := idle.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "a"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(p)
+	streaming := r.client(t)
+	got := make(chan int, 64)
+	streamErr := make(chan error, 1)
+	go func() {
+		streamErr <- streaming.Stream(context.Background(), "org.example.test.Count", map[string]int{"n": -1}, func(raw json.RawMessage) error {
+			got <- 1
+			return nil
+		})
+	}()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream did not begin")
+	}
+	// The idle one is closed by the service: its next call fails.
+	_ = idle.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := idle.nc.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("idle connection still open (read %d bytes)", n)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("idle connection not closed within 5s of a 200ms idle timeout")
+	}
+	// The streaming one outlived the idle one's timeout several times
+	// over and still serves; a new idle connection has its own clock.
+	select {
+	case err := <-streamErr:
+		t.Fatalf("stream ended: %v", err)
+	default:
+	}
+	fresh := r.client(t)
+	if err := fresh.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The peer's supplementary groups come with the connection (SO_PEERGROUPS).
+func TestPeerGroups(t *testing.T) {
+	r := newRig(t, nil)
+	var out struct {
+		UID, GID int
+		Groups   []int
+	}
+	if err := r.client(t).Call(ctx(t), "org.example.test.Who", nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.Getgroups()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var out struct {
-		Data string `json:"data"`
-		N    int    `json:"n"`
+	if out.UID != os.Getuid() || out.GID != os.Getegid() || fmt.Sprint(out.Groups) != fmt.Sprint(want) {
+		t.Fatalf("peer %+v, want uid %d gid %d groups %v", out, os.Getuid(), os.Getegid(), want)
 	}
-	if err := c.CallFDs(ctx(t), "org.example.test.ReadFD", nil, &out, []*os.File{f}); err != nil || out.Data != "secret of the caller" || out.N != 1 {
-		t.Fatalf("fd call: %+v %v", out, err)
+	p := Peer{GID: 5, Groups: []uint32{7, 9}}
+	for gid, in := range map[uint32]bool{5: true, 7: true, 9: true, 6: false, 0: false} {
+		if p.InGroup(gid) != in {
+			t.Errorf("InGroup(%d) = %v", gid, !in)
+		}
 	}
-	// Descriptors belong to the call that carried them, not the next one.
-	if err := c.Call(ctx(t), "org.example.test.ReadFD", nil, &out); err != nil || out.N != 0 {
-		t.Fatalf("next call saw %d fds: %v", out.N, err)
+}
+
+// A reader a handler leaves on a client's socket ends with the call,
+// though the client keeps its end open and silent and, sharing the passed
+// end's file description, switches it back to blocking mode behind the
+// service's back; the client's description gets its blocking mode back.
+// A pipe is refused, naming the descriptor and what it is.
+func TestPassedSocketsDoNotOutliveTheCall(t *testing.T) {
+	r := newRig(t, nil)
+	c := r.client(t)
+	const calls = 50
+	var keep []*os.File
+	defer func() {
+		for _, f := range keep {
+			f.Close()
+		}
+	}()
+	for range calls {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		passed := os.NewFile(uintptr(sp[0]), "passed")
+		keep = append(keep, passed, os.NewFile(uintptr(sp[1]), "kept")) // both ends stay open, nothing is ever written
+		if err := c.CallFDs(ctx(t), "org.example.test.Abandon", nil, nil, []*os.File{passed}); err != nil {
+			t.Fatal(err)
+		}
+		fl, err := unix.FcntlInt(uintptr(sp[0]), unix.F_GETFL, 0)
+		if err != nil || fl&unix.O_NONBLOCK != 0 {
+			t.Fatalf("the client's socket left non-blocking: flags %#x %v", fl, err)
+		}
+		// Hostile: blocking mode on the shared description while the
+		// service's reader may still be about to read.
+		if err := unix.SetNonblock(sp[0], false); err != nil {
+			t.Fatal(err)
+		}
 	}
-	// More descriptors than allowed close the connection.
-	many := make([]*os.File, MaxFDs+4)
-	for i := range many {
-		many[i] = f
+	done := make(chan struct{})
+	go func() { r.abandoned.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("readers left on %d silent sockets still wait after their calls ended", calls)
 	}
-	if err := c.CallFDs(ctx(t), "org.example.test.ReadFD", nil, &out, many); err == nil {
-		t.Fatalf("call with %d fds served: %+v", len(many), out)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	err = c.CallFDs(ctx(t), "org.example.test.Abandon", nil, nil, []*os.File{pr})
+	if err == nil || !strings.Contains(err.Error(), "input must be passed as a stream socket") || !strings.Contains(err.Error(), "pipe") {
+		t.Fatalf("a pipe: %v", err)
 	}
 }

@@ -17,8 +17,8 @@ func (c *cli) newConsoleCommand() *cobra.Command {
 			defer restore()
 			fmt.Fprint(c.errOut, safef("Connected to the console of %s; Ctrl-] detaches.", a[0])+"\r\n")
 		}
-		return c.relayed(true, func(ctx context.Context, cl *api.Client, stdin *os.File) error {
-			return cl.Console(ctx, a[0], stdin, os.Stdout)
+		return c.relayed(true, func(ctx context.Context, cl *api.Client, s stdio) error {
+			return cl.Console(ctx, a[0], s.stdin, s.stdout)
 		})
 	}
 	return cmd

@@ -29,8 +29,8 @@ func (c *cli) newExecCommand() *cobra.Command {
 			}
 		}
 		var out *api.ExecOut
-		err := c.relayed(false, func(ctx context.Context, cl *api.Client, stdin *os.File) (err error) {
-			out, err = cl.Exec(ctx, in, stdin, os.Stdout, os.Stderr)
+		err := c.relayed(false, func(ctx context.Context, cl *api.Client, s stdio) (err error) {
+			out, err = cl.Exec(ctx, in, s.stdin, s.stdout, s.stderr)
 			return err
 		})
 		switch {

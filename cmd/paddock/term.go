@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -31,10 +32,17 @@ func makeRaw(fd int) (func(), error) {
 	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }, nil
 }
 
-// relayed runs fn with a stdin relay (see stdinRelay) until it ends or
-// SIGTERM (exec: also SIGINT, which a terminal in raw mode passes as a byte
-// instead) ends it.
-func (c *cli) relayed(detach bool, fn func(context.Context, *api.Client, *os.File) error) error {
+// stdio is what a relayed call passes the daemon in place of the
+// terminal, files and pipes of the command: socket pair ends (see relay).
+type stdio struct{ stdin, stdout, stderr *os.File }
+
+// relayed runs fn with stdin, stdout and stderr relays (see stdinRelay and
+// outputRelay) until it ends or SIGTERM (exec: also SIGINT, which a terminal
+// in raw mode passes as a byte instead) ends it. The daemon takes only
+// sockets for a session's streams: they are the one kind it can read and
+// write with no thread waiting on them whatever a client does, and with
+// them it never holds the user's terminal itself.
+func (c *cli) relayed(detach bool, fn func(context.Context, *api.Client, stdio) error) error {
 	sigs := []os.Signal{syscall.SIGTERM}
 	if !detach {
 		sigs = append(sigs, os.Interrupt)
@@ -47,8 +55,47 @@ func (c *cli) relayed(detach bool, fn func(context.Context, *api.Client, *os.Fil
 			return err
 		}
 		defer closeRelay()
-		return fn(ctx, cl, stdin)
+		stdout, drainOut, err := outputRelay(os.Stdout)
+		if err != nil {
+			return err
+		}
+		stderr, drainErr, err := outputRelay(os.Stderr)
+		if err != nil {
+			drainOut(ctx)
+			return err
+		}
+		err = fn(ctx, cl, stdio{stdin, stdout, stderr})
+		// The daemon closes its ends when the call ends: what it sent
+		// before is copied out in full (unless a signal ends the wait).
+		drainOut(ctx)
+		drainErr(ctx)
+		return err
 	})
+}
+
+// outputRelay hands the daemon one end of a socket pair and copies what
+// arrives on the other to dst. drain closes the handed end and waits until
+// everything the daemon sent has been copied, or ctx ends.
+func outputRelay(dst *os.File) (*os.File, func(context.Context), error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	remote, local := os.NewFile(uintptr(fds[0]), "output-relay"), os.NewFile(uintptr(fds[1]), "output-relay-local")
+	_ = unix.Shutdown(fds[1], unix.SHUT_WR) // nothing goes back to the daemon
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(dst, local)
+	}()
+	return remote, func(ctx context.Context) {
+		_ = remote.Close()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+		_ = local.Close()
+	}, nil
 }
 
 // stdinRelay hands the daemon one end of a socket pair and copies our stdin
