@@ -386,18 +386,18 @@ func TestFindAndIntentKill(t *testing.T) {
 	if !slices.ContainsFunc(all, func(q *Process) bool { return q.PID == p.PID }) {
 		t.Fatal("Find(\"\") does not list the VMM")
 	}
-	// scoped to one daemon's runtime directory
+	// judged for one daemon: its uid, its runtime directory
 	for root, want := range map[string]bool{p.RunDir: true, filepath.Dir(p.RunDir): true, p.RunDir + "x": false, "/nonexistent": false} {
-		under, err := FindUnder(root)
+		found, err := Owner{UID: os.Geteuid(), RunRoot: root}.Find()
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := false
-		for _, q := range under {
+		for _, q := range found {
 			got = got || q.PID == p.PID
 		}
 		if got != want {
-			t.Errorf("FindUnder(%q) lists it: %v, want %v", root, got, want)
+			t.Errorf("Owner{RunRoot: %q}.Find lists it: %v, want %v", root, got, want)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
