@@ -41,9 +41,11 @@ type Host struct {
 	// pids.max (0: none). cpu.max is the VM's CPUs. With Cgroup only.
 	VMMMemoryOverhead int64
 	VMMPIDs           int
-	// FindVMMs lists this daemon's VMM processes (by their sockets under
-	// its runtime directory), for the orphan sweep; nil finds none.
-	FindVMMs func() ([]*vmm.Process, error)
+	// FindVMMs lists the VMM processes that could be this daemon's (their
+	// sockets' paths under its runtime directory, or their cgroups in its
+	// own), each judged: only those with Ours set are provably its own and
+	// may be killed (vmm.Owner). For the orphan sweep; nil finds none.
+	FindVMMs func() ([]vmm.Found, error)
 	// Kit returns the boot kit named name ("": the default).
 	Kit func(name string) (*Kit, error)
 	// Image returns the base disk and the OCI config (JSON) of an image.

@@ -185,9 +185,16 @@ func (m *manager) sweep() {
 			m.log.Warn("listing VMM processes for the orphan sweep", "err", err)
 		}
 		for _, p := range procs {
-			if !known(p.VMID) {
-				m.log.Warn("killing an orphan VMM", "vm_id", p.VMID, "pid", p.PID)
-				if err := h.VMM.Kill(ctx, p); err != nil {
+			switch {
+			case known(p.VMID):
+				// its VM actor reconciles it
+			case !p.Ours:
+				// Same paths, another daemon (another mount namespace,
+				// another uid): never ours to kill.
+				m.log.Info("leaving a VMM that is not provably this daemon's", "vm_id", p.VMID, "pid", p.PID, "why", p.Why)
+			default:
+				m.log.Warn("killing an orphan VMM", "vm_id", p.VMID, "pid", p.PID, "why", p.Why)
+				if err := h.VMM.Kill(ctx, p.Process); err != nil {
 					m.log.Error("killing an orphan VMM", "vm_id", p.VMID, "err", err)
 				}
 			}

@@ -197,3 +197,32 @@ func TestSweepOrphanCgroups(t *testing.T) {
 		}
 	}
 }
+
+// The start-up sweep kills VMMs of VMs the daemon does not know only when
+// they are provably its own; a lookalike of another daemon (same paths in
+// another mount namespace, another uid) is left running, and a VMM of a
+// known VM is its actor's business.
+func TestSweepOrphanVMMs(t *testing.T) {
+	e := newLifecycle(t, nil)
+	found := []vmm.Found{
+		{Process: &vmm.Process{VMID: e.vm.ID, PID: 7001}, Ours: true, Why: "its API socket is this daemon's very file"},
+		{Process: &vmm.Process{VMID: "ghost", PID: 7002}, Ours: true, Why: "its API socket is this daemon's very file"},
+		{Process: &vmm.Process{VMID: "lookalike", PID: 7003}, Why: "its API socket is another file: another mount namespace's"},
+		{Process: &vmm.Process{VMID: "stranger", PID: 7004}, Why: "it runs as uid 1001, this daemon as 1000"},
+	}
+	e.sys.Shutdown()
+	e.host.FindVMMs = func() ([]vmm.Found, error) { return found, nil }
+	before := len(e.fk.vmm.Calls())
+	e.harness = startOn(t, e.dir, e.host, e.fk)
+	killed := map[string]bool{}
+	for _, c := range e.fk.vmm.Calls()[before:] {
+		if c.Op == "Kill" {
+			killed[c.VMID] = true
+		}
+	}
+	for id, want := range map[string]bool{e.vm.ID: false, "ghost": true, "lookalike": false, "stranger": false} {
+		if killed[id] != want {
+			t.Errorf("VMM of %s killed: %v, want %v", id, killed[id], want)
+		}
+	}
+}

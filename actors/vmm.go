@@ -20,7 +20,7 @@ type vmmStep struct {
 	log *slog.Logger
 	// find lists this daemon's VMMs (nil: none can be found), for VMMs a
 	// crash left between their launch and the record of their pid.
-	find func() ([]*vmm.Process, error)
+	find func() ([]vmm.Found, error)
 }
 
 // vmmExited reports the end of a VMM: typed, as the driver saw it.
@@ -66,10 +66,15 @@ func (s vmmStep) Release(ctx context.Context, p *vmm.Process, how releaseHow) er
 		procs, err := s.find()
 		errs = append(errs, err)
 		for _, q := range procs {
-			if q.VMID == p.VMID && q.PID != p.PID {
-				s.log.Warn("killing an unrecorded VMM of this VM", "pid", q.PID)
-				errs = append(errs, s.drv.Kill(ctx, q))
+			if q.VMID != p.VMID || q.PID == p.PID {
+				continue
 			}
+			if !q.Ours {
+				s.log.Warn("leaving a VMM with this VM's tag that is not provably this daemon's", "pid", q.PID, "why", q.Why)
+				continue
+			}
+			s.log.Warn("killing an unrecorded VMM of this VM", "pid", q.PID, "why", q.Why)
+			errs = append(errs, s.drv.Kill(ctx, q.Process))
 		}
 	}
 	return errors.Join(errs...)

@@ -60,10 +60,11 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	h.VMM, h.Accel, h.ConsoleLogMax = driver, cfg.VM.Accel, int64(cfg.VM.ConsoleLogMax)
 	h.Cgroup, d.cgroupInfo = vmmCgroup(log, cgroup.Delegated)
 	h.VMMMemoryOverhead, h.VMMPIDs = int64(cfg.VM.VMMMemoryOverhead), cfg.VM.VMMPIDsMax
-	// A VMM is this daemon's only when its sockets live under this
-	// daemon's runtime directory: another paddockd (a per-user one, a
-	// test suite) may run VMMs of its own on the same host.
-	h.FindVMMs = func() ([]*vmm.Process, error) { return vmm.FindUnder(h.RunDir) }
+	// Another paddockd (a per-user one, a test suite, a container with the
+	// same paths in its own mount namespace) may run VMMs on this host: a
+	// VMM is this daemon's only when provably so (vmm.Owner).
+	owner := vmm.Owner{UID: os.Geteuid(), RunRoot: h.RunDir, Cgroup: h.Cgroup}
+	h.FindVMMs = owner.Find
 	h.Kit = func(name string) (*actors.Kit, error) {
 		kit, err := findKit(cfg.StateDir, name, d.config().VM.Kernel)
 		if err != nil {

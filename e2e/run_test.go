@@ -205,7 +205,7 @@ func TestRunCommandBoots(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	e.cli(t, nil, "rm", "--force", "x").ok(t, "rm --force")
-	if l := e.leaks(t, ns); l.taps+l.loops+l.vmms+l.dirs != 0 {
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
 		t.Fatalf("after rm: %+v %v", l, l.detail)
 	}
 }

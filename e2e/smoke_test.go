@@ -71,7 +71,7 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	noLeaks := func() error {
-		if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+		if l := e.leaks(t, ns); l.host() != 0 {
 			return fmt.Errorf("leaked %v", l.detail)
 		}
 		return nil
@@ -258,7 +258,7 @@ func errorsJoin(errs ...error) error {
 
 // noLeaksExcept checks that only the named running VM holds a tap and a VMM.
 func noLeaksExcept(e *env, t *testing.T, ns, running string) error {
-	if l := e.leaks(t, ns); l.taps != 1 || l.vmms != 1 || l.loops != 0 {
+	if l := e.leaks(t, ns); l.taps != 1 || l.vmms != 1 || l.loops+l.dms != 0 {
 		return fmt.Errorf("want only %s's tap and VMM, have %v", running, l.detail)
 	}
 	return nil

@@ -541,7 +541,7 @@ func TestTwoUsersGuestStringsEscaped(t *testing.T) {
 	out = e.runAs(t, alice, nil, "inspect", "legacy").ok(t, "inspect")
 	rawControls(t, "alice's inspect", out)
 	e.runAs(t, alice, nil, "rm", "--force", "evil", "legacy").ok(t, "alice removes her VMs")
-	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops+l.dirs != 0 {
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
 		t.Fatalf("left behind: %+v %v", l, l.detail)
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/vishvananda/netns"
 
+	"github.com/paddock-vm/paddock/host/dm"
 	"github.com/paddock-vm/paddock/host/loop"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
@@ -103,44 +106,103 @@ func (e *env) bootKitNamed(t *testing.T, name string) {
 	e.cli(t, nil, "kernel", "import", vmlinuz, "--modules", modules, "--name", name).ok(t, "kernel import "+name)
 }
 
-// leaks counts what a VM may leave behind: taps in ns, loop devices backed
-// by files under the state dir, VMM processes of VMs of this env, and VM
-// directories.
+// leaks counts what a VM may leave behind, all five kinds: taps in ns,
+// loop devices backed by files under the state dir, device-mapper devices
+// of paddock's over such loop devices, VMM processes of VMs of this env,
+// and VM directories. A count that cannot be taken fails the test: an
+// error is never a zero.
 type leaks struct {
-	taps, loops, vmms, dirs int
-	detail                  []string
+	taps, loops, dms, vmms, dirs int
+	detail                       []string
 }
+
+// host is every host object counted (all but the VM directories).
+func (l leaks) host() int { return l.taps + l.loops + l.dms + l.vmms }
 
 func (e *env) leaks(t *testing.T, ns string) leaks {
 	t.Helper()
 	var l leaks
-	out, _ := exec.Command("ip", "-n", ns, "-o", "link", "show").CombinedOutput()
+	out, err := exec.Command("ip", "-n", ns, "-o", "link", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("counting taps: ip -n %s link show: %v %s", ns, err, out)
+	}
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.Contains(line, " pdk-") {
 			l.taps++
 			l.detail = append(l.detail, "tap: "+line)
 		}
 	}
-	devs, _ := loop.List()
+	devs, err := loop.List()
+	if err != nil {
+		t.Fatalf("counting loop devices: %v", err)
+	}
+	ours := map[string]bool{} // loopN backed under the state dir
 	for _, d := range devs {
 		if strings.HasPrefix(d.Backing, e.state) {
 			l.loops++
+			ours[filepath.Base(d.Path)] = true
 			l.detail = append(l.detail, "loop: "+d.Path+" "+d.Backing)
 		}
 	}
-	procs, _ := vmm.Find("")
+	for _, d := range dmDevices(t) {
+		// this env's when it maps one of this env's loop devices
+		slaves, err := os.ReadDir(fmt.Sprintf("/sys/dev/block/%d:%d/slaves", d.Major, d.Minor))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed since the list was taken
+		}
+		if err != nil {
+			t.Fatalf("counting device-mapper devices: %s: %v", d.Name, err)
+		}
+		for _, s := range slaves {
+			if ours[s.Name()] {
+				l.dms++
+				l.detail = append(l.detail, "dm: "+d.Name+" on "+s.Name())
+				break
+			}
+		}
+	}
+	procs, err := vmm.Find("")
+	if err != nil {
+		t.Fatalf("counting VMM processes: %v", err)
+	}
 	for _, p := range procs {
 		if strings.Contains(strings.Join(p.Cmdline, " "), e.dir) {
 			l.vmms++
 			l.detail = append(l.detail, fmt.Sprintf("vmm: pid %d %s", p.PID, p.VMID))
 		}
 	}
-	ents, _ := os.ReadDir(filepath.Join(e.state, "vms"))
+	ents, err := os.ReadDir(filepath.Join(e.state, "vms"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("counting VM directories: %v", err)
+	}
 	for _, en := range ents {
 		l.dirs++
 		l.detail = append(l.detail, "dir: "+en.Name())
 	}
 	return l
+}
+
+// dmDevices lists paddock's device-mapper devices. A kernel without
+// device-mapper has none; any other failure to list fails the test.
+func dmDevices(t *testing.T) []dm.Device {
+	t.Helper()
+	misc, err := os.ReadFile("/proc/misc")
+	if err != nil {
+		t.Fatalf("counting device-mapper devices: %v", err)
+	}
+	if !regexp.MustCompile(`(?m)^\s*\d+ device-mapper$`).Match(misc) {
+		return nil
+	}
+	c, err := dm.Open()
+	if err != nil {
+		t.Fatalf("counting device-mapper devices: %v", err)
+	}
+	defer c.Close()
+	devs, err := c.List(dm.Prefix)
+	if err != nil {
+		t.Fatalf("counting device-mapper devices: %v", err)
+	}
+	return devs
 }
 
 // killVMMs kills the env's VMM processes from outside, as an OOM kill would.

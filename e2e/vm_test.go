@@ -144,7 +144,7 @@ func TestBootExecStopStartRm(t *testing.T) {
 		t.Fatalf("write in guest: %d", code)
 	}
 	e.cli(t, nil, "stop", "web").ok(t, "stop")
-	if l := e.leaks(t, ns); l.taps+l.loops+l.vmms != 0 {
+	if l := e.leaks(t, ns); l.host() != 0 {
 		t.Fatalf("after stop: %+v", l)
 	}
 	assertRecoveryCleared(t, e, "web")
@@ -153,7 +153,7 @@ func TestBootExecStopStartRm(t *testing.T) {
 		t.Fatalf("after restart: %q %d", out, code)
 	}
 	e.cli(t, nil, "rm", "--force", "web").ok(t, "rm --force")
-	if l := e.leaks(t, ns); l.taps+l.loops+l.vmms+l.dirs != 0 {
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
 		t.Fatalf("after rm: %+v %v", l, l.detail)
 	}
 }
@@ -187,7 +187,7 @@ func TestRestartSafety(t *testing.T) {
 	}
 	noLeaks := func(stage string) {
 		t.Helper()
-		if l := e.leaks(t, ns); l.taps+l.loops+l.vmms != 0 {
+		if l := e.leaks(t, ns); l.host() != 0 {
 			t.Fatalf("%s: leaked %+v %v", stage, l, l.detail)
 		}
 	}
@@ -297,7 +297,7 @@ func TestVMMExitAndMissingImage(t *testing.T) {
 	if vm.Status != "stopped" || !strings.Contains(vm.Reason, "powered off") {
 		t.Fatalf("after guest poweroff: %s %q", vm.Status, vm.Reason)
 	}
-	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+	if l := e.leaks(t, ns); l.host() != 0 {
 		t.Fatalf("resources of exited VMMs not released: %+v %v", l, l.detail)
 	}
 	// Both start again.
@@ -311,7 +311,7 @@ func TestVMMExitAndMissingImage(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "image") || !strings.Contains(r.stderr, "removed") {
 		t.Fatalf("start without its image: %+v", r)
 	}
-	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+	if l := e.leaks(t, ns); l.host() != 0 {
 		t.Fatalf("failed start left %+v", l)
 	}
 }
@@ -358,7 +358,7 @@ func TestCrashPoints(t *testing.T) {
 		default:
 			t.Fatalf("%s: VM left %s (%s)", fp, vm.Status, vm.Reason)
 		}
-		if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+		if l := e.leaks(t, ns); l.host() != 0 {
 			t.Fatalf("%s: leaked %+v %v", fp, l, l.detail)
 		}
 	}
@@ -420,7 +420,7 @@ func TestRootlessBoot(t *testing.T) {
 	}
 	e.cli(t, nil, "stop", "rootless").ok(t, "stop")
 	e.cli(t, nil, "rm", "rootless").ok(t, "rm")
-	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops+l.dirs != 0 {
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
 		t.Fatalf("after rm: %+v %v", l, l.detail)
 	}
 	p.signal(t, syscall.SIGTERM)
@@ -531,7 +531,7 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 		t.Fatalf("after the restart: %s %q", vm.Status, vm.Reason)
 	}
 	e.cli(t, nil, "rm", "--force", "slow").ok(t, "rm")
-	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops != 0 {
+	if l := e.leaks(t, ns); l.host() != 0 {
 		t.Fatalf("leaked %v", l.detail)
 	}
 }

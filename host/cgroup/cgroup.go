@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -154,6 +155,26 @@ func Of(pid int) (string, error) {
 		return "", err
 	}
 	return join(mnt, root, p), nil
+}
+
+// Within reports whether process pid's cgroup lies below dir (a directory
+// under the mountpoint), and returns that cgroup's directory. A cgroup that
+// /proc shows outside this process's cgroup namespace (a path with "..")
+// lies within nothing.
+func Within(pid int, dir string) (bool, string, error) {
+	mnt, root, err := Mountpoint()
+	if err != nil {
+		return false, "", err
+	}
+	p, err := pathOf(pid)
+	if err != nil {
+		return false, "", err
+	}
+	if slices.Contains(strings.Split(p, "/"), "..") {
+		return false, p, nil
+	}
+	cg := join(mnt, root, p)
+	return strings.HasPrefix(cg, filepath.Clean(dir)+string(filepath.Separator)), cg, nil
 }
 
 // join maps cgroup path p (as /proc/PID/cgroup shows it) to a directory

@@ -79,9 +79,10 @@ func pruneChildren() {
 }
 
 // launch starts c in its own session (setsid), stdin on /dev/null, stdout
-// and stderr in c.Log, without a parent-death signal, born in c.Cgroup when
-// set (clone3 CLONE_INTO_CGROUP, falling back to moving it right after
-// start). A goroutine reaps it while this process lives.
+// and stderr in c.Log, without a parent-death signal, without capabilities
+// and with no_new_privs (Confine), born in c.Cgroup when set (clone3
+// CLONE_INTO_CGROUP, falling back to moving it right after start). A
+// goroutine reaps it while this process lives.
 func launch(c Command) (pid int, start uint64, err error) {
 	if len(c.Args) == 0 {
 		return 0, 0, fmt.Errorf("%w: empty argv", ErrInvalidSpec)
@@ -101,6 +102,7 @@ func launch(c Command) (pid int, start uint64, err error) {
 	}
 	mk := func(cgfd int) *exec.Cmd {
 		cmd := &exec.Cmd{Path: path, Args: c.Args, Env: env, Stdout: logf, Stderr: logf}
+		Confine(cmd) // no capabilities, no_new_privs
 		// Setsid: own session and process group, no controlling tty; no
 		// Pdeathsig: the VMM must outlive paddockd.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

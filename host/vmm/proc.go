@@ -163,10 +163,19 @@ func identify(p *Process) (State, error) {
 		// the argv is gone: the process is exiting (its mm released)
 		return StateExited, nil
 	}
-	if !slices.Equal(argv, p.Cmdline) {
+	if !slices.Equal(argv, p.Cmdline) && !slices.Equal(vmmArgv(argv), p.Cmdline) {
 		return StateNotOurs, nil
 	}
 	return StateRunning, nil
+}
+
+// vmmArgv returns the argv a process will run as: the VMM's own while it is
+// still in its confining step (see Confine), else argv itself.
+func vmmArgv(argv []string) []string {
+	if len(argv) >= 3 && argv[0] == confineArg0 {
+		return argv[2:]
+	}
+	return argv
 }
 
 // pidfd is an open pidfd of a process identified as p's VMM.
@@ -229,7 +238,8 @@ func (fd pidfd) wait(ctx context.Context) error {
 // when the command line names its API socket; they are enough for Probe and
 // Kill (the orphan sweep after a crash between launching a VMM and
 // persisting its handle). Processes of other users that /proc hides are not
-// found.
+// found. A tag does not say whose VMM it is: before acting on a VMM it has
+// no handle for, a daemon asks its Owner (Owner.Find).
 func Find(vmID string) ([]*Process, error) {
 	ents, err := os.ReadDir(procRoot)
 	if err != nil {
@@ -246,6 +256,7 @@ func Find(vmID string) ([]*Process, error) {
 		if err != nil || len(argv) == 0 {
 			continue
 		}
+		argv = vmmArgv(argv)
 		id, driver, ok := TagOf(argv)
 		if !ok || vmID != "" && id != vmID {
 			continue
@@ -259,25 +270,6 @@ func Find(vmID string) ([]*Process, error) {
 			q.RunDir = filepath.Dir(q.APISocket)
 		}
 		out = append(out, q)
-	}
-	return out, nil
-}
-
-// FindUnder is Find("") restricted to VMMs whose API socket lies under
-// runRoot: the VMMs of one daemon (its RuntimeDirectory). An orphan sweep
-// must use this, not Find: several daemons (or test suites) may run on one
-// host, and a tag alone does not say whose VMM it is.
-func FindUnder(runRoot string) ([]*Process, error) {
-	all, err := Find("")
-	if err != nil {
-		return nil, err
-	}
-	root := filepath.Clean(runRoot) + string(filepath.Separator)
-	var out []*Process
-	for _, p := range all {
-		if p.APISocket != "" && strings.HasPrefix(filepath.Clean(p.APISocket), root) {
-			out = append(out, p)
-		}
 	}
 	return out, nil
 }

@@ -386,18 +386,18 @@ func TestFindAndIntentKill(t *testing.T) {
 	if !slices.ContainsFunc(all, func(q *Process) bool { return q.PID == p.PID }) {
 		t.Fatal("Find(\"\") does not list the VMM")
 	}
-	// scoped to one daemon's runtime directory
+	// judged for one daemon: its uid, its runtime directory
 	for root, want := range map[string]bool{p.RunDir: true, filepath.Dir(p.RunDir): true, p.RunDir + "x": false, "/nonexistent": false} {
-		under, err := FindUnder(root)
+		found, err := Owner{UID: os.Geteuid(), RunRoot: root}.Find()
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := false
-		for _, q := range under {
+		for _, q := range found {
 			got = got || q.PID == p.PID
 		}
 		if got != want {
-			t.Errorf("FindUnder(%q) lists it: %v, want %v", root, got, want)
+			t.Errorf("Owner{RunRoot: %q}.Find lists it: %v, want %v", root, got, want)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -705,4 +705,56 @@ func TestLaunchCgroup(t *testing.T) {
 	if _, err := os.Stat(other); err != nil {
 		t.Fatal("foreign cgroup removed")
 	}
+}
+
+// statusOf reads /proc/PID/status into a map.
+func statusOf(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+// TestLaunchConfined: a launched VMM holds no capability in any set, has
+// no_new_privs, and a bounding set emptied as far as this process may
+// (all of it with CAP_SETPCAP, as root).
+func TestLaunchConfined(t *testing.T) {
+	self := statusOf(t, os.Getpid())
+	eff, err := strconv.ParseUint(self["CapEff"], 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantBnd := self["CapBnd"]
+	if eff&(1<<unix.CAP_SETPCAP) != 0 {
+		wantBnd = "0000000000000000"
+	}
+	var b Base
+	p := launchFake(t, &b)
+	readVMMLog(t, p) // the fake VMM reported: the exec is done
+	st := statusOf(t, p.PID)
+	for _, c := range []struct{ key, want string }{
+		{"CapInh", "0000000000000000"},
+		{"CapPrm", "0000000000000000"},
+		{"CapEff", "0000000000000000"},
+		{"CapAmb", "0000000000000000"},
+		{"CapBnd", wantBnd},
+		{"NoNewPrivs", "1"},
+	} {
+		if got := st[c.key]; got != c.want {
+			t.Errorf("VMM %s = %s, want %s", c.key, got, c.want)
+		}
+	}
+	if argv, _ := readCmdline(p.PID); !slices.Equal(argv, p.Cmdline) {
+		t.Errorf("VMM argv %q, want the launched one %q", argv, p.Cmdline)
+	}
+	t.Logf("paddock (test) CapEff %s CapBnd %s → VMM CapEff %s CapPrm %s CapAmb %s CapInh %s CapBnd %s NoNewPrivs %s",
+		self["CapEff"], self["CapBnd"], st["CapEff"], st["CapPrm"], st["CapAmb"], st["CapInh"], st["CapBnd"], st["NoNewPrivs"])
 }

@@ -47,9 +47,23 @@
 // and removes the cgroup; Find locates such VMMs in /proc, and cgroup.Find
 // the cgroups, both deterministic from the VM id. Start refuses
 // (ErrAlreadyRunning) to launch a second VMM for a VM whose tagged VMM is
-// still alive. An orphan sweep (VMMs of no known VM) must use FindUnder with
-// the daemon's runtime directory: a tag says "a paddock VMM", not "this
-// daemon's VMM", and several daemons or test suites may share a host.
+// still alive. An orphan sweep (VMMs of no known VM) must use Owner.Find and
+// act only on VMMs it reports as Ours: a tag says "a paddock VMM", not "this
+// daemon's VMM", and several daemons or test suites may share a host, even
+// with the same paths in different mount namespaces. A VMM is a daemon's
+// when it runs as the daemon's uid and its API socket, seen in the VMM's own
+// mount namespace, is the very file (device and inode) the daemon sees at
+// that path, or its cgroup lies in the daemon's delegated cgroup.
+//
+// # Confinement
+//
+// A VMM holds no capability (effective, permitted, inheritable, ambient all
+// empty; the bounding set emptied as far as the daemon may, all of it for
+// root) and runs with no_new_privs, whatever the daemon holds (paddockd has
+// an ambient CAP_NET_ADMIN for taps): see Confine. The QEMU driver also
+// turns on QEMU's seccomp sandbox. QEMU still opens its tap by name: the tap
+// is persistent and owned by the daemon's uid and gid, which lets a process
+// of that uid attach to it without CAP_NET_ADMIN.
 //
 // # Console log
 //

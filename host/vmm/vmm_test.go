@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -231,5 +232,24 @@ func TestCreateCgroupRollsBack(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(parent, Tag("vm1"))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the failed cgroup was left: %v", err)
+	}
+}
+
+// TestVMMArgv: a process still in its confining step is known by the argv
+// it is about to exec.
+func TestVMMArgv(t *testing.T) {
+	q := []string{"qemu-system-x86_64", "-name", "paddock-a"}
+	for _, tc := range []struct {
+		argv, want []string
+	}{
+		{q, q},
+		{append([]string{confineArg0, "/usr/bin/qemu-system-x86_64"}, q...), q},
+		{[]string{confineArg0, "/usr/bin/x"}, []string{confineArg0, "/usr/bin/x"}}, // no argv to exec: not a confining step
+		{[]string{"sh", "/usr/bin/qemu-system-x86_64", "qemu-system-x86_64"}, []string{"sh", "/usr/bin/qemu-system-x86_64", "qemu-system-x86_64"}},
+		{nil, nil},
+	} {
+		if got := vmmArgv(tc.argv); !slices.Equal(got, tc.want) {
+			t.Errorf("vmmArgv(%q) = %q, want %q", tc.argv, got, tc.want)
+		}
 	}
 }

@@ -16,6 +16,13 @@ import (
 // line is cut off by the kernel, silently.
 const maxCmdline = 2048
 
+// SandboxArgs turn on QEMU's seccomp filter for every VMM (the KVM probe
+// included): the default deny list, obsolete system calls, set*id and the
+// like, fork and exec (so no helper scripts: taps come ready, script=no),
+// and scheduler or affinity changes. A QEMU built without seccomp refuses
+// to start rather than run unconfined.
+var SandboxArgs = []string{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}
+
 // defaultMAC is the virtio-net MAC when the tap has none.
 const defaultMAC = "02:00:00:00:00:02"
 
@@ -123,8 +130,8 @@ func (m *Machine) KernelCmdline() (string, error) {
 }
 
 // Args returns QEMU's arguments (without the binary) for m: the measured boot
-// recipe (see the package documentation), the disks, the agent's port and
-// the network device.
+// recipe (see the package documentation), the seccomp sandbox, the disks,
+// the agent's port and the network device.
 func (m *Machine) Args() ([]string, error) {
 	if m.Kernel == "" || m.Initrd == "" {
 		return nil, errors.New("qemu: a kernel and an initrd (boot kit) are required")
@@ -154,8 +161,9 @@ func (m *Machine) Args() ([]string, error) {
 		serial = "null"
 	}
 	a = append(a, "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-serial", serial,
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+	a = append(a, SandboxArgs...)
+	a = append(a, "-serial", serial,
 		"-kernel", m.Kernel, "-initrd", m.Initrd, "-append", cmdline)
 	for i, disk := range m.Disks {
 		format := disk.Format

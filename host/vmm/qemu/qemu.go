@@ -317,11 +317,14 @@ func (d *Driver) probeKVM(ctx context.Context, kernel string) (bool, string) {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	console := filepath.Join(tmp, "console.log")
-	cmd := exec.CommandContext(pctx, d.binary(),
+	args := append([]string{
 		"-M", "microvm,pit=off,pic=off,rtc=on", "-accel", "kvm", "-cpu", "host",
-		"-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"},
+		SandboxArgs...)
+	cmd := exec.CommandContext(pctx, d.binary(), append(args,
 		"-serial", "file:"+qemuEscape(console), "-kernel", kernel,
-		"-append", "console=ttyS0 panic=-1 quiet pci=off")
+		"-append", "console=ttyS0 panic=-1 quiet pci=off")...)
+	vmm.Confine(cmd) // confined like every VMM
 	// the probe is short-lived and must not outlive paddockd
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }

@@ -83,6 +83,7 @@ func TestArgv(t *testing.T) {
 					"id=disk0,file=/v/root.qcow2,format=qcow2,if=none",
 					"id=disk1,file=/v/data,,1.ext4,format=raw,if=none,readonly=on"}},
 				{"-netdev", []string{"tap,id=n0,ifname=pdk-vm1,script=no,downscript=no"}},
+				{"-sandbox", []string{"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}},
 				{"-kernel", []string{"/k/vmlinux"}},
 				{"-initrd", []string{"/k/initrd.gz"}},
 			} {
@@ -258,11 +259,16 @@ func TestQMP(t *testing.T) {
 }
 
 // fakeQEMU writes a shell script standing in for qemu-system-x86_64 in the
-// KVM probe: it writes console to the -serial file: path and exits.
+// KVM probe: it writes console to the -serial file: path and exits. Run
+// without the sandbox option or unconfined (no_new_privs unset, a
+// capability held), it fails as QEMU would not.
 func fakeQEMU(t *testing.T, console string, exit int, sleep string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fake-qemu")
 	script := fmt.Sprintf(`#!/bin/sh
+case " $* " in *" -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny "*) ;; *) echo "no sandbox" >&2; exit 98;; esac
+grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/$$/status || { echo "no_new_privs unset" >&2; exit 97; }
+grep -q '^CapEff:[[:space:]]*0*$' /proc/$$/status || { echo "capabilities held" >&2; exit 96; }
 for a in "$@"; do case "$a" in file:*) f="${a#file:}";; esac; done
 [ -n "%s" ] && sleep %s
 printf '%%s\n' %q > "$f"
