@@ -173,9 +173,9 @@ type holdFigures struct {
 	Refusal       string
 }
 
-// procStatus reads a number from /proc/PID/status (Threads) or counts
+// procCount reads a number from /proc/PID/status (Threads) or counts
 // /proc/PID/fd (key "fds").
-func procStatus(t *testing.T, pid int, key string) int {
+func procCount(t *testing.T, pid int, key string) int {
 	t.Helper()
 	if key == "fds" {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -305,7 +305,7 @@ func TestTwoUsersAbandonedExecs(t *testing.T) {
 		t.Fatalf("Exec with pipes: %q, want a refusal naming stdin and the pipe", piped.Error)
 	}
 
-	threadsBefore, fdsBefore := procStatus(t, pid, "Threads"), procStatus(t, pid, "fds")
+	threadsBefore, fdsBefore := procCount(t, pid, "Threads"), procCount(t, pid, "fds")
 	const calls = 2000
 	h := e.hostile(t, "alice", alice, "exec", "-socket", e.socket, "-vm", "alice-vm", "-n", strconv.Itoa(calls), "-parallel", "8")
 	var ran struct {
@@ -317,7 +317,7 @@ func TestTwoUsersAbandonedExecs(t *testing.T) {
 		Seconds    float64 `json:"seconds"`
 	}
 	h.line(t, &ran, 20*time.Minute)
-	threadsAfter, fdsAfter := procStatus(t, pid, "Threads"), procStatus(t, pid, "fds")
+	threadsAfter, fdsAfter := procCount(t, pid, "Threads"), procCount(t, pid, "fds")
 	t.Logf("%d abandoned execs by alice (%d ok, %d failed, in %.0fs; she holds %d descriptors): daemon threads %d before, %d after; descriptors %d before, %d after",
 		ran.Calls, ran.OK, ran.Errors, ran.Seconds, ran.FdsHeld, threadsBefore, threadsAfter, fdsBefore, fdsAfter)
 	if ran.OK != calls {
@@ -334,7 +334,7 @@ func TestTwoUsersAbandonedExecs(t *testing.T) {
 	}
 	var released struct{ Released int }
 	h.release(t, &released)
-	t.Logf("alice let go of %d descriptors; daemon threads %d", released.Released, procStatus(t, pid, "Threads"))
+	t.Logf("alice let go of %d descriptors; daemon threads %d", released.Released, procCount(t, pid, "Threads"))
 
 	e.cli(t, alice, "rm", "--force", "alice-vm").ok(t, "rm")
 	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops+l.dirs != 0 {
