@@ -28,17 +28,11 @@ const sandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resource
 // procStatus reads /proc/PID/status into a map.
 func procStatus(t *testing.T, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := vmm.Status(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m
+	return st
 }
 
 // vmmOf returns the one live VMM of the VM called name.

@@ -1,7 +1,6 @@
 package vmm
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -131,32 +130,41 @@ func (o Owner) judge(f ownerFacts) (bool, string) {
 	return true, fmt.Sprintf("its API socket %s is this daemon's very file (%s)", f.socket, f.here)
 }
 
-// uidsOf returns the real and effective uid of pid (/proc/PID/status).
-func uidsOf(pid int) ([]int, error) {
+// Status reads /proc/PID/status into a map of its fields (Uid, CapEff,
+// NoNewPrivs, ...), values trimmed.
+func Status(pid int) (map[string]string, error) {
 	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "status"))
 	if err != nil {
 		return nil, err
 	}
+	m := map[string]string{}
 	for _, l := range strings.Split(string(b), "\n") {
-		v, ok := strings.CutPrefix(l, "Uid:")
-		if !ok {
-			continue
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			m[k] = strings.TrimSpace(v)
 		}
-		fs := strings.Fields(v)
-		if len(fs) < 2 {
-			break
-		}
-		var ids []int
-		for _, s := range fs[:2] {
-			n, err := strconv.Atoi(s)
-			if err != nil {
-				return nil, fmt.Errorf("malformed Uid line %q", l)
-			}
-			ids = append(ids, n)
-		}
-		return ids, nil
 	}
-	return nil, errors.New("no Uid line in /proc status")
+	return m, nil
+}
+
+// uidsOf returns the real and effective uid of pid (/proc/PID/status).
+func uidsOf(pid int) ([]int, error) {
+	st, err := Status(pid)
+	if err != nil {
+		return nil, err
+	}
+	fs := strings.Fields(st["Uid"])
+	if len(fs) < 2 {
+		return nil, fmt.Errorf("no Uid line in /proc status (%q)", st["Uid"])
+	}
+	var ids []int
+	for _, s := range fs[:2] {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return nil, fmt.Errorf("malformed Uid line %q", st["Uid"])
+		}
+		ids = append(ids, n)
+	}
+	return ids, nil
 }
 
 // statID identifies the file at path without following a final symlink.

@@ -710,17 +710,11 @@ func TestLaunchCgroup(t *testing.T) {
 // statusOf reads /proc/PID/status into a map.
 func statusOf(t *testing.T, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := Status(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m
+	return st
 }
 
 // TestLaunchConfined: a launched VMM holds no capability in any set, has
