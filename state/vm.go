@@ -157,6 +157,19 @@ func ValidateName(name string) error {
 	return nil
 }
 
+// ValidateNewName is the rule for the name of a new VM: ValidateName, and
+// not the shape of a VM id, so that no name can stand in for another VM's
+// id. (Records from before this rule load; ids resolve before names.)
+func ValidateNewName(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if ValidID(name) {
+		return fmt.Errorf("name %q has the shape of a VM id (%d hex characters): choose a name that does not", name, IDLen)
+	}
+	return nil
+}
+
 // IDLen is the length of a VM id in hex characters.
 const IDLen = 24
 

@@ -99,6 +99,36 @@ func TestNames(t *testing.T) {
 	}
 }
 
+// A new VM's name cannot have the shape of an id (it would stand in for
+// another VM's); names that merely contain hex are fine.
+func TestNewNames(t *testing.T) {
+	id := NewID()
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"web1", true},
+		{"deadbeef", true},
+		{id[:IDLen-1], true},
+		{id + "0", true},
+		{id, false},
+		{strings.Repeat("0", IDLen), false},
+		{"Bad_Name", false},
+	} {
+		err := ValidateNewName(tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateNewName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err == nil && ValidateName(tc.name) != nil {
+			t.Errorf("%q is a new name but not a name", tc.name)
+		}
+	}
+	// Records from before the rule still load.
+	if err := ValidateName(id); err != nil {
+		t.Errorf("an id-shaped name of an old record: %v", err)
+	}
+}
+
 func TestRemoveAndSweep(t *testing.T) {
 	s, _ := NewStore(t.TempDir())
 	id := NewID()
