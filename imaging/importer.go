@@ -73,18 +73,14 @@ func Key(img *source.Image) (string, error) {
 	return d.String(), nil
 }
 
-// Cached returns the stored image for digest, adding names to it, or nil.
-// An entry stored before content was verified is not served: the import
-// that finds it builds it again from verified content.
-func (im *Importer) Cached(digest string, names []string) (*Image, error) {
+// Cached returns the stored image for digest, or nil. An entry stored
+// before content was verified is not served: the import that finds it
+// builds it again from verified content. Names are the Import actor's to
+// give (per owner, Store.Hold).
+func (im *Importer) Cached(digest string) (*Image, error) {
 	img, err := im.Store.Get(digest)
 	if err != nil || img == nil || !img.Verified {
 		return nil, err
-	}
-	if added := img.addNames(names); added {
-		if err := im.Store.Add(img); err != nil {
-			return nil, err
-		}
 	}
 	return img, nil
 }
@@ -103,7 +99,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 		return nil, err
 	}
 	if digest != "" {
-		if img, err := im.Cached(digest, src.Names); err != nil || img != nil {
+		if img, err := im.Cached(digest); err != nil || img != nil {
 			return img, err
 		}
 	}
@@ -202,7 +198,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 		if digest, err = Key(src); err != nil {
 			return nil, err
 		}
-		if img, err := im.Cached(digest, src.Names); err != nil || img != nil {
+		if img, err := im.Cached(digest); err != nil || img != nil {
 			return img, err
 		}
 		if config, err = src.RawConfigFile(); err != nil {
@@ -243,7 +239,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	if fi, err := os.Stat(rootfs); err == nil {
 		size = fi.Size()
 	}
-	img := &Image{Digest: digest, Names: src.Names, Size: size, Created: time.Now().UTC(), RootFS: "rootfs.ext4", Verified: true}
+	img := &Image{Digest: digest, Size: size, Created: time.Now().UTC(), RootFS: "rootfs.ext4", Verified: true}
 	stored, err := im.Store.put(tmp, img)
 	if err != nil {
 		return nil, err
@@ -251,7 +247,7 @@ func (im *Importer) Import(ctx context.Context, src *source.Image, progress func
 	ok = true
 	if stored != img {
 		// Someone stored it meanwhile (another daemon instance): theirs wins.
-		return im.Cached(digest, src.Names)
+		return im.Cached(digest)
 	}
 	after.Phase = "done"
 	progress(after)

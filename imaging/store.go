@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -19,43 +18,49 @@ import (
 	"github.com/paddock-vm/paddock/state"
 )
 
-// ErrImageNotFound is returned when a reference names no stored image.
+// ErrImageNotFound is returned when a reference names no image the caller
+// may see: one that does not exist and one of another user look the same.
 var ErrImageNotFound = errdefs.New(errdefs.ErrNotFound, "image not found")
 
 // ErrAmbiguous is returned when a digest prefix matches several images.
 var ErrAmbiguous = errdefs.New(errdefs.ErrInvalidArgument, "ambiguous image reference")
 
-// Image is the content of images/<digest>/image.json.
+// imageSchema is the version of image.json. Version 1 carried the names
+// of one store-wide namespace; Migrate moves them into names.json.
+const imageSchema = 2
+
+// Image is the content of images/<digest>/image.json: content, verified and
+// shared by everyone who holds it. Names live in names.json, per owner.
 type Image struct {
 	Schema  int       `json:"schema"`
 	Digest  string    `json:"digest"` // sha256:<64 hex>
-	Names   []string  `json:"names"`  // normalized name:tag references
 	Size    int64     `json:"size"`   // bytes of the ext4 base on disk
 	Created time.Time `json:"created"`
 	// RootFS is the read-only ext4 base, relative to the image directory.
 	RootFS string `json:"rootfs"`
-	// Owners are the uids that imported it; a non-admin may remove only its
-	// own claim, and the image goes when the last claim does.
-	Owners []uint32 `json:"owners,omitempty"`
 	// Verified: the base was built from layers that hashed to the config's
 	// diff ids, under the config's own digest. Only such an entry serves a
 	// later import of the same digest; one without (stored by an older
 	// paddock) is built again by that import.
 	Verified bool `json:"verified,omitempty"`
-}
+	// LegacyNames and LegacyOwners are what a schema 1 record carried (one
+	// namespace for everyone); Migrate moves them into names.json.
+	LegacyNames  []string `json:"names,omitempty"`
+	LegacyOwners []uint32 `json:"owners,omitempty"`
 
-// AddOwner records uid as an owner; it reports whether that changed anything.
-func (img *Image) AddOwner(uid uint32) bool {
-	if slices.Contains(img.Owners, uid) {
-		return false
-	}
-	img.Owners = append(img.Owners, uid)
-	return true
+	// Names, Public and Owners are filled for one viewer by List, Lookup
+	// and View from names.json: the names that viewer may use for the
+	// image (its own, then the public names its own do not shadow), the
+	// image's public names, and the uids that hold it.
+	Names  []string `json:"-"`
+	Public []string `json:"-"`
+	Owners []uint32 `json:"-"`
 }
 
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
-// Store is the images/ directory.
+// Store is the images/ directory: content under images/<digest>/, names in
+// images/names.json.
 type Store struct {
 	Root string
 }
@@ -85,9 +90,8 @@ func NormalizeRef(ref string) string {
 	return ref + ":latest"
 }
 
-// Add records an image whose rootfs already sits in its directory. A name
-// moves to this image from any other image that had it (a tag points at one
-// image at a time).
+// Add records an image whose rootfs already sits in its directory (its
+// content record only: names are given with Tag).
 func (s *Store) Add(img *Image) error {
 	if !digestRE.MatchString(img.Digest) {
 		return fmt.Errorf("add image: bad digest %q", img.Digest)
@@ -96,68 +100,24 @@ func (s *Store) Add(img *Image) error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	if err := writeImageJSON(dir, img); err != nil {
-		return err
-	}
-	others, err := s.List()
-	if err != nil {
-		return err
-	}
-	for _, o := range others {
-		if o.Digest != img.Digest && o.dropNames(img.Names) {
-			if err := writeImageJSON(s.Dir(o.Digest), o); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return writeImageJSON(dir, img)
 }
 
 func writeImageJSON(dir string, img *Image) error {
-	for i, n := range img.Names {
-		img.Names[i] = NormalizeRef(n)
-	}
-	if img.Names == nil {
-		img.Names = []string{}
-	}
-	img.Schema = 1
-	b, err := json.MarshalIndent(img, "", "  ")
+	rec := *img
+	rec.Schema, rec.LegacyNames, rec.LegacyOwners = imageSchema, nil, nil
+	b, err := json.MarshalIndent(&rec, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode image %s: %w", img.Digest, err)
 	}
 	return state.WriteFileAtomic(filepath.Join(dir, "image.json"), append(b, '\n'), 0o640)
 }
 
-func (img *Image) addNames(names []string) bool {
-	added := false
-	for _, n := range names {
-		n = NormalizeRef(n)
-		if !slices.Contains(img.Names, n) {
-			img.Names = append(img.Names, n)
-			added = true
-		}
-	}
-	return added
-}
-
-func (img *Image) dropNames(names []string) bool {
-	before := len(img.Names)
-	img.Names = slices.DeleteFunc(img.Names, func(n string) bool {
-		for _, m := range names {
-			if NormalizeRef(m) == n {
-				return true
-			}
-		}
-		return false
-	})
-	return len(img.Names) != before
-}
-
 // put moves a built image directory tmp into the store as img. When the
 // digest is stored already, a verified entry wins (put returns it; tmp is
-// the caller's to remove); an unverified one is replaced, keeping its names
-// and owners. VMs made from the replaced base keep it: their disks pin the
-// base they were made from.
+// the caller's to remove); an unverified one is replaced. Its names and
+// holders stay (they are in names.json, not in the entry). VMs made from
+// the replaced base keep it: their disks pin the base they were made from.
 func (s *Store) put(tmp string, img *Image) (*Image, error) {
 	final := s.Dir(img.Digest)
 	old, err := s.Get(img.Digest)
@@ -166,12 +126,6 @@ func (s *Store) put(tmp string, img *Image) (*Image, error) {
 	}
 	if old != nil && old.Verified {
 		return old, nil
-	}
-	if old != nil {
-		img.addNames(old.Names)
-		for _, u := range old.Owners {
-			img.AddOwner(u)
-		}
 	}
 	if err := writeImageJSON(tmp, img); err != nil {
 		return nil, err
@@ -198,7 +152,8 @@ func (s *Store) put(tmp string, img *Image) (*Image, error) {
 	return img, nil
 }
 
-// Get returns the stored image with exactly this digest, or nil.
+// Get returns the stored image with exactly this digest, or nil. It carries
+// no names: see View.
 func (s *Store) Get(digest string) (*Image, error) {
 	if !digestRE.MatchString(digest) {
 		return nil, fmt.Errorf("bad digest %q", digest)
@@ -218,10 +173,14 @@ func (s *Store) Get(digest string) (*Image, error) {
 }
 
 // Remove deletes an image from the store (rename aside, then remove, so a
-// crash never leaves half an image that lists).
+// crash never leaves half an image that lists), and every name that
+// pointed at it.
 func (s *Store) Remove(digest string) error {
 	if !digestRE.MatchString(digest) {
 		return fmt.Errorf("bad digest %q", digest)
+	}
+	if err := s.updateNames(func(ix *nameIndex) bool { return ix.dropDigest(digest) }); err != nil {
+		return err
 	}
 	grave := filepath.Join(s.Root, ".deleted-"+strings.ReplaceAll(digest, ":", "-")+"-"+randomSuffix())
 	if err := os.Rename(s.Dir(digest), grave); err != nil {
@@ -252,9 +211,9 @@ func (s *Store) Sweep() error {
 	return nil
 }
 
-// List returns every readable image; unreadable ones are skipped so one
-// broken entry cannot hide the rest.
-func (s *Store) List() ([]*Image, error) {
+// all returns every readable image record; unreadable ones are skipped so
+// one broken entry cannot hide the rest.
+func (s *Store) all() ([]*Image, error) {
 	ents, err := os.ReadDir(s.Root)
 	if err != nil {
 		return nil, fmt.Errorf("list images %s: %w", s.Root, err)
@@ -276,45 +235,6 @@ func (s *Store) List() ([]*Image, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
 	return out, nil
-}
-
-// Resolve finds an image by name[:tag], full digest, or a unique digest
-// prefix of at least 6 hex characters.
-func (s *Store) Resolve(ref string) (*Image, error) {
-	if ref == "" {
-		return nil, fmt.Errorf("empty image reference: %w", ErrImageNotFound)
-	}
-	imgs, err := s.List()
-	if err != nil {
-		return nil, err
-	}
-	norm := NormalizeRef(ref)
-	for _, img := range imgs {
-		if img.Digest == ref {
-			return img, nil
-		}
-		for _, n := range img.Names {
-			if n == norm {
-				return img, nil
-			}
-		}
-	}
-	hexPart := strings.TrimPrefix(ref, "sha256:")
-	if len(hexPart) >= 6 && regexp.MustCompile(`^[0-9a-f]+$`).MatchString(hexPart) {
-		var hits []*Image
-		for _, img := range imgs {
-			if strings.HasPrefix(img.Digest, "sha256:"+hexPart) {
-				hits = append(hits, img)
-			}
-		}
-		if len(hits) == 1 {
-			return hits[0], nil
-		}
-		if len(hits) > 1 {
-			return nil, fmt.Errorf("image %q matches %d images: %w", ref, len(hits), ErrAmbiguous)
-		}
-	}
-	return nil, fmt.Errorf("image %q: %w", ref, ErrImageNotFound)
 }
 
 // Source hints remember which image a local file held, keyed by the file's

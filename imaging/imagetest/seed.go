@@ -15,7 +15,7 @@ import (
 )
 
 // Seed builds a small real ext4 base with mkfs.ext4 -d and records it in the
-// store under stateDir as name. It returns the stored image.
+// store under stateDir as a public name. It returns the stored image.
 func Seed(t testing.TB, stateDir, name string) *imaging.Image {
 	t.Helper()
 	img, err := SeedImage(stateDir, name)
@@ -59,9 +59,13 @@ func SeedImage(stateDir, name string) (*imaging.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &imaging.Image{Digest: digest, Names: []string{name}, Size: fi.Size(), Created: time.Now().UTC(), RootFS: "rootfs.ext4"}
+	img := &imaging.Image{Digest: digest, Size: fi.Size(), Created: time.Now().UTC(), RootFS: "rootfs.ext4"}
 	if err := st.Add(img); err != nil {
 		return nil, err
 	}
-	return img, nil
+	// Seeded images are published: every user resolves the name.
+	if err := st.Hold(imaging.PublicNamespace, digest, []string{name}); err != nil {
+		return nil, err
+	}
+	return st.View(imaging.Viewer{Admin: true}, digest)
 }
