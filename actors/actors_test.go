@@ -186,29 +186,6 @@ func TestPanicRestartsOnlyThatVM(t *testing.T) {
 	}
 }
 
-func TestOwnership(t *testing.T) {
-	dir := t.TempDir()
-	imagetest.Seed(t, dir, "alpine")
-	h := start(t, dir)
-	alice, bob := Caller{UID: 1001}, Caller{UID: 1002}
-	h.mustCreate(t, alice, "alice1")
-	h.mustCreate(t, bob, "bob1")
-	for _, tc := range []struct {
-		c    Caller
-		want int
-	}{{alice, 1}, {bob, 1}, {admin, 2}} {
-		r, err := h.do(t, &ListVMs{Caller: tc.c})
-		if err != nil || len(r.VMs) != tc.want {
-			t.Fatalf("list as %+v: %d %v", tc.c, len(r.VMs), err)
-		}
-	}
-	for _, msg := range []any{&GetVM{Caller: alice, Ref: "bob1"}, &StartVM{Caller: alice, Ref: "bob1"}, &DeleteVM{Caller: alice, Ref: "bob1"}} {
-		if _, err := h.do(t, msg); !errors.Is(err, ErrPermissionDenied) || !containsStr(err.Error(), "bob1") {
-			t.Fatalf("%T as alice on bob1: %v", msg, err)
-		}
-	}
-}
-
 func TestCorruptRecordBecomesErrorVM(t *testing.T) {
 	dir := t.TempDir()
 	imagetest.Seed(t, dir, "alpine")

@@ -117,13 +117,16 @@ func (a *agentActor) close() {
 // ExecVM asks a running VM for its agent connection; answered with
 // *AgentResult. The caller runs the exec itself so that a long session
 // never blocks the VM's mailbox.
+// ID, when set, addresses the VM by its exact id only (the Stats actor).
 type ExecVM struct {
 	Caller Caller
 	Ref    string
+	ID     string
 }
 
-func (m *ExecVM) ref() string    { return m.Ref }
+func (m *ExecVM) ref() string    { return orID(m.Ref, m.ID) }
 func (m *ExecVM) caller() Caller { return m.Caller }
+func (m *ExecVM) vmID() string   { return m.ID }
 
 // AgentResult answers ExecVM.
 type AgentResult struct {

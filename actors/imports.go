@@ -25,16 +25,30 @@ var (
 
 // ImportImage asks the Import actor to open and import an image. The actor
 // answers on Done exactly once and sends progress on Progress (dropped when
-// full). Cancel the request with CancelImport{ID}.
+// full). Cancel the request with CancelImport{ID}. The image's names go to
+// the caller's own namespace, or with Public (admins only) to the public
+// one every user resolves after their own.
 type ImportImage struct {
 	ID       uint64
 	Caller   Caller
+	Public   bool
 	Open     func(context.Context) (*source.Image, error)
 	Progress chan imaging.Progress
 	Done     chan ImportDone
+
+	names []string // what this request's source names the image
 }
 
-// ImportDone answers ImportImage.
+// namespace is where the request's names go.
+func (m *ImportImage) namespace() imaging.Namespace {
+	if m.Public {
+		return imaging.PublicNamespace
+	}
+	return imaging.UserNamespace(m.Caller.UID)
+}
+
+// ImportDone answers ImportImage. Cached says the caller (or, for a public
+// import, the public namespace) held the image already.
 type ImportDone struct {
 	Image  *imaging.Image
 	Cached bool
@@ -44,14 +58,25 @@ type ImportDone struct {
 // CancelImport withdraws one waiter; the flight stops when none remain.
 type CancelImport struct{ ID uint64 }
 
-// ListImages, GetImage, RemoveImage, PruneImages are answered with *ImageResult.
+// ListImages, GetImage, RemoveImage, PruneImages are answered with
+// *ImageResult. Each sees what its caller may see: the images the caller
+// holds and the public ones (every image, for an admin); anything else is
+// not found, exactly like what does not exist.
 type (
-	ListImages  struct{}
-	GetImage    struct{ Ref string }
+	ListImages struct{ Caller Caller }
+	GetImage   struct {
+		Caller Caller
+		Ref    string
+	}
+	// RemoveImage drops the caller's hold on an image: its names in the
+	// caller's namespace and its ownership. An admin naming a digest drops
+	// every hold; Public (admins only) drops the image's public names. The
+	// content goes when no one holds it and no VM uses it.
 	RemoveImage struct {
 		Caller Caller
 		Ref    string
 		Force  bool
+		Public bool
 	}
 	PruneImages struct{ Caller Caller }
 )
@@ -64,9 +89,16 @@ type ImageResult struct {
 	Err     error
 }
 
-// ImageUsers reports the names of VMs using an image digest; the daemon
-// wires it to the Manager so the Import actor holds no pointer into it.
-type ImageUsers func(digest string) []string
+// ImageUser is a VM that uses an image.
+type ImageUser struct {
+	ID, Name string
+	Owner    uint32
+}
+
+// ImageUsers reports the VMs (every user's) using an image digest; the
+// daemon wires it to the Manager so the Import actor holds no pointer into
+// it.
+type ImageUsers func(digest string) ([]ImageUser, error)
 
 type opened struct {
 	req *ImportImage
@@ -85,7 +117,6 @@ type flight struct {
 	cancel  context.CancelFunc
 	src     *source.Image
 	waiters []*ImportImage
-	owners  []uint32
 }
 
 type importActor struct {
@@ -161,17 +192,22 @@ func (a *importActor) Receive(ctx actor.Context) {
 			return
 		}
 		release(f.src)
-		img := m.img
-		if m.err == nil && img != nil {
-			img, m.err = a.claim(img.Digest, f.owners)
+		if m.err == nil && m.img == nil {
+			m.err = fmt.Errorf("import of %s ended without an image", m.digest)
 		}
 		if m.err != nil {
 			a.log.Warn("import failed", "image_digest", m.digest, "err", m.err)
-		} else {
-			a.log.Info("image imported", "image_digest", img.Digest, "names", strings.Join(img.Names, ","), "size", img.Size)
+			for _, w := range f.snapshot() {
+				w.Done <- ImportDone{Err: m.err}
+			}
+			return
 		}
+		// m.digest is the flight's key; a rootfs tar's digest is learnt as
+		// it is read.
+		a.log.Info("image imported", "image_digest", m.img.Digest, "size", m.img.Size)
+		// Each waiter that is still there holds it under its own names.
 		for _, w := range f.snapshot() {
-			w.Done <- ImportDone{Image: img, Err: m.err}
+			w.Done <- a.hold(w, m.img.Digest)
 		}
 	case *CancelImport:
 		if c, ok := a.opening[m.ID]; ok {
@@ -190,15 +226,31 @@ func (a *importActor) Receive(ctx actor.Context) {
 			}
 		}
 	case *ListImages:
-		imgs, err := a.importer.Store.List()
+		if a.importer == nil {
+			ctx.Respond(&ImageResult{Err: errorf(ErrNotYet, "image import is not configured")})
+			return
+		}
+		imgs, err := a.importer.Store.List(m.Caller.viewer())
 		ctx.Respond(&ImageResult{Images: imgs, Err: err})
 	case *GetImage:
-		img, err := a.resolve(m.Ref)
+		if a.importer == nil {
+			ctx.Respond(&ImageResult{Err: errorf(ErrNotYet, "image import is not configured")})
+			return
+		}
+		img, _, err := a.lookup(m.Caller.viewer(), m.Ref)
 		ctx.Respond(&ImageResult{Image: img, Err: err})
 	case *RemoveImage:
+		if a.importer == nil {
+			ctx.Respond(&ImageResult{Err: errorf(ErrNotYet, "image import is not configured")})
+			return
+		}
 		removed, err := a.remove(m)
 		ctx.Respond(&ImageResult{Removed: removed, Err: err})
 	case *PruneImages:
+		if a.importer == nil {
+			ctx.Respond(&ImageResult{Err: errorf(ErrNotYet, "image import is not configured")})
+			return
+		}
 		ctx.Respond(a.prune(m.Caller))
 	}
 }
@@ -211,6 +263,12 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 		req.Done <- ImportDone{Err: err}
 		return
 	}
+	if req.Public && !req.Caller.Admin {
+		release(src)
+		req.Done <- ImportDone{Err: &Error{Kind: ErrPermissionDenied, VM: src.Ref, Msg: "only an admin may publish an image (public)"}}
+		return
+	}
+	req.names = slices.Clone(src.Names)
 	// A rootfs tar's digest is learnt while it is read: its flight is its own.
 	key := digest
 	if key == "" {
@@ -221,15 +279,15 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 		f.mu.Lock()
 		f.waiters = append(f.waiters, req)
 		f.mu.Unlock()
-		f.owners = append(f.owners, req.Caller.UID)
 		return
 	}
-	if img, err := a.cached(digest, src.Names); err != nil || img != nil {
+	if img, err := a.cached(digest); err != nil || img != nil {
 		release(src)
-		if err == nil {
-			img, err = a.claim(digest, []uint32{req.Caller.UID})
+		if err != nil {
+			req.Done <- ImportDone{Err: err}
+			return
 		}
-		req.Done <- ImportDone{Image: img, Cached: err == nil, Err: err}
+		req.Done <- a.hold(req, digest)
 		return
 	}
 	if src.HintOnly {
@@ -238,7 +296,7 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 		return
 	}
 	fctx, cancel := context.WithCancel(context.Background())
-	f := &flight{cancel: cancel, src: src, waiters: []*ImportImage{req}, owners: []uint32{req.Caller.UID}}
+	f := &flight{cancel: cancel, src: src, waiters: []*ImportImage{req}}
 	a.flights[key] = f
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.log.Info("importing image", "image_digest", digest, "source", src.Ref, "kind", string(src.Kind))
@@ -258,11 +316,11 @@ func (a *importActor) join(ctx actor.Context, req *ImportImage, src *source.Imag
 }
 
 // cached is the stored, verified image for digest, or nil ("" is unknown).
-func (a *importActor) cached(digest string, names []string) (*imaging.Image, error) {
+func (a *importActor) cached(digest string) (*imaging.Image, error) {
 	if digest == "" {
 		return nil, nil
 	}
-	return a.importer.Cached(digest, names)
+	return a.importer.Cached(digest)
 }
 
 func (f *flight) snapshot() []*ImportImage {
@@ -271,72 +329,144 @@ func (f *flight) snapshot() []*ImportImage {
 	return slices.Clone(f.waiters)
 }
 
-func (a *importActor) claim(digest string, uids []uint32) (*imaging.Image, error) {
-	img, err := a.importer.Store.Get(digest)
-	if err != nil || img == nil {
-		return img, err
+// hold gives a stored image to one request: its names go to the request's
+// namespace (a user's own, or the public one) and the caller holds it. The
+// answer shows the image as the caller sees it.
+func (a *importActor) hold(req *ImportImage, digest string) ImportDone {
+	ns := req.namespace()
+	had, err := a.importer.Store.Holds(ns, digest)
+	if err != nil {
+		return ImportDone{Err: err}
 	}
-	changed := false
-	for _, u := range uids {
-		changed = img.AddOwner(u) || changed
+	if err := a.importer.Store.Hold(ns, digest, req.names); err != nil {
+		return ImportDone{Err: err}
 	}
-	if changed {
-		if err := a.importer.Store.Add(img); err != nil {
-			return nil, err
-		}
+	img, err := a.importer.Store.View(req.Caller.viewer(), digest)
+	if err == nil && img == nil {
+		err = fmt.Errorf("image %s vanished while it was being imported", digest)
 	}
-	return img, nil
+	return ImportDone{Image: img, Cached: had, Err: err}
 }
 
-func (a *importActor) resolve(ref string) (*imaging.Image, error) {
-	img, err := a.importer.Store.Resolve(ref)
+// lookup resolves ref as v sees it; what v may not see is not found.
+func (a *importActor) lookup(v imaging.Viewer, ref string) (*imaging.Image, imaging.Match, error) {
+	img, m, err := a.importer.Store.Lookup(v, ref)
 	if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {
-		return nil, &Error{Kind: ErrImageNotFound, VM: ref, Msg: err.Error()}
+		return nil, 0, &Error{Kind: ErrImageNotFound, VM: ref, Msg: err.Error()}
 	}
-	return img, err
+	return img, m, err
 }
 
 func (a *importActor) remove(m *RemoveImage) ([]string, error) {
-	img, err := a.resolve(m.Ref)
+	v := m.Caller.viewer()
+	if m.Public {
+		if !m.Caller.Admin {
+			return nil, &Error{Kind: ErrPermissionDenied, VM: m.Ref, Msg: fmt.Sprintf("only an admin removes public images (%s)", m.Ref)}
+		}
+		v = imaging.Viewer{Namespace: imaging.PublicNamespace}
+	}
+	img, match, err := a.lookup(v, m.Ref)
 	if err != nil {
 		return nil, err
 	}
 	if _, busy := a.flights[img.Digest]; busy {
 		return nil, &Error{Kind: ErrImageInUse, VM: m.Ref, Msg: fmt.Sprintf("image %s is being imported", m.Ref)}
 	}
-	if !m.Caller.Admin && !slices.Contains(img.Owners, m.Caller.UID) {
-		return nil, &Error{Kind: ErrPermissionDenied, VM: m.Ref, Msg: fmt.Sprintf("image %s was imported by another user", m.Ref)}
+	ns, purge := v.Namespace, false
+	switch {
+	case match == imaging.MatchPublic && !m.Caller.Admin:
+		return nil, publicRefusal(m.Ref)
+	case match == imaging.MatchPublic:
+		ns = imaging.PublicNamespace
+	case match == imaging.MatchDigest && m.Caller.Admin && !m.Public:
+		purge = true // an admin takes the content off the host
+	case match == imaging.MatchDigest:
+		held, err := a.importer.Store.Holds(ns, img.Digest)
+		if err != nil {
+			return nil, err
+		}
+		if !held { // seen only because it is public
+			return nil, publicRefusal(m.Ref)
+		}
 	}
-	if !m.Caller.Admin && len(img.Owners) > 1 {
-		// Others still claim it: drop only this caller's claim.
-		img.Owners = slices.DeleteFunc(img.Owners, func(u uint32) bool { return u == m.Caller.UID })
-		return nil, a.importer.Store.Add(img)
+	users, err := a.users(img.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("remove image %s: which VMs use it is unknown: %w", m.Ref, err)
 	}
-	if users := a.users(img.Digest); len(users) > 0 && !m.Force {
-		sort.Strings(users)
-		return nil, &Error{Kind: ErrImageInUse, VM: m.Ref, Msg: fmt.Sprintf("image %s is used by %d VM(s): %s (remove them first, or force)", m.Ref, len(users), strings.Join(users, ", "))}
+	mine := visibleUsers(m.Caller, users)
+	if len(mine) > 0 && !m.Force {
+		return nil, &Error{Kind: ErrImageInUse, VM: m.Ref, Msg: fmt.Sprintf("image %s is used by %d VM(s): %s (remove them first, or force)", m.Ref, len(mine), strings.Join(mine, ", "))}
 	}
-	if err := a.importer.Store.Remove(img.Digest); err != nil {
+	held := false
+	if purge {
+		err = a.importer.Store.Purge(img.Digest)
+	} else {
+		held, err = a.importer.Store.Release(ns, img.Digest)
+	}
+	if err != nil {
 		return nil, err
 	}
-	a.log.Info("image removed", "image_digest", img.Digest)
+	// The content stays while anyone holds it or a VM the caller may not
+	// see uses it; a forced removal passes the caller's own VMs.
+	if !held && len(users) == len(mine) {
+		if err := a.importer.Store.Remove(img.Digest); err != nil {
+			return nil, err
+		}
+		a.log.Info("image removed", "image_digest", img.Digest)
+	}
 	return []string{img.Digest}, nil
 }
 
+func publicRefusal(ref string) error {
+	return &Error{Kind: ErrPermissionDenied, VM: ref, Msg: fmt.Sprintf("image %s is public: only an admin removes it", ref)}
+}
+
+// visibleUsers names the VMs among users that c may see, sorted.
+func visibleUsers(c Caller, users []ImageUser) []string {
+	var out []string
+	for _, u := range users {
+		if c.May(u.Owner) {
+			out = append(out, orID(u.Name, u.ID))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// prune drops the caller's hold on every image none of its VMs uses (an
+// admin: removes every image no VM uses); content goes when no one holds
+// it and no VM uses it.
 func (a *importActor) prune(c Caller) *ImageResult {
-	imgs, err := a.importer.Store.List()
+	imgs, err := a.importer.Store.List(c.viewer())
 	if err != nil {
 		return &ImageResult{Err: err}
 	}
-	var removed []string
+	ns := imaging.UserNamespace(c.UID)
+	removed := []string{}
 	for _, img := range imgs {
-		if _, busy := a.flights[img.Digest]; busy || len(a.users(img.Digest)) > 0 {
+		if _, busy := a.flights[img.Digest]; busy {
 			continue
 		}
-		if !c.Admin && (len(img.Owners) != 1 || img.Owners[0] != c.UID) {
+		if !c.Admin && !slices.Contains(img.Owners, c.UID) {
+			continue // public, or not the caller's
+		}
+		users, err := a.users(img.Digest)
+		if err != nil {
+			return &ImageResult{Removed: removed, Err: fmt.Errorf("prune: which VMs use image %s is unknown: %w", img.Digest, err)}
+		}
+		if len(visibleUsers(c, users)) > 0 {
 			continue
 		}
-		if err := a.importer.Store.Remove(img.Digest); err != nil {
+		held := false
+		if c.Admin {
+			err = a.importer.Store.Purge(img.Digest)
+		} else {
+			held, err = a.importer.Store.Release(ns, img.Digest)
+		}
+		if err == nil && !held && len(users) == 0 {
+			err = a.importer.Store.Remove(img.Digest)
+		}
+		if err != nil {
 			return &ImageResult{Removed: removed, Err: err}
 		}
 		removed = append(removed, img.Digest)

@@ -22,9 +22,9 @@ import (
 	"github.com/paddock-vm/paddock/state"
 )
 
-// ImageResolver finds an image in the image store.
+// ImageResolver finds an image in the image store, as a viewer sees it.
 type ImageResolver interface {
-	Resolve(ref string) (*imaging.Image, error)
+	Resolve(v imaging.Viewer, ref string) (*imaging.Image, error)
 }
 
 // Defaults supplies the spec defaults live (they reload on SIGHUP).
@@ -33,6 +33,13 @@ type Defaults func() config.Defaults
 type entry struct {
 	pid *actor.PID
 	vm  state.VM
+}
+
+// nameKey is a VM name in its owner's namespace: alice's "web" and bob's
+// "web" are different VMs, and nobody learns whether another user has one.
+type nameKey struct {
+	owner uint32
+	name  string
 }
 
 type manager struct {
@@ -45,7 +52,7 @@ type manager struct {
 	host     *Host
 
 	byID   map[string]*entry
-	byName map[string]string
+	byName map[nameKey]string
 	counts api.Counts
 
 	pending      map[string]bool // VM actors still reconciling at start-up
@@ -71,10 +78,10 @@ func (m *manager) Receive(ctx actor.Context) {
 	case *CountVMs:
 		ctx.Respond(m.counts)
 	case *imageUsers:
-		users := []string{}
+		users := []ImageUser{}
 		for id, e := range m.byID {
 			if e.vm.Spec.ImageDigest == msg.Digest {
-				users = append(users, orID(e.vm.Name, id))
+				users = append(users, ImageUser{ID: id, Name: e.vm.Name, Owner: e.vm.OwnerUID})
 			}
 		}
 		ctx.Respond(users)
@@ -110,8 +117,8 @@ func (m *manager) Receive(ctx actor.Context) {
 		}
 	case *vmDeleted:
 		if e, ok := m.byID[msg.ID]; ok {
-			if m.byName[e.vm.Name] == msg.ID {
-				delete(m.byName, e.vm.Name)
+			if k := keyOf(e.vm); m.byName[k] == msg.ID {
+				delete(m.byName, k)
 			}
 			delete(m.byID, msg.ID)
 			delete(m.pending, msg.ID)
@@ -125,7 +132,7 @@ func (m *manager) Receive(ctx actor.Context) {
 // cannot be read becomes a VM in status error with the reason; it never
 // stops start-up.
 func (m *manager) start(ctx actor.Context) {
-	m.byID, m.byName = map[string]*entry{}, map[string]string{}
+	m.byID, m.byName = map[string]*entry{}, map[nameKey]string{}
 	if err := m.store.SweepDeleted(); err != nil {
 		m.log.Warn("sweeping interrupted deletes", "err", err)
 	}
@@ -139,7 +146,7 @@ func (m *manager) start(ctx actor.Context) {
 	for _, id := range ids {
 		vm := loadOrError(m.store, id, m.log)
 		if vm.Name != "" {
-			if other, dup := m.byName[vm.Name]; dup {
+			if other, dup := m.byName[keyOf(vm)]; dup {
 				vm.Status, vm.Reason = state.StatusError, fmt.Sprintf("name %q is also used by VM %s", vm.Name, other)
 				vm.Name = ""
 			}
@@ -249,7 +256,7 @@ func (m *manager) spawn(ctx actor.Context, vm state.VM) {
 	}
 	m.byID[id] = &entry{pid: pid, vm: vm}
 	if vm.Name != "" {
-		m.byName[vm.Name] = id
+		m.byName[keyOf(vm)] = id
 	}
 }
 
@@ -258,12 +265,12 @@ func (m *manager) changed(vm state.VM) {
 	if !ok {
 		return
 	}
-	if e.vm.Name != vm.Name {
-		if m.byName[e.vm.Name] == vm.ID {
-			delete(m.byName, e.vm.Name)
+	if keyOf(e.vm) != keyOf(vm) {
+		if m.byName[keyOf(e.vm)] == vm.ID {
+			delete(m.byName, keyOf(e.vm))
 		}
 		if vm.Name != "" {
-			m.byName[vm.Name] = vm.ID
+			m.byName[keyOf(vm)] = vm.ID
 		}
 	}
 	e.vm = vm
@@ -304,43 +311,74 @@ func Tally(vms []state.VM) api.Counts {
 	return c
 }
 
-// resolve finds a VM by name, full id, or unambiguous id prefix.
-func (m *manager) resolve(ref string) (*entry, error) {
+func keyOf(vm state.VM) nameKey { return nameKey{owner: vm.OwnerUID, name: vm.Name} }
+
+// resolve finds a VM the caller may see by exact id first, then by the
+// caller's own name (an admin's, then any user's name that only one VM
+// has), then by an unambiguous id prefix. A VM the caller may not see is
+// not found, with the very error a VM that does not exist gets.
+func (m *manager) resolve(c Caller, ref string) (*entry, error) {
 	if ref == "" {
 		return nil, &Error{Kind: ErrInvalidArgument, Field: "vm", Msg: "no VM named: give a name or an id"}
 	}
-	if id, ok := m.byName[ref]; ok {
-		return m.byID[id], nil
-	}
-	if e, ok := m.byID[ref]; ok {
+	if e, ok := m.byID[ref]; ok && c.May(e.vm.OwnerUID) {
 		return e, nil
 	}
+	if id, ok := m.byName[nameKey{owner: c.UID, name: ref}]; ok {
+		return m.byID[id], nil
+	}
 	var hits []*entry
-	if len(ref) >= 4 && len(ref) < state.IDLen {
+	if c.Admin {
+		for k, id := range m.byName {
+			if k.name == ref {
+				hits = append(hits, m.byID[id])
+			}
+		}
+		if len(hits) > 1 {
+			return nil, ambiguous(ref, hits, "name %q is used by %d VMs of different users: give an id (%s)")
+		}
+	}
+	if len(hits) == 0 && len(ref) >= 4 && len(ref) < state.IDLen {
 		for id, e := range m.byID {
-			if strings.HasPrefix(id, ref) {
+			if strings.HasPrefix(id, ref) && c.May(e.vm.OwnerUID) {
 				hits = append(hits, e)
 			}
 		}
 	}
 	switch len(hits) {
 	case 0:
-		return nil, &Error{Kind: ErrNotFound, VM: ref, Msg: fmt.Sprintf("no VM named %q", ref)}
+		return nil, notFound(ref)
 	case 1:
 		return hits[0], nil
 	}
-	return nil, &Error{Kind: ErrInvalidArgument, Field: "vm", VM: ref, Msg: fmt.Sprintf("id prefix %q matches %d VMs: give more characters", ref, len(hits))}
+	return nil, ambiguous(ref, hits, "id prefix %q matches %d VMs: give more characters (%s)")
 }
 
+// notFound is the one refusal for a VM that does not exist and for one the
+// caller may not see.
+func notFound(ref string) error {
+	return &Error{Kind: ErrNotFound, VM: ref, Msg: fmt.Sprintf("no VM named %q", ref)}
+}
+
+func ambiguous(ref string, hits []*entry, format string) error {
+	ids := make([]string, len(hits))
+	for i, e := range hits {
+		ids[i] = e.vm.ID
+	}
+	sort.Strings(ids)
+	return &Error{Kind: ErrInvalidArgument, Field: "vm", VM: ref, Msg: fmt.Sprintf(format, ref, len(hits), strings.Join(ids, ", "))}
+}
+
+// route finds the VM a request is for. paddock's own callers address it by
+// exact id only.
 func (m *manager) route(req vmRequest) (*entry, error) {
-	e, err := m.resolve(req.ref())
-	if err != nil {
-		return nil, err
+	if r, ok := req.(byID); ok && r.vmID() != "" {
+		if e, ok := m.byID[r.vmID()]; ok && req.caller().May(e.vm.OwnerUID) {
+			return e, nil
+		}
+		return nil, notFound(r.vmID())
 	}
-	if !req.caller().May(e.vm.OwnerUID) {
-		return nil, &Error{Kind: ErrPermissionDenied, VM: req.ref(), Msg: fmt.Sprintf("VM %q belongs to another user (uid %d is not its owner)", req.ref(), req.caller().UID)}
-	}
-	return e, nil
+	return m.resolve(req.caller(), req.ref())
 }
 
 func (m *manager) list(c Caller) []state.VM {
@@ -360,11 +398,11 @@ func (m *manager) list(c Caller) []state.VM {
 }
 
 func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
-	if err := state.ValidateName(req.Name); err != nil {
+	if err := state.ValidateNewName(req.Name); err != nil {
 		return nil, &Error{Kind: ErrInvalidArgument, Field: "name", Msg: err.Error()}
 	}
-	if id, ok := m.byName[req.Name]; ok {
-		return nil, &Error{Kind: ErrNameInUse, Name: req.Name, Msg: fmt.Sprintf("name %q is already used by VM %s", req.Name, id[:12])}
+	if id, ok := m.byName[nameKey{owner: req.Caller.UID, name: req.Name}]; ok {
+		return nil, &Error{Kind: ErrNameInUse, Name: req.Name, Msg: fmt.Sprintf("name %q is already used by your VM %s", req.Name, id[:12])}
 	}
 	d := m.defaults()
 	spec := state.Spec{CPUs: d.CPUs, Memory: int64(d.Memory), DiskSize: int64(d.DiskSize)}
@@ -386,7 +424,7 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	if err := applyRun(&spec, req.RunChange); err != nil {
 		return nil, err
 	}
-	img, err := m.images.Resolve(req.Image)
+	img, err := m.images.Resolve(req.Caller.viewer(), req.Image)
 	if err != nil {
 		if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {
 			return nil, &Error{Kind: ErrInvalidArgument, Field: "image", Msg: fmt.Sprintf("%v (import or pull it first)", err)}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -51,6 +52,11 @@ type Caller struct {
 // May reports whether the caller may see and touch a VM owned by owner.
 func (c Caller) May(owner uint32) bool { return c.Admin || c.UID == owner }
 
+// viewer is how the caller looks at the image store.
+func (c Caller) viewer() imaging.Viewer {
+	return imaging.Viewer{Namespace: imaging.UserNamespace(c.UID), Admin: c.Admin}
+}
+
 // Requests accepted by the Manager. Each is answered with *Result.
 type (
 	// CreateVM makes a new VM record.
@@ -88,9 +94,12 @@ type (
 		Ref    string
 	}
 	// StopVM stops a VM. Reason, when set, is recorded as why it stopped.
+	// ID, when set, addresses the VM by its exact id only (paddock's own
+	// callers: auto-stop); Ref is what a user typed.
 	StopVM struct {
 		Caller Caller
 		Ref    string
+		ID     string
 		Force  bool
 		Reason string
 	}
@@ -123,13 +132,20 @@ type vmRequest interface {
 	caller() Caller
 }
 
+// byID is implemented by requests that may address a VM by its exact id
+// only: paddock's own callers (the Stats actor) never go through names, so
+// no VM named after another's id can stand in for it.
+type byID interface{ vmID() string }
+
+func (m *StopVM) vmID() string { return m.ID }
+
 func (m *GetVM) ref() string       { return m.Ref }
 func (m *GetVM) caller() Caller    { return m.Caller }
 func (m *SetVM) ref() string       { return m.Ref }
 func (m *SetVM) caller() Caller    { return m.Caller }
 func (m *StartVM) ref() string     { return m.Ref }
 func (m *StartVM) caller() Caller  { return m.Caller }
-func (m *StopVM) ref() string      { return m.Ref }
+func (m *StopVM) ref() string      { return orID(m.Ref, m.ID) }
 func (m *StopVM) caller() Caller   { return m.Caller }
 func (m *DeleteVM) ref() string    { return m.Ref }
 func (m *DeleteVM) caller() Caller { return m.Caller }
@@ -142,7 +158,7 @@ func (m *GetVM) describe() string    { return "lookup of VM " + m.Ref }
 func (m *ListVMs) describe() string  { return "VM list" }
 func (m *SetVM) describe() string    { return "change of VM " + m.Ref }
 func (m *StartVM) describe() string  { return "start of VM " + m.Ref }
-func (m *StopVM) describe() string   { return "stop of VM " + m.Ref }
+func (m *StopVM) describe() string   { return "stop of VM " + m.ref() }
 func (m *DeleteVM) describe() string { return "deletion of VM " + m.Ref }
 func (m *CountVMs) describe() string { return "VM count" }
 func (m *Ping) describe() string     { return "liveness ping" }
@@ -157,7 +173,8 @@ type crashVM struct{ Ref, Kind string }
 // crashRes makes a resource child panic.
 type crashRes struct{}
 
-// imageUsers asks the Manager which VMs use an image; answered with []string.
+// imageUsers asks the Manager which VMs (every user's) use an image;
+// answered with []ImageUser.
 type imageUsers struct{ Digest string }
 
 // Messages between the Manager and its VM children.

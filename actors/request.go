@@ -120,7 +120,7 @@ func describe(msg any) (what, vm string) {
 }
 
 // Names of the requests served outside messages.go.
-func (m *ExecVM) describe() string      { return "agent connection of VM " + m.Ref }
+func (m *ExecVM) describe() string      { return "agent connection of VM " + m.ref() }
 func (m *GetStats) describe() string    { return "stats" }
 func (m *ListImages) describe() string  { return "image list" }
 func (m *GetImage) describe() string    { return "lookup of image " + m.Ref }

@@ -88,15 +88,16 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 			}
 			return out, nil
 		}
+		// The Stats actor addresses VMs by exact id only, never by a name.
 		sd.Agent = func(ctx context.Context, vmID string) (*agent.Client, error) {
-			r, err := s.Agent(ctx, admin, vmID)
+			r, err := request[*AgentResult](ctx, s.sys.Root, s.Manager, &ExecVM{Caller: admin, ID: vmID})
 			if err != nil {
 				return nil, err
 			}
 			return r.Agent, nil
 		}
 		sd.Stop = func(ctx context.Context, vmID, reason string) error {
-			_, err := s.Request(ctx, &StopVM{Caller: admin, Ref: vmID, Reason: reason})
+			_, err := s.Request(ctx, &StopVM{Caller: admin, ID: vmID, Reason: reason})
 			return err
 		}
 		sd.Events = s.Events
@@ -105,17 +106,13 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(statsProducer), NameStats); err != nil {
 		return nil, fmt.Errorf("spawn stats actor: %w", err)
 	}
-	users := func(digest string) []string {
+	users := func(digest string) ([]ImageUser, error) {
 		// The Import actor asks while it handles a removal; it has no
-		// caller's context, so the wait gets its own bound.
+		// caller's context, so the wait gets its own bound. An error
+		// refuses the removal: never remove on a guess.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		names, err := s.ImageUsers(ctx, digest)
-		if err != nil {
-			// Unknown is treated as "in use": never remove on a guess.
-			return []string{"(VM list unavailable: " + err.Error() + ")"}
-		}
-		return names
+		return request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
 	}
 	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users) }), NameImport); err != nil {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
@@ -228,11 +225,19 @@ func (s *System) Touch(vmID, cause string) {
 // Host is the host facilities VMs run on (nil: records only).
 func (s *System) Host() *Host { return s.host }
 
-// ImageUsers names the VMs that use an image.
-func (s *System) ImageUsers(ctx context.Context, digest string) ([]string, error) {
+// ImageUsers names the VMs that use an image, of those the caller may see.
+func (s *System) ImageUsers(ctx context.Context, c Caller, digest string) ([]string, error) {
 	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return request[[]string](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
+	users, err := request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
+	if err != nil {
+		return nil, err
+	}
+	names := visibleUsers(c, users)
+	if names == nil {
+		names = []string{}
+	}
+	return names, nil
 }
 
 var importSeq atomic.Uint64
@@ -240,8 +245,8 @@ var importSeq atomic.Uint64
 // ImportImage runs an import through the Import actor, streaming progress to fn,
 // until it is done or ctx ends (which withdraws this caller; the import
 // stops when no one else waits for it).
-func (s *System) ImportImage(ctx context.Context, c Caller, open func(context.Context) (*source.Image, error), fn func(imaging.Progress)) (*ImportDone, error) {
-	req := &ImportImage{ID: importSeq.Add(1), Caller: c, Open: open, Progress: make(chan imaging.Progress, 64), Done: make(chan ImportDone, 1)}
+func (s *System) ImportImage(ctx context.Context, c Caller, public bool, open func(context.Context) (*source.Image, error), fn func(imaging.Progress)) (*ImportDone, error) {
+	req := &ImportImage{ID: importSeq.Add(1), Caller: c, Public: public, Open: open, Progress: make(chan imaging.Progress, 64), Done: make(chan ImportDone, 1)}
 	s.sys.Root.Send(s.Import, req)
 	for {
 		select {

@@ -200,9 +200,15 @@ const (
 )
 
 // Image is an image in the store.
+//
+// Names are the caller's: its own names for the image, then the public
+// names its own do not shadow. Public lists the image's public names.
+// Owners are the uids that hold it: the caller's own only, unless the
+// caller is an admin.
 type Image struct {
 	Digest  string   `json:"digest"`
 	Names   []string `json:"names"`
+	Public  []string `json:"public"`
 	Size    int64    `json:"size"`
 	Created string   `json:"created"`
 	Owners  []uint32 `json:"owners"`
@@ -228,6 +234,8 @@ type PullIn struct {
 	Ref      string        `json:"ref"`
 	Insecure bool          `json:"insecure,omitempty"`
 	Auth     *RegistryAuth `json:"auth,omitempty"`
+	// Public publishes the image's names to every user (admins only).
+	Public bool `json:"public,omitempty"`
 }
 
 // RegistryAuth is a caller's credentials for the registry of one pull, as
@@ -256,6 +264,8 @@ type ImportIn struct {
 	Select string          `json:"select,omitempty"`
 	Name   string          `json:"name,omitempty"`
 	Config json.RawMessage `json:"config,omitempty"`
+	// Public publishes the image's names to every user (admins only).
+	Public bool `json:"public,omitempty"`
 }
 
 // ImportOut is one reply of PullImage or ImportImage.
@@ -268,7 +278,15 @@ type ImportOut struct {
 // ImageRef names one image.
 type ImageRef struct {
 	Image string `json:"image"`
+}
+
+// RemoveImageIn are RemoveImage's parameters.
+type RemoveImageIn struct {
+	Image string `json:"image"`
 	Force bool   `json:"force,omitempty"`
+	// Public removes the image's public names (admins only) rather than
+	// the caller's own hold.
+	Public bool `json:"public,omitempty"`
 }
 
 // ImagesOut is ListImages' reply.

@@ -153,10 +153,11 @@ func (c *Client) InspectImage(ctx context.Context, ref string) (*InspectImageOut
 	return &out, nil
 }
 
-// RemoveImage removes one image.
-func (c *Client) RemoveImage(ctx context.Context, ref string, force bool) ([]string, error) {
+// RemoveImage removes the caller's hold on one image (with Public, an
+// admin removes its public names).
+func (c *Client) RemoveImage(ctx context.Context, in RemoveImageIn) ([]string, error) {
 	var out RemovedOut
-	if err := c.Call(ctx, Interface+".RemoveImage", ImageRef{Image: ref, Force: force}, &out); err != nil {
+	if err := c.Call(ctx, Interface+".RemoveImage", in, &out); err != nil {
 		return nil, err
 	}
 	return out.Removed, nil

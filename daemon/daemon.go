@@ -97,6 +97,14 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		return nil, err
 	}
 	d.images = images
+	// Images stored before names were per user: those with recorded owners
+	// become theirs, those without are published. A failure is logged,
+	// never fatal: those records just stay unnamed until the next start.
+	if n, err := images.Migrate(); err != nil {
+		d.log.Error("moving image names into per-user namespaces", "err", err)
+	} else if n > 0 {
+		d.log.Info("image names moved into per-user namespaces (images without a recorded owner are public)", "images", n)
+	}
 	d.auth = newAuthorizer(cfg.API.AdminGroup)
 	// The blob cache holds only what was verified; the files an older
 	// paddock cached there under digests it never checked are dropped.

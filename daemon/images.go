@@ -25,12 +25,16 @@ import (
 	"github.com/paddock-vm/paddock/varlink"
 )
 
-func imageToAPI(img *imaging.Image) *api.Image {
-	owners := img.Owners
-	if owners == nil {
-		owners = []uint32{}
+// imageToAPI shows an image to its caller: a user learns no other user's
+// uid (owners is the caller's own, if it holds the image).
+func imageToAPI(img *imaging.Image, caller actors.Caller) *api.Image {
+	owners := []uint32{}
+	for _, u := range img.Owners {
+		if caller.Admin || u == caller.UID {
+			owners = append(owners, u)
+		}
 	}
-	return &api.Image{Digest: img.Digest, Names: img.Names, Size: img.Size, Created: stamp(img.Created), Owners: owners}
+	return &api.Image{Digest: img.Digest, Names: orEmptyList(img.Names), Public: orEmptyList(img.Public), Size: img.Size, Created: stamp(img.Created), Owners: owners}
 }
 
 // knownConfig short-cuts the config digest of an unchanged local file whose
@@ -52,8 +56,8 @@ func fileKey(f *os.File, in api.ImportIn) string {
 	return fmt.Sprintf("%d:%d:%d:%d.%d:%s:%x", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, in.Select, sha256.Sum256(in.Config))
 }
 
-func (d *Daemon) runImportHinted(ctx context.Context, c *varlink.Call, hint string, open func(context.Context) (*source.Image, error)) error {
-	return d.runImportThen(ctx, c, open, func(img *imaging.Image) {
+func (d *Daemon) runImportHinted(ctx context.Context, c *varlink.Call, public bool, hint string, open func(context.Context) (*source.Image, error)) error {
+	return d.runImportThen(ctx, c, public, open, func(img *imaging.Image) {
 		if hint != "" {
 			if err := d.images.SetHint(hint, img.Digest); err != nil {
 				d.log.Debug("recording an import hint", "err", err)
@@ -64,14 +68,18 @@ func (d *Daemon) runImportHinted(ctx context.Context, c *varlink.Call, hint stri
 
 // runImport streams progress while the Import actor works, then replies
 // with the image. A client that hangs up withdraws from the import.
-func (d *Daemon) runImport(ctx context.Context, c *varlink.Call, open func(context.Context) (*source.Image, error)) error {
-	return d.runImportThen(ctx, c, open, nil)
+func (d *Daemon) runImport(ctx context.Context, c *varlink.Call, public bool, open func(context.Context) (*source.Image, error)) error {
+	return d.runImportThen(ctx, c, public, open, nil)
 }
 
-func (d *Daemon) runImportThen(ctx context.Context, c *varlink.Call, open func(context.Context) (*source.Image, error), then func(*imaging.Image)) error {
+func (d *Daemon) runImportThen(ctx context.Context, c *varlink.Call, public bool, open func(context.Context) (*source.Image, error), then func(*imaging.Image)) error {
 	var last time.Time
 	var prev imaging.Progress
-	done, err := d.actors.ImportImage(ctx, d.auth.caller(c.Peer), open, func(p imaging.Progress) {
+	caller := d.auth.caller(c.Peer)
+	if public && !caller.Admin {
+		return &actors.Error{Kind: actors.ErrPermissionDenied, Msg: "only an admin may publish an image (public): import it without public, for yourself"}
+	}
+	done, err := d.actors.ImportImage(ctx, caller, public, open, func(p imaging.Progress) {
 		// Every change of phase or layer goes out; counts within one at most
 		// every 200 ms.
 		if !c.More || p.Phase == prev.Phase && p.Layer == prev.Layer && time.Since(last) < 200*time.Millisecond {
@@ -87,7 +95,7 @@ func (d *Daemon) runImportThen(ctx context.Context, c *varlink.Call, open func(c
 	if then != nil {
 		then(done.Image)
 	}
-	return c.Reply(api.ImportOut{Image: imageToAPI(done.Image), Cached: done.Cached})
+	return c.Reply(api.ImportOut{Image: imageToAPI(done.Image, caller), Cached: done.Cached})
 }
 
 // importError names what was wrong with the image as InvalidArgument (a
@@ -124,7 +132,7 @@ func (d *Daemon) pullImage(ctx context.Context, c *varlink.Call) error {
 	if err != nil {
 		return err
 	}
-	return d.runImport(ctx, c, func(ctx context.Context) (*source.Image, error) {
+	return d.runImport(ctx, c, in.Public, func(ctx context.Context) (*source.Image, error) {
 		return source.Pull(ctx, in.Ref, opts)
 	})
 }
@@ -182,7 +190,7 @@ func (d *Daemon) importImage(ctx context.Context, c *varlink.Call) error {
 	opts.Name, opts.Config = in.Name, in.Config
 	opts.Access = layoutAccess(d.auth.caller(c.Peer), c.Peer)
 	hint := fileKey(f, in)
-	return d.runImportHinted(ctx, c, hint, func(ctx context.Context) (*source.Image, error) {
+	return d.runImportHinted(ctx, c, in.Public, hint, func(ctx context.Context) (*source.Image, error) {
 		if digest := d.images.Hint(hint); hint != "" && digest != "" {
 			if cached, _ := d.images.Get(digest); cached != nil && cached.Verified {
 				// Unchanged file, image stored: nothing needs reading.
@@ -242,13 +250,14 @@ func (d *Daemon) listImages(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return err
 	}
-	r, err := d.actors.Images(ctx, &actors.ListImages{})
+	caller := d.auth.caller(c.Peer)
+	r, err := d.actors.Images(ctx, &actors.ListImages{Caller: caller})
 	if err != nil {
 		return err
 	}
 	out := api.ImagesOut{Images: []api.Image{}}
 	for _, img := range r.Images {
-		out.Images = append(out.Images, *imageToAPI(img))
+		out.Images = append(out.Images, *imageToAPI(img, caller))
 	}
 	return c.Reply(out)
 }
@@ -258,7 +267,8 @@ func (d *Daemon) inspectImage(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	r, err := d.actors.Images(ctx, &actors.GetImage{Ref: in.Image})
+	caller := d.auth.caller(c.Peer)
+	r, err := d.actors.Images(ctx, &actors.GetImage{Caller: caller, Ref: in.Image})
 	if err != nil {
 		return err
 	}
@@ -266,19 +276,19 @@ func (d *Daemon) inspectImage(ctx context.Context, c *varlink.Call) error {
 	if err != nil || !json.Valid(cfg) {
 		cfg = []byte("{}")
 	}
-	users, err := d.actors.ImageUsers(ctx, r.Image.Digest)
+	users, err := d.actors.ImageUsers(ctx, caller, r.Image.Digest)
 	if err != nil {
 		return err
 	}
-	return c.Reply(api.InspectImageOut{Image: *imageToAPI(r.Image), Config: cfg, UsedBy: users})
+	return c.Reply(api.InspectImageOut{Image: *imageToAPI(r.Image, caller), Config: cfg, UsedBy: users})
 }
 
 func (d *Daemon) removeImage(ctx context.Context, c *varlink.Call) error {
-	var in api.ImageRef
+	var in api.RemoveImageIn
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	r, err := d.actors.Images(ctx, &actors.RemoveImage{Caller: d.auth.caller(c.Peer), Ref: in.Image, Force: in.Force})
+	r, err := d.actors.Images(ctx, &actors.RemoveImage{Caller: d.auth.caller(c.Peer), Ref: in.Image, Force: in.Force, Public: in.Public})
 	if err != nil {
 		return err
 	}

@@ -56,8 +56,8 @@ func capLine(t *testing.T, pid int, key string) string {
 }
 
 // Acceptance: the daemon runs as a non-root uid with no capabilities; two
-// unprivileged uids each see only their own VMs; the admin sees all; the
-// denied call gets PermissionDenied.
+// unprivileged uids each see only their own VMs; the admin sees all; a VM
+// of another user is not found, as one that does not exist (issue 10).
 func TestUnprivilegedDaemonAndOwnership(t *testing.T) {
 	testenv.RequireRoot(t, "runs the daemon and clients as other uids")
 	setpriv := testenv.RequireTool(t, "setpriv", "util-linux")
@@ -136,7 +136,7 @@ func TestUnprivilegedDaemonAndOwnership(t *testing.T) {
 	}
 	for _, args := range [][]string{{"inspect", "bob-vm"}, {"start", "bob-vm"}, {"rm", "bob-vm"}, {"set", "bob-vm", "--cpus", "2"}} {
 		r := e.cli(t, alice, args...)
-		if r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") || !strings.Contains(r.stderr, "bob-vm") {
+		if r.code != 1 || !strings.Contains(r.stderr, "VMNotFound") || !strings.Contains(r.stderr, "bob-vm") {
 			t.Errorf("alice %v on bob's VM: %+v", args, r)
 		}
 	}
@@ -182,7 +182,7 @@ func TestUnprivilegedDaemonAndOwnership(t *testing.T) {
 	if r := e.cli(t, bob, "image", "import", priv, "--name", "bob-steals:1"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
 		t.Fatalf("bob imported alice's private file: %+v", r)
 	}
-	if r := e.cli(t, bob, "image", "rm", "alice-img:1"); r.code != 1 || !strings.Contains(r.stderr, "PermissionDenied") {
+	if r := e.cli(t, bob, "image", "rm", "alice-img:1"); r.code != 1 || !strings.Contains(r.stderr, "ImageNotFound") {
 		t.Fatalf("bob removed alice's image: %+v", r)
 	}
 	e.cli(t, alice, "create", "alice-vm2", "--image", "alice-img:1").ok(t, "alice create from her image")

@@ -12,11 +12,12 @@ import (
 
 func (c *cli) newImageImportCommand() *cobra.Command {
 	var name, cfgPath string
-	var quiet bool
+	var quiet, public bool
 	cmd := &cobra.Command{Use: "import PATH[:TAG|@DIGEST]", Short: "Import an OCI layout directory, a docker save archive, or a rootfs tar (--name)", Args: exactly(1, "one path")}
 	cmd.Flags().StringVar(&name, "name", "", "name[:tag] to record (required for a rootfs tar)")
 	cmd.Flags().StringVar(&cfgPath, "config", "", "image config JSON for a rootfs tar (Entrypoint, Cmd, Env, ...)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress; print the image's digest only")
+	cmd.Flags().BoolVar(&public, "public", false, "publish its name to every user, not just yourself (admins only)")
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		path, sel := layoutref.Split(a[0])
 		// Opened here, with the caller's own rights; the daemon reads
@@ -26,7 +27,7 @@ func (c *cli) newImageImportCommand() *cobra.Command {
 			return err
 		}
 		defer f.Close()
-		in := api.ImportIn{Source: path, Select: sel, Name: name}
+		in := api.ImportIn{Source: path, Select: sel, Name: name, Public: public}
 		if cfgPath != "" {
 			if in.Config, err = os.ReadFile(cfgPath); err != nil {
 				return err

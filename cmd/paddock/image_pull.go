@@ -12,15 +12,17 @@ import (
 )
 
 func (c *cli) newImagePullCommand() *cobra.Command {
-	var insecure, quiet bool
+	var insecure, quiet, public bool
 	cmd := &cobra.Command{Use: "pull REF", Short: "Pull an image from a registry (linux/amd64) with your own docker credentials", Args: exactly(1, "one image reference")}
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "reach the registry over plain HTTP (admins only, unless the daemon's config lists it)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress; print the image's digest only")
+	cmd.Flags().BoolVar(&public, "public", false, "publish its name to every user, not just yourself (admins only)")
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		in, err := pullIn(a[0], insecure, authn.DefaultKeychain)
 		if err != nil {
 			return err
 		}
+		in.Public = public
 		return c.importing(quiet, pullImage(in))
 	}
 	return cmd
