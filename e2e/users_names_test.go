@@ -550,3 +550,110 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		t.Fatalf("alice's image: %+v %v", insp.Image, err)
 	}
 }
+
+// Finding 3, with VMs that run: bob's VM carries alice's VM's id as its
+// name (as an older paddockd let him name it; a new one refuses). Ids
+// resolve first, and the Stats actor reaches VMs by id only: alice's stats
+// are her guest's (her VM has 256 MiB, his 384 MiB), and her VM's auto-stop
+// stops her VM, not his.
+func TestTwoUsersStatsAndAutoStopByID(t *testing.T) {
+	testenv.RequireRoot(t, "runs clients as other uids")
+	e, p, ns, demo := bootEnv(t, fmt.Sprintf("[api]\nsocket_group = \"%d\"\nadmin_group = \"%d\"\n[vm]\nrun = \"on\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n[stats]\ninterval = \"1s\"\nidle_cpu = 0.3\n", socketGID, adminGID), nil)
+	e.bootKit(t)
+	inspectAs := func(cred *syscall.Credential, ref string) api.VM {
+		t.Helper()
+		var vm api.VM
+		if err := json.Unmarshal([]byte(e.runAs(t, cred, nil, "inspect", ref, "--json").ok(t, "inspect "+ref)), &vm); err != nil {
+			t.Fatal(err)
+		}
+		return vm
+	}
+	e.runAs(t, alice, nil, "run", "--image", demo, "--name", "victim", "--memory", "256MiB").ok(t, "alice runs victim")
+	victim := inspectAs(alice, "victim")
+	refused(t, "bob names a VM after alice's id", e.runAs(t, bob, nil, "create", victim.ID, "--image", demo), "InvalidArgument", "shape of a VM id")
+	e.runAs(t, bob, nil, "run", "--image", demo, "--name", "squat", "--memory", "384MiB").ok(t, "bob runs squat")
+	squat := inspectAs(bob, "squat")
+
+	// What an older paddockd allowed: bob's VM named after alice's id. The
+	// daemon restarts around the change; the VMs keep running.
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("daemon exit %d", code)
+	}
+	path := filepath.Join(e.state, "vms", squat.ID, "vm.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["name"] = victim.ID
+	if b, err = json.Marshal(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon(t, inNetns(ns))
+
+	for _, tc := range []struct {
+		cred *syscall.Credential
+		want string
+	}{{alice, victim.ID}, {nil, victim.ID}, {bob, squat.ID}} {
+		if got := inspectAs(tc.cred, victim.ID); got.ID != tc.want || got.Status != "running" {
+			t.Fatalf("inspect %s: %s %s, want %s running", victim.ID, got.ID, got.Status, tc.want)
+		}
+	}
+	// alice's stats are her guest's: its memory is hers.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		var st []api.VMStats
+		out := e.runAs(t, alice, nil, "stats", victim.ID, "--json").ok(t, "alice's stats")
+		if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 {
+			t.Fatalf("stats --json: %v %s", err, out)
+		}
+		if st[0].VMID != victim.ID || st[0].VMName != "victim" {
+			t.Fatalf("alice's stats are of %s %q", st[0].VMID, st[0].VMName)
+		}
+		if g := st[0].Guest; g != nil {
+			if g.MemTotal <= 0 || g.MemTotal > 256<<20 {
+				t.Fatalf("alice's stats report a guest with %d bytes of memory: not her 256 MiB VM", g.MemTotal)
+			}
+			t.Logf("alice's guest: %d MiB", g.MemTotal>>20)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no guest figures for alice's VM: %s", out)
+		}
+		time.Sleep(time.Second)
+	}
+	// alice's auto-stop stops alice's VM.
+	e.runAs(t, alice, nil, "set", "victim", "--auto-stop", "5s").ok(t, "alice sets auto-stop")
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		v := inspectAs(alice, "victim")
+		if v.Status == "stopped" {
+			if !strings.Contains(v.Reason, "auto-stop") {
+				t.Fatalf("alice's VM stopped for %q", v.Reason)
+			}
+			break
+		}
+		if s := inspectAs(bob, squat.ID); s.Status != "running" {
+			t.Fatalf("alice's auto-stop reached bob's VM: %s %q", s.Status, s.Reason)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's VM still %s", v.Status)
+		}
+		time.Sleep(time.Second)
+	}
+	if s := inspectAs(bob, squat.ID); s.Status != "running" {
+		t.Fatalf("bob's VM after alice's auto-stop: %s %q", s.Status, s.Reason)
+	}
+	e.runAs(t, alice, nil, "rm", "--force", "victim").ok(t, "alice removes victim")
+	e.runAs(t, bob, nil, "rm", "--force", squat.ID).ok(t, "bob removes his VM")
+	if l := e.leaks(t, ns); l.taps+l.vmms+l.loops+l.dirs != 0 {
+		t.Fatalf("left behind: %+v %v", l, l.detail)
+	}
+}
