@@ -229,7 +229,7 @@ func (s *Store) updateNames(fn func(*nameIndex) bool) error {
 	if err != nil {
 		return fmt.Errorf("encode image names: %w", err)
 	}
-	return state.WriteFileAtomic(s.namesPath(), append(b, '\n'), 0o640)
+	return state.WriteFileAtomic(s.namesPath(), append(b, '\n'), 0o600) // users' names are theirs alone
 }
 
 // Hold records ns as holding a stored image under names (a user becomes
