@@ -93,12 +93,42 @@ type ImageResult struct {
 type ImageUser struct {
 	ID, Name string
 	Owner    uint32
+	Digest   string
 }
 
-// ImageUsers reports the VMs (every user's) using an image digest; the
-// daemon wires it to the Manager so the Import actor holds no pointer into
-// it.
-type ImageUsers func(digest string) ([]ImageUser, error)
+// ImageUsers reports which VMs (every user's) use which image; the daemon
+// wires it to the Manager so the Import actor holds no pointer into it. The
+// Import actor calls it off its mailbox.
+type ImageUsers func() ([]ImageUser, error)
+
+// usersKnown carries the answer of ImageUsers back into the Import actor,
+// to the continuation of the request that asked.
+type usersKnown struct {
+	users []ImageUser
+	err   error
+	then  func(actor.Context, []ImageUser, error)
+}
+
+// withUsers asks which VMs use which image without blocking the mailbox:
+// then runs in the actor once the Manager has answered.
+func (a *importActor) withUsers(ctx actor.Context, then func(actor.Context, []ImageUser, error)) {
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	go func() {
+		users, err := a.users()
+		root.Send(self, &usersKnown{users: users, err: err, then: then})
+	}()
+}
+
+// usersOf picks the users of one image.
+func usersOf(users []ImageUser, digest string) []ImageUser {
+	var out []ImageUser
+	for _, u := range users {
+		if u.Digest == digest {
+			out = append(out, u)
+		}
+	}
+	return out
+}
 
 type opened struct {
 	req *ImportImage
@@ -244,14 +274,35 @@ func (a *importActor) Receive(ctx actor.Context) {
 			ctx.Respond(&ImageResult{Err: errorf(ErrNotYet, "image import is not configured")})
 			return
 		}
-		removed, err := a.remove(m)
-		ctx.Respond(&ImageResult{Removed: removed, Err: err})
+		if _, _, err := a.lookup(a.removeViewer(m), m.Ref); err != nil {
+			ctx.Respond(&ImageResult{Err: err})
+			return
+		}
+		sender := ctx.Sender()
+		a.withUsers(ctx, func(ctx actor.Context, users []ImageUser, err error) {
+			if err != nil {
+				ctx.Send(sender, &ImageResult{Err: fmt.Errorf("remove image %s: which VMs use it is unknown: %w", m.Ref, err)})
+				return
+			}
+			// Looked up again: the store may have changed meanwhile.
+			removed, err := a.remove(m, users)
+			ctx.Send(sender, &ImageResult{Removed: removed, Err: err})
+		})
 	case *PruneImages:
 		if a.importer == nil {
 			ctx.Respond(&ImageResult{Err: errorf(ErrNotYet, "image import is not configured")})
 			return
 		}
-		ctx.Respond(a.prune(m.Caller))
+		sender := ctx.Sender()
+		a.withUsers(ctx, func(ctx actor.Context, users []ImageUser, err error) {
+			if err != nil {
+				ctx.Send(sender, &ImageResult{Err: fmt.Errorf("prune: which VMs use which image is unknown: %w", err)})
+				return
+			}
+			ctx.Send(sender, a.prune(m.Caller, users))
+		})
+	case *usersKnown:
+		m.then(ctx, m.users, m.err)
 	}
 }
 
@@ -357,14 +408,21 @@ func (a *importActor) lookup(v imaging.Viewer, ref string) (*imaging.Image, imag
 	return img, m, err
 }
 
-func (a *importActor) remove(m *RemoveImage) ([]string, error) {
-	v := m.Caller.viewer()
+// removeViewer is how a removal looks at the store: as its caller, or with
+// Public as the public namespace (admins only: others find nothing there to
+// remove, and are told why).
+func (a *importActor) removeViewer(m *RemoveImage) imaging.Viewer {
 	if m.Public {
-		if !m.Caller.Admin {
-			return nil, &Error{Kind: ErrPermissionDenied, VM: m.Ref, Msg: fmt.Sprintf("only an admin removes public images (%s)", m.Ref)}
-		}
-		v = imaging.Viewer{Namespace: imaging.PublicNamespace}
+		return imaging.Viewer{Namespace: imaging.PublicNamespace}
 	}
+	return m.Caller.viewer()
+}
+
+func (a *importActor) remove(m *RemoveImage, all []ImageUser) ([]string, error) {
+	if m.Public && !m.Caller.Admin {
+		return nil, &Error{Kind: ErrPermissionDenied, VM: m.Ref, Msg: fmt.Sprintf("only an admin removes public images (%s)", m.Ref)}
+	}
+	v := a.removeViewer(m)
 	img, match, err := a.lookup(v, m.Ref)
 	if err != nil {
 		return nil, err
@@ -389,10 +447,7 @@ func (a *importActor) remove(m *RemoveImage) ([]string, error) {
 			return nil, publicRefusal(m.Ref)
 		}
 	}
-	users, err := a.users(img.Digest)
-	if err != nil {
-		return nil, fmt.Errorf("remove image %s: which VMs use it is unknown: %w", m.Ref, err)
-	}
+	users := usersOf(all, img.Digest)
 	mine := visibleUsers(m.Caller, users)
 	if len(mine) > 0 && !m.Force {
 		return nil, &Error{Kind: ErrImageInUse, VM: m.Ref, Msg: fmt.Sprintf("image %s is used by %d VM(s): %s (remove them first, or force)", m.Ref, len(mine), strings.Join(mine, ", "))}
@@ -436,7 +491,7 @@ func visibleUsers(c Caller, users []ImageUser) []string {
 // prune drops the caller's hold on every image none of its VMs uses (an
 // admin: removes every image no VM uses); content goes when no one holds
 // it and no VM uses it.
-func (a *importActor) prune(c Caller) *ImageResult {
+func (a *importActor) prune(c Caller, all []ImageUser) *ImageResult {
 	imgs, err := a.importer.Store.List(c.viewer())
 	if err != nil {
 		return &ImageResult{Err: err}
@@ -450,13 +505,11 @@ func (a *importActor) prune(c Caller) *ImageResult {
 		if !c.Admin && !slices.Contains(img.Owners, c.UID) {
 			continue // public, or not the caller's
 		}
-		users, err := a.users(img.Digest)
-		if err != nil {
-			return &ImageResult{Removed: removed, Err: fmt.Errorf("prune: which VMs use image %s is unknown: %w", img.Digest, err)}
-		}
+		users := usersOf(all, img.Digest)
 		if len(visibleUsers(c, users)) > 0 {
 			continue
 		}
+		var err error
 		held := false
 		if c.Admin {
 			err = a.importer.Store.Purge(img.Digest)

@@ -80,8 +80,8 @@ func (m *manager) Receive(ctx actor.Context) {
 	case *imageUsers:
 		users := []ImageUser{}
 		for id, e := range m.byID {
-			if e.vm.Spec.ImageDigest == msg.Digest {
-				users = append(users, ImageUser{ID: id, Name: e.vm.Name, Owner: e.vm.OwnerUID})
+			if msg.Digest == "" || e.vm.Spec.ImageDigest == msg.Digest {
+				users = append(users, ImageUser{ID: id, Name: e.vm.Name, Owner: e.vm.OwnerUID, Digest: e.vm.Spec.ImageDigest})
 			}
 		}
 		ctx.Respond(users)

@@ -163,6 +163,9 @@ func (m *DeleteVM) describe() string { return "deletion of VM " + m.Ref }
 func (m *CountVMs) describe() string { return "VM count" }
 func (m *Ping) describe() string     { return "liveness ping" }
 func (m *imageUsers) describe() string {
+	if m.Digest == "" {
+		return "list of the VMs that use images"
+	}
 	return "list of the VMs that use image " + m.Digest
 }
 
@@ -173,8 +176,8 @@ type crashVM struct{ Ref, Kind string }
 // crashRes makes a resource child panic.
 type crashRes struct{}
 
-// imageUsers asks the Manager which VMs (every user's) use an image;
-// answered with []ImageUser.
+// imageUsers asks the Manager which VMs (every user's) use an image, or
+// any image with Digest ""; answered with []ImageUser.
 type imageUsers struct{ Digest string }
 
 // Messages between the Manager and its VM children.

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/paddock-vm/paddock/config"
@@ -390,5 +392,49 @@ func TestImageNamespaces(t *testing.T) {
 	}
 	if _, err := images(t, h, &RemoveImage{Caller: bobC, Ref: "base:1", Public: true}); !errors.Is(err, ErrPermissionDenied) {
 		t.Fatalf("bob unpublishes: %v", err)
+	}
+}
+
+// A removal waits for the Manager's answer about which VMs use the image
+// off the Import actor's mailbox: lookups keep being answered meanwhile,
+// and the removal is decided by that answer.
+func TestRemovalWaitsOffTheMailbox(t *testing.T) {
+	dir := t.TempDir()
+	imagetest.Seed(t, dir, "alpine")
+	store, err := imaging.OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan []ImageUser)
+	users := func() ([]ImageUser, error) { return <-release, nil }
+	sys := actor.NewActorSystem()
+	t.Cleanup(sys.Shutdown)
+	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor {
+		return newImportActor(slog.New(slog.DiscardHandler), &imaging.Importer{Store: store}, users)
+	}))
+	ask := func(msg any) (*ImageResult, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return request[*ImageResult](ctx, sys.Root, pid, msg)
+	}
+	type answer struct {
+		r   *ImageResult
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		r, err := ask(&RemoveImage{Caller: admin, Ref: "alpine"})
+		done <- answer{r, err}
+	}()
+	// The removal is waiting on users; the actor still answers.
+	for i := 0; i < 3; i++ {
+		if r, err := ask(&GetImage{Caller: admin, Ref: "alpine"}); err != nil || r.Image == nil {
+			t.Fatalf("lookup while a removal waits: %+v %v", r, err)
+		}
+	}
+	img, _ := store.Resolve(imaging.Viewer{Admin: true}, "alpine")
+	release <- []ImageUser{{ID: "x", Name: "web", Owner: 0, Digest: img.Digest}}
+	if a := <-done; !errors.Is(a.err, ErrImageInUse) || !containsStr(a.err.Error(), "web") {
+		t.Fatalf("removal of an image a VM uses: %+v %v", a.r, a.err)
 	}
 }

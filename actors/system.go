@@ -106,13 +106,13 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	if s.Stats, err = root.SpawnNamed(actor.PropsFromProducer(statsProducer), NameStats); err != nil {
 		return nil, fmt.Errorf("spawn stats actor: %w", err)
 	}
-	users := func(digest string) ([]ImageUser, error) {
-		// The Import actor asks while it handles a removal; it has no
-		// caller's context, so the wait gets its own bound. An error
-		// refuses the removal: never remove on a guess.
+	users := func() ([]ImageUser, error) {
+		// The Import actor asks (off its mailbox) while it handles a
+		// removal; it has no caller's context, so the wait gets its own
+		// bound. An error refuses the removal: never remove on a guess.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
+		return request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{})
 	}
 	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users) }), NameImport); err != nil {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
