@@ -247,7 +247,10 @@ func seedUnverified(t *testing.T, state, digest, name string, owner uint32) {
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", tree, filepath.Join(dir, "rootfs.ext4"), "8M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v %s", err, out)
 	}
-	if err := store.Add(&imaging.Image{Digest: digest, Names: []string{"distro11:11"}, RootFS: "rootfs.ext4", Owners: []uint32{owner}}); err != nil {
+	if err := store.Add(&imaging.Image{Digest: digest, RootFS: "rootfs.ext4"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Hold(imaging.UserNamespace(owner), digest, []string{"distro11:11"}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -560,19 +560,11 @@ func TestTwoUsersStatsAndAutoStopByID(t *testing.T) {
 	testenv.RequireRoot(t, "runs clients as other uids")
 	e, p, ns, demo := bootEnv(t, fmt.Sprintf("[api]\nsocket_group = \"%d\"\nadmin_group = \"%d\"\n[vm]\nrun = \"on\"\nstart_timeout = \"90s\"\nstop_timeout = \"10s\"\n[stats]\ninterval = \"1s\"\nidle_cpu = 0.3\n", socketGID, adminGID), nil)
 	e.bootKit(t)
-	inspectAs := func(cred *syscall.Credential, ref string) api.VM {
-		t.Helper()
-		var vm api.VM
-		if err := json.Unmarshal([]byte(e.runAs(t, cred, nil, "inspect", ref, "--json").ok(t, "inspect "+ref)), &vm); err != nil {
-			t.Fatal(err)
-		}
-		return vm
-	}
 	e.runAs(t, alice, nil, "run", "--image", demo, "--name", "victim", "--memory", "256MiB").ok(t, "alice runs victim")
-	victim := inspectAs(alice, "victim")
+	victim := inspectAs(t, e, alice, "victim")
 	refused(t, "bob names a VM after alice's id", e.runAs(t, bob, nil, "create", victim.ID, "--image", demo), "InvalidArgument", "shape of a VM id")
 	e.runAs(t, bob, nil, "run", "--image", demo, "--name", "squat", "--memory", "384MiB").ok(t, "bob runs squat")
-	squat := inspectAs(bob, "squat")
+	squat := inspectAs(t, e, bob, "squat")
 
 	// What an older paddockd allowed: bob's VM named after alice's id. The
 	// daemon restarts around the change; the VMs keep running.
@@ -602,7 +594,7 @@ func TestTwoUsersStatsAndAutoStopByID(t *testing.T) {
 		cred *syscall.Credential
 		want string
 	}{{alice, victim.ID}, {nil, victim.ID}, {bob, squat.ID}} {
-		if got := inspectAs(tc.cred, victim.ID); got.ID != tc.want || got.Status != "running" {
+		if got := inspectAs(t, e, tc.cred, victim.ID); got.ID != tc.want || got.Status != "running" {
 			t.Fatalf("inspect %s: %s %s, want %s running", victim.ID, got.ID, got.Status, tc.want)
 		}
 	}
@@ -633,14 +625,14 @@ func TestTwoUsersStatsAndAutoStopByID(t *testing.T) {
 	e.runAs(t, alice, nil, "set", "victim", "--auto-stop", "5s").ok(t, "alice sets auto-stop")
 	deadline = time.Now().Add(2 * time.Minute)
 	for {
-		v := inspectAs(alice, "victim")
+		v := inspectAs(t, e, alice, "victim")
 		if v.Status == "stopped" {
 			if !strings.Contains(v.Reason, "auto-stop") {
 				t.Fatalf("alice's VM stopped for %q", v.Reason)
 			}
 			break
 		}
-		if s := inspectAs(bob, squat.ID); s.Status != "running" {
+		if s := inspectAs(t, e, bob, squat.ID); s.Status != "running" {
 			t.Fatalf("alice's auto-stop reached bob's VM: %s %q", s.Status, s.Reason)
 		}
 		if time.Now().After(deadline) {
@@ -648,7 +640,7 @@ func TestTwoUsersStatsAndAutoStopByID(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if s := inspectAs(bob, squat.ID); s.Status != "running" {
+	if s := inspectAs(t, e, bob, squat.ID); s.Status != "running" {
 		t.Fatalf("bob's VM after alice's auto-stop: %s %q", s.Status, s.Reason)
 	}
 	e.runAs(t, alice, nil, "rm", "--force", "victim").ok(t, "alice removes victim")

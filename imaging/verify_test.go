@@ -42,8 +42,12 @@ func TestUnverifiedEntryIsRebuilt(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "rootfs.ext4"), ft.MustTar(ft.Dir("etc", 0), ft.File("etc/os-release", "NAME=squatter\n", 0)), 0o440); err != nil {
 		t.Fatal(err)
 	}
-	old := &imaging.Image{Digest: digest, Names: []string{"debian:12"}, RootFS: "rootfs.ext4", Owners: []uint32{1001}}
+	old := &imaging.Image{Digest: digest, RootFS: "rootfs.ext4"}
 	if err := store.Add(old); err != nil {
+		t.Fatal(err)
+	}
+	owner := imaging.UserNamespace(1001)
+	if err := store.Hold(owner, digest, []string{"debian:12"}); err != nil {
 		t.Fatal(err)
 	}
 	builds := 0
@@ -67,12 +71,12 @@ func TestUnverifiedEntryIsRebuilt(t *testing.T) {
 		if got := fileIn(t, filepath.Join(store.Dir(digest), img.RootFS), "etc/os-release"); got != "NAME=real\n" {
 			t.Fatalf("import %d: the base holds %q", i+1, got)
 		}
-		stored, _ := store.Get(digest)
-		if !stored.Verified || !strings.Contains(strings.Join(stored.Names, ","), "debian:12") || len(stored.Owners) != 1 || stored.Owners[0] != 1001 {
+		stored, _ := store.View(imaging.Viewer{Namespace: owner}, digest)
+		if stored == nil || !stored.Verified || !strings.Contains(strings.Join(stored.Names, ","), "debian:12") || len(stored.Owners) != 1 || stored.Owners[0] != 1001 {
 			t.Fatalf("stored %+v: want verified, names and owners kept", stored)
 		}
 	}
-	if ents, _ := os.ReadDir(store.Root); len(ents) != 1 {
+	if ents, _ := filepath.Glob(filepath.Join(store.Root, "sha256-*")); len(ents) != 1 {
 		t.Fatalf("store holds %v, want the one image", ents)
 	}
 }
