@@ -40,24 +40,33 @@ func start(t *testing.T, dir string) *harness {
 func startOn(t *testing.T, dir string, host *Host, fk *fakes) *harness {
 	t.Helper()
 	h := &harness{dir: dir, fk: fk}
+	startTree(t, h, func(d *Deps, _ *imaging.Store) {
+		d.Host = host
+		d.OnCounts = func(c api.Counts) { h.mu.Lock(); h.count = c; h.mu.Unlock() }
+	})
+	return h
+}
+
+// startTree opens h's stores under h.dir and starts a tree over them; mod
+// adds what the test needs (a host, an importer) to the dependencies.
+func startTree(t *testing.T, h *harness, mod func(d *Deps, imgs *imaging.Store)) {
+	t.Helper()
 	var err error
-	if h.store, err = state.NewStore(dir); err != nil {
+	if h.store, err = state.NewStore(h.dir); err != nil {
 		t.Fatal(err)
 	}
-	imgs, err := imaging.OpenStore(dir)
+	imgs, err := imaging.OpenStore(h.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	d := Deps{Store: h.store, Images: imgs, Defaults: func() config.Defaults { return config.Default().Defaults }}
+	mod(&d, imgs)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h.sys, err = Start(ctx, Deps{Store: h.store, Images: imgs, Host: host,
-		Defaults: func() config.Defaults { return config.Default().Defaults },
-		OnCounts: func(c api.Counts) { h.mu.Lock(); h.count = c; h.mu.Unlock() }})
-	if err != nil {
+	if h.sys, err = Start(ctx, d); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.sys.Shutdown)
-	return h
 }
 
 func (h *harness) do(t *testing.T, msg any) (*Result, error) {

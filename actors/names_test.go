@@ -15,7 +15,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/flatten"
@@ -218,26 +217,14 @@ func TestInternalCallersUseIDs(t *testing.T) {
 // real, a fake ext4 build) and VMs as records.
 func importHarness(t *testing.T) (*harness, *imaging.Store) {
 	t.Helper()
-	dir := t.TempDir()
-	h := &harness{dir: dir}
-	var err error
-	if h.store, err = state.NewStore(dir); err != nil {
-		t.Fatal(err)
-	}
-	imgs, err := imaging.OpenStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im := &imaging.Importer{Store: imgs, ScratchDir: filepath.Join(dir, "scratch"), Build: func(_ context.Context, _ *flatten.Result, out string) error {
-		return os.WriteFile(out, []byte("ext4"), 0o644)
-	}}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	h.sys, err = Start(ctx, Deps{Store: h.store, Images: imgs, Importer: im, Defaults: func() config.Defaults { return config.Default().Defaults }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.sys.Shutdown)
+	h := &harness{dir: t.TempDir()}
+	var imgs *imaging.Store
+	startTree(t, h, func(d *Deps, store *imaging.Store) {
+		imgs = store
+		d.Importer = &imaging.Importer{Store: imgs, ScratchDir: filepath.Join(h.dir, "scratch"), Build: func(_ context.Context, _ *flatten.Result, out string) error {
+			return os.WriteFile(out, []byte("ext4"), 0o644)
+		}}
+	})
 	return h, imgs
 }
 
