@@ -26,8 +26,17 @@ func main() {
 	gets := flag.Int("gets", 3000, "Get calls to time")
 	lists := flag.Int("lists", 100, "List calls to time")
 	minbase := flag.String("minbase", os.Getenv("PADDOCK_BENCH_MINBASE"), "Debian minbase rootfs tar for the image benchmark (.ci/minbase.sh)")
+	netOnly := flag.Bool("net", false, "only the VM network figures (root; see net.go)")
+	cliBin := flag.String("paddock", "bin/paddock", "CLI binary, for the network figures")
+	netBytes := flag.Int64("net-bytes", 64<<20, "bytes per network transfer")
 	flag.Parse()
-	if err := run(*daemonBin, *vms, *gets, *lists, *minbase); err != nil {
+	var err error
+	if *netOnly {
+		err = runNet(*daemonBin, *cliBin, *netBytes)
+	} else {
+		err = run(*daemonBin, *vms, *gets, *lists, *minbase)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}

@@ -14,13 +14,23 @@ const GuestBlock = 64 << 10
 func Blocks(n int64) int64 { return max(n/GuestBlock, 1) }
 
 // GuestSend is `sh -c` for sending Blocks(n)*GuestBlock zero bytes to the
-// uplink's sink (UplinkIP:SinkPort); the sink times them (Sink.Next).
+// uplink's sink (UplinkIP:SinkPort), giving up when no connection is made
+// in 30s; the sink times them (Sink.Next).
 func GuestSend(n int64) []string {
-	return []string{"sh", "-c", fmt.Sprintf("dd if=/dev/zero bs=%d count=%d 2>/dev/null | nc %s %d", GuestBlock, Blocks(n), UplinkIP, SinkPort)}
+	return []string{"sh", "-c", fmt.Sprintf("dd if=/dev/zero bs=%d count=%d 2>/dev/null | nc -w 30 %s %d", GuestBlock, Blocks(n), UplinkIP, SinkPort)}
 }
 
-// GuestServe is `sh -c` for serving Blocks(n)*GuestBlock zero bytes to the
-// first client on port, then exiting; the client times them (Receive).
+// GuestServe is `sh -c` for a server on port giving every client its own
+// Blocks(n)*GuestBlock zero bytes, until GuestServeStop; the client times
+// them (Fetch). It serves every connection, not just the first, because
+// paddockd's port discovery may connect to a guest's new listener first.
 func GuestServe(port uint16, n int64) []string {
-	return []string{"sh", "-c", fmt.Sprintf("dd if=/dev/zero bs=%d count=%d 2>/dev/null | nc -l -p %d", GuestBlock, Blocks(n), port)}
+	return []string{"sh", "-c", fmt.Sprintf("echo $$ >%s; exec nc -ll -p %d -e dd if=/dev/zero bs=%d count=%d 2>/dev/null", servePID(port), port, GuestBlock, Blocks(n))}
 }
+
+// GuestServeStop is `sh -c` ending GuestServe(port, ...).
+func GuestServeStop(port uint16) []string {
+	return []string{"sh", "-c", fmt.Sprintf("kill $(cat %s)", servePID(port))}
+}
+
+func servePID(port uint16) string { return fmt.Sprintf("/tmp/nettopo-serve-%d.pid", port) }

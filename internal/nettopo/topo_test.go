@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -235,8 +236,20 @@ func TestBusyboxCommands(t *testing.T) {
 	bb := testenv.RequireTool(t, "busybox", "busybox-static")
 	top := New(t, d.Name)
 	ctx := ctxT(t, 60*time.Second)
+	// PATH as in the guest: busybox applets only.
+	path := t.TempDir()
+	for _, a := range []string{"sh", "dd", "nc", "cat", "kill", "wget", "nslookup"} {
+		if err := os.Symlink(bb, filepath.Join(path, a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	command := func(n *Netns, args ...string) *exec.Cmd {
+		c := n.Command(ctx, bb, args...)
+		c.Env = []string{"PATH=" + path}
+		return c
+	}
 	run := func(n *Netns, args ...string) (string, error) {
-		out, err := n.Command(ctx, bb, args...).CombinedOutput()
+		out, err := command(n, args...).CombinedOutput()
 		return string(out), err
 	}
 
@@ -258,16 +271,40 @@ func TestBusyboxCommands(t *testing.T) {
 	}
 
 	// GuestServe in the daemon ns, fetched from the client: the shape of
-	// the published-port figure. busybox sh must be found by nsenter.
-	serve := GuestServe(18081, n)
-	srv := top.Daemon.Command(ctx, bb, serve...)
+	// the published-port figure. A prober connects first and takes a few
+	// bytes, as paddockd's port discovery may; the client still gets all.
+	srv := command(top.Daemon, GuestServe(18081, n)...)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Fetch(ctx, top.Client, netip.AddrPortFrom(HostClientIP, 18081).String())
-	werr := srv.Wait()
-	if err != nil || got.Bytes != n || werr != nil {
-		t.Fatalf("Fetch from GuestServe: %+v %v (server: %v)", got, err, werr)
+	served := make(chan error, 1)
+	go func() { served <- srv.Wait() }()
+	addr := netip.AddrPortFrom(HostClientIP, 18081).String()
+	for {
+		p, err := top.Client.Dial(ctx, "tcp", addr)
+		if err == nil {
+			_, err = io.ReadFull(p, make([]byte, 10))
+			p.Close()
+		}
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("prober: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got, err := Fetch(ctx, top.Client, addr)
+	if err != nil || got.Bytes != n {
+		t.Errorf("Fetch from GuestServe: %+v %v", got, err)
+	}
+	if out, err := run(top.Daemon, GuestServeStop(18081)...); err != nil {
+		t.Errorf("GuestServeStop: %v %s", err, out)
+	}
+	select {
+	case <-served: // killed by TERM: the exit status says so, nothing to check
+	case <-ctx.Done():
+		t.Fatal("GuestServe did not end after GuestServeStop")
 	}
 }
 
