@@ -72,6 +72,8 @@ bench: deps kernel build
 	$(BENCH) 20x -bench StatsPoll ./actors
 	@echo "== ports scan: classifying one port (x-connect: / a plain TCP connect)"
 	$(BENCH) 20x -bench Classify ./host/probe
+	@echo "== VM network: guest TCP throughput out through NAT and through a published port, bridge and passt (x veth: / the same transfer over a plain veth pair)"
+	$(GO) run ./bench -net
 
 demo: deps kernel build
 	.ci/demo.sh
