@@ -243,7 +243,9 @@ func TestUsersTwinDaemonsSparEachOthersVMMs(t *testing.T) {
 	}
 	for _, d := range []*twinDaemon{a, b} {
 		if out, code := execOut(t, d.env, "v"+d.name, "", "cat", "/etc/motd"); code != 0 || !strings.Contains(out, "welcome") {
-			t.Fatalf("exec in %s's VM after the restarts: %q %d", d.name, out, code)
+			health := d.cli(t, nil, "health", "v"+d.name)
+			logs := d.cli(t, nil, "logs", "v"+d.name)
+			t.Fatalf("exec in %s's VM after the restarts: %q %d\nhealth: %s%s\nguest log:\n%s%s", d.name, out, code, health.stdout, health.stderr, logs.stdout, logs.stderr)
 		}
 	}
 

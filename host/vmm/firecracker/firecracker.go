@@ -11,7 +11,7 @@
 // API on the UNIX socket and validates every request (method and path exist,
 // body matches the definition: required fields, types, enums, bounds, no
 // unknown fields) against Firecracker's published swagger description
-// (v1.17.0-dev, read from ../shared/firecracker-api.yaml by the tests).
+// (v1.17.0-dev, testdata/firecracker-api.yaml, read by the tests).
 // Behaviour beyond the schema (ordering rules, when Firecracker exits, how
 // it opens the serial FIFO) follows Firecracker's documentation and is
 // unverified.

@@ -14,14 +14,14 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// apiDescription is Firecracker's swagger 2.0 API description, kept outside
-// the project (../shared from the repository root); PADDOCK_FIRECRACKER_API
-// overrides the path.
+// apiDescription is Firecracker's swagger 2.0 API description (Apache-2.0,
+// v1.17.0-dev), kept in testdata so a fresh clone tests against it;
+// PADDOCK_FIRECRACKER_API overrides the path.
 func apiDescription() string {
 	if p := os.Getenv("PADDOCK_FIRECRACKER_API"); p != "" {
 		return p
 	}
-	p, _ := filepath.Abs(filepath.Join("..", "..", "..", "..", "shared", "firecracker-api.yaml"))
+	p, _ := filepath.Abs(filepath.Join("testdata", "firecracker-api.yaml"))
 	return p
 }
 
