@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
@@ -9,6 +10,7 @@ import (
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/netdev"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -61,6 +63,13 @@ type Host struct {
 	StopTimeout time.Duration
 	// ReleaseTimeout bounds one resource's release (2 minutes when 0).
 	ReleaseTimeout time.Duration
+	// NetFacts are the host's facts a VM's ports and network are checked
+	// against (netspec.Validate), for a caller who is or is not an admin;
+	// nil checks the spec's own rules only (unit tests).
+	NetFacts func(admin bool) (netspec.Facts, error)
+	// DNS are the guest's nameservers (vm.dns, or the host's), given to
+	// every VM with a network.
+	DNS []netip.Addr
 	// SweepDisks removes loop and dm devices that paddock made for VMs that
 	// no longer exist (known reports whether a VM id exists).
 	SweepDisks func(ctx context.Context, known func(vmID string) bool) error

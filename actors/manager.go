@@ -424,6 +424,9 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	if err := applyRun(&spec, req.RunChange); err != nil {
 		return nil, err
 	}
+	if err := checkNet(m.host, spec, req.RunChange, req.Caller); err != nil {
+		return nil, err
+	}
 	img, err := m.images.Resolve(req.Caller.viewer(), req.Image)
 	if err != nil {
 		if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {

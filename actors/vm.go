@@ -286,7 +286,7 @@ func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
 		}
 	}
 	spec := a.vm.Spec
-	if err := applySet(&spec, m, a.vm); err != nil {
+	if err := applySet(&spec, m, a.vm, a.host); err != nil {
 		return err
 	}
 	if reflect.DeepEqual(spec, a.vm.Spec) {

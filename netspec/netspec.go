@@ -182,12 +182,18 @@ type Facts struct {
 	Networks []string
 }
 
-// Validate checks a VM's ports and network: every mapping well-formed, no
-// host port claimed twice (the same address, or every address and one of
-// them), every HOSTIP the host's, no privileged port unless f.Admin, a
-// network the daemon offers. The first problem is returned, naming the
-// value.
+// Validate checks a VM's ports and network: ValidateNetwork, then
+// ValidatePorts. The first problem is returned, naming the value.
 func Validate(ports []PortMapping, network string, f Facts) error {
+	if err := ValidateNetwork(network, f); err != nil {
+		return err
+	}
+	return ValidatePorts(ports, f)
+}
+
+// ValidateNetwork checks that network is a network name and one the daemon
+// offers.
+func ValidateNetwork(network string, f Facts) error {
 	mode, _, err := ParseNetwork(network)
 	if err != nil {
 		return err
@@ -198,6 +204,13 @@ func Validate(ports []PortMapping, network string, f Facts) error {
 		}
 		return fmt.Errorf("network %q: this daemon offers %s only", network, strings.Join(f.Networks, ", "))
 	}
+	return nil
+}
+
+// ValidatePorts checks every mapping is well-formed, no host port is
+// claimed twice (the same address, or every address and one of them),
+// every HOSTIP is the host's, and no port is privileged unless f.Admin.
+func ValidatePorts(ports []PortMapping, f Facts) error {
 	if len(ports) > MaxPorts {
 		return fmt.Errorf("%d port mappings: at most %d per VM", len(ports), MaxPorts)
 	}
