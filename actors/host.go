@@ -10,7 +10,6 @@ import (
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/netdev"
 	"github.com/paddock-vm/paddock/host/vmm"
-	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -63,10 +62,6 @@ type Host struct {
 	StopTimeout time.Duration
 	// ReleaseTimeout bounds one resource's release (2 minutes when 0).
 	ReleaseTimeout time.Duration
-	// NetFacts are the host's facts a VM's ports and network are checked
-	// against (netspec.Validate), for a caller who is or is not an admin;
-	// nil checks the spec's own rules only (unit tests).
-	NetFacts func(admin bool) (netspec.Facts, error)
 	// DNS are the guest's nameservers (vm.dns, or the host's), given to
 	// every VM with a network.
 	DNS []netip.Addr

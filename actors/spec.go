@@ -140,14 +140,14 @@ func applyRun(s *state.Spec, r RunChange) error {
 // place they are checked) when r touches them, with the host's facts as
 // the caller sees them. A VM whose host lost an address it publishes on
 // still takes other changes.
-func checkNet(h *Host, s state.Spec, r RunChange, c Caller) error {
+func checkNet(facts NetFacts, s state.Spec, r RunChange, c Caller) error {
 	if r.Ports == nil && r.Network == nil && !slices.Contains(r.Reset, "network") {
 		return nil
 	}
 	f := netspec.Facts{Admin: c.Admin}
-	if h != nil && h.NetFacts != nil {
+	if facts != nil {
 		var err error
-		if f, err = h.NetFacts(c.Admin); err != nil {
+		if f, err = facts(c.Admin); err != nil {
 			return fmt.Errorf("check the VM's ports: %w", err)
 		}
 	}
@@ -183,7 +183,7 @@ func invalid(field, format string, args ...any) error {
 
 // applySet applies a set request to spec (a copy of vm's). What shapes the
 // boot (hardware, kit, main process) changes only while the VM is down.
-func applySet(spec *state.Spec, m *SetVM, vm state.VM, h *Host) error {
+func applySet(spec *state.Spec, m *SetVM, vm state.VM, facts NetFacts) error {
 	if err := applySpec(spec, m.CPUs, m.Memory, m.DiskSize, m.AutoStop, vm.Spec.DiskSize); err != nil {
 		return err
 	}
@@ -197,5 +197,5 @@ func applySet(spec *state.Spec, m *SetVM, vm state.VM, h *Host) error {
 	if err := applyRun(spec, m.RunChange); err != nil {
 		return err
 	}
-	return checkNet(h, *spec, m.RunChange, m.Caller)
+	return checkNet(facts, *spec, m.RunChange, m.Caller)
 }

@@ -114,9 +114,9 @@ func TestApplySetWhileRunning(t *testing.T) {
 func TestCheckNet(t *testing.T) {
 	str := func(s string) *string { return &s }
 	lo := netspec.PortMapping{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 80, Proto: netspec.TCP}
-	h := &Host{NetFacts: func(admin bool) (netspec.Facts, error) {
+	h := NetFacts(func(admin bool) (netspec.Facts, error) {
 		return netspec.Facts{HostAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, UnprivilegedPortStart: 1024, Admin: admin, Networks: []string{netspec.Bridge}}, nil
-	}}
+	})
 	cases := []struct {
 		name   string
 		spec   state.Spec
