@@ -190,6 +190,8 @@ func (a *vmActor) tapUp(ctx actor.Context, handle any) error {
 		return fmt.Errorf("VM gateway %q: %w", a.vm.Net.Gateway, err)
 	}
 	b.args.IPs, b.args.Gateways = []netip.Prefix{ip}, []netip.Addr{gw}
+	// The agent writes them to the guest's /etc/resolv.conf.
+	b.args.DNS = a.host.DNS
 	return nil
 }
 

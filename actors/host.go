@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
@@ -61,6 +62,9 @@ type Host struct {
 	StopTimeout time.Duration
 	// ReleaseTimeout bounds one resource's release (2 minutes when 0).
 	ReleaseTimeout time.Duration
+	// DNS are the guest's nameservers (vm.dns, or the host's), given to
+	// every VM with a network.
+	DNS []netip.Addr
 	// SweepDisks removes loop and dm devices that paddock made for VMs that
 	// no longer exist (known reports whether a VM id exists).
 	SweepDisks func(ctx context.Context, known func(vmID string) bool) error

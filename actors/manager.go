@@ -50,6 +50,7 @@ type manager struct {
 	events   *actor.PID
 	onCounts func(api.Counts)
 	host     *Host
+	netFacts NetFacts
 
 	byID   map[string]*entry
 	byName map[nameKey]string
@@ -247,7 +248,7 @@ func (m *manager) sweep() {
 func (m *manager) spawn(ctx actor.Context, vm state.VM) {
 	id := vm.ID
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host}
+		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host, netFacts: m.netFacts}
 	})
 	pid, err := ctx.SpawnNamed(props, "vm-"+id)
 	if err != nil {
@@ -422,6 +423,9 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	}
 	spec.Env = req.Env
 	if err := applyRun(&spec, req.RunChange); err != nil {
+		return nil, err
+	}
+	if err := checkNet(m.netFacts, spec, req.RunChange, req.Caller); err != nil {
 		return nil, err
 	}
 	img, err := m.images.Resolve(req.Caller.viewer(), req.Image)

@@ -7,23 +7,30 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
 
-// RunChange is what create and set say about how a VM boots and what its
-// main process is. nil leaves a field as it is; Reset returns fields to
-// the image's (entrypoint, cmd, workdir, user) or the default kit (kernel).
+// RunChange is what create and set say about how a VM boots, what its
+// main process is and which network it is on. nil leaves a field as it
+// is; Reset returns fields to the image's (entrypoint, cmd, workdir,
+// user), the default kit (kernel), the default network (network) or none
+// (ports).
 type RunChange struct {
 	Kernel     *string
 	Entrypoint *[]string
 	Cmd        *[]string
 	Workdir    *string
 	User       *string
-	Reset      []string
+	// Ports replace the published ports; Network is "" (the daemon's
+	// default), bridge, user or shared:GROUP.
+	Ports   *[]netspec.PortMapping
+	Network *string
+	Reset   []string
 }
 
 // resettable are the fields RunChange.Reset may name.
-var resettable = []string{"kernel", "entrypoint", "cmd", "workdir", "user"}
+var resettable = []string{"kernel", "entrypoint", "cmd", "workdir", "user", "ports", "network"}
 
 var (
 	kitNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -47,6 +54,8 @@ func (r RunChange) changed(s state.Spec) []string {
 		{"cmd", r.Cmd != nil && !slices.Equal(*r.Cmd, s.Cmd) || reset("cmd") && s.Cmd != nil},
 		{"workdir", r.Workdir != nil && *r.Workdir != s.Workdir || reset("workdir") && s.Workdir != ""},
 		{"user", r.User != nil && *r.User != s.User || reset("user") && s.User != ""},
+		{"ports", r.Ports != nil && !slices.Equal(*r.Ports, s.Ports) || reset("ports") && len(s.Ports) > 0},
+		{"network", r.Network != nil && *r.Network != s.Network || reset("network") && s.Network != ""},
 	} {
 		if f.changes {
 			out = append(out, f.name)
@@ -69,6 +78,10 @@ func applyRun(s *state.Spec, r RunChange) error {
 			s.Workdir = ""
 		case "user":
 			s.User = ""
+		case "ports":
+			s.Ports = nil
+		case "network":
+			s.Network = ""
 		default:
 			return invalid("reset", "reset %q: want one of %s", f, strings.Join(resettable, ", "))
 		}
@@ -111,6 +124,39 @@ func applyRun(s *state.Spec, r RunChange) error {
 		}
 		s.User = *r.User
 	}
+	if r.Ports != nil {
+		s.Ports = nil
+		if len(*r.Ports) > 0 {
+			s.Ports = slices.Clone(*r.Ports)
+		}
+	}
+	if r.Network != nil {
+		s.Network = *r.Network
+	}
+	return nil
+}
+
+// checkNet validates the ports and network of s (netspec.Validate, the one
+// place they are checked) when r touches them, with the host's facts as
+// the caller sees them. A VM whose host lost an address it publishes on
+// still takes other changes.
+func checkNet(facts NetFacts, s state.Spec, r RunChange, c Caller) error {
+	if r.Ports == nil && r.Network == nil && !slices.Contains(r.Reset, "network") {
+		return nil
+	}
+	f := netspec.Facts{Admin: c.Admin}
+	if facts != nil {
+		var err error
+		if f, err = facts(c.Admin); err != nil {
+			return fmt.Errorf("check the VM's ports: %w", err)
+		}
+	}
+	if err := netspec.ValidateNetwork(s.Network, f); err != nil {
+		return invalid("network", "%v", err)
+	}
+	if err := netspec.ValidatePorts(s.Ports, f); err != nil {
+		return invalid("ports", "%v", err)
+	}
 	return nil
 }
 
@@ -137,7 +183,7 @@ func invalid(field, format string, args ...any) error {
 
 // applySet applies a set request to spec (a copy of vm's). What shapes the
 // boot (hardware, kit, main process) changes only while the VM is down.
-func applySet(spec *state.Spec, m *SetVM, vm state.VM) error {
+func applySet(spec *state.Spec, m *SetVM, vm state.VM, facts NetFacts) error {
 	if err := applySpec(spec, m.CPUs, m.Memory, m.DiskSize, m.AutoStop, vm.Spec.DiskSize); err != nil {
 		return err
 	}
@@ -148,5 +194,8 @@ func applySet(spec *state.Spec, m *SetVM, vm state.VM) error {
 				Msg: fmt.Sprintf("cannot change %s of VM %s while it is %s: stop it first", strings.Join(f, ", "), vm.Name, vm.Status)}
 		}
 	}
-	return applyRun(spec, m.RunChange)
+	if err := applyRun(spec, m.RunChange); err != nil {
+		return err
+	}
+	return checkNet(facts, *spec, m.RunChange, m.Caller)
 }

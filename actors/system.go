@@ -14,6 +14,7 @@ import (
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/source"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -32,7 +33,15 @@ type Deps struct {
 	Host *Host
 	// Stats configures the Stats actor (with Host).
 	Stats StatsDeps
+	// NetFacts are the host's facts a VM's ports and network are checked
+	// against on create and set, whether or not VMs run here; nil checks
+	// the spec's own rules only (unit tests).
+	NetFacts NetFacts
 }
+
+// NetFacts returns the host's facts (netspec.Facts) for a caller who is,
+// or is not, an admin.
+type NetFacts func(admin bool) (netspec.Facts, error)
 
 // System is the running supervision tree.
 type System struct {
@@ -118,7 +127,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
 	}
 	mgr := func() actor.Actor {
-		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host}
+		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host, netFacts: d.NetFacts}
 	}
 	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
 		return nil, fmt.Errorf("spawn manager: %w", err)

@@ -20,14 +20,16 @@ import (
 // children, which answer with messages, and a request that needs a
 // procedure (start, stop, delete) is answered when the procedure ends.
 type vmActor struct {
-	id      string
-	store   *state.Store
-	log     *slog.Logger
-	events  *actor.PID
-	host    *Host
-	vm      state.VM
-	corrupt bool // the record on disk is unreadable: never overwrite it
-	deleted bool
+	id     string
+	store  *state.Store
+	log    *slog.Logger
+	events *actor.PID
+	host   *Host
+	// netFacts check a set's ports and network (nil: the spec's rules only).
+	netFacts NetFacts
+	vm       state.VM
+	corrupt  bool // the record on disk is unreadable: never overwrite it
+	deleted  bool
 
 	book     *handleBook
 	kids     map[string]*actor.PID
@@ -286,7 +288,7 @@ func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
 		}
 	}
 	spec := a.vm.Spec
-	if err := applySet(&spec, m, a.vm); err != nil {
+	if err := applySet(&spec, m, a.vm, a.netFacts); err != nil {
 		return err
 	}
 	if reflect.DeepEqual(spec, a.vm.Spec) {

@@ -5,7 +5,11 @@ package api
 import (
 	_ "embed"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net/netip"
+
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // Interface is the varlink interface name.
@@ -47,6 +51,28 @@ type Spec struct {
 	Cmd        []string  `json:"cmd,omitempty"`
 	Workdir    string    `json:"workdir,omitempty"`
 	User       string    `json:"user,omitempty"`
+	// Ports are the guest ports published on the host.
+	Ports []PortMapping `json:"ports"`
+	// Network is bridge, user, shared:GROUP, or "" for the daemon's default.
+	Network string `json:"network"`
+}
+
+// PortMapping publishes guest_port on the host's host_ip:host_port/proto;
+// host_ip "" is every address of the host.
+type PortMapping struct {
+	HostIP    string `json:"host_ip"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Proto     string `json:"proto"`
+}
+
+// Network is how a VM is networked: its mode (bridge, user, shared:GROUP,
+// or none), address, gateway and nameservers.
+type Network struct {
+	Mode    string   `json:"mode"`
+	IP      string   `json:"ip,omitempty"`
+	Gateway string   `json:"gateway,omitempty"`
+	DNS     []string `json:"dns"`
 }
 
 // RunIn is what Create and Set take about how a VM boots and what its main
@@ -61,15 +87,18 @@ type RunIn struct {
 
 // VM is the API view of a VM record.
 type VM struct {
-	ID        string `json:"id"`
-	Name      string `json:"name"`
-	OwnerUID  uint32 `json:"owner_uid"`
-	Status    string `json:"status"`
-	Reason    string `json:"reason,omitempty"`
-	IP        string `json:"ip,omitempty"`
-	Spec      Spec   `json:"spec"`
-	CreatedAt string `json:"created_at"`
-	UpdatedAt string `json:"updated_at"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	OwnerUID uint32 `json:"owner_uid"`
+	Status   string `json:"status"`
+	Reason   string `json:"reason,omitempty"`
+	IP       string `json:"ip,omitempty"`
+	// Network is the network the VM is on; nil from a daemon that does not
+	// report it.
+	Network   *Network `json:"network,omitempty"`
+	Spec      Spec     `json:"spec"`
+	CreatedAt string   `json:"created_at"`
+	UpdatedAt string   `json:"updated_at"`
 }
 
 // EventKind says what an Event reports; its value is the wire string.
@@ -120,6 +149,15 @@ type CreateIn struct {
 	AutoStop *string  `json:"auto_stop,omitempty"`
 	Env      []string `json:"env,omitempty"`
 	RunIn
+	NetIn
+}
+
+// NetIn is what Create and Set take about a VM's network; nil leaves a
+// field as it is (none published, the daemon's default network, on
+// create).
+type NetIn struct {
+	Ports   *[]PortMapping `json:"ports,omitempty"`
+	Network *string        `json:"network,omitempty"`
 }
 
 // VMRef names one VM.
@@ -135,8 +173,10 @@ type SetIn struct {
 	DiskSize *int64  `json:"disk_size,omitempty"`
 	AutoStop *string `json:"auto_stop,omitempty"`
 	RunIn
+	NetIn
 	// Reset returns fields to the image's (entrypoint, cmd, workdir,
-	// user) or the default kit (kernel).
+	// user), the default kit (kernel), the default network (network) or
+	// none (ports).
 	Reset []string `json:"reset,omitempty"`
 }
 
@@ -431,4 +471,46 @@ type StatsIn struct {
 // StatsOut is a Stats reply.
 type StatsOut struct {
 	Stats []VMStats `json:"stats"`
+}
+
+// PortOf is m on the wire.
+func PortOf(m netspec.PortMapping) PortMapping {
+	p := PortMapping{HostPort: int(m.HostPort), GuestPort: int(m.GuestPort), Proto: m.Proto}
+	if m.HostIP.IsValid() {
+		p.HostIP = m.HostIP.String()
+	}
+	return p
+}
+
+// Mapping reads p off the wire; netspec.Validate checks the rest. The
+// error names the mapping.
+func (p PortMapping) Mapping() (netspec.PortMapping, error) {
+	m := netspec.PortMapping{Proto: p.Proto}
+	bad := func(what string) error {
+		return fmt.Errorf("port mapping %s:%d:%d/%s: %s", orAll(p.HostIP), p.HostPort, p.GuestPort, p.Proto, what)
+	}
+	if p.HostIP != "" {
+		a, err := netip.ParseAddr(p.HostIP)
+		if err != nil {
+			return m, bad(fmt.Sprintf("host_ip %q is not an IP address", p.HostIP))
+		}
+		if !a.IsUnspecified() || !a.Is4() {
+			m.HostIP = a
+		}
+	}
+	if p.HostPort < 1 || p.HostPort > 65535 {
+		return m, bad(fmt.Sprintf("host_port %d is out of range (1-65535)", p.HostPort))
+	}
+	if p.GuestPort < 1 || p.GuestPort > 65535 {
+		return m, bad(fmt.Sprintf("guest_port %d is out of range (1-65535)", p.GuestPort))
+	}
+	m.HostPort, m.GuestPort = uint16(p.HostPort), uint16(p.GuestPort)
+	return m, nil
+}
+
+func orAll(ip string) string {
+	if ip == "" {
+		return "0.0.0.0"
+	}
+	return ip
 }

@@ -60,11 +60,22 @@ type VM struct {
 	DiskBackend string `toml:"disk_backend"`
 	// Accel: auto (KVM when a KVM guest really boots, else TCG), kvm or tcg.
 	Accel string `toml:"accel"`
-	// Network: "bridge" gives every VM a tap on Bridge with an address
-	// from Subnet; "none" gives VMs no network device.
+	// Network is the default network of a VM that names none: "bridge"
+	// gives every VM a tap on Bridge with an address from Subnet; "user"
+	// a passt process per VM (no capability needed); "none" gives VMs no
+	// network device.
 	Network string `toml:"network"`
 	Bridge  string `toml:"bridge"`
 	Subnet  string `toml:"subnet"`
+	// NAT: "on" masquerades bridge VMs' traffic out of the host; "off"
+	// leaves them on the bridge's subnet.
+	NAT string `toml:"nat"`
+	// DNS are the guests' nameservers; empty: the host's non-loopback
+	// ones (HostDNS).
+	DNS []string `toml:"dns"`
+	// HostAccess are the host's services a bridge VM may reach on the
+	// gateway ("tcp/PORT" or "udp/PORT"); everything else there is dropped.
+	HostAccess []string `toml:"host_access"`
 	// StartTimeout bounds a start from VMM launch to the agent's hello.
 	StartTimeout Duration `toml:"start_timeout"`
 	// StopTimeout is how long a guest gets to power off before a kill.
@@ -240,6 +251,7 @@ func Default() *Config {
 		Log:      Log{Level: "info", Format: "auto"},
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
 		VM: VM{Kernel: "default", Run: "on", VMMBinary: "qemu-system-x86_64", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
+			NAT: "on", DNS: []string{}, HostAccess: []string{},
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20,
 			VMMMemoryOverhead: 256 << 20, VMMPIDsMax: 256},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
@@ -400,7 +412,8 @@ func (c *Config) Validate() error {
 		oneOf("vm.run", c.VM.Run, "on", "off"),
 		oneOf("vm.disk_backend", c.VM.DiskBackend, "auto", "dm", "reflink", "qcow2", "copy"),
 		oneOf("vm.accel", c.VM.Accel, "auto", "kvm", "tcg"),
-		oneOf("vm.network", c.VM.Network, "bridge", "none"),
+		oneOf("vm.network", c.VM.Network, "bridge", "user", "none"),
+		oneOf("vm.nat", c.VM.NAT, "on", "off"),
 	} {
 		if e != nil {
 			return e
@@ -411,6 +424,12 @@ func (c *Config) Validate() error {
 	}
 	if c.VM.Bridge == "" || len(c.VM.Bridge) > 15 {
 		return bad("vm.bridge", "%q must be 1-15 bytes", c.VM.Bridge)
+	}
+	if _, err := c.VM.Nameservers(); err != nil {
+		return bad("vm.dns", "%v", err)
+	}
+	if _, err := c.VM.HostAccessRules(); err != nil {
+		return bad("vm.host_access", "%v", err)
 	}
 	if c.VM.StartTimeout.Duration <= 0 || c.VM.StopTimeout.Duration < 0 {
 		return bad("vm.start_timeout", "must be positive")
@@ -524,6 +543,9 @@ func (c *Config) Diff(old *Config) []Change {
 	add("vm.network", old.VM.Network, c.VM.Network, false)
 	add("vm.bridge", old.VM.Bridge, c.VM.Bridge, false)
 	add("vm.subnet", old.VM.Subnet, c.VM.Subnet, false)
+	add("vm.nat", old.VM.NAT, c.VM.NAT, false)
+	add("vm.dns", old.VM.DNS, c.VM.DNS, false)
+	add("vm.host_access", old.VM.HostAccess, c.VM.HostAccess, false)
 	add("vm.start_timeout", old.VM.StartTimeout.Duration, c.VM.StartTimeout.Duration, false)
 	add("vm.stop_timeout", old.VM.StopTimeout.Duration, c.VM.StopTimeout.Duration, false)
 	add("vm.console_log_max", old.VM.ConsoleLogMax, c.VM.ConsoleLogMax, false)

@@ -88,6 +88,17 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"reserve takes every connection", "[api]\nmax_connections = 8\nadmin_reserved_connections = 8\nmax_connections_per_user = 1\n", []string{"api.admin_reserved_connections", "less than api.max_connections (8)"}},
 		{"negative reserve", "[api]\nadmin_reserved_connections = -1\n", []string{"api.admin_reserved_connections"}},
 		{"idle timeout too short", "[api]\nidle_timeout = \"10ms\"\n", []string{"api.idle_timeout", "10ms"}},
+		{"bad network", "[vm]\nnetwork = \"host\"\n", []string{"vm.network", `"host" is not one of bridge, user, none`}},
+		{"bad nat", "[vm]\nnat = \"yes\"\n", []string{"vm.nat", `"yes" is not one of on, off`}},
+		{"dns not an address", "[vm]\ndns = [\"one.one\"]\n", []string{"vm.dns", `"one.one" is not an IP address`}},
+		{"dns loopback", "[vm]\ndns = [\"127.0.0.53\"]\n", []string{"vm.dns", "127.0.0.53 is not reachable from a guest"}},
+		{"dns too many", "[vm]\ndns = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\", \"192.0.2.4\"]\n", []string{"vm.dns", "at most 3"}},
+		{"dns not a list", "[vm]\ndns = \"192.0.2.1\"\n", []string{"dns"}},
+		{"host access without proto", "[vm]\nhost_access = [\"53\"]\n", []string{"vm.host_access", `"53" is not tcp/PORT or udp/PORT`}},
+		{"host access bad proto", "[vm]\nhost_access = [\"icmp/1\"]\n", []string{"vm.host_access", `"icmp/1"`}},
+		{"host access port 0", "[vm]\nhost_access = [\"tcp/0\"]\n", []string{"vm.host_access", `port "0" is not 1-65535`}},
+		{"host access port too big", "[vm]\nhost_access = [\"udp/65536\"]\n", []string{"vm.host_access", `port "65536"`}},
+		{"host access twice", "[vm]\nhost_access = [\"udp/53\", \"udp/53\"]\n", []string{"vm.host_access", `"udp/53" is listed twice`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -171,6 +182,37 @@ func TestConnectionLimitKeys(t *testing.T) {
 		}
 		if c.API.MaxConnectionsPerUser != tc.perUser || c.API.AdminReservedConnections != tc.reserved || c.API.IdleTimeout.Duration != tc.idle {
 			t.Errorf("%q: per user %d reserved %d idle %s", tc.body, c.API.MaxConnectionsPerUser, c.API.AdminReservedConnections, c.API.IdleTimeout.Duration)
+		}
+	}
+}
+
+func TestNetworkKeys(t *testing.T) {
+	c, err := Load(write(t, "[vm]\nnetwork = \"user\"\nnat = \"off\"\ndns = [\"192.0.2.1\", \"2001:db8::1\"]\nhost_access = [\"udp/53\", \"tcp/53\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := c.VM.Nameservers()
+	if err != nil || len(ns) != 2 || ns[0].String() != "192.0.2.1" || ns[1].String() != "2001:db8::1" {
+		t.Fatalf("Nameservers = %v, %v", ns, err)
+	}
+	ha, err := c.VM.HostAccessRules()
+	if err != nil || len(ha) != 2 || ha[0] != (HostService{"udp", 53}) || ha[1] != (HostService{"tcp", 53}) {
+		t.Fatalf("HostAccessRules = %v, %v", ha, err)
+	}
+	if c.VM.Network != "user" || c.VM.NAT != "off" {
+		t.Fatalf("network %q nat %q", c.VM.Network, c.VM.NAT)
+	}
+	d := Default()
+	if d.VM.NAT != "on" || d.VM.Network != "bridge" || len(d.VM.DNS) != 0 || len(d.VM.HostAccess) != 0 {
+		t.Fatalf("defaults: %+v", d.VM)
+	}
+	keys := map[string]bool{}
+	for _, ch := range c.Diff(d) {
+		keys[ch.Key] = !ch.Live
+	}
+	for _, k := range []string{"vm.network", "vm.nat", "vm.dns", "vm.host_access"} {
+		if !keys[k] {
+			t.Errorf("Diff does not report %s as needing a restart: %v", k, keys)
 		}
 	}
 }

@@ -56,6 +56,8 @@ type Daemon struct {
 	vmmCheck func() error
 	// cgroupInfo says where VMMs' cgroups go, or "none: <why>" (Info).
 	cgroupInfo string
+	// dns are the guests' nameservers (guestDNS), read at start-up.
+	dns []netip.Addr
 }
 
 func (d *Daemon) config() *config.Config { return d.cfg.Load() }
@@ -126,6 +128,7 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 			return err
 		},
 	}
+	d.dns = guestDNS(d.log, cfg)
 	var host *actors.Host
 	d.cgroupInfo = "none: vm.run is off"
 	if cfg.VM.Run == "on" {
@@ -146,6 +149,7 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		OnCounts: d.publishCounts,
 		Importer: importer,
 		Host:     host,
+		NetFacts: netFacts(cfg),
 		Stats: actors.StatsDeps{
 			Interval:        func() time.Duration { return d.config().Stats.Interval.Duration },
 			AutoStopDefault: func() time.Duration { return d.config().Stats.AutoStopStaleAfter.Duration },

@@ -8,6 +8,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/varlink"
 	"github.com/paddock-vm/paddock/version"
@@ -62,22 +63,58 @@ func (d *Daemon) guard(h varlink.Handler) varlink.Handler {
 	}
 }
 
-func toAPI(vm *state.VM) api.VM {
+func (d *Daemon) toAPI(vm *state.VM) api.VM {
 	ip := ""
 	if vm.Net != nil {
 		ip = vm.Net.IP
 	}
+	ports := make([]api.PortMapping, len(vm.Spec.Ports))
+	for i, p := range vm.Spec.Ports {
+		ports[i] = api.PortOf(p)
+	}
 	return api.VM{
 		ID: vm.ID, Name: vm.Name, OwnerUID: vm.OwnerUID, Status: string(vm.Status), Reason: vm.Reason, IP: ip,
+		Network: d.vmNetwork(vm),
 		Spec: api.Spec{Image: vm.Spec.Image, ImageDigest: vm.Spec.ImageDigest, CPUs: vm.Spec.CPUs,
 			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env),
-			Kernel: vm.Spec.Kernel, Entrypoint: vm.Spec.Entrypoint, Cmd: vm.Spec.Cmd, Workdir: vm.Spec.Workdir, User: vm.Spec.User},
+			Kernel: vm.Spec.Kernel, Entrypoint: vm.Spec.Entrypoint, Cmd: vm.Spec.Cmd, Workdir: vm.Spec.Workdir, User: vm.Spec.User,
+			Ports: ports, Network: vm.Spec.Network},
 		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),
 	}
 }
 
-func runChange(in api.RunIn, reset []string) actors.RunChange {
-	return actors.RunChange{Kernel: in.Kernel, Entrypoint: in.Entrypoint, Cmd: in.Cmd, Workdir: in.Workdir, User: in.User, Reset: reset}
+// vmNetwork is the network a VM is on: its spec's, else the daemon's
+// default (vm.network), with its address and the guest's nameservers.
+func (d *Daemon) vmNetwork(vm *state.VM) *api.Network {
+	n := &api.Network{Mode: vm.Spec.Network, DNS: []string{}}
+	if n.Mode == "" {
+		n.Mode = d.config().VM.Network
+	}
+	if vm.Net != nil {
+		n.IP, n.Gateway = vm.Net.IP, vm.Net.Gateway
+	}
+	if n.Mode != "none" {
+		for _, a := range d.dns {
+			n.DNS = append(n.DNS, a.String())
+		}
+	}
+	return n
+}
+
+func runChange(in api.RunIn, net api.NetIn, reset []string) (actors.RunChange, error) {
+	r := actors.RunChange{Kernel: in.Kernel, Entrypoint: in.Entrypoint, Cmd: in.Cmd, Workdir: in.Workdir, User: in.User, Network: net.Network, Reset: reset}
+	if net.Ports != nil {
+		ports := make([]netspec.PortMapping, len(*net.Ports))
+		for i, p := range *net.Ports {
+			m, err := p.Mapping()
+			if err != nil {
+				return r, &actors.Error{Kind: actors.ErrInvalidArgument, Field: "ports", Msg: err.Error()}
+			}
+			ports[i] = m
+		}
+		r.Ports = &ports
+	}
+	return r, nil
 }
 
 func orOff(s string) string {
@@ -102,7 +139,7 @@ func (d *Daemon) ask(ctx context.Context, c *varlink.Call, msg any) error {
 	if r.VM == nil {
 		return c.Reply(nil)
 	}
-	return c.Reply(api.VMOut{VM: toAPI(r.VM)})
+	return c.Reply(api.VMOut{VM: d.toAPI(r.VM)})
 }
 
 func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
@@ -113,8 +150,12 @@ func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
 	if err := d.checkKit(in.Kernel); err != nil {
 		return err
 	}
+	run, err := runChange(in.RunIn, in.NetIn, nil)
+	if err != nil {
+		return err
+	}
 	return d.ask(ctx, c, &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
-		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env, RunChange: runChange(in.RunIn, nil)})
+		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env, RunChange: run})
 }
 
 func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
@@ -135,7 +176,7 @@ func (d *Daemon) list(ctx context.Context, c *varlink.Call) error {
 	}
 	out := api.ListOut{VMs: make([]api.VM, len(r.VMs))}
 	for i := range r.VMs {
-		out.VMs[i] = toAPI(&r.VMs[i])
+		out.VMs[i] = d.toAPI(&r.VMs[i])
 	}
 	return c.Reply(out)
 }
@@ -148,8 +189,12 @@ func (d *Daemon) set(ctx context.Context, c *varlink.Call) error {
 	if err := d.checkKit(in.Kernel); err != nil {
 		return err
 	}
+	run, err := runChange(in.RunIn, in.NetIn, in.Reset)
+	if err != nil {
+		return err
+	}
 	return d.ask(ctx, c, &actors.SetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop,
-		RunChange: runChange(in.RunIn, in.Reset)})
+		RunChange: run})
 }
 
 func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {

@@ -84,6 +84,7 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 		return filepath.Join(images.Dir(digest), img.RootFS), cfgJSON, nil
 	}
 	h.DialAgent = dialAgent
+	h.DNS = d.dns
 	h.SweepDisks = func(ctx context.Context, known func(string) bool) error {
 		return sweepDisks(ctx, h.DiskOpts.Dir, known)
 	}

@@ -23,7 +23,8 @@
 //	paddock.hostname=NAME     hostname (also written to /etc/hosts)
 //	paddock.ip=CIDR[,CIDR]    static address(es) of the interface, e.g. 10.0.0.2/24
 //	paddock.gw=IP[,IP]        default gateway(s)
-//	paddock.dns=IP[,IP...]    nameservers for /etc/resolv.conf
+//	paddock.dns=IP[,IP...]    nameservers for /etc/resolv.conf (at most 3: the
+//	                          C library reads no more)
 //	paddock.ifname=NAME       interface to configure (eth0)
 //	paddock.mtu=N             interface MTU
 //	paddock.etc=0             do not write /etc/hosts and /etc/resolv.conf
@@ -81,6 +82,10 @@ const (
 
 // MaxSeconds bounds paddock.rootwait and paddock.stoptimeout.
 const MaxSeconds = 3600
+
+// MaxDNS bounds paddock.dns: a resolver reads at most three nameservers
+// (the C library's MAXNS).
+const MaxDNS = 3
 
 // BootArgs is the guest kernel command line: the paddock.* keys as typed
 // fields and every other word in Kernel. The zero value of a field means the
@@ -155,7 +160,17 @@ var keys = []key{
 	stringKey("hostname", func(b *BootArgs) *string { return &b.Hostname }, checkHostname),
 	listKey("ip", func(b *BootArgs) *[]netip.Prefix { return &b.IPs }, parsePrefix),
 	listKey("gw", func(b *BootArgs) *[]netip.Addr { return &b.Gateways }, parseAddr),
-	listKey("dns", func(b *BootArgs) *[]netip.Addr { return &b.DNS }, parseAddr),
+	{name: "dns", parse: func(b *BootArgs, v string) error {
+		var k BootArgs
+		if err := dnsList.parse(&k, v); err != nil {
+			return err
+		}
+		if len(k.DNS) > MaxDNS {
+			return fmt.Errorf("%d nameservers: at most %d", len(k.DNS), MaxDNS)
+		}
+		b.DNS = k.DNS
+		return nil
+	}, str: func(b *BootArgs) string { return dnsList.str(b) }},
 	stringKey("ifname", func(b *BootArgs) *string { return &b.IfName }, checkIfName),
 	{name: "mtu", parse: func(b *BootArgs, v string) error {
 		n, err := strconv.Atoi(v)
@@ -249,6 +264,22 @@ func listKey[T fmt.Stringer](name string, field func(*BootArgs) *[]T, parse func
 		}
 		return strings.Join(s, ",")
 	}}
+}
+
+var dnsList = listKey("dns", func(b *BootArgs) *[]netip.Addr { return &b.DNS }, parseAddr)
+
+// ResolvConf is the guest's /etc/resolv.conf for b.DNS (nil when there
+// are none): one nameserver line each, in order.
+func (b BootArgs) ResolvConf() []byte {
+	if len(b.DNS) == 0 {
+		return nil
+	}
+	var s strings.Builder
+	s.WriteString("# written by paddock-agent from paddock.dns\n")
+	for _, a := range b.DNS {
+		fmt.Fprintf(&s, "nameserver %s\n", a)
+	}
+	return []byte(s.String())
 }
 
 var keyByName = func() map[string]*key {

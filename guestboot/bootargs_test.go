@@ -61,6 +61,9 @@ func TestParseErrors(t *testing.T) {
 		{"paddock.ip=300.1.1.1/24", `paddock.ip: "300.1.1.1/24" is not an address/prefix length`, BootArgs{}},
 		{"paddock.gw=fe80::1%eth0", `paddock.gw: "fe80::1%eth0" is not an IP address`, BootArgs{}},
 		{"paddock.mtu=1", `paddock.mtu: "1" is not an MTU`, BootArgs{}},
+		{"paddock.dns=1.1.1.1,fe80::1%eth0", `paddock.dns: "fe80::1%eth0" is not an IP address`, BootArgs{}},
+		{"paddock.dns=192.0.2.1,192.0.2.2,192.0.2.3,192.0.2.4 paddock.hostname=a", "paddock.dns: 4 nameservers: at most 3", BootArgs{Hostname: "a"}},
+		{"paddock.dns=resolver", `paddock.dns: "resolver" is not an IP address`, BootArgs{}},
 		{"paddock.restart=sometimes", `paddock.restart: want no or on-failure or always, got "sometimes"`, BootArgs{}},
 		{"paddock.onexit=reboot", `paddock.onexit: want keep or poweroff`, BootArgs{}},
 		{"paddock.bogus=1 paddock.hostname=a", "unknown key paddock.bogus", BootArgs{Hostname: "a"}},
@@ -134,6 +137,8 @@ func TestValidate(t *testing.T) {
 		{BootArgs{MTU: 10}, "paddock.mtu"},
 		{BootArgs{RootWait: -time.Second}, "paddock.rootwait"},
 		{BootArgs{Gateways: []netip.Addr{{}}}, "paddock.gw"},
+		{BootArgs{DNS: []netip.Addr{{}}}, "paddock.dns"},
+		{BootArgs{DNS: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3"), netip.MustParseAddr("192.0.2.4")}}, "paddock.dns: 4 nameservers"},
 		{BootArgs{Restart: "sometimes"}, "paddock.restart"},
 		{BootArgs{Kernel: []string{"paddock.ctl=x"}}, `kernel word "paddock.ctl=x"`},
 		{BootArgs{Kernel: []string{`a"b`}}, "double quote"},
@@ -190,4 +195,21 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip of %q through %q:\n got %+v\nwant %+v", s, line, back, b)
 		}
 	})
+}
+
+// The guest's resolv.conf carries paddock.dns, in order, through the
+// command line and back.
+func TestResolvConf(t *testing.T) {
+	if got := (BootArgs{}).ResolvConf(); got != nil {
+		t.Fatalf("no DNS: %q, want nothing written", got)
+	}
+	b := BootArgs{DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53"), netip.MustParseAddr("2001:db8::53")}}
+	back, err := Parse(b.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "# written by paddock-agent from paddock.dns\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"
+	if got := string(back.ResolvConf()); got != want {
+		t.Fatalf("ResolvConf = %q, want %q", got, want)
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // SchemaVersion is written into every vm.json and handles.json; a file with
@@ -59,6 +61,11 @@ type Spec struct {
 	// Workdir and User, when set, replace the image's WorkingDir and User.
 	Workdir string `json:"workdir,omitempty"`
 	User    string `json:"user,omitempty"`
+	// Ports are published on the host (netspec.Validate checks them).
+	Ports []netspec.PortMapping `json:"ports,omitempty"`
+	// Network is "" (the daemon's vm.network), "bridge", "user" or
+	// "shared:GROUP" (netspec.ParseNetwork).
+	Network string `json:"network,omitempty"`
 }
 
 // Runtime mirrors every identity needed to tear a running VM down, so that

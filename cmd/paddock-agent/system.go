@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -479,54 +480,44 @@ func setupNetwork(cfg *guestboot.BootArgs) error {
 	return nil
 }
 
-// writeEtc writes /etc/hosts and (with DNS servers) /etc/resolv.conf when
-// the root is writable. A symlinked resolv.conf is replaced by a file.
+// writeEtc writes /etc/hosts and /etc/hostname when the root is writable,
+// and /etc/resolv.conf from paddock.dns: replaced (a symlinked one too,
+// never written through), or on a read-only root covered by a bind mount
+// (agent.WriteEtcFile).
 func writeEtc(cfg *guestboot.BootArgs) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs("/", &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
-		return nil // read-only image: leave its files alone
-	}
-	if err := os.MkdirAll("/etc", 0o755); err != nil {
-		return err
-	}
-	var hosts strings.Builder
-	hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-	if cfg.Hostname != "" {
-		if len(cfg.IPs) > 0 {
-			for _, p := range cfg.IPs {
-				fmt.Fprintf(&hosts, "%s\t%s\n", p.Addr(), cfg.Hostname)
-			}
-		} else {
-			fmt.Fprintf(&hosts, "127.0.1.1\t%s\n", cfg.Hostname)
-		}
-	}
 	var errs []error
-	if err := atomicWrite("/etc/hosts", []byte(hosts.String())); err != nil {
-		errs = append(errs, err)
-	}
-	if cfg.Hostname != "" {
-		if err := atomicWrite("/etc/hostname", []byte(cfg.Hostname+"\n")); err != nil {
+	var st unix.Statfs_t
+	readOnly := unix.Statfs("/", &st) == nil && st.Flags&unix.ST_RDONLY != 0
+	if !readOnly {
+		if err := os.MkdirAll("/etc", 0o755); err != nil {
+			return err
+		}
+		var hosts strings.Builder
+		hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+		if cfg.Hostname != "" {
+			if len(cfg.IPs) > 0 {
+				for _, p := range cfg.IPs {
+					fmt.Fprintf(&hosts, "%s\t%s\n", p.Addr(), cfg.Hostname)
+				}
+			} else {
+				fmt.Fprintf(&hosts, "127.0.1.1\t%s\n", cfg.Hostname)
+			}
+		}
+		if err := agent.WriteEtcFile("/", "hosts", []byte(hosts.String())); err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if len(cfg.DNS) > 0 {
-		var rc strings.Builder
-		for _, d := range cfg.DNS {
-			fmt.Fprintf(&rc, "nameserver %s\n", d)
+		if cfg.Hostname != "" {
+			if err := agent.WriteEtcFile("/", "hostname", []byte(cfg.Hostname+"\n")); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		if err := atomicWrite("/etc/resolv.conf", []byte(rc.String())); err != nil {
+	}
+	if rc := cfg.ResolvConf(); rc != nil {
+		if err := agent.WriteEtcFile("/", "resolv.conf", rc); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func atomicWrite(path string, data []byte) error {
-	tmp := path + ".paddock-tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // mountPoints lists the mount points from /proc/self/mounts, deepest first.

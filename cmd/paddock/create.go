@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/varlink"
 )
 
@@ -23,6 +24,7 @@ type vmFlags struct {
 	env                                 []string
 	pull                                string
 	run                                 runFlags
+	net                                 netFlags
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -36,6 +38,48 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringArrayVarP(&f.env, "env", "e", nil, "add KEY=VALUE to the image's environment (repeatable)")
 	fs.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, never")
 	f.run.register(cmd, "")
+	f.net.register(cmd, false)
+}
+
+// netFlags are the published ports and the network; create, run and set
+// take them.
+type netFlags struct {
+	publish []string
+	network string
+}
+
+func (f *netFlags) register(cmd *cobra.Command, set bool) {
+	publish, network := "repeatable", ""
+	if set {
+		publish, network = "repeatable; replaces the VM's published ports, --reset ports clears them", `; --reset network: the daemon's default`
+	}
+	fs := cmd.Flags()
+	fs.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] ("+publish+")")
+	fs.StringVar(&f.network, "network", "", "network: bridge, user (no privilege needed) or shared:GROUP (your VMs in GROUP reach each other)"+network)
+}
+
+// netIn reads the flags the user gave; a malformed -p is a usage error
+// naming it.
+func (f *netFlags) netIn(cmd *cobra.Command) (api.NetIn, error) {
+	var in api.NetIn
+	if cmd.Flags().Changed("publish") {
+		ports := make([]api.PortMapping, 0, len(f.publish))
+		for _, s := range f.publish {
+			m, err := netspec.ParsePort(s)
+			if err != nil {
+				return in, usageError{fmt.Errorf("-p: %v", err)}
+			}
+			ports = append(ports, api.PortOf(m))
+		}
+		in.Ports = &ports
+	}
+	if cmd.Flags().Changed("network") {
+		if _, _, err := netspec.ParseNetwork(f.network); err != nil {
+			return in, usageError{fmt.Errorf("--network: %v", err)}
+		}
+		in.Network = &f.network
+	}
+	return in, nil
 }
 
 // runFlags say how a VM boots and what its main process is; create, run
@@ -142,7 +186,10 @@ func (f *vmFlags) createIn(cmd *cobra.Command, a []string) (api.CreateIn, error)
 	if cmd.Flags().Changed("auto-stop") {
 		in.AutoStop = &f.autoStop
 	}
-	in.RunIn, err = f.run.runIn(cmd, command)
+	if in.RunIn, err = f.run.runIn(cmd, command); err != nil {
+		return in, err
+	}
+	in.NetIn, err = f.net.netIn(cmd)
 	return in, err
 }
 

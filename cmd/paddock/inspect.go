@@ -54,6 +54,18 @@ func printDetail(w io.Writer, vm *api.VM) {
 	if vm.IP != "" {
 		rows = append(rows, [2]string{"IP", vm.IP})
 	}
+	if n := vm.Network; n != nil {
+		mode := n.Mode
+		if vm.Spec.Network == "" {
+			mode += " (the daemon's default)"
+		}
+		rows = append(rows, [2]string{"Network", mode})
+		if n.Gateway != "" {
+			rows = append(rows, [2]string{"Gateway", n.Gateway})
+		}
+		rows = append(rows, [2]string{"DNS", orText(strings.Join(n.DNS, ", "), "none")})
+	}
+	rows = append(rows, [2]string{"Ports", portsText(vm.Spec.Ports)})
 	rows = append(rows,
 		[2]string{"Image", orDash(vm.Spec.Image)},
 		[2]string{"Image digest", orDash(vm.Spec.ImageDigest)},
@@ -69,6 +81,21 @@ func printDetail(w io.Writer, vm *api.VM) {
 		[2]string{"Created", vm.CreatedAt},
 		[2]string{"Updated", vm.UpdatedAt})
 	fields(w, rows)
+}
+
+// portsText lists published ports in the -p form.
+func portsText(ps []api.PortMapping) string {
+	if len(ps) == 0 {
+		return "(none published)"
+	}
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = fmt.Sprintf("%d:%d/%s", p.HostPort, p.GuestPort, p.Proto)
+		if p.HostIP != "" {
+			s[i] = p.HostIP + ":" + s[i]
+		}
+	}
+	return strings.Join(s, ", ")
 }
 
 // argvText shows a command as a JSON list; def when it is not set.

@@ -14,6 +14,7 @@ func (c *cli) newSetCommand() *cobra.Command {
 		memory, disk, autoStop string
 		cpus                   int
 		run                    runFlags
+		net                    netFlags
 		reset                  []string
 	}
 	cmd := &cobra.Command{Use: "set VM [flags] [-- COMMAND [ARG...]]", Short: "Change a VM's spec (all but --auto-stop only while it is stopped)"}
@@ -23,7 +24,8 @@ func (c *cli) newSetCommand() *cobra.Command {
 	fs.StringVar(&f.disk, "disk", "", "disk size (grow only)")
 	fs.StringVar(&f.autoStop, "auto-stop", "", "idle time before auto-stop, or off")
 	f.run.register(cmd, ` ("": the default)`)
-	fs.StringSliceVar(&f.reset, "reset", nil, "return fields to the image's: entrypoint, cmd, workdir, user (kernel: to the default kit)")
+	f.net.register(cmd, true)
+	fs.StringSliceVar(&f.reset, "reset", nil, "return fields to the image's: entrypoint, cmd, workdir, user (kernel: to the default kit; network: to the daemon's default; ports: none published)")
 	cmd.RunE = func(cmd *cobra.Command, a []string) error {
 		a, command, err := splitDash(cmd, a, 1)
 		if err != nil {
@@ -48,8 +50,11 @@ func (c *cli) newSetCommand() *cobra.Command {
 		if in.RunIn, err = f.run.runIn(cmd, command); err != nil {
 			return err
 		}
-		if in.CPUs == nil && in.Memory == nil && in.DiskSize == nil && in.AutoStop == nil && in.RunIn == (api.RunIn{}) && len(in.Reset) == 0 {
-			return usageError{errors.New("set needs something to change: --cpus, --memory, --disk, --auto-stop, --kernel, --entrypoint, --workdir, --user, --reset, or -- COMMAND")}
+		if in.NetIn, err = f.net.netIn(cmd); err != nil {
+			return err
+		}
+		if in.CPUs == nil && in.Memory == nil && in.DiskSize == nil && in.AutoStop == nil && in.RunIn == (api.RunIn{}) && in.NetIn == (api.NetIn{}) && len(in.Reset) == 0 {
+			return usageError{errors.New("set needs something to change: --cpus, --memory, --disk, --auto-stop, --kernel, --entrypoint, --workdir, --user, -p, --network, --reset, or -- COMMAND")}
 		}
 		return c.call(func(ctx context.Context, cl *api.Client) error {
 			vm, err := cl.Set(ctx, in)

@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// WriteEtcFile makes root/etc/NAME hold data, never following a symlink
+// out of root: etc is opened beneath root without following symlinks, the
+// new file is made beside NAME under a random name (O_EXCL, O_NOFOLLOW) and
+// renamed over it, so a NAME that is a symlink (resolv.conf often is) is
+// replaced by a file, never written through.
+//
+// On a read-only root (EROFS) the file is not replaced but covered: data
+// goes into a file on a tmpfs bind-mounted over NAME, which must then exist
+// as a regular file or a symlink that resolves inside root to one. What
+// cannot be done is an error naming the file.
+func WriteEtcFile(root, name string, data []byte) error {
+	if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
+		return fmt.Errorf("etc file %q: not a plain name", name)
+	}
+	target := path.Join("/etc", name)
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: open the root %s: %w", target, root, err)
+	}
+	defer unix.Close(rfd)
+	efd, err := unix.Openat2(rfd, "etc", &unix.OpenHow{
+		Flags:   unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_RDONLY,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return fmt.Errorf("%s: open /etc (not a directory, or a symlink): %w", target, err)
+	}
+	defer unix.Close(efd)
+	err = replaceAt(efd, name, data)
+	if errors.Is(err, unix.EROFS) {
+		err = coverAt(rfd, path.Join("etc", name), data)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", target, err)
+	}
+	return nil
+}
+
+// replaceAt writes data to a new file in dir and renames it over name.
+func replaceAt(dir int, name string, data []byte) error {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := "." + name + ".paddock-" + hex.EncodeToString(rnd[:])
+	fd, err := unix.Openat(dir, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
+	}
+	err = writeAll(fd, data)
+	if err == nil {
+		err = unix.Fchmod(fd, 0o644) // whatever the umask
+	}
+	if err == nil {
+		err = unix.Fsync(fd)
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(dir, tmp, dir, name)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(dir, tmp, 0)
+	}
+	return err
+}
+
+// coverAt bind-mounts a file holding data over rel (beneath root,
+// symlinks resolved inside root only).
+func coverAt(root int, rel string, data []byte) error {
+	tfd, err := unix.Openat2(root, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if err != nil {
+		return fmt.Errorf("read-only root, and nothing to mount over: %w", err)
+	}
+	defer unix.Close(tfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(tfd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return errors.New("read-only root, and it is not a regular file to mount over")
+	}
+	// The source is a root-owned file in a writable scratch file system
+	// (a memfd cannot be bind-mounted: it is in no mount namespace),
+	// unlinked once mounted: the mount keeps it.
+	var mountErr error
+	for _, dir := range coverScratch {
+		dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		var rnd [8]byte
+		_, _ = rand.Read(rnd[:])
+		tmp := ".paddock-etc-" + hex.EncodeToString(rnd[:])
+		err = replaceAt(dfd, tmp, data)
+		if err == nil {
+			src := path.Join(dir, tmp)
+			mountErr = unix.Mount(src, fmt.Sprintf("/proc/self/fd/%d", tfd), "", unix.MS_BIND, "")
+			_ = unix.Unlinkat(dfd, tmp, 0)
+		}
+		unix.Close(dfd)
+		if err == nil && mountErr == nil {
+			return nil
+		}
+	}
+	if mountErr != nil {
+		return fmt.Errorf("read-only root; bind-mount over it: %w", mountErr)
+	}
+	return fmt.Errorf("read-only root, and no writable scratch file system (%s) to mount from", strings.Join(coverScratch, ", "))
+}
+
+// coverScratch are where a read-only root's covering files are made: the
+// guest's tmpfs mounts (tests point it elsewhere).
+var coverScratch = []string{"/dev/shm", "/run", "/tmp"}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
