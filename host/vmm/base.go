@@ -298,21 +298,11 @@ func (b *Base) Kill(ctx context.Context, p *Process) error {
 }
 
 func (b *Base) kill(ctx context.Context, p *Process) error {
-	fd, s, err := openIdentified(p)
-	if err != nil {
+	if err := checkHandle(p); err != nil {
 		return err
 	}
-	if s != StateRunning {
-		return nil
-	}
-	defer fd.close()
-	if err := fd.signal(unix.SIGKILL); err != nil {
-		return fmt.Errorf("vmm: kill pid %d: %w", p.PID, err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, killWait)
-	defer cancel()
-	if err := fd.wait(wctx); err != nil {
-		return fmt.Errorf("vmm: pid %d did not exit after SIGKILL: %w", p.PID, err)
+	if err := p.ident().Kill(ctx, nil); err != nil {
+		return fmt.Errorf("vmm: %w", err)
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ var children sync.Map // pid → *child
 const childRetention = 10 * time.Minute
 
 // lookupChild finds the child p describes (pid, start time and argv).
-func lookupChild(p *Process) *child {
+func lookupChild(p Ident) *child {
 	v, ok := children.Load(p.PID)
 	if !ok {
 		return nil
@@ -76,6 +76,18 @@ func pruneChildren() {
 		}
 		return true
 	})
+}
+
+// Spawn starts c like a VMM (see launch) for a helper process of a VM that
+// carries no VMM tag (passt): confined, in its own session, born in
+// c.Cgroup when set, outliving paddockd. The Ident it returns proves the
+// process later (Ident.Probe, Ident.Kill, Ident.Wait).
+func Spawn(c Command) (Ident, error) {
+	pid, start, err := launch(c)
+	if err != nil {
+		return Ident{}, err
+	}
+	return Ident{PID: pid, StartTime: start, BootID: BootID(), Cmdline: append([]string(nil), c.Args...)}, nil
 }
 
 // launch starts c in its own session (setsid), stdin on /dev/null, stdout

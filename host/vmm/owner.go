@@ -130,6 +130,29 @@ func (o Owner) judge(f ownerFacts) (bool, string) {
 	return true, fmt.Sprintf("its API socket %s is this daemon's very file (%s)", f.socket, f.here)
 }
 
+// JudgePID decides whether the live process pid, a helper of a VM that
+// carries no VMM tag (passt), is provably o's: it runs as o.UID and either
+// its cgroup lies in o.Cgroup or proveSocket (nil: no such proof) shows
+// that it serves a socket this daemon sees. Why says how it was decided.
+func (o Owner) JudgePID(pid int, proveSocket func() (bool, string)) (bool, string) {
+	uids, err := uidsOf(pid)
+	switch {
+	case err != nil:
+		return false, fmt.Sprintf("its uid cannot be read: %v", err)
+	case len(uids) < 2 || uids[0] != o.UID || uids[1] != o.UID:
+		return false, fmt.Sprintf("it runs as uid %v, this daemon as %d", uids, o.UID)
+	}
+	if o.Cgroup != "" {
+		if in, cg, err := cgroup.Within(pid, o.Cgroup); err == nil && in {
+			return true, fmt.Sprintf("its cgroup %s lies in this daemon's %s", cg, o.Cgroup)
+		}
+	}
+	if proveSocket == nil {
+		return false, "neither its cgroup nor a socket proves it this daemon's"
+	}
+	return proveSocket()
+}
+
 // Status reads /proc/PID/status into a map of its fields (Uid, CapEff,
 // NoNewPrivs, ...), values trimmed.
 func Status(pid int) (map[string]string, error) {

@@ -109,6 +109,27 @@ func checkHandle(p *Process) error {
 	return nil
 }
 
+// Ident is what proves that a live pid is still the process a handle
+// describes: its pid, start time, the boot id at launch and its argv.
+// Spawn returns one; a driver's Process carries the same facts.
+type Ident struct {
+	PID       int
+	StartTime uint64
+	BootID    string
+	Cmdline   []string
+}
+
+func (p *Process) ident() Ident {
+	return Ident{PID: p.PID, StartTime: p.StartTime, BootID: p.BootID, Cmdline: p.Cmdline}
+}
+
+func (id Ident) check() error {
+	if id.PID <= 0 || id.StartTime == 0 || len(id.Cmdline) == 0 {
+		return fmt.Errorf("%w: needs pid, start time and cmdline", ErrInvalidHandle)
+	}
+	return nil
+}
+
 // identify compares the live process p.PID with the handle (start time,
 // boot id, argv with the tag). Callers hold a pidfd opened before calling
 // it when they mean to signal.
@@ -116,10 +137,24 @@ func identify(p *Process) (State, error) {
 	if err := checkHandle(p); err != nil {
 		return StateExited, err
 	}
+	return p.ident().state()
+}
+
+// Probe reports whether id's process is alive and still the one id
+// describes (/proc only): StateNotOurs for a live pid that is another
+// process, which must never be signalled.
+func (id Ident) Probe() (State, error) {
+	if err := id.check(); err != nil {
+		return StateExited, err
+	}
+	return id.state()
+}
+
+func (id Ident) state() (State, error) {
 	// A child this process launched and has not reaped yet is provably
 	// ours (its pid cannot be reused before the reaper's wait), whatever
 	// /proc shows: right after fork its argv is still paddockd's.
-	if c := lookupChild(p); c != nil {
+	if c := lookupChild(id); c != nil {
 		select {
 		case <-c.done:
 			return StateExited, nil
@@ -127,43 +162,43 @@ func identify(p *Process) (State, error) {
 		}
 		// Not reaped yet, so the pid is still the child's: a zombie (or a
 		// pid gone from /proc) has exited, anything else runs.
-		st, err := readStat(p.PID)
+		st, err := readStat(id.PID)
 		if gone(err) || err == nil && (st.State == 'Z' || st.State == 'X') {
 			return StateExited, nil
 		}
 		return StateRunning, nil
 	}
-	st, err := readStat(p.PID)
+	st, err := readStat(id.PID)
 	if gone(err) {
 		return StateExited, nil
 	}
 	if err != nil {
-		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", p.PID, err)
+		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", id.PID, err)
 	}
-	if st.StartTime != p.StartTime {
+	if st.StartTime != id.StartTime {
 		return StateNotOurs, nil
 	}
-	if p.BootID != "" {
-		if b := BootID(); b != "" && b != p.BootID {
+	if id.BootID != "" {
+		if b := BootID(); b != "" && b != id.BootID {
 			return StateNotOurs, nil
 		}
 	}
 	if st.State == 'Z' || st.State == 'X' {
 		return StateExited, nil
 	}
-	argv, err := readCmdline(p.PID)
+	argv, err := readCmdline(id.PID)
 	if gone(err) {
 		return StateExited, nil
 	}
 	if err != nil {
-		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", p.PID, err)
+		return StateExited, fmt.Errorf("vmm: probing pid %d: %w", id.PID, err)
 	}
 	if len(argv) == 0 {
 		// pid and start time are the handle's (unique within a boot), and
 		// the argv is gone: the process is exiting (its mm released)
 		return StateExited, nil
 	}
-	if !slices.Equal(argv, p.Cmdline) && !slices.Equal(vmmArgv(argv), p.Cmdline) {
+	if !slices.Equal(argv, id.Cmdline) && !slices.Equal(vmmArgv(argv), id.Cmdline) {
 		return StateNotOurs, nil
 	}
 	return StateRunning, nil
@@ -188,19 +223,62 @@ func openIdentified(p *Process) (pidfd, State, error) {
 	if err := checkHandle(p); err != nil {
 		return -1, StateExited, err
 	}
-	fd, err := unix.PidfdOpen(p.PID, 0)
+	return p.ident().open()
+}
+
+func (id Ident) open() (pidfd, State, error) {
+	fd, err := unix.PidfdOpen(id.PID, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return -1, StateExited, nil
 	}
 	if err != nil {
-		return -1, StateExited, fmt.Errorf("vmm: pidfd_open %d: %w", p.PID, err)
+		return -1, StateExited, fmt.Errorf("vmm: pidfd_open %d: %w", id.PID, err)
 	}
-	s, err := identify(p)
+	s, err := id.state()
 	if err != nil || s != StateRunning {
 		unix.Close(fd)
 		return -1, s, err
 	}
 	return pidfd(fd), s, nil
+}
+
+// Kill SIGKILLs id's process through a pidfd opened before identifying it,
+// after prove (nil: no further proof) has said it may be killed, and waits
+// for it to go (bounded by ctx and killWait). A process that is gone, or a
+// pid that is another process now, is success: nothing is signalled. An
+// error from prove is returned and nothing is signalled.
+func (id Ident) Kill(ctx context.Context, prove func() error) error {
+	if err := id.check(); err != nil {
+		return err
+	}
+	fd, s, err := id.open()
+	if err != nil || s != StateRunning {
+		return err
+	}
+	defer fd.close()
+	if prove != nil {
+		if err := prove(); err != nil {
+			return err
+		}
+	}
+	if err := fd.signal(unix.SIGKILL); err != nil {
+		return fmt.Errorf("kill pid %d: %w", id.PID, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	if err := fd.wait(wctx); err != nil {
+		return fmt.Errorf("pid %d did not exit after SIGKILL: %w", id.PID, err)
+	}
+	return nil
+}
+
+// Wait blocks until id's process is no longer running or ctx ends. The
+// status is known (Exit.Known) when this process spawned it.
+func (id Ident) Wait(ctx context.Context) (Exit, error) {
+	if err := id.check(); err != nil {
+		return Exit{}, err
+	}
+	return id.waitGone(ctx)
 }
 
 func (fd pidfd) close() { unix.Close(int(fd)) }
@@ -241,12 +319,36 @@ func (fd pidfd) wait(ctx context.Context) error {
 // found. A tag does not say whose VMM it is: before acting on a VMM it has
 // no handle for, a daemon asks its Owner (Owner.Find).
 func Find(vmID string) ([]*Process, error) {
+	ids, err := Scan(func(argv []string) bool {
+		id, _, ok := TagOf(argv)
+		return ok && (vmID == "" || id == vmID)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Process, 0, len(ids))
+	for _, q := range ids {
+		id, driver, _ := TagOf(q.Cmdline)
+		p := &Process{Driver: driver, VMID: id, PID: q.PID, StartTime: q.StartTime, BootID: q.BootID, Cmdline: q.Cmdline}
+		if p.APISocket = apiSocketOf(q.Cmdline); p.APISocket != "" {
+			p.RunDir = filepath.Dir(p.APISocket)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Scan lists the live processes (zombies excluded) whose argv match
+// accepts: the program's own argv, also while it is still in its confining
+// step. Processes of other users that /proc hides are not seen. What Scan
+// finds is a candidate, not proof of whose it is (see Owner).
+func Scan(match func(argv []string) bool) ([]Ident, error) {
 	ents, err := os.ReadDir(procRoot)
 	if err != nil {
 		return nil, fmt.Errorf("vmm: %w", err)
 	}
 	boot := BootID()
-	var out []*Process
+	var out []Ident
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid <= 0 {
@@ -257,19 +359,14 @@ func Find(vmID string) ([]*Process, error) {
 			continue
 		}
 		argv = vmmArgv(argv)
-		id, driver, ok := TagOf(argv)
-		if !ok || vmID != "" && id != vmID {
+		if !match(argv) {
 			continue
 		}
 		st, err := readStat(pid)
 		if err != nil || st.State == 'Z' || st.State == 'X' {
 			continue
 		}
-		q := &Process{Driver: driver, VMID: id, PID: pid, StartTime: st.StartTime, BootID: boot, Cmdline: argv}
-		if q.APISocket = apiSocketOf(argv); q.APISocket != "" {
-			q.RunDir = filepath.Dir(q.APISocket)
-		}
-		out = append(out, q)
+		out = append(out, Ident{PID: pid, StartTime: st.StartTime, BootID: boot, Cmdline: argv})
 	}
 	return out, nil
 }
@@ -308,11 +405,18 @@ func apiSocketOf(argv []string) string {
 // waitGone waits until p's VMM is no longer running: through the child
 // table for a child (it is reaped there), through a pidfd otherwise.
 func waitGone(ctx context.Context, p *Process) (Exit, error) {
-	s, err := identify(p)
+	if err := checkHandle(p); err != nil {
+		return Exit{}, err
+	}
+	return p.ident().waitGone(ctx)
+}
+
+func (id Ident) waitGone(ctx context.Context) (Exit, error) {
+	s, err := id.state()
 	if err != nil || s == StateNotOurs {
 		return Exit{}, err
 	}
-	if c := lookupChild(p); c != nil {
+	if c := lookupChild(id); c != nil {
 		select {
 		case <-c.done:
 			return c.exit, nil
@@ -323,7 +427,7 @@ func waitGone(ctx context.Context, p *Process) (Exit, error) {
 	if s == StateExited {
 		return Exit{}, nil
 	}
-	fd, s, err := openIdentified(p)
+	fd, s, err := id.open()
 	if err != nil || s != StateRunning {
 		return Exit{}, err
 	}

@@ -224,6 +224,15 @@ type Tap struct {
 	MAC  string `json:"mac,omitempty"` // 02:00:00:00:00:02 by default
 }
 
+// Stream attaches a virtio-net device to a user-mode network backend that
+// serves Ethernet frames on a UNIX stream socket (passt, see host/passt):
+// QEMU connects to Socket as a client. The backend must listen before the
+// VMM starts: QEMU 7.2 does not reconnect.
+type Stream struct {
+	Socket string `json:"socket"`
+	MAC    string `json:"mac,omitempty"` // 02:00:00:00:00:02 by default
+}
+
 // Accelerators (Spec.Accel, Process.Accel).
 const (
 	AccelAuto = "auto"
@@ -251,6 +260,9 @@ type Spec struct {
 	Disks []Disk
 	// Tap is the network device, nil for none.
 	Tap *Tap
+	// Stream is the network device when it is a user-mode backend's
+	// socket instead of a tap (at most one of Tap and Stream).
+	Stream *Stream
 	// ControlSocket is the host UNIX socket of the agent's virtio-serial
 	// port (QEMU; default <RunDir>/control.sock).
 	ControlSocket string
@@ -358,6 +370,12 @@ func (s *Spec) validate() error {
 	}
 	if s.CPUs < 0 || s.CPUs > 255 || s.MemoryMiB < 0 {
 		return fmt.Errorf("%w: %d CPUs, %d MiB", ErrInvalidSpec, s.CPUs, s.MemoryMiB)
+	}
+	if s.Tap != nil && s.Stream != nil {
+		return fmt.Errorf("%w: a tap and a stream network device: at most one", ErrInvalidSpec)
+	}
+	if s.Stream != nil && !filepath.IsAbs(s.Stream.Socket) {
+		return fmt.Errorf("%w: stream socket %q must be an absolute path", ErrInvalidSpec, s.Stream.Socket)
 	}
 	for i, d := range s.Disks {
 		if d.Path == "" {

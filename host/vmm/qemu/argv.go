@@ -56,8 +56,11 @@ type Machine struct {
 	Cmdline string
 	// Disks are virtio-blk disks in guest order (/dev/vda first).
 	Disks []vmm.Disk
-	// Tap attaches a virtio-net device; nil for none.
+	// Tap attaches a virtio-net device to a tap; nil for none.
 	Tap *vmm.Tap
+	// Stream attaches the virtio-net device to a user-mode backend's UNIX
+	// socket instead (passt); nil for none. At most one of Tap and Stream.
+	Stream *vmm.Stream
 	// ControlSocket is the host UNIX socket QEMU serves the agent's
 	// virtio-serial port on; "" for no port. ControlPort names the port
 	// (guestboot.DefaultSerialPort).
@@ -181,15 +184,28 @@ func (m *Machine) Args() ([]string, error) {
 			"-chardev", "socket,id=ctl,path="+qemuEscape(m.ControlSocket)+",server=on,wait=off",
 			"-device", "virtserialport,chardev=ctl,name="+m.controlPort())
 	}
-	if m.Tap != nil {
-		mac := m.Tap.MAC
-		if mac == "" {
-			mac = defaultMAC
-		}
+	switch {
+	case m.Tap != nil && m.Stream != nil:
+		return nil, errors.New("qemu: a tap and a stream network device: at most one")
+	case m.Tap != nil:
 		a = append(a, "-netdev", "tap,id=n0,ifname="+m.Tap.Name+",script=no,downscript=no",
-			"-device", "virtio-net-device,netdev=n0,mac="+mac)
+			"-device", "virtio-net-device,netdev=n0,mac="+macOr(m.Tap.MAC))
+	case m.Stream != nil:
+		if m.Stream.Socket == "" {
+			return nil, errors.New("qemu: a stream network device needs a socket path")
+		}
+		// server=off: QEMU connects to the backend (passt listens)
+		a = append(a, "-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path="+qemuEscape(m.Stream.Socket),
+			"-device", "virtio-net-device,netdev=n0,mac="+macOr(m.Stream.MAC))
 	}
 	return a, nil
+}
+
+func macOr(mac string) string {
+	if mac == "" {
+		return defaultMAC
+	}
+	return mac
 }
 
 // Argv returns the complete QEMU argv (binary first) for a normalized spec
@@ -198,7 +214,7 @@ func (m *Machine) Args() ([]string, error) {
 func (d *Driver) Argv(spec vmm.Spec, accel string) ([]string, error) {
 	m := Machine{
 		Kernel: spec.Kernel, Initrd: spec.Initrd, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: accel,
-		TSCkHz: d.TSCkHz, Cmdline: spec.Cmdline, Disks: spec.Disks, Tap: spec.Tap,
+		TSCkHz: d.TSCkHz, Cmdline: spec.Cmdline, Disks: spec.Disks, Tap: spec.Tap, Stream: spec.Stream,
 		ControlSocket: spec.ControlSocket, ControlPort: spec.ControlPort, Serial: "chardev:con",
 	}
 	args, err := m.Args()

@@ -1,6 +1,7 @@
 // Package qemu is the QEMU VMM driver: qemu-system-x86_64 -M microvm with
 // the measured boot recipe (Machine, the one place QEMU's argv is built),
-// virtio-blk disks (raw or qcow2), virtio-net on a tap, the agent's
+// virtio-blk disks (raw or qcow2), virtio-net on a tap or on a user-mode
+// backend's socket (passt, -netdev stream), the agent's
 // virtio-serial port on a UNIX socket, the serial console on a UNIX socket
 // copied into a capped log (see package vmm), and a QMP socket for
 // system_powerdown, quit, cont and query-status.

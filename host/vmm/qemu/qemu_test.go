@@ -124,6 +124,42 @@ func TestArgv(t *testing.T) {
 	if len(argAfter(argv, "-netdev")) != 0 || len(argAfter(argv, "-drive")) != 0 {
 		t.Errorf("no tap/disks: %q", argv)
 	}
+	// user-mode networking: the same virtio-net device on passt's socket
+	for _, tc := range []struct {
+		name        string
+		stream      *vmm.Stream
+		netdev, mac string
+	}{
+		{"default MAC", &vmm.Stream{Socket: "/run/paddock/vm,1/passt.sock"},
+			"stream,id=n0,server=off,addr.type=unix,addr.path=/run/paddock/vm,,1/passt.sock", "02:00:00:00:00:02"},
+		{"own MAC", &vmm.Stream{Socket: "/r/p.sock", MAC: "02:aa:bb:cc:dd:ee"},
+			"stream,id=n0,server=off,addr.type=unix,addr.path=/r/p.sock", "02:aa:bb:cc:dd:ee"},
+	} {
+		s = testSpec(t)
+		s.Tap, s.Stream = nil, tc.stream
+		argv, err := d.Argv(s, vmm.AccelTCG)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := argAfter(argv, "-netdev"); !slices.Equal(got, []string{tc.netdev}) {
+			t.Errorf("%s: -netdev %q, want %q", tc.name, got, tc.netdev)
+		}
+		if devs := argAfter(argv, "-device"); !slices.Contains(devs, "virtio-net-device,netdev=n0,mac="+tc.mac) {
+			t.Errorf("%s: no virtio-net device with MAC %s in %q", tc.name, tc.mac, devs)
+		}
+	}
+	s = testSpec(t)
+	s.Stream = &vmm.Stream{Socket: "/r/p.sock"}
+	if _, err := s.Normalize(); !errors.Is(err, vmm.ErrInvalidSpec) || !strings.Contains(err.Error(), "at most one") {
+		t.Errorf("tap and stream: %v", err)
+	}
+	if _, err := (&Machine{Kernel: "/k", Initrd: "/i", TSCkHz: 1, Tap: s.Tap, Stream: s.Stream}).Args(); err == nil || !strings.Contains(err.Error(), "at most one") {
+		t.Errorf("Machine with tap and stream: %v", err)
+	}
+	s.Tap, s.Stream = nil, &vmm.Stream{Socket: "passt.sock"}
+	if _, err := s.Normalize(); !errors.Is(err, vmm.ErrInvalidSpec) || !strings.Contains(err.Error(), "passt.sock") {
+		t.Errorf("relative stream socket: %v", err)
+	}
 	for _, tc := range []struct{ cmdline, want string }{
 		{"paddock.root=/dev/vda paddock.bogus=1", "unknown key paddock.bogus"},
 		{"paddock.hostname=" + strings.Repeat("a.", 1100) + "a", "paddock.hostname"},
