@@ -42,7 +42,6 @@ func TestSentinelClasses(t *testing.T) {
 		{"netdev.ErrNotOurs", netdev.ErrNotOurs, errdefs.ErrFailedPrecondition},
 		{"netdev.ErrNameTaken", netdev.ErrNameTaken, errdefs.ErrAlreadyExists},
 		{"netdev.ErrExhausted", netdev.ErrExhausted, errdefs.ErrUnavailable},
-		{"netdev.ErrNATUnsupported", netdev.ErrNATUnsupported, errdefs.ErrNotImplemented},
 		{"netdev.ErrSubnetConflict", netdev.ErrSubnetConflict, errdefs.ErrInvalidArgument},
 		{"netdev.ErrInvalidVMID", netdev.ErrInvalidVMID, errdefs.ErrInvalidArgument},
 		{"netdev.ErrInvalidConfig", netdev.ErrInvalidConfig, errdefs.ErrInvalidArgument},
