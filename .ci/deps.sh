@@ -12,6 +12,8 @@ packages=(
   xfsprogs                  # a reflink-capable file system for the disk tests
   busybox-static cpio xz-utils zstd  # guest test trees, initramfs inspection
   util-linux iproute2       # setpriv, unshare, nsenter; ip netns
+  nftables                  # nft list in the packet filter tests (paddockd itself uses netlink)
+  passt                     # user-mode networking for VMs (vm.network = "user")
 )
 
 missing=()

@@ -9,6 +9,7 @@ import (
 	"github.com/paddock-vm/paddock/host/dm"
 	"github.com/paddock-vm/paddock/host/loop"
 	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/host/netfilter"
 	"github.com/paddock-vm/paddock/host/probe"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging"
@@ -42,12 +43,14 @@ func TestSentinelClasses(t *testing.T) {
 		{"netdev.ErrNotOurs", netdev.ErrNotOurs, errdefs.ErrFailedPrecondition},
 		{"netdev.ErrNameTaken", netdev.ErrNameTaken, errdefs.ErrAlreadyExists},
 		{"netdev.ErrExhausted", netdev.ErrExhausted, errdefs.ErrUnavailable},
-		{"netdev.ErrNATUnsupported", netdev.ErrNATUnsupported, errdefs.ErrNotImplemented},
 		{"netdev.ErrSubnetConflict", netdev.ErrSubnetConflict, errdefs.ErrInvalidArgument},
 		{"netdev.ErrInvalidVMID", netdev.ErrInvalidVMID, errdefs.ErrInvalidArgument},
 		{"netdev.ErrInvalidConfig", netdev.ErrInvalidConfig, errdefs.ErrInvalidArgument},
 		{"netdev.ErrBridgeBusy", netdev.ErrBridgeBusy, errdefs.ErrFailedPrecondition},
 		{"netdev.ErrClosed", netdev.ErrClosed, errdefs.ErrUnavailable},
+		{"netfilter.ErrNoNFTables", netfilter.ErrNoNFTables, errdefs.ErrUnavailable},
+		{"netfilter.ErrInvalidConfig", netfilter.ErrInvalidConfig, errdefs.ErrInvalidArgument},
+		{"netfilter.ErrInvalidVM", netfilter.ErrInvalidVM, errdefs.ErrInvalidArgument},
 		{"disk.ErrUnsupported", disk.ErrUnsupported, errdefs.ErrUnavailable},
 		{"disk.ErrBadHandle", disk.ErrBadHandle, errdefs.ErrInvalidArgument},
 		{"vmm.ErrInvalidSpec", vmm.ErrInvalidSpec, errdefs.ErrInvalidArgument},

@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/paddock-vm/paddock/host/sysctl"
 )
 
 const (
@@ -98,6 +100,9 @@ func checkTap(t *testing.T, tns *testNS, tap *Tap, br *Bridge, owner Owner) {
 	case tap.Name != TapName(tap.VMID) || tap.Bridge != br.Name:
 		t.Errorf("tap %+v", tap)
 	}
+	if pi, err := tns.h.LinkGetProtinfo(l); err != nil || !pi.Isolated {
+		t.Errorf("%s: bridge port not isolated (%v, %v)", tap.Name, pi, err)
+	}
 }
 
 // TestLifecycle drives the real Manager through the whole contract inside a
@@ -129,6 +134,13 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("bridge addresses %v (%v), Gateway %v", addrs, err, br.Gateway)
 	}
 
+	// The bridge's IPv4 settings that isolation relies on.
+	for key, want := range map[string]string{"proxy_arp_pvlan": "1", "send_redirects": "0", "route_localnet": "1"} {
+		if got, err := sysctl.Get(tns.ns, "net/ipv4/conf/paddock0/"+key); err != nil || got != want {
+			t.Errorf("bridge sysctl %s = %q (%v), want %s", key, got, err, want)
+		}
+	}
+
 	// Two VMs.
 	ownA, ownB := Owner{UID: 65534, GID: 65534}, Owner{UID: 65533, GID: 65533}
 	tapA, err := m.AcquireTap(ctx, vmA, ownA)
@@ -153,7 +165,10 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || !again.Adopted || again.Ifindex != tapA.Ifindex {
 		t.Fatalf("AcquireTap A again: %+v %v", again, err)
 	}
-	// Adoption repairs what drifted: detached and down.
+	// Adoption repairs what drifted: not isolated, detached and down.
+	if err := tns.h.LinkSetIsolated(mustLink(t, tns, tapB.Name), false); err != nil {
+		t.Fatal(err)
+	}
 	if err := tns.h.LinkSetNoMaster(mustLink(t, tns, tapB.Name)); err != nil {
 		t.Fatal(err)
 	}
@@ -432,11 +447,5 @@ func TestCurrentNamespace(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestNATUnsupported(t *testing.T) {
-	if _, err := New(Config{NAT: true}, netns.None()); !errors.Is(err, ErrNATUnsupported) {
-		t.Errorf("New with NAT: %v", err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/host/sysctl"
 )
 
 const tunDevice = "/dev/net/tun"
@@ -191,11 +193,24 @@ func (m *Manager) ensureBridge() (*Bridge, error) {
 			return nil, fmt.Errorf("set bridge %s up: %w", name, err)
 		}
 	}
+	for _, sc := range bridgeSysctls {
+		if _, _, err := sysctl.Ensure(m.ns, "net/ipv4/conf/"+name+"/"+sc.key, sc.value); err != nil {
+			return nil, fmt.Errorf("bridge %s: %w", name, err)
+		}
+	}
 	mtu := a.MTU
 	if m.cfg.MTU > 0 {
 		mtu = m.cfg.MTU
 	}
 	return &Bridge{Name: name, Ifindex: a.Index, MAC: a.HardwareAddr, Gateway: gw, MTU: mtu, Created: created}, nil
+}
+
+// bridgeSysctls are the bridge's IPv4 settings isolation relies on (see the
+// package documentation).
+var bridgeSysctls = []struct{ key, value string }{
+	{"proxy_arp_pvlan", "1"},
+	{"send_redirects", "0"},
+	{"route_localnet", "1"},
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
@@ -319,6 +334,11 @@ func (m *Manager) configureTap(link netlink.Link, tap *Tap, br *Bridge) error {
 		if err := m.h.LinkSetMasterByIndex(link, br.Ifindex); err != nil {
 			return fmt.Errorf("attach tap %s to bridge %s: %w", tap.Name, br.Name, err)
 		}
+	}
+	// Isolated: the bridge forwards nothing between taps. Set every time
+	// (the flag is not in a plain link dump); setting it again is harmless.
+	if err := m.h.LinkSetIsolated(link, true); err != nil {
+		return fmt.Errorf("isolate bridge port %s: %w", tap.Name, err)
 	}
 	if a.Flags&net.FlagUp == 0 {
 		if err := m.h.LinkSetUp(link); err != nil {

@@ -40,12 +40,17 @@
 // and CGNAT/Tailscale (100.64.0.0/10). EnsureBridge refuses (ErrSubnetConflict)
 // to use a subnet that overlaps an address on any other link. IPv4 only.
 //
-// # NAT
+// # Isolation
 //
-// Config.NAT (off by default) is not implemented: it needs nftables rules
-// (masquerade) and net.ipv4.ip_forward, neither of which vishvananda/netlink
-// provides, so Config.Validate returns ErrNATUnsupported when it is set.
-// Without NAT guests reach the host at the gateway address and each other.
+// Every tap is an isolated bridge port (IFLA_BRPORT_ISOLATED): the bridge
+// forwards nothing from one tap to another, only to and from the host. The
+// bridge has proxy_arp_pvlan=1 (the host answers a guest's ARP for another
+// guest, so guest-to-guest traffic, if any, is routed through the host's
+// forward chain, where host/netfilter decides), send_redirects=0 (the host
+// never tells a guest to go direct) and route_localnet=1 (published ports
+// reached on 127.0.0.1 are forwarded out of the bridge; host/netfilter drops
+// 127.0.0.0/8 arriving from guests). NAT, published ports, anti-spoofing and
+// the host's input filter live in host/netfilter.
 //
 // # Privileges
 //
@@ -102,8 +107,6 @@ var (
 	ErrNameTaken = errdefs.New(errdefs.ErrAlreadyExists, "tap name already used by another link")
 	// ErrExhausted: no free guest address is left in the subnet.
 	ErrExhausted = errdefs.New(errdefs.ErrUnavailable, "guest subnet exhausted")
-	// ErrNATUnsupported: Config.NAT is set but NAT is not implemented.
-	ErrNATUnsupported = errdefs.New(errdefs.ErrNotImplemented, "NAT is not supported (needs nftables masquerade and ip_forward; not implemented)")
 	// ErrSubnetConflict: the guest subnet overlaps an address on another link.
 	ErrSubnetConflict = errdefs.New(errdefs.ErrInvalidArgument, "guest subnet overlaps an address already in use")
 	// ErrInvalidVMID: the VM id is empty, too long or has characters other
@@ -127,9 +130,6 @@ type Config struct {
 	Subnet netip.Prefix
 	// MTU of the bridge and taps; 0 leaves the kernel default (1500).
 	MTU int
-	// NAT masquerades guest traffic leaving the host. Off by default and not
-	// implemented: Validate returns ErrNATUnsupported.
-	NAT bool
 }
 
 // WithDefaults returns c with empty fields set to their defaults and the
@@ -159,9 +159,6 @@ func (c Config) Validate() error {
 	}
 	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
 		return fmt.Errorf("%w: mtu %d not in 68..65535", ErrInvalidConfig, c.MTU)
-	}
-	if c.NAT {
-		return ErrNATUnsupported
 	}
 	return nil
 }

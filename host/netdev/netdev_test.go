@@ -130,7 +130,6 @@ func TestConfig(t *testing.T) {
 	}{
 		{Config{}, nil},
 		{Config{Bridge: "br-test", Subnet: netip.MustParsePrefix("192.168.50.0/24"), MTU: 1400}, nil},
-		{Config{NAT: true}, ErrNATUnsupported},
 		{Config{Bridge: "this-is-too-long0"}, ErrInvalidConfig},
 		{Config{Bridge: "a b"}, ErrInvalidConfig},
 		{Config{Bridge: "pdk-br"}, ErrInvalidConfig},
