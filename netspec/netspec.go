@@ -9,6 +9,7 @@
 package netspec
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -51,7 +52,7 @@ func (m PortMapping) Wildcard() bool { return !m.HostIP.IsValid() }
 
 // String is the -p form: [HOSTIP:]HOSTPORT:GUESTPORT/PROTO.
 func (m PortMapping) String() string {
-	s := fmt.Sprintf("%d:%d/%s", m.HostPort, m.GuestPort, m.Proto)
+	s := fmt.Sprintf("%d:%d/%s", m.HostPort, m.GuestPort, cmp.Or(m.Proto, TCP))
 	if m.HostIP.IsValid() {
 		s = m.HostIP.String() + ":" + s
 	}
@@ -60,7 +61,7 @@ func (m PortMapping) String() string {
 
 // HostString is the host side: [HOSTIP:]HOSTPORT/PROTO.
 func (m PortMapping) HostString() string {
-	s := fmt.Sprintf("%d/%s", m.HostPort, m.Proto)
+	s := fmt.Sprintf("%d/%s", m.HostPort, cmp.Or(m.Proto, TCP))
 	if m.HostIP.IsValid() {
 		s = m.HostIP.String() + ":" + s
 	}

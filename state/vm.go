@@ -80,6 +80,19 @@ type Runtime struct {
 	// by DiskBackend.
 	DiskFiles   []string `json:"disk_files,omitempty"`
 	DiskBackend string   `json:"disk_backend,omitempty"`
+	// Rules are the VM's packet rules in paddock's nftables tables (bridge
+	// mode); Passt is its user-mode network process (the passt handle).
+	Rules *RulesRuntime   `json:"rules,omitempty"`
+	Passt json.RawMessage `json:"passt,omitempty"`
+}
+
+// RulesRuntime names a VM's packet rules: every rule tagged
+// "paddock:vm:<VM>", with what they publish.
+type RulesRuntime struct {
+	VM    string                `json:"vm"`
+	Tap   string                `json:"tap,omitempty"`
+	Group string                `json:"group,omitempty"`
+	Ports []netspec.PortMapping `json:"ports,omitempty"`
 }
 
 // TapRuntime identifies a tap device.

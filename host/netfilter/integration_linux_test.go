@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // The topology: a "host" namespace with paddock's bridge (made by netdev),
@@ -170,8 +171,8 @@ table bridge canary {
 	if !res.RulesChanged || !res.ForwardingEnabled {
 		t.Errorf("first EnsureBase: %+v, want rules written and forwarding enabled", res)
 	}
-	tp.a.vm.Ports = []Port{{HostPort: 18080, GuestPort: 8080, Proto: "tcp"}}
-	tp.b.vm.Ports = []Port{{HostIP: netip.MustParseAddr(hostClient), HostPort: 18081, GuestPort: 8080, Proto: "tcp"}}
+	tp.a.vm.Ports = []netspec.PortMapping{{HostPort: 18080, GuestPort: 8080, Proto: "tcp"}}
+	tp.b.vm.Ports = []netspec.PortMapping{{HostIP: netip.MustParseAddr(hostClient), HostPort: 18081, GuestPort: 8080, Proto: "tcp"}}
 	for _, g := range []*guest{tp.a, tp.b, tp.c} {
 		if changed, err := m.ApplyVM(ctx, g.vm); err != nil || !changed {
 			t.Fatalf("ApplyVM %s: %v (changed %v)", g.vm.ID, err, changed)

@@ -70,6 +70,7 @@ import (
 	"strings"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // Defaults.
@@ -148,24 +149,8 @@ type VM struct {
 	// of the same group; the caller scopes it (e.g. "<uid>:<name>").
 	Group string
 	// Ports are the published ports.
-	Ports []Port
-}
-
-// Port is one published port: traffic to HostIP:HostPort (any local
-// address when HostIP is invalid) is forwarded to the guest's GuestPort.
-type Port struct {
-	HostIP    netip.Addr
-	HostPort  uint16
-	GuestPort uint16
-	Proto     string // "tcp" or "udp"
-}
-
-func (p Port) String() string {
-	host := ""
-	if p.HostIP.IsValid() {
-		host = p.HostIP.String() + ":"
-	}
-	return fmt.Sprintf("%s%d:%d/%s", host, p.HostPort, p.GuestPort, p.Proto)
+	// Ports are the published ports (a zero HostIP: every local address).
+	Ports []netspec.PortMapping
 }
 
 const (
@@ -249,7 +234,7 @@ func (v VM) Validate(c Config) error {
 		proto string
 		port  uint16
 	}
-	byPort := map[key]Port{}
+	byPort := map[key]netspec.PortMapping{}
 	for _, p := range v.Ports {
 		switch {
 		case p.Proto != "tcp" && p.Proto != "udp":

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // listTables is nft's listing of paddock's tables, with or without handles
@@ -97,7 +99,7 @@ func TestRepairAndChange(t *testing.T) {
 	// VM rules: a change of ports and group replaces them all; the old
 	// group's chain goes with its last member.
 	vm := VM{ID: "vm1", Tap: "pdk-1", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, IP: netip.MustParseAddr("10.77.0.20"), Group: "g1",
-		Ports: []Port{{HostPort: 1000, GuestPort: 80, Proto: "tcp"}}}
+		Ports: []netspec.PortMapping{{HostPort: 1000, GuestPort: 80, Proto: "tcp"}}}
 	other := VM{ID: "vm2", Tap: "pdk-2", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, IP: netip.MustParseAddr("10.77.0.21"), Group: "g1"}
 	for _, v := range []VM{vm, other} {
 		if _, err := m.ApplyVM(ctx, v); err != nil {
@@ -106,7 +108,7 @@ func TestRepairAndChange(t *testing.T) {
 	}
 	g1, g2 := groupChain("g1"), groupChain("g2")
 	vm.Group = "g2"
-	vm.Ports = []Port{{HostPort: 2000, GuestPort: 80, Proto: "udp"}}
+	vm.Ports = []netspec.PortMapping{{HostPort: 2000, GuestPort: 80, Proto: "udp"}}
 	if changed, err := m.ApplyVM(ctx, vm); err != nil || !changed {
 		t.Fatalf("ApplyVM with changes: %v, %v", changed, err)
 	}

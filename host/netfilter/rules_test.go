@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 var (
@@ -96,7 +97,7 @@ bridge antispoof: iifname "pdk-0123456789a" ether saddr 02:00:00:00:00:0a ether 
 bridge antispoof: iifname "pdk-0123456789a" drop ` + tag + `
 `
 	withPorts := testVM
-	withPorts.Ports = []Port{
+	withPorts.Ports = []netspec.PortMapping{
 		{HostPort: 8080, GuestPort: 80, Proto: "tcp"},
 		{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, GuestPort: 53, Proto: "udp"},
 	}
@@ -197,7 +198,7 @@ func TestVMValidate(t *testing.T) {
 	}{
 		{"ok", func(*VM) {}, ""},
 		{"ports on all and one address", func(v *VM) {
-			v.Ports = []Port{{HostPort: 80, GuestPort: 80, Proto: "tcp"}, {HostPort: 80, GuestPort: 80, Proto: "udp"},
+			v.Ports = []netspec.PortMapping{{HostPort: 80, GuestPort: 80, Proto: "tcp"}, {HostPort: 80, GuestPort: 80, Proto: "udp"},
 				{HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 81, GuestPort: 80, Proto: "tcp"},
 				{HostIP: netip.MustParseAddr("192.0.2.2"), HostPort: 81, GuestPort: 80, Proto: "tcp"}}
 		}, ""},
@@ -209,16 +210,16 @@ func TestVMValidate(t *testing.T) {
 		{"ip outside", func(v *VM) { v.IP = netip.MustParseAddr("10.78.0.5") }, "address 10.78.0.5"},
 		{"ip is gateway", func(v *VM) { v.IP = netip.MustParseAddr("10.77.0.1") }, "address 10.77.0.1"},
 		{"ip is broadcast", func(v *VM) { v.IP = netip.MustParseAddr("10.77.255.255") }, "address 10.77.255.255"},
-		{"proto", func(v *VM) { v.Ports = []Port{{HostPort: 1, GuestPort: 1, Proto: "sctp"}} }, `published port 1:1/sctp: protocol "sctp"`},
-		{"port 0", func(v *VM) { v.Ports = []Port{{HostPort: 0, GuestPort: 1, Proto: "tcp"}} }, "published port 0:1/tcp"},
+		{"proto", func(v *VM) { v.Ports = []netspec.PortMapping{{HostPort: 1, GuestPort: 1, Proto: "sctp"}} }, `published port 1:1/sctp: protocol "sctp"`},
+		{"port 0", func(v *VM) { v.Ports = []netspec.PortMapping{{HostPort: 0, GuestPort: 1, Proto: "tcp"}} }, "published port 0:1/tcp"},
 		{"ipv6 host ip", func(v *VM) {
-			v.Ports = []Port{{HostIP: netip.MustParseAddr("::1"), HostPort: 1, GuestPort: 1, Proto: "tcp"}}
+			v.Ports = []netspec.PortMapping{{HostIP: netip.MustParseAddr("::1"), HostPort: 1, GuestPort: 1, Proto: "tcp"}}
 		}, "host address ::1"},
 		{"duplicate", func(v *VM) {
-			v.Ports = []Port{{HostPort: 8080, GuestPort: 80, Proto: "tcp"}, {HostPort: 8080, GuestPort: 81, Proto: "tcp"}}
+			v.Ports = []netspec.PortMapping{{HostPort: 8080, GuestPort: 80, Proto: "tcp"}, {HostPort: 8080, GuestPort: 81, Proto: "tcp"}}
 		}, "8080:80/tcp and 8080:81/tcp both claim host port 8080/tcp"},
 		{"duplicate, one on all addresses", func(v *VM) {
-			v.Ports = []Port{{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 80, Proto: "tcp"}, {HostPort: 8080, GuestPort: 81, Proto: "tcp"}}
+			v.Ports = []netspec.PortMapping{{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 80, Proto: "tcp"}, {HostPort: 8080, GuestPort: 81, Proto: "tcp"}}
 		}, "both claim host port 8080/tcp"},
 		{"long group", func(v *VM) { v.Group = strings.Repeat("g", 129) }, "group"},
 	} {

@@ -30,6 +30,7 @@ import (
 	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/internal/guesttest"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // The stand-in daemon: the test binary re-run as an unprivileged uid with
@@ -421,11 +422,11 @@ func TestUserModeGuest(t *testing.T) {
 
 	tp := newTopo(t)
 	vmID := fmt.Sprintf("pt%d", os.Getpid())
-	guestWeb := passt.Port{HostPort: 18080, GuestPort: 8080}
+	guestWeb := netspec.PortMapping{HostPort: 18080, GuestPort: 8080}
 	input := helperInput{
 		Passt: passt.Spec{VMID: vmID, RunDir: filepath.Join(run, vmID),
 			Addr: netip.MustParsePrefix("10.0.2.15/24"), Gateway: netip.MustParseAddr("10.0.2.2"),
-			DNS: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, Ports: []passt.Port{guestWeb}},
+			DNS: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, Ports: []netspec.PortMapping{guestWeb}},
 		VMM: vmm.Spec{VMID: vmID, Kernel: kernel, Initrd: initrd, Accel: vmm.AccelAuto,
 			Cmdline: "paddock.root=/dev/vda paddock.hostname=ua paddock.ip=10.0.2.15/24 paddock.gw=10.0.2.2",
 			Disks:   []vmm.Disk{{Path: root}}, RunDir: filepath.Join(run, vmID), ConsoleLogMax: 256 << 10},
@@ -544,7 +545,7 @@ func TestUserModeGuest(t *testing.T) {
 	// and leaves nothing behind
 	try := input
 	try.Passt.VMID, try.Passt.RunDir = "pt-busy", filepath.Join(run, "busy")
-	try.Passt.Ports = []passt.Port{{HostPort: 18081, GuestPort: 81}, guestWeb}
+	try.Passt.Ports = []netspec.PortMapping{{HostPort: 18081, GuestPort: 81}, guestWeb}
 	dt, outT, stdinT := daemon(t, tp, "try", try, sup)
 	got, _ := outT.ReadString('\n')
 	stdinT.Close()

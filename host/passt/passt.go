@@ -62,6 +62,7 @@ import (
 
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // DefaultBinary is passt's binary, looked up in $PATH.
@@ -100,28 +101,10 @@ var (
 	ErrNotOurs = errdefs.New(errdefs.ErrFailedPrecondition, "passt: process not provably this daemon's")
 )
 
-// Port is one published port: the host's HostIP:HostPort (HostIP invalid:
-// every local address) forwarded to GuestPort of the guest's address.
-type Port struct {
-	HostIP    netip.Addr `json:"host_ip,omitzero"`
-	HostPort  uint16     `json:"host_port"`
-	GuestPort uint16     `json:"guest_port"`
-	Proto     string     `json:"proto"` // TCP (default) or UDP
-}
+func portProto(p netspec.PortMapping) string { return cmp.Or(p.Proto, TCP) }
 
-func (p Port) proto() string { return cmp.Or(p.Proto, TCP) }
-
-// String is the mapping as a user writes it: [HOSTIP:]HOSTPORT:GUESTPORT/PROTO.
-func (p Port) String() string {
-	s := fmt.Sprintf("%d:%d/%s", p.HostPort, p.GuestPort, p.proto())
-	if p.HostIP.IsValid() {
-		s = p.HostIP.String() + ":" + s
-	}
-	return s
-}
-
-// hostAddr is the host side as "IP:PORT" (IP 0.0.0.0 when unset).
-func (p Port) hostAddr() string {
+// hostAddr is the host side of p as "IP:PORT" (IP 0.0.0.0 when unset).
+func hostAddr(p netspec.PortMapping) string {
 	ip := p.HostIP
 	if !ip.IsValid() {
 		ip = netip.IPv4Unspecified()
@@ -129,8 +112,8 @@ func (p Port) hostAddr() string {
 	return netip.AddrPortFrom(ip, p.HostPort).String()
 }
 
-// spec is passt's -t/-u value for p: [HOSTIP/]HOSTPORT:GUESTPORT.
-func (p Port) spec() string {
+// portSpec is passt's -t/-u value for p: [HOSTIP/]HOSTPORT:GUESTPORT.
+func portSpec(p netspec.PortMapping) string {
 	s := fmt.Sprintf("%d:%d", p.HostPort, p.GuestPort)
 	if p.HostIP.IsValid() {
 		s = p.HostIP.String() + "/" + s
@@ -138,8 +121,8 @@ func (p Port) spec() string {
 	return s
 }
 
-func (p Port) flag() string {
-	if p.proto() == UDP {
+func portFlag(p netspec.PortMapping) string {
+	if portProto(p) == UDP {
 		return "-u"
 	}
 	return "-t"
@@ -162,7 +145,7 @@ type Spec struct {
 	// from the boot seed; the guest reaches them like any host).
 	DNS []netip.Addr
 	// Ports are the published ports.
-	Ports []Port
+	Ports []netspec.PortMapping
 	// Cgroup is an existing cgroup directory (the VM's leaf) passt is born
 	// in; "" runs it in the daemon's cgroup.
 	Cgroup string
@@ -204,7 +187,7 @@ func (s *Spec) validate() error {
 			return fmt.Errorf("%w: DNS server %v: user-mode networking is IPv4 only", ErrInvalidSpec, d)
 		}
 	}
-	seen := map[string]Port{}
+	seen := map[string]netspec.PortMapping{}
 	for _, p := range s.Ports {
 		if p.Proto != "" && p.Proto != TCP && p.Proto != UDP {
 			return fmt.Errorf("%w: port %s: protocol %q (tcp or udp)", ErrInvalidSpec, p, p.Proto)
@@ -218,8 +201,8 @@ func (s *Spec) validate() error {
 		// one host port per protocol: an address-less mapping takes it on
 		// every address
 		for k, q := range seen {
-			if q.HostPort == p.HostPort && q.proto() == p.proto() && (!q.HostIP.IsValid() || !p.HostIP.IsValid() || q.HostIP == p.HostIP) {
-				return fmt.Errorf("%w: ports %s and %s both publish host port %d/%s", ErrInvalidSpec, k, p, p.HostPort, p.proto())
+			if q.HostPort == p.HostPort && portProto(q) == portProto(p) && (!q.HostIP.IsValid() || !p.HostIP.IsValid() || q.HostIP == p.HostIP) {
+				return fmt.Errorf("%w: ports %s and %s both publish host port %d/%s", ErrInvalidSpec, k, p, p.HostPort, portProto(p))
 			}
 		}
 		seen[p.String()] = p
@@ -245,7 +228,7 @@ func Args(s Spec) ([]string, error) {
 		a = append(a, "-D", d.String())
 	}
 	for _, p := range s.Ports {
-		a = append(a, p.flag(), p.spec())
+		a = append(a, portFlag(p), portSpec(p))
 	}
 	return a, nil
 }
@@ -346,8 +329,8 @@ func startError(s Spec, err error, outPath string) error {
 	out, _ := readTail(outPath, 4096)
 	if m := bindFailure.FindStringSubmatch(out); m != nil {
 		for _, p := range s.Ports {
-			if p.flag() == "-"+m[1] && p.spec() == m[2] {
-				return fmt.Errorf("%w: %s: passt cannot bind host port %s (in use, or a privileged port)", ErrPortInUse, p, p.hostAddr())
+			if portFlag(p) == "-"+m[1] && portSpec(p) == m[2] {
+				return fmt.Errorf("%w: %s: passt cannot bind host port %s (in use, or a privileged port)", ErrPortInUse, p, hostAddr(p))
 			}
 		}
 	}
@@ -387,24 +370,24 @@ func readTail(path string, max int64) (string, error) {
 // bindable checks each published port by binding it (and letting go),
 // so that a taken port is refused naming it, before passt is started. A
 // privileged port is refused naming the sysctl.
-func bindable(ports []Port) error {
+func bindable(ports []netspec.PortMapping) error {
 	for _, p := range ports {
 		var err error
-		if p.proto() == UDP {
+		if portProto(p) == UDP {
 			var c net.PacketConn
-			if c, err = net.ListenPacket("udp4", p.hostAddr()); err == nil {
+			if c, err = net.ListenPacket("udp4", hostAddr(p)); err == nil {
 				c.Close()
 			}
 		} else {
 			var l net.Listener
-			if l, err = net.Listen("tcp4", p.hostAddr()); err == nil {
+			if l, err = net.Listen("tcp4", hostAddr(p)); err == nil {
 				l.Close()
 			}
 		}
 		switch {
 		case err == nil:
 		case errors.Is(err, unix.EADDRINUSE):
-			return fmt.Errorf("%w: %s: host port %s is already in use", ErrPortInUse, p, p.hostAddr())
+			return fmt.Errorf("%w: %s: host port %s is already in use", ErrPortInUse, p, hostAddr(p))
 		case errors.Is(err, unix.EACCES):
 			return errdefs.Newf(errdefs.ErrPermissionDenied, "port %s: host port %d is privileged (below net.ipv4.ip_unprivileged_port_start) and passt has no CAP_NET_BIND_SERVICE", p, p.HostPort)
 		case errors.Is(err, unix.EADDRNOTAVAIL):

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 func baseSpec() Spec {
@@ -28,7 +29,7 @@ func TestArgs(t *testing.T) {
 		{"no ports", func(*Spec) {}, nil},
 		{"DNS and ports", func(s *Spec) {
 			s.DNS = []netip.Addr{netip.MustParseAddr("192.0.2.53"), netip.MustParseAddr("198.51.100.53")}
-			s.Ports = []Port{
+			s.Ports = []netspec.PortMapping{
 				{HostPort: 18080, GuestPort: 8080},
 				{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 18081, GuestPort: 80, Proto: TCP},
 				{HostPort: 5353, GuestPort: 53, Proto: UDP},
@@ -63,13 +64,13 @@ func TestArgsRefuses(t *testing.T) {
 		{"gateway outside", "gateway 10.0.3.1", func(s *Spec) { s.Gateway = netip.MustParseAddr("10.0.3.1") }},
 		{"gateway is guest", "gateway 10.0.2.15", func(s *Spec) { s.Gateway = netip.MustParseAddr("10.0.2.15") }},
 		{"IPv6 DNS", "DNS server 2001:db8::53", func(s *Spec) { s.DNS = []netip.Addr{netip.MustParseAddr("2001:db8::53")} }},
-		{"port 0", "port 0:80/tcp: ports are 1-65535", func(s *Spec) { s.Ports = []Port{{GuestPort: 80}} }},
-		{"bad proto", `protocol "sctp"`, func(s *Spec) { s.Ports = []Port{{HostPort: 1, GuestPort: 1, Proto: "sctp"}} }},
+		{"port 0", "port 0:80/tcp: ports are 1-65535", func(s *Spec) { s.Ports = []netspec.PortMapping{{GuestPort: 80}} }},
+		{"bad proto", `protocol "sctp"`, func(s *Spec) { s.Ports = []netspec.PortMapping{{HostPort: 1, GuestPort: 1, Proto: "sctp"}} }},
 		{"IPv6 host IP", "port ::1:8080:80/tcp", func(s *Spec) {
-			s.Ports = []Port{{HostIP: netip.MustParseAddr("::1"), HostPort: 8080, GuestPort: 80}}
+			s.Ports = []netspec.PortMapping{{HostIP: netip.MustParseAddr("::1"), HostPort: 8080, GuestPort: 80}}
 		}},
 		{"duplicate", "both publish host port 8080/tcp", func(s *Spec) {
-			s.Ports = []Port{{HostPort: 8080, GuestPort: 80}, {HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 81}}
+			s.Ports = []netspec.PortMapping{{HostPort: 8080, GuestPort: 80}, {HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 81}}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,7 +84,7 @@ func TestArgsRefuses(t *testing.T) {
 	}
 	// the same host port on two addresses, or for two protocols, is fine
 	s := baseSpec()
-	s.Ports = []Port{{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 80},
+	s.Ports = []netspec.PortMapping{{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 8080, GuestPort: 80},
 		{HostIP: netip.MustParseAddr("192.0.2.2"), HostPort: 8080, GuestPort: 80}, {HostPort: 8080, GuestPort: 80, Proto: UDP}}
 	if _, err := Args(s); err != nil {
 		t.Errorf("distinct mappings refused: %v", err)
@@ -105,7 +106,7 @@ func TestCheckNamesBinaryAndPackage(t *testing.T) {
 // writes them) to errors naming the culprit.
 func TestStartError(t *testing.T) {
 	s := baseSpec()
-	s.Ports = []Port{{HostPort: 18080, GuestPort: 80}, {HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, GuestPort: 53, Proto: UDP}}
+	s.Ports = []netspec.PortMapping{{HostPort: 18080, GuestPort: 80}, {HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, GuestPort: 53, Proto: UDP}}
 	for _, tc := range []struct {
 		name, out, want string
 		is              error
@@ -133,16 +134,16 @@ func TestStartError(t *testing.T) {
 
 var errStart = errors.New("passt exited at start (exit status 1)")
 
-func TestPortString(t *testing.T) {
+func TestPortFlags(t *testing.T) {
 	for _, tc := range []struct {
-		p    Port
-		want string
+		p          netspec.PortMapping
+		flag, spec string
 	}{
-		{Port{HostPort: 8080, GuestPort: 80}, "8080:80/tcp"},
-		{Port{HostIP: netip.MustParseAddr("192.0.2.2"), HostPort: 53, GuestPort: 53, Proto: UDP}, "192.0.2.2:53:53/udp"},
+		{netspec.PortMapping{HostPort: 8080, GuestPort: 80}, "-t", "8080:80"},
+		{netspec.PortMapping{HostIP: netip.MustParseAddr("192.0.2.2"), HostPort: 53, GuestPort: 53, Proto: UDP}, "-u", "192.0.2.2/53:53"},
 	} {
-		if got := tc.p.String(); got != tc.want {
-			t.Errorf("%+v: %q, want %q", tc.p, got, tc.want)
+		if f, s := portFlag(tc.p), portSpec(tc.p); f != tc.flag || s != tc.spec {
+			t.Errorf("%v: %s %s, want %s %s", tc.p, f, s, tc.flag, tc.spec)
 		}
 	}
 }
