@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -13,7 +14,11 @@ import (
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/disk"
+	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/host/netfilter"
+	"github.com/paddock-vm/paddock/host/passt"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -27,6 +32,8 @@ type bootPlan struct {
 	diskSize            int64
 	args                guestboot.BootArgs // the paddock.* keys; the driver adds its channel
 	vmm                 vmm.Spec
+	rules               netfilter.VM // bridge mode: completed with the tap
+	passt               passt.Spec   // user mode
 }
 
 // bootStep is one step of a boot: a resource child acquires, or the agent
@@ -40,7 +47,9 @@ type bootStep struct {
 // bootSteps is the boot, in order; a failure at any step releases every
 // resource in reverse (rollback) and leaves the VM in error with the reason.
 var bootSteps = []bootStep{
-	{kind: KindTap, skip: (*vmActor).noNetwork, up: (*vmActor).tapUp},
+	{kind: KindTap, skip: (*vmActor).notBridged, up: (*vmActor).tapUp},
+	{kind: KindRules, skip: (*vmActor).noRules, up: (*vmActor).rulesUp},
+	{kind: KindPasst, skip: (*vmActor).notUserMode, up: (*vmActor).passtUp},
 	{kind: KindDisk, up: (*vmActor).diskUp},
 	{kind: KindVMM, up: (*vmActor).vmmUp},
 	{kind: KindAgent, up: (*vmActor).agentUp},
@@ -107,10 +116,54 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		ConsoleLog: filepath.Join(b.vmDir, "console.log"), ConsoleLogMax: h.ConsoleLogMax,
 		RunDir: b.runDir, Cgroup: h.Cgroup, Limits: h.vmmLimits(a.vm.Spec), Accel: h.Accel,
 		Disks: []vmm.Disk{{}, {Path: seed, Format: vmm.FormatRaw, ReadOnly: true}}}
+	if a.netMode() == netspec.User {
+		b.passt = passt.Spec{VMID: a.id, RunDir: b.runDir, Addr: userAddr, Gateway: userGateway,
+			DNS: a.host.DNS, Ports: a.vm.Spec.Ports}
+	}
 	return b, nil
 }
 
-func (a *vmActor) noNetwork() bool { return a.host.Net == nil || a.vm.Net == nil }
+// The guest's address in user mode: each VM has a passt of its own, so
+// every one can use the same (QEMU's user-mode defaults).
+var (
+	userAddr    = netip.MustParsePrefix("10.0.2.15/24")
+	userGateway = netip.MustParseAddr("10.0.2.2")
+)
+
+// netMode is the VM's network: its spec's, else the daemon's vm.network
+// ("bridge" when unset); a shared group is a bridge network.
+func (a *vmActor) netMode() string {
+	n := cmp.Or(a.vm.Spec.Network, a.host.DefaultNetwork, netspec.Bridge)
+	mode, _, err := netspec.ParseNetwork(n)
+	if err != nil {
+		return n // "none", or a record from a newer paddockd: no device
+	}
+	return cmp.Or(mode, netspec.Bridge)
+}
+
+// notBridged: no tap (another mode, or no bridge on this host, where a VM
+// starts without a network device, as before).
+func (a *vmActor) notBridged() bool {
+	return a.netMode() != netspec.Bridge || a.host.Net == nil || a.vm.Net == nil
+}
+
+// noRules: no tap, or a host that programs no rules at all (a unit test's);
+// a daemon always sets Rules or says why not (RulesErr).
+func (a *vmActor) noRules() bool {
+	return a.notBridged() || a.host.Rules == nil && a.host.RulesErr == nil
+}
+
+func (a *vmActor) notUserMode() bool { return a.netMode() != netspec.User }
+
+// group is the VM's shared group, scoped to its owner: two users' groups
+// of the same name are two groups.
+func (a *vmActor) group() string {
+	_, g, err := netspec.ParseNetwork(a.vm.Spec.Network)
+	if err != nil || g == "" {
+		return ""
+	}
+	return fmt.Sprintf("%d:%s", a.vm.OwnerUID, g)
+}
 
 func (a *vmActor) nextBootStep(ctx actor.Context) {
 	op := a.op
@@ -191,6 +244,28 @@ func (a *vmActor) tapUp(ctx actor.Context, handle any) error {
 	}
 	b.args.IPs, b.args.Gateways = []netip.Prefix{ip}, []netip.Addr{gw}
 	// The agent writes them to the guest's /etc/resolv.conf.
+	b.args.DNS = a.host.DNS
+	b.rules = netfilter.VM{ID: a.id, Tap: t.Name, MAC: netdev.GuestMAC(a.id), IP: ip.Addr(), Group: a.group(), Ports: a.vm.Spec.Ports}
+	return nil
+}
+
+func (a *vmActor) rulesUp(ctx actor.Context, handle any) error {
+	r := handle.(*state.RulesRuntime)
+	return a.mirror(func(rt *state.Runtime) { rc := *r; rt.Rules = &rc })
+}
+
+func (a *vmActor) passtUp(ctx actor.Context, handle any) error {
+	p := handle.(*passt.Process)
+	raw, err := jsonRaw(p)
+	if err != nil {
+		return err
+	}
+	if err := a.mirror(func(rt *state.Runtime) { rt.Passt = raw }); err != nil {
+		return err
+	}
+	b := a.op.plan
+	b.vmm.Stream = &vmm.Stream{Socket: p.Socket, MAC: netdev.GuestMAC(a.id).String()}
+	b.args.IPs, b.args.Gateways = []netip.Prefix{userAddr}, []netip.Addr{userGateway}
 	b.args.DNS = a.host.DNS
 	return nil
 }

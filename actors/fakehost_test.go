@@ -21,9 +21,11 @@ import (
 // fakes are the recording fakes behind a test Host: the lifecycle runs
 // against them exactly as against the real facilities.
 type fakes struct {
-	vmm  *vmmtest.Fake
-	net  *netdevtest.Fake
-	disk *disk.Fake
+	vmm   *vmmtest.Fake
+	net   *netdevtest.Fake
+	disk  *disk.Fake
+	rules *fakeRules
+	passt *fakePasst
 
 	mu sync.Mutex
 	// agent says how the fake guest agent behaves: "ok" (answers hello,
@@ -38,7 +40,7 @@ func (f *fakes) setAgent(how string) { f.mu.Lock(); f.agent = how; f.mu.Unlock()
 // fakeHost is a Host over the recording fakes.
 func fakeHost(t *testing.T, dir string) (*Host, *fakes) {
 	t.Helper()
-	f := &fakes{vmm: vmmtest.New(), disk: disk.NewFake("fake"), agent: "ok"}
+	f := &fakes{vmm: vmmtest.New(), disk: disk.NewFake("fake"), rules: &fakeRules{}, passt: &fakePasst{}, agent: "ok"}
 	subnet := netip.MustParsePrefix("10.99.0.0/24")
 	f.net = netdevtest.New(netdev.Config{Bridge: "pdktest0", Subnet: subnet})
 	alloc, err := netdev.NewAllocator(subnet)
@@ -50,7 +52,7 @@ func fakeHost(t *testing.T, dir string) (*Host, *fakes) {
 		t.Fatal(err)
 	}
 	h := &Host{
-		Net: f.net, Alloc: alloc, Disks: f.disk, DiskOpts: disk.Options{Dir: filepath.Join(dir, "vms")},
+		Net: f.net, Alloc: alloc, Rules: f.rules, Passt: f.passt, Disks: f.disk, DiskOpts: disk.Options{Dir: filepath.Join(dir, "vms")},
 		VMM: f.vmm, Accel: vmm.AccelTCG, RunDir: filepath.Join(dir, "run"),
 		Kit:          func(string) (*Kit, error) { return &Kit{Kernel: "/kit/vmlinux", Initrd: "/kit/initrd"}, nil },
 		Image:        func(string) (string, []byte, error) { return base, []byte(`{"config":{"Cmd":["/bin/sh"]}}`), nil },

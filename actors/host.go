@@ -9,6 +9,7 @@ import (
 	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/disk"
 	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/host/passt"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
 )
@@ -65,6 +66,22 @@ type Host struct {
 	// DNS are the guest's nameservers (vm.dns, or the host's), given to
 	// every VM with a network.
 	DNS []netip.Addr
+	// DefaultNetwork is vm.network: the network of a VM that names none
+	// ("bridge", "user", "none"; "" is bridge).
+	DefaultNetwork string
+	// Rules programs bridged VMs' packet rules; nil with RulesErr set: the
+	// bridge is up but rules cannot be made, and bridged VMs do not start.
+	Rules    Rules
+	RulesErr error
+	// CheckPorts refuses published ports a host listener holds (nil: no check).
+	CheckPorts PortCheck
+	// Passt runs user-mode networks; nil with PasstErr: user mode is
+	// unavailable (passt missing), said at start.
+	Passt    Passt
+	PasstErr error
+	// FindPassts lists the passt processes that could be this daemon's,
+	// for the orphan sweep (nil finds none).
+	FindPassts func() ([]passt.Found, error)
 	// SweepDisks removes loop and dm devices that paddock made for VMs that
 	// no longer exist (known reports whether a VM id exists).
 	SweepDisks func(ctx context.Context, known func(vmID string) bool) error

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -89,6 +90,12 @@ func (e *lifecycleEnv) noLeaks(t *testing.T) {
 	}
 	if run := e.fk.vmm.Running(); len(run) != 0 {
 		t.Errorf("VMMs left running: %v", run)
+	}
+	if rules := e.fk.rules.held(); len(rules) != 0 {
+		t.Errorf("packet rules left: %v", rules)
+	}
+	if run := e.fk.passt.live(); len(run) != 0 {
+		t.Errorf("passt left running: %v", run)
 	}
 	if st := e.fk.disk.State(); strings.Contains(st, " active") {
 		t.Errorf("disk left active: %s", st)
@@ -427,19 +434,38 @@ func TestFailpointsReached(t *testing.T) {
 	var seen []string
 	failpointHook = func(name string) { mu.Lock(); seen = append(seen, name); mu.Unlock() }
 	t.Cleanup(func() { failpointHook = nil })
-	e := newLifecycle(t, nil)
-	if err := <-e.startAsync(t); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	got := slices.Clone(seen)
-	mu.Unlock()
 	t.Logf("crash points: %s", strings.Join(FailpointNames, " "))
-	if !slices.Equal(got, FailpointNames) {
-		t.Fatalf("reached %v\nlisted  %v", got, FailpointNames)
+	reached := map[string]bool{}
+	// A bridged VM acquires the tap and its rules, a user-mode VM its passt;
+	// a stop releases every kind (what a crash may have left).
+	for _, tc := range []struct{ network, without string }{{"bridge", KindPasst}, {"user", KindTap + "|" + KindRules}} {
+		mu.Lock()
+		seen = nil
+		mu.Unlock()
+		e := newLifecycle(t, func(h *Host, _ *fakes) { h.DefaultNetwork = tc.network })
+		if err := <-e.startAsync(t); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		got := slices.Clone(seen)
+		mu.Unlock()
+		skip := regexp.MustCompile(`^acquire-(` + tc.without + `)-`)
+		want := slices.DeleteFunc(slices.Clone(FailpointNames), skip.MatchString)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: reached %v\nwanted  %v", tc.network, got, want)
+		}
+		for _, p := range got {
+			reached[p] = true
+		}
+		e.noLeaks(t)
+	}
+	for _, p := range FailpointNames {
+		if !reached[p] {
+			t.Errorf("crash point %s is never reached", p)
+		}
 	}
 }
 

@@ -17,8 +17,10 @@ import (
 	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/host/portcheck"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -98,6 +100,9 @@ func (m *manager) Receive(ctx actor.Context) {
 		ctx.Respond(&Result{VM: &vm})
 	case vmRequest:
 		e, err := m.route(msg)
+		if err == nil {
+			err = m.portsFree(msg, e.vm)
+		}
 		if err != nil {
 			ctx.Respond(&Result{Err: err})
 			return
@@ -227,6 +232,38 @@ func (m *manager) sweep() {
 	if h.SweepDisks != nil {
 		if err := h.SweepDisks(ctx, known); err != nil {
 			m.log.Warn("sweeping orphan disks", "err", err)
+		}
+	}
+	if h.Rules != nil {
+		ids, err := h.Rules.ListVMs(ctx)
+		if err != nil {
+			m.log.Warn("listing packet rules for the orphan sweep", "err", err)
+		}
+		for _, id := range ids {
+			if !known(id) {
+				m.log.Warn("removing an orphan VM's packet rules", "vm_id", id)
+				if err := h.Rules.ReleaseVM(ctx, id); err != nil {
+					m.log.Error("removing an orphan VM's packet rules", "vm_id", id, "err", err)
+				}
+			}
+		}
+	}
+	if h.FindPassts != nil && h.Passt != nil {
+		found, err := h.FindPassts()
+		if err != nil {
+			m.log.Warn("listing passt processes for the orphan sweep", "err", err)
+		}
+		for _, f := range found {
+			switch {
+			case known(f.Process.VMID):
+			case !f.Ours:
+				m.log.Info("leaving a passt that is not provably this daemon's", "pid", f.Process.PID, "why", f.Why)
+			default:
+				m.log.Warn("stopping an orphan passt", "vm_id", f.Process.VMID, "pid", f.Process.PID, "why", f.Why)
+				if err := h.Passt.Stop(ctx, f.Process); err != nil {
+					m.log.Error("stopping an orphan passt", "pid", f.Process.PID, "err", err)
+				}
+			}
 		}
 	}
 	if h.Net != nil {
@@ -428,6 +465,9 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	if err := checkNet(m.netFacts, spec, req.RunChange, req.Caller); err != nil {
 		return nil, err
 	}
+	if err := m.portsTaken(spec.Ports, "", req.Caller); err != nil {
+		return nil, err
+	}
 	img, err := m.images.Resolve(req.Caller.viewer(), req.Image)
 	if err != nil {
 		if errors.Is(err, imaging.ErrImageNotFound) || errors.Is(err, imaging.ErrAmbiguous) {
@@ -527,4 +567,39 @@ func orID(name, id string) string {
 		return name
 	}
 	return id
+}
+
+// portsFree refuses a set or start whose published host ports another VM
+// publishes: checked here, where every VM is known (create checks too).
+func (m *manager) portsFree(req vmRequest, vm state.VM) error {
+	switch r := req.(type) {
+	case *SetVM:
+		if r.Ports != nil {
+			return m.portsTaken(*r.Ports, vm.ID, r.Caller)
+		}
+	case *StartVM:
+		return m.portsTaken(vm.Spec.Ports, vm.ID, r.Caller)
+	}
+	return nil
+}
+
+// portsTaken is an error naming the first of want whose host port a VM
+// other than self publishes: by name only to a caller who may see it.
+func (m *manager) portsTaken(want []netspec.PortMapping, self string, c Caller) error {
+	if len(want) == 0 {
+		return nil
+	}
+	var others []portcheck.Published
+	for id, e := range m.byID {
+		if id == self {
+			continue
+		}
+		for _, p := range e.vm.Spec.Ports {
+			others = append(others, portcheck.Published{VMID: id, VMName: e.vm.Name, Owner: e.vm.OwnerUID, Mapping: p})
+		}
+	}
+	if err := portcheck.CheckVMs(want, others, portcheck.Viewer{UID: c.UID, Admin: c.Admin}); err != nil {
+		return &Error{Kind: ErrInvalidArgument, Field: "ports", Msg: err.Error()}
+	}
+	return nil
 }

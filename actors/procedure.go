@@ -10,6 +10,7 @@ import (
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/host/disk"
+	"github.com/paddock-vm/paddock/host/passt"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
 )
@@ -17,6 +18,8 @@ import (
 // Resource kinds, one child actor each.
 const (
 	KindTap   = "tap"
+	KindRules = "rules"
+	KindPasst = "passt"
 	KindDisk  = "disk"
 	KindVMM   = "vmm"
 	KindAgent = "agent"
@@ -24,7 +27,7 @@ const (
 
 // resourceKinds are the host resources a VM acquires, in boot order; they
 // are released in reverse. Crash points derive from this table.
-var resourceKinds = []string{KindTap, KindDisk, KindVMM}
+var resourceKinds = []string{KindTap, KindRules, KindPasst, KindDisk, KindVMM}
 
 type opKind int
 
@@ -84,6 +87,12 @@ func (a *vmActor) spawnChildren(ctx actor.Context) {
 	producers := map[string]func() actor.Actor{
 		KindTap: func() actor.Actor {
 			return &resourceActor[*state.TapRuntime]{kind: KindTap, step: tapStep{net: h.Net, owner: h.TapOwner, log: log}, book: a.book, log: log, timeout: timeout}
+		},
+		KindRules: func() actor.Actor {
+			return &resourceActor[*state.RulesRuntime]{kind: KindRules, step: rulesStep{rules: h.Rules, check: h.CheckPorts, why: h.RulesErr}, book: a.book, log: log, timeout: timeout}
+		},
+		KindPasst: func() actor.Actor {
+			return &resourceActor[*passt.Process]{kind: KindPasst, step: passtStep{run: h.Passt, why: h.PasstErr}, book: a.book, log: log, timeout: timeout}
 		},
 		KindDisk: func() actor.Actor {
 			return &resourceActor[*disk.Disk]{kind: KindDisk, step: diskStep{backend: h.Disks, opts: h.DiskOpts}, book: a.book, log: log, timeout: timeout}
@@ -179,6 +188,20 @@ func (a *vmActor) fallback(kind string) any {
 			return &t
 		}
 		return tapStep{}.Plan(&bootPlan{vmID: a.id})
+	case KindRules:
+		if a.host.Rules == nil {
+			return nil
+		}
+		if rt.Rules != nil {
+			r := *rt.Rules
+			return &r
+		}
+		return rulesStep{}.Plan(&bootPlan{vmID: a.id})
+	case KindPasst:
+		if p := passtFromMirror(rt.Passt, a.id); p != nil {
+			return p
+		}
+		return passtStep{}.Plan(&bootPlan{vmID: a.id, runDir: a.runDir()})
 	case KindDisk:
 		if rt.DiskBackend != "" {
 			d := &disk.Disk{Backend: rt.DiskBackend, Dir: a.vmDir(), Files: rt.DiskFiles}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 func write(t *testing.T, body string) string {
@@ -196,7 +198,7 @@ func TestNetworkKeys(t *testing.T) {
 		t.Fatalf("Nameservers = %v, %v", ns, err)
 	}
 	ha, err := c.VM.HostAccessRules()
-	if err != nil || len(ha) != 2 || ha[0] != (HostService{"udp", 53}) || ha[1] != (HostService{"tcp", 53}) {
+	if err != nil || len(ha) != 2 || ha[0] != (netspec.Service{Proto: "udp", Port: 53}) || ha[1] != (netspec.Service{Proto: "tcp", Port: 53}) {
 		t.Fatalf("HostAccessRules = %v, %v", ha, err)
 	}
 	if c.VM.Network != "user" || c.VM.NAT != "off" {

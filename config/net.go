@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/paddock-vm/paddock/netspec"
 )
 
 // MaxNameservers is how many nameservers a resolv.conf may usefully list:
@@ -31,18 +33,10 @@ func (v VM) Nameservers() ([]netip.Addr, error) {
 	return out, nil
 }
 
-// HostService is one host service bridge VMs may reach (vm.host_access).
-type HostService struct {
-	Proto string // "tcp" or "udp"
-	Port  uint16
-}
-
-func (h HostService) String() string { return fmt.Sprintf("%s/%d", h.Proto, h.Port) }
-
 // HostAccessRules reads vm.host_access: "tcp/PORT" or "udp/PORT" entries,
 // each once.
-func (v VM) HostAccessRules() ([]HostService, error) {
-	out := make([]HostService, 0, len(v.HostAccess))
+func (v VM) HostAccessRules() ([]netspec.Service, error) {
+	out := make([]netspec.Service, 0, len(v.HostAccess))
 	for _, e := range v.HostAccess {
 		proto, port, ok := strings.Cut(e, "/")
 		if !ok || proto != "tcp" && proto != "udp" {
@@ -52,7 +46,7 @@ func (v VM) HostAccessRules() ([]HostService, error) {
 		if err != nil || n == 0 || port[0] == '+' || port[0] == '0' {
 			return nil, fmt.Errorf("%q: port %q is not 1-65535", e, port)
 		}
-		h := HostService{Proto: proto, Port: uint16(n)}
+		h := netspec.Service{Proto: proto, Port: uint16(n)}
 		for _, o := range out {
 			if o == h {
 				return nil, fmt.Errorf("%q is listed twice", e)

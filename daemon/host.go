@@ -38,6 +38,7 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	if err := os.MkdirAll(h.RunDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create %s: %w", h.RunDir, err)
 	}
+	h.DefaultNetwork = cfg.VM.Network
 	if cfg.VM.Network == "bridge" {
 		subnet, _ := netip.ParsePrefix(cfg.VM.Subnet)
 		nm, err := netdev.New(netdev.Config{Bridge: cfg.VM.Bridge, Subnet: subnet}, netns.None())
@@ -45,6 +46,7 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 			log.Warn("VM networking unavailable; VMs start without a network device", "err", err)
 		} else {
 			h.Net, h.Alloc = nm, nm.Allocator()
+			d.packetRules(ctx, log, cfg, h)
 		}
 	}
 	h.DiskOpts = disk.Options{Dir: filepath.Join(cfg.StateDir, "vms"), BaseDir: images.Root, QCOW2: true}
@@ -83,6 +85,7 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 		cfgJSON, _ := os.ReadFile(filepath.Join(images.Dir(digest), "config.json"))
 		return filepath.Join(images.Dir(digest), img.RootFS), cfgJSON, nil
 	}
+	d.userNetworks(log, cfg, h)
 	h.DialAgent = dialAgent
 	h.DNS = d.dns
 	h.SweepDisks = func(ctx context.Context, known func(string) bool) error {

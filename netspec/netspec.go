@@ -265,3 +265,12 @@ func contains[T comparable](s []T, v T) bool {
 	}
 	return false
 }
+
+// Service is one protocol and port: a host service bridge VMs may reach on
+// their gateway (vm.host_access).
+type Service struct {
+	Proto string // TCP or UDP
+	Port  uint16
+}
+
+func (s Service) String() string { return fmt.Sprintf("%s/%d", s.Proto, s.Port) }

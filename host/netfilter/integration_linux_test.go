@@ -102,7 +102,7 @@ func newTopology(t *testing.T) *topology {
 	tp.b = mk("b", "10.77.0.11", "")
 	tp.c = mk("c", "10.77.0.12", "uid1000:web")
 	tp.cfg = Config{Table: testTable, Bridge: testBridge, Subnet: subnet, Gateway: br.Gateway.Addr(), NAT: true,
-		HostAccess: []Access{{"tcp", 5353}}}
+		HostAccess: []netspec.Service{{Proto: "tcp", Port: 5353}}}
 	return tp
 }
 

@@ -126,16 +126,8 @@ type Config struct {
 	NAT bool
 	// HostAccess lists what guests may reach on the gateway address besides
 	// replies (vm.host_access, e.g. a DNS server).
-	HostAccess []Access
+	HostAccess []netspec.Service
 }
-
-// Access is one protocol and port on the gateway guests may reach.
-type Access struct {
-	Proto string // "tcp" or "udp"
-	Port  uint16
-}
-
-func (a Access) String() string { return fmt.Sprintf("%s/%d", a.Proto, a.Port) }
 
 // VM is what ApplyVM programs for one VM.
 type VM struct {
@@ -192,7 +184,7 @@ func (c Config) Validate() error {
 	if !c.Gateway.Is4() || !c.Subnet.Contains(c.Gateway) || c.Gateway == c.Subnet.Addr() {
 		return fmt.Errorf("%w: gateway %v is not a host address in %v", ErrInvalidConfig, c.Gateway, c.Subnet)
 	}
-	seen := map[Access]bool{}
+	seen := map[netspec.Service]bool{}
 	for _, a := range c.HostAccess {
 		if a.Proto != "tcp" && a.Proto != "udp" || a.Port == 0 {
 			return fmt.Errorf("%w: host access %q: want tcp/PORT or udp/PORT with PORT 1-65535", ErrInvalidConfig, a.String())

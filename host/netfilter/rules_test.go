@@ -32,7 +32,7 @@ func TestBaseRules(t *testing.T) {
 	noNAT := testCfg
 	noNAT.NAT = false
 	access := testCfg
-	access.HostAccess = []Access{{"udp", 53}, {"tcp", 53}}
+	access.HostAccess = []netspec.Service{{Proto: "udp", Port: 53}, {Proto: "tcp", Port: 53}}
 	for _, tc := range []struct {
 		name string
 		cfg  Config
@@ -170,16 +170,16 @@ func TestConfigValidate(t *testing.T) {
 		want string // "" = valid; else a piece of the error
 	}{
 		{"ok", func(*Config) {}, ""},
-		{"host access", func(c *Config) { c.HostAccess = []Access{{"udp", 53}, {"tcp", 53}} }, ""},
+		{"host access", func(c *Config) { c.HostAccess = []netspec.Service{{Proto: "udp", Port: 53}, {Proto: "tcp", Port: 53}} }, ""},
 		{"no bridge", func(c *Config) { c.Bridge = "" }, "bridge"},
 		{"bridge with the tap prefix", func(c *Config) { c.Bridge = "pdk-br" }, "tap prefix"},
 		{"table with a quote", func(c *Config) { c.Table = `a"b` }, "table"},
 		{"ipv6 subnet", func(c *Config) { c.Subnet = netip.MustParsePrefix("fd00::/64") }, "subnet fd00::/64"},
 		{"gateway outside", func(c *Config) { c.Gateway = netip.MustParseAddr("10.78.0.1") }, "gateway 10.78.0.1"},
 		{"gateway is the network", func(c *Config) { c.Gateway = netip.MustParseAddr("10.77.0.0") }, "gateway 10.77.0.0"},
-		{"access proto", func(c *Config) { c.HostAccess = []Access{{"sctp", 1}} }, `"sctp/1"`},
-		{"access port 0", func(c *Config) { c.HostAccess = []Access{{"tcp", 0}} }, `"tcp/0"`},
-		{"access twice", func(c *Config) { c.HostAccess = []Access{{"tcp", 53}, {"tcp", 53}} }, "tcp/53 listed twice"},
+		{"access proto", func(c *Config) { c.HostAccess = []netspec.Service{{Proto: "sctp", Port: 1}} }, `"sctp/1"`},
+		{"access port 0", func(c *Config) { c.HostAccess = []netspec.Service{{Proto: "tcp", Port: 0}} }, `"tcp/0"`},
+		{"access twice", func(c *Config) { c.HostAccess = []netspec.Service{{Proto: "tcp", Port: 53}, {Proto: "tcp", Port: 53}} }, "tcp/53 listed twice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testCfg

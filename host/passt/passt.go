@@ -553,9 +553,29 @@ func Find(o vmm.Owner) ([]Found, error) {
 	var out []Found
 	for _, id := range ids {
 		sock, _ := isPasst(id.Cmdline)
-		p := &Process{PID: id.PID, StartTime: id.StartTime, BootID: id.BootID, Cmdline: id.Cmdline, Socket: sock, RunDir: filepath.Dir(sock), Cgroup: o.Cgroup}
+		// RunRoot/<vm id>/passt.sock
+		p := &Process{VMID: filepath.Base(filepath.Dir(sock)), PID: id.PID, StartTime: id.StartTime, BootID: id.BootID, Cmdline: id.Cmdline, Socket: sock, RunDir: filepath.Dir(sock), Cgroup: o.Cgroup}
 		ours, why := o.JudgePID(id.PID, func() (bool, string) { return servesSocket(id.PID, sock) })
 		out = append(out, Found{Process: p, Ours: ours, Why: why})
 	}
 	return out, nil
 }
+
+// Runner runs passt processes of one binary: the daemon's handle on this
+// package (the VM actors' Passt).
+type Runner struct {
+	// Binary is passt's binary (DefaultBinary in $PATH when empty).
+	Binary string
+}
+
+// Start is Start with r's binary.
+func (r Runner) Start(ctx context.Context, s Spec) (*Process, error) {
+	s.Binary = cmp.Or(s.Binary, r.Binary)
+	return Start(ctx, s)
+}
+
+// Probe is Probe.
+func (Runner) Probe(p *Process) (bool, error) { return Probe(p) }
+
+// Stop is Stop.
+func (Runner) Stop(ctx context.Context, p *Process) error { return Stop(ctx, p) }
