@@ -575,6 +575,15 @@ func (m *manager) portsFree(req vmRequest, vm state.VM) error {
 	switch r := req.(type) {
 	case *SetVM:
 		if r.Ports != nil {
+			// the value's own faults (a privileged port, say) first
+			spec := vm.Spec
+			spec.Ports = *r.Ports
+			if r.Network != nil {
+				spec.Network = *r.Network
+			}
+			if err := checkNet(m.netFacts, spec, r.RunChange, r.Caller); err != nil {
+				return err
+			}
 			return m.portsTaken(*r.Ports, vm.ID, r.Caller)
 		}
 	case *StartVM:
