@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,12 +17,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/vishvananda/netns"
 
 	"github.com/paddock-vm/paddock/host/dm"
 	"github.com/paddock-vm/paddock/host/loop"
+	"github.com/paddock-vm/paddock/host/netfilter"
 	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
@@ -112,12 +115,12 @@ func (e *env) bootKitNamed(t *testing.T, name string) {
 // and VM directories. A count that cannot be taken fails the test: an
 // error is never a zero.
 type leaks struct {
-	taps, loops, dms, vmms, dirs int
-	detail                       []string
+	taps, loops, dms, vmms, rules, passts, dirs int
+	detail                                      []string
 }
 
 // host is every host object counted (all but the VM directories).
-func (l leaks) host() int { return l.taps + l.loops + l.dms + l.vmms }
+func (l leaks) host() int { return l.taps + l.loops + l.dms + l.vmms + l.rules + l.passts }
 
 func (e *env) leaks(t *testing.T, ns string) leaks {
 	t.Helper()
@@ -171,6 +174,24 @@ func (e *env) leaks(t *testing.T, ns string) leaks {
 			l.detail = append(l.detail, fmt.Sprintf("vmm: pid %d %s", p.PID, p.VMID))
 		}
 	}
+	passts, err := vmm.Scan(func(argv []string) bool {
+		return len(argv) > 0 && filepath.Base(argv[0]) == "passt" && strings.Contains(strings.Join(argv, " "), e.dir)
+	})
+	if err != nil {
+		t.Fatalf("counting passt processes: %v", err)
+	}
+	for _, p := range passts {
+		l.passts++
+		l.detail = append(l.detail, fmt.Sprintf("passt: pid %d %q", p.PID, p.Cmdline))
+	}
+	vms, err := vmRules(ns)
+	if err != nil {
+		t.Fatalf("counting VM packet rules in %s: %v", ns, err)
+	}
+	for _, id := range vms {
+		l.rules++
+		l.detail = append(l.detail, "rules of VM "+id)
+	}
 	ents, err := os.ReadDir(filepath.Join(e.state, "vms"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("counting VM directories: %v", err)
@@ -180,6 +201,23 @@ func (e *env) leaks(t *testing.T, ns string) leaks {
 		l.detail = append(l.detail, "dir: "+en.Name())
 	}
 	return l
+}
+
+// vmRules lists the VMs owning rules in paddock's nftables table of the
+// network namespace ns (the daemon's defaults: every env's daemon uses them).
+func vmRules(ns string) ([]string, error) {
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	m, err := netfilter.New(netfilter.Config{Bridge: "paddock0", Subnet: netip.MustParsePrefix("10.77.0.0/16"), Gateway: netip.MustParseAddr("10.77.0.1")}, h)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return m.ListVMs(ctx)
 }
 
 // dmDevices lists paddock's device-mapper devices. A kernel without
@@ -222,7 +260,5 @@ func (e *env) killVMMs(t *testing.T) int {
 	}
 	return n
 }
-
-var _ = context.Background
 
 var registrySides sync.Map // in-namespace registry host:port -> same registry on the test's loopback

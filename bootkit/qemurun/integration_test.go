@@ -247,7 +247,7 @@ func TestBootAgent(t *testing.T) {
 	if err != nil || st.MemTotal == 0 || st.DiskTotal == 0 || len(st.Net) == 0 {
 		t.Errorf("stats: %+v %v", st, err)
 	}
-	if r := sh("hostname; cat /etc/resolv.conf; grep guest1 /etc/hosts; mount | grep ' / '"); !strings.Contains(string(r.Stdout), "guest1\nnameserver "+hostIP) ||
+	if r := sh("hostname; cat /etc/resolv.conf; grep guest1 /etc/hosts; mount | grep ' / '"); !strings.HasPrefix(string(r.Stdout), "guest1\n") || !strings.Contains(string(r.Stdout), "\nnameserver "+hostIP+"\n") ||
 		!strings.Contains(string(r.Stdout), guestIP+"\tguest1") || !strings.Contains(string(r.Stdout), "/dev/vda on / type ext4") {
 		t.Errorf("hostname/etc/mount: %q", r.Stdout)
 	}

@@ -227,6 +227,12 @@ table bridge canary {
 		mustBlock(t, "guest -> host's other address", got, err)
 		got, err = ask(tp.a.ns, "", gateway+":5353", 10*time.Second)
 		mustOK(t, "guest -> host access tcp/5353", got, err, "gateway-allowed")
+		if err := ping(tp.a.ns, gateway, 10*time.Second); err != nil {
+			t.Errorf("guest pings its gateway: %v", err)
+		}
+		if err := ping(tp.a.ns, hostUplink, blocked); err == nil {
+			t.Errorf("guest pings the host's other address: got a reply")
+		}
 	})
 	t.Run("spoofing gets nothing through", func(t *testing.T) {
 		g := tp.a

@@ -123,6 +123,9 @@ func baseRules(c Config) []rule {
 		// services to guests.
 		inet(chainInput, ifname(true, br, true), ip4(), ipAddr(true, loopback), drop()),
 	)
+	// A guest may ping its gateway (how people check a VM's network) and
+	// nothing more of the host's ICMP.
+	rs = append(rs, inet(chainInput, ifname(true, br, true), ip4(), ipAddr(true, netip.PrefixFrom(c.Gateway, 32)), icmpEcho(), accept()))
 	for _, a := range c.HostAccess {
 		rs = append(rs, inet(chainInput, ifname(true, br, true), ip4(), ipAddr(true, netip.PrefixFrom(c.Gateway, 32)), l4proto(a.Proto), dport(a.Port), accept()))
 	}
@@ -264,6 +267,16 @@ func l4proto(proto string) term {
 	return term{"meta l4proto " + proto, []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(proto)}},
+	}}
+}
+
+// icmpEcho matches ICMP echo requests (after ip4).
+func icmpEcho() term {
+	return term{"icmp type echo-request", []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}},
 	}}
 }
 
