@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -587,7 +588,26 @@ func (m *manager) portsFree(req vmRequest, vm state.VM) error {
 			return m.portsTaken(*r.Ports, vm.ID, r.Caller)
 		}
 	case *StartVM:
+		if err := m.hostIPsPresent(vm.Spec.Ports); err != nil {
+			return err
+		}
 		return m.portsTaken(vm.Spec.Ports, vm.ID, r.Caller)
+	}
+	return nil
+}
+
+// hostIPsPresent refuses to start a VM publishing on an address the host
+// has lost since the ports were set.
+func (m *manager) hostIPsPresent(ports []netspec.PortMapping) error {
+	if m.netFacts == nil || !slices.ContainsFunc(ports, func(p netspec.PortMapping) bool { return p.HostIP.IsValid() }) {
+		return nil
+	}
+	f, err := m.netFacts(false)
+	if err != nil {
+		return fmt.Errorf("check the VM's ports: %w", err)
+	}
+	if err := netspec.HostIPsPresent(ports, f.HostAddrs); err != nil {
+		return invalid("ports", "%v", err)
 	}
 	return nil
 }

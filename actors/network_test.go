@@ -3,13 +3,18 @@ package actors
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/host/netdev"
 	"github.com/paddock-vm/paddock/host/netfilter"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/imaging/imagetest"
 	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 )
@@ -155,4 +160,42 @@ func TestOrphanRulesSwept(t *testing.T) {
 	if _, ok := e.fk.rules.held()[e.vm.ID]; !ok {
 		t.Errorf("the known VM's rules were swept: %v", e.fk.rules.held())
 	}
+}
+
+// A VM publishing on a host address the host has lost since its ports were
+// set is refused at start, naming the address, and nothing is acquired.
+func TestStartRefusesLostHostIP(t *testing.T) {
+	dir := t.TempDir()
+	imagetest.Seed(t, dir, "alpine")
+	host, fk := fakeHost(t, dir)
+	var mu sync.Mutex
+	addrs := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("192.0.2.5")}
+	h := &harness{dir: dir, fk: fk}
+	startTree(t, h, func(d *Deps, _ *imaging.Store) {
+		d.Host = host
+		d.NetFacts = func(admin bool) (netspec.Facts, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return netspec.Facts{HostAddrs: slices.Clone(addrs), UnprivilegedPortStart: 1024, Admin: admin, Networks: []string{netspec.Bridge}}, nil
+		}
+	})
+	p := []netspec.PortMapping{{HostIP: netip.MustParseAddr("192.0.2.5"), HostPort: 18080, GuestPort: 80, Proto: netspec.TCP}}
+	if _, err := h.do(t, &CreateVM{Caller: admin, Name: "v", Image: "alpine", RunChange: RunChange{Ports: &p}}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	addrs = addrs[:1]
+	mu.Unlock()
+	_, err := h.do(t, &StartVM{Caller: admin, Ref: "v"})
+	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "192.0.2.5") {
+		t.Fatalf("start after the address went: %v", err)
+	}
+	r, err := h.do(t, &GetVM{Caller: admin, Ref: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.VM.Status != state.StatusCreated {
+		t.Errorf("VM %s after the refused start, want created", r.VM.Status)
+	}
+	(&lifecycleEnv{harness: h, host: host, vm: r.VM}).noLeaks(t)
 }

@@ -257,6 +257,18 @@ func checkOne(p PortMapping, f Facts) error {
 	return nil
 }
 
+// HostIPsPresent refuses ports one of whose HOSTIPs is not among addrs:
+// the start-time check of a VM whose ports were valid when set, on a host
+// that may since have lost the address.
+func HostIPsPresent(ports []PortMapping, addrs []netip.Addr) error {
+	for _, p := range ports {
+		if p.HostIP.IsValid() && !contains(addrs, p.HostIP) {
+			return fmt.Errorf("port mapping %s: HOSTIP %s is no longer an address of this host (change it with paddock set -p while the VM is stopped)", p, p.HostIP)
+		}
+	}
+	return nil
+}
+
 func contains[T comparable](s []T, v T) bool {
 	for _, x := range s {
 		if x == v {

@@ -212,3 +212,21 @@ func TestHostFacts(t *testing.T) {
 		t.Errorf("unprivileged port start %d", f.UnprivilegedPortStart)
 	}
 }
+
+func TestHostIPsPresent(t *testing.T) {
+	have := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	for _, tc := range []struct {
+		name string
+		p    PortMapping
+		err  string
+	}{
+		{"every address", PortMapping{HostPort: 1, GuestPort: 1, Proto: TCP}, ""},
+		{"present", PortMapping{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 1, GuestPort: 1, Proto: TCP}, ""},
+		{"gone", PortMapping{HostIP: netip.MustParseAddr("192.0.2.5"), HostPort: 1, GuestPort: 1, Proto: TCP}, "HOSTIP 192.0.2.5 is no longer"},
+	} {
+		err := HostIPsPresent([]PortMapping{tc.p}, have)
+		if (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.err)
+		}
+	}
+}
