@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -243,5 +244,193 @@ func TestNetEgressDNSPorts(t *testing.T) {
 	e.cli(t, nil, "rm", "--force", "web").ok(t, "rm")
 	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
 		t.Fatalf("after rm: %+v %v", l, l.detail)
+	}
+}
+
+// Issue 11, acceptance: isolation. VMs a and b of one user reach each
+// other neither by TCP nor by ping; a guest that takes a foreign IP or a
+// foreign MAC gets nothing through to the uplink; no guest reaches a
+// listener on the gateway address, though it may ping the gateway; VMs of
+// one owner in --network shared:GROUP reach each other.
+func TestNetIsolation(t *testing.T) {
+	e, _, ns, image, top := netEnv(t)
+	for _, vm := range []struct{ name, network string }{{"a", ""}, {"b", ""}, {"c", "shared:grp"}, {"d", "shared:grp"}} {
+		args := []string{"run", "--image", image, "--name", vm.name}
+		if vm.network != "" {
+			args = append(args, "--network", vm.network)
+		}
+		e.cli(t, nil, args...).ok(t, "run "+vm.name)
+	}
+	ip := map[string]string{}
+	for _, n := range []string{"a", "b", "c", "d"} {
+		ip[n] = guestIP(t, e, n)
+		guestHTTPD(t, e, n, 8080, "hello-from-"+n)
+		// The server is up: the guest reaches it itself.
+		if out, code := guestSh(t, e, n, "$b timeout 10 $b wget -qO- http://127.0.0.1:8080/"); code != 0 || out != "hello-from-"+n+"\n" {
+			t.Fatalf("%s's own server: exit %d %q", n, code, out)
+		}
+	}
+	t.Logf("addresses: %v", ip)
+	fetch := func(from, to string) (string, int) {
+		return guestSh(t, e, from, fmt.Sprintf("$b timeout 5 $b wget -qO- http://%s:8080/", ip[to]))
+	}
+	ping := func(from, to string) (string, int) {
+		return guestSh(t, e, from, "$b ping -c 2 -W 3 "+to)
+	}
+
+	// Shared group: c and d talk, both ways, by TCP and ping (the control:
+	// the same commands do work between guests when allowed).
+	for _, p := range [][2]string{{"c", "d"}, {"d", "c"}} {
+		if out, code := fetch(p[0], p[1]); code != 0 || out != "hello-from-"+p[1]+"\n" {
+			t.Errorf("shared:grp %s -> %s TCP: exit %d %q", p[0], p[1], code, out)
+		}
+		if out, code := ping(p[0], ip[p[1]]); code != 0 {
+			t.Errorf("shared:grp %s pings %s: exit %d\n%s", p[0], p[1], code, out)
+		}
+	}
+	// Default network: a and b do not; nor a group member and a non-member.
+	for _, p := range [][2]string{{"a", "b"}, {"b", "a"}, {"a", "c"}, {"c", "a"}} {
+		out, code := fetch(p[0], p[1])
+		if code == 0 || strings.Contains(out, "hello") {
+			t.Errorf("%s -> %s TCP got through: exit %d %q", p[0], p[1], code, out)
+		}
+		pout, pcode := ping(p[0], ip[p[1]])
+		if pcode == 0 {
+			t.Errorf("%s pings %s:\n%s", p[0], p[1], pout)
+		}
+		t.Logf("%s -> %s: wget exit %d, ping exit %d", p[0], p[1], code, pcode)
+	}
+	// The gateway answers pings; a listener on its address is out of reach.
+	gw := nettopo.UplinkIP // replaced below by the VM's gateway
+	if n := inspectVM(t, e, "a").Network; n != nil {
+		gw = netip.MustParseAddr(strings.Split(n.Gateway, "/")[0])
+	}
+	if out, code := ping("a", gw.String()); code != 0 {
+		t.Errorf("a pings its gateway %s: exit %d\n%s", gw, code, out)
+	}
+	ln, err := top.Daemon.Listen("tcp", netip.AddrPortFrom(gw, 18999).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan string, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.RemoteAddr().String()
+			fmt.Fprintln(c, "gateway-listener")
+			c.Close()
+		}
+	}()
+	if c, err := top.Daemon.Dial(context.Background(), "tcp", ln.Addr().String()); err != nil {
+		t.Fatalf("the gateway listener does not answer in the daemon namespace: %v", err)
+	} else {
+		c.Close()
+		<-accepted
+	}
+	for _, n := range []string{"a", "c"} {
+		out, code := guestSh(t, e, n, fmt.Sprintf("echo hi | $b nc -w 5 %s 18999", gw))
+		if code == 0 || strings.Contains(out, "gateway-listener") {
+			t.Errorf("%s reached a listener on the gateway %s:18999: exit %d %q", n, gw, code, out)
+		}
+	}
+	select {
+	case from := <-accepted:
+		t.Errorf("the gateway listener accepted a connection from %s", from)
+	default:
+	}
+
+	// Egress works for a, as the control for the spoofing checks.
+	egress := func(what string) (int, int) {
+		t.Helper()
+		before := len(top.HTTP.Seen())
+		_, code := guestSh(t, e, "a", "$b timeout 10 $b wget -qO- "+top.URL("/ip"))
+		return code, len(top.HTTP.Seen()) - before
+	}
+	// Every TCP packet reaching the uplink's port 80 is counted there: a
+	// spoofed SYN that got out would count even if no answer came back.
+	syns := uplinkCounter(t, top)
+	s0 := syns()
+	if code, n := egress("control"); code != 0 || n != 1 {
+		t.Fatalf("a -> uplink before spoofing: exit %d, %d requests seen", code, n)
+	}
+	if s1 := syns(); s1 == s0 {
+		t.Fatalf("the uplink's packet counter did not count the control request (%d)", s1)
+	} else {
+		s0 = s1
+	}
+	// A foreign address added to eth0 and made the source of the default
+	// route: nothing from it reaches the uplink.
+	before := len(top.HTTP.Seen())
+	out, code := guestSh(t, e, "a", fmt.Sprintf(`$b ip addr add 10.77.200.200/32 dev eth0 && $b ip route replace default via %s src 10.77.200.200 || exit 99
+$b timeout 10 $b wget -qO- %s; rc=$?
+$b ip route replace default via %s src %s; $b ip addr del 10.77.200.200/32 dev eth0; exit $rc`, gw, top.URL("/ip"), gw, ip["a"]))
+	if code == 99 {
+		t.Fatalf("a could not take a foreign address: %q", out)
+	}
+	if code == 0 || len(top.HTTP.Seen()) != before || syns() != s0 {
+		t.Errorf("a with a foreign source address reached the uplink: exit %d %q, server saw %v, %d packets", code, out, top.HTTP.Seen()[before:], syns()-s0)
+	}
+	t.Logf("foreign IP: wget exit %d, uplink saw %d requests, %d packets", code, len(top.HTTP.Seen())-before, syns()-s0)
+	// A foreign MAC: nothing through either (ARP included: the link is
+	// bounced, so the guest must ARP for its gateway from that MAC).
+	before = len(top.HTTP.Seen())
+	out, code = guestSh(t, e, "a", fmt.Sprintf(`orig=$(cat /sys/class/net/eth0/address) || exit 99
+set_mac() { $b ip link set eth0 down && $b ip link set eth0 address $1 && $b ip link set eth0 up && $b ip route replace default via %s; }
+set_mac 02:00:00:77:77:77 || exit 99
+$b timeout 10 $b wget -qO- %s; rc=$?
+set_mac $orig; exit $rc`, gw, top.URL("/ip")))
+	if code == 99 {
+		t.Fatalf("a could not take a foreign MAC: %q", out)
+	}
+	if code == 0 || len(top.HTTP.Seen()) != before || syns() != s0 {
+		t.Errorf("a with a foreign MAC reached the uplink: exit %d %q, server saw %v, %d packets", code, out, top.HTTP.Seen()[before:], syns()-s0)
+	}
+	t.Logf("foreign MAC: wget exit %d, uplink saw %d requests, %d packets", code, len(top.HTTP.Seen())-before, syns()-s0)
+	// Restored, a gets through again: the refusals were the spoofing's.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, n := egress("after")
+		if code == 0 && n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a -> uplink after restoring its IP and MAC: exit %d, %d requests seen", code, n)
+		}
+		time.Sleep(time.Second)
+	}
+
+	e.cli(t, nil, "rm", "--force", "a", "b", "c", "d").ok(t, "rm")
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
+		t.Fatalf("after rm: %+v %v", l, l.detail)
+	}
+}
+
+// uplinkCounter counts, in a table of its own in the uplink namespace,
+// every TCP packet arriving for the uplink's HTTP port; the returned
+// function reads the count.
+func uplinkCounter(t *testing.T, top *nettopo.Topology) func() int {
+	t.Helper()
+	nft := func(stdin string, args ...string) string {
+		t.Helper()
+		c := top.Uplink.Command(context.Background(), "nft", args...)
+		c.Stdin = strings.NewReader(stdin)
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft %v in the uplink: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	nft(fmt.Sprintf("table inet obs {\n chain in {\n  type filter hook input priority 0; policy accept;\n  tcp dport %d counter\n }\n}\n", nettopo.HTTPPort), "-f", "-")
+	re := regexp.MustCompile(`counter packets (\d+)`)
+	return func() int {
+		m := re.FindStringSubmatch(nft("", "list", "chain", "inet", "obs", "in"))
+		if m == nil {
+			t.Fatal("no counter in the uplink's observer chain")
+		}
+		return atoi(m[1])
 	}
 }
