@@ -434,3 +434,143 @@ func uplinkCounter(t *testing.T, top *nettopo.Topology) func() int {
 		return atoi(m[1])
 	}
 }
+
+// nsNft runs nft in the namespace ns.
+func nsNft(t *testing.T, ns, stdin string, args ...string) string {
+	t.Helper()
+	c := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
+	c.Stdin = strings.NewReader(stdin)
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip netns exec %s nft %s: %v %s", ns, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// paddockTables is paddock's two tables in ns as nft lists them.
+func paddockTables(t *testing.T, ns string) string {
+	t.Helper()
+	return nsNft(t, ns, "", "list", "table", "inet", "paddock") + nsNft(t, ns, "", "list", "table", "bridge", "paddock")
+}
+
+// lineDiff is a plain diff of two listings: each line with more copies in
+// a ("-") or in b ("+"), and by how many.
+func lineDiff(a, b string) string {
+	count := func(s string) (map[string]int, []string) {
+		m := map[string]int{}
+		var order []string
+		for _, l := range strings.Split(s, "\n") {
+			if m[l] == 0 {
+				order = append(order, l)
+			}
+			m[l]++
+		}
+		return m, order
+	}
+	ca, oa := count(a)
+	cb, ob := count(b)
+	var out []string
+	for _, l := range oa {
+		if ca[l] > cb[l] {
+			out = append(out, fmt.Sprintf("- %s (x%d)", l, ca[l]-cb[l]))
+		}
+	}
+	for _, l := range ob {
+		if cb[l] > ca[l] {
+			out = append(out, fmt.Sprintf("+ %s (x%d)", l, cb[l]-ca[l]))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// Issue 11, acceptance: kill -9 of paddockd with two VMs publishing ports.
+// The ports answer while it is down and after it is back; paddock's tables
+// are then identical to before, without duplicates; rm of both VMs leaves
+// no VM's rules; a canary table in the same namespace is byte-identical
+// at the end.
+func TestNetRestartSafety(t *testing.T) {
+	e, p, ns, image, top := netEnv(t)
+	nsNft(t, ns, `table inet canary {
+	chain input {
+		type filter hook input priority 10; policy accept;
+		tcp dport 1 counter accept comment "canary"
+	}
+}
+`, "-f", "-")
+	nsNft(t, ns, "", "add", "chain", "inet", "canary", "extra")
+	nsNft(t, ns, "", "add", "rule", "inet", "canary", "extra", "ip", "daddr", "192.0.2.99", "drop")
+	canary := nsNft(t, ns, "", "-a", "list", "table", "inet", "canary")
+
+	vms := map[string]int{"one": 18081, "two": 18082}
+	for name, port := range vms {
+		e.cli(t, nil, "run", "--image", image, "--name", name, "-p", fmt.Sprintf("%d:8080", port)).ok(t, "run "+name)
+		guestHTTPD(t, e, name, 8080, "hello-from-"+name)
+	}
+	answer := func(stage string) {
+		t.Helper()
+		for name, port := range vms {
+			want := "hello-from-" + name + "\n"
+			waitHTTP(t, top.Client, netip.AddrPortFrom(nettopo.HostClientIP, uint16(port)).String(), want, stage+": client")
+			waitHTTP(t, top.Daemon, fmt.Sprintf("127.0.0.1:%d", port), want, stage+": daemon ns 127.0.0.1")
+		}
+	}
+	answer("before")
+	before := paddockTables(t, ns)
+	if n := strings.Count(before, "paddock:vm:"); n == 0 {
+		t.Fatalf("no VM rules in paddock's tables:\n%s", before)
+	}
+
+	p.signal(t, syscall.SIGKILL)
+	p.wait(t, 10*time.Second)
+	answer("paddockd down")
+	if down := paddockTables(t, ns); down != before {
+		t.Errorf("the tables changed while paddockd was down:\n%s", lineDiff(before, down))
+	}
+	p = e.daemon(t, inNetns(ns))
+	for name := range vms {
+		if vm := inspectVM(t, e, name); vm.Status != "running" {
+			t.Fatalf("%s after the restart: %s (%s)", name, vm.Status, vm.Reason)
+		}
+	}
+	answer("after restart")
+	after := paddockTables(t, ns)
+	if after != before {
+		t.Errorf("paddock's tables after kill -9 and restart differ from before:\n%s\n--- before:\n%s\n--- after:\n%s", lineDiff(before, after), before, after)
+	}
+	seen := map[string]bool{}
+	for _, l := range strings.Split(after, "\n") {
+		if strings.Contains(l, "paddock:vm:") {
+			if seen[l] {
+				t.Errorf("duplicate rule after the restart: %s", strings.TrimSpace(l))
+			}
+			seen[l] = true
+		}
+	}
+	ids := map[string]bool{}
+	for name := range vms {
+		id := inspectVM(t, e, name).ID
+		ids[id] = true
+		if !strings.Contains(after, "paddock:vm:"+id) {
+			t.Errorf("no rules tagged for %s (%s)", name, id)
+		}
+	}
+	t.Logf("tables: %d lines, %d VM rules, identical after the restart: %v", strings.Count(after, "\n"), strings.Count(after, "paddock:vm:"), after == before)
+
+	e.cli(t, nil, "rm", "--force", "one", "two").ok(t, "rm")
+	end := paddockTables(t, ns)
+	if strings.Contains(end, "paddock:vm:") {
+		t.Errorf("VM rules left after rm:\n%s", end)
+	}
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
+		t.Fatalf("after rm: %+v %v", l, l.detail)
+	}
+	for name, port := range vms {
+		if got, err := httpGet(top.Client, netip.AddrPortFrom(nettopo.HostClientIP, uint16(port)).String()); err == nil {
+			t.Errorf("%s's port %d still answers after rm: %q", name, port, got)
+		}
+	}
+	if now := nsNft(t, ns, "", "-a", "list", "table", "inet", "canary"); now != canary {
+		t.Errorf("the canary table changed:\n%s\n--- now:\n%s", canary, now)
+	}
+	nsNft(t, ns, "", "delete", "table", "inet", "canary")
+}
