@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -573,4 +574,102 @@ func TestNetRestartSafety(t *testing.T) {
 		t.Errorf("the canary table changed:\n%s\n--- now:\n%s", canary, now)
 	}
 	nsNft(t, ns, "", "delete", "table", "inet", "canary")
+}
+
+// noCaps is the command modifier running paddockd in ns as the
+// unprivileged daemonUID with no capability at all (none effective,
+// permitted, inheritable, ambient or in the bounding set); env is added
+// to its environment.
+func noCaps(t *testing.T, e *env, ns string, env ...string) func(*exec.Cmd) {
+	setpriv := testenv.RequireTool(t, "setpriv", "util-linux")
+	return func(c *exec.Cmd) {
+		nsenter, _ := exec.LookPath("nsenter")
+		c.Path = nsenter // enters ns, then execs setpriv, which execs paddockd: one PID
+		c.Args = []string{nsenter, "--net=/run/netns/" + ns, "--", setpriv,
+			fmt.Sprintf("--reuid=%d", daemonUID), fmt.Sprintf("--regid=%d", daemonUID), "--clear-groups",
+			"--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--",
+			bin("paddockd"), "--config", e.cfg}
+		c.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"}, env...)
+	}
+}
+
+// requireNoCaps checks the daemon process p is paddockd as daemonUID with
+// no capability at all.
+func requireNoCaps(t *testing.T, p *proc) {
+	t.Helper()
+	pid := p.cmd.Process.Pid
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) != "paddockd" {
+		t.Fatalf("process %d is %q, not paddockd", pid, comm)
+	}
+	for _, k := range []string{"CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"} {
+		if v := capLine(t, pid, k); v != "0000000000000000" {
+			t.Fatalf("paddockd %s = %s, want 0000000000000000", k, v)
+		}
+	}
+	if uid := capLine(t, pid, "Uid"); !strings.HasPrefix(uid, fmt.Sprint(daemonUID)) {
+		t.Fatalf("paddockd Uid: %s", uid)
+	}
+	t.Logf("paddockd pid %d: uid %d, CapEff %s", pid, daemonUID, capLine(t, pid, "CapEff"))
+}
+
+// Issue 11, acceptance, item 6: vm.network = "user" with paddockd holding
+// no capability at all (CapEff 0): the guest reaches the uplink (which
+// sees the daemon namespace's address), and -p 18080:8080 answers on the
+// daemon namespace's addresses, its 127.0.0.1 and from the client
+// namespace; inspect says user mode.
+func TestNetUserMode(t *testing.T) {
+	testenv.RequireTool(t, "passt", "passt")
+	e, ns, reg, _ := rootlessEnv(t, "network = \"user\"\n")
+	top := nettopo.New(t, ns) // passt needs a default-route interface: the uplink
+	pushTo(t, reg+"/demo:1", demoImage(t))
+	p := e.daemon(t, noCaps(t, e, ns))
+	requireNoCaps(t, p)
+	e.cli(t, nil, "image", "pull", reg+"/demo:1").ok(t, "pull")
+	e.cli(t, nil, "run", "--image", reg+"/demo:1", "--name", "u", "-p", "18080:8080").ok(t, "run -p 18080:8080")
+
+	vm := inspectVM(t, e, "u")
+	if vm.Network == nil || vm.Network.Mode != "user" {
+		t.Errorf("inspect --json network: %+v, want mode user", vm.Network)
+	}
+	if out := e.cli(t, nil, "inspect", "u").ok(t, "inspect"); !strings.Contains(out, "Network:      user") || !strings.Contains(out, "18080:8080/tcp") {
+		t.Errorf("paddock inspect does not say user mode and 18080:8080/tcp:\n%s", out)
+	}
+	if l := e.leaks(t, ns); l.passts != 1 || l.taps != 0 || l.rules != 0 {
+		t.Errorf("user-mode VM: %+v, want one passt, no tap, no packet rules: %v", l, l.detail)
+	}
+
+	// Egress: the uplink sees the daemon namespace's address.
+	before := len(top.HTTP.Seen())
+	out, code := guestSh(t, e, "u", "$b timeout 30 $b wget -qO- "+top.URL("/ip"))
+	if code != 0 || strings.TrimSpace(out) != nettopo.HostUplinkIP.String() {
+		t.Errorf("guest -> uplink in user mode: exit %d %q, want %s", code, out, nettopo.HostUplinkIP)
+	}
+	seen := top.HTTP.Seen()[before:]
+	if len(seen) != 1 || seen[0] != nettopo.HostUplinkIP {
+		t.Errorf("the uplink server saw %v, want one request from %s", seen, nettopo.HostUplinkIP)
+	}
+	t.Logf("egress: guest saw itself as %q; uplink saw %v", strings.TrimSpace(out), seen)
+
+	// Published port (HTTP: the client speaks first, see passt's bugs).
+	guestHTTPD(t, e, "u", 8080, "hello-from-user-mode")
+	want := "hello-from-user-mode\n"
+	waitHTTP(t, top.Daemon, netip.AddrPortFrom(nettopo.HostUplinkIP, 18080).String(), want, "daemon ns -> its own uplink address:18080")
+	waitHTTP(t, top.Daemon, "127.0.0.1:18080", want, "daemon ns -> 127.0.0.1:18080")
+	waitHTTP(t, top.Client, netip.AddrPortFrom(nettopo.HostClientIP, 18080).String(), want, "client -> daemon ns:18080")
+	ports := e.cli(t, nil, "ports", "u").ok(t, "ports")
+	if !strings.Contains(ports, "0.0.0.0:18080/tcp") || !strings.Contains(ports, "8080/tcp") {
+		t.Errorf("paddock ports does not list 18080 -> 8080:\n%s", ports)
+	}
+
+	e.cli(t, nil, "rm", "--force", "u").ok(t, "rm")
+	if l := e.leaks(t, ns); l.host()+l.dirs != 0 {
+		t.Fatalf("after rm: %+v %v", l, l.detail)
+	}
+	if _, err := httpGet(top.Daemon, "127.0.0.1:18080"); err == nil {
+		t.Errorf("port 18080 still answers after rm")
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("daemon exit %d", code)
+	}
 }
