@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -672,4 +674,174 @@ func TestNetUserMode(t *testing.T) {
 	if code := p.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("daemon exit %d", code)
 	}
+}
+
+// refusedNaming checks r is a refusal whose message holds every one of want.
+func refusedNaming(t *testing.T, what string, r result, want ...string) {
+	t.Helper()
+	if r.code == 0 {
+		t.Errorf("%s: accepted, want a refusal naming %q\n%s", what, want, r.stdout)
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("%s: refusal does not name %q: %s", what, w, strings.TrimSpace(r.stderr))
+			return
+		}
+	}
+	t.Logf("%s: %s", what, strings.TrimSpace(r.stderr))
+}
+
+// vmRecord is what of a VM a refused start must leave as it was: its
+// identity and spec. (Its status may become "error", with the refusal as
+// its reason: that is how every failed start is recorded.)
+func vmRecord(t *testing.T, e *env, name string) string {
+	t.Helper()
+	vm := inspectVM(t, e, name)
+	b, err := json.Marshal(struct {
+		ID   string
+		Spec any
+	}{vm.ID, vm.Spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// createThenStart tries a VM with args: a refusal at create must leave no
+// VM; a create that passes must be followed by a refused start that leaves
+// the record as it was. Either refusal must name every one of want; then
+// no host object of the VM is left.
+func createThenStart(t *testing.T, e *env, ns, image, name string, between func(), args []string, want ...string) {
+	t.Helper()
+	r := e.cli(t, nil, append([]string{"create", name, "--image", image}, args...)...)
+	if r.code != 0 {
+		refusedNaming(t, "create "+strings.Join(args, " "), r, want...)
+		if out := e.cli(t, nil, "ls", "-q").ok(t, "ls"); strings.Contains(out, name) {
+			t.Errorf("a refused create left %s", name)
+		}
+	} else {
+		if between != nil {
+			between()
+		}
+		rec := vmRecord(t, e, name)
+		r := e.cli(t, nil, "start", name)
+		refusedNaming(t, fmt.Sprintf("start of %s (created with %q)", name, args), r, want...)
+		switch {
+		case r.code == 0: // failed above; the VM is removed before the leak count
+			e.cli(t, nil, "rm", "--force", name).ok(t, "rm the started "+name)
+		default:
+			if now := vmRecord(t, e, name); now != rec {
+				t.Errorf("a refused start changed %s:\n%s\nnow:\n%s", name, rec, now)
+			}
+			if vm := inspectVM(t, e, name); vm.Status != "created" && vm.Status != "error" {
+				t.Errorf("after a refused start %s is %s (%s)", name, vm.Status, vm.Reason)
+			}
+			assertRecoveryCleared(t, e, name)
+		}
+	}
+	if l := e.leaks(t, ns); l.host() != 0 {
+		t.Errorf("after %s %v: leaked %+v %v", name, args, l, l.detail)
+	}
+	e.cli(t, nil, "rm", "--force", name) // gone already when create was refused
+}
+
+// Issue 11, bad input: each a clear refusal at create or start naming the
+// value, nothing half-applied. Part one, a root daemon in bridge mode;
+// part two, an unprivileged user-mode daemon.
+func TestNetBadInput(t *testing.T) {
+	t.Run("bridge", func(t *testing.T) {
+		e, _, ns, image := vmEnvImage(t, "", nil)
+		e.cli(t, nil, "create", "holder", "--image", image, "-p", "18090:8080").ok(t, "create holder")
+		for _, tc := range []struct {
+			args []string
+			want []string
+		}{
+			{[]string{"-p", "70000:80"}, []string{"70000", "out of range"}},
+			{[]string{"-p", "18081:80", "-p", "18081:81"}, []string{"18081", "twice"}},
+			{[]string{"-p", "18082:80", "-p", "18082:80"}, []string{"18082", "twice"}},
+			{[]string{"-p", "203.0.113.7:18080:80"}, []string{"203.0.113.7", "not an address of this host"}},
+			{[]string{"-p", "18090:80"}, []string{"18090", "holder"}},
+			{[]string{"--network", "shared:"}, []string{"shared:"}},
+		} {
+			r := e.cli(t, nil, append([]string{"create", "bad", "--image", image}, tc.args...)...)
+			refusedNaming(t, "create "+strings.Join(tc.args, " "), r, tc.want...)
+		}
+		if out := strings.Fields(e.cli(t, nil, "ls", "-q").ok(t, "ls")); len(out) != 1 {
+			t.Errorf("refused creates left VMs: %q", out)
+		}
+
+		// A host port a listener holds in the daemon's namespace.
+		d, err := nettopo.OpenNetns(ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		ln, err := d.Listen("tcp", "0.0.0.0:18091")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		createThenStart(t, e, ns, image, "listened", nil, []string{"-p", "18091:8080"}, "18091", "in use", fmt.Sprint(os.Getpid()))
+
+		// A HOSTIP the host had at create and lost before start.
+		for _, args := range [][]string{
+			{"link", "add", "ntlost0", "type", "veth", "peer", "name", "ntlost1"}, // no dummy module on every kernel
+			{"addr", "add", "198.18.5.5/32", "dev", "ntlost0"},
+			{"link", "set", "ntlost0", "up"},
+		} {
+			if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v %s", args, err, out)
+			}
+		}
+		createThenStart(t, e, ns, image, "lostip", func() {
+			if out, err := exec.Command("ip", "-n", ns, "addr", "del", "198.18.5.5/32", "dev", "ntlost0").CombinedOutput(); err != nil {
+				t.Fatalf("ip addr del: %v %s", err, out)
+			}
+		}, []string{"-p", "198.18.5.5:18085:8080"}, "198.18.5.5")
+		if vm := inspectVM(t, e, "holder"); vm.Status != "created" {
+			t.Errorf("holder: %s", vm.Status)
+		}
+	})
+
+	t.Run("user", func(t *testing.T) {
+		testenv.RequireTool(t, "passt", "passt")
+		e, ns, reg, _ := rootlessEnv(t, "network = \"user\"\n")
+		uplink(t, ns)
+		pushTo(t, reg+"/demo:1", demoImage(t))
+		image := reg + "/demo:1"
+		p := e.daemon(t, noCaps(t, e, ns))
+		requireNoCaps(t, p)
+		e.cli(t, nil, "image", "pull", image).ok(t, "pull")
+
+		// A privileged host port: the daemon (no CAP_NET_BIND_SERVICE) can
+		// publish it for nobody, admin callers (root, here) included.
+		createThenStart(t, e, ns, image, "priv", nil, []string{"-p", "80:8080"}, "80", "privileged")
+
+		// passt missing: paddockd's PATH has everything but passt.
+		farm := filepath.Join(e.dir, "nopasst")
+		if err := os.Mkdir(farm, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, dir := range []string{"/usr/sbin", "/usr/bin"} {
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, en := range ents {
+				if strings.HasPrefix(en.Name(), "passt") {
+					continue
+				}
+				_ = os.Symlink(filepath.Join(dir, en.Name()), filepath.Join(farm, en.Name())) // the first of a name wins, as in PATH
+			}
+		}
+		p.signal(t, syscall.SIGTERM)
+		p.wait(t, 30*time.Second)
+		p = e.daemon(t, noCaps(t, e, ns, "PATH="+farm))
+		createThenStart(t, e, ns, image, "nopasst", nil, nil, "passt")
+		p.signal(t, syscall.SIGTERM)
+		if code := p.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("daemon exit %d", code)
+		}
+	})
 }
