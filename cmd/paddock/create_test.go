@@ -23,6 +23,24 @@ func createArgs(t *testing.T, args ...string) (api.CreateIn, error) {
 	return f.createIn(cmd, cmd.Flags().Args())
 }
 
+// createCase parses args; with wantErr set it checks for a usage error
+// naming it and returns false, else it returns what was parsed.
+func createCase(t *testing.T, args []string, wantErr string) (api.CreateIn, bool) {
+	t.Helper()
+	in, err := createArgs(t, args...)
+	if wantErr != "" {
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("err = %v, want a usage error naming %q", err, wantErr)
+		}
+		return in, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, true
+}
+
 func TestCreateArgs(t *testing.T) {
 	str := func(s string) *string { return &s }
 	list := func(s ...string) *[]string { return &s }
@@ -48,18 +66,7 @@ func TestCreateArgs(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			in, err := createArgs(t, tc.args...)
-			if tc.err != "" {
-				var ue usageError
-				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err = %v, want a usage error naming %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if in.Name != "x" || !reflect.DeepEqual(in.RunIn, tc.want) {
+			if in, ok := createCase(t, tc.args, tc.err); ok && (in.Name != "x" || !reflect.DeepEqual(in.RunIn, tc.want)) {
 				t.Fatalf("got %q %+v, want x %+v", in.Name, in.RunIn, tc.want)
 			}
 		})
@@ -97,18 +104,7 @@ func TestNetArgs(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			in, err := createArgs(t, tc.args...)
-			if tc.err != "" {
-				var ue usageError
-				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err = %v, want a usage error naming %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(in.NetIn, tc.want) {
+			if in, ok := createCase(t, tc.args, tc.err); ok && !reflect.DeepEqual(in.NetIn, tc.want) {
 				t.Fatalf("got %+v, want %+v", in.NetIn, tc.want)
 			}
 		})

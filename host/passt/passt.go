@@ -237,14 +237,7 @@ func Args(s Spec) ([]string, error) {
 // error, in errdefs.ErrUnavailable, names the binary and its package.
 func Check(binary string) error {
 	bin := cmp.Or(binary, DefaultBinary)
-	if _, err := exec.LookPath(bin); err != nil {
-		var ee *exec.Error
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		} else if errors.As(err, &ee) {
-			err = ee.Err
-		}
+	if err := vmm.LookBinary(bin); err != nil {
 		return errdefs.Newf(errdefs.ErrUnavailable, "user-mode networking needs passt: binary %q: %v (install the Debian package %q)", bin, err, Package)
 	}
 	return nil

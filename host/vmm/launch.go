@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"slices"
@@ -178,4 +179,22 @@ func launch(c Command) (pid int, start uint64, err error) {
 		close(ch.done)
 	}()
 	return pid, start, nil
+}
+
+// LookBinary finds bin (in $PATH, or at the path given) and, when it
+// cannot, says only why: the lookup's own text repeats the path, which the
+// caller names in its own words.
+func LookBinary(bin string) error {
+	_, err := exec.LookPath(bin)
+	if err == nil {
+		return nil
+	}
+	var ee *exec.Error
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	} else if errors.As(err, &ee) {
+		return ee.Err
+	}
+	return err
 }

@@ -42,7 +42,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,15 +101,7 @@ func (d *Driver) binary() string { return cmp.Or(d.Binary, DefaultBinary) }
 // errdefs.ErrUnavailable, names the binary.
 func (d *Driver) Check() error {
 	bin := d.binary()
-	if _, err := exec.LookPath(bin); err != nil {
-		// The lookup's own text repeats the path; keep only why.
-		var ee *exec.Error
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		} else if errors.As(err, &ee) {
-			err = ee.Err
-		}
+	if err := vmm.LookBinary(bin); err != nil {
 		return errdefs.Newf(errdefs.ErrUnavailable, "QEMU binary %q: %v", bin, err)
 	}
 	return nil
