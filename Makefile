@@ -72,7 +72,7 @@ bench: deps kernel build
 	$(BENCH) 20x -bench StatsPoll ./actors
 	@echo "== ports scan: classifying one port (x-connect: / a plain TCP connect)"
 	$(BENCH) 20x -bench Classify ./host/probe
-	@echo "== VM network: guest TCP throughput out through NAT and through a published port, bridge and passt (x veth: / the same transfer over a plain veth pair)"
+	@echo "== VM network: guest TCP throughput out through NAT and through a published port, bridge (root paddockd) and passt (paddockd with no capability) (x veth: / the same transfer over a plain veth pair; x guest->gateway|daemon ns: / the guest straight to its host side, no NAT)"
 	$(GO) run ./bench -net
 
 demo: deps kernel build

@@ -99,7 +99,7 @@ func TestGuestCommands(t *testing.T) {
 	}{
 		{GuestSend(3 << 20), []string{"sh", "-c", "exec nc -w 30 192.0.2.1 5001 -e dd if=/dev/zero bs=65536 count=48 2>/dev/null"}},
 		{GuestSend(10), []string{"sh", "-c", "exec nc -w 30 192.0.2.1 5001 -e dd if=/dev/zero bs=65536 count=1 2>/dev/null"}},
-		{GuestServe(8080, 1<<20), []string{"sh", "-c", "echo $$ >/tmp/nettopo-serve-8080.pid; exec nc -ll -p 8080 -e dd if=/dev/zero bs=65536 count=16 2>/dev/null"}},
+		{GuestServe(8080, 1<<20), []string{"sh", "-c", "echo $$ >/tmp/nettopo-serve-8080.pid; exec nc -ll -p 8080 -e sh -c 'read -r req && exec dd if=/dev/zero bs=65536 count=16 2>/dev/null'"}},
 		{GuestServeStop(8080), []string{"sh", "-c", "kill $(cat /tmp/nettopo-serve-8080.pid)"}},
 	}
 	for _, tc := range tests {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"time"
 )
@@ -91,17 +92,22 @@ func Transfer(ctx context.Context, from, to *Netns, addr netip.AddrPort, n int64
 	return r.res, nil
 }
 
-// Fetch connects from a namespace to addr and receives until the sender
-// ends (Receive). A refused connection, or one closed before its first
-// byte, is retried every 100ms until ctx ends: a guest's listener (GuestServe
-// behind a published port) comes up a moment after the command starts.
+// Fetch connects from a namespace to addr, sends FetchRequest and receives
+// until the sender ends (Receive). A refused connection, or one closed
+// before its first byte, is retried every 100ms until ctx ends: a guest's
+// listener (GuestServe behind a published port) comes up a moment after
+// the command starts.
 func Fetch(ctx context.Context, from *Netns, addr string) (Result, error) {
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		c, err := from.Dial(dctx, "tcp", addr)
 		cancel()
 		if err == nil {
-			res, rerr := Receive(ctx, c)
+			var res Result
+			_, rerr := io.WriteString(c, FetchRequest)
+			if rerr == nil {
+				res, rerr = Receive(ctx, c)
+			}
 			c.Close()
 			if rerr == nil && res.Bytes > 0 {
 				return res, nil

@@ -271,8 +271,9 @@ func TestBusyboxCommands(t *testing.T) {
 	}
 
 	// GuestServe in the daemon ns, fetched from the client: the shape of
-	// the published-port figure. A prober connects first and takes a few
-	// bytes, as paddockd's port discovery may; the client still gets all.
+	// the published-port figure. A prober connects first, sends a line and
+	// takes a few bytes, as paddockd's port discovery may (HEAD / ...); the
+	// client still gets all.
 	srv := command(top.Daemon, GuestServe(18081, n)...)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -282,6 +283,9 @@ func TestBusyboxCommands(t *testing.T) {
 	addr := netip.AddrPortFrom(HostClientIP, 18081).String()
 	for {
 		p, err := top.Client.Dial(ctx, "tcp", addr)
+		if err == nil {
+			_, err = io.WriteString(p, "HEAD / HTTP/1.1\r\n")
+		}
 		if err == nil {
 			_, err = io.ReadFull(p, make([]byte, 10))
 			p.Close()
