@@ -99,7 +99,9 @@ type options struct {
 
 // WithAgent sets the paddock-agent binary to pack as /init. Without it Import
 // uses $PADDOCK_AGENT, then paddock-agent next to the running executable, then
-// paddock-agent on $PATH.
+// ../libexec/paddock/paddock-agent from it (the Debian package's layout:
+// /usr/bin/paddockd, /usr/libexec/paddock/paddock-agent), then paddock-agent
+// on $PATH.
 func WithAgent(path string) Option { return func(o *options) { o.agent = path } }
 
 // WithExtraModules adds modules (and their dependencies) beyond DefaultModules.
@@ -131,9 +133,10 @@ func FindAgent() (string, error) {
 		return p, nil
 	}
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "paddock-agent")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p, nil
+		for _, p := range agentBesides(exe) {
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+				return p, nil
+			}
 		}
 	}
 	p, err := exec.LookPath("paddock-agent")
@@ -141,6 +144,16 @@ func FindAgent() (string, error) {
 		return "", errors.New("bootkit: paddock-agent binary not found (set PADDOCK_AGENT or pass WithAgent)")
 	}
 	return p, nil
+}
+
+// agentBesides lists where FindAgent looks for paddock-agent relative to
+// the running executable exe, in order.
+func agentBesides(exe string) []string {
+	dir := filepath.Dir(exe)
+	return []string{
+		filepath.Join(dir, "paddock-agent"),
+		filepath.Join(dir, "..", "libexec", "paddock", "paddock-agent"),
+	}
 }
 
 // checkStaticELF verifies that b is a statically linked x86-64 executable.

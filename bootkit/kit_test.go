@@ -534,3 +534,13 @@ func TestImportRejects(t *testing.T) {
 		t.Errorf("failed imports left kits: %v", kits)
 	}
 }
+
+// The Debian package puts paddockd in /usr/bin and the agent in
+// /usr/libexec/paddock; a build tree keeps them side by side (bin/).
+func TestAgentBesides(t *testing.T) {
+	got := agentBesides("/usr/bin/paddockd")
+	want := []string{"/usr/bin/paddock-agent", "/usr/libexec/paddock/paddock-agent"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("agentBesides(/usr/bin/paddockd) = %q, want %q", got, want)
+	}
+}

@@ -19,7 +19,7 @@ const (
 	// exposureRatchet is the figure paddock.service reached (systemd 252).
 	// Raise it only on purpose, e.g. when the dm backend adds CAP_SYS_ADMIN.
 	exposureRatchet = 2.4
-	repoExecStart   = "ExecStart=/usr/bin/paddockd"
+	repoExecStart   = "ExecStart=/usr/bin/paddockd --config /etc/paddock/paddock.toml"
 )
 
 func systemdAnalyze(t *testing.T) string {
