@@ -11,7 +11,7 @@ export PADDOCK_TEST_CACHE ?= $(HOME)/.cache/paddock-test
 export PADDOCK_KERNEL_DIR ?= $(PADDOCK_TEST_CACHE)/kernel
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps kernel build test unit e2e lint lint-go lint-shell bench demo stress clean
+.PHONY: all deps kernel build test unit e2e lint lint-go lint-shell bench demo stress deb deb-check clean
 
 all: build
 
@@ -83,5 +83,20 @@ STRESS_CYCLES ?= 50
 stress: deps kernel build
 	.ci/stress-run.sh $(STRESS_CYCLES)
 
+# The Debian package, dist/paddock_<version>-1_amd64.deb (nfpm, pinned in
+# packaging/deb/build.sh); deb-check runs lintian on it: no errors allowed,
+# overrides only with a reason (packaging/deb/lintian-overrides).
+deb:
+	VERSION='$(VERSION)' GO='$(GO)' packaging/deb/build.sh
+
+deb-check: deps
+	@deb=$$(ls -t dist/paddock_*_amd64.deb 2>/dev/null | head -1); \
+	if [ -z "$$deb" ]; then echo "deb-check: no dist/paddock_*_amd64.deb (make deb first)"; exit 1; fi; \
+	echo "lintian $$deb"; \
+	out=$$(lintian --display-info --show-overrides --tag-display-limit 0 "$$deb" 2>&1); rc=$$?; \
+	echo "$$out"; \
+	echo "deb-check: $$(grep -c '^E:' <<<"$$out") errors, $$(grep -c '^W:' <<<"$$out") warnings, $$(grep -c '^I:' <<<"$$out") info, $$(grep -c '^O:' <<<"$$out") overridden"; \
+	if grep -q '^E:' <<<"$$out" || [ $$rc -gt 2 ]; then echo "deb-check: FAIL (lintian exit $$rc)"; exit 1; fi
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -14,6 +14,7 @@ packages=(
   util-linux iproute2       # setpriv, unshare, nsenter; ip netns
   nftables                  # nft list in the packet filter tests (paddockd itself uses netlink)
   passt                     # user-mode networking for VMs (vm.network = "user")
+  lintian                   # make deb-check
 )
 
 missing=()
