@@ -529,7 +529,7 @@ func TestNetRestartSafety(t *testing.T) {
 	if down := paddockTables(t, ns); down != before {
 		t.Errorf("the tables changed while paddockd was down:\n%s", lineDiff(before, down))
 	}
-	p = e.daemon(t, inNetns(ns))
+	e.daemon(t, inNetns(ns)) // stopped by the env at the end
 	for name := range vms {
 		if vm := inspectVM(t, e, name); vm.Status != "running" {
 			t.Fatalf("%s after the restart: %s (%s)", name, vm.Status, vm.Reason)
