@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,6 +55,9 @@ type Result struct {
 	Content   int64 // bytes of file content
 }
 
+// errBuildEnded is what the rewriter meets when the flattener stops reading.
+var errBuildEnded = errors.New("workspace build ended")
+
 // ErrRefused is an entry a workspace may not hold.
 var ErrRefused = flatten.ErrBadEntry
 
@@ -75,8 +79,8 @@ func Build(ctx context.Context, r io.Reader, out string, spec Spec) (*Result, er
 	}()
 	res, err := flatten.Flatten(ctx, []flatten.Layer{flatten.ReaderLayer("", pr)},
 		flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries, MaxUnpackedSize: spec.Size})
-	_ = pr.CloseWithError(errors.New("workspace build ended"))
-	if rerr := <-ferr; rerr != nil && (err != nil || res == nil) {
+	_ = pr.CloseWithError(errBuildEnded)
+	if rerr := <-ferr; rerr != nil && !errors.Is(rerr, errBuildEnded) {
 		// The rewriter's refusal names the entry; what the flattener made of
 		// the stream ending there says less.
 		var ee *flatten.EntryError
@@ -117,14 +121,28 @@ func rewrite(r io.Reader, w io.Writer, spec Spec) error {
 		return err
 	}
 	if r != nil {
-		tr := tar.NewReader(r)
+		// A stream that ends where an entry could start, without its
+		// end-of-archive marker (two zero blocks), was cut short: a client
+		// that failed half-way. tar.Reader reads exactly what it needs, so
+		// the count says where the next header starts.
+		cr := &counter{r: r}
+		tr := tar.NewReader(cr)
+		var next int64
 		for {
 			h, err := tr.Next()
 			if err == io.EOF {
+				if cr.n-next < 2*512 {
+					return &flatten.EntryError{Err: flatten.ErrBadEntry, Reason: "the tar stream ends without its end-of-archive marker: it was cut short"}
+				}
 				break
 			}
 			if err != nil {
-				return &flatten.EntryError{Path: "", Err: flatten.ErrBadEntry, Reason: "the tar stream is malformed: " + err.Error()}
+				return &flatten.EntryError{Err: flatten.ErrBadEntry, Reason: "the tar stream is malformed: " + err.Error()}
+			}
+			for k := range h.PAXRecords {
+				if strings.HasPrefix(k, "GNU.sparse.") {
+					return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: "sparse tar entries are not supported"}
+				}
 			}
 			out := &tar.Header{Name: h.Name, Linkname: h.Linkname, Size: h.Size, Mode: h.Mode & 0o1777, Uid: int(spec.UID), Gid: int(spec.GID),
 				ModTime: h.ModTime, Format: tar.FormatPAX}
@@ -146,14 +164,31 @@ func rewrite(r io.Reader, w io.Writer, spec Spec) error {
 			if err := tw.WriteHeader(out); err != nil {
 				return &flatten.EntryError{Path: h.Name, Err: flatten.ErrBadName, Reason: err.Error()}
 			}
+			var copied int64
 			if out.Typeflag == tar.TypeReg {
-				if _, err := io.Copy(tw, tr); err != nil {
-					return fmt.Errorf("workspace %s: entry %q: %w", spec.Name, h.Name, err)
+				if copied, err = io.Copy(tw, tr); err != nil {
+					if errors.Is(err, errBuildEnded) {
+						return err // the flattener stopped reading: its error says why
+					}
+					return &flatten.EntryError{Path: h.Name, Err: flatten.ErrBadEntry, Reason: "reading its content: " + err.Error()}
 				}
 			}
+			next = cr.n + (h.Size - copied) + (512-h.Size%512)%512
 		}
 	}
 	return tw.Close()
+}
+
+// counter counts the bytes read through it.
+type counter struct {
+	r io.Reader
+	n int64
+}
+
+func (c *counter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Allocated is the bytes a file takes on the host (0 when it is gone).

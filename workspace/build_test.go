@@ -257,11 +257,18 @@ func TestBuildRefusesHostileEntries(t *testing.T) {
 		{"block device", []entry{{h: tar.Header{Typeflag: tar.TypeBlock, Name: "sda", Devmajor: 8}}}, "sda", flatten.ErrBadEntry},
 		{"fifo", []entry{{h: tar.Header{Typeflag: tar.TypeFifo, Name: "pipe"}}}, "pipe", flatten.ErrBadEntry},
 		{"newline in a name", []entry{reg("evil\nname")}, `evil\nname`, flatten.ErrBadName},
+		{"cut short at an entry boundary", nil, "end-of-archive marker", flatten.ErrBadEntry},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, scratch := t.TempDir(), t.TempDir()
 			out := filepath.Join(dir, "volume.ext4")
-			_, err := workspace.Build(context.Background(), tarOf(t, tc.entries...), out, workspace.Spec{Name: "bad", Size: 64 << 20, UID: 1000, GID: 1000, ScratchDir: scratch})
+			stream := tarOf(t, tc.entries...)
+			if tc.entries == nil {
+				// A whole file, then nothing: no end-of-archive marker.
+				b, _ := io.ReadAll(tarOf(t, reg("a"), reg("b")))
+				stream = bytes.NewReader(b[:2*512])
+			}
+			_, err := workspace.Build(context.Background(), stream, out, workspace.Spec{Name: "bad", Size: 64 << 20, UID: 1000, GID: 1000, ScratchDir: scratch})
 			var ee *flatten.EntryError
 			if !errors.As(err, &ee) || !strings.Contains(err.Error(), tc.culprit) {
 				t.Fatalf("err = %v, want an entry error naming %q", err, tc.culprit)
