@@ -56,8 +56,8 @@ type System struct {
 	// Workspaces serves workspaces: a sibling of the Manager that reaches
 	// VMs only by message or through function values given here.
 	Workspaces *actor.PID
-	stopped sync.Once
-	host    *Host
+	stopped    sync.Once
+	host       *Host
 }
 
 // Names of the top-level actors, for logs and the wiring test.

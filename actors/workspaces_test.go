@@ -6,7 +6,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -342,5 +344,24 @@ func TestWorkspacesSweepAtStart(t *testing.T) {
 	// The swept names are free again.
 	if _, err := h.create(t, Caller{UID: 1001}, "cut", ""); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The workspace crash points are reached, in order, by a creation: a point
+// the code never passes would make e2e/TestWorkspaceCrashPoints prove
+// nothing for it.
+func TestWorkspaceFailpointsReached(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	failpointHook = func(name string) { mu.Lock(); seen = append(seen, name); mu.Unlock() }
+	t.Cleanup(func() { failpointHook = nil })
+	h := startWorkspaces(t, t.TempDir(), &fakeBuild{})
+	if _, err := h.create(t, wsAlice, "fp", "x"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, WorkspaceFailpoints) {
+		t.Fatalf("reached %v, want %v", seen, WorkspaceFailpoints)
 	}
 }

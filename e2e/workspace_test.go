@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
@@ -338,4 +339,56 @@ func wsCat(t *testing.T, vol, path string) string {
 		t.Fatalf("debugfs cat %s in %s: %v", path, vol, err)
 	}
 	return string(out)
+}
+
+// kill -9 of paddockd at each step of a workspace's creation leaves the old
+// state (no workspace, nothing on disk) once it restarts, and the name
+// is free again.
+func TestWorkspaceCrashPoints(t *testing.T) {
+	testenv.RequireRoot(t, "runs the daemon and clients as other uids")
+	for _, n := range []string{"mke2fs", "debugfs", "e2fsck"} {
+		testenv.RequireTool(t, n, "e2fsprogs")
+	}
+	e := newEnv(t, fmt.Sprintf("[api]\nsocket_group = \"%d\"\nadmin_group = \"%d\"\n", socketGID, adminGID))
+	home := aliceDir(t)
+	src := filepath.Join(home, "src")
+	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "sub", "f"), []byte("content\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	chownTree(t, home, aliceUID, socketGID)
+	if len(actors.WorkspaceFailpoints) < 2 {
+		t.Fatalf("workspace crash points: %v", actors.WorkspaceFailpoints)
+	}
+	for _, fp := range actors.WorkspaceFailpoints {
+		p := unprivilegedDaemon(t, e, "PADDOCK_FAILPOINTS="+fp)
+		if r := e.runAs(t, alice, nil, "workspace", "create", "w", "--from", src, "--size", "64MiB"); r.code == 0 {
+			t.Fatalf("%s: create succeeded although the daemon died", fp)
+		}
+		p.wait(t, 30*time.Second)
+		if left := wsDirs(t, e); left == "" {
+			t.Fatalf("%s: the crash left no record: the crash point is not after the intent", fp)
+		} else {
+			t.Logf("%s: the crash left %s", fp, left)
+		}
+		p = unprivilegedDaemon(t, e)
+		if out := e.runAs(t, alice, nil, "workspace", "ls", "--json").ok(t, fp+": ls"); strings.TrimSpace(out) != "[]" {
+			t.Fatalf("%s: after the restart alice has %s", fp, out)
+		}
+		if left := wsDirs(t, e); left != "" {
+			t.Fatalf("%s: the restart did not sweep %s", fp, left)
+		}
+		var w api.Workspace
+		if err := json.Unmarshal([]byte(e.runAs(t, alice, nil, "workspace", "create", "w", "--from", src, "--size", "64MiB", "--json").ok(t, fp+": create again")), &w); err != nil || w.Status != "ready" {
+			t.Fatalf("%s: create again: %+v %v", fp, w, err)
+		}
+		if got := wsCat(t, filepath.Join(e.state, "workspaces", w.ID, "volume.ext4"), "/sub/f"); got != "content\n" {
+			t.Fatalf("%s: the new workspace holds %q", fp, got)
+		}
+		e.runAs(t, alice, nil, "workspace", "rm", "w").ok(t, fp+": rm")
+		p.signal(t, syscall.SIGTERM)
+		p.wait(t, 30*time.Second)
+	}
 }
