@@ -144,6 +144,12 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 			return nil, fmt.Errorf("%w (set [vm] run = \"off\" to keep VMs as records only)", err)
 		}
 	}
+	// No build runs yet: what one a crash cut short left is swept.
+	if swept, err := sweepScratch(cfg.Images.ScratchDir); err != nil {
+		d.log.Warn("sweeping the scratch directory", "dir", cfg.Images.ScratchDir, "err", err)
+	} else if len(swept) > 0 {
+		d.log.Info("swept what interrupted builds left in the scratch directory", "dir", cfg.Images.ScratchDir, "swept", swept)
+	}
 	wsStore, err := state.NewWorkspaceStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
