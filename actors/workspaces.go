@@ -279,7 +279,9 @@ func (a *workspacesActor) create(ctx actor.Context, m *CreateWorkspace) {
 			defer stop()
 		}
 		err := build(bctx, r, out, snapshot)
-		if err == nil && bctx.Err() != nil {
+		if bctx.Err() != nil {
+			// Canceled or out of time: that, not what the build made of
+			// its stream being closed under it, is why.
 			err = bctx.Err()
 		}
 		if m.Tar != nil {

@@ -58,6 +58,11 @@ type wsHarness struct {
 
 func startWorkspaces(t *testing.T, dir string, fb *fakeBuild) *wsHarness {
 	t.Helper()
+	return startWorkspacesWithin(t, dir, fb, 0)
+}
+
+func startWorkspacesWithin(t *testing.T, dir string, fb *fakeBuild, timeout time.Duration) *wsHarness {
+	t.Helper()
 	st, err := state.NewStore(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +74,7 @@ func startWorkspaces(t *testing.T, dir string, fb *fakeBuild) *wsHarness {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sys, err := Start(ctx, Deps{Store: st, Defaults: func() config.Defaults { return config.Default().Defaults },
-		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }}})
+		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,5 +368,18 @@ func TestWorkspaceFailpointsReached(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(seen, WorkspaceFailpoints) {
 		t.Fatalf("reached %v, want %v", seen, WorkspaceFailpoints)
+	}
+}
+
+// Every build has a deadline: one that does not finish in time (a client
+// that sends nothing) is ended, answered as a timeout, and leaves nothing.
+func TestWorkspaceBuildDeadline(t *testing.T) {
+	h := startWorkspacesWithin(t, t.TempDir(), &fakeBuild{gate: make(chan struct{})}, 200*time.Millisecond)
+	_, err := h.create(t, wsAlice, "stuck", "")
+	if !errdefs.IsDeadlineExceeded(err) || !strings.Contains(err.Error(), "not built within 200ms") {
+		t.Fatalf("a build past its deadline: %v", err)
+	}
+	if es, _ := os.ReadDir(h.store.Root); len(es) != 0 || len(h.names(t, admin)) != 0 {
+		t.Fatalf("a build past its deadline left %v", es)
 	}
 }
