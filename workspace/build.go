@@ -147,7 +147,7 @@ func rewrite(r io.Reader, w io.Writer, spec Spec) error {
 			out := &tar.Header{Name: h.Name, Linkname: h.Linkname, Size: h.Size, Mode: h.Mode & 0o1777, Uid: int(spec.UID), Gid: int(spec.GID),
 				ModTime: h.ModTime, Format: tar.FormatPAX}
 			switch h.Typeflag {
-			case tar.TypeReg, tar.TypeRegA:
+			case tar.TypeReg: // tar.Reader reports the old TypeRegA as this
 				out.Typeflag = tar.TypeReg
 			case tar.TypeDir, tar.TypeSymlink, tar.TypeLink:
 				out.Typeflag = h.Typeflag
