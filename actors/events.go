@@ -70,13 +70,18 @@ func (a *eventsActor) Receive(ctx actor.Context) {
 			ev.Time = time.Now().UTC().Format(time.RFC3339Nano)
 		}
 		attrs := []any{"vm_id", ev.VMID, "vm_name", ev.VMName, "op", string(ev.Kind), "status", ev.Status, "seq", ev.Seq}
+		what := "vm " + string(ev.Kind)
+		if ev.Workspace != "" {
+			attrs = []any{"workspace", ev.Workspace, "workspace_id", ev.WorkspaceID, "op", string(ev.Kind), "status", ev.Status, "seq", ev.Seq}
+			what = string(ev.Kind)
+		}
 		if ev.PreviousStatus != "" {
 			attrs = append(attrs, "previous_status", ev.PreviousStatus)
 		}
 		if ev.Reason != "" {
 			attrs = append(attrs, "reason", ev.Reason)
 		}
-		a.log.Info("vm "+string(ev.Kind), attrs...)
+		a.log.Info(what, attrs...)
 		for id, s := range a.subs {
 			if !s.caller.May(m.Owner) || (s.vmID != "" && s.vmID != ev.VMID) {
 				continue

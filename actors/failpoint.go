@@ -37,7 +37,12 @@ var (
 		}
 		return append(out, "stop-before-stopped")
 	}()
-	// FailpointNames are every crash point, for tests that loop over them.
+	// WorkspaceFailpoints are a workspace creation's: after its intent is
+	// recorded, and after its volume is in place but before its record
+	// says ready.
+	WorkspaceFailpoints = []string{"workspace-create-intent", "workspace-create-built"}
+	// FailpointNames are every crash point of a VM's start and stop, for
+	// tests that loop over them (workspaces have their own).
 	FailpointNames = append(append([]string(nil), StartFailpoints...), StopFailpoints...)
 )
 

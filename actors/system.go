@@ -33,6 +33,9 @@ type Deps struct {
 	Host *Host
 	// Stats configures the Stats actor (with Host).
 	Stats StatsDeps
+	// Workspaces configures the Workspaces actor; a nil Store leaves it
+	// answering "not configured".
+	Workspaces WorkspaceDeps
 	// NetFacts are the host's facts a VM's ports and network are checked
 	// against on create and set, whether or not VMs run here; nil checks
 	// the spec's own rules only (unit tests).
@@ -50,8 +53,11 @@ type System struct {
 	Stats   *actor.PID
 	Import  *actor.PID
 	Events  *actor.PID
-	stopped sync.Once
-	host    *Host
+	// Workspaces serves workspaces: a sibling of the Manager that reaches
+	// VMs only by message or through function values given here.
+	Workspaces *actor.PID
+	stopped    sync.Once
+	host       *Host
 }
 
 // Names of the top-level actors, for logs and the wiring test.
@@ -60,6 +66,8 @@ const (
 	NameStats   = "stats"
 	NameImport  = "import"
 	NameEvents  = "events"
+	// NameWorkspaces is the Workspaces actor.
+	NameWorkspaces = "workspaces"
 )
 
 // Start builds the tree; the Manager has loaded every record when it
@@ -126,6 +134,11 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users) }), NameImport); err != nil {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
 	}
+	wd := d.Workspaces
+	wd.Log, wd.Events = d.Log, s.Events
+	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd) }), NameWorkspaces); err != nil {
+		return nil, fmt.Errorf("spawn workspaces actor: %w", err)
+	}
 	mgr := func() actor.Actor {
 		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host, netFacts: d.NetFacts}
 	}
@@ -153,7 +166,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 func (s *System) Ping(ctx context.Context) error {
 	ctx, cancel := withDefaultTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Events} {
+	for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Workspaces, s.Events} {
 		if _, err := request[*Pong](ctx, s.sys.Root, pid, &Ping{}); err != nil {
 			return fmt.Errorf("ping %s: %w", pid.Id, err)
 		}
@@ -280,7 +293,7 @@ func (s *System) ImportImage(ctx context.Context, c Caller, public bool, open fu
 // disk.
 func (s *System) Shutdown() {
 	s.stopped.Do(func() {
-		for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Events} {
+		for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Workspaces, s.Events} {
 			if pid != nil {
 				_ = s.sys.Root.StopFuture(pid).Wait()
 			}

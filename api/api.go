@@ -23,16 +23,17 @@ var Description string
 
 // Error names.
 const (
-	ErrVMNotFound       = Interface + ".VMNotFound"
-	ErrNameInUse        = Interface + ".NameInUse"
-	ErrInvalidArgument  = Interface + ".InvalidArgument"
-	ErrInvalidState     = Interface + ".InvalidState"
-	ErrPermissionDenied = Interface + ".PermissionDenied"
-	ErrImageNotFound    = Interface + ".ImageNotFound"
-	ErrImageInUse       = Interface + ".ImageInUse"
-	ErrUnavailable      = Interface + ".Unavailable"
-	ErrTimeout          = Interface + ".Timeout"
-	ErrInternal         = Interface + ".Internal"
+	ErrVMNotFound        = Interface + ".VMNotFound"
+	ErrNameInUse         = Interface + ".NameInUse"
+	ErrInvalidArgument   = Interface + ".InvalidArgument"
+	ErrInvalidState      = Interface + ".InvalidState"
+	ErrPermissionDenied  = Interface + ".PermissionDenied"
+	ErrImageNotFound     = Interface + ".ImageNotFound"
+	ErrImageInUse        = Interface + ".ImageInUse"
+	ErrWorkspaceNotFound = Interface + ".WorkspaceNotFound"
+	ErrUnavailable       = Interface + ".Unavailable"
+	ErrTimeout           = Interface + ".Timeout"
+	ErrInternal          = Interface + ".Internal"
 )
 
 // Spec is what the user asked for.
@@ -112,10 +113,14 @@ const (
 	EventDeleted     EventKind = "deleted"
 	EventHealth      EventKind = "health" // Status is healthy, degraded or unreachable
 	EventAutoStopped EventKind = "auto-stopped"
+	// EventWorkspaceCreated and EventWorkspaceRemoved report a workspace
+	// (Workspace, WorkspaceID; no VM).
+	EventWorkspaceCreated EventKind = "workspace-created"
+	EventWorkspaceRemoved EventKind = "workspace-removed"
 )
 
 // EventKinds lists every kind, in the order the description names them.
-var EventKinds = []EventKind{EventCreated, EventStatus, EventUpdated, EventDeleted, EventHealth, EventAutoStopped}
+var EventKinds = []EventKind{EventCreated, EventStatus, EventUpdated, EventDeleted, EventHealth, EventAutoStopped, EventWorkspaceCreated, EventWorkspaceRemoved}
 
 // Event is one state change.
 type Event struct {
@@ -127,6 +132,8 @@ type Event struct {
 	Status         string    `json:"status"`
 	PreviousStatus string    `json:"previous_status,omitempty"`
 	Reason         string    `json:"reason,omitempty"`
+	Workspace      string    `json:"workspace,omitempty"`
+	WorkspaceID    string    `json:"workspace_id,omitempty"`
 }
 
 // Counts tallies VMs by status.
@@ -513,4 +520,43 @@ func orAll(ip string) string {
 		return "0.0.0.0"
 	}
 	return ip
+}
+
+// Workspace is a workspace as its caller sees it.
+type Workspace struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	OwnerUID uint32 `json:"owner_uid"`
+	Status   string `json:"status"`
+	Size     int64  `json:"size"`
+	Used     int64  `json:"used"`
+	UID      uint32 `json:"uid"`
+	GID      uint32 `json:"gid"`
+	Source   string `json:"source"`
+	Created  string `json:"created"`
+}
+
+// CreateWorkspaceIn are CreateWorkspace's parameters; the tar stream, if
+// any, is the call's one file descriptor.
+type CreateWorkspaceIn struct {
+	Name   string  `json:"name"`
+	Size   *int64  `json:"size,omitempty"`
+	UID    *uint32 `json:"uid,omitempty"`
+	GID    *uint32 `json:"gid,omitempty"`
+	Source string  `json:"source,omitempty"`
+}
+
+// WorkspaceRef names one workspace.
+type WorkspaceRef struct {
+	Workspace string `json:"workspace"`
+}
+
+// WorkspaceOut answers CreateWorkspace, InspectWorkspace and RemoveWorkspace.
+type WorkspaceOut struct {
+	Workspace Workspace `json:"workspace"`
+}
+
+// WorkspacesOut answers ListWorkspaces.
+type WorkspacesOut struct {
+	Workspaces []Workspace `json:"workspaces"`
 }

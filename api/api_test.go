@@ -16,6 +16,7 @@ func TestEventKinds(t *testing.T) {
 	}{
 		{EventCreated, "created"}, {EventStatus, "status"}, {EventUpdated, "updated"},
 		{EventDeleted, "deleted"}, {EventHealth, "health"}, {EventAutoStopped, "auto-stopped"},
+		{EventWorkspaceCreated, "workspace-created"}, {EventWorkspaceRemoved, "workspace-removed"},
 	} {
 		b, err := json.Marshal(Event{Kind: tc.kind})
 		if err != nil {
@@ -28,7 +29,7 @@ func TestEventKinds(t *testing.T) {
 			t.Errorf("the description of Event does not name %q:\n%s", tc.wire, desc)
 		}
 	}
-	if len(EventKinds) != 6 {
-		t.Errorf("EventKinds has %d kinds; the table above has 6", len(EventKinds))
+	if len(EventKinds) != 8 {
+		t.Errorf("EventKinds has %d kinds; the table above has 8", len(EventKinds))
 	}
 }

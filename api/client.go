@@ -250,3 +250,44 @@ func (c *Client) Stats(ctx context.Context, in StatsIn, watch bool, fn func([]VM
 	}
 	return c.Stream(ctx, Interface+".Stats", in, decode)
 }
+
+// CreateWorkspace creates a workspace seeded from the tar stream tar (nil:
+// empty), passed by descriptor.
+func (c *Client) CreateWorkspace(ctx context.Context, in CreateWorkspaceIn, tar *os.File) (*Workspace, error) {
+	var files []*os.File
+	if tar != nil {
+		files = []*os.File{tar}
+	}
+	var out WorkspaceOut
+	if err := c.CallFDs(ctx, Interface+".CreateWorkspace", in, &out, files); err != nil {
+		return nil, err
+	}
+	return &out.Workspace, nil
+}
+
+// ListWorkspaces lists the workspaces the caller may see.
+func (c *Client) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
+	var out WorkspacesOut
+	if err := c.Call(ctx, Interface+".ListWorkspaces", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Workspaces, nil
+}
+
+// InspectWorkspace reads one workspace.
+func (c *Client) InspectWorkspace(ctx context.Context, ref string) (*Workspace, error) {
+	var out WorkspaceOut
+	if err := c.Call(ctx, Interface+".InspectWorkspace", WorkspaceRef{Workspace: ref}, &out); err != nil {
+		return nil, err
+	}
+	return &out.Workspace, nil
+}
+
+// RemoveWorkspace removes one workspace.
+func (c *Client) RemoveWorkspace(ctx context.Context, ref string) (*Workspace, error) {
+	var out WorkspaceOut
+	if err := c.Call(ctx, Interface+".RemoveWorkspace", WorkspaceRef{Workspace: ref}, &out); err != nil {
+		return nil, err
+	}
+	return &out.Workspace, nil
+}

@@ -35,6 +35,7 @@ import (
 	"github.com/paddock-vm/paddock/systemd"
 	"github.com/paddock-vm/paddock/varlink"
 	"github.com/paddock-vm/paddock/version"
+	"github.com/paddock-vm/paddock/workspace"
 )
 
 // Daemon is one running paddockd.
@@ -143,13 +144,24 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 			return nil, fmt.Errorf("%w (set [vm] run = \"off\" to keep VMs as records only)", err)
 		}
 	}
+	// No build runs yet: what one a crash cut short left is swept.
+	if swept, err := sweepScratch(cfg.Images.ScratchDir); err != nil {
+		d.log.Warn("sweeping the scratch directory", "dir", cfg.Images.ScratchDir, "err", err)
+	} else if len(swept) > 0 {
+		d.log.Info("swept what interrupted builds left in the scratch directory", "dir", cfg.Images.ScratchDir, "swept", swept)
+	}
+	wsStore, err := state.NewWorkspaceStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	d.actors, err = actors.Start(ctx, actors.Deps{
 		Log: d.log, Store: store, Images: images,
-		Defaults: func() config.Defaults { return d.config().Defaults },
-		OnCounts: d.publishCounts,
-		Importer: importer,
-		Host:     host,
-		NetFacts: netFacts(cfg),
+		Workspaces: actors.WorkspaceDeps{Store: wsStore, Build: d.buildWorkspace, Used: workspace.Allocated},
+		Defaults:   func() config.Defaults { return d.config().Defaults },
+		OnCounts:   d.publishCounts,
+		Importer:   importer,
+		Host:       host,
+		NetFacts:   netFacts(cfg),
 		Stats: actors.StatsDeps{
 			Interval:        func() time.Duration { return d.config().Stats.Interval.Duration },
 			AutoStopDefault: func() time.Duration { return d.config().Stats.AutoStopStaleAfter.Duration },

@@ -68,7 +68,7 @@ func TestDispatchSurfaceGolden(t *testing.T) {
 // interface declares has a handler, and no handler serves an undeclared one.
 func TestWiring(t *testing.T) {
 	d := newTestDaemon(t)
-	for name, pid := range map[string]any{"manager": d.actors.Manager, "stats": d.actors.Stats, "import": d.actors.Import, "events": d.actors.Events} {
+	for name, pid := range map[string]any{"manager": d.actors.Manager, "stats": d.actors.Stats, "import": d.actors.Import, "workspaces": d.actors.Workspaces, "events": d.actors.Events} {
 		if pid == nil {
 			t.Errorf("actor %s not spawned", name)
 		}
@@ -111,6 +111,7 @@ func TestMapError(t *testing.T) {
 		{"permission denied", &actors.Error{Kind: actors.ErrPermissionDenied, VM: "web1", Msg: "m"}, api.ErrPermissionDenied, []string{`"vm":"web1"`}},
 		{"image not found (actors)", &actors.Error{Kind: actors.ErrImageNotFound, VM: "alpine", Msg: "m"}, api.ErrImageNotFound, []string{`"image":"alpine"`}},
 		{"image not found (store)", fmt.Errorf("image %q: %w", "busybox", imaging.ErrImageNotFound), api.ErrImageNotFound, []string{`image \"busybox\": image not found`}},
+		{"workspace not found", &actors.Error{Kind: actors.ErrWorkspaceNotFound, VM: "proj", Msg: "no workspace named \"proj\""}, api.ErrWorkspaceNotFound, []string{`"workspace":"proj"`}},
 		{"image in use", &actors.Error{Kind: actors.ErrImageInUse, VM: "alpine", Msg: "m"}, api.ErrImageInUse, []string{`"image":"alpine"`}},
 		{"agent unavailable", &actors.Error{Kind: actors.ErrAgentUnavailable, VM: "web1", Msg: "the agent of VM web1 is not connected (yet)"}, api.ErrUnavailable, []string{"not connected"}},
 		{"unavailable", errdefs.Newf(errdefs.ErrUnavailable, "cannot start VM web1: QEMU binary %q: not found", "qemu"), api.ErrUnavailable, []string{`cannot start VM web1: QEMU binary \"qemu\"`}},

@@ -57,6 +57,9 @@ var errorTable = []errorRow{
 	{errdefs.ErrNotFound, actors.ErrNotFound, api.ErrVMNotFound, vmParams},
 	{errdefs.ErrNotFound, actors.ErrImageNotFound, api.ErrImageNotFound, imageParams},
 	{errdefs.ErrNotFound, imaging.ErrImageNotFound, api.ErrImageNotFound, imageParams},
+	{errdefs.ErrNotFound, actors.ErrWorkspaceNotFound, api.ErrWorkspaceNotFound, func(d errDetail) map[string]any {
+		return map[string]any{"workspace": d.vm, "message": d.message}
+	}},
 	// Anything else not found was named by the caller (a kernel, an image
 	// in a source): the argument is wrong.
 	{errdefs.ErrNotFound, nil, api.ErrInvalidArgument, fieldParams},

@@ -19,29 +19,33 @@ import (
 // (TestDispatchMatchesInterface).
 func (d *Daemon) dispatch() map[string]varlink.Handler {
 	t := map[string]varlink.Handler{
-		"Create":       d.create,
-		"Get":          d.get,
-		"List":         d.list,
-		"Set":          d.set,
-		"Start":        d.start,
-		"Stop":         d.stop,
-		"Delete":       d.delete,
-		"Events":       d.events,
-		"PullImage":    d.pullImage,
-		"ImportImage":  d.importImage,
-		"ListImages":   d.listImages,
-		"InspectImage": d.inspectImage,
-		"RemoveImage":  d.removeImage,
-		"PruneImages":  d.pruneImages,
-		"ImportKernel": d.importKernel,
-		"ListKernels":  d.listKernels,
-		"RemoveKernel": d.removeKernel,
-		"Exec":         d.exec,
-		"Logs":         d.logs,
-		"Console":      d.console,
-		"Stats":        d.stats,
-		"Version":      d.version,
-		"Info":         d.info,
+		"Create":           d.create,
+		"Get":              d.get,
+		"List":             d.list,
+		"Set":              d.set,
+		"Start":            d.start,
+		"Stop":             d.stop,
+		"Delete":           d.delete,
+		"Events":           d.events,
+		"PullImage":        d.pullImage,
+		"ImportImage":      d.importImage,
+		"ListImages":       d.listImages,
+		"InspectImage":     d.inspectImage,
+		"RemoveImage":      d.removeImage,
+		"PruneImages":      d.pruneImages,
+		"ImportKernel":     d.importKernel,
+		"ListKernels":      d.listKernels,
+		"RemoveKernel":     d.removeKernel,
+		"Exec":             d.exec,
+		"Logs":             d.logs,
+		"Console":          d.console,
+		"Stats":            d.stats,
+		"CreateWorkspace":  d.createWorkspace,
+		"ListWorkspaces":   d.listWorkspaces,
+		"InspectWorkspace": d.inspectWorkspace,
+		"RemoveWorkspace":  d.removeWorkspace,
+		"Version":          d.version,
+		"Info":             d.info,
 	}
 	out := make(map[string]varlink.Handler, len(t))
 	for name, h := range t {
@@ -297,10 +301,12 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Cgroup: d.cgroupInfo, Health: health(problems), Problems: problems})
 }
 
-// Imports are bounded by their client (which may cancel) rather than by the
-// request timeout: a large pull takes minutes.
+// Imports and workspace creations are bounded by their client (which may
+// cancel) rather than by the request timeout: a large pull or tree takes
+// minutes. A workspace build has its own deadline besides.
 func isImport(method string) bool {
-	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console"
+	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console" ||
+		method == api.Interface+".CreateWorkspace"
 }
 
 // callTimeout bounds one call: boots and shutdowns are bounded by the VM

@@ -448,7 +448,11 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 	img := importOut(t, e.runAs(t, alice, nil, "image", "import", tarPath, "--name", "alice-app:1", "--config", cfgPath, "--json"), "alice imports")
 	e.runAs(t, alice, nil, "create", "alice-vm2", "--image", "alice-app:1").ok(t, "alice creates from her image")
 	digest := img.Image.Digest
-	secrets := []string{vm.ID, "alice-vm", digest, "alice-app", "alice-secret", fmt.Sprint(aliceUID)}
+	var ws api.WorkspaceOut
+	if r := e.callAs(t, alice, "CreateWorkspace", map[string]any{"name": "alice-ws", "size": 64 << 20}, 0, false); r.Error != "" || len(r.Replies) != 1 || json.Unmarshal(r.Replies[0], &ws) != nil || ws.Workspace.ID == "" {
+		t.Fatalf("alice creates a workspace: %s", r)
+	}
+	secrets := []string{vm.ID, "alice-vm", digest, "alice-app", "alice-secret", fmt.Sprint(aliceUID), ws.Workspace.ID, "alice-ws"}
 
 	vmPairs := func(params func(ref string) any) []callPair {
 		var out []callPair
@@ -460,6 +464,13 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 	imagePairs := func(params func(ref string) any) []callPair {
 		var out []callPair
 		for _, refs := range [][2]string{{"alice-app:1", "nobody-app:1"}, {digest, missingDigest}, {digest[:19], missingDigest[:19]}} {
+			out = append(out, callPair{params(refs[0]), params(refs[1]), refs[0], refs[1]})
+		}
+		return out
+	}
+	wsPairs := func(params func(ref string) any) []callPair {
+		var out []callPair
+		for _, refs := range [][2]string{{"alice-ws", "nobody-ws"}, {ws.Workspace.ID, missingID}} {
 			out = append(out, callPair{params(refs[0]), params(refs[1]), refs[0], refs[1]})
 		}
 		return out
@@ -493,6 +504,11 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		"Stats":        {pairs: vmPairs(func(r string) any { return map[string]any{"vm": r} })},
 		"Version":      {scoped: map[string]any{}},
 		"Info":         {scoped: map[string]any{}},
+		// Workspace names are per user: bob's create makes his own.
+		"CreateWorkspace":  {scoped: map[string]any{"name": "bob-ws", "size": 64 << 20}},
+		"ListWorkspaces":   {scoped: map[string]any{}},
+		"InspectWorkspace": {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
+		"RemoveWorkspace":  {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
 	}
 
 	// The methods the running daemon serves, from its own description.
@@ -544,6 +560,10 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 	var after api.VM
 	if err := json.Unmarshal([]byte(e.runAs(t, alice, nil, "inspect", "alice-vm", "--json").ok(t, "alice inspects")), &after); err != nil || after.Status != "created" || after.Spec.CPUs != vm.Spec.CPUs {
 		t.Fatalf("alice's VM: %+v %v", after, err)
+	}
+	var wsAfter api.WorkspaceOut
+	if r := e.callAs(t, alice, "InspectWorkspace", map[string]any{"workspace": "alice-ws"}, 0, false); r.Error != "" || json.Unmarshal(r.Replies[0], &wsAfter) != nil || wsAfter.Workspace.ID != ws.Workspace.ID {
+		t.Fatalf("alice's workspace after bob's calls: %s", r)
 	}
 	var insp api.InspectImageOut
 	if err := json.Unmarshal([]byte(e.runAs(t, alice, nil, "image", "inspect", "alice-app:1").ok(t, "alice inspects her image")), &insp); err != nil || insp.Image.Digest != digest {

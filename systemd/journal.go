@@ -28,6 +28,8 @@ var wellKnown = map[string]string{
 	"actor":        "ACTOR",
 	"op":           "OP",
 	"image_digest": "IMAGE_DIGEST",
+	"workspace":    "WORKSPACE",
+	"workspace_id": "WORKSPACE_ID",
 }
 
 // reserved fields are written by the handler itself; an attribute mapping

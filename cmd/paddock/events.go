@@ -28,7 +28,11 @@ func (c *cli) newEventsCommand() *cobra.Command {
 }
 
 func eventLine(ev api.Event) string {
-	line := safef("%s %s %s %s", ev.Time, ev.Kind, orDash(ev.VMName), ev.Status)
+	subject := orDash(ev.VMName)
+	if ev.Workspace != "" {
+		subject = ev.Workspace
+	}
+	line := safef("%s %s %s %s", ev.Time, ev.Kind, subject, ev.Status)
 	if ev.PreviousStatus != "" {
 		line += safef(" (was %s)", ev.PreviousStatus)
 	}

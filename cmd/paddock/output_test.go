@@ -1,6 +1,11 @@
 package main
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	"github.com/paddock-vm/paddock/api"
+)
 
 func TestTermSafe(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
@@ -15,5 +20,13 @@ func TestTermSafe(t *testing.T) {
 		if got := termSafe(c.in); got != c.want {
 			t.Errorf("termSafe(%q) = %q, want %q", c.in, got, c.want)
 		}
+	}
+}
+
+// A workspace event names its workspace, escaped like everything else.
+func TestEventLineWorkspace(t *testing.T) {
+	got := eventLine(api.Event{Time: "T", Kind: api.EventWorkspaceCreated, Workspace: "proj\x1b[2J", WorkspaceID: "abc", Status: "ready"})
+	if !strings.Contains(got, "workspace-created proj") || strings.Contains(got, "\x1b") || !strings.HasSuffix(got, " ready") {
+		t.Fatalf("eventLine: %q", got)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging/flatten"
 )
 
@@ -40,7 +41,29 @@ import (
 var (
 	ErrMkfs = errors.New("mkfs.ext4 failed")
 	ErrFsck = errors.New("e2fsck failed")
+	// ErrTooSmall: Options.Size is below what the tree needs.
+	ErrTooSmall = errdefs.New(errdefs.ErrInvalidArgument, "tree does not fit")
 )
+
+// CheckFits refuses, with ErrTooSmall, a tree that does not fit in a
+// filesystem of exactly size bytes: content (and 10% for metadata and
+// directories), the inode table FixedInodes gives it, its journal and
+// 4 MiB of slack for the rest of the metadata.
+func CheckFits(sum flatten.Summary, size int64) error {
+	content := max(sum.Blocks*4096, sum.ContentBytes)
+	need := content + content/10 + FixedInodes(sum, size)*256 + journalBytes(size) + 4<<20
+	if need > size {
+		return fmt.Errorf("%w: the tree (%d files, %d bytes of content) needs a volume of at least %d MiB, the size is %d MiB",
+			ErrTooSmall, sum.Inodes, sum.ContentBytes, (need+1<<20-1)>>20, size>>20)
+	}
+	return nil
+}
+
+// FixedInodes is the inode count of a filesystem of a fixed size: room for
+// the tree and a quarter more, and never fewer than mkfs' default ratio.
+func FixedInodes(sum flatten.Summary, size int64) int64 {
+	return max(sum.Inodes+sum.Inodes/4+4096, size/16384)
+}
 
 // Options configures Build.
 type Options struct {
@@ -55,6 +78,13 @@ type Options struct {
 	// FreeBytes is added to the computed size. The image is sparse, so free
 	// space costs no disk until a guest writes it.
 	FreeBytes int64
+	// Size, when set, is the image's exact size instead of the computed
+	// one (FreeBytes is then ignored); a tree that needs more (SizeFor with
+	// no free space) is refused with ErrTooSmall before anything is
+	// written.
+	Size int64
+	// Mode of the finished image; default 0444 (a read-only base).
+	Mode os.FileMode
 	// Label (-L, at most 16 bytes) and UUID (-U) of the filesystem; UUID
 	// defaults to a random one.
 	Label, UUID string
@@ -186,6 +216,13 @@ func build(ctx context.Context, src source, sum flatten.Summary, out string, opt
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	size, inodes := SizeFor(sum, opts.FreeBytes)
+	if opts.Size > 0 {
+		if err := CheckFits(sum, opts.Size); err != nil {
+			return nil, err
+		}
+		size, inodes = opts.Size, FixedInodes(sum, opts.Size)
+	}
 	tools, err := opts.Tools.resolve()
 	if err != nil {
 		return nil, err
@@ -210,7 +247,6 @@ func build(ctx context.Context, src source, sum flatten.Summary, out string, opt
 			os.Remove(img)
 		}
 	}()
-	size, inodes := SizeFor(sum, opts.FreeBytes)
 	err = tmp.Truncate(size) // sparse: only what mkfs writes is allocated
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
@@ -274,7 +310,11 @@ func build(ctx context.Context, src source, sum flatten.Summary, out string, opt
 	if len(res.FsckFixes) > 0 {
 		log.Warn("e2fsck repaired the new image", "image", opts.ImageRef, "fixes", res.FsckFixes)
 	}
-	if err := finishFile(img, out); err != nil {
+	mode := opts.Mode
+	if mode == 0 {
+		mode = 0o444
+	}
+	if err := finishFile(img, out, mode); err != nil {
 		return nil, err
 	}
 	var st os.FileInfo
@@ -367,7 +407,7 @@ func fsck(ctx context.Context, e2fsck, img string) ([]string, error) {
 }
 
 // finishFile makes the image durable and read-only, then renames it into place.
-func finishFile(img, out string) error {
+func finishFile(img, out string, mode os.FileMode) error {
 	f, err := os.Open(img)
 	if err != nil {
 		return fmt.Errorf("sync image: %w", err)
@@ -377,7 +417,7 @@ func finishFile(img, out string) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(img, 0o444)
+		err = os.Chmod(img, mode)
 	}
 	if err == nil {
 		err = os.Rename(img, out)

@@ -1,0 +1,375 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// ErrWorkspaceNotFound: no workspace of that name the caller may see.
+// Another user's workspace is not found, exactly like one that does not
+// exist.
+var ErrWorkspaceNotFound = errdefs.New(errdefs.ErrNotFound, "workspace not found")
+
+// DefaultWorkspaceBuildTimeout bounds one workspace build (reading the
+// caller's tar stream included).
+const DefaultWorkspaceBuildTimeout = time.Hour
+
+// WorkspaceBuild builds the volume of ws at out from the tar stream r (nil:
+// empty) and returns the bytes it takes on the host. It runs off the
+// Workspaces actor's mailbox, under ctx.
+type WorkspaceBuild func(ctx context.Context, r io.Reader, out string, ws state.Workspace) error
+
+// WorkspaceDeps is what the Workspaces actor needs. It reaches no VM in
+// this slice; what it will need of them comes as messages or function
+// values given at wiring time, never a pointer into the Manager.
+type WorkspaceDeps struct {
+	Store *state.WorkspaceStore
+	Build WorkspaceBuild
+	// Used reports the bytes a volume takes on the host.
+	Used func(path string) int64
+	// BuildTimeout bounds one build; default DefaultWorkspaceBuildTimeout.
+	BuildTimeout time.Duration
+	Log          *slog.Logger
+	Events       *actor.PID
+}
+
+// WorkspaceInfo is a workspace as its caller sees it.
+type WorkspaceInfo struct {
+	state.Workspace
+	Used int64 // bytes its volume takes on the host
+}
+
+// CreateWorkspace asks the Workspaces actor to build a workspace from Tar
+// (nil: empty; closed by the actor when the build ends). It is answered on
+// Done exactly once; CancelWorkspace{ID} withdraws it (the build stops and
+// leaves nothing).
+type CreateWorkspace struct {
+	ID       uint64
+	Caller   Caller
+	Name     string
+	Size     int64
+	UID, GID uint32
+	Source   string
+	Tar      io.ReadCloser
+	Done     chan WorkspaceResult
+}
+
+// CancelWorkspace withdraws a CreateWorkspace.
+type CancelWorkspace struct{ ID uint64 }
+
+// ListWorkspaces, GetWorkspace and RemoveWorkspace are answered with
+// *WorkspaceResult. Each sees what its caller may see.
+type (
+	ListWorkspaces struct{ Caller Caller }
+	GetWorkspace   struct {
+		Caller Caller
+		Ref    string
+	}
+	RemoveWorkspace struct {
+		Caller Caller
+		Ref    string
+	}
+)
+
+func (m *ListWorkspaces) describe() string  { return "workspace list" }
+func (m *GetWorkspace) describe() string    { return "lookup of workspace " + m.Ref }
+func (m *RemoveWorkspace) describe() string { return "removal of workspace " + m.Ref }
+
+// WorkspaceResult answers the workspace requests.
+type WorkspaceResult struct {
+	Workspace  *WorkspaceInfo
+	Workspaces []WorkspaceInfo
+	Err        error
+}
+
+func (r *WorkspaceResult) failure() error { return r.Err }
+
+// workspaceBuilt carries a build's end back into the mailbox.
+type workspaceBuilt struct {
+	req *CreateWorkspace
+	ws  *state.Workspace
+	err error
+}
+
+type workspacesActor struct {
+	d        WorkspaceDeps
+	log      *slog.Logger
+	ws       map[string]*state.Workspace // by id: ready and creating
+	building map[uint64]context.CancelFunc
+}
+
+func newWorkspacesActor(d WorkspaceDeps) actor.Actor {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.BuildTimeout <= 0 {
+		d.BuildTimeout = DefaultWorkspaceBuildTimeout
+	}
+	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces)}
+}
+
+func (a *workspacesActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		a.ws, a.building = map[string]*state.Workspace{}, map[uint64]context.CancelFunc{}
+		if a.d.Store == nil {
+			return
+		}
+		ready, swept, corrupt, err := a.d.Store.LoadAll()
+		if err != nil {
+			a.log.Error("loading workspaces", "err", err)
+		}
+		for _, s := range swept {
+			a.log.Info("swept what a crash left of a workspace", "workspace_id", strings.TrimPrefix(s, ".deleted-"))
+		}
+		for _, err := range corrupt {
+			a.log.Warn("workspace record unreadable: left on disk, not served", "err", err)
+		}
+		for _, ws := range ready {
+			a.ws[ws.ID] = ws
+		}
+	case *actor.Stopping:
+		for _, c := range a.building {
+			c()
+		}
+	case *Ping:
+		ctx.Respond(&Pong{From: NameWorkspaces})
+	case *CreateWorkspace:
+		a.create(ctx, m)
+	case *workspaceBuilt:
+		a.built(ctx, m)
+	case *CancelWorkspace:
+		if c, ok := a.building[m.ID]; ok {
+			c()
+		}
+	case *ListWorkspaces:
+		if a.d.Store == nil {
+			ctx.Respond(&WorkspaceResult{Err: errorf(ErrNotYet, "workspaces are not configured")})
+			return
+		}
+		out := []WorkspaceInfo{}
+		for _, ws := range a.ws {
+			if m.Caller.May(ws.OwnerUID) {
+				out = append(out, a.info(ws))
+			}
+		}
+		sort.Slice(out, func(i, j int) bool {
+			if out[i].Name != out[j].Name {
+				return out[i].Name < out[j].Name
+			}
+			return out[i].ID < out[j].ID
+		})
+		ctx.Respond(&WorkspaceResult{Workspaces: out})
+	case *GetWorkspace:
+		ws, err := a.lookup(m.Caller, m.Ref)
+		if err != nil {
+			ctx.Respond(&WorkspaceResult{Err: err})
+			return
+		}
+		info := a.info(ws)
+		ctx.Respond(&WorkspaceResult{Workspace: &info})
+	case *RemoveWorkspace:
+		ctx.Respond(a.remove(ctx, m))
+	}
+}
+
+func (a *workspacesActor) info(ws *state.Workspace) WorkspaceInfo {
+	i := WorkspaceInfo{Workspace: *ws}
+	if ws.Status == state.WorkspaceReady && a.d.Used != nil {
+		i.Used = a.d.Used(a.d.Store.Volume(ws.ID))
+	}
+	return i
+}
+
+// lookup resolves ref as c sees it: c's own workspace of that name, else
+// the exact id of one c may see, else (admins) the name if only one
+// workspace has it. Anything else is not found, exactly like another
+// user's workspace.
+func (a *workspacesActor) lookup(c Caller, ref string) (*state.Workspace, error) {
+	if a.d.Store == nil {
+		return nil, errorf(ErrNotYet, "workspaces are not configured")
+	}
+	for _, ws := range a.ws {
+		if ws.Name == ref && ws.OwnerUID == c.UID {
+			return ws, nil
+		}
+	}
+	if ws, ok := a.ws[ref]; ok && c.May(ws.OwnerUID) {
+		return ws, nil
+	}
+	if c.Admin {
+		var hits []*state.Workspace
+		for _, ws := range a.ws {
+			if ws.Name == ref {
+				hits = append(hits, ws)
+			}
+		}
+		switch len(hits) {
+		case 1:
+			return hits[0], nil
+		case 0:
+		default:
+			ids := make([]string, len(hits))
+			for i, ws := range hits {
+				ids[i] = fmt.Sprintf("%s (uid %d)", ws.ID, ws.OwnerUID)
+			}
+			sort.Strings(ids)
+			return nil, &Error{Kind: ErrInvalidArgument, Field: "workspace", Msg: fmt.Sprintf("%d workspaces are named %q: give an id: %s", len(hits), ref, strings.Join(ids, ", "))}
+		}
+	}
+	return nil, &Error{Kind: ErrWorkspaceNotFound, VM: ref, Msg: fmt.Sprintf("no workspace named %q", ref)}
+}
+
+func (a *workspacesActor) create(ctx actor.Context, m *CreateWorkspace) {
+	fail := func(err error) {
+		if m.Tar != nil {
+			_ = m.Tar.Close()
+		}
+		m.Done <- WorkspaceResult{Err: err}
+	}
+	if a.d.Store == nil || a.d.Build == nil {
+		fail(errorf(ErrNotYet, "workspaces are not configured"))
+		return
+	}
+	if err := state.ValidateNewName(m.Name); err != nil {
+		fail(&Error{Kind: ErrInvalidArgument, Field: "name", Msg: "workspace " + err.Error()})
+		return
+	}
+	for _, ws := range a.ws {
+		if ws.Name == m.Name && ws.OwnerUID == m.Caller.UID {
+			fail(&Error{Kind: ErrNameInUse, Name: m.Name, Msg: fmt.Sprintf("you have a workspace named %q already", m.Name)})
+			return
+		}
+	}
+	ws := &state.Workspace{ID: state.NewID(), Name: m.Name, OwnerUID: m.Caller.UID, Status: state.WorkspaceCreating,
+		Size: m.Size, UID: m.UID, GID: m.GID, Source: m.Source, CreatedAt: time.Now().UTC()}
+	// Intent first: a crash from here on leaves a "creating" record that
+	// start-up sweeps with whatever the build left.
+	if err := a.d.Store.Begin(ws); err != nil {
+		fail(err)
+		return
+	}
+	failpoint("workspace-create-intent")
+	a.ws[ws.ID] = ws
+	bctx, cancel := context.WithTimeout(context.Background(), a.d.BuildTimeout)
+	a.building[m.ID] = cancel
+	log := a.log.With("workspace", ws.Name, "workspace_id", ws.ID, "owner_uid", ws.OwnerUID)
+	log.Info("building workspace", "size", ws.Size, "source", ws.Source, "uid", ws.UID, "gid", ws.GID)
+	self, root, build, out, snapshot := ctx.Self(), ctx.ActorSystem().Root, a.d.Build, a.d.Store.Volume(ws.ID), *ws
+	go func() {
+		var r io.Reader
+		if m.Tar != nil {
+			r = m.Tar
+			// A reader blocked on the caller's stream ends when the build's
+			// context does.
+			stop := context.AfterFunc(bctx, func() { _ = m.Tar.Close() })
+			defer stop()
+		}
+		err := build(bctx, r, out, snapshot)
+		if bctx.Err() != nil {
+			// Canceled or out of time: that, not what the build made of
+			// its stream being closed under it, is why.
+			err = bctx.Err()
+		}
+		if m.Tar != nil {
+			_ = m.Tar.Close()
+		}
+		root.Send(self, &workspaceBuilt{req: m, ws: ws, err: err})
+	}()
+}
+
+func (a *workspacesActor) built(ctx actor.Context, m *workspaceBuilt) {
+	if c, ok := a.building[m.req.ID]; ok {
+		c()
+		delete(a.building, m.req.ID)
+	}
+	ws := m.ws
+	log := a.log.With("workspace", ws.Name, "workspace_id", ws.ID, "owner_uid", ws.OwnerUID)
+	err := m.err
+	if err == nil {
+		failpoint("workspace-create-built")
+		ws.Status = state.WorkspaceReady
+		err = a.d.Store.Save(ws)
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			err = errdefs.Newf(errdefs.ErrCanceled, "workspace %s: creation canceled", ws.Name)
+		} else if errors.Is(err, context.DeadlineExceeded) {
+			err = errdefs.Newf(errdefs.ErrDeadlineExceeded, "workspace %s: not built within %s", ws.Name, a.d.BuildTimeout)
+		}
+		delete(a.ws, ws.ID)
+		if rerr := a.d.Store.Remove(ws.ID); rerr != nil {
+			log.Warn("removing a workspace whose build failed (start-up sweeps it)", "err", rerr)
+		}
+		log.Warn("workspace not created", "err", err)
+		m.req.Done <- WorkspaceResult{Err: err}
+		return
+	}
+	info := a.info(ws)
+	log.Info("workspace created", "used", info.Used)
+	a.emit(ctx, api.EventWorkspaceCreated, ws)
+	m.req.Done <- WorkspaceResult{Workspace: &info}
+}
+
+func (a *workspacesActor) remove(ctx actor.Context, m *RemoveWorkspace) *WorkspaceResult {
+	ws, err := a.lookup(m.Caller, m.Ref)
+	if err != nil {
+		return &WorkspaceResult{Err: err}
+	}
+	if ws.Status != state.WorkspaceReady {
+		return &WorkspaceResult{Err: &Error{Kind: ErrInvalidState, VM: m.Ref, Status: state.Status(ws.Status), Msg: fmt.Sprintf("workspace %s is being created", m.Ref)}}
+	}
+	if err := a.d.Store.Remove(ws.ID); err != nil {
+		return &WorkspaceResult{Err: err}
+	}
+	delete(a.ws, ws.ID)
+	a.log.Info("workspace removed", "workspace", ws.Name, "workspace_id", ws.ID, "owner_uid", ws.OwnerUID)
+	a.emit(ctx, api.EventWorkspaceRemoved, ws)
+	info := WorkspaceInfo{Workspace: *ws}
+	return &WorkspaceResult{Workspace: &info}
+}
+
+func (a *workspacesActor) emit(ctx actor.Context, kind api.EventKind, ws *state.Workspace) {
+	if a.d.Events == nil {
+		return
+	}
+	status := string(ws.Status)
+	if kind == api.EventWorkspaceRemoved {
+		status = "removed"
+	}
+	ctx.Send(a.d.Events, &emit{Owner: ws.OwnerUID, Event: api.Event{Kind: kind, Workspace: ws.Name, WorkspaceID: ws.ID, Status: status}})
+}
+
+var workspaceSeq atomic.Uint64
+
+// CreateWorkspace runs a workspace creation through the Workspaces actor
+// until it is done or ctx ends (which cancels the build; nothing is left).
+func (s *System) CreateWorkspace(ctx context.Context, m CreateWorkspace) (*WorkspaceInfo, error) {
+	m.ID, m.Done = workspaceSeq.Add(1), make(chan WorkspaceResult, 1)
+	s.sys.Root.Send(s.Workspaces, &m)
+	select {
+	case r := <-m.Done:
+		return r.Workspace, r.Err
+	case <-ctx.Done():
+		s.sys.Root.Send(s.Workspaces, &CancelWorkspace{ID: m.ID})
+		return nil, ctx.Err()
+	}
+}
+
+// WorkspaceRequest sends a workspace request to the Workspaces actor.
+func (s *System) WorkspaceRequest(ctx context.Context, msg any) (*WorkspaceResult, error) {
+	return request[*WorkspaceResult](ctx, s.sys.Root, s.Workspaces, msg)
+}

@@ -1,0 +1,385 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/state"
+)
+
+var (
+	wsAlice = Caller{UID: 1001}
+	wsBob   = Caller{UID: 1002}
+)
+
+// fakeBuild writes what it reads to the volume; gate, when set, holds the
+// build until it is closed or the build's context ends; fail fails it.
+type fakeBuild struct {
+	gate chan struct{}
+	fail error
+}
+
+func (f *fakeBuild) build(ctx context.Context, r io.Reader, out string, ws state.Workspace) error {
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if f.fail != nil {
+		return f.fail
+	}
+	data := []byte("empty")
+	if r != nil {
+		var err error
+		if data, err = io.ReadAll(r); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(out, data, 0o600)
+}
+
+type wsHarness struct {
+	sys   *System
+	store *state.WorkspaceStore
+}
+
+func startWorkspaces(t *testing.T, dir string, fb *fakeBuild) *wsHarness {
+	t.Helper()
+	return startWorkspacesWithin(t, dir, fb, 0)
+}
+
+func startWorkspacesWithin(t *testing.T, dir string, fb *fakeBuild, timeout time.Duration) *wsHarness {
+	t.Helper()
+	st, err := state.NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := state.NewWorkspaceStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sys, err := Start(ctx, Deps{Store: st, Defaults: func() config.Defaults { return config.Default().Defaults },
+		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Shutdown)
+	return &wsHarness{sys: sys, store: ws}
+}
+
+func (h *wsHarness) create(t *testing.T, c Caller, name, content string) (*WorkspaceInfo, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var tar io.ReadCloser
+	if content != "" {
+		tar = io.NopCloser(strings.NewReader(content))
+	}
+	return h.sys.CreateWorkspace(ctx, CreateWorkspace{Caller: c, Name: name, Size: 64 << 20, UID: 1000, GID: 1000, Source: "test", Tar: tar})
+}
+
+func (h *wsHarness) do(t *testing.T, msg any) (*WorkspaceResult, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return h.sys.WorkspaceRequest(ctx, msg)
+}
+
+func (h *wsHarness) names(t *testing.T, c Caller) []string {
+	t.Helper()
+	r, err := h.do(t, &ListWorkspaces{Caller: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, w := range r.Workspaces {
+		out = append(out, w.Name+"@"+w.ID[:6]+":"+string(w.Status))
+	}
+	return out
+}
+
+// Names are per owner: alice's proj and bob's proj are two workspaces;
+// another user's workspace is not found exactly like a missing one, by
+// name or by id; admins see all and are told to use an id when a name is
+// ambiguous.
+func TestWorkspacesNamesPerOwner(t *testing.T) {
+	h := startWorkspaces(t, t.TempDir(), &fakeBuild{})
+	a, err := h.create(t, wsAlice, "proj", "alice's tree")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := h.create(t, wsBob, "proj", "bob's tree")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ID == b.ID || a.OwnerUID != 1001 || b.OwnerUID != 1002 || a.Status != state.WorkspaceReady || a.Used != int64(len("alice's tree")) {
+		t.Fatalf("alice %+v, bob %+v", a, b)
+	}
+	if _, err := h.create(t, wsAlice, "proj", ""); !errors.Is(err, ErrNameInUse) {
+		t.Fatalf("alice's second proj: %v", err)
+	}
+	if got := h.names(t, wsAlice); len(got) != 1 || !strings.HasPrefix(got[0], "proj@"+a.ID[:6]) {
+		t.Fatalf("alice lists %v", got)
+	}
+	if got := h.names(t, admin); len(got) != 2 {
+		t.Fatalf("admin lists %v", got)
+	}
+	r, err := h.do(t, &GetWorkspace{Caller: wsBob, Ref: "proj"})
+	if err != nil || r.Workspace.ID != b.ID {
+		t.Fatalf("bob's proj: %+v %v", r, err)
+	}
+	// alice's id, to bob, is nothing.
+	_, theirs := h.do(t, &GetWorkspace{Caller: wsBob, Ref: a.ID})
+	_, none := h.do(t, &GetWorkspace{Caller: wsBob, Ref: strings.Repeat("0", 24)})
+	if !errors.Is(theirs, ErrWorkspaceNotFound) || strings.ReplaceAll(theirs.Error(), a.ID, "X") != strings.ReplaceAll(none.Error(), strings.Repeat("0", 24), "X") {
+		t.Fatalf("bob on alice's id: %v; on nothing: %v", theirs, none)
+	}
+	if _, err := h.do(t, &GetWorkspace{Caller: admin, Ref: "proj"}); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), a.ID) || !strings.Contains(err.Error(), b.ID) {
+		t.Fatalf("admin on a shared name: %v", err)
+	}
+	if r, err := h.do(t, &GetWorkspace{Caller: admin, Ref: a.ID}); err != nil || r.Workspace.Name != "proj" || r.Workspace.OwnerUID != 1001 {
+		t.Fatalf("admin by id: %+v %v", r, err)
+	}
+	if _, err := h.create(t, wsAlice, "Bad_Name", ""); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("bad name: %v", err)
+	}
+}
+
+// rm: another user's workspace is not found and stays; the owner's goes,
+// with its directory, and its events reach its owner only.
+func TestWorkspacesRemove(t *testing.T) {
+	dir := t.TempDir()
+	h := startWorkspaces(t, dir, &fakeBuild{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, aliceEvents, err := h.sys.Subscribe(ctx, wsAlice, "", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, bobEvents, err := h.sys.Subscribe(ctx, wsBob, "", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := h.create(t, wsAlice, "proj", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"proj", a.ID} {
+		if _, err := h.do(t, &RemoveWorkspace{Caller: wsBob, Ref: ref}); !errors.Is(err, ErrWorkspaceNotFound) {
+			t.Fatalf("bob removes alice's %s: %v", ref, err)
+		}
+	}
+	if _, err := os.Stat(h.store.Volume(a.ID)); err != nil {
+		t.Fatalf("alice's volume after bob's rm: %v", err)
+	}
+	if _, err := h.do(t, &RemoveWorkspace{Caller: wsAlice, Ref: "proj"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(h.store.Dir(a.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("alice's workspace directory after rm: %v", err)
+	}
+	if got := h.names(t, admin); len(got) != 0 {
+		t.Fatalf("after rm: %v", got)
+	}
+	if _, err := h.do(t, &GetWorkspace{Caller: wsAlice, Ref: "proj"}); !errors.Is(err, ErrWorkspaceNotFound) {
+		t.Fatalf("get after rm: %v", err)
+	}
+	for _, want := range []api.EventKind{api.EventWorkspaceCreated, api.EventWorkspaceRemoved} {
+		select {
+		case ev := <-aliceEvents:
+			if ev.Kind != want || ev.Workspace != "proj" || ev.WorkspaceID != a.ID {
+				t.Fatalf("alice's event %+v, want %s", ev, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %s event", want)
+		}
+	}
+	select {
+	case ev := <-bobEvents:
+		t.Fatalf("bob sees alice's event %+v", ev)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// A build runs off the mailbox: while it runs, list answers (creating),
+// the name is taken, rm is refused; a caller who gives up cancels it and
+// nothing is left.
+func TestWorkspacesBuildOffMailbox(t *testing.T) {
+	fb := &fakeBuild{gate: make(chan struct{})}
+	h := startWorkspaces(t, t.TempDir(), fb)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.sys.CreateWorkspace(ctx, CreateWorkspace{Caller: wsAlice, Name: "slow", Size: 64 << 20})
+		done <- err
+	}()
+	var id string
+	deadline := time.Now().Add(5 * time.Second)
+	for id == "" {
+		r, err := h.do(t, &ListWorkspaces{Caller: wsAlice})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Workspaces) == 1 {
+			if r.Workspaces[0].Status != state.WorkspaceCreating {
+				t.Fatalf("while building: %+v", r.Workspaces[0])
+			}
+			id = r.Workspaces[0].ID
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the build never showed in the list")
+		}
+	}
+	if _, err := h.create(t, wsAlice, "slow", ""); !errors.Is(err, ErrNameInUse) {
+		t.Fatalf("a second slow while the first builds: %v", err)
+	}
+	if _, err := h.do(t, &RemoveWorkspace{Caller: wsAlice, Ref: "slow"}); !errors.Is(err, ErrInvalidState) {
+		t.Fatalf("rm while building: %v", err)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled create: %v", err)
+	}
+	for {
+		if _, err := os.Stat(h.store.Dir(id)); errors.Is(err, os.ErrNotExist) && len(h.names(t, admin)) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a canceled build left %v", h.names(t, admin))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(fb.gate)
+	if _, err := h.create(t, wsAlice, "slow", ""); err != nil {
+		t.Fatalf("slow again after the cancel: %v", err)
+	}
+}
+
+// A failed build answers its error and leaves nothing; the name is free.
+func TestWorkspacesFailedBuildLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	fb := &fakeBuild{fail: errdefs.New(errdefs.ErrInvalidArgument, `entry "dev/null": device nodes have no place in a workspace`)}
+	h := startWorkspaces(t, dir, fb)
+	if _, err := h.create(t, wsAlice, "bad", "x"); err == nil || !strings.Contains(err.Error(), "dev/null") {
+		t.Fatalf("failed build: %v", err)
+	}
+	es, _ := os.ReadDir(h.store.Root)
+	if len(es) != 0 || len(h.names(t, admin)) != 0 {
+		t.Fatalf("a failed build left %v", es)
+	}
+	fb.fail = nil
+	if _, err := h.create(t, wsAlice, "bad", "x"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Start-up sweeps what crashes left (a build cut short: a "creating"
+// record, with or without a partial volume, or a directory without a
+// record; a removal cut short) and serves the ready workspaces; a corrupt
+// record is kept on disk and does not stop the daemon.
+func TestWorkspacesSweepAtStart(t *testing.T) {
+	dir := t.TempDir()
+	store, err := state.NewWorkspaceStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := func(name string, st state.WorkspaceStatus) *state.Workspace {
+		ws := &state.Workspace{ID: state.NewID(), Name: name, OwnerUID: 1001, Status: st, Size: 64 << 20, CreatedAt: time.Now()}
+		if err := store.Begin(ws); err != nil {
+			t.Fatal(err)
+		}
+		return ws
+	}
+	ready := rec("ready", state.WorkspaceReady)
+	if err := os.WriteFile(store.Volume(ready.ID), []byte("vol"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cut := rec("cut", state.WorkspaceCreating)
+	partial := rec("partial", state.WorkspaceCreating)
+	if err := os.WriteFile(filepath.Join(store.Dir(partial.ID), ".volume.ext4.partial-1"), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	built := rec("built", state.WorkspaceCreating) // volume renamed, record not yet ready
+	if err := os.WriteFile(store.Volume(built.ID), []byte("vol"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bare := state.NewID()
+	if err := os.Mkdir(store.Dir(bare), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	gone := filepath.Join(store.Root, ".deleted-"+state.NewID())
+	if err := os.MkdirAll(gone, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	corrupt := state.NewID()
+	if err := os.Mkdir(store.Dir(corrupt), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(store.Dir(corrupt), "meta.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	h := startWorkspaces(t, dir, &fakeBuild{})
+	if got := h.names(t, admin); len(got) != 1 || !strings.HasPrefix(got[0], "ready@") {
+		t.Fatalf("after start-up: %v", got)
+	}
+	for _, p := range []string{store.Dir(cut.ID), store.Dir(partial.ID), store.Dir(built.ID), store.Dir(bare), gone} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s not swept: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(store.Dir(corrupt)); err != nil {
+		t.Errorf("a corrupt record was removed: %v", err)
+	}
+	// The swept names are free again.
+	if _, err := h.create(t, Caller{UID: 1001}, "cut", ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The workspace crash points are reached, in order, by a creation: a point
+// the code never passes would make e2e/TestWorkspaceCrashPoints prove
+// nothing for it.
+func TestWorkspaceFailpointsReached(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	failpointHook = func(name string) { mu.Lock(); seen = append(seen, name); mu.Unlock() }
+	t.Cleanup(func() { failpointHook = nil })
+	h := startWorkspaces(t, t.TempDir(), &fakeBuild{})
+	if _, err := h.create(t, wsAlice, "fp", "x"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, WorkspaceFailpoints) {
+		t.Fatalf("reached %v, want %v", seen, WorkspaceFailpoints)
+	}
+}
+
+// Every build has a deadline: one that does not finish in time (a client
+// that sends nothing) is ended, answered as a timeout, and leaves nothing.
+func TestWorkspaceBuildDeadline(t *testing.T) {
+	h := startWorkspacesWithin(t, t.TempDir(), &fakeBuild{gate: make(chan struct{})}, 200*time.Millisecond)
+	_, err := h.create(t, wsAlice, "stuck", "")
+	if !errdefs.IsDeadlineExceeded(err) || !strings.Contains(err.Error(), "not built within 200ms") {
+		t.Fatalf("a build past its deadline: %v", err)
+	}
+	if es, _ := os.ReadDir(h.store.Root); len(es) != 0 || len(h.names(t, admin)) != 0 {
+		t.Fatalf("a build past its deadline left %v", es)
+	}
+}

@@ -1,0 +1,27 @@
+package main
+
+import (
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-vm/paddock/api"
+)
+
+func (c *cli) newWorkspaceCommand() *cobra.Command {
+	ws := &cobra.Command{Use: "workspace", Aliases: []string{"ws"}, Short: "Manage workspaces: persistent project volumes, independent of VMs (create, ls, inspect, rm)"}
+	ws.AddCommand(c.newWorkspaceCreateCommand(), c.newWorkspaceLsCommand(), c.newWorkspaceInspectCommand(), c.newWorkspaceRmCommand())
+	return ws
+}
+
+// workspaceFields are what inspect and create show of a workspace.
+func workspaceFields(w *api.Workspace) [][2]string {
+	return [][2]string{
+		{"Name", w.Name}, {"ID", w.ID}, {"Status", w.Status},
+		{"Size", humanBytes(w.Size)}, {"Used", humanBytes(w.Used)},
+		{"Owner", itoa(w.OwnerUID)}, {"Files", itoa(w.UID) + ":" + itoa(w.GID)},
+		{"Source", orDash(w.Source)}, {"Created", w.Created},
+	}
+}
+
+func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
