@@ -67,15 +67,6 @@ type iface struct {
 	props   []property
 }
 
-func (i *iface) method(name string) *member {
-	for k := range i.methods {
-		if i.methods[k].name == name {
-			return &i.methods[k]
-		}
-	}
-	return nil
-}
-
 type (
 	options    = map[string]dbus.Variant
 	properties = map[string]dbus.Variant
