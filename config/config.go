@@ -32,6 +32,15 @@ type Config struct {
 	Images   Images   `toml:"images"`
 	VM       VM       `toml:"vm"`
 	Stats    Stats    `toml:"stats"`
+	DBus     DBus     `toml:"dbus"`
+}
+
+// DBus configures the D-Bus API (org.paddock1).
+type DBus struct {
+	// Bus is system, session, off, or auto: the session bus for a daemon
+	// run by a user who has one, else the system bus. A bus that cannot be
+	// reached leaves the D-Bus API off (logged), never stops the daemon.
+	Bus string `toml:"bus"`
 }
 
 // Stats configures the Stats actor.
@@ -254,6 +263,7 @@ func Default() *Config {
 			NAT: "on", DNS: []string{}, HostAccess: []string{},
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20,
 			VMMMemoryOverhead: 256 << 20, VMMPIDsMax: 256},
+		DBus:   DBus{Bus: "auto"},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
 		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20, BlobCacheSize: 2 << 30},
 	}
@@ -449,6 +459,11 @@ func (c *Config) Validate() error {
 	if c.Stats.IdleCPU < 0 || c.Stats.IdleCPU > 1 {
 		return bad("stats.idle_cpu", "must be between 0 and 1, got %v", c.Stats.IdleCPU)
 	}
+	switch c.DBus.Bus {
+	case "auto", "system", "session", "off":
+	default:
+		return bad("dbus.bus", "%q is not one of auto, system, session, off", c.DBus.Bus)
+	}
 	if c.Stats.Parallel < 1 {
 		return bad("stats.parallel", "must be at least 1")
 	}
@@ -536,6 +551,7 @@ func (c *Config) Diff(old *Config) []Change {
 	add("stats.auto_stop_stale_after", old.Stats.AutoStopStaleAfter.Duration, c.Stats.AutoStopStaleAfter.Duration, true)
 	add("stats.idle_cpu", old.Stats.IdleCPU, c.Stats.IdleCPU, false)
 	add("stats.parallel", old.Stats.Parallel, c.Stats.Parallel, false)
+	add("dbus.bus", old.DBus.Bus, c.DBus.Bus, false)
 	add("vm.run", old.VM.Run, c.VM.Run, false)
 	add("vm.vmm_binary", old.VM.VMMBinary, c.VM.VMMBinary, false)
 	add("vm.disk_backend", old.VM.DiskBackend, c.VM.DiskBackend, false)

@@ -25,6 +25,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/daemon/dbusapi"
 	"github.com/paddock-vm/paddock/host/probe"
 	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/imaging"
@@ -48,6 +49,7 @@ type Daemon struct {
 	auth       *authorizer
 	actors     *actors.System
 	server     *varlink.Server
+	bus        *dbusapi.Server // nil: D-Bus API off
 	images     *imaging.Store
 	ln         net.Listener
 	socketPath string
@@ -250,6 +252,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- d.server.Serve(d.ln) }()
+	d.startDBus(ctx)
 
 	counts, _ := d.actors.Counts(ctx)
 	if err := d.notify.Ready(statusLine(counts, d.problems())); err != nil {
@@ -321,6 +324,9 @@ func (d *Daemon) shutdown(cause error) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.config().API.ShutdownTimeout.Duration)
 	defer cancel()
+	if d.bus != nil {
+		d.bus.Close()
+	}
 	if err := d.server.Shutdown(ctx); err != nil {
 		d.log.Warn("in-flight calls did not finish", "err", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
+	"github.com/paddock-vm/paddock/daemon/dbusapi"
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/varlink"
@@ -167,5 +168,36 @@ func TestErrorTableMatchesInterface(t *testing.T) {
 		if !found {
 			t.Errorf("class %v has no row for errors of no particular kind", class)
 		}
+	}
+}
+
+// The D-Bus front-end routes only into methods of the one dispatch table.
+func TestDBusRoutesDispatched(t *testing.T) {
+	d := newTestDaemon(t)
+	table := d.dispatch()
+	routes := dbusapi.Routes()
+	if len(routes) == 0 {
+		t.Fatal("the D-Bus surface routes nothing")
+	}
+	for _, m := range routes {
+		if table[m] == nil {
+			t.Errorf("D-Bus routes to %s, which the dispatch table lacks", m)
+		}
+	}
+}
+
+func TestWhichBus(t *testing.T) {
+	for _, b := range []string{"system", "session", "off"} {
+		if got := whichBus(b); got != b {
+			t.Errorf("whichBus(%q) = %q", b, got)
+		}
+	}
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
+	want := "session"
+	if os.Geteuid() == 0 {
+		want = "system"
+	}
+	if got := whichBus("auto"); got != want {
+		t.Errorf("whichBus(auto) = %q, want %q", got, want)
 	}
 }

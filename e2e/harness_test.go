@@ -79,6 +79,10 @@ func newEnv(t *testing.T, extra string) *env {
 		// The API tests drive the state machine: VMs stay records.
 		extra += "\n[vm]\nrun = \"off\"\n"
 	}
+	if !strings.Contains(extra, "[dbus]") {
+		// Only the D-Bus tests reach a bus (their own).
+		extra += "\n[dbus]\nbus = \"off\"\n"
+	}
 	body := fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n%s", e.state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"), extra)
 	if err := os.WriteFile(e.cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)

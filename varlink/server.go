@@ -36,6 +36,18 @@ type Call struct {
 	FDs     []*os.File
 	conn    *conn
 	replied bool
+	// local receives the replies of a call made in-process (Invoke)
+	// instead of conn.
+	local func(*Reply) error
+}
+
+// send writes one reply to the client: the connection, or the in-process
+// caller of Invoke.
+func (c *Call) send(r *Reply) error {
+	if c.local != nil {
+		return c.local(r)
+	}
+	return c.conn.write(r)
 }
 
 // Decode unmarshals the parameters into v, refusing unknown fields. A failure
@@ -62,7 +74,7 @@ func (c *Call) Reply(params any) error {
 	if c.Oneway {
 		return nil
 	}
-	return c.conn.write(&Reply{Parameters: orEmpty(params)})
+	return c.send(&Reply{Parameters: orEmpty(params)})
 }
 
 // Continue sends one of several answers to a "more" call.
@@ -70,7 +82,7 @@ func (c *Call) Continue(params any) error {
 	if !c.More {
 		return NewError(ErrExpectedMore, map[string]any{"message": c.Method + " streams: call it with more=true"})
 	}
-	return c.conn.write(&Reply{Parameters: orEmpty(params), Continues: true})
+	return c.send(&Reply{Parameters: orEmpty(params), Continues: true})
 }
 
 // ReplyError sends a named error as the final answer.
@@ -79,7 +91,7 @@ func (c *Call) ReplyError(name string, params any) error {
 	if c.Oneway {
 		return nil
 	}
-	return c.conn.write(&Reply{Parameters: orEmpty(params), Error: name})
+	return c.send(&Reply{Parameters: orEmpty(params), Error: name})
 }
 
 func orEmpty(p any) any {

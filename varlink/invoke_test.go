@@ -1,0 +1,64 @@
+package varlink
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+// Invoke runs the same handler a connection would, with the peer it is
+// given, and turns replies, error replies and returned errors alike into
+// what a client would have read.
+func TestInvoke(t *testing.T) {
+	s, err := NewServer(Config{
+		Interfaces: map[string]string{"org.example.t": "interface org.example.t\n"},
+		Methods: map[string]Handler{
+			"org.example.t.Who": func(_ context.Context, c *Call) error {
+				var in struct {
+					Greeting string `json:"greeting"`
+				}
+				if err := c.Decode(&in); err != nil {
+					return err
+				}
+				return c.Reply(map[string]any{"uid": c.Peer.UID, "greeting": in.Greeting})
+			},
+			"org.example.t.Named": func(_ context.Context, c *Call) error {
+				return c.ReplyError("org.example.t.Nope", map[string]string{"message": "no"})
+			},
+			"org.example.t.Fails": func(context.Context, *Call) error { return errors.New("boom") },
+			"org.example.t.Streams": func(_ context.Context, c *Call) error {
+				return c.Continue(nil)
+			},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	out, err := s.Invoke(ctx, Peer{UID: 1234}, "org.example.t.Who", map[string]string{"greeting": "hi"})
+	if err != nil || string(out) != `{"greeting":"hi","uid":1234}` {
+		t.Fatalf("Who = %s, %v", out, err)
+	}
+	var ve *Error
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Who", map[string]string{"bogus": "x"}); !errors.As(err, &ve) || ve.Name != ErrInvalidParameter {
+		t.Errorf("unknown parameter: %v", err)
+	}
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Named", nil); !errors.As(err, &ve) || ve.Name != "org.example.t.Nope" || ve.Error() != "no" {
+		t.Errorf("Named: %v", err)
+	}
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Fails", nil); !errors.As(err, &ve) || ve.Name != "org.varlink.service.Internal" {
+		t.Errorf("Fails: %v", err)
+	}
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Streams", nil); !errors.As(err, &ve) || ve.Name != ErrExpectedMore {
+		t.Errorf("Streams: %v", err)
+	}
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Missing", nil); !errors.As(err, &ve) || ve.Name != ErrMethodNotFound {
+		t.Errorf("Missing: %v", err)
+	}
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Who", nil); !errors.Is(err, ErrShuttingDown) {
+		t.Errorf("after Shutdown: %v", err)
+	}
+}
