@@ -255,6 +255,7 @@ func (s *Server) invokeAs(ctx context.Context, p varlink.Peer, method string, pa
 var errorNames = map[string]string{
 	api.ErrVMNotFound:            "NotFound",
 	api.ErrImageNotFound:         "ImageNotFound",
+	api.ErrWorkspaceNotFound:     "WorkspaceNotFound",
 	api.ErrNameInUse:             "NameInUse",
 	api.ErrInvalidArgument:       "InvalidArgument",
 	varlink.ErrInvalidParameter:  "InvalidArgument",
