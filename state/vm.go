@@ -88,8 +88,10 @@ const DefaultWorkspacePath = "/workspace"
 // volume attached, the guest device and mount. Released, every claim of
 // the VM is dropped.
 type AttachRuntime struct {
-	VM    string              `json:"vm"`
-	Items []WorkspaceAttached `json:"items,omitempty"`
+	VM     string              `json:"vm"`
+	VMName string              `json:"vm_name,omitempty"`
+	Owner  uint32              `json:"owner_uid"`
+	Items  []WorkspaceAttached `json:"items,omitempty"`
 }
 
 // WorkspaceAttached is one attached workspace.
