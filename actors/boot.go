@@ -31,8 +31,8 @@ type bootPlan struct {
 	workspaces          []state.WorkspaceMount // to attach
 	imgConfig           []byte                 // the image's config, for the seed
 	seed                string                 // the seed disk's path
-	deadline            time.Time // of the whole boot: every step fits in it
-	rootfs              string    // the image's base (first start only)
+	deadline            time.Time              // of the whole boot: every step fits in it
+	rootfs              string                 // the image's base (first start only)
 	disk                *disk.Disk
 	diskSize            int64
 	args                guestboot.BootArgs // the paddock.* keys; the driver adds its channel
