@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -500,4 +501,34 @@ func (s *System) CreateWorkspace(ctx context.Context, m CreateWorkspace) (*Works
 // WorkspaceRequest sends a workspace request to the Workspaces actor.
 func (s *System) WorkspaceRequest(ctx context.Context, msg any) (*WorkspaceResult, error) {
 	return request[*WorkspaceResult](ctx, s.sys.Root, s.Workspaces, msg)
+}
+
+// WorkspaceRef is a workspace a create or set names: the caller's own, by
+// name or id, mounted at Path (state.DefaultWorkspacePath when empty).
+type WorkspaceRef struct {
+	Workspace string
+	Path      string
+	ReadOnly  bool
+}
+
+// ResolveWorkspaces resolves refs to the caller's own workspaces (ids, for
+// the VM's spec). Only the caller's own can be named: another user's
+// workspace is not found, an admin's included.
+func (s *System) ResolveWorkspaces(ctx context.Context, c Caller, refs []WorkspaceRef) ([]state.WorkspaceMount, error) {
+	out := make([]state.WorkspaceMount, 0, len(refs))
+	for _, r := range refs {
+		res, err := s.WorkspaceRequest(ctx, &GetWorkspace{Caller: c, Ref: r.Workspace})
+		if err != nil {
+			return nil, err
+		}
+		ws := res.Workspace
+		if ws.OwnerUID != c.UID {
+			return nil, &Error{Kind: ErrWorkspaceNotFound, VM: r.Workspace, Msg: fmt.Sprintf("no workspace named %q", r.Workspace)}
+		}
+		if ws.Status != state.WorkspaceReady {
+			return nil, &Error{Kind: ErrInvalidState, VM: r.Workspace, Msg: fmt.Sprintf("workspace %s is being created", ws.Name)}
+		}
+		out = append(out, state.WorkspaceMount{ID: ws.ID, Name: ws.Name, Path: cmp.Or(r.Path, state.DefaultWorkspacePath), ReadOnly: r.ReadOnly})
+	}
+	return out, nil
 }
