@@ -20,7 +20,11 @@ import (
 // VM is dropped. Handle: *state.AttachRuntime. The step runs for every VM,
 // with or without workspaces, so its crash points are crossed by every
 // start and stop.
-type workspacesStep struct {
+type workspacesStep wsLink
+
+// wsLink is how VMs reach the Workspaces actor, wired by Start: claim a
+// VM's workspaces, and drop its claims.
+type wsLink struct {
 	attach func(ctx context.Context, m *AttachWorkspaces) ([]state.WorkspaceAttached, error)
 	detach func(ctx context.Context, vmID string) error
 }

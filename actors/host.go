@@ -82,12 +82,6 @@ type Host struct {
 	// FindPassts lists the passt processes that could be this daemon's,
 	// for the orphan sweep (nil finds none).
 	FindPassts func() ([]passt.Found, error)
-	// AttachWorkspaces and DetachWorkspaces claim and release a VM's
-	// workspaces in the Workspaces actor; Start wires them (a Host given
-	// with them set keeps its own). nil: a VM that names a workspace does
-	// not start.
-	AttachWorkspaces func(ctx context.Context, m *AttachWorkspaces) ([]state.WorkspaceAttached, error)
-	DetachWorkspaces func(ctx context.Context, vmID string) error
 	// SweepDisks removes loop and dm devices that paddock made for VMs that
 	// no longer exist (known reports whether a VM id exists).
 	SweepDisks func(ctx context.Context, known func(vmID string) bool) error

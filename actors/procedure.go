@@ -100,7 +100,7 @@ func (a *vmActor) spawnChildren(ctx actor.Context) {
 			return &resourceActor[*disk.Disk]{kind: KindDisk, step: diskStep{backend: h.Disks, opts: h.DiskOpts}, book: a.book, log: log, timeout: timeout}
 		},
 		KindWorkspaces: func() actor.Actor {
-			return &resourceActor[*state.AttachRuntime]{kind: KindWorkspaces, step: workspacesStep{attach: h.AttachWorkspaces, detach: h.DetachWorkspaces}, book: a.book, log: log, timeout: timeout}
+			return &resourceActor[*state.AttachRuntime]{kind: KindWorkspaces, step: workspacesStep(a.ws), book: a.book, log: log, timeout: timeout}
 		},
 		KindVMM: func() actor.Actor {
 			return &resourceActor[*vmm.Process]{kind: KindVMM, step: vmmStep{drv: h.VMM, log: log, find: h.FindVMMs}, book: a.book, log: log, timeout: timeout}
