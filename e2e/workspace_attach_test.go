@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func TestWorkspaceAttach(t *testing.T) {
 	for _, n := range []string{"mke2fs", "debugfs", "e2fsck"} {
 		testenv.RequireTool(t, n, "e2fsprogs")
 	}
-	e, _, _, image := vmEnvImage(t, "", nil)
+	e, p, ns, image := vmEnvImage(t, "", nil)
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o755); err != nil {
 		t.Fatal(err)
@@ -100,6 +101,22 @@ func TestWorkspaceAttach(t *testing.T) {
 		t.Fatalf("rm while attached: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 
+	// kill -9 of paddockd: the restarted daemon re-adopts w1, which claims
+	// its workspace again before anything is served.
+	p.signal(t, syscall.SIGKILL)
+	p.wait(t, 30*time.Second)
+	p = e.daemon(t, inNetns(ns))
+	if err := json.Unmarshal([]byte(e.cli(t, nil, "workspace", "inspect", "proj", "--json").ok(t, "workspace inspect after kill -9")), &ws); err != nil {
+		t.Fatal(err)
+	}
+	if len(ws.Attached) != 1 || ws.Attached[0].VM != "w1" {
+		t.Fatalf("after kill -9 of paddockd: attached %+v", ws.Attached)
+	}
+	r = e.cli(t, nil, "start", "w2")
+	if r.code == 0 || !strings.Contains(r.stderr, "attached read-write to VM w1") {
+		t.Fatalf("second rw attach after kill -9: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+
 	// Stop, start: what the guest wrote is there.
 	e.cli(t, nil, "stop", "w1").ok(t, "stop w1")
 	e.cli(t, nil, "start", "w1").ok(t, "start w1")
@@ -126,4 +143,7 @@ func TestWorkspaceAttach(t *testing.T) {
 	e.cli(t, nil, "rm", "w2").ok(t, "rm w2")
 	e.cli(t, nil, "rm", "w1").ok(t, "rm w1")
 	e.cli(t, nil, "workspace", "rm", "proj").ok(t, "workspace rm once detached")
+	if l := e.leaks(t, ns); l.host() != 0 {
+		t.Fatalf("leaked %+v %v", l, l.detail)
+	}
 }
