@@ -105,7 +105,7 @@ func TestWorkspaceAttach(t *testing.T) {
 	// its workspace again before anything is served.
 	p.signal(t, syscall.SIGKILL)
 	p.wait(t, 30*time.Second)
-	p = e.daemon(t, inNetns(ns))
+	_ = e.daemon(t, inNetns(ns))
 	if err := json.Unmarshal([]byte(e.cli(t, nil, "workspace", "inspect", "proj", "--json").ok(t, "workspace inspect after kill -9")), &ws); err != nil {
 		t.Fatal(err)
 	}
