@@ -212,6 +212,11 @@ func TestWorkspaceAttach(t *testing.T) {
 	if err := e.startVM(t, "b"); err == nil || !strings.Contains(err.Error(), "VM c") {
 		t.Fatalf("rw start after the restart: %v", err)
 	}
+	// A panic restarts the Workspaces actor: the claims stay.
+	e.sys.sys.Root.Send(e.sys.Workspaces, &crashWorkspaces{})
+	if h := e.holders(t); h != "c:ro" {
+		t.Fatalf("holders after a panic of the workspaces actor %q, want c:ro", h)
+	}
 	if _, err := e.do(t, &StopVM{Caller: admin, Ref: "c"}); err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,9 @@ func (r *AttachResult) failure() error { return r.Err }
 func (m *AttachWorkspaces) describe() string { return "attach of the workspaces of VM " + m.VMName }
 func (m *DetachWorkspaces) describe() string { return "detach of the workspaces of VM " + m.VMID }
 
+// crashWorkspaces makes the Workspaces actor panic (tests).
+type crashWorkspaces struct{}
+
 // claim is one VM's hold on a workspace.
 type claim struct {
 	vmName string
@@ -154,29 +157,29 @@ type workspacesActor struct {
 	ws       map[string]*state.Workspace // by id: ready and creating
 	building map[uint64]context.CancelFunc
 	// claims are the attachments: workspace id -> VM id -> claim. They
-	// live in memory; after a restart of paddockd the VMs that still run
-	// claim theirs again when they are re-adopted (before the daemon
-	// serves), and a VM that stopped meanwhile releases its own.
+	// live in memory (kept across a restart of the actor); after a restart
+	// of paddockd the VMs that still run claim theirs again when they are
+	// re-adopted (before the daemon serves), and a VM that stopped
+	// meanwhile releases its own.
 	claims map[string]map[string]claim
 }
 
-func newWorkspacesActor(d WorkspaceDeps) actor.Actor {
+// newWorkspacesActor serves workspaces with claims, which only the
+// actor's mailbox touches and which a restarted actor takes over.
+func newWorkspacesActor(d WorkspaceDeps, claims map[string]map[string]claim) actor.Actor {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	if d.BuildTimeout <= 0 {
 		d.BuildTimeout = DefaultWorkspaceBuildTimeout
 	}
-	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces)}
+	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces), claims: claims}
 }
 
 func (a *workspacesActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.ws, a.building = map[string]*state.Workspace{}, map[uint64]context.CancelFunc{}
-		if a.claims == nil {
-			a.claims = map[string]map[string]claim{}
-		}
 		if a.d.Store == nil {
 			return
 		}
@@ -199,6 +202,8 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		}
 	case *Ping:
 		ctx.Respond(&Pong{From: NameWorkspaces})
+	case *crashWorkspaces:
+		panic("injected panic in the workspaces actor")
 	case *CreateWorkspace:
 		a.create(ctx, m)
 	case *workspaceBuilt:
