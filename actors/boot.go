@@ -26,8 +26,13 @@ import (
 // it sends a step; a child reads it only while its step runs.
 type bootPlan struct {
 	vmID, vmDir, runDir string
-	deadline            time.Time // of the whole boot: every step fits in it
-	rootfs              string    // the image's base (first start only)
+	vmName              string
+	owner               uint32
+	workspaces          []state.WorkspaceMount // to attach
+	imgConfig           []byte                 // the image's config, for the seed
+	seed                string                 // the seed disk's path
+	deadline            time.Time              // of the whole boot: every step fits in it
+	rootfs              string                 // the image's base (first start only)
 	disk                *disk.Disk
 	diskSize            int64
 	args                guestboot.BootArgs // the paddock.* keys; the driver adds its channel
@@ -51,6 +56,7 @@ var bootSteps = []bootStep{
 	{kind: KindRules, skip: (*vmActor).noRules, up: (*vmActor).rulesUp},
 	{kind: KindPasst, skip: (*vmActor).notUserMode, up: (*vmActor).passtUp},
 	{kind: KindDisk, up: (*vmActor).diskUp},
+	{kind: KindWorkspaces, up: (*vmActor).workspacesUp},
 	{kind: KindVMM, up: (*vmActor).vmmUp},
 	{kind: KindAgent, up: (*vmActor).agentUp},
 }
@@ -84,7 +90,8 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		return nil, err
 	}
 	b := &bootPlan{vmID: a.id, vmDir: a.vmDir(), runDir: a.runDir(), deadline: time.Now().Add(h.StartTimeout),
-		disk: decodeDisk(a.vm.Disk), diskSize: a.vm.Spec.DiskSize}
+		disk: decodeDisk(a.vm.Disk), diskSize: a.vm.Spec.DiskSize,
+		vmName: a.vm.Name, owner: a.vm.OwnerUID, workspaces: a.vm.Spec.Workspaces}
 	// The image is needed to make the VM's disk at its first start; after
 	// that the VM carries its disk and a copy of the image config.
 	cfgPath := filepath.Join(b.vmDir, "config.json")
@@ -102,7 +109,9 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	seed := filepath.Join(b.vmDir, "seed.img")
-	cfgJSON, err := guestConfig(imgConfig, a.vm.Spec)
+	// The workspaces step writes it again with their mounts.
+	b.imgConfig, b.seed = imgConfig, seed
+	cfgJSON, err := guestConfig(imgConfig, a.vm.Spec, nil)
 	if err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
 	}

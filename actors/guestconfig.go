@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 
+	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -13,8 +14,10 @@ import (
 // Cmd, WorkingDir and User replace the image's when set, and a new
 // Entrypoint drops the image's Cmd unless the VM sets Cmd too (docker's
 // rule). With nothing to change the config is returned as it is.
-func guestConfig(config []byte, s state.Spec) ([]byte, error) {
-	if len(s.Env) == 0 && s.Entrypoint == nil && s.Cmd == nil && s.Workdir == "" && s.User == "" {
+//
+// mounts (the VM's workspaces) go under guestboot.MountsKey.
+func guestConfig(config []byte, s state.Spec, mounts []guestboot.Mount) ([]byte, error) {
+	if len(s.Env) == 0 && s.Entrypoint == nil && s.Cmd == nil && s.Workdir == "" && s.User == "" && len(mounts) == 0 {
 		return config, nil
 	}
 	whole := map[string]json.RawMessage{}
@@ -56,6 +59,9 @@ func guestConfig(config []byte, s state.Spec) ([]byte, error) {
 	}
 	if s.User != "" {
 		set("User", s.User)
+	}
+	if len(mounts) > 0 {
+		set(guestboot.MountsKey, mounts)
 	}
 	if nested {
 		b, _ := json.Marshal(inner)

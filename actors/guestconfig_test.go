@@ -40,7 +40,7 @@ func TestGuestConfig(t *testing.T) {
 				config = `{"architecture":"amd64","config":` + config + `}`
 			}
 			t.Run(tc.name, func(t *testing.T) {
-				out, err := guestConfig([]byte(config), tc.spec)
+				out, err := guestConfig([]byte(config), tc.spec, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -73,7 +73,7 @@ func TestGuestConfig(t *testing.T) {
 			})
 		}
 	}
-	if _, err := guestConfig([]byte("not json"), state.Spec{Cmd: []string{"x"}}); err == nil {
+	if _, err := guestConfig([]byte("not json"), state.Spec{Cmd: []string{"x"}}, nil); err == nil {
 		t.Fatal("a broken config was accepted")
 	}
 }

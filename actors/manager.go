@@ -54,6 +54,7 @@ type manager struct {
 	onCounts func(api.Counts)
 	host     *Host
 	netFacts NetFacts
+	ws       wsLink
 
 	byID   map[string]*entry
 	byName map[nameKey]string
@@ -286,7 +287,7 @@ func (m *manager) sweep() {
 func (m *manager) spawn(ctx actor.Context, vm state.VM) {
 	id := vm.ID
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host, netFacts: m.netFacts}
+		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host, netFacts: m.netFacts, ws: m.ws}
 	})
 	pid, err := ctx.SpawnNamed(props, "vm-"+id)
 	if err != nil {

@@ -23,11 +23,13 @@ const (
 	KindDisk  = "disk"
 	KindVMM   = "vmm"
 	KindAgent = "agent"
+	// KindWorkspaces is the VM's workspace attachments (attach.go).
+	KindWorkspaces = "workspaces"
 )
 
 // resourceKinds are the host resources a VM acquires, in boot order; they
 // are released in reverse. Crash points derive from this table.
-var resourceKinds = []string{KindTap, KindRules, KindPasst, KindDisk, KindVMM}
+var resourceKinds = []string{KindTap, KindRules, KindPasst, KindDisk, KindWorkspaces, KindVMM}
 
 type opKind int
 
@@ -96,6 +98,9 @@ func (a *vmActor) spawnChildren(ctx actor.Context) {
 		},
 		KindDisk: func() actor.Actor {
 			return &resourceActor[*disk.Disk]{kind: KindDisk, step: diskStep{backend: h.Disks, opts: h.DiskOpts}, book: a.book, log: log, timeout: timeout}
+		},
+		KindWorkspaces: func() actor.Actor {
+			return &resourceActor[*state.AttachRuntime]{kind: KindWorkspaces, step: workspacesStep(a.ws), book: a.book, log: log, timeout: timeout}
 		},
 		KindVMM: func() actor.Actor {
 			return &resourceActor[*vmm.Process]{kind: KindVMM, step: vmmStep{drv: h.VMM, log: log, find: h.FindVMMs}, book: a.book, log: log, timeout: timeout}
@@ -219,6 +224,12 @@ func (a *vmActor) fallback(kind string) any {
 		// Nothing recorded: a plan of the configured backend names
 		// everything it could have made.
 		return a.host.Disks.Plan(a.vmDir())
+	case KindWorkspaces:
+		if rt.Workspaces != nil {
+			w := *rt.Workspaces
+			return &w
+		}
+		return workspacesStep{}.Plan(&bootPlan{vmID: a.id, vmName: a.vm.Name, owner: a.vm.OwnerUID})
 	case KindVMM:
 		p := vmmFromMirror(rt.VMM, a.id)
 		if p.PID == 0 {
@@ -427,7 +438,19 @@ func (a *vmActor) reconcile(ctx actor.Context) {
 
 func (a *vmActor) probed(ctx actor.Context, m *probed) {
 	op := a.op
-	if op.kind != opReconcile || m.kind != KindVMM {
+	if op.kind != opReconcile {
+		return
+	}
+	switch m.kind {
+	case KindWorkspaces:
+		// The running VM's workspaces are claimed again (Adopt).
+		if m.err != nil || m.handle != nil && !m.live {
+			a.log.Error("claiming the workspaces of a re-adopted VM again", "vm_name", a.vm.Name, "err", m.err)
+		}
+		a.readopted(ctx)
+		return
+	case KindVMM:
+	default:
 		return
 	}
 	if m.live {
@@ -435,9 +458,11 @@ func (a *vmActor) probed(ctx actor.Context, m *probed) {
 		a.proc = p
 		a.log.Info("re-adopted running VM", "vm_name", a.vm.Name, "pid", p.PID)
 		a.vmmPID = p.PID
-		a.connectAgent(ctx, p, time.Now().Add(30*time.Second))
-		ctx.Send(ctx.Parent(), &vmReconciled{ID: a.id})
-		a.finish(ctx, nil)
+		if pid := a.kids[KindWorkspaces]; pid != nil {
+			ctx.Send(pid, &probeRes{gen: a.gen, fallback: a.fallback(KindWorkspaces)})
+			return
+		}
+		a.readopted(ctx)
 		return
 	}
 	if m.err != nil {
@@ -445,6 +470,19 @@ func (a *vmActor) probed(ctx actor.Context, m *probed) {
 	}
 	op.final, op.reason = state.StatusStopped, "the VMM exited while paddockd was not running"
 	a.teardown(ctx, 0)
+}
+
+// readopted ends the reconcile of a VM whose VMM runs on: its agent is
+// dialed again. A VMM that ended meanwhile is released instead.
+func (a *vmActor) readopted(ctx actor.Context) {
+	if a.vmmPID == 0 {
+		a.op.final, a.op.reason = state.StatusStopped, "the VMM exited while paddockd was not running"
+		a.teardown(ctx, 0)
+		return
+	}
+	a.connectAgent(ctx, a.proc, time.Now().Add(30*time.Second))
+	ctx.Send(ctx.Parent(), &vmReconciled{ID: a.id})
+	a.finish(ctx, nil)
 }
 
 // connectAgent dials the agent in the agent child.

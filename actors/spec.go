@@ -26,11 +26,14 @@ type RunChange struct {
 	// default), bridge, user or shared:GROUP.
 	Ports   *[]netspec.PortMapping
 	Network *string
-	Reset   []string
+	// Workspaces replace the VM's workspaces, resolved to the caller's own
+	// (System.ResolveWorkspaces).
+	Workspaces *[]state.WorkspaceMount
+	Reset      []string
 }
 
 // resettable are the fields RunChange.Reset may name.
-var resettable = []string{"kernel", "entrypoint", "cmd", "workdir", "user", "ports", "network"}
+var resettable = []string{"kernel", "entrypoint", "cmd", "workdir", "user", "ports", "network", "workspaces"}
 
 var (
 	kitNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -56,6 +59,7 @@ func (r RunChange) changed(s state.Spec) []string {
 		{"user", r.User != nil && *r.User != s.User || reset("user") && s.User != ""},
 		{"ports", r.Ports != nil && !slices.Equal(*r.Ports, s.Ports) || reset("ports") && len(s.Ports) > 0},
 		{"network", r.Network != nil && *r.Network != s.Network || reset("network") && s.Network != ""},
+		{"workspaces", r.Workspaces != nil && !slices.Equal(*r.Workspaces, s.Workspaces) || reset("workspaces") && len(s.Workspaces) > 0},
 	} {
 		if f.changes {
 			out = append(out, f.name)
@@ -82,6 +86,8 @@ func applyRun(s *state.Spec, r RunChange) error {
 			s.Ports = nil
 		case "network":
 			s.Network = ""
+		case "workspaces":
+			s.Workspaces = nil
 		default:
 			return invalid("reset", "reset %q: want one of %s", f, strings.Join(resettable, ", "))
 		}
@@ -132,6 +138,44 @@ func applyRun(s *state.Spec, r RunChange) error {
 	}
 	if r.Network != nil {
 		s.Network = *r.Network
+	}
+	if r.Workspaces != nil {
+		if err := checkWorkspaces(*r.Workspaces); err != nil {
+			return err
+		}
+		s.Workspaces = nil
+		if len(*r.Workspaces) > 0 {
+			s.Workspaces = slices.Clone(*r.Workspaces)
+		}
+	}
+	return nil
+}
+
+// checkWorkspaces refuses what a VM cannot attach: too many, one workspace
+// twice, two at one path, a path that is not a clean absolute one, or one
+// on the guest's API file systems.
+func checkWorkspaces(ms []state.WorkspaceMount) error {
+	if len(ms) > MaxWorkspaces {
+		return invalid("workspaces", "%d workspaces: at most %d", len(ms), MaxWorkspaces)
+	}
+	ids, paths := map[string]bool{}, map[string]string{}
+	for _, m := range ms {
+		p := m.Path
+		if !path.IsAbs(p) || path.Clean(p) != p || p == "/" || len(p) > 4096 || strings.ContainsAny(p, "\x00\n") {
+			return invalid("workspaces", "workspace %s: mount path %q must be a clean absolute path other than /", m.Name, p)
+		}
+		for _, api := range []string{"/proc", "/sys", "/dev", "/run"} {
+			if p == api || strings.HasPrefix(p, api+"/") {
+				return invalid("workspaces", "workspace %s: mount path %q is on the guest's %s", m.Name, p, api)
+			}
+		}
+		if ids[m.ID] {
+			return invalid("workspaces", "workspace %s is named twice", m.Name)
+		}
+		if other, ok := paths[p]; ok {
+			return invalid("workspaces", "workspaces %s and %s are both mounted at %s", other, m.Name, p)
+		}
+		ids[m.ID], paths[p] = true, m.Name
 	}
 	return nil
 }

@@ -136,11 +136,29 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	}
 	wd := d.Workspaces
 	wd.Log, wd.Events = d.Log, s.Events
-	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd) }), NameWorkspaces); err != nil {
+	// The claims outlive a restart of the actor (a panic): the VMs that
+	// hold them do not claim again until their next start.
+	claims := map[string]map[string]claim{}
+	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd, claims) }), NameWorkspaces); err != nil {
 		return nil, fmt.Errorf("spawn workspaces actor: %w", err)
 	}
+	// The VMs reach the Workspaces actor through these two function values
+	// only: messages, never a pointer into it.
+	link := wsLink{
+		attach: func(ctx context.Context, m *AttachWorkspaces) ([]state.WorkspaceAttached, error) {
+			r, err := request[*AttachResult](ctx, s.sys.Root, s.Workspaces, m)
+			if err != nil {
+				return nil, err
+			}
+			return r.Items, nil
+		},
+		detach: func(ctx context.Context, vmID string) error {
+			_, err := request[*AttachResult](ctx, s.sys.Root, s.Workspaces, &DetachWorkspaces{VMID: vmID})
+			return err
+		},
+	}
 	mgr := func() actor.Actor {
-		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host, netFacts: d.NetFacts}
+		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host, netFacts: d.NetFacts, ws: link}
 	}
 	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
 		return nil, fmt.Errorf("spawn manager: %w", err)

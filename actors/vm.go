@@ -25,6 +25,7 @@ type vmActor struct {
 	log    *slog.Logger
 	events *actor.PID
 	host   *Host
+	ws     wsLink // to the Workspaces actor
 	// netFacts check a set's ports and network (nil: the spec's rules only).
 	netFacts NetFacts
 	vm       state.VM

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,6 +51,52 @@ type WorkspaceDeps struct {
 type WorkspaceInfo struct {
 	state.Workspace
 	Used int64 // bytes its volume takes on the host
+	// Attached are the VMs it is attached to (starting, running or
+	// stopping), by VM name.
+	Attached []WorkspaceHolder
+}
+
+// WorkspaceHolder is a VM a workspace is attached to.
+type WorkspaceHolder struct {
+	VMID, VMName string
+	ReadOnly     bool
+}
+
+// AttachWorkspaces claims a VM's workspaces for its start, answered with
+// *AttachResult: every one or none. A workspace is attached read-write to
+// one VM at a time, or read-only to any number: a claim that would break
+// that is refused naming the VM that holds the workspace. Claiming again
+// for the same VM replaces its claims (a re-adopted VM after a restart of
+// paddockd). Only the VM owner's workspaces can be attached.
+type AttachWorkspaces struct {
+	VMID, VMName string
+	Owner        uint32
+	Mounts       []state.WorkspaceMount
+}
+
+// DetachWorkspaces drops every claim of a VM (answered with
+// *AttachResult); a VM without claims is done.
+type DetachWorkspaces struct{ VMID string }
+
+// AttachResult answers AttachWorkspaces: the volume of each mount, in
+// order (Device is left to the VM).
+type AttachResult struct {
+	Items []state.WorkspaceAttached
+	Err   error
+}
+
+func (r *AttachResult) failure() error { return r.Err }
+
+func (m *AttachWorkspaces) describe() string { return "attach of the workspaces of VM " + m.VMName }
+func (m *DetachWorkspaces) describe() string { return "detach of the workspaces of VM " + m.VMID }
+
+// crashWorkspaces makes the Workspaces actor panic (tests).
+type crashWorkspaces struct{}
+
+// claim is one VM's hold on a workspace.
+type claim struct {
+	vmName string
+	ro     bool
 }
 
 // CreateWorkspace asks the Workspaces actor to build a workspace from Tar
@@ -109,16 +156,24 @@ type workspacesActor struct {
 	log      *slog.Logger
 	ws       map[string]*state.Workspace // by id: ready and creating
 	building map[uint64]context.CancelFunc
+	// claims are the attachments: workspace id -> VM id -> claim. They
+	// live in memory (kept across a restart of the actor); after a restart
+	// of paddockd the VMs that still run claim theirs again when they are
+	// re-adopted (before the daemon serves), and a VM that stopped
+	// meanwhile releases its own.
+	claims map[string]map[string]claim
 }
 
-func newWorkspacesActor(d WorkspaceDeps) actor.Actor {
+// newWorkspacesActor serves workspaces with claims, which only the
+// actor's mailbox touches and which a restarted actor takes over.
+func newWorkspacesActor(d WorkspaceDeps, claims map[string]map[string]claim) actor.Actor {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	if d.BuildTimeout <= 0 {
 		d.BuildTimeout = DefaultWorkspaceBuildTimeout
 	}
-	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces)}
+	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces), claims: claims}
 }
 
 func (a *workspacesActor) Receive(ctx actor.Context) {
@@ -147,6 +202,8 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		}
 	case *Ping:
 		ctx.Respond(&Pong{From: NameWorkspaces})
+	case *crashWorkspaces:
+		panic("injected panic in the workspaces actor")
 	case *CreateWorkspace:
 		a.create(ctx, m)
 	case *workspaceBuilt:
@@ -183,11 +240,80 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		ctx.Respond(&WorkspaceResult{Workspace: &info})
 	case *RemoveWorkspace:
 		ctx.Respond(a.remove(ctx, m))
+	case *AttachWorkspaces:
+		ctx.Respond(a.attach(m))
+	case *DetachWorkspaces:
+		a.detach(m.VMID)
+		ctx.Respond(&AttachResult{})
 	}
 }
 
+// attach claims m's workspaces for m's VM, all or none.
+func (a *workspacesActor) attach(m *AttachWorkspaces) *AttachResult {
+	if len(m.Mounts) == 0 {
+		a.detach(m.VMID)
+		return &AttachResult{}
+	}
+	if a.d.Store == nil {
+		return &AttachResult{Err: errorf(ErrNotYet, "workspaces are not configured")}
+	}
+	var items []state.WorkspaceAttached
+	for _, mt := range m.Mounts {
+		ws, ok := a.ws[mt.ID]
+		if !ok || ws.OwnerUID != m.Owner || ws.Status != state.WorkspaceReady {
+			return &AttachResult{Err: &Error{Kind: ErrWorkspaceNotFound, VM: mt.Name,
+				Msg: fmt.Sprintf("VM %s names workspace %s, which no longer exists (paddock set %s --workspace ... to change it)", m.VMName, mt.Name, m.VMName)}}
+		}
+		for vmID, c := range a.claims[ws.ID] {
+			if vmID == m.VMID {
+				continue
+			}
+			switch {
+			case !c.ro:
+				return &AttachResult{Err: &Error{Kind: ErrInvalidState, VM: ws.Name,
+					Msg: fmt.Sprintf("workspace %s is attached read-write to VM %s: stop it first, or attach the workspace read-only once it is free", ws.Name, c.vmName)}}
+			case !mt.ReadOnly:
+				return &AttachResult{Err: &Error{Kind: ErrInvalidState, VM: ws.Name,
+					Msg: fmt.Sprintf("workspace %s is attached read-only to VM %s: a read-write attach needs it free (attach it read-only with :ro, or stop %s)", ws.Name, c.vmName, c.vmName)}}
+			}
+		}
+		items = append(items, state.WorkspaceAttached{WorkspaceMount: mt, Volume: a.d.Store.Volume(ws.ID), UID: ws.UID, GID: ws.GID})
+	}
+	a.detach(m.VMID)
+	for _, it := range items {
+		if a.claims[it.ID] == nil {
+			a.claims[it.ID] = map[string]claim{}
+		}
+		a.claims[it.ID][m.VMID] = claim{vmName: m.VMName, ro: it.ReadOnly}
+	}
+	a.log.Info("workspaces attached", "vm_id", m.VMID, "vm_name", m.VMName, "workspaces", len(items))
+	return &AttachResult{Items: items}
+}
+
+func (a *workspacesActor) detach(vmID string) {
+	for id, cs := range a.claims {
+		if _, ok := cs[vmID]; ok {
+			delete(cs, vmID)
+			a.log.Info("workspace detached", "workspace_id", id, "vm_id", vmID)
+		}
+		if len(cs) == 0 {
+			delete(a.claims, id)
+		}
+	}
+}
+
+// holders are the VMs ws is attached to, by name.
+func (a *workspacesActor) holders(id string) []WorkspaceHolder {
+	var out []WorkspaceHolder
+	for vmID, c := range a.claims[id] {
+		out = append(out, WorkspaceHolder{VMID: vmID, VMName: c.vmName, ReadOnly: c.ro})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].VMName < out[j].VMName })
+	return out
+}
+
 func (a *workspacesActor) info(ws *state.Workspace) WorkspaceInfo {
-	i := WorkspaceInfo{Workspace: *ws}
+	i := WorkspaceInfo{Workspace: *ws, Attached: a.holders(ws.ID)}
 	if ws.Status == state.WorkspaceReady && a.d.Used != nil {
 		i.Used = a.d.Used(a.d.Store.Volume(ws.ID))
 	}
@@ -332,6 +458,14 @@ func (a *workspacesActor) remove(ctx actor.Context, m *RemoveWorkspace) *Workspa
 	if ws.Status != state.WorkspaceReady {
 		return &WorkspaceResult{Err: &Error{Kind: ErrInvalidState, VM: m.Ref, Status: state.Status(ws.Status), Msg: fmt.Sprintf("workspace %s is being created", m.Ref)}}
 	}
+	if hs := a.holders(ws.ID); len(hs) > 0 {
+		names := make([]string, len(hs))
+		for i, h := range hs {
+			names[i] = h.VMName
+		}
+		return &WorkspaceResult{Err: &Error{Kind: ErrInvalidState, VM: m.Ref,
+			Msg: fmt.Sprintf("workspace %s is attached to VM %s: stop it first", ws.Name, strings.Join(names, ", "))}}
+	}
 	if err := a.d.Store.Remove(ws.ID); err != nil {
 		return &WorkspaceResult{Err: err}
 	}
@@ -372,4 +506,34 @@ func (s *System) CreateWorkspace(ctx context.Context, m CreateWorkspace) (*Works
 // WorkspaceRequest sends a workspace request to the Workspaces actor.
 func (s *System) WorkspaceRequest(ctx context.Context, msg any) (*WorkspaceResult, error) {
 	return request[*WorkspaceResult](ctx, s.sys.Root, s.Workspaces, msg)
+}
+
+// WorkspaceRef is a workspace a create or set names: the caller's own, by
+// name or id, mounted at Path (state.DefaultWorkspacePath when empty).
+type WorkspaceRef struct {
+	Workspace string
+	Path      string
+	ReadOnly  bool
+}
+
+// ResolveWorkspaces resolves refs to the caller's own workspaces (ids, for
+// the VM's spec). Only the caller's own can be named: another user's
+// workspace is not found, an admin's included.
+func (s *System) ResolveWorkspaces(ctx context.Context, c Caller, refs []WorkspaceRef) ([]state.WorkspaceMount, error) {
+	out := make([]state.WorkspaceMount, 0, len(refs))
+	for _, r := range refs {
+		res, err := s.WorkspaceRequest(ctx, &GetWorkspace{Caller: c, Ref: r.Workspace})
+		if err != nil {
+			return nil, err
+		}
+		ws := res.Workspace
+		if ws.OwnerUID != c.UID {
+			return nil, &Error{Kind: ErrWorkspaceNotFound, VM: r.Workspace, Msg: fmt.Sprintf("no workspace named %q", r.Workspace)}
+		}
+		if ws.Status != state.WorkspaceReady {
+			return nil, &Error{Kind: ErrInvalidState, VM: r.Workspace, Msg: fmt.Sprintf("workspace %s is being created", ws.Name)}
+		}
+		out = append(out, state.WorkspaceMount{ID: ws.ID, Name: ws.Name, Path: cmp.Or(r.Path, state.DefaultWorkspacePath), ReadOnly: r.ReadOnly})
+	}
+	return out, nil
 }

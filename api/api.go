@@ -56,6 +56,23 @@ type Spec struct {
 	Ports []PortMapping `json:"ports"`
 	// Network is bridge, user, shared:GROUP, or "" for the daemon's default.
 	Network string `json:"network"`
+	// Workspaces are attached at every start.
+	Workspaces []WorkspaceMount `json:"workspaces"`
+}
+
+// WorkspaceMount is a workspace a VM attaches: the caller's own, by name
+// (or id), mounted at Path ("/workspace" when empty), read-only or not.
+type WorkspaceMount struct {
+	Workspace string `json:"workspace"`
+	Path      string `json:"path,omitempty"`
+	ReadOnly  bool   `json:"read_only,omitempty"`
+}
+
+// WorkspaceHolder is a VM a workspace is attached to.
+type WorkspaceHolder struct {
+	VMID     string `json:"vm_id"`
+	VM       string `json:"vm"`
+	ReadOnly bool   `json:"read_only"`
 }
 
 // PortMapping publishes guest_port on the host's host_ip:host_port/proto;
@@ -84,6 +101,8 @@ type RunIn struct {
 	Cmd        *[]string `json:"cmd,omitempty"`
 	Workdir    *string   `json:"workdir,omitempty"`
 	User       *string   `json:"user,omitempty"`
+	// Workspaces replace the VM's workspaces ([] detaches them all).
+	Workspaces *[]WorkspaceMount `json:"workspaces,omitempty"`
 }
 
 // VM is the API view of a VM record.
@@ -534,6 +553,9 @@ type Workspace struct {
 	GID      uint32 `json:"gid"`
 	Source   string `json:"source"`
 	Created  string `json:"created"`
+	// Attached are the VMs it is attached to (starting, running or
+	// stopping).
+	Attached []WorkspaceHolder `json:"attached"`
 }
 
 // CreateWorkspaceIn are CreateWorkspace's parameters; the tar stream, if

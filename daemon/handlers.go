@@ -82,7 +82,7 @@ func (d *Daemon) toAPI(vm *state.VM) api.VM {
 		Spec: api.Spec{Image: vm.Spec.Image, ImageDigest: vm.Spec.ImageDigest, CPUs: vm.Spec.CPUs,
 			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env),
 			Kernel: vm.Spec.Kernel, Entrypoint: vm.Spec.Entrypoint, Cmd: vm.Spec.Cmd, Workdir: vm.Spec.Workdir, User: vm.Spec.User,
-			Ports: ports, Network: vm.Spec.Network},
+			Ports: ports, Network: vm.Spec.Network, Workspaces: workspaceMountsToAPI(vm.Spec.Workspaces)},
 		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),
 	}
 }
@@ -119,6 +119,31 @@ func runChange(in api.RunIn, net api.NetIn, reset []string) (actors.RunChange, e
 		r.Ports = &ports
 	}
 	return r, nil
+}
+
+// resolveWorkspaces resolves the workspaces a create or set names to the
+// caller's own (nil: unchanged).
+func (d *Daemon) resolveWorkspaces(ctx context.Context, c *varlink.Call, in *[]api.WorkspaceMount) (*[]state.WorkspaceMount, error) {
+	if in == nil {
+		return nil, nil
+	}
+	refs := make([]actors.WorkspaceRef, len(*in))
+	for i, m := range *in {
+		refs[i] = actors.WorkspaceRef{Workspace: m.Workspace, Path: m.Path, ReadOnly: m.ReadOnly}
+	}
+	ms, err := d.actors.ResolveWorkspaces(ctx, d.auth.caller(c.Peer), refs)
+	if err != nil {
+		return nil, err
+	}
+	return &ms, nil
+}
+
+func workspaceMountsToAPI(ms []state.WorkspaceMount) []api.WorkspaceMount {
+	out := make([]api.WorkspaceMount, len(ms))
+	for i, m := range ms {
+		out[i] = api.WorkspaceMount{Workspace: m.Name, Path: m.Path, ReadOnly: m.ReadOnly}
+	}
+	return out
 }
 
 func orOff(s string) string {
@@ -158,6 +183,9 @@ func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
 	if err != nil {
 		return err
 	}
+	if run.Workspaces, err = d.resolveWorkspaces(ctx, c, in.Workspaces); err != nil {
+		return err
+	}
 	return d.ask(ctx, c, &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
 		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env, RunChange: run})
 }
@@ -195,6 +223,9 @@ func (d *Daemon) set(ctx context.Context, c *varlink.Call) error {
 	}
 	run, err := runChange(in.RunIn, in.NetIn, in.Reset)
 	if err != nil {
+		return err
+	}
+	if run.Workspaces, err = d.resolveWorkspaces(ctx, c, in.Workspaces); err != nil {
 		return err
 	}
 	return d.ask(ctx, c, &actors.SetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop,

@@ -18,7 +18,15 @@ import (
 
 func workspaceToAPI(w *actors.WorkspaceInfo) api.Workspace {
 	return api.Workspace{ID: w.ID, Name: w.Name, OwnerUID: w.OwnerUID, Status: string(w.Status), Size: w.Size, Used: w.Used,
-		UID: w.UID, GID: w.GID, Source: w.Source, Created: stamp(w.CreatedAt)}
+		UID: w.UID, GID: w.GID, Source: w.Source, Created: stamp(w.CreatedAt), Attached: holdersToAPI(w.Attached)}
+}
+
+func holdersToAPI(hs []actors.WorkspaceHolder) []api.WorkspaceHolder {
+	out := make([]api.WorkspaceHolder, len(hs))
+	for i, h := range hs {
+		out[i] = api.WorkspaceHolder{VMID: h.VMID, VM: h.VMName, ReadOnly: h.ReadOnly}
+	}
+	return out
 }
 
 // buildWorkspace is the Workspaces actor's builder: the flattener and the

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 )
 
 // The seed disk carries the image config (an OCI image config document, or
@@ -84,4 +86,53 @@ func ReadSeed(r io.Reader) ([]byte, error) {
 		return nil, errors.New("the seed's image config is not valid JSON")
 	}
 	return b, nil
+}
+
+// MountsKey is the key of the image config on the seed (beside
+// Entrypoint, Env, ...) under which paddockd lists the block devices the
+// agent mounts before it starts the entrypoint: the VM's workspaces.
+const MountsKey = "PaddockMounts"
+
+// Mount is one block device the agent mounts (a workspace): Device at
+// Path, read-only when ReadOnly. UID and GID own the files of the volume:
+// when the image config names no User, the entrypoint runs as the first
+// read-write mount's (else the first mount's) UID:GID, so that it owns
+// what it works on.
+type Mount struct {
+	Device   string `json:"device"`
+	Path     string `json:"path"`
+	FSType   string `json:"fstype,omitempty"` // ext4 when empty
+	ReadOnly bool   `json:"ro,omitempty"`
+	UID      uint32 `json:"uid"`
+	GID      uint32 `json:"gid"`
+}
+
+// CheckMount reports what the agent would refuse in m.
+func CheckMount(m Mount) error {
+	if !strings.HasPrefix(m.Device, "/dev/") || len(m.Device) == len("/dev/") || strings.Contains(m.Device[5:], "/") {
+		return fmt.Errorf("mount device %q is not /dev/NAME", m.Device)
+	}
+	if !path.IsAbs(m.Path) || path.Clean(m.Path) != m.Path || m.Path == "/" || strings.ContainsAny(m.Path, "\x00\n") {
+		return fmt.Errorf("mount path %q must be a clean absolute path other than /", m.Path)
+	}
+	if m.FSType != "" {
+		if err := checkFSType(m.FSType); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MountUser is the user the entrypoint runs as when the image names none
+// ("UID:GID" of the first read-write mount, else of the first), or "".
+func MountUser(ms []Mount) string {
+	for _, m := range ms {
+		if !m.ReadOnly {
+			return fmt.Sprintf("%d:%d", m.UID, m.GID)
+		}
+	}
+	if len(ms) > 0 {
+		return fmt.Sprintf("%d:%d", ms[0].UID, ms[0].GID)
+	}
+	return ""
 }

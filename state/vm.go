@@ -66,6 +66,41 @@ type Spec struct {
 	// Network is "" (the daemon's vm.network), "bridge", "user" or
 	// "shared:GROUP" (netspec.ParseNetwork).
 	Network string `json:"network,omitempty"`
+	// Workspaces are attached at every start, in order (/dev/vdc first).
+	Workspaces []WorkspaceMount `json:"workspaces,omitempty"`
+}
+
+// WorkspaceMount is a workspace a VM attaches: the workspace (its id,
+// resolved when the VM was created or set, and its name then), where the
+// guest mounts it, and whether read-only.
+type WorkspaceMount struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// DefaultWorkspacePath is where a workspace is mounted when no path is given.
+const DefaultWorkspacePath = "/workspace"
+
+// AttachRuntime is a VM's workspace attachments (the "workspaces"
+// resource's handle): the VM they belong to, and each workspace with the
+// volume attached, the guest device and mount. Released, every claim of
+// the VM is dropped.
+type AttachRuntime struct {
+	VM     string              `json:"vm"`
+	VMName string              `json:"vm_name,omitempty"`
+	Owner  uint32              `json:"owner_uid"`
+	Items  []WorkspaceAttached `json:"items,omitempty"`
+}
+
+// WorkspaceAttached is one attached workspace.
+type WorkspaceAttached struct {
+	WorkspaceMount
+	Volume string `json:"volume"`
+	Device string `json:"device"` // in the guest: /dev/vdc, /dev/vdd, ...
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
 }
 
 // Runtime mirrors every identity needed to tear a running VM down, so that
@@ -84,6 +119,8 @@ type Runtime struct {
 	// mode); Passt is its user-mode network process (the passt handle).
 	Rules *RulesRuntime   `json:"rules,omitempty"`
 	Passt json.RawMessage `json:"passt,omitempty"`
+	// Workspaces are the VM's workspace attachments.
+	Workspaces *AttachRuntime `json:"workspaces,omitempty"`
 }
 
 // RulesRuntime names a VM's packet rules: every rule tagged

@@ -24,6 +24,9 @@ type imageConfig struct {
 	User       string   `json:"User"`
 	// Restart is the restart policy (no, on-failure, always).
 	Restart string `json:"Restart"`
+	// Mounts are the block devices to mount before the entrypoint (the
+	// VM's workspaces; see guestboot.Mount).
+	Mounts []guestboot.Mount `json:"PaddockMounts"`
 }
 
 func parseImageConfig(b []byte) (*imageConfig, error) {
@@ -40,6 +43,14 @@ func parseImageConfig(b []byte) (*imageConfig, error) {
 		if c.Restart == "" {
 			c.Restart = doc.Restart
 		}
+		if c.Mounts == nil {
+			c.Mounts = doc.Mounts
+		}
+	}
+	for _, m := range c.Mounts {
+		if err := guestboot.CheckMount(m); err != nil {
+			return nil, err
+		}
 	}
 	switch c.Restart {
 	case "", guestboot.RestartNo, guestboot.RestartOnFailure, guestboot.RestartAlways:
@@ -47,6 +58,15 @@ func parseImageConfig(b []byte) (*imageConfig, error) {
 		return nil, fmt.Errorf("bad Restart %q", c.Restart)
 	}
 	return c, nil
+}
+
+// user is the user the entrypoint runs as: the config's, else the owner
+// of the workspace it works on (guestboot.MountUser).
+func (c *imageConfig) user() string {
+	if c.User != "" {
+		return c.User
+	}
+	return guestboot.MountUser(c.Mounts)
 }
 
 // argv is entrypoint + cmd.

@@ -88,3 +88,30 @@ func TestSplitModules(t *testing.T) {
 		t.Errorf("with net and vsock: later %s", names(later))
 	}
 }
+
+func TestImageConfigMounts(t *testing.T) {
+	c, err := parseImageConfig([]byte(`{"config":{"Entrypoint":["/bin/sh"],"PaddockMounts":[{"device":"/dev/vdc","path":"/src","ro":true,"uid":7,"gid":8},{"device":"/dev/vdd","path":"/workspace","uid":1000,"gid":1001}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Mounts) != 2 || c.Mounts[0].Device != "/dev/vdc" || !c.Mounts[0].ReadOnly || c.Mounts[1].Path != "/workspace" {
+		t.Fatalf("mounts %+v", c.Mounts)
+	}
+	if u := c.user(); u != "1000:1001" {
+		t.Fatalf("user without one in the image: %q, want the read-write workspace's 1000:1001", u)
+	}
+	c.User = "app"
+	if u := c.user(); u != "app" {
+		t.Fatalf("the image's user: %q", u)
+	}
+	for _, bad := range []string{
+		`{"PaddockMounts":[{"device":"/dev/vdc","path":"relative"}]}`,
+		`{"PaddockMounts":[{"device":"/dev/vdc","path":"/"}]}`,
+		`{"PaddockMounts":[{"device":"vdc","path":"/w"}]}`,
+		`{"PaddockMounts":[{"device":"/dev/vdc","path":"/w/../etc"}]}`,
+	} {
+		if _, err := parseImageConfig([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}

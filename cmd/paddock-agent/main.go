@@ -165,6 +165,9 @@ func (s *initState) run() {
 			return err
 		})
 	}
+	if s.image != nil && len(s.image.Mounts) > 0 {
+		_ = s.phase("workspaces", func() error { return mountAll(s.image.Mounts, cfg.RootWait) })
+	}
 	s.spawner = &agent.LocalSpawner{Reaper: s.reaper, Root: "/", DefaultEnv: s.defaultEnv}
 
 	srv := agent.NewServer(agent.ServerConfig{

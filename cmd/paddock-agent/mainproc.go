@@ -55,7 +55,7 @@ func (m *mainProc) loop() {
 			return
 		}
 		proc, err := m.s.spawner.Spawn(agent.SpawnSpec{
-			Argv: m.argv, Env: m.s.image.Env, Dir: m.s.image.WorkingDir, User: m.s.image.User,
+			Argv: m.argv, Env: m.s.image.Env, Dir: m.s.image.WorkingDir, User: m.s.image.user(),
 			Output: os.Stdout,
 		})
 		if err != nil {

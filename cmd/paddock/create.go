@@ -86,6 +86,7 @@ func (f *netFlags) netIn(cmd *cobra.Command) (api.NetIn, error) {
 // and set take them, and a command after -- replaces the image's Cmd.
 type runFlags struct {
 	kernel, entrypoint, workdir, user string
+	workspaces                        []string
 }
 
 func (f *runFlags) register(cmd *cobra.Command, reset string) {
@@ -94,6 +95,34 @@ func (f *runFlags) register(cmd *cobra.Command, reset string) {
 	fs.StringVar(&f.entrypoint, "entrypoint", "", `replace the image's entrypoint: a program, or a JSON list ("" clears it; the image's Cmd is dropped unless a command follows --)`)
 	fs.StringVarP(&f.workdir, "workdir", "w", "", "working directory of the main process"+reset)
 	fs.StringVarP(&f.user, "user", "u", "", "user[:group] of the main process"+reset)
+	ws := "attach a workspace of yours: NAME[:/PATH][:ro] (default path /workspace; repeatable)"
+	if reset != "" {
+		ws += "; replaces the VM's workspaces, --reset workspaces detaches them all"
+	}
+	fs.StringArrayVar(&f.workspaces, "workspace", nil, ws)
+}
+
+// parseWorkspace reads NAME[:/PATH][:ro].
+func parseWorkspace(s string) (api.WorkspaceMount, error) {
+	parts := strings.Split(s, ":")
+	m := api.WorkspaceMount{Workspace: parts[0]}
+	rest := parts[1:]
+	if n := len(rest); n > 0 && (rest[n-1] == "ro" || rest[n-1] == "rw") {
+		m.ReadOnly = rest[n-1] == "ro"
+		rest = rest[:n-1]
+	}
+	switch {
+	case m.Workspace == "":
+		return m, usageError{fmt.Errorf("--workspace %q: want NAME[:/PATH][:ro]", s)}
+	case len(rest) > 1:
+		return m, usageError{fmt.Errorf("--workspace %q: want NAME[:/PATH][:ro] (a path holds no ':')", s)}
+	case len(rest) == 1:
+		if !strings.HasPrefix(rest[0], "/") {
+			return m, usageError{fmt.Errorf("--workspace %q: the path %q is not absolute (NAME[:/PATH][:ro])", s, rest[0])}
+		}
+		m.Path = rest[0]
+	}
+	return m, nil
 }
 
 // runIn reads the flags the user gave and the command after --.
@@ -115,6 +144,17 @@ func (f *runFlags) runIn(cmd *cobra.Command, command []string) (api.RunIn, error
 	}
 	if changed("user") {
 		in.User = &f.user
+	}
+	if changed("workspace") {
+		ms := make([]api.WorkspaceMount, 0, len(f.workspaces))
+		for _, w := range f.workspaces {
+			m, err := parseWorkspace(w)
+			if err != nil {
+				return in, err
+			}
+			ms = append(ms, m)
+		}
+		in.Workspaces = &ms
 	}
 	if len(command) > 0 {
 		in.Cmd = &command

@@ -66,6 +66,7 @@ func printDetail(w io.Writer, vm *api.VM) {
 		rows = append(rows, [2]string{"DNS", orText(strings.Join(n.DNS, ", "), "none")})
 	}
 	rows = append(rows, [2]string{"Ports", portsText(vm.Spec.Ports)})
+	rows = append(rows, [2]string{"Workspaces", workspacesText(vm.Spec.Workspaces)})
 	rows = append(rows,
 		[2]string{"Image", orDash(vm.Spec.Image)},
 		[2]string{"Image digest", orDash(vm.Spec.ImageDigest)},
@@ -93,6 +94,21 @@ func portsText(ps []api.PortMapping) string {
 		s[i] = fmt.Sprintf("%d:%d/%s", p.HostPort, p.GuestPort, p.Proto)
 		if p.HostIP != "" {
 			s[i] = p.HostIP + ":" + s[i]
+		}
+	}
+	return strings.Join(s, ", ")
+}
+
+// workspacesText lists a VM's workspaces in the --workspace form.
+func workspacesText(ms []api.WorkspaceMount) string {
+	if len(ms) == 0 {
+		return "(none)"
+	}
+	s := make([]string, len(ms))
+	for i, m := range ms {
+		s[i] = m.Workspace + ":" + m.Path
+		if m.ReadOnly {
+			s[i] += ":ro"
 		}
 	}
 	return strings.Join(s, ", ")

@@ -25,7 +25,7 @@ func (c *cli) newSetCommand() *cobra.Command {
 	fs.StringVar(&f.autoStop, "auto-stop", "", "idle time before auto-stop, or off")
 	f.run.register(cmd, ` ("": the default)`)
 	f.net.register(cmd, true)
-	fs.StringSliceVar(&f.reset, "reset", nil, "return fields to the image's: entrypoint, cmd, workdir, user (kernel: to the default kit; network: to the daemon's default; ports: none published)")
+	fs.StringSliceVar(&f.reset, "reset", nil, "return fields to the image's: entrypoint, cmd, workdir, user (kernel: to the default kit; network: to the daemon's default; ports: none published; workspaces: none attached)")
 	cmd.RunE = func(cmd *cobra.Command, a []string) error {
 		a, command, err := splitDash(cmd, a, 1)
 		if err != nil {
@@ -54,7 +54,7 @@ func (c *cli) newSetCommand() *cobra.Command {
 			return err
 		}
 		if in.CPUs == nil && in.Memory == nil && in.DiskSize == nil && in.AutoStop == nil && in.RunIn == (api.RunIn{}) && in.NetIn == (api.NetIn{}) && len(in.Reset) == 0 {
-			return usageError{errors.New("set needs something to change: --cpus, --memory, --disk, --auto-stop, --kernel, --entrypoint, --workdir, --user, -p, --network, --reset, or -- COMMAND")}
+			return usageError{errors.New("set needs something to change: --cpus, --memory, --disk, --auto-stop, --kernel, --entrypoint, --workdir, --user, --workspace, -p, --network, --reset, or -- COMMAND")}
 		}
 		return c.call(func(ctx context.Context, cl *api.Client) error {
 			vm, err := cl.Set(ctx, in)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -21,7 +22,23 @@ func workspaceFields(w *api.Workspace) [][2]string {
 		{"Size", humanBytes(w.Size)}, {"Used", humanBytes(w.Used)},
 		{"Owner", itoa(w.OwnerUID)}, {"Files", itoa(w.UID) + ":" + itoa(w.GID)},
 		{"Source", orDash(w.Source)}, {"Created", w.Created},
+		{"Attached to", holdersText(w.Attached)},
 	}
+}
+
+// holdersText lists the VMs a workspace is attached to.
+func holdersText(hs []api.WorkspaceHolder) string {
+	if len(hs) == 0 {
+		return "(none)"
+	}
+	s := make([]string, len(hs))
+	for i, h := range hs {
+		s[i] = h.VM + " (read-write)"
+		if h.ReadOnly {
+			s[i] = h.VM + " (read-only)"
+		}
+	}
+	return strings.Join(s, ", ")
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
