@@ -1,0 +1,82 @@
+package ext4
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// ErrNotClean: an image e2fsck -n finds fault with (a guest that crashed
+// or wrote a hostile filesystem). Nothing is read from it.
+var ErrNotClean = errors.New("filesystem is not clean")
+
+// Dump copies the tree of the ext4 image into dir (which exists, empty)
+// without mounting it: e2fsck -fn first checks the image read-only (a
+// filesystem whose names could reach out of dir, or whose journal holds
+// unreplayed writes, is refused), then one read-only debugfs "rdump / dir".
+// Files are written as the caller (debugfs sets modes and mtimes, and
+// owners only if it may). Hardlinks come out as separate copies. ctx bounds
+// both runs.
+func Dump(ctx context.Context, image, dir string, tools Tools) error {
+	dbg, err := findTool("debugfs", tools.Debugfs)
+	if err != nil {
+		return err
+	}
+	fsckBin, err := findTool("e2fsck", tools.E2fsck)
+	if err != nil {
+		return err
+	}
+	env := append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__", "LC_ALL=C")
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, fsckBin, "-f", "-n", image)
+	cmd.Env = env
+	cmd.Stdout = &limitWriter{w: &out, n: 1 << 20}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			var bad []string
+			for _, l := range strings.Split(out.String(), "\n") {
+				if !fsckRoutine.MatchString(l) {
+					bad = append(bad, l)
+				}
+			}
+			return fmt.Errorf("%w (e2fsck -n exit %d): %s", ErrNotClean, ee.ExitCode(), firstLines(strings.Join(bad, "\n"), 5))
+		}
+		return fmt.Errorf("e2fsck: %w", err)
+	}
+	if strings.ContainsAny(dir, "\"\n") {
+		return fmt.Errorf("dump directory %q: unusable name", dir)
+	}
+	cmd = exec.CommandContext(ctx, dbg, "-R", "rdump / "+quote(dir), image)
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stderr = &limitWriter{w: &stderr, n: 1 << 20}
+	cmd.Stdout = io.Discard
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: %v: %s", ErrDebugfs, err, firstLines(stderr.String(), 5))
+	}
+	var bad []string
+	for _, l := range strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n") {
+		// rdump reports owners it may not set (an unprivileged daemon):
+		// the export has no owners anyway.
+		if l != "" && !debugfsBanner.MatchString(l) && !strings.Contains(l, "while changing ownership of") {
+			bad = append(bad, l)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %d error lines, first: %s", ErrDebugfs, len(bad), firstLines(strings.Join(bad, "\n"), 5))
+	}
+	return nil
+}

@@ -1,0 +1,220 @@
+package workspace_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/workspace"
+)
+
+// snapshot is a tree as diff -r (plus modes, link targets and file
+// mtimes) sees it: relative path -> description.
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		desc := fi.Mode().String()
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			tg, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			desc += " -> " + tg
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			desc += " " + fi.ModTime().UTC().Format(time.RFC3339) + " " + string(b)
+		}
+		out[rel] = desc
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func compareTrees(t *testing.T, want, got map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: got %q, want %q", k, got[k], v)
+		}
+	}
+	for k, v := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s: unexpected %q", k, v)
+		}
+	}
+}
+
+func TestExportRoundTrip(t *testing.T) {
+	requireTools(t)
+	src := t.TempDir()
+	when := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
+	write := func(rel, data string, mode os.FileMode) {
+		p := filepath.Join(src, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, when, when); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("run.sh", "#!/bin/sh\necho hello\n", 0o755)
+	write("sub/deep/data.txt", "some data\n", 0o640)
+	write("ünïcödé-文件.txt", "unicode\n", 0o644)
+	write("ro/inside", "read-only dir\n", 0o444)
+	write("empty", "", 0o600)
+	if err := os.Link(filepath.Join(src, "sub/deep/data.txt"), filepath.Join(src, "hard.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("sub/deep/data.txt", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/nowhere/at/all", filepath.Join(src, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(src, "emptydir"), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "ro"), 0o555); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Chmod(filepath.Join(src, "ro"), 0o755) })
+
+	ctx := context.Background()
+	scratch := t.TempDir()
+	vol := filepath.Join(t.TempDir(), "vol.img")
+	var tb bytes.Buffer
+	if err := workspace.TarDir(ctx, src, &tb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "rt", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	var exported bytes.Buffer
+	if err := workspace.Export(ctx, vol, &exported, workspace.ExportSpec{Name: "rt", ScratchDir: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	// The scratch dump is gone.
+	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
+		t.Errorf("scratch left behind: %v", ents)
+	}
+	// No owners in the stream; no lost+found.
+	tr := tar.NewReader(bytes.NewReader(exported.Bytes()))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Uid != 0 || h.Gid != 0 || strings.HasPrefix(h.Name, "lost+found") {
+			t.Errorf("entry %s: uid %d gid %d", h.Name, h.Uid, h.Gid)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := workspace.Untar(ctx, bytes.NewReader(exported.Bytes()), out); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Chmod(filepath.Join(out, "ro"), 0o755) })
+	compareTrees(t, snapshot(t, src), snapshot(t, out))
+
+	// A changed tree built again into the same volume (import) shows the
+	// change on the next export.
+	write("added.txt", "new\n", 0o644)
+	tb.Reset()
+	if err := workspace.TarDir(ctx, src, &tb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "rt", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	exported.Reset()
+	if err := workspace.Export(ctx, vol, &exported, workspace.ExportSpec{Name: "rt", ScratchDir: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	out2 := filepath.Join(t.TempDir(), "out")
+	if err := workspace.Untar(ctx, &exported, out2); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Chmod(filepath.Join(out2, "ro"), 0o755) })
+	compareTrees(t, snapshot(t, src), snapshot(t, out2))
+}
+
+func TestExportRefusesDamagedVolume(t *testing.T) {
+	requireTools(t)
+	vol := filepath.Join(t.TempDir(), "vol.img")
+	if err := os.WriteFile(vol, bytes.Repeat([]byte{0xAA}, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	scratch := t.TempDir()
+	err := workspace.Export(context.Background(), vol, io.Discard, workspace.ExportSpec{Name: "bad", ScratchDir: scratch})
+	if err == nil {
+		t.Fatal("export of garbage succeeded")
+	}
+	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
+		t.Errorf("scratch left behind: %v", ents)
+	}
+}
+
+func TestUntarRefusesEscapes(t *testing.T) {
+	reg := func(name string) entry { return entry{h: tar.Header{Typeflag: tar.TypeReg, Name: name}, body: "x"} }
+	lnk := func(name, target string, typ byte) entry {
+		return entry{h: tar.Header{Typeflag: typ, Name: name, Linkname: target}}
+	}
+	for _, es := range [][]entry{
+		{reg("../evil")},
+		{reg("/abs")},
+		{reg("a/../../evil")},
+		{lnk("up", "..", tar.TypeSymlink), reg("up/evil")},
+		{lnk("out", "/tmp", tar.TypeSymlink), reg("out/evil")},
+		{lnk("h", "../../etc/passwd", tar.TypeLink)},
+	} {
+		parent := t.TempDir()
+		dir := filepath.Join(parent, "dir")
+		err := workspace.Untar(context.Background(), tarOf(t, es...), dir)
+		if err == nil {
+			t.Errorf("%v: unpacked", es)
+		}
+		if _, serr := os.Lstat(filepath.Join(parent, "evil")); serr == nil {
+			t.Errorf("%v: wrote outside the directory", es)
+		}
+		if _, serr := os.Lstat("/tmp/evil"); serr == nil {
+			t.Errorf("%v: wrote /tmp/evil", es)
+		}
+	}
+	// A stream cut short is refused.
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	_ = tw.WriteHeader(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
+	_, _ = tw.Write([]byte("x"))
+	_ = tw.Flush()
+	if err := workspace.Untar(context.Background(), &b, filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(err.Error(), "cut short") {
+		t.Errorf("cut-short stream: %v", err)
+	}
+}
