@@ -138,8 +138,8 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	wd.Log, wd.Events = d.Log, s.Events
 	// The claims outlive a restart of the actor (a panic): the VMs that
 	// hold them do not claim again until their next start.
-	claims := map[string]map[string]claim{}
-	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd, claims) }), NameWorkspaces); err != nil {
+	claims, busy := map[string]map[string]claim{}, map[string]string{}
+	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd, claims, busy) }), NameWorkspaces); err != nil {
 		return nil, fmt.Errorf("spawn workspaces actor: %w", err)
 	}
 	// The VMs reach the Workspaces actor through these two function values

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -33,12 +34,19 @@ const DefaultWorkspaceBuildTimeout = time.Hour
 // Workspaces actor's mailbox, under ctx.
 type WorkspaceBuild func(ctx context.Context, r io.Reader, out string, ws state.Workspace) error
 
+// WorkspaceExport writes the tree of the volume vol of ws to w as a tar
+// stream. It runs off the Workspaces actor's mailbox, under ctx, while the
+// workspace is held detached.
+type WorkspaceExport func(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error
+
 // WorkspaceDeps is what the Workspaces actor needs. It reaches no VM in
 // this slice; what it will need of them comes as messages or function
 // values given at wiring time, never a pointer into the Manager.
 type WorkspaceDeps struct {
 	Store *state.WorkspaceStore
 	Build WorkspaceBuild
+	// Export reads a volume out (ExportWorkspace).
+	Export WorkspaceExport
 	// Used reports the bytes a volume takes on the host.
 	Used func(path string) int64
 	// BuildTimeout bounds one build; default DefaultWorkspaceBuildTimeout.
@@ -114,8 +122,46 @@ type CreateWorkspace struct {
 	Done     chan WorkspaceResult
 }
 
-// CancelWorkspace withdraws a CreateWorkspace.
+// CancelWorkspace withdraws a CreateWorkspace, ExportWorkspace or
+// ImportWorkspace.
 type CancelWorkspace struct{ ID uint64 }
+
+// ExportWorkspace asks for the tree of a detached workspace as a tar
+// stream written to Out (closed by the actor when the export ends). It is
+// answered on Done exactly once. While it runs the workspace cannot be
+// attached, imported or removed; an attached workspace is refused naming
+// the VM (a guest may be writing to it).
+type ExportWorkspace struct {
+	ID     uint64
+	Caller Caller
+	Ref    string
+	Out    io.WriteCloser
+	Done   chan WorkspaceResult
+}
+
+// ImportWorkspace replaces the tree of a detached workspace with the tar
+// stream Tar (closed by the actor when the import ends), built like a
+// creation's (same checks, owner, size) into a new volume that replaces
+// the old one only when complete. Answered on Done exactly once; refused
+// while attached, naming the VM.
+type ImportWorkspace struct {
+	ID     uint64
+	Caller Caller
+	Ref    string
+	Source string
+	Tar    io.ReadCloser
+	Done   chan WorkspaceResult
+}
+
+// workspaceIODone carries an export's or an import's end into the mailbox.
+type workspaceIODone struct {
+	id     uint64
+	ws     *state.Workspace
+	op     string
+	source string
+	done   chan WorkspaceResult
+	err    error
+}
 
 // ListWorkspaces, GetWorkspace and RemoveWorkspace are answered with
 // *WorkspaceResult. Each sees what its caller may see.
@@ -162,18 +208,22 @@ type workspacesActor struct {
 	// re-adopted (before the daemon serves), and a VM that stopped
 	// meanwhile releases its own.
 	claims map[string]map[string]claim
+	// busy are the workspaces being exported or imported: id -> what is
+	// done to it. Kept across a restart of the actor, like claims: the
+	// goroutine doing it reports its end to the new one.
+	busy map[string]string
 }
 
 // newWorkspacesActor serves workspaces with claims, which only the
 // actor's mailbox touches and which a restarted actor takes over.
-func newWorkspacesActor(d WorkspaceDeps, claims map[string]map[string]claim) actor.Actor {
+func newWorkspacesActor(d WorkspaceDeps, claims map[string]map[string]claim, busy map[string]string) actor.Actor {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	if d.BuildTimeout <= 0 {
 		d.BuildTimeout = DefaultWorkspaceBuildTimeout
 	}
-	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces), claims: claims}
+	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces), claims: claims, busy: busy}
 }
 
 func (a *workspacesActor) Receive(ctx actor.Context) {
@@ -208,6 +258,12 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		a.create(ctx, m)
 	case *workspaceBuilt:
 		a.built(ctx, m)
+	case *ExportWorkspace:
+		a.export(ctx, m)
+	case *ImportWorkspace:
+		a.importTree(ctx, m)
+	case *workspaceIODone:
+		a.ioDone(m)
 	case *CancelWorkspace:
 		if c, ok := a.building[m.ID]; ok {
 			c()
@@ -263,6 +319,10 @@ func (a *workspacesActor) attach(m *AttachWorkspaces) *AttachResult {
 		if !ok || ws.OwnerUID != m.Owner || ws.Status != state.WorkspaceReady {
 			return &AttachResult{Err: &Error{Kind: ErrWorkspaceNotFound, VM: mt.Name,
 				Msg: fmt.Sprintf("VM %s names workspace %s, which no longer exists (paddock set %s --workspace ... to change it)", m.VMName, mt.Name, m.VMName)}}
+		}
+		if op := a.busy[ws.ID]; op != "" {
+			return &AttachResult{Err: &Error{Kind: ErrInvalidState, VM: ws.Name,
+				Msg: fmt.Sprintf("workspace %s is being %s: start VM %s when that is done", ws.Name, op, m.VMName)}}
 		}
 		for vmID, c := range a.claims[ws.ID] {
 			if vmID == m.VMID {
@@ -458,13 +518,8 @@ func (a *workspacesActor) remove(ctx actor.Context, m *RemoveWorkspace) *Workspa
 	if ws.Status != state.WorkspaceReady {
 		return &WorkspaceResult{Err: &Error{Kind: ErrInvalidState, VM: m.Ref, Status: state.Status(ws.Status), Msg: fmt.Sprintf("workspace %s is being created", m.Ref)}}
 	}
-	if hs := a.holders(ws.ID); len(hs) > 0 {
-		names := make([]string, len(hs))
-		for i, h := range hs {
-			names[i] = h.VMName
-		}
-		return &WorkspaceResult{Err: &Error{Kind: ErrInvalidState, VM: m.Ref,
-			Msg: fmt.Sprintf("workspace %s is attached to VM %s: stop it first", ws.Name, strings.Join(names, ", "))}}
+	if err := a.detached(ws, m.Ref); err != nil {
+		return &WorkspaceResult{Err: err}
 	}
 	if err := a.d.Store.Remove(ws.ID); err != nil {
 		return &WorkspaceResult{Err: err}
@@ -474,6 +529,142 @@ func (a *workspacesActor) remove(ctx actor.Context, m *RemoveWorkspace) *Workspa
 	a.emit(ctx, api.EventWorkspaceRemoved, ws)
 	info := WorkspaceInfo{Workspace: *ws}
 	return &WorkspaceResult{Workspace: &info}
+}
+
+// detached refuses a workspace attached to a VM (naming it) or being
+// exported or imported.
+func (a *workspacesActor) detached(ws *state.Workspace, ref string) error {
+	if op := a.busy[ws.ID]; op != "" {
+		return &Error{Kind: ErrInvalidState, VM: ref, Msg: fmt.Sprintf("workspace %s is being %s: try again when that is done", ws.Name, op)}
+	}
+	if hs := a.holders(ws.ID); len(hs) > 0 {
+		names := make([]string, len(hs))
+		for i, h := range hs {
+			names[i] = h.VMName
+		}
+		return &Error{Kind: ErrInvalidState, VM: ref,
+			Msg: fmt.Sprintf("workspace %s is attached to VM %s: stop it first", ws.Name, strings.Join(names, ", "))}
+	}
+	return nil
+}
+
+// export runs an ExportWorkspace off the mailbox, the workspace held busy.
+func (a *workspacesActor) export(ctx actor.Context, m *ExportWorkspace) {
+	fail := func(err error) {
+		_ = m.Out.Close()
+		m.Done <- WorkspaceResult{Err: err}
+	}
+	if a.d.Export == nil {
+		fail(errorf(ErrNotYet, "workspaces are not configured"))
+		return
+	}
+	ws, err := a.ioTarget(m.Caller, m.Ref)
+	if err != nil {
+		fail(err)
+		return
+	}
+	run, vol, snapshot := a.d.Export, a.d.Store.Volume(ws.ID), *ws
+	a.startIO(ctx, m.ID, ws, "exported", "", m.Done, func(bctx context.Context) error {
+		stop := context.AfterFunc(bctx, func() { _ = m.Out.Close() })
+		defer stop()
+		err := run(bctx, m.Out, vol, snapshot)
+		if cerr := m.Out.Close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
+			err = cerr
+		}
+		return err
+	})
+}
+
+// importTree runs an ImportWorkspace off the mailbox, the workspace held
+// busy: the build writes a new volume beside the old and renames it over.
+func (a *workspacesActor) importTree(ctx actor.Context, m *ImportWorkspace) {
+	fail := func(err error) {
+		if m.Tar != nil {
+			_ = m.Tar.Close()
+		}
+		m.Done <- WorkspaceResult{Err: err}
+	}
+	if a.d.Build == nil || m.Tar == nil {
+		fail(errorf(ErrNotYet, "workspaces are not configured"))
+		return
+	}
+	ws, err := a.ioTarget(m.Caller, m.Ref)
+	if err != nil {
+		fail(err)
+		return
+	}
+	build, vol, snapshot := a.d.Build, a.d.Store.Volume(ws.ID), *ws
+	a.startIO(ctx, m.ID, ws, "imported", m.Source, m.Done, func(bctx context.Context) error {
+		stop := context.AfterFunc(bctx, func() { _ = m.Tar.Close() })
+		defer stop()
+		err := build(bctx, m.Tar, vol, snapshot)
+		_ = m.Tar.Close()
+		return err
+	})
+}
+
+// ioTarget is the workspace an export or import names: ready, detached,
+// not busy.
+func (a *workspacesActor) ioTarget(c Caller, ref string) (*state.Workspace, error) {
+	ws, err := a.lookup(c, ref)
+	if err != nil {
+		return nil, err
+	}
+	if ws.Status != state.WorkspaceReady {
+		return nil, &Error{Kind: ErrInvalidState, VM: ref, Status: state.Status(ws.Status), Msg: fmt.Sprintf("workspace %s is being created", ref)}
+	}
+	if err := a.detached(ws, ref); err != nil {
+		return nil, err
+	}
+	return ws, nil
+}
+
+func (a *workspacesActor) startIO(ctx actor.Context, id uint64, ws *state.Workspace, op, source string, done chan WorkspaceResult, run func(context.Context) error) {
+	a.busy[ws.ID] = op
+	bctx, cancel := context.WithTimeout(context.Background(), a.d.BuildTimeout)
+	a.building[id] = cancel
+	a.log.Info("workspace "+strings.TrimSuffix(op, "ed")+"ing", "workspace", ws.Name, "workspace_id", ws.ID, "owner_uid", ws.OwnerUID)
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	go func() {
+		err := run(bctx)
+		if bctx.Err() != nil {
+			err = bctx.Err()
+		}
+		root.Send(self, &workspaceIODone{id: id, ws: ws, op: op, source: source, done: done, err: err})
+	}()
+}
+
+func (a *workspacesActor) ioDone(m *workspaceIODone) {
+	if c, ok := a.building[m.id]; ok {
+		c()
+		delete(a.building, m.id)
+	}
+	delete(a.busy, m.ws.ID)
+	ws := m.ws
+	log := a.log.With("workspace", ws.Name, "workspace_id", ws.ID, "owner_uid", ws.OwnerUID)
+	err := m.err
+	if errors.Is(err, context.Canceled) {
+		err = errdefs.Newf(errdefs.ErrCanceled, "workspace %s: not %s: canceled", ws.Name, m.op)
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		err = errdefs.Newf(errdefs.ErrDeadlineExceeded, "workspace %s: not %s within %s", ws.Name, m.op, a.d.BuildTimeout)
+	}
+	if err == nil && m.op == "imported" {
+		if cur, ok := a.ws[ws.ID]; ok {
+			cur.Source = m.source
+			if serr := a.d.Store.Save(cur); serr != nil {
+				log.Warn("saving the record of an imported workspace", "err", serr)
+			}
+			ws = cur
+		}
+	}
+	if err != nil {
+		log.Warn("workspace not "+m.op, "err", err)
+		m.done <- WorkspaceResult{Err: err}
+		return
+	}
+	info := a.info(ws)
+	log.Info("workspace "+m.op, "used", info.Used)
+	m.done <- WorkspaceResult{Workspace: &info}
 }
 
 func (a *workspacesActor) emit(ctx actor.Context, kind api.EventKind, ws *state.Workspace) {
@@ -499,6 +690,31 @@ func (s *System) CreateWorkspace(ctx context.Context, m CreateWorkspace) (*Works
 		return r.Workspace, r.Err
 	case <-ctx.Done():
 		s.sys.Root.Send(s.Workspaces, &CancelWorkspace{ID: m.ID})
+		return nil, ctx.Err()
+	}
+}
+
+// ExportWorkspace runs an export through the Workspaces actor until it is
+// done or ctx ends (which stops it).
+func (s *System) ExportWorkspace(ctx context.Context, m ExportWorkspace) (*WorkspaceInfo, error) {
+	m.ID, m.Done = workspaceSeq.Add(1), make(chan WorkspaceResult, 1)
+	return s.workspaceIO(ctx, &m, m.ID, m.Done)
+}
+
+// ImportWorkspace runs an import through the Workspaces actor until it is
+// done or ctx ends (which stops it; the old tree stays).
+func (s *System) ImportWorkspace(ctx context.Context, m ImportWorkspace) (*WorkspaceInfo, error) {
+	m.ID, m.Done = workspaceSeq.Add(1), make(chan WorkspaceResult, 1)
+	return s.workspaceIO(ctx, &m, m.ID, m.Done)
+}
+
+func (s *System) workspaceIO(ctx context.Context, msg any, id uint64, done chan WorkspaceResult) (*WorkspaceInfo, error) {
+	s.sys.Root.Send(s.Workspaces, msg)
+	select {
+	case r := <-done:
+		return r.Workspace, r.Err
+	case <-ctx.Done():
+		s.sys.Root.Send(s.Workspaces, &CancelWorkspace{ID: id})
 		return nil, ctx.Err()
 	}
 }

@@ -28,6 +28,29 @@ var (
 type fakeBuild struct {
 	gate chan struct{}
 	fail error
+	// exportGate, when set, holds an export until it is closed;
+	// exportStarted, when set, is told an export started.
+	exportGate, exportStarted chan struct{}
+}
+
+// export copies the volume to w.
+func (f *fakeBuild) export(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error {
+	if f.exportStarted != nil {
+		f.exportStarted <- struct{}{}
+	}
+	if f.exportGate != nil {
+		select {
+		case <-f.exportGate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	data, err := os.ReadFile(vol)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
 }
 
 func (f *fakeBuild) build(ctx context.Context, r io.Reader, out string, ws state.Workspace) error {
@@ -74,7 +97,7 @@ func startWorkspacesWithin(t *testing.T, dir string, fb *fakeBuild, timeout time
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sys, err := Start(ctx, Deps{Store: st, Defaults: func() config.Defaults { return config.Default().Defaults },
-		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
+		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Export: fb.export, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,5 +404,145 @@ func TestWorkspaceBuildDeadline(t *testing.T) {
 	}
 	if es, _ := os.ReadDir(h.store.Root); len(es) != 0 || len(h.names(t, admin)) != 0 {
 		t.Fatalf("a build past its deadline left %v", es)
+	}
+}
+
+// bufCloser is an export's destination.
+type bufCloser struct {
+	strings.Builder
+	closed bool
+}
+
+func (b *bufCloser) Close() error { b.closed = true; return nil }
+
+func (h *wsHarness) export(t *testing.T, c Caller, ref string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b bufCloser
+	_, err := h.sys.ExportWorkspace(ctx, ExportWorkspace{Caller: c, Ref: ref, Out: &b})
+	if !b.closed {
+		t.Errorf("export of %s: destination not closed", ref)
+	}
+	return b.String(), err
+}
+
+type trackedReader struct {
+	io.Reader
+	closed bool
+}
+
+func (r *trackedReader) Close() error { r.closed = true; return nil }
+
+func (h *wsHarness) importTree(t *testing.T, c Caller, ref, content string) (*WorkspaceInfo, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r := &trackedReader{Reader: strings.NewReader(content)}
+	w, err := h.sys.ImportWorkspace(ctx, ImportWorkspace{Caller: c, Ref: ref, Source: "tar:new", Tar: r})
+	if !r.closed {
+		t.Errorf("import into %s: stream not closed", ref)
+	}
+	return w, err
+}
+
+func (h *wsHarness) attachTo(t *testing.T, vm, wsID string, owner uint32) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := request[*AttachResult](ctx, h.sys.sys.Root, h.sys.Workspaces,
+		&AttachWorkspaces{VMID: "id-" + vm, VMName: vm, Owner: owner, Mounts: []state.WorkspaceMount{{ID: wsID, Name: "proj", Path: "/workspace"}}})
+	if err == nil {
+		err = r.Err
+	}
+	return err
+}
+
+// Export and import: only of one's own (another user's is not found), only
+// while detached (refused naming the VM), never alongside an attach, a
+// removal or another export or import; a failed import keeps the old tree.
+func TestWorkspacesExportImport(t *testing.T) {
+	fb := &fakeBuild{}
+	h := startWorkspaces(t, t.TempDir(), fb)
+	w, err := h.create(t, wsAlice, "proj", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v1" {
+		t.Fatalf("export: %q, %v", got, err)
+	}
+	for _, ref := range []string{"proj", w.ID} {
+		if _, err := h.export(t, wsBob, ref); !errors.Is(err, ErrWorkspaceNotFound) {
+			t.Fatalf("bob's export of alice's %s: %v", ref, err)
+		}
+		if _, err := h.importTree(t, wsBob, ref, "bob's"); !errors.Is(err, ErrWorkspaceNotFound) {
+			t.Fatalf("bob's import into alice's %s: %v", ref, err)
+		}
+	}
+	if got, err := h.importTree(t, wsAlice, "proj", "v2"); err != nil || got.Source != "tar:new" || got.ID != w.ID {
+		t.Fatalf("import: %+v, %v", got, err)
+	}
+	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v2" {
+		t.Fatalf("export after the import: %q, %v", got, err)
+	}
+
+	// Attached: both refused naming the VM.
+	if err := h.attachTo(t, "vm1", w.ID, wsAlice.UID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.export(t, wsAlice, "proj"); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "attached to VM vm1: stop it") {
+		t.Fatalf("export while attached: %v", err)
+	}
+	if _, err := h.importTree(t, wsAlice, "proj", "v3"); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "attached to VM vm1") {
+		t.Fatalf("import while attached: %v", err)
+	}
+	if _, err := request[*AttachResult](context.Background(), h.sys.sys.Root, h.sys.Workspaces, &DetachWorkspaces{VMID: "id-vm1"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// While an export runs: no attach, removal or import.
+	fb.exportGate, fb.exportStarted = make(chan struct{}), make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var b bufCloser
+		_, err := h.sys.ExportWorkspace(ctx, ExportWorkspace{Caller: wsAlice, Ref: "proj", Out: &b})
+		done <- err
+	}()
+	select {
+	case <-fb.exportStarted:
+	case err := <-done:
+		t.Fatalf("export ended early: %v", err)
+	}
+	if err := h.attachTo(t, "vm2", w.ID, wsAlice.UID); err == nil || !strings.Contains(err.Error(), "being exported") {
+		t.Fatalf("attach during an export: %v", err)
+	}
+	if _, err := h.do(t, &RemoveWorkspace{Caller: wsAlice, Ref: "proj"}); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "being exported") {
+		t.Fatalf("rm during an export: %v", err)
+	}
+	if _, err := h.importTree(t, wsAlice, "proj", "v3"); !errors.Is(err, ErrInvalidState) {
+		t.Fatalf("import during an export: %v", err)
+	}
+	close(fb.exportGate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	fb.exportStarted = nil
+	if err := h.attachTo(t, "vm2", w.ID, wsAlice.UID); err != nil {
+		t.Fatalf("attach after the export: %v", err)
+	}
+	if _, err := request[*AttachResult](context.Background(), h.sys.sys.Root, h.sys.Workspaces, &DetachWorkspaces{VMID: "id-vm2"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A failed import keeps the old tree and frees the workspace.
+	fb.fail = errors.New("bad entry")
+	if _, err := h.importTree(t, wsAlice, "proj", "v4"); err == nil || !strings.Contains(err.Error(), "bad entry") {
+		t.Fatalf("failing import: %v", err)
+	}
+	fb.fail = nil
+	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v2" {
+		t.Fatalf("export after a failed import: %q, %v", got, err)
 	}
 }
