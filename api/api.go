@@ -573,7 +573,15 @@ type WorkspaceRef struct {
 	Workspace string `json:"workspace"`
 }
 
-// WorkspaceOut answers CreateWorkspace, InspectWorkspace and RemoveWorkspace.
+// ImportWorkspaceIn are ImportWorkspace's parameters; the tar stream is the
+// call's one file descriptor.
+type ImportWorkspaceIn struct {
+	Workspace string `json:"workspace"`
+	Source    string `json:"source,omitempty"`
+}
+
+// WorkspaceOut answers CreateWorkspace, InspectWorkspace, RemoveWorkspace,
+// ExportWorkspace and ImportWorkspace.
 type WorkspaceOut struct {
 	Workspace Workspace `json:"workspace"`
 }

@@ -283,6 +283,27 @@ func (c *Client) InspectWorkspace(ctx context.Context, ref string) (*Workspace, 
 	return &out.Workspace, nil
 }
 
+// ExportWorkspace has the daemon write the tree of a workspace as a tar
+// stream to out (a pipe's write end or a file), passed by descriptor; it
+// returns when the daemon is done.
+func (c *Client) ExportWorkspace(ctx context.Context, ref string, out *os.File) (*Workspace, error) {
+	var o WorkspaceOut
+	if err := c.CallFDs(ctx, Interface+".ExportWorkspace", WorkspaceRef{Workspace: ref}, &o, []*os.File{out}); err != nil {
+		return nil, err
+	}
+	return &o.Workspace, nil
+}
+
+// ImportWorkspace replaces the tree of a workspace with the tar stream
+// tar, passed by descriptor.
+func (c *Client) ImportWorkspace(ctx context.Context, in ImportWorkspaceIn, tar *os.File) (*Workspace, error) {
+	var o WorkspaceOut
+	if err := c.CallFDs(ctx, Interface+".ImportWorkspace", in, &o, []*os.File{tar}); err != nil {
+		return nil, err
+	}
+	return &o.Workspace, nil
+}
+
 // RemoveWorkspace removes one workspace.
 func (c *Client) RemoveWorkspace(ctx context.Context, ref string) (*Workspace, error) {
 	var out WorkspaceOut

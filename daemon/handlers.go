@@ -44,6 +44,8 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"ListWorkspaces":   d.listWorkspaces,
 		"InspectWorkspace": d.inspectWorkspace,
 		"RemoveWorkspace":  d.removeWorkspace,
+		"ExportWorkspace":  d.exportWorkspace,
+		"ImportWorkspace":  d.importWorkspace,
 		"Version":          d.version,
 		"Info":             d.info,
 	}
@@ -337,7 +339,7 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 // minutes. A workspace build has its own deadline besides.
 func isImport(method string) bool {
 	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console" ||
-		method == api.Interface+".CreateWorkspace"
+		method == api.Interface+".CreateWorkspace" || method == api.Interface+".ExportWorkspace" || method == api.Interface+".ImportWorkspace"
 }
 
 // callTimeout bounds one call: boots and shutdowns are bounded by the VM

@@ -68,33 +68,89 @@ func (d *Daemon) createWorkspace(ctx context.Context, c *varlink.Call) error {
 	}
 	var tar *os.File
 	if len(c.FDs) == 1 {
-		// The caller opened the stream with its own rights; the daemon
-		// reads only through it. Non-blocking, so that a build whose
-		// deadline passes ends a read the caller leaves hanging.
-		var st unix.Stat_t
-		if err := unix.Fstat(int(c.FDs[0].Fd()), &st); err != nil {
-			return fmt.Errorf("passed descriptor: %w", err)
+		var err error
+		if tar, err = passedStream(c.FDs[0], in.Source, "the workspace's source"); err != nil {
+			return err
 		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFREG, unix.S_IFIFO, unix.S_IFSOCK:
-		default:
-			return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "source", Msg: fmt.Sprintf("the workspace's source %q must be a tar file or stream", in.Source)}
-		}
-		fd, err := unix.FcntlInt(c.FDs[0].Fd(), unix.F_DUPFD_CLOEXEC, 3)
-		if err != nil {
-			return fmt.Errorf("dup descriptor of %s: %w", in.Source, err)
-		}
-		if err := unix.SetNonblock(fd, true); err != nil {
-			_ = unix.Close(fd)
-			return fmt.Errorf("descriptor of %s: %w", in.Source, err)
-		}
-		tar = os.NewFile(uintptr(fd), in.Source)
 	}
 	m := actors.CreateWorkspace{Caller: d.auth.caller(c.Peer), Name: in.Name, Size: size, UID: uid, GID: gid, Source: in.Source}
 	if tar != nil {
 		m.Tar = tar
 	}
 	w, err := d.actors.CreateWorkspace(ctx, m)
+	if err != nil {
+		return workspaceError(err)
+	}
+	return c.Reply(api.WorkspaceOut{Workspace: workspaceToAPI(w)})
+}
+
+// passedStream dups a passed descriptor (a file, a pipe or a socket: what
+// is read or written is the caller's, opened with its rights) and makes it
+// non-blocking, so that a deadline or a cancel ends a transfer the caller
+// leaves hanging.
+func passedStream(f *os.File, name, what string) (*os.File, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("passed descriptor: %w", err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFIFO, unix.S_IFSOCK:
+	default:
+		return nil, &actors.Error{Kind: actors.ErrInvalidArgument, Field: "source", Msg: fmt.Sprintf("%s %q must be a tar file or stream", what, name)}
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("dup descriptor of %s: %w", name, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("descriptor of %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// exportWorkspaceTree is the Workspaces actor's exporter: a rootless read
+// of the volume through scratch space where image imports have theirs.
+func (d *Daemon) exportWorkspaceTree(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error {
+	cfg := d.config()
+	if err := os.MkdirAll(cfg.Images.ScratchDir, 0o750); err != nil {
+		return fmt.Errorf("scratch dir %s: %w", cfg.Images.ScratchDir, err)
+	}
+	return workspace.Export(ctx, vol, w, workspace.ExportSpec{Name: ws.Name, ScratchDir: cfg.Images.ScratchDir})
+}
+
+func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
+	var in api.WorkspaceRef
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if len(c.FDs) != 1 {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "output", Msg: fmt.Sprintf("ExportWorkspace takes one file descriptor (where the tar stream goes), got %d", len(c.FDs))}
+	}
+	out, err := passedStream(c.FDs[0], "export of "+in.Workspace, "the export's destination")
+	if err != nil {
+		return err
+	}
+	w, err := d.actors.ExportWorkspace(ctx, actors.ExportWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Out: out})
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.WorkspaceOut{Workspace: workspaceToAPI(w)})
+}
+
+func (d *Daemon) importWorkspace(ctx context.Context, c *varlink.Call) error {
+	var in api.ImportWorkspaceIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if len(c.FDs) != 1 {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "source", Msg: fmt.Sprintf("ImportWorkspace takes one file descriptor (the tar stream), got %d", len(c.FDs))}
+	}
+	tar, err := passedStream(c.FDs[0], in.Source, "the import's source")
+	if err != nil {
+		return err
+	}
+	w, err := d.actors.ImportWorkspace(ctx, actors.ImportWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Source: in.Source, Tar: tar})
 	if err != nil {
 		return workspaceError(err)
 	}
