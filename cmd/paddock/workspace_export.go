@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/workspace"
+)
+
+func (c *cli) newWorkspaceExportCommand() *cobra.Command {
+	var file, dir string
+	cmd := &cobra.Command{
+		Use:   "export WORKSPACE (-o FILE.tar | --to DIR)",
+		Short: "Copy the tree of a stopped workspace out, as a tar file or into a directory (written as you)",
+		Long: `Copy the tree of a workspace out of its volume: into a tar file (-o) or
+unpacked into a directory (--to, made if missing, and empty), both written
+by this command as you, so every file is yours. No entry may reach out of
+DIR. Hardlinks come out as separate copies.
+
+A workspace attached to a VM cannot be exported (its guest may be writing
+to it): stop the VM first.`,
+		Args: exactly(1, "one workspace"),
+	}
+	cmd.Flags().StringVarP(&file, "output", "o", "", "write a tar file")
+	cmd.Flags().StringVar(&dir, "to", "", "unpack into this directory")
+	cmd.RunE = func(_ *cobra.Command, a []string) error {
+		if (file == "") == (dir == "") {
+			return usageError{errors.New("give one of -o FILE.tar and --to DIR")}
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ctx, cancel := context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+		var w *api.Workspace
+		err := c.with(ctx, func(ctx context.Context, cl *api.Client) error {
+			var err error
+			if file != "" {
+				w, err = exportToFile(ctx, cl, a[0], file)
+			} else {
+				w, err = exportToDir(ctx, cl, a[0], dir)
+			}
+			return err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("workspace %s not exported: %w", a[0], context.Cause(ctx))
+			}
+			return err
+		}
+		to := file
+		if to == "" {
+			to = dir
+		}
+		return c.show(w, func() error {
+			_, err := fmt.Fprintf(c.out, "exported %s to %s\n", w.Name, to)
+			return err
+		})
+	}
+	return cmd
+}
+
+// exportToFile has the daemon write into a temporary file beside path,
+// renamed over path only when the export is complete.
+func exportToFile(ctx context.Context, cl *api.Client, ref, path string) (*api.Workspace, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op once renamed
+	w, err := cl.ExportWorkspace(ctx, ref, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// exportToDir unpacks the daemon's stream, read through a pipe, into dir
+// as the caller.
+func exportToDir(ctx context.Context, cl *api.Client, ref, dir string) (*api.Workspace, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	unpacked := make(chan error, 1)
+	go func() {
+		err := workspace.Untar(ctx, pr, dir)
+		if err != nil {
+			cancel(err) // the daemon stops writing
+		}
+		_ = pr.Close()
+		unpacked <- err
+	}()
+	w, err := cl.ExportWorkspace(ctx, ref, pw)
+	_ = pw.Close() // the daemon has its own descriptor: the stream ends when both are closed
+	if err != nil {
+		_ = pr.Close()
+	}
+	if uerr := <-unpacked; uerr != nil && err == nil {
+		return nil, fmt.Errorf("unpacking into %s: %w", dir, uerr)
+	} else if uerr != nil && errors.Is(err, context.Canceled) {
+		return nil, fmt.Errorf("unpacking into %s: %w", dir, uerr)
+	}
+	return w, err
+}
+
+func (c *cli) newWorkspaceImportCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "import WORKSPACE FILE.tar",
+		Short: "Replace the tree of a stopped workspace with a tar file (read as you)",
+		Long: `Replace the tree of a workspace with an uncompressed tar file, which this
+command opens as you. The tree is checked and owned like create's (every
+file --uid:--gid of the workspace, setuid and setgid dropped, the same
+size) and built into a new volume that replaces the old one only when it
+is complete: a failure keeps the old tree. A workspace attached to a VM
+cannot be imported into: stop the VM first.`,
+		Args: exactly(2, "a workspace and a tar file"),
+	}
+	cmd.RunE = func(_ *cobra.Command, a []string) error {
+		f, err := os.Open(a[1])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err != nil || fi.IsDir() {
+			return fmt.Errorf("%s: not a tar file", a[1])
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ctx, cancel := context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+		var w *api.Workspace
+		err = c.with(ctx, func(ctx context.Context, cl *api.Client) error {
+			var err error
+			w, err = cl.ImportWorkspace(ctx, api.ImportWorkspaceIn{Workspace: a[0], Source: "tar:" + absPath(a[1])}, f)
+			return err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("workspace %s not imported: %w", a[0], context.Cause(ctx))
+			}
+			return err
+		}
+		return c.show(w, func() error {
+			fields(c.out, workspaceFields(w))
+			return nil
+		})
+	}
+	return cmd
+}
