@@ -124,6 +124,10 @@ func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
+	// Another user's workspace is not found before anything else is said.
+	if _, err := d.actors.WorkspaceRequest(ctx, &actors.GetWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace}); err != nil {
+		return err
+	}
 	if len(c.FDs) != 1 {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "output", Msg: fmt.Sprintf("ExportWorkspace takes one file descriptor (where the tar stream goes), got %d", len(c.FDs))}
 	}
@@ -141,6 +145,9 @@ func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 func (d *Daemon) importWorkspace(ctx context.Context, c *varlink.Call) error {
 	var in api.ImportWorkspaceIn
 	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if _, err := d.actors.WorkspaceRequest(ctx, &actors.GetWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace}); err != nil {
 		return err
 	}
 	if len(c.FDs) != 1 {

@@ -509,6 +509,8 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		"ListWorkspaces":   {scoped: map[string]any{}},
 		"InspectWorkspace": {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
 		"RemoveWorkspace":  {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
+		"ExportWorkspace":  {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
+		"ImportWorkspace":  {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "source": "x"} })},
 	}
 
 	// The methods the running daemon serves, from its own description.
