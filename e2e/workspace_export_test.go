@@ -242,3 +242,52 @@ func appendToTar(t *testing.T, from, to, name, body string) {
 		t.Fatal(err)
 	}
 }
+
+// Export and import of a workspace a running VM holds are refused naming
+// the VM; once it is stopped, the export holds what the guest wrote.
+func TestWorkspaceExportAttached(t *testing.T) {
+	for _, n := range []string{"mke2fs", "debugfs", "e2fsck"} {
+		testenv.RequireTool(t, n, "e2fsprogs")
+	}
+	e, _, ns, image := vmEnvImage(t, "", nil)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "seeded.txt"), []byte("seeded\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.cli(t, nil, "workspace", "create", "proj", "--from", src, "--size", "128MiB").ok(t, "workspace create proj")
+	e.cli(t, nil, "run", "--image", image, "--name", "w1", "--workspace", "proj", "--", "sleep", "100000").ok(t, "run --workspace proj")
+	if out, code := execOut(t, e, "w1", "", "sh", "-c", "echo made-in-the-guest > /workspace/guest.txt && sync"); code != 0 {
+		t.Fatalf("write in the guest: %d %q", code, out)
+	}
+	tarPath := filepath.Join(t.TempDir(), "x.tar")
+	refusedNaming(t, "export while attached", e.cli(t, nil, "workspace", "export", "proj", "-o", tarPath), "attached to VM w1", "stop it")
+	if _, err := os.Stat(tarPath); !os.IsNotExist(err) {
+		t.Errorf("a refused export left %s: %v", tarPath, err)
+	}
+	refusedNaming(t, "export --to while attached", e.cli(t, nil, "workspace", "export", "proj", "--to", filepath.Join(t.TempDir(), "out")), "attached to VM w1", "stop it")
+	writeTar(t, tarPath, &tar.Header{Typeflag: tar.TypeDir, Name: "d/", Mode: 0o755})
+	refusedNaming(t, "import while attached", e.cli(t, nil, "workspace", "import", "proj", tarPath), "attached to VM w1", "stop it")
+
+	e.cli(t, nil, "stop", "w1").ok(t, "stop w1")
+	out := filepath.Join(t.TempDir(), "out")
+	e.cli(t, nil, "workspace", "export", "proj", "--to", out).ok(t, "export once stopped")
+	for name, want := range map[string]string{"seeded.txt": "seeded\n", "guest.txt": "made-in-the-guest\n"} {
+		if b, err := os.ReadFile(filepath.Join(out, name)); err != nil || string(b) != want {
+			t.Errorf("%s: %q %v", name, b, err)
+		}
+	}
+	e.cli(t, nil, "workspace", "import", "proj", tarPath).ok(t, "import once stopped")
+	e.cli(t, nil, "start", "w1").ok(t, "start w1 after the import")
+	if out, code := execOut(t, e, "w1", "", "ls", "/workspace"); code != 0 || !strings.Contains(out, "d") || strings.Contains(out, "guest.txt") {
+		t.Fatalf("the guest after the import: %d %q", code, out)
+	}
+	e.cli(t, nil, "stop", "w1").ok(t, "stop w1")
+	e.cli(t, nil, "rm", "w1").ok(t, "rm w1")
+	e.cli(t, nil, "workspace", "rm", "proj").ok(t, "workspace rm")
+	if l := e.leaks(t, ns); l.host() != 0 {
+		t.Fatalf("leaked %+v %v", l, l.detail)
+	}
+}
