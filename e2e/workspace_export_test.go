@@ -267,7 +267,11 @@ func TestWorkspaceExportAttached(t *testing.T) {
 	if _, err := os.Stat(tarPath); !os.IsNotExist(err) {
 		t.Errorf("a refused export left %s: %v", tarPath, err)
 	}
-	refusedNaming(t, "export --to while attached", e.cli(t, nil, "workspace", "export", "proj", "--to", filepath.Join(t.TempDir(), "out")), "attached to VM w1", "stop it")
+	refusedOut := filepath.Join(t.TempDir(), "out")
+	refusedNaming(t, "export --to while attached", e.cli(t, nil, "workspace", "export", "proj", "--to", refusedOut), "attached to VM w1", "stop it")
+	if _, err := os.Stat(refusedOut); !os.IsNotExist(err) {
+		t.Errorf("a refused export --to left %s: %v", refusedOut, err)
+	}
 	writeTar(t, tarPath, &tar.Header{Typeflag: tar.TypeDir, Name: "d/", Mode: 0o755})
 	refusedNaming(t, "import while attached", e.cli(t, nil, "workspace", "import", "proj", tarPath), "attached to VM w1", "stop it")
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -106,7 +107,13 @@ func exportToDir(ctx context.Context, cl *api.Client, ref, dir string) (*api.Wor
 	defer cancel(nil)
 	unpacked := make(chan error, 1)
 	go func() {
-		err := workspace.Untar(ctx, pr, dir)
+		// DIR is made only once the daemon sends something: a refusal
+		// leaves nothing behind.
+		br := bufio.NewReaderSize(pr, 1<<20)
+		_, err := br.Peek(1)
+		if err == nil {
+			err = workspace.Untar(ctx, br, dir)
+		}
 		if err != nil {
 			cancel(err) // the daemon stops writing
 		}
