@@ -128,7 +128,8 @@ func (s *WorkspaceStore) Remove(id string) error {
 
 // LoadAll loads every ready workspace and sweeps what crashes left: removals cut
 // short (.deleted-*), builds cut short ("creating" records, directories
-// without a record, partial volumes). Corrupt records are kept on disk and
+// without a record, partial volumes) and the partial volumes of imports cut
+// short (the old volume stays). Corrupt records are kept on disk and
 // reported, never fatal.
 func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt []error, err error) {
 	es, err := os.ReadDir(s.Root)
@@ -158,6 +159,16 @@ func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt 
 		case err != nil:
 			corrupt = append(corrupt, err)
 			continue
+		}
+		// An import cut short leaves its partial volume beside the old one,
+		// which stays.
+		if parts, _ := filepath.Glob(filepath.Join(s.Root, name, ".*.partial-*")); len(parts) > 0 {
+			for _, p := range parts {
+				if err := os.RemoveAll(p); err != nil {
+					return nil, nil, nil, err
+				}
+			}
+			swept = append(swept, name+" (an import cut short)")
 		}
 		ready = append(ready, ws)
 	}
