@@ -87,6 +87,11 @@ func TestWorkspaceExportImport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a, errA := os.Stat(filepath.Join(out, "hard.txt")); errA != nil {
+		t.Error(errA)
+	} else if b, errB := os.Stat(filepath.Join(out, "sub/deep/data.txt")); errB != nil || !os.SameFile(a, b) {
+		t.Errorf("hard.txt and sub/deep/data.txt are not one file: %v", errB)
+	}
 	refused(t, "export into a directory that is not empty", e.runAs(t, alice, nil, "workspace", "export", "proj", "--to", out), "not empty")
 
 	// -o: a tar file of hers, the same entries.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -29,7 +30,9 @@ var ErrNoScratch = errors.New("not enough scratch space")
 // mounting it: checked with e2fsck -n, dumped with debugfs into a scratch
 // directory (removed always, whatever happens), then archived like
 // TarDir. An empty lost+found at the root, which mke2fs makes, is left
-// out. Hardlinks come out as separate copies. The caller must make sure
+// out. Hardlinks are linked again in the dump (one more
+// read-only debugfs pass lists inodes), so the stream has them as links;
+// where that cannot be done they come out as copies. The caller must make sure
 // nothing writes the volume meanwhile; ctx bounds the whole read.
 func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error {
 	if _, err := os.Stat(vol); err != nil {
@@ -55,8 +58,63 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	_ = os.Remove(filepath.Join(tree, "lost+found")) // only when empty
+	if err := relink(ctx, vol, tree, spec.Tools); err != nil {
+		return fmt.Errorf("workspace %s: %w", spec.Name, err)
+	}
 	if err := TarDir(ctx, tree, w); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// relink makes the dump's copies of a hardlinked file links again, as the
+// volume has them. Best effort: a copy that cannot be replaced (a
+// read-only directory, for an unprivileged daemon) stays a copy.
+func relink(ctx context.Context, vol, tree string, tools ext4.Tools) error {
+	var dirs []string
+	err := filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			rel, _ := filepath.Rel(tree, p)
+			dirs = append(dirs, filepath.ToSlash(filepath.Join("/", rel)))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	inodes, err := ext4.Inodes(ctx, vol, dirs, tools)
+	if err != nil {
+		return err
+	}
+	groups := map[uint64][]string{}
+	for p, ino := range inodes {
+		groups[ino] = append(groups[ino], p)
+	}
+	for _, ps := range groups {
+		if len(ps) < 2 {
+			continue
+		}
+		sort.Strings(ps)
+		first := filepath.Join(tree, filepath.FromSlash(ps[0]))
+		if fi, err := os.Lstat(first); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		for _, p := range ps[1:] {
+			dst := filepath.Join(tree, filepath.FromSlash(p))
+			if fi, err := os.Lstat(dst); err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			tmp := dst + ".paddock-link"
+			if os.Link(first, tmp) != nil {
+				continue
+			}
+			if os.Rename(tmp, dst) != nil {
+				_ = os.Remove(tmp)
+			}
+		}
 	}
 	return nil
 }

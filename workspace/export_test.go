@@ -141,6 +141,12 @@ func TestExportRoundTrip(t *testing.T) {
 	if err := workspace.Untar(ctx, bytes.NewReader(exported.Bytes()), out); err != nil {
 		t.Fatal(err)
 	}
+	// The hardlink is one again.
+	a, errA := os.Stat(filepath.Join(out, "hard.txt"))
+	b, errB := os.Stat(filepath.Join(out, "sub/deep/data.txt"))
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Errorf("hard.txt and sub/deep/data.txt are not one file: %v %v", errA, errB)
+	}
 	t.Cleanup(func() { _ = os.Chmod(filepath.Join(out, "ro"), 0o755) })
 	compareTrees(t, snapshot(t, src), snapshot(t, out))
 

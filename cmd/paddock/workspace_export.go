@@ -24,7 +24,7 @@ func (c *cli) newWorkspaceExportCommand() *cobra.Command {
 		Long: `Copy the tree of a workspace out of its volume: into a tar file (-o) or
 unpacked into a directory (--to, made if missing, and empty), both written
 by this command as you, so every file is yours. No entry may reach out of
-DIR. Hardlinks come out as separate copies.
+DIR.
 
 A workspace attached to a VM cannot be exported (its guest may be writing
 to it): stop the VM first.`,

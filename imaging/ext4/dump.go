@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
@@ -79,4 +80,71 @@ func Dump(ctx context.Context, image, dir string, tools Tools) error {
 		return fmt.Errorf("%w: %d error lines, first: %s", ErrDebugfs, len(bad), firstLines(strings.Join(bad, "\n"), 5))
 	}
 	return nil
+}
+
+// Inodes lists the regular files of the directories dirs (absolute paths
+// in image, as "/a/b") with their inode numbers, in one read-only debugfs
+// pass: path -> inode. Directories whose names a command line cannot
+// carry, and entries whose listing line cannot be read back, are left
+// out (the caller treats them as files of their own).
+func Inodes(ctx context.Context, image string, dirs []string, tools Tools) (map[string]uint64, error) {
+	dbg, err := findTool("debugfs", tools.Debugfs)
+	if err != nil {
+		return nil, err
+	}
+	cmdFile, err := os.CreateTemp("", "paddock-ls-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(cmdFile.Name())
+	var listed []string
+	for _, d := range dirs {
+		if strings.ContainsAny(d, "\n\r") || len(d) > maxLine-16 {
+			continue
+		}
+		if _, err := fmt.Fprintf(cmdFile, "ls -p %s\n", quote(d)); err != nil {
+			cmdFile.Close()
+			return nil, err
+		}
+		listed = append(listed, d)
+	}
+	if err := cmdFile.Close(); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, dbg, "-f", cmdFile.Name(), image)
+	cmd.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__", "LC_ALL=C")
+	var out bytes.Buffer
+	cmd.Stdout = &limitWriter{w: &out, n: 256 << 20}
+	cmd.Stderr = io.Discard
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %v", ErrDebugfs, err)
+	}
+	res := map[string]uint64{}
+	cur, i := "", -1
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(l, "debugfs: ls -p ") {
+			i++
+			cur = ""
+			if i < len(listed) {
+				cur = listed[i]
+			}
+			continue
+		}
+		if cur == "" || len(l) < 2 || l[0] != '/' || l[len(l)-1] != '/' {
+			continue
+		}
+		f := strings.Split(l[1:len(l)-1], "/")
+		if len(f) != 6 || !strings.HasPrefix(f[1], "10") || f[4] == "" {
+			continue // not a regular file, or a line that is not one entry
+		}
+		ino, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		res[strings.TrimSuffix(cur, "/")+"/"+f[4]] = ino
+	}
+	return res, nil
 }
