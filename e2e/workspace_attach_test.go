@@ -51,7 +51,9 @@ func TestWorkspaceAttach(t *testing.T) {
 	out, code := execOut(t, e, "w1", "", "ls", "-ln", "/workspace")
 	t.Logf("ls -ln /workspace:\n%s", out)
 	if code != 0 || !strings.Contains(out, "run.sh") || !strings.Contains(out, " 1000 ") {
-		t.Fatalf("ls -ln /workspace: %d\n%s", code, out)
+		// the agent reports a workspace it could not mount as a boot error
+		h := e.cli(t, nil, "health", "w1")
+		t.Fatalf("ls -ln /workspace: %d\n%s\nhealth: %s%s", code, out, h.stdout, h.stderr)
 	}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
 		if strings.HasSuffix(l, " lost+found") {
