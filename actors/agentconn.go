@@ -85,6 +85,13 @@ func (a *agentActor) Receive(ctx actor.Context) {
 		a.cancel()
 		a.cancel = nil
 		a.client = m.client
+		if m.client != nil {
+			if h := m.client.Hello(); h.BootError != "" {
+				// the guest runs degraded (no root, a workspace not mounted):
+				// said here, where a reader of the journal looks first
+				a.log.Warn("guest boot incomplete", "boot_error", h.BootError)
+			}
+		}
 		ctx.Send(ctx.Parent(), &agentReady{gen: m.gen, client: m.client, err: m.err})
 	case *disconnectAgent:
 		a.close()

@@ -61,8 +61,11 @@ import (
 
 // Defaults the agent applies to keys that are absent (WithDefaults).
 const (
-	DefaultRootFSType  = "ext4"
-	DefaultRootWait    = 10 * time.Second
+	DefaultRootFSType = "ext4"
+	// DefaultRootWait is generous: on a loaded host without KVM a virtio
+	// disk has been seen to take seconds to appear, and a guest that gives up
+	// boots without its root; the host's start timeout still bounds a boot.
+	DefaultRootWait    = 30 * time.Second
 	DefaultIfName      = "eth0"
 	DefaultConfigPath  = "/.paddock/config.json"
 	DefaultStopTimeout = 5 * time.Second

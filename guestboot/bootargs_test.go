@@ -44,7 +44,7 @@ func TestParseDefaults(t *testing.T) {
 	}
 	d := b.WithDefaults()
 	if d.Serial != "" || d.Vsock != 0 || d.Config != DefaultConfigPath || d.OnExit != OnExitKeep || d.RootFSType != "ext4" ||
-		d.IfName != "eth0" || d.RootWait != 10*time.Second || d.StopTimeout != 5*time.Second || d.NoEtc || d.Root != "" {
+		d.IfName != "eth0" || d.RootWait != 30*time.Second || d.StopTimeout != 5*time.Second || d.NoEtc || d.Root != "" {
 		t.Fatalf("defaults %+v", d)
 	}
 	if b.String() != "console=ttyS0" {
