@@ -86,18 +86,24 @@ dropped.`,
 			}
 			return err
 		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("workspace %s not created: %w", a[0], context.Cause(ctx))
-			}
-			return err
-		}
-		return c.show(w, func() error {
-			fields(c.out, workspaceFields(w))
-			return nil
-		})
+		return c.workspaceDone(ctx, w, err, "workspace "+a[0]+" not created")
 	}
 	return cmd
+}
+
+// workspaceDone shows w, or says what was not done when the call failed
+// (naming the deadline or interruption that ended it).
+func (c *cli) workspaceDone(ctx context.Context, w *api.Workspace, err error, notDone string) error {
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", notDone, context.Cause(ctx))
+		}
+		return err
+	}
+	return c.show(w, func() error {
+		fields(c.out, workspaceFields(w))
+		return nil
+	})
 }
 
 func absPath(p string) string {

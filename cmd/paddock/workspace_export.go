@@ -164,16 +164,7 @@ cannot be imported into: stop the VM first.`,
 			w, err = cl.ImportWorkspace(ctx, api.ImportWorkspaceIn{Workspace: a[0], Source: "tar:" + absPath(a[1])}, f)
 			return err
 		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("workspace %s not imported: %w", a[0], context.Cause(ctx))
-			}
-			return err
-		}
-		return c.show(w, func() error {
-			fields(c.out, workspaceFields(w))
-			return nil
-		})
+		return c.workspaceDone(ctx, w, err, "workspace "+a[0]+" not imported")
 	}
 	return cmd
 }
