@@ -100,6 +100,20 @@ func (c *cli) call(fn func(context.Context, *api.Client) error) error {
 	return c.with(ctx, fn)
 }
 
+// interruptible runs fn within the call timeout, cancelled by Ctrl-C; a
+// call so ended says what was not done (notDone) and why.
+func (c *cli) interruptible(notDone string, fn func(context.Context, *api.Client) error) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	err := c.with(ctx, fn)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", notDone, context.Cause(ctx))
+	}
+	return err
+}
+
 // stream runs fn on a connection until it ends or the user interrupts it;
 // an interruption is not an error.
 func (c *cli) stream(fn func(context.Context, *api.Client) error) error {

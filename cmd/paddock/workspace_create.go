@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -67,12 +65,8 @@ dropped.`,
 		if cmd.Flags().Changed("gid") {
 			in.GID = &gid
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		ctx, cancel := context.WithTimeout(ctx, c.timeout)
-		defer cancel()
 		var w *api.Workspace
-		err = c.with(ctx, func(ctx context.Context, cl *api.Client) error {
+		err = c.interruptible("workspace "+a[0]+" not created", func(ctx context.Context, cl *api.Client) error {
 			var err error
 			switch {
 			case fromTar != "":
@@ -86,20 +80,16 @@ dropped.`,
 			}
 			return err
 		})
-		return c.workspaceDone(ctx, w, err, "workspace "+a[0]+" not created")
+		if err != nil {
+			return err
+		}
+		return c.showWorkspace(w)
 	}
 	return cmd
 }
 
-// workspaceDone shows w, or says what was not done when the call failed
-// (naming the deadline or interruption that ended it).
-func (c *cli) workspaceDone(ctx context.Context, w *api.Workspace, err error, notDone string) error {
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", notDone, context.Cause(ctx))
-		}
-		return err
-	}
+// showWorkspace prints w's fields (or its JSON).
+func (c *cli) showWorkspace(w *api.Workspace) error {
 	return c.show(w, func() error {
 		fields(c.out, workspaceFields(w))
 		return nil

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -36,12 +34,8 @@ to it): stop the VM first.`,
 		if (file == "") == (dir == "") {
 			return usageError{errors.New("give one of -o FILE.tar and --to DIR")}
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		ctx, cancel := context.WithTimeout(ctx, c.timeout)
-		defer cancel()
 		var w *api.Workspace
-		err := c.with(ctx, func(ctx context.Context, cl *api.Client) error {
+		err := c.interruptible("workspace "+a[0]+" not exported", func(ctx context.Context, cl *api.Client) error {
 			var err error
 			if file != "" {
 				w, err = exportToFile(ctx, cl, a[0], file)
@@ -51,9 +45,6 @@ to it): stop the VM first.`,
 			return err
 		})
 		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("workspace %s not exported: %w", a[0], context.Cause(ctx))
-			}
 			return err
 		}
 		to := file
@@ -154,17 +145,16 @@ cannot be imported into: stop the VM first.`,
 		if fi, err := f.Stat(); err != nil || fi.IsDir() {
 			return fmt.Errorf("%s: not a tar file", a[1])
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		ctx, cancel := context.WithTimeout(ctx, c.timeout)
-		defer cancel()
 		var w *api.Workspace
-		err = c.with(ctx, func(ctx context.Context, cl *api.Client) error {
+		err = c.interruptible("workspace "+a[0]+" not imported", func(ctx context.Context, cl *api.Client) error {
 			var err error
 			w, err = cl.ImportWorkspace(ctx, api.ImportWorkspaceIn{Workspace: a[0], Source: "tar:" + absPath(a[1])}, f)
 			return err
 		})
-		return c.workspaceDone(ctx, w, err, "workspace "+a[0]+" not imported")
+		if err != nil {
+			return err
+		}
+		return c.showWorkspace(w)
 	}
 	return cmd
 }
