@@ -79,6 +79,25 @@ func stat(t *testing.T, img, path string) inode {
 	return in
 }
 
+// writeFile writes rel under src with the raw mode bits (04755 is setuid)
+// and mtime when, making its directories.
+func writeFile(t *testing.T, src, rel, data string, mode os.FileMode, when time.Time) {
+	t.Helper()
+	p := filepath.Join(src, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(data), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Chmod(p, uint32(mode)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, when, when); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func fsckClean(t *testing.T, img string) {
 	t.Helper()
 	if out, err := exec.Command(tool(t, "e2fsck"), "-fn", img).CombinedOutput(); err != nil {
@@ -94,18 +113,7 @@ func TestBuildFromDirectory(t *testing.T) {
 	requireTools(t)
 	src := t.TempDir()
 	when := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
-	write := func(rel, data string, mode os.FileMode) {
-		p := filepath.Join(src, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := syscall.Chmod(p, uint32(mode)); err != nil { // raw bits: 04755 is setuid
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, data string, mode os.FileMode) { writeFile(t, src, rel, data, mode, when) }
 	write("run.sh", "#!/bin/sh\necho hello\n", 0o755)
 	write("sub/deep/data.txt", "some data\n", 0o640)
 	write("suid", "not really a binary\n", 0o4755)

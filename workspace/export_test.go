@@ -71,18 +71,7 @@ func TestExportRoundTrip(t *testing.T) {
 	requireTools(t)
 	src := t.TempDir()
 	when := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
-	write := func(rel, data string, mode os.FileMode) {
-		p := filepath.Join(src, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chtimes(p, when, when); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, data string, mode os.FileMode) { writeFile(t, src, rel, data, mode, when) }
 	write("run.sh", "#!/bin/sh\necho hello\n", 0o755)
 	write("sub/deep/data.txt", "some data\n", 0o640)
 	write("ünïcödé-文件.txt", "unicode\n", 0o644)
