@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/paddock-vm/paddock/guestboot"
 )
@@ -112,6 +115,57 @@ func TestImageConfigMounts(t *testing.T) {
 	} {
 		if _, err := parseImageConfig([]byte(bad)); err == nil {
 			t.Errorf("%s: accepted", bad)
+		}
+	}
+}
+
+// Disks are named in the order virtio_blk binds them, which is the VMM's
+// order only when the transport has added every device first: a slow
+// virtio_mmio must still finish before virtio_blk (and the other virtio
+// drivers) load, while unrelated chains go on concurrently.
+func TestLoadModulesAfterTransport(t *testing.T) {
+	mods := []*kmod{}
+	for _, p := range []string{"virtio_ring", "virtio virtio_ring", "virtio_mmio virtio virtio_ring",
+		"virtio_blk virtio virtio_ring", "virtio_console virtio virtio_ring", "crc16", "ext4 crc16"} {
+		f := strings.Fields(p)
+		mods = append(mods, &kmod{name: f[0], deps: f[1:], done: make(chan struct{})})
+	}
+	afterTransports(mods)
+	var mu sync.Mutex
+	var order []string
+	saved := loadKmod
+	t.Cleanup(func() { loadKmod = saved })
+	loadKmod = func(m *kmod) error {
+		if m.name == "virtio_mmio" {
+			time.Sleep(50 * time.Millisecond)
+		}
+		mu.Lock()
+		order = append(order, m.name)
+		mu.Unlock()
+		if m.name == "crc16" {
+			return errors.New("no such module")
+		}
+		return nil
+	}
+	err := loadModules(mods, false)
+	if err == nil || !strings.Contains(err.Error(), "crc16") || !strings.Contains(err.Error(), "ext4: dependency crc16 failed") {
+		t.Errorf("errors: %v", err)
+	}
+	pos := map[string]int{}
+	for i, n := range order {
+		pos[n] = i
+	}
+	for _, drv := range []string{"virtio_blk", "virtio_console"} {
+		if pos[drv] < pos["virtio_mmio"] {
+			t.Errorf("%s loaded before virtio_mmio: %v", drv, order)
+		}
+	}
+	if _, ok := pos["ext4"]; ok {
+		t.Errorf("ext4 loaded although crc16 failed: %v", order)
+	}
+	for _, m := range mods {
+		if m.name == "virtio_mmio" && len(m.after) != 0 || m.name == "ext4" && len(m.after) != 0 {
+			t.Errorf("%s ordered after %v", m.name, m.after)
 		}
 	}
 }

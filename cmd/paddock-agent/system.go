@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -56,12 +57,13 @@ func mountEarly() error {
 
 // kmod is one entry of the boot kit's module list.
 type kmod struct {
-	name string
-	path string
-	deps []string
-	file *os.File // opened ahead, for loading after switch_root
-	done chan struct{}
-	err  error
+	name  string
+	path  string
+	deps  []string
+	after []string // loaded first when listed, but not needed: ordering only
+	file  *os.File // opened ahead, for loading after switch_root
+	done  chan struct{}
+	err   error
 }
 
 // openModules opens the module files now so they can be loaded after the
@@ -98,7 +100,30 @@ func readModuleList() ([]*kmod, error) {
 		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f[0]), ".ko"), "-", "_")
 		mods = append(mods, &kmod{name: name, path: f[0], deps: f[1:], done: make(chan struct{})})
 	}
+	afterTransports(mods)
 	return mods, nil
+}
+
+// virtioTransports are the modules that put virtio devices on the bus.
+var virtioTransports = []string{"virtio_mmio", "virtio_pci"}
+
+// afterTransports makes every virtio device driver in mods wait for the
+// listed transports. A guest names its disks in the order virtio_blk probes
+// them: loaded while virtio_mmio is still adding devices, it can bind a
+// later disk first (seen under load: the workspace as /dev/vdb, the seed as
+// /dev/vda). Loaded after the transport, it binds them in the VMM's order.
+func afterTransports(mods []*kmod) {
+	var present []string
+	for _, m := range mods {
+		if slices.Contains(virtioTransports, m.name) {
+			present = append(present, m.name)
+		}
+	}
+	for _, m := range mods {
+		if !slices.Contains(virtioTransports, m.name) && slices.Contains(m.deps, "virtio") {
+			m.after = present
+		}
+	}
 }
 
 // splitModules separates the modules this boot needs before the agent is
@@ -171,13 +196,13 @@ func loadModules(mods []*kmod, debug bool) error {
 					}
 				}
 			}
-			start := time.Now()
-			if m.file != nil {
-				m.err = loadModuleFile(m.file)
-				m.file.Close()
-			} else {
-				m.err = loadModule(m.path)
+			for _, d := range m.after {
+				if dm, ok := byName[d]; ok {
+					<-dm.done
+				}
 			}
+			start := time.Now()
+			m.err = loadKmod(m)
 			if debug {
 				logf("module %s: %.1f ms", m.name, float64(time.Since(start).Microseconds())/1000)
 			}
@@ -191,6 +216,16 @@ func loadModules(mods []*kmod, debug bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// loadKmod loads m into the kernel (a variable so that tests can watch the
+// order of loads).
+var loadKmod = func(m *kmod) error {
+	if m.file != nil {
+		defer m.file.Close()
+		return loadModuleFile(m.file)
+	}
+	return loadModule(m.path)
 }
 
 func loadModule(path string) error {

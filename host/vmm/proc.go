@@ -269,6 +269,15 @@ func (id Ident) Kill(ctx context.Context, prove func() error) error {
 	if err := fd.wait(wctx); err != nil {
 		return fmt.Errorf("pid %d did not exit after SIGKILL: %w", id.PID, err)
 	}
+	// A child of this process is gone only once reaped: until then it
+	// stays a zombie in /proc, and callers may check that nothing is left.
+	if c := lookupChild(id); c != nil {
+		select {
+		case <-c.done:
+		case <-wctx.Done():
+			return fmt.Errorf("pid %d exited but was not reaped: %w", id.PID, wctx.Err())
+		}
+	}
 	return nil
 }
 
