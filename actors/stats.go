@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -333,7 +334,8 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 	gs, err := c.Stats(actx)
 	if err == nil {
 		g := &api.GuestStats{MemTotal: int64(gs.MemTotal), MemAvailable: int64(gs.MemAvailable), Load1: gs.Load1,
-			Uptime: float64(gs.UptimeNS) / 1e9, RootUsed: int64(gs.DiskTotal - gs.DiskFree), RootFree: int64(gs.DiskFree), Procs: gs.Procs, Inbound: gs.Inbound}
+			Uptime: float64(gs.UptimeNS) / 1e9, RootUsed: int64(gs.DiskTotal - gs.DiskFree), RootFree: int64(gs.DiskFree), Procs: gs.Procs, Inbound: gs.Inbound,
+			Workspaces: workspaceUse(vm.Spec.Workspaces, gs.Mounts)}
 		e.guestCPU = gs.CPU
 		if busy, total := cpuDelta(prev.guestCPU, gs.CPU); total > 0 {
 			g.CPURate = busy / total
@@ -588,4 +590,21 @@ func cpuDelta(prev, cur []uint64) (busy, total float64) {
 		}
 	}
 	return total - idle, total
+}
+
+// workspaceUse pairs the VM's workspaces with the guest's figures for their
+// mount points. The guest's list is only read for the paths the VM mounts
+// (a guest can claim anything); a workspace it does not report (its mount
+// failed) is left out.
+func workspaceUse(ws []state.WorkspaceMount, mounts []agent.MountStats) []api.WorkspaceUse {
+	var out []api.WorkspaceUse
+	for _, w := range ws {
+		for _, m := range mounts[:min(len(mounts), agent.MaxMountStats)] {
+			if m.Path == w.Path && m.Free <= m.Total && m.Total <= math.MaxInt64 {
+				out = append(out, api.WorkspaceUse{Name: w.Name, Path: w.Path, Used: int64(m.Total - m.Free), Free: int64(m.Free)})
+				break
+			}
+		}
+	}
+	return out
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"syscall"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -206,4 +209,30 @@ func BenchmarkStatsPoll(b *testing.B) {
 	b.ReportMetric(float64(perVM.Microseconds()), "cpu-µs/vm/poll")
 	b.ReportMetric(float64(pingCPU.Microseconds()), "ping-cpu-µs")
 	b.ReportMetric(float64(perVM)/float64(pingCPU), "x-ping")
+}
+
+// The guest's mount figures are read only for the VM's own workspace paths,
+// in the VM's order; a lying guest adds nothing and wraps nothing.
+func TestWorkspaceUse(t *testing.T) {
+	ws := []state.WorkspaceMount{{Name: "proj", Path: "/workspace"}, {Name: "data", Path: "/data"}}
+	for _, tc := range []struct {
+		name   string
+		mounts []agent.MountStats
+		want   []api.WorkspaceUse
+	}{
+		{"both", []agent.MountStats{{Path: "/data", Total: 100, Free: 40}, {Path: "/workspace", Total: 10, Free: 1}},
+			[]api.WorkspaceUse{{Name: "proj", Path: "/workspace", Used: 9, Free: 1}, {Name: "data", Path: "/data", Used: 60, Free: 40}}},
+		{"one failed to mount", []agent.MountStats{{Path: "/data", Total: 100, Free: 40}},
+			[]api.WorkspaceUse{{Name: "data", Path: "/data", Used: 60, Free: 40}}},
+		{"claims of other paths", []agent.MountStats{{Path: "/", Total: 1, Free: 1}, {Path: "/etc", Total: 5, Free: 2}}, nil},
+		{"free above total", []agent.MountStats{{Path: "/workspace", Total: 1, Free: 2}}, nil},
+		{"beyond int64", []agent.MountStats{{Path: "/workspace", Total: math.MaxUint64, Free: 0}}, nil},
+		{"none", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := workspaceUse(ws, tc.mounts); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
 }

@@ -612,3 +612,18 @@ func TestReHello(t *testing.T) {
 		}
 	}
 }
+
+func TestMountStatsOf(t *testing.T) {
+	dir := t.TempDir()
+	paths := []string{dir, filepath.Join(dir, "missing")}
+	for range MaxMountStats + 4 {
+		paths = append(paths, dir)
+	}
+	got := MountStatsOf(paths)
+	if len(got) != MaxMountStats-1 {
+		t.Fatalf("%d figures for %d paths (one missing, at most %d read)", len(got), len(paths), MaxMountStats)
+	}
+	if got[0].Path != dir || got[0].Total == 0 || got[0].Free > got[0].Total {
+		t.Errorf("figures of %s: %+v", dir, got[0])
+	}
+}

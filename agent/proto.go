@@ -200,7 +200,21 @@ type Stats struct {
 	// Inbound counts established TCP connections to a listening port of
 	// the guest (what keeps a VM busy for auto-stop).
 	Inbound int `json:"inbound"`
+	// Mounts are the file systems the agent mounted for the VM (its
+	// workspaces), at most MaxMountStats.
+	Mounts []MountStats `json:"mounts,omitempty"`
 }
+
+// MountStats are one mounted volume's size and free bytes.
+type MountStats struct {
+	Path  string `json:"path"`
+	Total uint64 `json:"total"`
+	Free  uint64 `json:"free"`
+}
+
+// MaxMountStats bounds Stats.Mounts (a VM has few workspaces; a guest
+// that reports more is lying).
+const MaxMountStats = 16
 
 // NetStats are one interface's counters.
 type NetStats struct {

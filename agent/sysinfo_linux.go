@@ -68,11 +68,7 @@ func ReadStats() (Stats, error) {
 			}
 		}
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/", &st); err == nil {
-		s.DiskTotal = st.Blocks * uint64(st.Bsize)
-		s.DiskFree = st.Bavail * uint64(st.Bsize)
-	}
+	s.DiskTotal, s.DiskFree, _ = diskSpace("/")
 	if b, err := os.ReadFile("/proc/net/dev"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			name, rest, ok := strings.Cut(line, ":")
@@ -92,6 +88,28 @@ func ReadStats() (Stats, error) {
 		}
 	}
 	return s, nil
+}
+
+// diskSpace is the size of the file system at path and what an unprivileged
+// writer may still use of it.
+func diskSpace(path string) (total, free uint64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, 0, err
+	}
+	return st.Blocks * uint64(st.Bsize), st.Bavail * uint64(st.Bsize), nil
+}
+
+// MountStatsOf reads the size and free space of each path (the volumes the
+// agent mounted), skipping those it cannot read, at most MaxMountStats.
+func MountStatsOf(paths []string) []MountStats {
+	var out []MountStats
+	for _, p := range paths[:min(len(paths), MaxMountStats)] {
+		if total, free, err := diskSpace(p); err == nil {
+			out = append(out, MountStats{Path: p, Total: total, Free: free})
+		}
+	}
+	return out
 }
 
 // ListPorts returns listening TCP sockets and bound UDP sockets from

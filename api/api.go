@@ -456,6 +456,17 @@ type GuestStats struct {
 	Procs        int     `json:"procs"`
 	Inbound      int     `json:"inbound"`  // established inbound TCP connections
 	Sessions     int     `json:"sessions"` // open exec sessions
+	// Workspaces are the attached workspaces' figures in the guest's file
+	// systems, in the VM's order.
+	Workspaces []WorkspaceUse `json:"workspaces,omitempty"`
+}
+
+// WorkspaceUse is one attached workspace's space as the guest sees it.
+type WorkspaceUse struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	Used int64  `json:"used"`
+	Free int64  `json:"free"`
 }
 
 // Port is a listening TCP port of a guest, probed from outside.

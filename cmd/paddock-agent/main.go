@@ -43,6 +43,7 @@ type initState struct {
 	reaper   *agent.Reaper
 	spawner  *agent.LocalSpawner
 	image    *imageConfig
+	mounted  []string // the workspaces' mount points, set before serving
 	main     *mainProc
 	stopOnce sync.Once
 	stopping bool
@@ -166,7 +167,10 @@ func (s *initState) run() {
 		})
 	}
 	if s.image != nil && len(s.image.Mounts) > 0 {
-		_ = s.phase("workspaces", func() error { return mountAll(s.image.Mounts, cfg.RootWait) })
+		_ = s.phase("workspaces", func() (err error) {
+			s.mounted, err = mountAll(s.image.Mounts, cfg.RootWait)
+			return err
+		})
 	}
 	s.spawner = &agent.LocalSpawner{Reaper: s.reaper, Root: "/", DefaultEnv: s.defaultEnv}
 
@@ -174,7 +178,7 @@ func (s *initState) run() {
 		AgentVersion: Version,
 		Hello:        s.hello,
 		Health:       s.health,
-		Stats:        agent.ReadStats,
+		Stats:        s.stats,
 		Ports:        agent.ListPorts,
 		Shutdown:     func(reboot bool) { s.shutdown(reboot) },
 		Spawner:      s.spawner,
@@ -245,6 +249,13 @@ func (s *initState) run() {
 	for range sigs {
 		go s.shutdown(false)
 	}
+}
+
+// stats are the guest's figures with those of the volumes it mounted.
+func (s *initState) stats() (agent.Stats, error) {
+	st, err := agent.ReadStats()
+	st.Mounts = agent.MountStatsOf(s.mounted)
+	return st, err
 }
 
 func (s *initState) hello() agent.HelloInfo {

@@ -14,14 +14,18 @@ import (
 // the entrypoint starts: each device waited for (up to wait), its mount
 // point made, mounted read-only when asked. A device that does not mount
 // is reported (the boot is degraded) and the others still are.
-func mountAll(ms []guestboot.Mount, wait time.Duration) error {
+// mountAll mounts ms and returns the paths it mounted (what Stats reports
+// on: an unmounted path would show the root's figures).
+func mountAll(ms []guestboot.Mount, wait time.Duration) (mounted []string, err error) {
 	var errs []error
 	for _, m := range ms {
 		if err := mountOne(m, wait); err != nil {
 			errs = append(errs, fmt.Errorf("%s on %s: %w", m.Device, m.Path, err))
+			continue
 		}
+		mounted = append(mounted, m.Path)
 	}
-	return errors.Join(errs...)
+	return mounted, errors.Join(errs...)
 }
 
 func mountOne(m guestboot.Mount, wait time.Duration) error {

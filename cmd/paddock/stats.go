@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -38,7 +39,7 @@ func (c *cli) newStatsCommand() *cobra.Command {
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		return c.statsOf(optional(a), watch, func(st []api.VMStats) error {
 			return c.show(st, func() error {
-				return table(c.out, "NAME\tHEALTH\tVMM CPU\tRSS\tGUEST CPU\tMEM USED\tLOAD\tDISK\tRX/TX", st, statsRow)
+				return table(c.out, "NAME\tHEALTH\tVMM CPU\tRSS\tGUEST CPU\tMEM USED\tLOAD\tDISK\tRX/TX\tWORKSPACES", st, statsRow)
 			})
 		})
 	}
@@ -46,14 +47,21 @@ func (c *cli) newStatsCommand() *cobra.Command {
 }
 
 func statsRow(s api.VMStats) []string {
-	guestCPU, mem, load := "-", "-", "-"
+	guestCPU, mem, load, ws := "-", "-", "-", "-"
 	if g := s.Guest; g != nil {
 		guestCPU = fmt.Sprintf("%.0f%%", g.CPURate*100)
 		mem = fmt.Sprintf("%s/%s", humanBytes(g.MemTotal-g.MemAvailable), humanBytes(g.MemTotal))
 		load = fmt.Sprintf("%.2f", g.Load1)
+		if len(g.Workspaces) > 0 {
+			parts := make([]string, len(g.Workspaces))
+			for i, w := range g.Workspaces {
+				parts[i] = fmt.Sprintf("%s %s/%s", w.Name, humanBytes(w.Used), humanBytes(w.Used+w.Free))
+			}
+			ws = strings.Join(parts, ", ")
+		}
 	}
 	return []string{s.VMName, s.Health, fmt.Sprintf("%.0f%%", s.Host.CPURate*100), humanBytes(s.Host.RSS),
-		guestCPU, mem, load, humanBytes(s.Host.DiskUsed), humanBytes(s.Host.RxBytes) + "/" + humanBytes(s.Host.TxBytes)}
+		guestCPU, mem, load, humanBytes(s.Host.DiskUsed), humanBytes(s.Host.RxBytes) + "/" + humanBytes(s.Host.TxBytes), ws}
 }
 
 // optional is the one optional argument, or "".
