@@ -627,3 +627,20 @@ func TestMountStatsOf(t *testing.T) {
 		t.Errorf("figures of %s: %+v", dir, got[0])
 	}
 }
+
+// An exec that names no user runs as the spawner's default (the VM's
+// entrypoint user); one that names a user runs as that user.
+func TestExecDefaultUser(t *testing.T) {
+	testenv.RequireRoot(t, "switching users")
+	sp := &LocalSpawner{Reaper: NewReaper(false), DefaultUser: "65534:65533"}
+	for _, tc := range []struct{ user, want string }{{"", "65534 65533\n"}, {"0:0", "0 0\n"}, {"123", "123 123\n"}} {
+		p, err := sp.Spawn(SpawnSpec{Argv: []string{"sh", "-c", "echo $(id -u) $(id -g)"}, User: tc.user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := io.ReadAll(p.Stdout())
+		if st := p.Wait(); string(out) != tc.want || st.Code != 0 {
+			t.Errorf("user %q: %q %+v, want %q", tc.user, out, st, tc.want)
+		}
+	}
+}

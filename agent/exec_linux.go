@@ -149,6 +149,10 @@ type LocalSpawner struct {
 	Root string
 	// DefaultEnv is used when a spec has no Env.
 	DefaultEnv func() []string
+	// DefaultUser is used when a spec names no User ("": root): the
+	// user the VM's entrypoint runs as, so that what exec makes in a
+	// workspace belongs to the same owner as what the entrypoint makes.
+	DefaultUser string
 }
 
 // DefaultPath is PATH when the environment has none.
@@ -270,7 +274,11 @@ func (s *LocalSpawner) Spawn(spec SpawnSpec) (Proc, error) {
 	if len(env) == 0 && s.DefaultEnv != nil {
 		env = s.DefaultEnv()
 	}
-	cred, err := LookupUser(root, spec.User)
+	user := spec.User
+	if user == "" {
+		user = s.DefaultUser
+	}
+	cred, err := LookupUser(root, user)
 	if err != nil {
 		return nil, &Error{Code: CodeBadRequest, Message: err.Error()}
 	}

@@ -173,6 +173,9 @@ func (s *initState) run() {
 		})
 	}
 	s.spawner = &agent.LocalSpawner{Reaper: s.reaper, Root: "/", DefaultEnv: s.defaultEnv}
+	if s.image != nil {
+		s.spawner.DefaultUser = s.image.user()
+	}
 
 	srv := agent.NewServer(agent.ServerConfig{
 		AgentVersion: Version,

@@ -16,7 +16,7 @@ func (c *cli) newExecCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVarP(&in.Env, "env", "e", nil, "environment KEY=VALUE (repeatable; replaces the image's)")
 	f.StringVarP(&in.Workdir, "workdir", "w", "", "working directory in the guest")
-	f.StringVarP(&in.User, "user", "u", "", "user[:group] in the guest")
+	f.StringVarP(&in.User, "user", "u", "", "user[:group] in the guest (default: the user the entrypoint runs as)")
 	f.BoolVarP(&in.TTY, "tty", "t", false, "run on a pseudo-terminal")
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		in.VM, in.Command = a[0], a[1:]
