@@ -27,14 +27,14 @@ func main() {
 	lists := flag.Int("lists", 100, "List calls to time")
 	minbase := flag.String("minbase", os.Getenv("PADDOCK_BENCH_MINBASE"), "Debian minbase rootfs tar for the image benchmark (.ci/minbase.sh)")
 	netOnly := flag.Bool("net", false, "only the VM network figures (root; see net.go)")
-	cliBin := flag.String("paddock", "bin/paddock", "CLI binary, for the network figures")
+	cliBin := flag.String("paddock", "bin/paddock", "CLI binary: what a user runs")
 	netBytes := flag.Int64("net-bytes", 64<<20, "bytes per network transfer")
 	flag.Parse()
 	var err error
 	if *netOnly {
 		err = runNet(*daemonBin, *cliBin, *netBytes)
 	} else {
-		err = run(*daemonBin, *vms, *gets, *lists, *minbase)
+		err = run(*daemonBin, *cliBin, *vms, *gets, *lists, *minbase)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -42,7 +42,7 @@ func main() {
 	}
 }
 
-func run(daemonBin string, nVMs, nGets, nLists int, minbase string) error {
+func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string) error {
 	dir, err := os.MkdirTemp("", "pdk-bench-")
 	if err != nil {
 		return err
@@ -128,6 +128,9 @@ func run(daemonBin string, nVMs, nGets, nLists int, minbase string) error {
 	fmt.Printf("api Create (durable: fsync'd)            mean %v  = %.1fx raw p50\n", createEach, ratio(createEach, rp50))
 	fmt.Printf("daemon RSS with %d VM records          %d KiB  = %.2fx the idle daemon (%d KiB), %.1f KiB per VM\n",
 		nVMs, rss1, float64(rss1)/float64(rss0), rss0, float64(rss1-rss0)/float64(nVMs))
+	if err := workspaceBench(cliBin, sock, shm, state); err != nil {
+		return fmt.Errorf("workspaces: %w", err)
+	}
 	if minbase == "" {
 		fmt.Println("image import: skipped (no minbase tar; make bench builds one with .ci/minbase.sh)")
 		return nil
