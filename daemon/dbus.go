@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/paddock-vm/paddock/daemon/dbusapi"
 	"github.com/paddock-vm/paddock/varlink"
@@ -44,6 +46,7 @@ func (d *Daemon) startDBus(ctx context.Context) {
 		Caller:      d.auth.caller,
 		Subscribe:   d.actors.Subscribe,
 		Unsubscribe: d.actors.Unsubscribe,
+		MayCall:     d.mayCall,
 		Self:        varlink.Peer{UID: uint32(os.Geteuid())},
 		Version:     version.Version,
 		Log:         d.log.With("actor", "dbus"),
@@ -54,4 +57,17 @@ func (d *Daemon) startDBus(ctx context.Context) {
 	}
 	d.bus = srv
 	d.log.Info("serving D-Bus", "bus", bus, "name", dbusapi.BusName, "unique_name", srv.UniqueName())
+}
+
+// mayCall is the varlink socket's gate applied to a D-Bus caller (the bus
+// lets everyone send to org.paddock1): root, the daemon's own uid, and
+// members of the socket's group may call; anyone when that group does not
+// exist (the socket then has no group gate either).
+func (d *Daemon) mayCall(p varlink.Peer) error {
+	cfg := d.config()
+	gid := lookupGID(cfg.API.SocketGroup)
+	if p.UID == 0 || p.UID == uint32(os.Geteuid()) || gid < 0 || slices.Contains(p.Groups, uint32(gid)) {
+		return nil
+	}
+	return fmt.Errorf("uid %d may not use paddock: only root and members of group %s may, as on the socket %s", p.UID, cfg.API.SocketGroup, cfg.API.Socket)
 }

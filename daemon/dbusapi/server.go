@@ -47,6 +47,10 @@ type Deps struct {
 	// Subscribe and Unsubscribe reach the Events actor.
 	Subscribe   func(ctx context.Context, c actors.Caller, vmID string, n int) (uint64, <-chan api.Event, error)
 	Unsubscribe func(id uint64)
+	// MayCall admits a caller at all (nil: everyone the bus lets send to
+	// us). The bus policy lets everyone send; the daemon applies the
+	// varlink socket's gate here (root, itself, or the socket's group).
+	MayCall func(varlink.Peer) error
 	// Self is the daemon's own identity, an admin: the event feed reads
 	// VMs as it.
 	Self    varlink.Peer
@@ -222,6 +226,13 @@ func (s *Server) peer(sender string) (varlink.Peer, error) {
 	p.Groups, _ = creds["UnixGroupIDs"].Value().([]uint32)
 	if pid, ok := creds["ProcessID"].Value().(uint32); ok {
 		p.PID = int32(pid)
+	}
+	if s.deps.MayCall != nil {
+		if err := s.deps.MayCall(p); err != nil {
+			// Not the bus's AccessDenied: clients print only its name, and
+			// this one says why.
+			return varlink.Peer{}, dbus.NewError(ErrorPrefix+"PermissionDenied", []any{err.Error()})
+		}
 	}
 	s.mu.Lock()
 	if _, ok := s.peers[sender]; !ok {
