@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 )
 
 // ErrShuttingDown is what Invoke returns once Shutdown has begun waiting on
@@ -18,7 +19,11 @@ var ErrShuttingDown = errors.New("varlink: the server is shutting down")
 // parameters would be. It returns the final reply's parameters, or the
 // error reply as an *Error. Streaming ("more") calls are not served here:
 // a handler that answers with Continue gets ErrExpectedMore.
-func (s *Server) Invoke(ctx context.Context, peer Peer, method string, params any) (json.RawMessage, error) {
+//
+// fds are passed to the handler as a connection's SCM_RIGHTS descriptors
+// are (Call.FDs), and closed when it returns, as those are.
+func (s *Server) Invoke(ctx context.Context, peer Peer, method string, params any, fds []*os.File) (json.RawMessage, error) {
+	defer closeAll(fds)
 	raw, err := json.Marshal(orEmpty(params))
 	if err != nil {
 		return nil, NewError(ErrInvalidParameter, map[string]any{"parameter": "parameters", "message": fmt.Sprintf("encode parameters: %v", err)})
@@ -28,7 +33,10 @@ func (s *Server) Invoke(ctx context.Context, peer Peer, method string, params an
 	}
 	defer s.inflight.Done()
 	var final *Reply
-	call := &Call{Request: &Request{Method: method, Parameters: raw}, Peer: peer, local: func(r *Reply) error {
+	if len(fds) > 0 {
+		defer context.AfterFunc(ctx, func() { expire(fds) })()
+	}
+	call := &Call{Request: &Request{Method: method, Parameters: raw}, Peer: peer, FDs: fds, local: func(r *Reply) error {
 		if r.Continues {
 			return NewError(ErrExpectedMore, map[string]any{"message": method + " streams: not served in-process"})
 		}

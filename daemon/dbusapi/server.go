@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"reflect"
 	"regexp"
 	"sort"
@@ -40,8 +41,9 @@ import (
 
 // Deps is what the front-end needs from the daemon.
 type Deps struct {
-	// Invoke runs one io.paddock.v1 method for a peer (varlink.Server.Invoke).
-	Invoke func(ctx context.Context, peer varlink.Peer, method string, params any) (json.RawMessage, error)
+	// Invoke runs one io.paddock.v1 method for a peer, passing fds as a
+	// connection's descriptors and closing them (varlink.Server.Invoke).
+	Invoke func(ctx context.Context, peer varlink.Peer, method string, params any, fds []*os.File) (json.RawMessage, error)
 	// Caller judges a peer as the varlink socket does.
 	Caller func(varlink.Peer) actors.Caller
 	// Subscribe and Unsubscribe reach the Events actor.
@@ -248,7 +250,12 @@ func (s *Server) invoke(c *call, method string, params any, out any) error {
 }
 
 func (s *Server) invokeAs(ctx context.Context, p varlink.Peer, method string, params any, out any) error {
-	raw, err := s.deps.Invoke(ctx, p, api.Interface+"."+method, params)
+	return s.invokeFDs(ctx, p, method, params, nil, out)
+}
+
+// invokeFDs is invokeAs passing descriptors (closed when the call ends).
+func (s *Server) invokeFDs(ctx context.Context, p varlink.Peer, method string, params any, fds []*os.File, out any) error {
+	raw, err := s.deps.Invoke(ctx, p, api.Interface+"."+method, params, fds)
 	if err != nil {
 		return dbusError(err)
 	}

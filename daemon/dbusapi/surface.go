@@ -138,6 +138,13 @@ func surface(s *Server) (manager, vm, job, objects *iface) {
 			{name: "Kill", varlink: "Stop", fn: fn((*Server).killVM), doc: "Stop with force"},
 			{name: "Delete", varlink: "Delete", fn: fn((*Server).deleteVM)},
 			{name: "Set", in: []arg{{"options", options{}}}, varlink: "Set", fn: fn((*Server).setVM), doc: "options: the io.paddock.v1 Set parameters by name, less vm"},
+			{name: "GetStats", out: []arg{{"stats", options{}}}, varlink: "Stats", fn: fn((*Server).getStats),
+				doc: "the io.paddock.v1 Stats figures of the running VM by name (health s, host a{sv}, guest a{sv}, ...)"},
+			{name: "Exec", in: []arg{{"command", []string{}}, {"options", options{}}, {"stdin", dbus.UnixFD(0)}, {"stdout", dbus.UnixFD(0)}, {"stderr", dbus.UnixFD(0)}},
+				out: []arg{{"job", o}}, varlink: "Exec", fn: fn((*Server).execVM),
+				doc: "runs command with the passed sockets as its stdio; options: env as, workdir s, user s; returns at once; JobDone's message is exit N or signal N"},
+			{name: "OpenConsole", in: []arg{{"input", dbus.UnixFD(0)}, {"output", dbus.UnixFD(0)}}, out: []arg{{"job", o}}, varlink: "Console", fn: fn((*Server).openConsole),
+				doc: "attaches the passed sockets to the serial console until they close or Ctrl-] is sent; returns at once; JobDone when detached"},
 		},
 		props: vmProperties,
 	}

@@ -106,3 +106,27 @@ func TestLookupObject(t *testing.T) {
 		}
 	}
 }
+
+// Stats figures reach D-Bus with types a client can read: integers as x,
+// fractions as d, objects a{sv}, lists av, nulls left out.
+func TestVariants(t *testing.T) {
+	v, err := variants(map[string]any{"rss": int64(1) << 40, "rate": 0.25, "name": "w", "ok": true, "none": nil,
+		"guest": map[string]any{"procs": 3}, "ws": []any{map[string]any{"used": 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"rss": "x", "rate": "d", "name": "s", "ok": "b", "guest": "a{sv}", "ws": "av"} {
+		if got := v[k].Signature().String(); got != want {
+			t.Errorf("%s: %s, want %s", k, got, want)
+		}
+	}
+	if _, ok := v["none"]; ok {
+		t.Error("a null was kept")
+	}
+	if v["rss"].Value() != int64(1)<<40 {
+		t.Errorf("rss %v", v["rss"].Value())
+	}
+	if g := v["guest"].Value().(map[string]dbus.Variant); g["procs"].Value() != int64(3) {
+		t.Errorf("guest %v", g)
+	}
+}

@@ -1,16 +1,20 @@
 package dbusapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/godbus/dbus/v5"
+	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/api"
 )
@@ -265,8 +269,9 @@ func (s *Server) jobsFor(c *call) []*job {
 func vmIDOf(c *call) string { return strings.TrimPrefix(string(c.path), vmDir+"/") }
 
 // runJob checks the VM is the caller's to see, then runs work as the caller
-// in the background.
-func (s *Server) runJob(c *call, op string, work func(ctx context.Context, id string) error) ([]any, error) {
+// in the background; what work returns besides its error is JobDone's
+// message.
+func (s *Server) runJob(c *call, op string, work func(ctx context.Context, id string) (string, error)) ([]any, error) {
 	id := vmIDOf(c)
 	var out api.VMOut
 	if err := s.invoke(c, "Get", api.VMRef{VM: id}, &out); err != nil {
@@ -281,11 +286,11 @@ func (s *Server) runJob(c *call, op string, work func(ctx context.Context, id st
 	// bus going away does not cut them short.
 	ctx := context.WithoutCancel(s.ctx)
 	go func() {
-		err := work(ctx, id)
-		result, name, msg := "done", "", ""
+		msg, err := work(ctx, id)
+		result, name := "done", ""
 		if err != nil {
 			de := dbusError(err)
-			result, name = "failed", de.Name
+			result, name, msg = "failed", de.Name, ""
 			if len(de.Body) > 0 {
 				msg = fmt.Sprint(de.Body[0])
 			}
@@ -299,25 +304,25 @@ func (s *Server) runJob(c *call, op string, work func(ctx context.Context, id st
 }
 
 func (s *Server) startVM(c *call, _ []any) ([]any, error) {
-	return s.runJob(c, "start", func(ctx context.Context, id string) error {
-		return s.invokeAs(ctx, c.peer, "Start", api.VMRef{VM: id}, nil)
+	return s.runJob(c, "start", func(ctx context.Context, id string) (string, error) {
+		return "", s.invokeAs(ctx, c.peer, "Start", api.VMRef{VM: id}, nil)
 	})
 }
 
 func (s *Server) stopVM(c *call, _ []any) ([]any, error) {
-	return s.runJob(c, "stop", func(ctx context.Context, id string) error {
-		return s.invokeAs(ctx, c.peer, "Stop", api.StopIn{VM: id}, nil)
+	return s.runJob(c, "stop", func(ctx context.Context, id string) (string, error) {
+		return "", s.invokeAs(ctx, c.peer, "Stop", api.StopIn{VM: id}, nil)
 	})
 }
 
 func (s *Server) restartVM(c *call, _ []any) ([]any, error) {
-	return s.runJob(c, "restart", func(ctx context.Context, id string) error {
+	return s.runJob(c, "restart", func(ctx context.Context, id string) (string, error) {
 		err := s.invokeAs(ctx, c.peer, "Stop", api.StopIn{VM: id}, nil)
 		var de *dbus.Error
 		if err != nil && !(errors.As(err, &de) && de.Name == ErrorPrefix+"InvalidState") {
-			return err
+			return "", err
 		}
-		return s.invokeAs(ctx, c.peer, "Start", api.VMRef{VM: id}, nil)
+		return "", s.invokeAs(ctx, c.peer, "Start", api.VMRef{VM: id}, nil)
 	})
 }
 
@@ -336,4 +341,150 @@ func (s *Server) setVM(c *call, in []any) ([]any, error) {
 	}
 	params["vm"] = vmIDOf(c)
 	return nil, s.invoke(c, "Set", params, nil)
+}
+
+// execVM runs a command in the VM with the caller's sockets as its stdin,
+// stdout and stderr (as io.paddock.v1 Exec takes them); the job ends with
+// the command, and JobDone's message is "exit N" or "signal N".
+func (s *Server) execVM(c *call, in []any) ([]any, error) {
+	files, err := passedSockets(in[2:], "stdin", "stdout", "stderr")
+	if err != nil {
+		return nil, err
+	}
+	argv, _ := in[0].([]string)
+	params, _ := plain(in[1]).(map[string]any)
+	if params == nil {
+		params = map[string]any{}
+	}
+	for _, k := range []string{"vm", "command"} {
+		if _, ok := params[k]; ok {
+			closeFiles(files)
+			return nil, dbus.NewError(ErrorPrefix+"InvalidArgument", []any{"options: " + k + " is not an option (the object and the command argument say it)"})
+		}
+	}
+	params["vm"], params["command"] = vmIDOf(c), argv
+	out, err := s.runJob(c, "exec", func(ctx context.Context, _ string) (string, error) {
+		var r api.ExecOut
+		if err := s.invokeFDs(ctx, c.peer, "Exec", params, files, &r); err != nil {
+			return "", err
+		}
+		if r.Signal != 0 {
+			return fmt.Sprintf("signal %d", r.Signal), nil
+		}
+		return fmt.Sprintf("exit %d", r.ExitCode), nil
+	})
+	if err != nil {
+		closeFiles(files)
+	}
+	return out, err
+}
+
+// openConsole attaches the caller's sockets to the VM's serial console
+// (input, output) until the caller closes them or sends the detach key.
+func (s *Server) openConsole(c *call, in []any) ([]any, error) {
+	files, err := passedSockets(in, "input", "output")
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.runJob(c, "console", func(ctx context.Context, id string) (string, error) {
+		return "", s.invokeFDs(ctx, c.peer, "Console", api.VMRef{VM: id}, files, nil)
+	})
+	if err != nil {
+		closeFiles(files)
+	}
+	return out, err
+}
+
+// getStats is the VM's io.paddock.v1 Stats figures by name, nested
+// objects as a{sv}.
+func (s *Server) getStats(c *call, _ []any) ([]any, error) {
+	var out api.StatsOut
+	if err := s.invoke(c, "Stats", api.StatsIn{VM: vmIDOf(c)}, &out); err != nil {
+		return nil, err
+	}
+	if len(out.Stats) != 1 {
+		return nil, dbus.NewError(ErrorPrefix+"Internal", []any{fmt.Sprintf("%d sets of figures for one VM", len(out.Stats))})
+	}
+	v, err := variants(out.Stats[0])
+	if err != nil {
+		return nil, dbus.NewError(ErrorPrefix+"Internal", []any{err.Error()})
+	}
+	return []any{v}, nil
+}
+
+// passedSockets takes the descriptors a caller passed (godbus received them
+// and they are ours to close) as files, refusing what is not one.
+func passedSockets(in []any, names ...string) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(names))
+	for i, name := range names {
+		fd, ok := in[i].(dbus.UnixFD)
+		if !ok || fd < 0 {
+			closeFiles(files)
+			for _, v := range in[i+1 : len(names)] {
+				if fd, ok := v.(dbus.UnixFD); ok && fd >= 0 {
+					_ = unix.Close(int(fd))
+				}
+			}
+			return nil, dbus.NewError(ErrorPrefix+"InvalidArgument", []any{name + ": no file descriptor passed"})
+		}
+		// Non-blocking, so the file waits in the poller and its
+		// deadlines work (as a varlink connection's descriptors do).
+		_ = unix.SetNonblock(int(fd), true)
+		files = append(files, os.NewFile(uintptr(fd), name))
+	}
+	return files, nil
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		_ = f.Close()
+	}
+}
+
+// variants turns a JSON-shaped value into a{sv}: objects a{sv}, arrays av,
+// integers x, other numbers d, strings s, booleans b; nulls are left out.
+func variants(v any) (map[string]dbus.Variant, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		return nil, err
+	}
+	return variantMap(m), nil
+}
+
+func variantMap(m map[string]any) map[string]dbus.Variant {
+	out := make(map[string]dbus.Variant, len(m))
+	for k, e := range m {
+		if e != nil {
+			out[k] = variantOf(e)
+		}
+	}
+	return out
+}
+
+func variantOf(v any) dbus.Variant {
+	switch x := v.(type) {
+	case map[string]any:
+		return dbus.MakeVariant(variantMap(x))
+	case []any:
+		l := make([]dbus.Variant, 0, len(x))
+		for _, e := range x {
+			if e != nil {
+				l = append(l, variantOf(e))
+			}
+		}
+		return dbus.MakeVariant(l)
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return dbus.MakeVariant(n)
+		}
+		f, _ := x.Float64()
+		return dbus.MakeVariant(f)
+	}
+	return dbus.MakeVariant(v)
 }
