@@ -56,7 +56,7 @@ MINBASE := $(PADDOCK_TEST_CACHE)/bench/bookworm-minbase.tar
 BENCH := $(GO) test -run '^$$' -benchtime
 bench: deps kernel build
 	@.ci/minbase.sh $(MINBASE)
-	@echo "== API, records, workspaces, image import (ratios to a raw socket round trip, the idle daemon, mkfs.ext4 -d and tar -c of the tree, tar -x + mkfs.ext4 -d)"
+	@echo "== API, records, D-Bus signals, workspaces, image import (ratios to a raw socket round trip, the idle daemon, the varlink event, mkfs.ext4 -d and tar -c of the tree, tar -x + mkfs.ext4 -d)"
 	PADDOCK_BENCH_MINBASE=$(MINBASE) $(GO) run ./bench
 	@echo "== ext4 base build from the flattened minbase image (x-ref: / tar -x + mkfs.ext4 -d)"
 	PADDOCK_BENCH_ROOTFS_TAR=$(MINBASE) $(BENCH) 3x -bench Build ./imaging/ext4

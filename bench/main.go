@@ -59,10 +59,20 @@ func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string) erro
 		shm, _ = os.MkdirTemp("", "pdk-bench-scratch-")
 	}
 	defer os.RemoveAll(shm)
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n[images]\nscratch_dir = %q\n[vm]\nrun = \"off\"\n", state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"), filepath.Join(shm, "scratch"))), 0o644); err != nil {
+	bus, stopBus, err := sessionBus(dir)
+	if err != nil {
+		return fmt.Errorf("session bus: %w", err)
+	}
+	defer stopBus()
+	dbusMode := "off"
+	if bus != "" {
+		dbusMode = "session"
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n[images]\nscratch_dir = %q\n[vm]\nrun = \"off\"\n[dbus]\nbus = %q\n", state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"), filepath.Join(shm, "scratch"), dbusMode)), 0o644); err != nil {
 		return err
 	}
 	d := exec.Command(daemonBin, "--config", cfg)
+	withBus(d, bus)
 	d.Stderr = os.Stderr
 	if err := d.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", daemonBin, err)
@@ -128,6 +138,11 @@ func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string) erro
 	fmt.Printf("api Create (durable: fsync'd)            mean %v  = %.1fx raw p50\n", createEach, ratio(createEach, rp50))
 	fmt.Printf("daemon RSS with %d VM records          %d KiB  = %.2fx the idle daemon (%d KiB), %.1f KiB per VM\n",
 		nVMs, rss1, float64(rss1)/float64(rss0), rss0, float64(rss1-rss0)/float64(nVMs))
+	if bus == "" {
+		fmt.Println("D-Bus signals: skipped (no dbus-daemon)")
+	} else if err := dbusBench(c, sock, bus, "vm-0000", 50); err != nil {
+		return fmt.Errorf("D-Bus: %w", err)
+	}
 	if err := workspaceBench(cliBin, sock, shm, state); err != nil {
 		return fmt.Errorf("workspaces: %w", err)
 	}
