@@ -85,7 +85,18 @@ func pushTo(t *testing.T, ref string, img v1.Image) {
 
 func execOut(t *testing.T, e *env, vm string, stdin string, cmd ...string) (string, int) {
 	t.Helper()
-	c := exec.Command(bin("paddock"), append([]string{"--socket", e.socket, "exec", vm, "--"}, cmd...)...)
+	return execWith(t, e, []string{vm}, stdin, cmd...)
+}
+
+// execOutAs is execOut as a user of the guest (exec --user).
+func execOutAs(t *testing.T, e *env, vm, user string, cmd ...string) (string, int) {
+	t.Helper()
+	return execWith(t, e, []string{vm, "--user", user}, "", cmd...)
+}
+
+func execWith(t *testing.T, e *env, args []string, stdin string, cmd ...string) (string, int) {
+	t.Helper()
+	c := exec.Command(bin("paddock"), append(append(append([]string{"--socket", e.socket, "exec"}, args...), "--"), cmd...)...)
 	c.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb

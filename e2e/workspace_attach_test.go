@@ -63,7 +63,12 @@ func TestWorkspaceAttach(t *testing.T) {
 			t.Fatalf("not owned by 1000:1000: %q", l)
 		}
 	}
-	if out, code := execOut(t, e, "w1", "", "sh", "-c", "cd /workspace && ./run.sh"); code != 0 || !strings.Contains(out, "script ran as 0:0 in /workspace") {
+	// exec runs as the entrypoint's user (the workspace's owner) by
+	// default, as root when asked.
+	if out, code := execOut(t, e, "w1", "", "sh", "-c", "cd /workspace && ./run.sh"); code != 0 || !strings.Contains(out, "script ran as 1000:1000 in /workspace") {
+		t.Fatalf("run.sh: %d %q", code, out)
+	}
+	if out, code := execOutAs(t, e, "w1", "0:0", "sh", "-c", "cd /workspace && ./run.sh"); code != 0 || !strings.Contains(out, "script ran as 0:0 in /workspace") {
 		t.Fatalf("run.sh: %d %q", code, out)
 	}
 	deadline := time.Now().Add(60 * time.Second)
@@ -124,6 +129,17 @@ func TestWorkspaceAttach(t *testing.T) {
 	e.cli(t, nil, "start", "w1").ok(t, "start w1")
 	if out, code := execOut(t, e, "w1", "", "cat", "/workspace/sub/new.txt", "/workspace/sub/data.txt"); code != 0 || out != "made-in-the-guest\nseeded\n" {
 		t.Fatalf("after stop and start: %d %q", code, out)
+	}
+	// A full volume: ENOSPC reaches the guest program, the VM stays
+	// healthy, and space freed is usable again.
+	if out, code := execOut(t, e, "w1", "", "sh", "-c", "dd if=/dev/zero of=/workspace/fill bs=1M count=200 2>&1"); code == 0 || !strings.Contains(out, "No space left on device") {
+		t.Fatalf("filling the workspace: exit %d %q", code, out)
+	}
+	if out, code := execOut(t, e, "w1", "", "sh", "-c", "rm /workspace/fill && echo again > /workspace/after-full && cat /workspace/after-full"); code != 0 || out != "again\n" {
+		t.Fatalf("after freeing space: exit %d %q", code, out)
+	}
+	if out := e.cli(t, nil, "health", "w1").ok(t, "health after ENOSPC"); !strings.Contains(out, "healthy") {
+		t.Fatalf("health after a full workspace: %s", out)
 	}
 	e.cli(t, nil, "stop", "w1").ok(t, "stop w1")
 
