@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/imaging/ext4"
+	"github.com/paddock-vm/paddock/tartree"
 )
 
 // ExportSpec is how one volume is read.
@@ -61,7 +62,7 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 	if err := relink(ctx, vol, tree, spec.Tools); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
-	if err := TarDir(ctx, tree, w); err != nil {
+	if err := tartree.TarDir(ctx, tree, w); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	return nil

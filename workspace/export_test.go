@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/tartree"
 	"github.com/paddock-vm/paddock/workspace"
 )
 
@@ -98,7 +99,7 @@ func TestExportRoundTrip(t *testing.T) {
 	scratch := t.TempDir()
 	vol := filepath.Join(t.TempDir(), "vol.img")
 	var tb bytes.Buffer
-	if err := workspace.TarDir(ctx, src, &tb); err != nil {
+	if err := tartree.TarDir(ctx, src, &tb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "rt", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
@@ -127,7 +128,7 @@ func TestExportRoundTrip(t *testing.T) {
 		}
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	if err := workspace.Untar(ctx, bytes.NewReader(exported.Bytes()), out); err != nil {
+	if err := tartree.Untar(ctx, bytes.NewReader(exported.Bytes()), out); err != nil {
 		t.Fatal(err)
 	}
 	// The hardlink is one again.
@@ -143,7 +144,7 @@ func TestExportRoundTrip(t *testing.T) {
 	// change on the next export.
 	write("added.txt", "new\n", 0o644)
 	tb.Reset()
-	if err := workspace.TarDir(ctx, src, &tb); err != nil {
+	if err := tartree.TarDir(ctx, src, &tb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "rt", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
@@ -154,7 +155,7 @@ func TestExportRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	out2 := filepath.Join(t.TempDir(), "out")
-	if err := workspace.Untar(ctx, &exported, out2); err != nil {
+	if err := tartree.Untar(ctx, &exported, out2); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.Chmod(filepath.Join(out2, "ro"), 0o755) })
@@ -192,7 +193,7 @@ func TestUntarRefusesEscapes(t *testing.T) {
 	} {
 		parent := t.TempDir()
 		dir := filepath.Join(parent, "dir")
-		err := workspace.Untar(context.Background(), tarOf(t, es...), dir)
+		err := tartree.Untar(context.Background(), tarOf(t, es...), dir)
 		if err == nil {
 			t.Errorf("%v: unpacked", es)
 		}
@@ -209,7 +210,7 @@ func TestUntarRefusesEscapes(t *testing.T) {
 	_ = tw.WriteHeader(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
 	_, _ = tw.Write([]byte("x"))
 	_ = tw.Flush()
-	if err := workspace.Untar(context.Background(), &b, filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(err.Error(), "cut short") {
+	if err := tartree.Untar(context.Background(), &b, filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(err.Error(), "cut short") {
 		t.Errorf("cut-short stream: %v", err)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-vm/paddock/api"
-	"github.com/paddock-vm/paddock/workspace"
+	"github.com/paddock-vm/paddock/tartree"
 )
 
 func (c *cli) newWorkspaceExportCommand() *cobra.Command {
@@ -103,7 +103,7 @@ func exportToDir(ctx context.Context, cl *api.Client, ref, dir string) (*api.Wor
 		br := bufio.NewReaderSize(pr, 1<<20)
 		_, err := br.Peek(1)
 		if err == nil {
-			err = workspace.Untar(ctx, br, dir)
+			err = tartree.Untar(ctx, br, dir)
 		}
 		if err != nil {
 			cancel(err) // the daemon stops writing
