@@ -35,9 +35,10 @@ const DefaultWorkspaceBuildTimeout = time.Hour
 type WorkspaceBuild func(ctx context.Context, r io.Reader, out string, ws state.Workspace) error
 
 // WorkspaceExport writes the tree of the volume vol of ws to w as a tar
-// stream. It runs off the Workspaces actor's mailbox, under ctx, while the
-// workspace is held detached.
-type WorkspaceExport func(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error
+// stream: all of it, or the path sub (relative to its root) named after
+// its last element. It runs off the Workspaces actor's mailbox, under
+// ctx, while the workspace is held detached.
+type WorkspaceExport func(ctx context.Context, w io.Writer, vol string, ws state.Workspace, sub string) error
 
 // WorkspaceDeps is what the Workspaces actor needs. It reaches no VM in
 // this slice; what it will need of them comes as messages or function
@@ -135,7 +136,9 @@ type ExportWorkspace struct {
 	ID     uint64
 	Caller Caller
 	Ref    string
-	Out    io.WriteCloser
+	// Path is a path in the workspace to export alone (pull); "" for all.
+	Path string
+	Out  io.WriteCloser
 	Done   chan WorkspaceResult
 }
 
@@ -567,7 +570,7 @@ func (a *workspacesActor) export(ctx actor.Context, m *ExportWorkspace) {
 	a.startIO(ctx, m.ID, ws, "exported", "", m.Done, func(bctx context.Context) error {
 		stop := context.AfterFunc(bctx, func() { _ = m.Out.Close() })
 		defer stop()
-		err := run(bctx, m.Out, vol, snapshot)
+		err := run(bctx, m.Out, vol, snapshot, m.Path)
 		if cerr := m.Out.Close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
 			err = cerr
 		}
