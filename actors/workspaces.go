@@ -139,7 +139,7 @@ type ExportWorkspace struct {
 	// Path is a path in the workspace to export alone (pull); "" for all.
 	Path string
 	Out  io.WriteCloser
-	Done   chan WorkspaceResult
+	Done chan WorkspaceResult
 }
 
 // ImportWorkspace replaces the tree of a detached workspace with the tar
