@@ -84,9 +84,13 @@ func startArchive(req ArchiveRequest) (Proc, error) {
 	if _, err := os.Lstat(p); err != nil {
 		return nil, &Error{Code: CodeNotFound, Message: err.Error()}
 	}
+	name := req.Name
+	if name == "" {
+		name = path.Base(p)
+	}
 	pr, pw := io.Pipe()
 	return startFunc(nil, pr, func(ctx context.Context) error {
-		err := tartree.Archive(ctx, p, path.Base(p), pw)
+		err := tartree.Archive(ctx, p, name, pw)
 		pw.CloseWithError(err) // without the end-of-archive marker
 		return err
 	}), nil

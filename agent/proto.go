@@ -274,9 +274,10 @@ func (e ExitStatus) String() string {
 
 // ArchiveRequest asks for a tar stream of Path (absolute, in the guest):
 // a file, a symbolic link (never followed) or a directory with everything
-// under it, its entries named after Path's last element.
+// under it, its entries named Name (default Path's last element), Name/...
 type ArchiveRequest struct {
 	Path string `json:"path"`
+	Name string `json:"name,omitempty"`
 }
 
 // ExtractRequest unpacks a tar stream whose entries are Name, Name/...

@@ -435,7 +435,8 @@ type WorkspaceCopyIn struct {
 	Workspace string `json:"workspace"`
 	// Path is relative to the workspace's root ("" or "." for it).
 	Path string `json:"path,omitempty"`
-	// Name is the copy's name in the stream (PushWorkspace only).
+	// Name is the copy's name in the stream: the top entry's (PushWorkspace),
+	// or the one asked for (PullWorkspace; default path's last element).
 	Name string `json:"name,omitempty"`
 }
 

@@ -33,7 +33,7 @@ func (d *Daemon) copyOut(ctx context.Context, c *varlink.Call) error {
 	}
 	defer out.Close()
 	d.actors.Touch(r.VM.ID, "copy")
-	if err := d.archiveFrom(ctx, r, in.VM, in.Path, out); err != nil {
+	if err := d.archiveFrom(ctx, r, in.VM, agent.ArchiveRequest{Path: in.Path}, out); err != nil {
 		return err
 	}
 	return c.Reply(nil)
@@ -95,8 +95,9 @@ func kill(ctx context.Context, p *agent.Process) {
 }
 
 // archiveFrom relays the guest's tar stream of guestPath to out.
-func (d *Daemon) archiveFrom(ctx context.Context, r *actors.AgentResult, vm, guestPath string, out *os.File) error {
-	p, err := r.Agent.Archive(ctx, agent.ArchiveRequest{Path: guestPath})
+func (d *Daemon) archiveFrom(ctx context.Context, r *actors.AgentResult, vm string, req agent.ArchiveRequest, out *os.File) error {
+	guestPath := req.Path
+	p, err := r.Agent.Archive(ctx, req)
 	if err != nil {
 		return guestPathError(vm, guestPath, err)
 	}
@@ -212,16 +213,19 @@ func (d *Daemon) pullWorkspace(ctx context.Context, c *varlink.Call) error {
 	if err != nil {
 		return err
 	}
+	if in.Name == "" && path.Clean("/"+in.Path) == "/" {
+		in.Name = wr.Workspace.Name // not the mount point's name
+	}
 	if r == nil {
 		// The actor closes out when the export ends (closing it again is harmless).
-		w, err := d.actors.ExportWorkspace(ctx, actors.ExportWorkspace{Caller: caller, Ref: in.Workspace, Path: in.Path, Out: out})
+		w, err := d.actors.ExportWorkspace(ctx, actors.ExportWorkspace{Caller: caller, Ref: in.Workspace, Part: &actors.ExportPart{Path: in.Path, Name: in.Name}, Out: out})
 		if err != nil {
 			return err
 		}
 		return c.Reply(api.WorkspaceCopyOut{Workspace: workspaceToAPI(w)})
 	}
 	d.actors.Touch(r.VM.ID, "copy")
-	if err := d.archiveFrom(ctx, r, r.VM.Name, inWorkspace(mount, in.Path), out); err != nil {
+	if err := d.archiveFrom(ctx, r, r.VM.Name, agent.ArchiveRequest{Path: inWorkspace(mount, in.Path), Name: in.Name}, out); err != nil {
 		return err
 	}
 	return c.Reply(api.WorkspaceCopyOut{Workspace: workspaceToAPI(wr.Workspace), VM: r.VM.Name})

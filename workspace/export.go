@@ -22,9 +22,12 @@ import (
 // ExportSpec is how one volume is read.
 type ExportSpec struct {
 	Name string // the workspace's name, in errors
-	// Path, relative to the volume's root, is exported alone as the
-	// stream's one top entry (tartree.Archive); "" exports the whole tree.
-	Path       string
+	// Part, a path relative to the volume's root ("" for the root), is
+	// exported alone as the stream's one top entry PartName
+	// (tartree.Archive; default the path's last element); nil exports
+	// the whole tree, names relative to its root.
+	Part     *string
+	PartName string
 	ScratchDir string // where the tree is dumped; default os.TempDir()
 	Tools      ext4.Tools
 }
@@ -68,9 +71,19 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 	if err := relink(ctx, vol, tree, spec.Tools); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
-	if spec.Path != "" && path.Clean("/"+spec.Path) != "/" {
-		sub := path.Clean("/" + spec.Path)[1:]
-		src := filepath.Join(tree, filepath.FromSlash(sub))
+	if spec.Part != nil {
+		sub := path.Clean("/" + *spec.Part)[1:]
+		src, name := filepath.Join(tree, filepath.FromSlash(sub)), spec.PartName
+		switch {
+		case name != "":
+		case sub == "":
+			name = spec.Name
+		default:
+			name = path.Base(sub)
+		}
+		if sub == "" {
+			sub = "."
+		}
 		if _, err := os.Lstat(src); err != nil {
 			return fmt.Errorf("workspace %s has no %s: %w", spec.Name, sub, errdefs.Wrap(errdefs.ErrInvalidArgument, err))
 		}
@@ -79,7 +92,7 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 		if err := noLinkOnTheWay(tree, sub); err != nil {
 			return fmt.Errorf("workspace %s: %w", spec.Name, err)
 		}
-		if err := tartree.Archive(ctx, src, path.Base(sub), w); err != nil {
+		if err := tartree.Archive(ctx, src, name, w); err != nil {
 			return fmt.Errorf("workspace %s: %w", spec.Name, err)
 		}
 		return nil
