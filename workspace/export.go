@@ -26,8 +26,8 @@ type ExportSpec struct {
 	// exported alone as the stream's one top entry PartName
 	// (tartree.Archive; default the path's last element); nil exports
 	// the whole tree, names relative to its root.
-	Part     *string
-	PartName string
+	Part       *string
+	PartName   string
 	ScratchDir string // where the tree is dumped; default os.TempDir()
 	Tools      ext4.Tools
 }
