@@ -291,6 +291,7 @@ func (c *Client) call(ctx context.Context, op string, body, out any) error {
 	select {
 	case m := <-ch:
 		if m.Err != nil {
+			m.Err.Message = guestText(m.Err.Message, maxGuestError)
 			return m.Err
 		}
 		if out != nil {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -71,6 +72,10 @@ func copyStream(c *varlink.Call, method, what, name string) (*os.File, error) {
 // guestPathError is a path the guest could not copy, as the caller's
 // mistake (the guest's text is bounded by the agent client).
 func guestPathError(vm, p string, err error) error {
+	var ge *agent.Error
+	if errors.As(err, &ge) {
+		err = errors.New(ge.Message)
+	}
 	return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "path", Msg: fmt.Sprintf("%s:%s: %v", vm, p, err)}
 }
 
