@@ -372,51 +372,30 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 	if len(req.Argv) == 0 {
 		return nil, errors.New("agent: exec: empty argv")
 	}
-	p, err := c.open(ctx, OpExec, req.TTY, func(s uint32) any {
+	return c.open(ctx, OpExec, fmt.Sprintf("exec %q", req.Argv[0]), req.TTY, func(s uint32) any {
 		return struct {
 			ExecRequest
 			Stream uint32 `json:"s"`
 		}{req, s}
 	})
-	if err != nil {
-		return nil, fmt.Errorf("agent: exec %q: %w", req.Argv[0], err)
-	}
-	return p, nil
 }
 
 // Archive starts a tar stream of a guest path (see ArchiveRequest): read
 // it from Stdout, then Wait; the stream is complete only when Wait
 // reports neither an error nor a status with Error.
 func (c *Client) Archive(ctx context.Context, req ArchiveRequest) (*Process, error) {
-	p, err := c.open(ctx, OpArchive, false, func(s uint32) any {
-		return struct {
-			ArchiveRequest
-			Stream uint32 `json:"s"`
-		}{req, s}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("agent: archive %s: %w", req.Path, err)
-	}
-	return p, nil
+	return c.open(ctx, OpArchive, "archive "+req.Path, false, func(s uint32) any { req.Stream = s; return req })
 }
 
 // Extract starts unpacking a tar stream into the guest (see
 // ExtractRequest): Write it, CloseStdin, then Wait.
 func (c *Client) Extract(ctx context.Context, req ExtractRequest) (*Process, error) {
-	p, err := c.open(ctx, OpExtract, false, func(s uint32) any {
-		return struct {
-			ExtractRequest
-			Stream uint32 `json:"s"`
-		}{req, s}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("agent: extract into %s: %w", req.Path, err)
-	}
-	return p, nil
+	return c.open(ctx, OpExtract, "extract into "+req.Path, false, func(s uint32) any { req.Stream = s; return req })
 }
 
-// open opens a stream with the request body(stream id).
-func (c *Client) open(ctx context.Context, op string, tty bool, body func(uint32) any) (*Process, error) {
+// open opens a stream (what names it in errors) with the request
+// body(stream id).
+func (c *Client) open(ctx context.Context, op, what string, tty bool, body func(uint32) any) (*Process, error) {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -425,7 +404,7 @@ func (c *Client) open(ctx context.Context, op string, tty bool, body func(uint32
 	}
 	if len(c.streams) >= c.opts.MaxStreams {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%d sessions already open", len(c.streams))
+		return nil, fmt.Errorf("agent: %s: %d sessions already open", what, len(c.streams))
 	}
 	c.nextStream++
 	p := &Process{c: c, id: c.nextStream, tty: tty, stdin: newCredit(StreamWindow), exited: make(chan struct{})}
@@ -446,7 +425,7 @@ func (c *Client) open(ctx context.Context, op string, tty bool, body func(uint32
 		delete(c.streams, p.id)
 		c.mu.Unlock()
 		p.fail(err)
-		return nil, err
+		return nil, fmt.Errorf("agent: %s: %w", what, err)
 	}
 	p.PID = rep.PID
 	return p, nil

@@ -103,17 +103,13 @@ func startExtract(req ExtractRequest, owner func(dir string) (int, int)) (Proc, 
 	if err != nil {
 		return nil, err
 	}
-	dir, rename, err := tartree.Destination(p, req.Name)
-	if err != nil {
-		return nil, &Error{Code: CodeNotFound, Message: err.Error()}
-	}
-	root, err := os.OpenRoot(dir)
+	root, rename, err := tartree.OpenDestination(p, req.Name)
 	if err != nil {
 		return nil, &Error{Code: CodeNotFound, Message: err.Error()}
 	}
 	o := tartree.Options{Rename: rename, Replace: true, MaxEntries: maxExtractEntries}
 	if owner != nil {
-		uid, gid := owner(dir)
+		uid, gid := owner(root.Name())
 		o.Chown = &tartree.Owner{UID: uid, GID: gid}
 	}
 	pr, pw := io.Pipe()

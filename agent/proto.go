@@ -278,6 +278,8 @@ func (e ExitStatus) String() string {
 type ArchiveRequest struct {
 	Path string `json:"path"`
 	Name string `json:"name,omitempty"`
+	// Stream is the stream's id, set by the client.
+	Stream uint32 `json:"s,omitempty"`
 }
 
 // ExtractRequest unpacks a tar stream whose entries are Name, Name/...
@@ -286,6 +288,8 @@ type ArchiveRequest struct {
 type ExtractRequest struct {
 	Path string `json:"path"`
 	Name string `json:"name"`
+	// Stream is the stream's id, set by the client.
+	Stream uint32 `json:"s,omitempty"`
 }
 
 // SignalRequest sends a signal to an exec stream's process (group).

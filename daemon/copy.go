@@ -20,20 +20,11 @@ import (
 // is checked again by whoever unpacks it.
 
 func (d *Daemon) copyOut(ctx context.Context, c *varlink.Call) error {
-	var in api.CopyIn
-	if err := c.Decode(&in); err != nil {
-		return err
-	}
-	r, err := d.agent(ctx, c, in.VM)
-	if err != nil {
-		return err
-	}
-	out, err := copyStream(c, "CopyOut", "where the tar stream goes", in.VM+":"+in.Path)
+	in, r, out, err := d.copyCall(ctx, c, "where the tar stream goes")
 	if err != nil {
 		return err
 	}
 	defer out.Close()
-	d.actors.Touch(r.VM.ID, "copy")
 	if err := d.archiveFrom(ctx, r, in.VM, agent.ArchiveRequest{Path: in.Path}, out); err != nil {
 		return err
 	}
@@ -41,24 +32,35 @@ func (d *Daemon) copyOut(ctx context.Context, c *varlink.Call) error {
 }
 
 func (d *Daemon) copyIn(ctx context.Context, c *varlink.Call) error {
-	var in api.CopyIn
-	if err := c.Decode(&in); err != nil {
-		return err
-	}
-	r, err := d.agent(ctx, c, in.VM)
-	if err != nil {
-		return err
-	}
-	tar, err := copyStream(c, "CopyIn", "the tar stream", in.VM+":"+in.Path)
+	in, r, tar, err := d.copyCall(ctx, c, "the tar stream")
 	if err != nil {
 		return err
 	}
 	defer tar.Close()
-	d.actors.Touch(r.VM.ID, "copy")
 	if err := d.extractInto(ctx, r, in.VM, in.Path, in.Name, tar); err != nil {
 		return err
 	}
 	return c.Reply(nil)
+}
+
+// copyCall is what CopyOut and CopyIn start with: the parameters, the
+// VM's agent (another user's VM is not found) and the call's stream.
+func (d *Daemon) copyCall(ctx context.Context, c *varlink.Call, what string) (api.CopyIn, *actors.AgentResult, *os.File, error) {
+	var in api.CopyIn
+	if err := c.Decode(&in); err != nil {
+		return in, nil, nil, err
+	}
+	r, err := d.agent(ctx, c, in.VM)
+	if err != nil {
+		return in, nil, nil, err
+	}
+	_, method := varlink.SplitMethod(c.Method)
+	f, err := copyStream(c, method, what, in.VM+":"+in.Path)
+	if err != nil {
+		return in, nil, nil, err
+	}
+	d.actors.Touch(r.VM.ID, "copy")
+	return in, r, f, nil
 }
 
 // copyStream is a copy call's one descriptor, made ready for deadlines.

@@ -30,11 +30,7 @@ func copyTo(t *testing.T, src, name, dst string, o tartree.Options) error {
 	if err := tartree.Archive(context.Background(), src, name, &b); err != nil {
 		t.Fatal(err)
 	}
-	dir, rename, err := tartree.Destination(dst, name)
-	if err != nil {
-		return err
-	}
-	root, err := os.OpenRoot(dir)
+	root, rename, err := tartree.OpenDestination(dst, name)
 	if err != nil {
 		return err
 	}
@@ -166,11 +162,7 @@ func TestExtractRefusesHostile(t *testing.T) {
 			if err := os.Mkdir(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			_, rename, err := tartree.Destination(dir, "proj")
-			if err != nil {
-				t.Fatal(err)
-			}
-			root, err := os.OpenRoot(dir)
+			root, rename, err := tartree.OpenDestination(dir, "proj")
 			if err != nil {
 				t.Fatal(err)
 			}

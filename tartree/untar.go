@@ -268,6 +268,20 @@ func Destination(dst, name string) (string, func(string) (string, bool), error) 
 	return dir, rename, nil
 }
 
+// OpenDestination is Destination with the directory opened as the root
+// to unpack under; the caller closes it.
+func OpenDestination(dst, name string) (*os.Root, func(string) (string, bool), error) {
+	dir, rename, err := Destination(dst, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return root, rename, nil
+}
+
 // Counter counts the bytes read through it.
 type Counter struct {
 	R io.Reader

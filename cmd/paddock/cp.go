@@ -119,18 +119,14 @@ const maxCopyEntries = 10_000_000
 // into the pipe call passes, for dst as cp does (tartree.Destination):
 // entries must be name, name/..., no bigger in all than the free space.
 func receiveTree(ctx context.Context, dst, name string, call func(ctx context.Context, w *os.File) error) error {
-	dir, rename, err := tartree.Destination(dst, name)
-	if err != nil {
-		return err
-	}
-	root, err := os.OpenRoot(dir)
+	root, rename, err := tartree.OpenDestination(dst, name)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
 	o := tartree.Options{Rename: rename, Replace: true, MaxEntries: maxCopyEntries}
 	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) == nil {
+	if unix.Statfs(root.Name(), &st) == nil {
 		o.MaxBytes = int64(st.Bavail) * st.Bsize
 	}
 	err = pipeFrom(ctx, call, func(ctx context.Context, r *bufio.Reader) error {
