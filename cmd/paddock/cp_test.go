@@ -46,7 +46,7 @@ func TestReceiveTreeHostile(t *testing.T) {
 		{"another name", []*tar.Header{entry("y", "", tar.TypeReg, 0)}, true, "y: entry escapes"},
 		{"through a link", []*tar.Header{entry("x", "", tar.TypeDir, 0), entry("x/l", "/", tar.TypeSymlink, 0), entry("x/l/evil", "", tar.TypeReg, 0)}, true, "x/l/evil"},
 		{"device", []*tar.Header{entry("x", "", tar.TypeBlock, 0)}, true, "x: unsupported entry type"},
-		{"absurd size", []*tar.Header{entry("x", "", tar.TypeReg, 1 << 62)}, false, "x: 4611686018427387904 bytes do not fit"},
+		{"absurd size", []*tar.Header{entry("x", "", tar.TypeReg, 1<<62)}, false, "x: 4611686018427387904 bytes do not fit"},
 		{"cut short", []*tar.Header{entry("x", "", tar.TypeDir, 0)}, false, "cut short"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
