@@ -22,7 +22,7 @@ func (c *cli) newCpCommand() *cobra.Command {
 		Use:   "cp (SRC VM:DST | VM:SRC DST)",
 		Short: "Copy files and directories between the host and a running VM (read and written as you on the host)",
 		Long: `Copy a file, a symbolic link (never followed) or a directory with
-everything under it between the host and a running VM, as cp -a does:
+everything under it between the host and a running VM, as cp -r does:
 copied to a directory that exists, it goes inside it; otherwise it becomes
 DST, whose parent must exist. Paths in the VM are absolute.
 
