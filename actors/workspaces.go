@@ -35,9 +35,13 @@ const DefaultWorkspaceBuildTimeout = time.Hour
 type WorkspaceBuild func(ctx context.Context, r io.Reader, out string, ws state.Workspace) error
 
 // WorkspaceExport writes the tree of the volume vol of ws to w as a tar
-// stream. It runs off the Workspaces actor's mailbox, under ctx, while the
-// workspace is held detached.
-type WorkspaceExport func(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error
+// stream: all of it, or part of it (pull). It runs off the Workspaces
+// actor's mailbox, under ctx, while the workspace is held detached.
+type WorkspaceExport func(ctx context.Context, w io.Writer, vol string, ws state.Workspace, part *ExportPart) error
+
+// ExportPart is a path in a workspace (relative to its root; "" for the
+// root) exported as a stream whose entries are Name, Name/...
+type ExportPart struct{ Path, Name string }
 
 // WorkspaceDeps is what the Workspaces actor needs. It reaches no VM in
 // this slice; what it will need of them comes as messages or function
@@ -135,8 +139,10 @@ type ExportWorkspace struct {
 	ID     uint64
 	Caller Caller
 	Ref    string
-	Out    io.WriteCloser
-	Done   chan WorkspaceResult
+	// Part is what to export (pull); nil for the whole tree.
+	Part *ExportPart
+	Out  io.WriteCloser
+	Done chan WorkspaceResult
 }
 
 // ImportWorkspace replaces the tree of a detached workspace with the tar
@@ -567,7 +573,7 @@ func (a *workspacesActor) export(ctx actor.Context, m *ExportWorkspace) {
 	a.startIO(ctx, m.ID, ws, "exported", "", m.Done, func(bctx context.Context) error {
 		stop := context.AfterFunc(bctx, func() { _ = m.Out.Close() })
 		defer stop()
-		err := run(bctx, m.Out, vol, snapshot)
+		err := run(bctx, m.Out, vol, snapshot, m.Part)
 		if cerr := m.Out.Close(); err == nil && !errors.Is(cerr, os.ErrClosed) {
 			err = cerr
 		}

@@ -34,7 +34,7 @@ type fakeBuild struct {
 }
 
 // export copies the volume to w.
-func (f *fakeBuild) export(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error {
+func (f *fakeBuild) export(ctx context.Context, w io.Writer, vol string, ws state.Workspace, _ *ExportPart) error {
 	if f.exportStarted != nil {
 		f.exportStarted <- struct{}{}
 	}

@@ -49,6 +49,9 @@ func socketpair(t *testing.T) (net.Conn, net.Conn) {
 type testGuest struct {
 	srv      *Server
 	shutdown chan bool
+	// owned records the directories extract asked an owner for.
+	ownedMu sync.Mutex
+	owned   []string
 }
 
 func startGuest(t *testing.T, conn io.ReadWriteCloser) *testGuest {
@@ -64,7 +67,13 @@ func startGuest(t *testing.T, conn io.ReadWriteCloser) *testGuest {
 		Ports:    ListPorts,
 		Shutdown: func(reboot bool) { g.shutdown <- reboot },
 		Spawner:  &LocalSpawner{Reaper: NewReaper(false)},
-		Logf:     t.Logf,
+		Owner: func(dir string) (int, int) {
+			g.ownedMu.Lock()
+			defer g.ownedMu.Unlock()
+			g.owned = append(g.owned, dir)
+			return os.Getuid(), os.Getgid()
+		},
+		Logf: t.Logf,
 	})
 	done := make(chan struct{})
 	go func() {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -290,6 +291,7 @@ func (c *Client) call(ctx context.Context, op string, body, out any) error {
 	select {
 	case m := <-ch:
 		if m.Err != nil {
+			m.Err.Message = guestText(m.Err.Message, maxGuestError)
 			return m.Err
 		}
 		if out != nil {
@@ -370,6 +372,30 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 	if len(req.Argv) == 0 {
 		return nil, errors.New("agent: exec: empty argv")
 	}
+	return c.open(ctx, OpExec, fmt.Sprintf("exec %q", req.Argv[0]), req.TTY, func(s uint32) any {
+		return struct {
+			ExecRequest
+			Stream uint32 `json:"s"`
+		}{req, s}
+	})
+}
+
+// Archive starts a tar stream of a guest path (see ArchiveRequest): read
+// it from Stdout, then Wait; the stream is complete only when Wait
+// reports neither an error nor a status with Error.
+func (c *Client) Archive(ctx context.Context, req ArchiveRequest) (*Process, error) {
+	return c.open(ctx, OpArchive, "archive "+req.Path, false, func(s uint32) any { req.Stream = s; return req })
+}
+
+// Extract starts unpacking a tar stream into the guest (see
+// ExtractRequest): Write it, CloseStdin, then Wait.
+func (c *Client) Extract(ctx context.Context, req ExtractRequest) (*Process, error) {
+	return c.open(ctx, OpExtract, "extract into "+req.Path, false, func(s uint32) any { req.Stream = s; return req })
+}
+
+// open opens a stream (what names it in errors) with the request
+// body(stream id).
+func (c *Client) open(ctx context.Context, op, what string, tty bool, body func(uint32) any) (*Process, error) {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -378,32 +404,28 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 	}
 	if len(c.streams) >= c.opts.MaxStreams {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("agent: exec: %d sessions already open", len(c.streams))
+		return nil, fmt.Errorf("agent: %s: %d sessions already open", what, len(c.streams))
 	}
 	c.nextStream++
-	p := &Process{c: c, id: c.nextStream, tty: req.TTY, stdin: newCredit(StreamWindow), exited: make(chan struct{})}
+	p := &Process{c: c, id: c.nextStream, tty: tty, stdin: newCredit(StreamWindow), exited: make(chan struct{})}
 	grant := func(fd int) func(int) {
 		return func(n int) { _ = c.send(&Message{T: TypeWindow, Stream: p.id, Fd: fd, N: n}) }
 	}
 	p.stdout = newInbuf(StreamWindow, grant(1))
 	p.stderr = newInbuf(StreamWindow, grant(2))
-	if req.TTY {
+	if tty {
 		_ = p.stderr.push(nil, true)
 	}
 	c.streams[p.id] = p
 	c.mu.Unlock()
 
 	var rep ExecReply
-	err := c.call(ctx, OpExec, struct {
-		ExecRequest
-		Stream uint32 `json:"s"`
-	}{req, p.id}, &rep)
-	if err != nil {
+	if err := c.call(ctx, op, body(p.id), &rep); err != nil {
 		c.mu.Lock()
 		delete(c.streams, p.id)
 		c.mu.Unlock()
 		p.fail(err)
-		return nil, fmt.Errorf("agent: exec %q: %w", req.Argv[0], err)
+		return nil, fmt.Errorf("agent: %s: %w", what, err)
 	}
 	p.PID = rep.PID
 	return p, nil
@@ -429,6 +451,7 @@ func (p *Process) handle(m *Message) error {
 		if err := json.Unmarshal(m.Body, &st); err != nil {
 			return fmt.Errorf("stream %d exit: %w", p.id, err)
 		}
+		st.Error = guestText(st.Error, maxGuestError)
 		p.mu.Lock()
 		select {
 		case <-p.exited:
@@ -589,4 +612,21 @@ func (c *Client) Run(ctx context.Context, req ExecRequest, stdin io.Reader, limi
 	res.Status, res.Stdout, res.Stderr = st, out.Bytes(), errb.Bytes()
 	res.Truncated = trunc[0] || trunc[1]
 	return res, nil
+}
+
+// maxGuestError bounds the error text a guest reports for a stream.
+const maxGuestError = 1024
+
+// guestText makes text from the guest fit to show: at most max bytes,
+// control characters replaced.
+func guestText(s string, max int) string {
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
 }

@@ -9,7 +9,7 @@
 // encoding one Message; both sides refuse frames over their limit
 // (DefaultMaxFrame). Message.T says what a message is:
 //
-//	req   host→guest request {id, op, b}; ops: hello ping health stats ports exec signal resize shutdown
+//	req   host→guest request {id, op, b}; ops: hello ping health stats ports exec archive extract signal resize shutdown
 //	res   guest→host response {id, b} or {id, err}
 //	in    host→guest stdin data of exec stream s {s, d} or end of input {s, eof}
 //	out   guest→host output of stream s {s, fd (1|2), d} or end of that fd {s, fd, eof}
@@ -18,6 +18,10 @@
 //
 // The first request on a connection must be hello, which carries
 // ProtocolVersion both ways; a guest with another major version is refused.
+// archive and extract open a stream as exec does, run by the agent itself
+// rather than a process: archive's output (fd 1) is a tar stream of a guest
+// path, extract's input a tar stream it unpacks; the exit message says how
+// it ended (ExitStatus.Error).
 // Exec streams are numbered by the host (s > 0) and multiplexed on one
 // connection; each direction of each stream has a window of StreamWindow
 // bytes that the sender must not exceed, so both sides' buffering is bounded.
@@ -53,6 +57,8 @@ const (
 	OpStats    = "stats"
 	OpPorts    = "ports"
 	OpExec     = "exec"
+	OpArchive  = "archive"
+	OpExtract  = "extract"
 	OpSignal   = "signal"
 	OpResize   = "resize"
 	OpShutdown = "shutdown"
@@ -266,13 +272,38 @@ type ExitStatus struct {
 	Code int `json:"code"`
 	// Signal is the number of the signal that killed it (0 if none).
 	Signal int `json:"signal,omitempty"`
+	// Error says why an archive or extract stream failed (Code 1).
+	Error string `json:"error,omitempty"`
 }
 
 func (e ExitStatus) String() string {
+	if e.Error != "" {
+		return e.Error
+	}
 	if e.Signal != 0 {
 		return fmt.Sprintf("killed by signal %d", e.Signal)
 	}
 	return fmt.Sprintf("exit code %d", e.Code)
+}
+
+// ArchiveRequest asks for a tar stream of Path (absolute, in the guest):
+// a file, a symbolic link (never followed) or a directory with everything
+// under it, its entries named Name (default Path's last element), Name/...
+type ArchiveRequest struct {
+	Path string `json:"path"`
+	Name string `json:"name,omitempty"`
+	// Stream is the stream's id, set by the client.
+	Stream uint32 `json:"s,omitempty"`
+}
+
+// ExtractRequest unpacks a tar stream whose entries are Name, Name/...
+// for the guest path Path as cp does: inside Path when it is a directory,
+// else as Path itself.
+type ExtractRequest struct {
+	Path string `json:"path"`
+	Name string `json:"name"`
+	// Stream is the stream's id, set by the client.
+	Stream uint32 `json:"s,omitempty"`
 }
 
 // SignalRequest sends a signal to an exec stream's process (group).

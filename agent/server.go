@@ -48,6 +48,9 @@ type ServerConfig struct {
 	Shutdown func(reboot bool)
 	// Spawner runs exec requests.
 	Spawner Spawner
+	// Owner says who owns what extract unpacks into the guest directory
+	// dir; nil leaves it the agent's own (tests).
+	Owner func(dir string) (uid, gid int)
 	// Uptime returns CLOCK_BOOTTIME in ns.
 	Uptime func() int64
 	// Logf logs (optional).
@@ -277,7 +280,7 @@ func (c *conn) handle(ctx context.Context, m *Message) error {
 			c.reply(m.ID, nil, badRequest("%s before hello", m.Op))
 			return nil
 		}
-		if m.Op == OpExec { // synchronous: the stream must exist before its input arrives
+		if m.Op == OpExec || m.Op == OpArchive || m.Op == OpExtract { // synchronous: the stream must exist before its input arrives
 			c.exec(m)
 			return nil
 		}
@@ -389,27 +392,25 @@ func (c *conn) request(_ context.Context, m *Message) {
 	}
 }
 
+// exec opens a stream: a process for exec, the agent's own archiver or
+// extractor for archive and extract.
 func (c *conn) exec(m *Message) {
 	var req struct {
-		ExecRequest
 		Stream uint32 `json:"s"`
 	}
-	if err := json.Unmarshal(m.Body, &req); err != nil {
-		c.reply(m.ID, nil, badRequest("exec: %v", err))
+	if err := json.Unmarshal(m.Body, &req); err != nil || req.Stream == 0 {
+		c.reply(m.ID, nil, badRequest("%s: no stream id", m.Op))
 		return
 	}
-	if len(req.Argv) == 0 || req.Stream == 0 {
-		c.reply(m.ID, nil, badRequest("exec: empty argv or no stream id"))
-		return
-	}
-	if c.s.cfg.Spawner == nil {
-		c.reply(m.ID, nil, unsupported("exec"))
+	start, err := c.starter(m)
+	if err != nil {
+		c.reply(m.ID, nil, err)
 		return
 	}
 	c.mu.Lock()
 	if _, dup := c.sessions[req.Stream]; dup || c.closed {
 		c.mu.Unlock()
-		c.reply(m.ID, nil, badRequest("exec: stream %d already in use", req.Stream))
+		c.reply(m.ID, nil, badRequest("%s: stream %d already in use", m.Op, req.Stream))
 		return
 	}
 	if len(c.sessions) >= c.s.cfg.MaxSessions {
@@ -418,10 +419,7 @@ func (c *conn) exec(m *Message) {
 		return
 	}
 	c.mu.Unlock()
-	proc, err := c.s.cfg.Spawner.Spawn(SpawnSpec{
-		Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User,
-		TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, Stdin: req.Stdin,
-	})
+	proc, err := start()
 	if err != nil {
 		c.reply(m.ID, nil, err)
 		return
@@ -515,4 +513,38 @@ func (c *conn) runSession(se *session) {
 	se.stdin.fail(io.ErrClosedPipe)
 	raw, _ := json.Marshal(st)
 	_ = c.sendStream(se, &Message{T: TypeExit, Stream: se.id, Body: raw})
+}
+
+// starter checks a stream-opening request and returns what starts it.
+func (c *conn) starter(m *Message) (func() (Proc, error), error) {
+	switch m.Op {
+	case OpArchive:
+		var req ArchiveRequest
+		if err := json.Unmarshal(m.Body, &req); err != nil {
+			return nil, badRequest("archive: %v", err)
+		}
+		return func() (Proc, error) { return startArchive(req) }, nil
+	case OpExtract:
+		var req ExtractRequest
+		if err := json.Unmarshal(m.Body, &req); err != nil {
+			return nil, badRequest("extract: %v", err)
+		}
+		return func() (Proc, error) { return startExtract(req, c.s.cfg.Owner) }, nil
+	}
+	var req ExecRequest
+	if err := json.Unmarshal(m.Body, &req); err != nil {
+		return nil, badRequest("exec: %v", err)
+	}
+	if len(req.Argv) == 0 {
+		return nil, badRequest("exec: empty argv")
+	}
+	if c.s.cfg.Spawner == nil {
+		return nil, unsupported("exec")
+	}
+	return func() (Proc, error) {
+		return c.s.cfg.Spawner.Spawn(SpawnSpec{
+			Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User,
+			TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, Stdin: req.Stdin,
+		})
+	}, nil
 }

@@ -421,6 +421,32 @@ type ExecOut struct {
 	Signal   int `json:"signal"`
 }
 
+// CopyIn are CopyOut's and CopyIn's parameters (see the interface):
+// the tar stream is the call's one file descriptor.
+type CopyIn struct {
+	VM   string `json:"vm"`
+	Path string `json:"path"`
+	// Name is the copy's name in the stream (CopyIn only).
+	Name string `json:"name,omitempty"`
+}
+
+// WorkspaceCopyIn are PullWorkspace's and PushWorkspace's parameters.
+type WorkspaceCopyIn struct {
+	Workspace string `json:"workspace"`
+	// Path is relative to the workspace's root ("" or "." for it).
+	Path string `json:"path,omitempty"`
+	// Name is the copy's name in the stream: the top entry's (PushWorkspace),
+	// or the one asked for (PullWorkspace; default path's last element).
+	Name string `json:"name,omitempty"`
+}
+
+// WorkspaceCopyOut answers PullWorkspace and PushWorkspace.
+type WorkspaceCopyOut struct {
+	Workspace Workspace `json:"workspace"`
+	// VM is the VM the copy went through, empty when offline.
+	VM string `json:"vm,omitempty"`
+}
+
 // LogsIn are Logs' parameters.
 type LogsIn struct {
 	VM   string `json:"vm"`

@@ -204,6 +204,38 @@ func (c *Client) Exec(ctx context.Context, in ExecIn, stdin, stdout, stderr *os.
 	return &out, nil
 }
 
+// CopyOut has the daemon write a tar stream of in.Path in a running VM
+// to out (a pipe's write end), passed by descriptor.
+func (c *Client) CopyOut(ctx context.Context, in CopyIn, out *os.File) error {
+	return c.CallFDs(ctx, Interface+".CopyOut", in, nil, []*os.File{out})
+}
+
+// CopyIn has the daemon unpack the tar stream tar (entries in.Name,
+// in.Name/...) for in.Path in a running VM.
+func (c *Client) CopyIn(ctx context.Context, in CopyIn, tar *os.File) error {
+	return c.CallFDs(ctx, Interface+".CopyIn", in, nil, []*os.File{tar})
+}
+
+// PullWorkspace has the daemon write a tar stream of in.Path in a
+// workspace to out.
+func (c *Client) PullWorkspace(ctx context.Context, in WorkspaceCopyIn, out *os.File) (*WorkspaceCopyOut, error) {
+	var o WorkspaceCopyOut
+	if err := c.CallFDs(ctx, Interface+".PullWorkspace", in, &o, []*os.File{out}); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+// PushWorkspace has the daemon unpack the tar stream tar for in.Path in a
+// workspace.
+func (c *Client) PushWorkspace(ctx context.Context, in WorkspaceCopyIn, tar *os.File) (*WorkspaceCopyOut, error) {
+	var o WorkspaceCopyOut
+	if err := c.CallFDs(ctx, Interface+".PushWorkspace", in, &o, []*os.File{tar}); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
 // Logs hands the console log to fn; with follow, until ctx ends.
 func (c *Client) Logs(ctx context.Context, in LogsIn, follow bool, fn func(string) error) error {
 	decode := func(raw json.RawMessage) error {

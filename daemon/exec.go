@@ -95,7 +95,7 @@ func sockets(c *varlink.Call, names ...string) ([]*varlink.Socket, error) {
 }
 
 // expire ends every wait on the sockets now.
-func expire(ss ...*varlink.Socket) {
+func expire(ss ...interface{ SetDeadline(time.Time) error }) {
 	past := time.Unix(1, 0)
 	for _, s := range ss {
 		_ = s.SetDeadline(past)

@@ -46,6 +46,10 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"RemoveWorkspace":  d.removeWorkspace,
 		"ExportWorkspace":  d.exportWorkspace,
 		"ImportWorkspace":  d.importWorkspace,
+		"PullWorkspace":    d.pullWorkspace,
+		"PushWorkspace":    d.pushWorkspace,
+		"CopyOut":          d.copyOut,
+		"CopyIn":           d.copyIn,
 		"Version":          d.version,
 		"Info":             d.info,
 	}
@@ -339,7 +343,8 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 // minutes. A workspace build has its own deadline besides.
 func isImport(method string) bool {
 	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console" ||
-		method == api.Interface+".CreateWorkspace" || method == api.Interface+".ExportWorkspace" || method == api.Interface+".ImportWorkspace"
+		method == api.Interface+".CreateWorkspace" || method == api.Interface+".ExportWorkspace" || method == api.Interface+".ImportWorkspace" ||
+		method == api.Interface+".CopyOut" || method == api.Interface+".CopyIn" || method == api.Interface+".PullWorkspace" || method == api.Interface+".PushWorkspace"
 }
 
 // callTimeout bounds one call: boots and shutdowns are bounded by the VM

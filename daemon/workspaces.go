@@ -111,12 +111,16 @@ func passedStream(f *os.File, name, what string) (*os.File, error) {
 
 // exportWorkspaceTree is the Workspaces actor's exporter: a rootless read
 // of the volume through scratch space where image imports have theirs.
-func (d *Daemon) exportWorkspaceTree(ctx context.Context, w io.Writer, vol string, ws state.Workspace) error {
+func (d *Daemon) exportWorkspaceTree(ctx context.Context, w io.Writer, vol string, ws state.Workspace, part *actors.ExportPart) error {
 	cfg := d.config()
 	if err := os.MkdirAll(cfg.Images.ScratchDir, 0o750); err != nil {
 		return fmt.Errorf("scratch dir %s: %w", cfg.Images.ScratchDir, err)
 	}
-	return workspace.Export(ctx, vol, w, workspace.ExportSpec{Name: ws.Name, ScratchDir: cfg.Images.ScratchDir})
+	spec := workspace.ExportSpec{Name: ws.Name, ScratchDir: cfg.Images.ScratchDir}
+	if part != nil {
+		spec.Part, spec.PartName = &part.Path, part.Name
+	}
+	return workspace.Export(ctx, vol, w, spec)
 }
 
 func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {

@@ -511,6 +511,10 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		"RemoveWorkspace":  {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
 		"ExportWorkspace":  {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
 		"ImportWorkspace":  {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "source": "x"} })},
+		"PullWorkspace":    {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "path": "x"} })},
+		"PushWorkspace":    {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "path": "x", "name": "x"} })},
+		"CopyOut":          {fds: 1, pairs: vmPairs(func(r string) any { return map[string]any{"vm": r, "path": "/etc/hostname"} })},
+		"CopyIn":           {fds: 1, pairs: vmPairs(func(r string) any { return map[string]any{"vm": r, "path": "/tmp", "name": "x"} })},
 	}
 
 	// The methods the running daemon serves, from its own description.

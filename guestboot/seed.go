@@ -136,3 +136,18 @@ func MountUser(ms []Mount) string {
 	}
 	return ""
 }
+
+// MountOwner is who owns what paddock cp unpacks into the guest directory
+// dir: the uid:gid of the workspace whose mount point holds dir (the
+// deepest, compared as paths: a symbolic link is not followed), else root.
+func MountOwner(ms []Mount, dir string) (uid, gid int) {
+	best := -1
+	dir = path.Clean(dir)
+	for _, m := range ms {
+		p := path.Clean(m.Path)
+		if (dir == p || strings.HasPrefix(dir, strings.TrimSuffix(p, "/")+"/")) && len(p) > best {
+			best, uid, gid = len(p), int(m.UID), int(m.GID)
+		}
+	}
+	return uid, gid
+}

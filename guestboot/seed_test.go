@@ -142,3 +142,22 @@ func FuzzSeed(f *testing.F) {
 		}
 	})
 }
+
+func TestMountOwner(t *testing.T) {
+	ms := []Mount{{Path: "/workspace", UID: 1000, GID: 1001}, {Path: "/workspace/deps", UID: 7, GID: 8}, {Path: "/srv/", UID: 5, GID: 6}}
+	for _, tc := range []struct {
+		dir      string
+		uid, gid int
+	}{
+		{"/workspace", 1000, 1001},
+		{"/workspace/src/x", 1000, 1001},
+		{"/workspace/deps/a", 7, 8},
+		{"/workspaces", 0, 0},
+		{"/srv", 5, 6},
+		{"/tmp", 0, 0},
+	} {
+		if uid, gid := MountOwner(ms, tc.dir); uid != tc.uid || gid != tc.gid {
+			t.Errorf("MountOwner(%s) = %d:%d, want %d:%d", tc.dir, uid, gid, tc.uid, tc.gid)
+		}
+	}
+}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/paddock-vm/paddock/imaging/ext4"
 	"github.com/paddock-vm/paddock/imaging/flatten"
+	"github.com/paddock-vm/paddock/tartree"
 )
 
 // Limits of a workspace's size.
@@ -125,13 +126,13 @@ func rewrite(r io.Reader, w io.Writer, spec Spec) error {
 		// end-of-archive marker (two zero blocks), was cut short: a client
 		// that failed half-way. tar.Reader reads exactly what it needs, so
 		// the count says where the next header starts.
-		cr := &counter{r: r}
+		cr := &tartree.Counter{R: r}
 		tr := tar.NewReader(cr)
 		var next int64
 		for {
 			h, err := tr.Next()
 			if err == io.EOF {
-				if cr.n-next < 2*512 {
+				if cr.N-next < 2*512 {
 					return &flatten.EntryError{Err: flatten.ErrBadEntry, Reason: "the tar stream ends without its end-of-archive marker: it was cut short"}
 				}
 				break
@@ -173,23 +174,13 @@ func rewrite(r io.Reader, w io.Writer, spec Spec) error {
 					return &flatten.EntryError{Path: h.Name, Err: flatten.ErrBadEntry, Reason: "reading its content: " + err.Error()}
 				}
 			}
-			next = cr.n + (h.Size - copied) + (512-h.Size%512)%512
+			next = cr.N + (h.Size - copied) + (512-h.Size%512)%512
 		}
 	}
 	return tw.Close()
 }
 
 // counter counts the bytes read through it.
-type counter struct {
-	r io.Reader
-	n int64
-}
-
-func (c *counter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
 
 // Allocated is the bytes a file takes on the host (0 when it is gone).
 func Allocated(path string) int64 {

@@ -19,6 +19,7 @@ import (
 	"github.com/paddock-vm/paddock/imaging/flatten"
 	"github.com/paddock-vm/paddock/internal/sbin"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/tartree"
 	"github.com/paddock-vm/paddock/workspace"
 )
 
@@ -139,7 +140,7 @@ func TestBuildFromDirectory(t *testing.T) {
 		t.Fatalf("the source's suid file is not setuid: %v %v", fi.Mode(), err)
 	}
 	var tarball bytes.Buffer
-	if err := workspace.TarDir(context.Background(), src, &tarball); err != nil {
+	if err := tartree.TarDir(context.Background(), src, &tarball); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "volume.ext4")

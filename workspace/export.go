@@ -7,17 +7,27 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging/ext4"
+	"github.com/paddock-vm/paddock/tartree"
 )
 
 // ExportSpec is how one volume is read.
 type ExportSpec struct {
-	Name       string // the workspace's name, in errors
+	Name string // the workspace's name, in errors
+	// Part, a path relative to the volume's root ("" for the root), is
+	// exported alone as the stream's one top entry PartName
+	// (tartree.Archive; default the path's last element); nil exports
+	// the whole tree, names relative to its root.
+	Part       *string
+	PartName   string
 	ScratchDir string // where the tree is dumped; default os.TempDir()
 	Tools      ext4.Tools
 }
@@ -61,7 +71,33 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 	if err := relink(ctx, vol, tree, spec.Tools); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
-	if err := TarDir(ctx, tree, w); err != nil {
+	if spec.Part != nil {
+		sub := path.Clean("/" + *spec.Part)[1:]
+		src, name := filepath.Join(tree, filepath.FromSlash(sub)), spec.PartName
+		switch {
+		case name != "":
+		case sub == "":
+			name = spec.Name
+		default:
+			name = path.Base(sub)
+		}
+		if sub == "" {
+			sub = "."
+		}
+		if _, err := os.Lstat(src); err != nil {
+			return fmt.Errorf("workspace %s has no %s: %w", spec.Name, sub, errdefs.Wrap(errdefs.ErrInvalidArgument, err))
+		}
+		// Every element of the dump is the volume's own: a symbolic link
+		// on the way would be the volume's link, followed on the host.
+		if err := noLinkOnTheWay(tree, sub); err != nil {
+			return fmt.Errorf("workspace %s: %w", spec.Name, err)
+		}
+		if err := tartree.Archive(ctx, src, name, w); err != nil {
+			return fmt.Errorf("workspace %s: %w", spec.Name, err)
+		}
+		return nil
+	}
+	if err := tartree.TarDir(ctx, tree, w); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	return nil
@@ -132,4 +168,23 @@ func removeTree(dir string) {
 		return nil
 	})
 	_ = os.RemoveAll(dir)
+}
+
+// noLinkOnTheWay refuses a path under tree whose directories on the way
+// include a symbolic link (the last element may be one: it is archived
+// as a link).
+func noLinkOnTheWay(tree, sub string) error {
+	parts := strings.Split(sub, "/")
+	p := tree
+	for _, part := range parts[:len(parts)-1] {
+		p = filepath.Join(p, part)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return errdefs.Wrap(errdefs.ErrInvalidArgument, fmt.Errorf("%s: a symbolic link on the way to %s", strings.TrimPrefix(p, tree+"/"), sub))
+		}
+	}
+	return nil
 }

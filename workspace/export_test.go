@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/tartree"
 	"github.com/paddock-vm/paddock/workspace"
 )
 
@@ -98,7 +99,7 @@ func TestExportRoundTrip(t *testing.T) {
 	scratch := t.TempDir()
 	vol := filepath.Join(t.TempDir(), "vol.img")
 	var tb bytes.Buffer
-	if err := workspace.TarDir(ctx, src, &tb); err != nil {
+	if err := tartree.TarDir(ctx, src, &tb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "rt", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
@@ -127,7 +128,7 @@ func TestExportRoundTrip(t *testing.T) {
 		}
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	if err := workspace.Untar(ctx, bytes.NewReader(exported.Bytes()), out); err != nil {
+	if err := tartree.Untar(ctx, bytes.NewReader(exported.Bytes()), out); err != nil {
 		t.Fatal(err)
 	}
 	// The hardlink is one again.
@@ -143,7 +144,7 @@ func TestExportRoundTrip(t *testing.T) {
 	// change on the next export.
 	write("added.txt", "new\n", 0o644)
 	tb.Reset()
-	if err := workspace.TarDir(ctx, src, &tb); err != nil {
+	if err := tartree.TarDir(ctx, src, &tb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "rt", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
@@ -154,7 +155,7 @@ func TestExportRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	out2 := filepath.Join(t.TempDir(), "out")
-	if err := workspace.Untar(ctx, &exported, out2); err != nil {
+	if err := tartree.Untar(ctx, &exported, out2); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.Chmod(filepath.Join(out2, "ro"), 0o755) })
@@ -192,7 +193,7 @@ func TestUntarRefusesEscapes(t *testing.T) {
 	} {
 		parent := t.TempDir()
 		dir := filepath.Join(parent, "dir")
-		err := workspace.Untar(context.Background(), tarOf(t, es...), dir)
+		err := tartree.Untar(context.Background(), tarOf(t, es...), dir)
 		if err == nil {
 			t.Errorf("%v: unpacked", es)
 		}
@@ -209,7 +210,72 @@ func TestUntarRefusesEscapes(t *testing.T) {
 	_ = tw.WriteHeader(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1})
 	_, _ = tw.Write([]byte("x"))
 	_ = tw.Flush()
-	if err := workspace.Untar(context.Background(), &b, filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(err.Error(), "cut short") {
+	if err := tartree.Untar(context.Background(), &b, filepath.Join(t.TempDir(), "d")); err == nil || !strings.Contains(err.Error(), "cut short") {
 		t.Errorf("cut-short stream: %v", err)
+	}
+}
+
+// A part of a volume (pull of a detached workspace): the path alone, as
+// the stream's top entry; a missing path or a symbolic link on the way is
+// refused naming it.
+func TestExportPart(t *testing.T) {
+	requireTools(t)
+	src := t.TempDir()
+	when := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
+	writeFile(t, src, "sub/deep/data.txt", "some data\n", 0o640, when)
+	writeFile(t, src, "top.txt", "top\n", 0o644, when)
+	if err := os.Symlink("/", filepath.Join(src, "up")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	scratch := t.TempDir()
+	vol := filepath.Join(t.TempDir(), "vol.img")
+	var tb bytes.Buffer
+	if err := tartree.TarDir(ctx, src, &tb); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := workspace.Build(ctx, &tb, vol, workspace.Spec{Name: "part", Size: workspace.MinSize, UID: 1000, GID: 1000, ScratchDir: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	names := func(b []byte) []string {
+		var out []string
+		tr := tar.NewReader(bytes.NewReader(b))
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				return out
+			}
+			out = append(out, h.Name)
+		}
+	}
+	for _, tc := range []struct {
+		part, name string
+		want       []string // entries, or
+		err        string   // a refusal
+	}{
+		{part: "sub", want: []string{"sub/", "sub/deep/", "sub/deep/data.txt"}},
+		{part: "/sub/deep/data.txt", name: "renamed", want: []string{"renamed"}},
+		{part: "", want: []string{"part/", "part/sub/", "part/sub/deep/", "part/sub/deep/data.txt", "part/top.txt", "part/up"}},
+		{part: "up", want: []string{"up"}},
+		{part: "nothing", err: "has no nothing"},
+		{part: "up/etc", err: "up: a symbolic link on the way to up/etc"},
+	} {
+		t.Run(tc.part, func(t *testing.T) {
+			part := tc.part
+			var b bytes.Buffer
+			err := workspace.Export(ctx, vol, &b, workspace.ExportSpec{Name: "part", ScratchDir: scratch, Part: &part, PartName: tc.name})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := names(b.Bytes()); strings.Join(got, " ") != strings.Join(tc.want, " ") {
+				t.Fatalf("entries %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -185,6 +185,7 @@ func (s *initState) run() {
 		Ports:        agent.ListPorts,
 		Shutdown:     func(reboot bool) { s.shutdown(reboot) },
 		Spawner:      s.spawner,
+		Owner:        s.copyOwner,
 		Uptime:       agent.BootTimeNS,
 		Logf:         logf,
 	})
@@ -298,4 +299,13 @@ func (s *initState) defaultEnv() []string {
 		return s.image.Env
 	}
 	return []string{"PATH=" + agent.DefaultPath, "TERM=xterm"}
+}
+
+// copyOwner owns what paddock cp unpacks into dir: the workspace mounted
+// there, else root (guestboot.MountOwner).
+func (s *initState) copyOwner(dir string) (int, int) {
+	if s.image == nil {
+		return 0, 0
+	}
+	return guestboot.MountOwner(s.image.Mounts, dir)
 }

@@ -63,7 +63,7 @@ func (c *cli) commands() *cobra.Command {
 	root.AddCommand(
 		c.newCreateCommand(), c.newRunCommand(), c.newLsCommand(), c.newInspectCommand(), c.newSetCommand(),
 		c.newStartCommand(), c.newStopCommand(), c.newKillCommand(), c.newRestartCommand(), c.newRmCommand(),
-		c.newExecCommand(), c.newLogsCommand(), c.newConsoleCommand(),
+		c.newExecCommand(), c.newCpCommand(), c.newLogsCommand(), c.newConsoleCommand(),
 		c.newStatsCommand(), c.newPingCommand(), c.newHealthCommand(), c.newPortsCommand(),
 		c.newEventsCommand(), c.newVersionCommand(), c.newInfoCommand(), c.newCompletionCommand(root),
 		c.newImageCommand(), c.newKernelCommand(), c.newWorkspaceCommand(), c.newManpageCommand(root),

@@ -63,8 +63,12 @@ func atLeast(n int, what string) cobra.PositionalArgs {
 }
 
 func exactly(n int, what string) cobra.PositionalArgs {
+	return rangeArgs(n, n, what)
+}
+
+func rangeArgs(lo, hi int, what string) cobra.PositionalArgs {
 	return func(_ *cobra.Command, a []string) error {
-		if len(a) != n {
+		if len(a) < lo || len(a) > hi {
 			return usageError{fmt.Errorf("want %s, got %d arguments", what, len(a))}
 		}
 		return nil

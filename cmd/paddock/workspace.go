@@ -10,9 +10,9 @@ import (
 )
 
 func (c *cli) newWorkspaceCommand() *cobra.Command {
-	ws := &cobra.Command{Use: "workspace", Aliases: []string{"ws"}, Short: "Manage workspaces: persistent project volumes, independent of VMs (create, ls, inspect, rm, export, import)"}
+	ws := &cobra.Command{Use: "workspace", Aliases: []string{"ws"}, Short: "Manage workspaces: persistent project volumes, independent of VMs (create, ls, inspect, rm, export, import, push, pull)"}
 	ws.AddCommand(c.newWorkspaceCreateCommand(), c.newWorkspaceLsCommand(), c.newWorkspaceInspectCommand(), c.newWorkspaceRmCommand(),
-		c.newWorkspaceExportCommand(), c.newWorkspaceImportCommand())
+		c.newWorkspaceExportCommand(), c.newWorkspaceImportCommand(), c.newWorkspacePushCommand(), c.newWorkspacePullCommand())
 	return ws
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/tartree"
 	"github.com/paddock-vm/paddock/workspace"
 )
 
@@ -138,7 +139,7 @@ func (c *cli) createFromDir(ctx context.Context, cl *api.Client, in api.CreateWo
 	defer cancel(nil)
 	walked := make(chan error, 1)
 	go func() {
-		err := workspace.TarDir(ctx, dir, pw)
+		err := tartree.TarDir(ctx, dir, pw)
 		if err != nil {
 			cancel(err) // before the stream ends
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-vm/paddock/api"
-	"github.com/paddock-vm/paddock/workspace"
+	"github.com/paddock-vm/paddock/tartree"
 )
 
 func (c *cli) newWorkspaceExportCommand() *cobra.Command {
@@ -89,38 +89,19 @@ func exportToFile(ctx context.Context, cl *api.Client, ref, path string) (*api.W
 
 // exportToDir unpacks the daemon's stream, read through a pipe, into dir
 // as the caller.
+// (DIR is made only once the daemon sends something: a refusal leaves
+// nothing behind.)
 func exportToDir(ctx context.Context, cl *api.Client, ref, dir string) (*api.Workspace, error) {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	unpacked := make(chan error, 1)
-	go func() {
-		// DIR is made only once the daemon sends something: a refusal
-		// leaves nothing behind.
-		br := bufio.NewReaderSize(pr, 1<<20)
-		_, err := br.Peek(1)
-		if err == nil {
-			err = workspace.Untar(ctx, br, dir)
+	var w *api.Workspace
+	err := pipeFrom(ctx, func(ctx context.Context, pw *os.File) (err error) {
+		w, err = cl.ExportWorkspace(ctx, ref, pw)
+		return err
+	}, func(ctx context.Context, r *bufio.Reader) error {
+		if err := tartree.Untar(ctx, r, dir); err != nil {
+			return fmt.Errorf("unpacking into %s: %w", dir, err)
 		}
-		if err != nil {
-			cancel(err) // the daemon stops writing
-		}
-		_ = pr.Close()
-		unpacked <- err
-	}()
-	w, err := cl.ExportWorkspace(ctx, ref, pw)
-	_ = pw.Close() // the daemon has its own descriptor: the stream ends when both are closed
-	if err != nil {
-		_ = pr.Close()
-	}
-	if uerr := <-unpacked; uerr != nil && err == nil {
-		return nil, fmt.Errorf("unpacking into %s: %w", dir, uerr)
-	} else if uerr != nil && errors.Is(err, context.Canceled) {
-		return nil, fmt.Errorf("unpacking into %s: %w", dir, uerr)
-	}
+		return nil
+	})
 	return w, err
 }
 

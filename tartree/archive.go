@@ -1,4 +1,4 @@
-package workspace
+package tartree
 
 import (
 	"archive/tar"
@@ -16,11 +16,26 @@ import (
 // TarDir writes the tree under dir to w as a tar stream, as the calling
 // user reads it: symbolic links are archived as links (never followed),
 // hardlinked files as one content and links to it, directories before
-// their children. Owners are left out (the daemon gives every file the
+// their children. Entries are named relative to dir, which is left out.
+// Owners are left out (the daemon gives every file the
 // workspace's). Device nodes and fifos are archived as what they are, so
 // the daemon refuses them naming the entry; a socket, or what cannot be
 // read, fails naming the path.
 func TarDir(ctx context.Context, dir string, w io.Writer) error {
+	return archive(ctx, dir, "", w)
+}
+
+// Archive writes src to w as TarDir does, src itself included as the
+// entry name (a file, a symbolic link, never followed, or a directory,
+// whose children are name/child...).
+func Archive(ctx context.Context, src, name string, w io.Writer) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return fmt.Errorf("%q cannot name what is copied", name)
+	}
+	return archive(ctx, src, name, w)
+}
+
+func archive(ctx context.Context, dir, name string, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	tw := tar.NewWriter(bw)
 	type ino struct{ dev, ino uint64 }
@@ -37,10 +52,15 @@ func TarDir(ctx context.Context, dir string, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if rel == "." {
-			return nil // the root is the workspace's own
-		}
 		rel = filepath.ToSlash(rel)
+		switch {
+		case rel == "." && name == "":
+			return nil // the root is the destination's own
+		case rel == ".":
+			rel = name
+		case name != "":
+			rel = name + "/" + rel
+		}
 		fi, err := d.Info()
 		if err != nil {
 			return fmt.Errorf("read %s: %w", path, err)
