@@ -289,10 +289,14 @@ func TestInstalledService(t *testing.T) {
 	os.Chmod(data, 0o755)
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
-	tw.WriteHeader(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755})
-	tw.WriteHeader(&tar.Header{Name: "./hello", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3})
-	tw.Write([]byte("hi\n"))
-	tw.Close()
+	err := errors.Join(tw.WriteHeader(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}),
+		tw.WriteHeader(&tar.Header{Name: "./hello", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3}))
+	if _, werr := tw.Write([]byte("hi\n")); werr != nil || err != nil {
+		t.Fatal(err, werr)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(data, "root.tar"), tb.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -377,6 +381,9 @@ func TestInstalledService(t *testing.T) {
 		if s := alice("inspect v1 --json"); !strings.Contains(s, `"status": "running"`) {
 			t.Fatalf("after %s v1 is not running:\n%s", what, s)
 		}
+		if out := c.sh("journalctl --no-pager -o cat -u paddock VM_NAME=v1 _PID=" + mainPID); !strings.Contains(out, "re-adopted running VM") {
+			t.Fatalf("after %s paddockd (pid %s) logged no re-adoption of v1:\n%s", what, mainPID, out)
+		}
 	}
 	newMain := func(what string) {
 		t.Helper()
@@ -416,8 +423,9 @@ func TestInstalledService(t *testing.T) {
 		if err := syscall.Kill(qemu, 0); err != nil {
 			t.Fatalf("stop took the VM's QEMU (pid %d) down: %v", qemu, err)
 		}
-		survives("stop, then socket activation") // alice's inspect activates it again
+		alice("ls") // activates it again
 		newMain("stop and activation")
+		survives("stop, then socket activation")
 	})
 
 	step(t, "systemctl reload paddock (a live key)", func() {
