@@ -357,6 +357,10 @@ func TestInstalledService(t *testing.T) {
 			t.Fatalf("QEMU processes in the container: %v, want one", pids)
 		}
 		qemu = pids[0]
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", qemu))
+		if !strings.Contains(string(b), "/paddock-") {
+			t.Errorf("v1's QEMU has no cgroup of its own (paddock-<id>):\n%s", b)
+		}
 	})
 
 	step(t, "journalctl -u paddock VM_NAME=v1", func() {
@@ -438,6 +442,44 @@ func TestInstalledService(t *testing.T) {
 		if !strings.Contains(out, "reload: applied") || !strings.Contains(out, "log.level") {
 			t.Fatalf("no \"reload: applied\" naming log.level in the journal:\n%s", tail(out, 20))
 		}
+	})
+
+	// What the unit leaves out, or lets through, and why (its comments):
+	// with each of these drop-ins a VM no longer starts. A VM that does
+	// start means the unit's reason is gone: tighten the unit.
+	step(t, "settings the unit leaves out break a VM start", func() {
+		alice("create v2 --image plain:1")
+		dropin := "/etc/systemd/system/paddock.service.d/check.conf"
+		for _, setting := range []string{"PrivateDevices=yes", "ProtectControlGroups=yes", "MemoryDenyWriteExecute=yes", "ProcSubset=pid", "SystemCallFilter=~capset"} {
+			c.sh("mkdir -p " + filepath.Dir(dropin) + " && printf '[Service]\\n%s\\n' '" + setting + "' >" + dropin + " && systemctl daemon-reload")
+			// The daemon itself may not start under it: that breaks it too.
+			// reset-failed: the restarts here come faster than the unit's
+			// start limit allows.
+			c.try(time.Minute, "systemctl reset-failed paddock.service paddock.socket; systemctl start paddock.socket; systemctl restart paddock")
+			if _, err := c.try(3*time.Minute, "setpriv --reuid=alice --regid=alice --init-groups env HOME=/home/alice paddock start v2"); err != nil {
+				// The VM's reason, or why paddockd did not start at all.
+				out, _ := c.try(time.Minute, "setpriv --reuid=alice --regid=alice --init-groups env HOME=/home/alice paddock inspect v2 --json | grep -E '^  \"reason\"' || journalctl --no-pager -o cat -u paddock -n 4")
+				t.Logf("with %s the start fails: %s", setting, strings.Join(strings.Fields(out), " "))
+				continue
+			}
+			// Started: it must at least lack its own cgroup.
+			var own bool
+			for _, pid := range c.qemuPIDs() {
+				if pid != qemu {
+					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+					own = strings.Contains(string(b), "/paddock-")
+					t.Logf("with %s v2 starts; its VMM's cgroups:\n%s", setting, b)
+				}
+			}
+			if own {
+				t.Errorf("with %s a VM starts in its own cgroup: the unit's reason to leave it out no longer holds", setting)
+			}
+			alice("stop v2")
+		}
+		c.sh("rm -rf " + filepath.Dir(dropin) + " && systemctl daemon-reload && systemctl reset-failed paddock.service paddock.socket; systemctl restart paddock.socket paddock.service")
+		newMain("the variants")
+		survives("the variants")
+		alice("rm v2")
 	})
 
 	step(t, "systemd-analyze security", func() {
