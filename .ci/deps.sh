@@ -15,6 +15,7 @@ packages=(
   nftables                  # nft list in the packet filter tests (paddockd itself uses netlink)
   passt                     # user-mode networking for VMs (vm.network = "user")
   lintian                   # make deb-check
+  debootstrap               # the installed-service test's container rootfs
 )
 
 missing=()

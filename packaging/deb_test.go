@@ -129,7 +129,7 @@ func TestDeb(t *testing.T) {
 		for _, d := range strings.Split(f["Depends"], ", ") {
 			deps[d] = true
 		}
-		for _, d := range []string{"qemu-system-x86", "qemu-utils", "e2fsprogs", "systemd | systemd-standalone-sysusers | systemd-sysusers"} {
+		for _, d := range []string{"qemu-system-x86", "qemu-utils", "e2fsprogs", "procps", "systemd | systemd-standalone-sysusers | systemd-sysusers"} {
 			if !deps[d] {
 				t.Errorf("Depends %q lacks %q", f["Depends"], d)
 			}
