@@ -301,7 +301,7 @@ func TestWorkspacesFailedBuildLeavesNothing(t *testing.T) {
 	if _, err := h.create(t, wsAlice, "bad", "x"); err == nil || !strings.Contains(err.Error(), "dev/null") {
 		t.Fatalf("failed build: %v", err)
 	}
-	es, _ := os.ReadDir(h.store.Root)
+	es, _ := workspaceDirs(h.store)
 	if len(es) != 0 || len(h.names(t, admin)) != 0 {
 		t.Fatalf("a failed build left %v", es)
 	}
@@ -402,7 +402,7 @@ func TestWorkspaceBuildDeadline(t *testing.T) {
 	if !errdefs.IsDeadlineExceeded(err) || !strings.Contains(err.Error(), "not built within 200ms") {
 		t.Fatalf("a build past its deadline: %v", err)
 	}
-	if es, _ := os.ReadDir(h.store.Root); len(es) != 0 || len(h.names(t, admin)) != 0 {
+	if es, _ := workspaceDirs(h.store); len(es) != 0 || len(h.names(t, admin)) != 0 {
 		t.Fatalf("a build past its deadline left %v", es)
 	}
 }
@@ -545,4 +545,11 @@ func TestWorkspacesExportImport(t *testing.T) {
 	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v2" {
 		t.Fatalf("export after a failed import: %q, %v", got, err)
 	}
+}
+
+// workspaceDirs are the entries of the store but its (shared) layers
+// directory.
+func workspaceDirs(s *state.WorkspaceStore) ([]os.DirEntry, error) {
+	es, err := os.ReadDir(s.Root)
+	return slices.DeleteFunc(es, func(e os.DirEntry) bool { return e.Name() == state.LayersDir }), err
 }
