@@ -213,7 +213,10 @@ func (a *workspacesActor) clone(ctx actor.Context, m *CloneWorkspace) *Workspace
 			return &WorkspaceResult{Err: &Error{Kind: ErrNameInUse, Name: m.Name, Msg: fmt.Sprintf("you have a workspace named %q already", m.Name)}}
 		}
 	}
-	var chain []string
+	var (
+		chain   []string
+		srcNext *state.Workspace // the source's next record, after an implicit snapshot
+	)
 	size, source := src.Size, "clone:"+src.Name
 	if m.Snapshot != "" {
 		sn, err := snapshotOf(src, m.Snapshot)
@@ -221,36 +224,43 @@ func (a *workspacesActor) clone(ctx actor.Context, m *CloneWorkspace) *Workspace
 			return &WorkspaceResult{Err: err}
 		}
 		chain, size, source = sn.Layers, sn.Size, source+"@"+sn.Name
-	} else {
-		// An implicit snapshot: the source's current top is frozen (and
-		// named by its new top, not by a snapshot).
-		var next *state.Workspace
-		if chain, next, err = a.freeze(context.Background(), src); err != nil {
-			return &WorkspaceResult{Err: err}
-		}
-		if err := a.commit(src, next); err != nil {
-			return &WorkspaceResult{Err: err}
-		}
+	} else if chain, srcNext, err = a.freeze(context.Background(), src); err != nil {
+		// An implicit snapshot: the source's current top is frozen, named
+		// by the clone (and by the source's new top, if an overlay).
+		return &WorkspaceResult{Err: err}
 	}
 	// Intent first: a "creating" record naming the chain (so no sweep
 	// takes it) before the top is made; a crash leaves it to start-up.
 	ws := &state.Workspace{ID: state.NewID(), Name: m.Name, OwnerUID: m.Caller.UID, Status: state.WorkspaceCreating,
 		Size: size, UID: src.UID, GID: src.GID, Source: source, CreatedAt: time.Now().UTC(), Backing: slices.Clone(chain)}
-	if err := a.d.Store.Begin(ws); err != nil {
-		return &WorkspaceResult{Err: err}
+	err = a.d.Store.Begin(ws)
+	if err == nil {
+		failpoint("workspace-clone-intent")
+		a.ws[ws.ID] = ws
+		if srcNext != nil {
+			err = a.commit(src, srcNext)
+		}
+	} else if srcNext != nil {
+		a.dropStrays(src)
+		a.sweepLayers()
 	}
-	failpoint("workspace-clone-intent")
-	a.ws[ws.ID] = ws
-	next, err := a.newTop(context.Background(), ws, chain, size)
+	var next *state.Workspace
+	if err == nil {
+		next, err = a.newTop(context.Background(), ws, chain, size)
+	}
 	if err == nil {
 		next.Status = state.WorkspaceReady
 		err = a.commit(ws, next)
 	}
 	if err != nil {
+		if _, ok := a.ws[ws.ID]; !ok {
+			return &WorkspaceResult{Err: err} // not begun
+		}
 		delete(a.ws, ws.ID)
 		if rerr := a.d.Store.Remove(ws.ID); rerr != nil {
 			a.log.Warn("removing a workspace whose clone failed (start-up sweeps it)", "err", rerr)
 		}
+		a.sweepLayers()
 		return &WorkspaceResult{Err: err}
 	}
 	a.log.Info("workspace cloned", "workspace", ws.Name, "workspace_id", ws.ID, "source", source, "layers", len(ws.Backing))
