@@ -11,18 +11,7 @@ import (
 // An import cut short leaves a partial volume beside a ready one: start-up
 // sweeps it and keeps the workspace and its volume.
 func TestWorkspaceLoadAllSweepsPartialImport(t *testing.T) {
-	s, err := NewWorkspaceStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws := &Workspace{ID: NewID(), Name: "proj", OwnerUID: 1000, Status: WorkspaceCreating, Size: 64 << 20, CreatedAt: time.Now().UTC()}
-	if err := s.Begin(ws); err != nil {
-		t.Fatal(err)
-	}
-	ws.Status = WorkspaceReady
-	if err := s.Save(ws); err != nil {
-		t.Fatal(err)
-	}
+	s, ws := readyWorkspace(t)
 	vol := s.Volume(ws.ID)
 	if err := os.WriteFile(vol, []byte("old"), 0o600); err != nil {
 		t.Fatal(err)
@@ -48,14 +37,7 @@ func TestWorkspaceLoadAllSweepsPartialImport(t *testing.T) {
 // a crash cut short, and the new top it made, are swept, the old top
 // kept; an unreadable record keeps every layer (its own are unknown).
 func TestWorkspaceLoadAllSweepsLayers(t *testing.T) {
-	s, err := NewWorkspaceStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws := &Workspace{ID: NewID(), Name: "proj", OwnerUID: 1000, Status: WorkspaceCreating, Size: 64 << 20, CreatedAt: time.Now().UTC()}
-	if err := s.Begin(ws); err != nil {
-		t.Fatal(err)
-	}
+	s, ws := readyWorkspace(t)
 	if err := os.WriteFile(s.TopPath(ws), []byte("top"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +49,7 @@ func TestWorkspaceLoadAllSweepsLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws.Status, ws.Top, ws.Backing = WorkspaceReady, "top-1.qcow2", []string{backing}
+	ws.Top, ws.Backing = "top-1.qcow2", []string{backing}
 	ws.Snapshots = []Snapshot{{Name: "s1", Layers: []string{snap}, Size: ws.Size}}
 	if err := os.WriteFile(s.TopPath(ws), []byte("new top"), 0o600); err != nil {
 		t.Fatal(err)
@@ -125,4 +107,22 @@ func TestWorkspaceLoadAllSweepsLayers(t *testing.T) {
 	if es, _ := os.ReadDir(s.Layer("")); len(es) != 0 {
 		t.Fatalf("layers left with no record: %d", len(es))
 	}
+}
+
+// readyWorkspace is a store with one ready workspace record (no volume).
+func readyWorkspace(t *testing.T) (*WorkspaceStore, *Workspace) {
+	t.Helper()
+	s, err := NewWorkspaceStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := &Workspace{ID: NewID(), Name: "proj", OwnerUID: 1000, Status: WorkspaceCreating, Size: 64 << 20, CreatedAt: time.Now().UTC()}
+	if err := s.Begin(ws); err != nil {
+		t.Fatal(err)
+	}
+	ws.Status = WorkspaceReady
+	if err := s.Save(ws); err != nil {
+		t.Fatal(err)
+	}
+	return s, ws
 }
