@@ -108,10 +108,18 @@ func (a *workspacesActor) sweepLayers() {
 	}
 }
 
+// MaxWorkspaceLayers bounds a workspace's chain of frozen layers under its
+// top: each snapshot (or clone of the current state) adds one, and every
+// read of the guest may walk them all.
+const MaxWorkspaceLayers = 32
+
 // freeze makes ws's current top a frozen layer and returns the chain it
 // heads and ws's next record, whose new top is a layer over it. Nothing
 // is saved: a crash leaves the old record and files the sweeps remove.
 func (a *workspacesActor) freeze(ctx context.Context, ws *state.Workspace) ([]string, *state.Workspace, error) {
+	if len(ws.Backing) >= MaxWorkspaceLayers {
+		return nil, nil, &Error{Kind: ErrInvalidState, VM: ws.Name, Msg: fmt.Sprintf("workspace %s has %d layers, the most it may: flatten them first (paddock workspace resize %s %d)", ws.Name, len(ws.Backing), ws.Name, ws.Size)}
+	}
 	layer, err := a.d.Store.Freeze(ws)
 	if err != nil {
 		return nil, nil, err
@@ -271,13 +279,14 @@ func (a *workspacesActor) clone(ctx actor.Context, m *CloneWorkspace) *Workspace
 
 // resize grows a detached workspace off the mailbox: its volume is
 // flattened into a new raw top, grown, and named by the record only when
-// done (the old chain stays until then; snapshots keep theirs).
+// done (the old chain stays until then; snapshots keep theirs). The same
+// size only flattens: one raw file, for Firecracker or a long chain.
 func (a *workspacesActor) resize(ctx actor.Context, m *ResizeWorkspace) {
 	ws, err := a.ioTarget(m.Caller, m.Ref)
 	if err == nil && a.d.Layers == nil {
 		err = errorf(ErrNotYet, "workspace layers are not configured")
 	}
-	if err == nil && m.Size <= ws.Size {
+	if err == nil && m.Size < ws.Size {
 		err = &Error{Kind: ErrInvalidArgument, Field: "size", Msg: fmt.Sprintf("workspace %s is %d MiB: a resize only grows it (asked %d MiB)", ws.Name, ws.Size>>20, m.Size>>20)}
 	}
 	if err != nil {

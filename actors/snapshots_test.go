@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -192,5 +193,37 @@ func TestSnapshotFailpointsReached(t *testing.T) {
 	want := append(append(slices.Clone(SnapshotFailpoints[:1]), SnapshotFailpoints...), SnapshotFailpoints[1])
 	if !slices.Equal(seen, want) {
 		t.Fatalf("reached %v, want %v", seen, want)
+	}
+}
+
+// A chain of frozen layers is bounded: past MaxWorkspaceLayers a snapshot
+// is refused, saying how to flatten; a resize to the same size flattens
+// (one raw top, the tree and the snapshots kept), and snapshots work again.
+func TestWorkspaceLayersBounded(t *testing.T) {
+	h := startWorkspaces(t, t.TempDir(), &fakeBuild{overlay: true})
+	if _, err := h.create(t, wsAlice, "long", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	snap := func(i int) error {
+		_, err := h.do(t, &SnapshotWorkspace{Caller: wsAlice, Ref: "long", Snapshot: "s" + strconv.Itoa(i)})
+		return err
+	}
+	for i := range MaxWorkspaceLayers {
+		if err := snap(i); err != nil {
+			t.Fatalf("snapshot %d: %v", i, err)
+		}
+	}
+	if err := snap(MaxWorkspaceLayers); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "paddock workspace resize long 67108864") {
+		t.Fatalf("snapshot past the bound: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := h.sys.ResizeWorkspace(ctx, ResizeWorkspace{Caller: wsAlice, Ref: "long", Size: 64 << 20})
+	if err != nil || len(w.Backing) != 0 || state.LayerFormat(w.TopFile()) != "raw" || len(w.Snapshots) != MaxWorkspaceLayers {
+		t.Fatalf("flatten: %+v %v", w, err)
+	}
+	h.wantTree(t, "long", "v1")
+	if err := snap(MaxWorkspaceLayers); err != nil {
+		t.Fatalf("snapshot after the flatten: %v", err)
 	}
 }

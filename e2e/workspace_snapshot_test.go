@@ -227,7 +227,7 @@ func TestWorkspaceSnapshotCrashPoints(t *testing.T) {
 		p.signal(t, syscall.SIGTERM)
 		p.wait(t, 30*time.Second)
 	}
-	p = unprivilegedDaemon(t, e)
+	_ = unprivilegedDaemon(t, e)
 	e.runAs(t, alice, nil, "workspace", "rm", "w").ok(t, "rm w")
 	if left := wsDirs(t, e); left != "" {
 		t.Fatalf("left once every workspace is gone: %s", left)

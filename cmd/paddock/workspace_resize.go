@@ -10,7 +10,7 @@ import (
 )
 
 func (c *cli) newWorkspaceResizeCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "resize WORKSPACE SIZE", Short: "Grow a detached workspace and its file system to SIZE (e.g. 20GiB; never shrinks)", Args: exactly(2, "a workspace and a size")}
+	cmd := &cobra.Command{Use: "resize WORKSPACE SIZE", Short: "Grow a detached workspace and its file system to SIZE (e.g. 20GiB; never shrinks; its size now only flattens its layers into one raw file)", Args: exactly(2, "a workspace and a size")}
 	cmd.RunE = func(_ *cobra.Command, a []string) error {
 		size, err := config.ParseSize(a[1])
 		if err != nil {
