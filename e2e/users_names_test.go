@@ -505,12 +505,16 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		"Version":      {scoped: map[string]any{}},
 		"Info":         {scoped: map[string]any{}},
 		// Workspace names are per user: bob's create makes his own.
-		"CreateWorkspace":  {scoped: map[string]any{"name": "bob-ws", "size": 64 << 20}},
-		"ListWorkspaces":   {scoped: map[string]any{}},
-		"InspectWorkspace": {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
-		"RemoveWorkspace":  {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
-		"ExportWorkspace":  {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
-		"ImportWorkspace":  {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "source": "x"} })},
+		"CreateWorkspace":   {scoped: map[string]any{"name": "bob-ws", "size": 64 << 20}},
+		"ListWorkspaces":    {scoped: map[string]any{}},
+		"InspectWorkspace":  {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
+		"RemoveWorkspace":   {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
+		"ExportWorkspace":   {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r} })},
+		"ImportWorkspace":   {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "source": "x"} })},
+		"SnapshotWorkspace": {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "snapshot": "s"} })},
+		"RestoreWorkspace":  {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "snapshot": "s"} })},
+		"CloneWorkspace":    {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "name": "bob-clone"} })},
+		"ResizeWorkspace":   {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "size": 128 << 20} })},
 	}
 
 	// The methods the running daemon serves, from its own description.
