@@ -39,7 +39,7 @@ func TestWorkspaceSnapshotClone(t *testing.T) {
 		}
 	}
 	e.cli(t, nil, "workspace", "create", "proj", "--from", src, "--size", "128MiB").ok(t, "workspace create proj")
-	e.cli(t, nil, "workspace", "snapshot", "proj", "s1").ok(t, "workspace snapshot proj s1")
+	t.Logf("paddock workspace snapshot proj s1:\n%s", e.cli(t, nil, "workspace", "snapshot", "proj", "s1").ok(t, "workspace snapshot proj s1"))
 	if ws := inspectWorkspace(t, e, "proj"); len(ws.Snapshots) != 1 || ws.Snapshots[0].Name != "s1" || ws.Snapshots[0].Size != 128<<20 {
 		t.Fatalf("snapshots after snapshot s1: %+v", ws.Snapshots)
 	}
@@ -67,8 +67,8 @@ func TestWorkspaceSnapshotClone(t *testing.T) {
 
 	// Clone: instant and small; a change in it leaves proj alone.
 	began := time.Now()
-	e.cli(t, nil, "workspace", "clone", "proj", "c1").ok(t, "workspace clone proj c1")
-	t.Logf("workspace clone took %s", time.Since(began))
+	out := e.cli(t, nil, "workspace", "clone", "proj", "c1").ok(t, "workspace clone proj c1")
+	t.Logf("workspace clone took %s:\n%s", time.Since(began), out)
 	c1 := inspectWorkspace(t, e, "c1")
 	if top := topLayer(t, e, c1.ID); top > 1<<20 {
 		t.Fatalf("the clone takes %d bytes on disk right after clone, want <= 1 MiB", top)
@@ -95,7 +95,7 @@ func TestWorkspaceSnapshotClone(t *testing.T) {
 	}
 
 	// Resize: the guest sees a bigger file system.
-	e.cli(t, nil, "workspace", "resize", "c1", "256MiB").ok(t, "workspace resize c1 256MiB")
+	t.Logf("paddock workspace resize c1 256MiB:\n%s", e.cli(t, nil, "workspace", "resize", "c1", "256MiB").ok(t, "workspace resize c1 256MiB"))
 	e.cli(t, nil, "start", "w2").ok(t, "start w2 after the resize")
 	if after := guestDiskSize(t, e, "w2"); after < before+100<<20 {
 		t.Fatalf("df in the guest: %d bytes after the resize, %d before", after, before)
