@@ -71,10 +71,12 @@ type ResizeWorkspace struct {
 }
 
 // commit saves next as ws's record, then drops what it no longer names:
-// the old top and unneeded layers. A failed save drops next's new files.
+// the old top and unneeded layers. A failed save drops next's new files
+// and layers instead.
 func (a *workspacesActor) commit(ws, next *state.Workspace) error {
 	if err := a.d.Store.Save(next); err != nil {
 		a.dropStrays(ws)
+		a.sweepLayers()
 		return err
 	}
 	*ws = *next
