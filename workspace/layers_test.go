@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/internal/looptest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/workspace"
@@ -114,4 +117,46 @@ func TestGrowRefusesDamaged(t *testing.T) {
 	if st, _ := os.Stat(bad); st.Size() != 1<<20 {
 		t.Fatalf("the damaged volume was changed: %d bytes", st.Size())
 	}
+}
+
+// On a file system with reflinks (a loop-backed xfs) a new top over a raw
+// layer is a FICLONE: raw, the layer's bytes, sharing its extents (no
+// blocks of its own until written), and needs no backing.
+func TestNewTopReflink(t *testing.T) {
+	requireTools(t)
+	root := looptest.XFSDir(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	wsDir, layers := filepath.Join(root, "ws"), filepath.Join(root, state.LayersDir)
+	for _, d := range []string{wsDir, layers} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	layer := filepath.Join(layers, "l1.ext4")
+	tree := tarOf(t, entry{h: tar.Header{Name: "a.txt", Typeflag: tar.TypeReg}, body: "v1\n"})
+	if _, err := workspace.Build(ctx, tree, layer, workspace.Spec{Name: "proj", Size: 64 << 20, UID: 1000, GID: 1000, ScratchDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	var before unix.Statfs_t
+	if err := unix.Statfs(root, &before); err != nil {
+		t.Fatal(err)
+	}
+	top, how, err := workspace.Layers{}.NewTop(ctx, wsDir, layer, 64<<20)
+	if err != nil || how != workspace.TopReflink || state.LayerFormat(top) != "raw" {
+		t.Fatalf("new top on xfs: %s %s %v, want a raw reflink", top, how, err)
+	}
+	var after unix.Statfs_t
+	if err := unix.Statfs(root, &after); err != nil {
+		t.Fatal(err)
+	}
+	if used := int64(before.Bfree-after.Bfree) * after.Bsize; used > 1<<20 {
+		t.Fatalf("the reflinked top took %d bytes of the file system", used)
+	}
+	a, _ := os.ReadFile(layer)
+	b, _ := os.ReadFile(filepath.Join(wsDir, top))
+	if !bytes.Equal(a, b) {
+		t.Fatal("the reflinked top differs from its layer")
+	}
+	fsckClean(t, filepath.Join(wsDir, top))
 }
