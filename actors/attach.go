@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 
@@ -102,7 +103,7 @@ func (a *vmActor) workspacesUp(ctx actor.Context, handle any) error {
 	b := a.op.plan
 	mounts := make([]guestboot.Mount, len(h.Items))
 	for i, it := range h.Items {
-		b.vmm.Disks = append(b.vmm.Disks, vmm.Disk{Path: it.Volume, Format: vmm.FormatRaw, ReadOnly: it.ReadOnly})
+		b.vmm.Disks = append(b.vmm.Disks, vmm.Disk{Path: it.Volume, Format: cmp.Or(it.Format, vmm.FormatRaw), ReadOnly: it.ReadOnly})
 		mounts[i] = guestboot.Mount{Device: it.Device, Path: it.Path, ReadOnly: it.ReadOnly, UID: it.UID, GID: it.GID}
 	}
 	cfg, err := guestConfig(b.imgConfig, a.vm.Spec, mounts)

@@ -41,6 +41,10 @@ var (
 	// recorded, and after its volume is in place but before its record
 	// says ready.
 	WorkspaceFailpoints = []string{"workspace-create-intent", "workspace-create-built"}
+	// SnapshotFailpoints are a snapshot's (its top frozen as a layer, the
+	// record not yet saved) and a clone's (its "creating" record written,
+	// before its top layer is made).
+	SnapshotFailpoints = []string{"workspace-snapshot-frozen", "workspace-clone-intent"}
 	// FailpointNames are every crash point of a VM's start and stop, for
 	// tests that loop over them (workspaces have their own).
 	FailpointNames = append(append([]string(nil), StartFailpoints...), StopFailpoints...)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -51,6 +52,9 @@ type WorkspaceDeps struct {
 	Build WorkspaceBuild
 	// Export reads a volume out (ExportWorkspace).
 	Export WorkspaceExport
+	// Layers make new top layers (snapshot, restore, clone) and flatten
+	// and grow volumes (resize).
+	Layers WorkspaceLayers
 	// Used reports the bytes a volume takes on the host.
 	Used func(path string) int64
 	// BuildTimeout bounds one build; default DefaultWorkspaceBuildTimeout.
@@ -164,7 +168,7 @@ type workspaceIODone struct {
 	id     uint64
 	ws     *state.Workspace
 	op     string
-	source string
+	commit func(*state.Workspace)
 	done   chan WorkspaceResult
 	err    error
 }
@@ -218,6 +222,9 @@ type workspacesActor struct {
 	// done to it. Kept across a restart of the actor, like claims: the
 	// goroutine doing it reports its end to the new one.
 	busy map[string]string
+	// corrupt: some record could not be read, so the layers it names are
+	// unknown and none is swept.
+	corrupt bool
 }
 
 // newWorkspacesActor serves workspaces with claims, which only the
@@ -246,6 +253,7 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		for _, s := range swept {
 			a.log.Info("swept what a crash left of a workspace", "workspace_id", strings.TrimPrefix(s, ".deleted-"))
 		}
+		a.corrupt = len(corrupt) > 0
 		for _, err := range corrupt {
 			a.log.Warn("workspace record unreadable: left on disk, not served", "err", err)
 		}
@@ -302,6 +310,14 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		ctx.Respond(&WorkspaceResult{Workspace: &info})
 	case *RemoveWorkspace:
 		ctx.Respond(a.remove(ctx, m))
+	case *SnapshotWorkspace:
+		ctx.Respond(a.snapshot(m))
+	case *RestoreWorkspace:
+		ctx.Respond(a.restore(m))
+	case *CloneWorkspace:
+		ctx.Respond(a.clone(ctx, m))
+	case *ResizeWorkspace:
+		a.resize(ctx, m)
 	case *AttachWorkspaces:
 		ctx.Respond(a.attach(m))
 	case *DetachWorkspaces:
@@ -343,7 +359,7 @@ func (a *workspacesActor) attach(m *AttachWorkspaces) *AttachResult {
 					Msg: fmt.Sprintf("workspace %s is attached read-only to VM %s: a read-write attach needs it free (attach it read-only with :ro, or stop %s)", ws.Name, c.vmName, c.vmName)}}
 			}
 		}
-		items = append(items, state.WorkspaceAttached{WorkspaceMount: mt, Volume: a.d.Store.Volume(ws.ID), UID: ws.UID, GID: ws.GID})
+		items = append(items, state.WorkspaceAttached{WorkspaceMount: mt, Volume: a.d.Store.TopPath(ws), Format: ws.TopFormat(), UID: ws.UID, GID: ws.GID})
 	}
 	a.detach(m.VMID)
 	for _, it := range items {
@@ -381,7 +397,7 @@ func (a *workspacesActor) holders(id string) []WorkspaceHolder {
 func (a *workspacesActor) info(ws *state.Workspace) WorkspaceInfo {
 	i := WorkspaceInfo{Workspace: *ws, Attached: a.holders(ws.ID)}
 	if ws.Status == state.WorkspaceReady && a.d.Used != nil {
-		i.Used = a.d.Used(a.d.Store.Volume(ws.ID))
+		i.Used = a.d.Used(a.d.Store.TopPath(ws))
 	}
 	return i
 }
@@ -531,6 +547,7 @@ func (a *workspacesActor) remove(ctx actor.Context, m *RemoveWorkspace) *Workspa
 		return &WorkspaceResult{Err: err}
 	}
 	delete(a.ws, ws.ID)
+	a.sweepLayers()
 	a.log.Info("workspace removed", "workspace", ws.Name, "workspace_id", ws.ID, "owner_uid", ws.OwnerUID)
 	a.emit(ctx, api.EventWorkspaceRemoved, ws)
 	info := WorkspaceInfo{Workspace: *ws}
@@ -569,8 +586,8 @@ func (a *workspacesActor) export(ctx actor.Context, m *ExportWorkspace) {
 		fail(err)
 		return
 	}
-	run, vol, snapshot := a.d.Export, a.d.Store.Volume(ws.ID), *ws
-	a.startIO(ctx, m.ID, ws, "exported", "", m.Done, func(bctx context.Context) error {
+	run, vol, snapshot := a.d.Export, a.d.Store.TopPath(ws), *ws
+	a.startIO(ctx, m.ID, ws, "exported", nil, m.Done, func(bctx context.Context) error {
 		stop := context.AfterFunc(bctx, func() { _ = m.Out.Close() })
 		defer stop()
 		err := run(bctx, m.Out, vol, snapshot, m.Part)
@@ -599,8 +616,15 @@ func (a *workspacesActor) importTree(ctx actor.Context, m *ImportWorkspace) {
 		fail(err)
 		return
 	}
-	build, vol, snapshot := a.d.Build, a.d.Store.Volume(ws.ID), *ws
-	a.startIO(ctx, m.ID, ws, "imported", m.Source, m.Done, func(bctx context.Context) error {
+	// The new volume is a new raw top: the record names it (and no
+	// backing) only once it is complete, and the old chain goes; the
+	// snapshots stay.
+	top := "top-" + state.NewID() + ".ext4"
+	build, vol, snapshot, source := a.d.Build, filepath.Join(a.d.Store.Dir(ws.ID), top), *ws, m.Source
+	commit := func(next *state.Workspace) {
+		next.Top, next.Backing, next.Source = top, nil, source
+	}
+	a.startIO(ctx, m.ID, ws, "imported", commit, m.Done, func(bctx context.Context) error {
 		stop := context.AfterFunc(bctx, func() { _ = m.Tar.Close() })
 		defer stop()
 		err := build(bctx, m.Tar, vol, snapshot)
@@ -625,7 +649,9 @@ func (a *workspacesActor) ioTarget(c Caller, ref string) (*state.Workspace, erro
 	return ws, nil
 }
 
-func (a *workspacesActor) startIO(ctx actor.Context, id uint64, ws *state.Workspace, op, source string, done chan WorkspaceResult, run func(context.Context) error) {
+// startIO runs run off the mailbox with ws held busy as op; when it
+// succeeds, commit (if any) changes the record, which is saved.
+func (a *workspacesActor) startIO(ctx actor.Context, id uint64, ws *state.Workspace, op string, commit func(*state.Workspace), done chan WorkspaceResult, run func(context.Context) error) {
 	a.busy[ws.ID] = op
 	bctx, cancel := context.WithTimeout(context.Background(), a.d.BuildTimeout)
 	a.building[id] = cancel
@@ -636,7 +662,7 @@ func (a *workspacesActor) startIO(ctx actor.Context, id uint64, ws *state.Worksp
 		if bctx.Err() != nil {
 			err = bctx.Err()
 		}
-		root.Send(self, &workspaceIODone{id: id, ws: ws, op: op, source: source, done: done, err: err})
+		root.Send(self, &workspaceIODone{id: id, ws: ws, op: op, commit: commit, done: done, err: err})
 	}()
 }
 
@@ -654,14 +680,15 @@ func (a *workspacesActor) ioDone(m *workspaceIODone) {
 	} else if errors.Is(err, context.DeadlineExceeded) {
 		err = errdefs.Newf(errdefs.ErrDeadlineExceeded, "workspace %s: not %s within %s", ws.Name, m.op, a.d.BuildTimeout)
 	}
-	if err == nil && m.op == "imported" {
-		if cur, ok := a.ws[ws.ID]; ok {
-			cur.Source = m.source
-			if serr := a.d.Store.Save(cur); serr != nil {
-				log.Warn("saving the record of an imported workspace", "err", serr)
-			}
-			ws = cur
+	if cur, ok := a.ws[ws.ID]; ok && m.commit != nil {
+		if err == nil {
+			next := *cur
+			m.commit(&next)
+			err = a.commit(cur, &next)
+		} else {
+			a.dropStrays(cur)
 		}
+		ws = cur
 	}
 	if err != nil {
 		log.Warn("workspace not "+m.op, "err", err)

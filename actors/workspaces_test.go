@@ -31,6 +31,47 @@ type fakeBuild struct {
 	// exportGate, when set, holds an export until it is closed;
 	// exportStarted, when set, is told an export started.
 	exportGate, exportStarted chan struct{}
+	// overlay: new top layers are "overlays" (a file "@LAYER" read
+	// through to it) rather than copies.
+	overlay bool
+}
+
+// readChain reads a fake volume through its overlays.
+func readChain(path string) ([]byte, error) {
+	for {
+		b, err := os.ReadFile(path)
+		if err != nil || !strings.HasPrefix(string(b), "@") {
+			return b, err
+		}
+		path = string(b[1:])
+	}
+}
+
+// NewTop copies the layer (a reflink) or points at it (an overlay).
+func (f *fakeBuild) NewTop(ctx context.Context, dir, layer string, size int64) (string, string, error) {
+	if f.overlay {
+		name := "top-" + state.NewID() + ".qcow2"
+		return name, topOverlay, os.WriteFile(filepath.Join(dir, name), []byte("@"+layer), 0o600)
+	}
+	b, err := os.ReadFile(layer)
+	if err != nil {
+		return "", "", err
+	}
+	name := "top-" + state.NewID() + ".ext4"
+	return name, "reflink", os.WriteFile(filepath.Join(dir, name), b, 0o600)
+}
+
+func (f *fakeBuild) Flatten(ctx context.Context, top, out string) error {
+	b, err := readChain(top)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, b, 0o600)
+}
+
+func (f *fakeBuild) Grow(ctx context.Context, raw string, size int64) error {
+	_, err := os.Stat(raw)
+	return err
 }
 
 // export copies the volume to w.
@@ -45,7 +86,7 @@ func (f *fakeBuild) export(ctx context.Context, w io.Writer, vol string, ws stat
 			return ctx.Err()
 		}
 	}
-	data, err := os.ReadFile(vol)
+	data, err := readChain(vol)
 	if err != nil {
 		return err
 	}
@@ -97,7 +138,7 @@ func startWorkspacesWithin(t *testing.T, dir string, fb *fakeBuild, timeout time
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sys, err := Start(ctx, Deps{Store: st, Defaults: func() config.Defaults { return config.Default().Defaults },
-		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Export: fb.export, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
+		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Export: fb.export, Layers: fb, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +342,7 @@ func TestWorkspacesFailedBuildLeavesNothing(t *testing.T) {
 	if _, err := h.create(t, wsAlice, "bad", "x"); err == nil || !strings.Contains(err.Error(), "dev/null") {
 		t.Fatalf("failed build: %v", err)
 	}
-	es, _ := os.ReadDir(h.store.Root)
+	es, _ := workspaceDirs(h.store)
 	if len(es) != 0 || len(h.names(t, admin)) != 0 {
 		t.Fatalf("a failed build left %v", es)
 	}
@@ -402,7 +443,7 @@ func TestWorkspaceBuildDeadline(t *testing.T) {
 	if !errdefs.IsDeadlineExceeded(err) || !strings.Contains(err.Error(), "not built within 200ms") {
 		t.Fatalf("a build past its deadline: %v", err)
 	}
-	if es, _ := os.ReadDir(h.store.Root); len(es) != 0 || len(h.names(t, admin)) != 0 {
+	if es, _ := workspaceDirs(h.store); len(es) != 0 || len(h.names(t, admin)) != 0 {
 		t.Fatalf("a build past its deadline left %v", es)
 	}
 }
@@ -545,4 +586,11 @@ func TestWorkspacesExportImport(t *testing.T) {
 	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v2" {
 		t.Fatalf("export after a failed import: %q, %v", got, err)
 	}
+}
+
+// workspaceDirs are the entries of the store but its (shared) layers
+// directory.
+func workspaceDirs(s *state.WorkspaceStore) ([]os.DirEntry, error) {
+	es, err := os.ReadDir(s.Root)
+	return slices.DeleteFunc(es, func(e os.DirEntry) bool { return e.Name() == state.LayersDir }), err
 }

@@ -593,6 +593,35 @@ type Workspace struct {
 	// Attached are the VMs it is attached to (starting, running or
 	// stopping).
 	Attached []WorkspaceHolder `json:"attached"`
+	// Snapshots are its snapshots, oldest first.
+	Snapshots []WorkspaceSnapshot `json:"snapshots"`
+}
+
+// WorkspaceSnapshot is a frozen state of a workspace.
+type WorkspaceSnapshot struct {
+	Name    string `json:"name"`
+	Size    int64  `json:"size"`
+	Created string `json:"created"`
+}
+
+// WorkspaceSnapshotIn names a workspace and one of its snapshots
+// (SnapshotWorkspace, RestoreWorkspace).
+type WorkspaceSnapshotIn struct {
+	Workspace string `json:"workspace"`
+	Snapshot  string `json:"snapshot"`
+}
+
+// CloneWorkspaceIn are CloneWorkspace's parameters.
+type CloneWorkspaceIn struct {
+	Workspace string `json:"workspace"`
+	Name      string `json:"name"`
+	Snapshot  string `json:"snapshot,omitempty"`
+}
+
+// ResizeWorkspaceIn are ResizeWorkspace's parameters.
+type ResizeWorkspaceIn struct {
+	Workspace string `json:"workspace"`
+	Size      int64  `json:"size"`
 }
 
 // CreateWorkspaceIn are CreateWorkspace's parameters; the tar stream, if

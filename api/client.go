@@ -344,3 +344,33 @@ func (c *Client) RemoveWorkspace(ctx context.Context, ref string) (*Workspace, e
 	}
 	return &out.Workspace, nil
 }
+
+// workspaceCall makes one workspace call answered with a Workspace.
+func (c *Client) workspaceCall(ctx context.Context, method string, in any) (*Workspace, error) {
+	var out WorkspaceOut
+	if err := c.Call(ctx, Interface+"."+method, in, &out); err != nil {
+		return nil, err
+	}
+	return &out.Workspace, nil
+}
+
+// SnapshotWorkspace freezes a workspace's current state as snapshot.
+func (c *Client) SnapshotWorkspace(ctx context.Context, ref, snapshot string) (*Workspace, error) {
+	return c.workspaceCall(ctx, "SnapshotWorkspace", WorkspaceSnapshotIn{Workspace: ref, Snapshot: snapshot})
+}
+
+// RestoreWorkspace brings a workspace back to its snapshot.
+func (c *Client) RestoreWorkspace(ctx context.Context, ref, snapshot string) (*Workspace, error) {
+	return c.workspaceCall(ctx, "RestoreWorkspace", WorkspaceSnapshotIn{Workspace: ref, Snapshot: snapshot})
+}
+
+// CloneWorkspace makes a new workspace from a snapshot of another (its
+// current state when in.Snapshot is empty).
+func (c *Client) CloneWorkspace(ctx context.Context, in CloneWorkspaceIn) (*Workspace, error) {
+	return c.workspaceCall(ctx, "CloneWorkspace", in)
+}
+
+// ResizeWorkspace grows a workspace to size bytes.
+func (c *Client) ResizeWorkspace(ctx context.Context, ref string, size int64) (*Workspace, error) {
+	return c.workspaceCall(ctx, "ResizeWorkspace", ResizeWorkspaceIn{Workspace: ref, Size: size})
+}

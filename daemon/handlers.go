@@ -19,39 +19,43 @@ import (
 // (TestDispatchMatchesInterface).
 func (d *Daemon) dispatch() map[string]varlink.Handler {
 	t := map[string]varlink.Handler{
-		"Create":           d.create,
-		"Get":              d.get,
-		"List":             d.list,
-		"Set":              d.set,
-		"Start":            d.start,
-		"Stop":             d.stop,
-		"Delete":           d.delete,
-		"Events":           d.events,
-		"PullImage":        d.pullImage,
-		"ImportImage":      d.importImage,
-		"ListImages":       d.listImages,
-		"InspectImage":     d.inspectImage,
-		"RemoveImage":      d.removeImage,
-		"PruneImages":      d.pruneImages,
-		"ImportKernel":     d.importKernel,
-		"ListKernels":      d.listKernels,
-		"RemoveKernel":     d.removeKernel,
-		"Exec":             d.exec,
-		"Logs":             d.logs,
-		"Console":          d.console,
-		"Stats":            d.stats,
-		"CreateWorkspace":  d.createWorkspace,
-		"ListWorkspaces":   d.listWorkspaces,
-		"InspectWorkspace": d.inspectWorkspace,
-		"RemoveWorkspace":  d.removeWorkspace,
-		"ExportWorkspace":  d.exportWorkspace,
-		"ImportWorkspace":  d.importWorkspace,
-		"PullWorkspace":    d.pullWorkspace,
-		"PushWorkspace":    d.pushWorkspace,
-		"CopyOut":          d.copyOut,
-		"CopyIn":           d.copyIn,
-		"Version":          d.version,
-		"Info":             d.info,
+		"Create":            d.create,
+		"Get":               d.get,
+		"List":              d.list,
+		"Set":               d.set,
+		"Start":             d.start,
+		"Stop":              d.stop,
+		"Delete":            d.delete,
+		"Events":            d.events,
+		"PullImage":         d.pullImage,
+		"ImportImage":       d.importImage,
+		"ListImages":        d.listImages,
+		"InspectImage":      d.inspectImage,
+		"RemoveImage":       d.removeImage,
+		"PruneImages":       d.pruneImages,
+		"ImportKernel":      d.importKernel,
+		"ListKernels":       d.listKernels,
+		"RemoveKernel":      d.removeKernel,
+		"Exec":              d.exec,
+		"Logs":              d.logs,
+		"Console":           d.console,
+		"Stats":             d.stats,
+		"CreateWorkspace":   d.createWorkspace,
+		"ListWorkspaces":    d.listWorkspaces,
+		"InspectWorkspace":  d.inspectWorkspace,
+		"RemoveWorkspace":   d.removeWorkspace,
+		"ExportWorkspace":   d.exportWorkspace,
+		"ImportWorkspace":   d.importWorkspace,
+		"SnapshotWorkspace": d.snapshotWorkspace,
+		"RestoreWorkspace":  d.restoreWorkspace,
+		"CloneWorkspace":    d.cloneWorkspace,
+		"ResizeWorkspace":   d.resizeWorkspace,
+		"PullWorkspace":     d.pullWorkspace,
+		"PushWorkspace":     d.pushWorkspace,
+		"CopyOut":           d.copyOut,
+		"CopyIn":            d.copyIn,
+		"Version":           d.version,
+		"Info":              d.info,
 	}
 	out := make(map[string]varlink.Handler, len(t))
 	for name, h := range t {
@@ -344,7 +348,8 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 func isImport(method string) bool {
 	return method == api.Interface+".PullImage" || method == api.Interface+".ImportImage" || method == api.Interface+".Exec" || method == api.Interface+".Console" ||
 		method == api.Interface+".CreateWorkspace" || method == api.Interface+".ExportWorkspace" || method == api.Interface+".ImportWorkspace" ||
-		method == api.Interface+".CopyOut" || method == api.Interface+".CopyIn" || method == api.Interface+".PullWorkspace" || method == api.Interface+".PushWorkspace"
+		method == api.Interface+".CopyOut" || method == api.Interface+".CopyIn" || method == api.Interface+".PullWorkspace" || method == api.Interface+".PushWorkspace" ||
+		method == api.Interface+".ResizeWorkspace"
 }
 
 // callTimeout bounds one call: boots and shutdowns are bounded by the VM

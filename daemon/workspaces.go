@@ -18,7 +18,15 @@ import (
 
 func workspaceToAPI(w *actors.WorkspaceInfo) api.Workspace {
 	return api.Workspace{ID: w.ID, Name: w.Name, OwnerUID: w.OwnerUID, Status: string(w.Status), Size: w.Size, Used: w.Used,
-		UID: w.UID, GID: w.GID, Source: w.Source, Created: stamp(w.CreatedAt), Attached: holdersToAPI(w.Attached)}
+		UID: w.UID, GID: w.GID, Source: w.Source, Created: stamp(w.CreatedAt), Attached: holdersToAPI(w.Attached), Snapshots: snapshotsToAPI(w.Snapshots)}
+}
+
+func snapshotsToAPI(ss []state.Snapshot) []api.WorkspaceSnapshot {
+	out := make([]api.WorkspaceSnapshot, len(ss))
+	for i, s := range ss {
+		out[i] = api.WorkspaceSnapshot{Name: s.Name, Size: s.Size, Created: stamp(s.CreatedAt)}
+	}
+	return out
 }
 
 func holdersToAPI(hs []actors.WorkspaceHolder) []api.WorkspaceHolder {
@@ -116,7 +124,7 @@ func (d *Daemon) exportWorkspaceTree(ctx context.Context, w io.Writer, vol strin
 	if err := os.MkdirAll(cfg.Images.ScratchDir, 0o750); err != nil {
 		return fmt.Errorf("scratch dir %s: %w", cfg.Images.ScratchDir, err)
 	}
-	spec := workspace.ExportSpec{Name: ws.Name, ScratchDir: cfg.Images.ScratchDir}
+	spec := workspace.ExportSpec{Name: ws.Name, ScratchDir: cfg.Images.ScratchDir, Layers: d.workspaceLayers()}
 	if part != nil {
 		spec.Part, spec.PartName = &part.Path, part.Name
 	}
@@ -217,4 +225,58 @@ func (d *Daemon) removeWorkspace(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	return c.Reply(api.WorkspaceOut{Workspace: workspaceToAPI(r.Workspace)})
+}
+
+// workspaceLayers make and read the layers of snapshots, restores, clones
+// and resizes.
+func (d *Daemon) workspaceLayers() workspace.Layers {
+	return workspace.Layers{Log: d.log.With("actor", actors.NameWorkspaces)}
+}
+
+// workspaceRequest decodes a call's parameters into in, sends the message
+// msg(caller) makes of them to the Workspaces actor and replies with the
+// workspace.
+func workspaceRequest[In any](d *Daemon, ctx context.Context, c *varlink.Call, msg func(actors.Caller, *In) any) error {
+	var in In
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	r, err := d.actors.WorkspaceRequest(ctx, msg(d.auth.caller(c.Peer), &in))
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.WorkspaceOut{Workspace: workspaceToAPI(r.Workspace)})
+}
+
+func (d *Daemon) snapshotWorkspace(ctx context.Context, c *varlink.Call) error {
+	return workspaceRequest(d, ctx, c, func(cl actors.Caller, in *api.WorkspaceSnapshotIn) any {
+		return &actors.SnapshotWorkspace{Caller: cl, Ref: in.Workspace, Snapshot: in.Snapshot}
+	})
+}
+
+func (d *Daemon) restoreWorkspace(ctx context.Context, c *varlink.Call) error {
+	return workspaceRequest(d, ctx, c, func(cl actors.Caller, in *api.WorkspaceSnapshotIn) any {
+		return &actors.RestoreWorkspace{Caller: cl, Ref: in.Workspace, Snapshot: in.Snapshot}
+	})
+}
+
+func (d *Daemon) cloneWorkspace(ctx context.Context, c *varlink.Call) error {
+	return workspaceRequest(d, ctx, c, func(cl actors.Caller, in *api.CloneWorkspaceIn) any {
+		return &actors.CloneWorkspace{Caller: cl, Ref: in.Workspace, Name: in.Name, Snapshot: in.Snapshot}
+	})
+}
+
+func (d *Daemon) resizeWorkspace(ctx context.Context, c *varlink.Call) error {
+	var in api.ResizeWorkspaceIn
+	if err := c.Decode(&in); err != nil {
+		return err
+	}
+	if in.Size < workspace.MinSize || in.Size > workspace.MaxSize {
+		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "size", Msg: fmt.Sprintf("workspace size %d is out of range (%d MiB to %d TiB)", in.Size, workspace.MinSize>>20, workspace.MaxSize>>40)}
+	}
+	w, err := d.actors.ResizeWorkspace(ctx, actors.ResizeWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Size: in.Size})
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.WorkspaceOut{Workspace: workspaceToAPI(w)})
 }

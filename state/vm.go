@@ -98,7 +98,8 @@ type AttachRuntime struct {
 type WorkspaceAttached struct {
 	WorkspaceMount
 	Volume string `json:"volume"`
-	Device string `json:"device"` // in the guest: /dev/vdc, /dev/vdd, ...
+	Format string `json:"format,omitempty"` // of Volume: "raw" ("") or "qcow2"
+	Device string `json:"device"`           // in the guest: /dev/vdc, /dev/vdd, ...
 	UID    uint32 `json:"uid"`
 	GID    uint32 `json:"gid"`
 }

@@ -38,10 +38,76 @@ type Workspace struct {
 	// "git:URL[#REF]", as the caller named it.
 	Source    string    `json:"source,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Top is the writable top layer: a file in the workspace's directory,
+	// raw unless its name ends in .qcow2 (then an overlay over Backing).
+	// "" is volume.ext4, the layer a creation builds.
+	Top string `json:"top,omitempty"`
+	// Backing are the frozen layers under Top, nearest first: files in
+	// workspaces/.layers/, which a snapshot, restore or clone never
+	// rewrites. A raw Top has none.
+	Backing []string `json:"backing,omitempty"`
+	// Snapshots are the named frozen states, oldest first.
+	Snapshots []Snapshot `json:"snapshots,omitempty"`
 }
 
+// Snapshot is a frozen state of a workspace: Layers are its chain in
+// workspaces/.layers/, the frozen top first; Size is the volume's size then.
+type Snapshot struct {
+	Name      string    `json:"name"`
+	Layers    []string  `json:"layers"`
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Snapshot returns ws's snapshot called name, or nil.
+func (ws *Workspace) Snapshot(name string) *Snapshot {
+	for i := range ws.Snapshots {
+		if ws.Snapshots[i].Name == name {
+			return &ws.Snapshots[i]
+		}
+	}
+	return nil
+}
+
+// TopFile is the file name of ws's top layer in its directory.
+func (ws *Workspace) TopFile() string {
+	if ws.Top == "" {
+		return volumeFile
+	}
+	return ws.Top
+}
+
+// TopFormat is the format of ws's top layer: "raw" or "qcow2".
+func (ws *Workspace) TopFormat() string { return LayerFormat(ws.TopFile()) }
+
+// LayerFormat is the format of a layer file, by its name.
+func LayerFormat(name string) string {
+	if strings.HasSuffix(name, ".qcow2") {
+		return "qcow2"
+	}
+	return "raw"
+}
+
+// layers are every frozen layer ws needs: its top's backing and its
+// snapshots' chains.
+func (ws *Workspace) layers() []string {
+	out := append([]string(nil), ws.Backing...)
+	for _, sn := range ws.Snapshots {
+		out = append(out, sn.Layers...)
+	}
+	return out
+}
+
+const (
+	volumeFile = "volume.ext4"
+	// LayersDir holds the frozen layers of every workspace, shared by the
+	// snapshots and clones that name them and removed when none does.
+	LayersDir = ".layers"
+)
+
 // WorkspaceStore keeps workspaces under <state>/workspaces/<id>/: meta.json
-// and volume.ext4. A removed workspace's directory is renamed to
+// and the top layer (volume.ext4 until a snapshot); frozen layers are in
+// <state>/workspaces/.layers/. A removed workspace's directory is renamed to
 // .deleted-<id> first (one atomic step), then deleted; start-up sweeps what
 // a crash left of either.
 type WorkspaceStore struct{ Root string }
@@ -52,14 +118,91 @@ func NewWorkspaceStore(stateDir string) (*WorkspaceStore, error) {
 	if err := MkdirPrivate(root); err != nil {
 		return nil, err
 	}
+	if err := MkdirPrivate(filepath.Join(root, LayersDir)); err != nil {
+		return nil, err
+	}
 	return &WorkspaceStore{Root: root}, nil
+}
+
+// TopPath is the path of ws's top layer.
+func (s *WorkspaceStore) TopPath(ws *Workspace) string {
+	return filepath.Join(s.Dir(ws.ID), ws.TopFile())
+}
+
+// Layer is the path of a frozen layer.
+func (s *WorkspaceStore) Layer(name string) string { return filepath.Join(s.Root, LayersDir, name) }
+
+// LayerRef is how an overlay in a workspace's directory (or in .layers)
+// names its backing layer: relative, so the state directory can move.
+func LayerRef(name string) string { return filepath.Join("..", LayersDir, name) }
+
+// Freeze gives ws's current top a second name in .layers (a hard link: no
+// data moves) and returns it. Nothing refers to it until the caller saves
+// a record naming it; a crash before that leaves a layer SweepLayers
+// removes.
+func (s *WorkspaceStore) Freeze(ws *Workspace) (string, error) {
+	name := NewID() + map[string]string{"raw": ".ext4", "qcow2": ".qcow2"}[ws.TopFormat()]
+	if err := os.Link(s.TopPath(ws), s.Layer(name)); err != nil {
+		return "", fmt.Errorf("workspace %s: freeze its top layer: %w", ws.Name, err)
+	}
+	if err := SyncDir(filepath.Join(s.Root, LayersDir)); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// SweepLayers removes the frozen layers no record in live names (the
+// layers of removed workspaces and dropped tops, and those a crash left
+// unreferenced) and returns them.
+func (s *WorkspaceStore) SweepLayers(live []*Workspace) ([]string, error) {
+	keep := map[string]bool{}
+	for _, ws := range live {
+		for _, l := range ws.layers() {
+			keep[l] = true
+		}
+	}
+	es, err := os.ReadDir(filepath.Join(s.Root, LayersDir))
+	if err != nil {
+		return nil, fmt.Errorf("read workspace layers: %w", err)
+	}
+	var gone []string
+	for _, e := range es {
+		if keep[e.Name()] {
+			continue
+		}
+		if err := os.Remove(s.Layer(e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return gone, fmt.Errorf("remove workspace layer %s: %w", e.Name(), err)
+		}
+		gone = append(gone, e.Name())
+	}
+	return gone, nil
+}
+
+// DropStrays removes the files of ws's directory its record does not name
+// (a top a snapshot, restore or import replaced; the partial files of an
+// operation cut short) and returns them.
+func (s *WorkspaceStore) DropStrays(ws *Workspace) ([]string, error) {
+	es, err := os.ReadDir(s.Dir(ws.ID))
+	if err != nil {
+		return nil, fmt.Errorf("read workspace %s: %w", ws.Name, err)
+	}
+	var gone []string
+	for _, e := range es {
+		if n := e.Name(); n != "meta.json" && n != ws.TopFile() {
+			if err := os.RemoveAll(filepath.Join(s.Dir(ws.ID), n)); err != nil {
+				return gone, err
+			}
+			gone = append(gone, n)
+		}
+	}
+	return gone, nil
 }
 
 // Dir is a workspace's directory.
 func (s *WorkspaceStore) Dir(id string) string { return filepath.Join(s.Root, id) }
 
 // Volume is a workspace's volume file.
-func (s *WorkspaceStore) Volume(id string) string { return filepath.Join(s.Root, id, "volume.ext4") }
+func (s *WorkspaceStore) Volume(id string) string { return filepath.Join(s.Root, id, volumeFile) }
 
 func (s *WorkspaceStore) meta(id string) string { return filepath.Join(s.Root, id, "meta.json") }
 
@@ -128,9 +271,11 @@ func (s *WorkspaceStore) Remove(id string) error {
 
 // LoadAll loads every ready workspace and sweeps what crashes left: removals cut
 // short (.deleted-*), builds cut short ("creating" records, directories
-// without a record, partial volumes) and the partial volumes of imports cut
-// short (the old volume stays). Corrupt records are kept on disk and
-// reported, never fatal.
+// without a record, partial volumes), the files of imports, snapshots,
+// restores and resizes cut short (the record names the old top or the new,
+// and the other goes) and the frozen layers no record names (unless a
+// record is unreadable: its layers are unknown, so all stay). Corrupt
+// records are kept on disk and reported, never fatal.
 func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt []error, err error) {
 	es, err := os.ReadDir(s.Root)
 	if err != nil {
@@ -160,17 +305,23 @@ func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt 
 			corrupt = append(corrupt, err)
 			continue
 		}
-		// An import cut short leaves its partial volume beside the old one,
-		// which stays.
-		if parts, _ := filepath.Glob(filepath.Join(s.Root, name, ".*.partial-*")); len(parts) > 0 {
-			for _, p := range parts {
-				if err := os.RemoveAll(p); err != nil {
-					return nil, nil, nil, err
-				}
-			}
-			swept = append(swept, name+" (an import cut short)")
+		gone, err := s.DropStrays(ws)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if len(gone) > 0 {
+			swept = append(swept, fmt.Sprintf("%s (an operation cut short: %s)", name, strings.Join(gone, ", ")))
 		}
 		ready = append(ready, ws)
+	}
+	if len(corrupt) == 0 {
+		gone, err := s.SweepLayers(ready)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		for _, g := range gone {
+			swept = append(swept, LayersDir+"/"+g)
+		}
 	}
 	sort.Slice(ready, func(i, j int) bool { return ready[i].CreatedAt.Before(ready[j].CreatedAt) })
 	return ready, swept, corrupt, nil

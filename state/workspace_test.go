@@ -11,18 +11,7 @@ import (
 // An import cut short leaves a partial volume beside a ready one: start-up
 // sweeps it and keeps the workspace and its volume.
 func TestWorkspaceLoadAllSweepsPartialImport(t *testing.T) {
-	s, err := NewWorkspaceStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws := &Workspace{ID: NewID(), Name: "proj", OwnerUID: 1000, Status: WorkspaceCreating, Size: 64 << 20, CreatedAt: time.Now().UTC()}
-	if err := s.Begin(ws); err != nil {
-		t.Fatal(err)
-	}
-	ws.Status = WorkspaceReady
-	if err := s.Save(ws); err != nil {
-		t.Fatal(err)
-	}
+	s, ws := readyWorkspace(t)
 	vol := s.Volume(ws.ID)
 	if err := os.WriteFile(vol, []byte("old"), 0o600); err != nil {
 		t.Fatal(err)
@@ -41,4 +30,99 @@ func TestWorkspaceLoadAllSweepsPartialImport(t *testing.T) {
 	if b, err := os.ReadFile(vol); err != nil || string(b) != "old" {
 		t.Fatalf("volume: %q %v", b, err)
 	}
+}
+
+// Frozen layers stay while a record names them (as a snapshot's chain or
+// its top's backing) and go when none does; a layer frozen by a snapshot
+// a crash cut short, and the new top it made, are swept, the old top
+// kept; an unreadable record keeps every layer (its own are unknown).
+func TestWorkspaceLoadAllSweepsLayers(t *testing.T) {
+	s, ws := readyWorkspace(t)
+	if err := os.WriteFile(s.TopPath(ws), []byte("top"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Freeze(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backing, err := s.Freeze(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.Top, ws.Backing = "top-1.qcow2", []string{backing}
+	ws.Snapshots = []Snapshot{{Name: "s1", Layers: []string{snap}, Size: ws.Size}}
+	if err := os.WriteFile(s.TopPath(ws), []byte("new top"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(ws); err != nil {
+		t.Fatal(err)
+	}
+	// A snapshot cut short: a frozen layer and a new top nobody names.
+	cut, err := s.Freeze(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir(ws.ID), "top-2.qcow2"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ready, swept, corrupt, err := s.LoadAll()
+	if err != nil || len(ready) != 1 || len(corrupt) != 0 {
+		t.Fatalf("ready %v corrupt %v err %v", ready, corrupt, err)
+	}
+	t.Logf("swept %v", swept)
+	for _, f := range []string{s.Layer(cut), filepath.Join(s.Dir(ws.ID), "top-2.qcow2"), s.Volume(ws.ID)} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s not swept: %v", f, err)
+		}
+	}
+	for _, f := range []string{s.Layer(snap), s.Layer(backing), s.TopPath(ws)} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("%s swept: %v", f, err)
+		}
+	}
+
+	// An unreadable record: nothing is swept from the layers.
+	bad := NewID()
+	if err := os.Mkdir(s.Dir(bad), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir(bad), "meta.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(ws.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, corrupt, err := s.LoadAll(); err != nil || len(corrupt) != 1 {
+		t.Fatalf("corrupt %v err %v", corrupt, err)
+	}
+	if _, err := os.Stat(s.Layer(snap)); err != nil {
+		t.Fatalf("a layer went although an unreadable record may name it: %v", err)
+	}
+	if err := os.RemoveAll(s.Dir(bad)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := s.LoadAll(); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ := os.ReadDir(s.Layer("")); len(es) != 0 {
+		t.Fatalf("layers left with no record: %d", len(es))
+	}
+}
+
+// readyWorkspace is a store with one ready workspace record (no volume).
+func readyWorkspace(t *testing.T) (*WorkspaceStore, *Workspace) {
+	t.Helper()
+	s, err := NewWorkspaceStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := &Workspace{ID: NewID(), Name: "proj", OwnerUID: 1000, Status: WorkspaceCreating, Size: 64 << 20, CreatedAt: time.Now().UTC()}
+	if err := s.Begin(ws); err != nil {
+		t.Fatal(err)
+	}
+	ws.Status = WorkspaceReady
+	if err := s.Save(ws); err != nil {
+		t.Fatal(err)
+	}
+	return s, ws
 }

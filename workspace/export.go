@@ -16,6 +16,7 @@ import (
 
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging/ext4"
+	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/tartree"
 )
 
@@ -30,6 +31,9 @@ type ExportSpec struct {
 	PartName   string
 	ScratchDir string // where the tree is dumped; default os.TempDir()
 	Tools      ext4.Tools
+	// Layers flatten a qcow2 top (and its backing chain) into a raw file
+	// in the scratch directory first, which debugfs can read.
+	Layers Layers
 }
 
 // ErrNoScratch: the scratch directory has no room for the tree.
@@ -37,7 +41,8 @@ var ErrNoScratch = errors.New("not enough scratch space")
 
 // Export writes the tree of the volume vol to w as a tar stream (no
 // owners: whoever unpacks it owns the files). The volume is read without
-// mounting it: checked with e2fsck -n, dumped with debugfs into a scratch
+// mounting it (a qcow2 top flattened into the scratch directory first):
+// checked with e2fsck -n, dumped with debugfs into a scratch
 // directory (removed always, whatever happens), then archived like
 // TarDir. An empty lost+found at the root, which mke2fs makes, is left
 // out. Hardlinks are linked again in the dump (one more
@@ -53,6 +58,13 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 		return fmt.Errorf("export scratch: %w", err)
 	}
 	defer removeTree(dir)
+	if state.LayerFormat(vol) == "qcow2" {
+		flat := filepath.Join(dir, "volume.raw")
+		if err := spec.Layers.Flatten(ctx, vol, flat); err != nil {
+			return fmt.Errorf("workspace %s: %w", spec.Name, err)
+		}
+		vol = flat
+	}
 	// The dump takes at most what the volume takes on the host.
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err == nil {

@@ -10,9 +10,10 @@ import (
 )
 
 func (c *cli) newWorkspaceCommand() *cobra.Command {
-	ws := &cobra.Command{Use: "workspace", Aliases: []string{"ws"}, Short: "Manage workspaces: persistent project volumes, independent of VMs (create, ls, inspect, rm, export, import, push, pull)"}
+	ws := &cobra.Command{Use: "workspace", Aliases: []string{"ws"}, Short: "Manage workspaces: persistent project volumes, independent of VMs (create, ls, inspect, rm, export, import, push, pull, snapshot, restore, clone, resize)"}
 	ws.AddCommand(c.newWorkspaceCreateCommand(), c.newWorkspaceLsCommand(), c.newWorkspaceInspectCommand(), c.newWorkspaceRmCommand(),
-		c.newWorkspaceExportCommand(), c.newWorkspaceImportCommand(), c.newWorkspacePushCommand(), c.newWorkspacePullCommand())
+		c.newWorkspaceExportCommand(), c.newWorkspaceImportCommand(), c.newWorkspacePushCommand(), c.newWorkspacePullCommand(),
+		c.newWorkspaceSnapshotCommand(), c.newWorkspaceRestoreCommand(), c.newWorkspaceCloneCommand(), c.newWorkspaceResizeCommand())
 	return ws
 }
 
@@ -24,7 +25,27 @@ func workspaceFields(w *api.Workspace) [][2]string {
 		{"Owner", itoa(w.OwnerUID)}, {"Files", itoa(w.UID) + ":" + itoa(w.GID)},
 		{"Source", orDash(w.Source)}, {"Created", w.Created},
 		{"Attached to", holdersText(w.Attached)},
+		{"Snapshots", snapshotsText(w.Snapshots)},
 	}
+}
+
+// workspaceFields prints w's fields (the human output of the workspace
+// commands answered with one workspace).
+func (c *cli) workspaceFields(w *api.Workspace) error {
+	fields(c.out, workspaceFields(w))
+	return nil
+}
+
+// snapshotsText lists a workspace's snapshots.
+func snapshotsText(ss []api.WorkspaceSnapshot) string {
+	if len(ss) == 0 {
+		return "(none)"
+	}
+	s := make([]string, len(ss))
+	for i, sn := range ss {
+		s[i] = sn.Name + " (" + humanBytes(sn.Size) + ", " + sn.Created + ")"
+	}
+	return strings.Join(s, ", ")
 }
 
 // holdersText lists the VMs a workspace is attached to.

@@ -91,10 +91,7 @@ dropped.`,
 
 // showWorkspace prints w's fields (or its JSON).
 func (c *cli) showWorkspace(w *api.Workspace) error {
-	return c.show(w, func() error {
-		fields(c.out, workspaceFields(w))
-		return nil
-	})
+	return c.show(w, func() error { return c.workspaceFields(w) })
 }
 
 func absPath(p string) string {

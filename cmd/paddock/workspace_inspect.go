@@ -9,11 +9,8 @@ import (
 )
 
 func (c *cli) newWorkspaceInspectCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "inspect WORKSPACE", Short: "Show a workspace: size, used, owner, source, uid:gid of its files, created", Args: exactly(1, "one workspace")}
+	cmd := &cobra.Command{Use: "inspect WORKSPACE", Short: "Show a workspace: size, used, owner, source, uid:gid of its files, created, snapshots", Args: exactly(1, "one workspace")}
 	return query(c, cmd, func(ctx context.Context, cl *api.Client, a []string) (*api.Workspace, error) {
 		return cl.InspectWorkspace(ctx, a[0])
-	}, func(w *api.Workspace) error {
-		fields(c.out, workspaceFields(w))
-		return nil
-	})
+	}, c.workspaceFields)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/internal/looptest"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,7 +58,7 @@ func benchCreate(b *testing.B, bk Backend, opts Options, base string, size int64
 	if err := os.MkdirAll(vmDir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	defer noLoopsOn(b, vmDir, base)
+	defer looptest.NoLoopsOn(b, vmDir, base)
 	var create, ref time.Duration
 	var extra int64
 	b.ResetTimer()

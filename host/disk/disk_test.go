@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/host/dm"
+	"github.com/paddock-vm/paddock/internal/looptest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
@@ -45,7 +46,7 @@ func envFor(t testing.TB, name string) (opts Options, images, skip string) {
 		if err := probeReflink(Options{Dir: root}); err != nil {
 			// The temp dir's file system has no reflinks (the probe tried
 			// FICLONE): test on a loop-mounted xfs.
-			root = xfsDir(t)
+			root = looptest.XFSDir(t)
 		}
 	}
 	images, vms := filepath.Join(root, "images"), filepath.Join(root, "vms")
@@ -97,7 +98,7 @@ func TestBackends(t *testing.T) {
 					if err := os.WriteFile(filepath.Join(vmDir, "vm.json"), []byte("{}"), 0o600); err != nil {
 						t.Fatal(err)
 					}
-					t.Cleanup(func() { noLoopsOn(t, vmDir, base) })
+					t.Cleanup(func() { looptest.NoLoopsOn(t, vmDir, base) })
 					plan := b.Plan(vmDir)
 					free0 := freeBytes(t, vmDir)
 					d, err := b.Create(context.Background(), vmDir, base, tc.size)
@@ -162,7 +163,7 @@ func TestBackends(t *testing.T) {
 					}
 					if name == DM {
 						noDMDevices(t, vmDir)
-						noLoopsOn(t, vmDir)
+						looptest.NoLoopsOn(t, vmDir)
 					}
 					if got := dirList(t, vmDir); !slices.Equal(got, want) {
 						t.Errorf("after Deactivate the vm dir holds %v, want %v", got, want)
@@ -205,7 +206,7 @@ func TestBackends(t *testing.T) {
 					if fileHash(t, base) != baseHash {
 						t.Fatal("the base changed")
 					}
-					noLoopsOn(t, vmDir, base)
+					looptest.NoLoopsOn(t, vmDir, base)
 					if name == DM {
 						noDMDevices(t, vmDir)
 					}
@@ -628,7 +629,7 @@ func TestDMReleaseWhileOpen(t *testing.T) {
 	b, _ := Get(DM, opts)
 	vmDir := filepath.Join(opts.Dir, "vm-open")
 	os.Mkdir(vmDir, 0o755)
-	t.Cleanup(func() { noLoopsOn(t, vmDir, base) })
+	t.Cleanup(func() { looptest.NoLoopsOn(t, vmDir, base) })
 	d, err := b.Create(context.Background(), vmDir, base, 128<<20)
 	if err != nil {
 		t.Fatal(err)

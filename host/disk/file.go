@@ -221,3 +221,45 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// CloneFile makes dst (new, mode 0600) a copy of src: with reflink, a
+// FICLONE (shared extents, no data moves; ErrUnsupported where the file
+// system has none), else a sparse copy. A failure leaves no dst.
+func CloneFile(ctx context.Context, dst, src string, reflink bool) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("disk: clone: %w", err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("disk: clone: %w", err)
+	}
+	out, err := claim(dst)
+	if err != nil {
+		return err
+	}
+	clone := sparseCopyFile
+	if reflink {
+		clone = reflinkFile
+	}
+	err = clone(ctx, out, in, st.Size())
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return err
+	}
+	return nil
+}
+
+// Run executes a helper tool (qemu-img, resize2fs...) under ctx; a failure
+// carries its output, bounded.
+func Run(ctx context.Context, name string, args ...string) error { return run(ctx, name, args...) }
+
+// SyncFile fsyncs the file at path.
+func SyncFile(path string) error { return syncFile(path) }

@@ -228,7 +228,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	}
 	for i, disk := range spec.Disks {
 		if disk.Format != vmm.FormatRaw {
-			return nil, fmt.Errorf("%w: disk %d is %s; firecracker takes raw disks only", vmm.ErrUnsupported, i, disk.Format)
+			// A workspace snapshotted or cloned on a host without reflinks
+			// is a qcow2 overlay; a resize flattens it into one raw file.
+			return nil, fmt.Errorf("%w: disk %d (%s) is %s; firecracker takes raw disks only (a workspace snapshotted, restored or cloned on a host without reflinks is qcow2: run it under QEMU, or flatten it with paddock workspace resize NAME SIZE, its size now)", vmm.ErrUnsupported, i, disk.Path, disk.Format)
 		}
 	}
 	bootArgs, err := KernelCmdline(spec)
