@@ -9,7 +9,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 export PADDOCK_TEST_CACHE ?= $(HOME)/.cache/paddock-test
 # Debian's guest kernel, unpacked (apt-get download + dpkg -x), for boot tests.
 export PADDOCK_KERNEL_DIR ?= $(PADDOCK_TEST_CACHE)/kernel
-TEST_TIMEOUT ?= 25m
+TEST_TIMEOUT ?= 40m
 
 .PHONY: all deps kernel build test unit e2e lint lint-go lint-shell bench demo stress deb deb-check clean
 

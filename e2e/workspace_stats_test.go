@@ -17,7 +17,7 @@ import (
 
 // Issue 12, item 7 and the long-running scenario: a VM whose entrypoint
 // keeps writing into its workspace is polled by the Stats actor for
-// minutes (its stats carry the workspace's use, which grows), is then
+// a minute and more (its stats carry the workspace's use, which grows), is then
 // auto-stopped like any idle VM (slow writes are not activity), and leaves
 // the volume clean and the data whole: every chunk the log names is there
 // at full size.
@@ -38,7 +38,7 @@ func TestWorkspaceStatsAutoStop(t *testing.T) {
 	const chunk = 64 << 10
 	writer := fmt.Sprintf(`i=0; while :; do dd if=/dev/urandom of=/workspace/chunk.$i bs=%d count=1 2>/dev/null && echo $i >> /workspace/log; i=$((i+1)); sleep 2; done`, chunk)
 	start := time.Now()
-	e.cli(t, nil, "run", "--image", image, "--name", "w", "--workspace", "proj", "--auto-stop", "90s", "--", "/bin/sh", "-c", writer).ok(t, "run the writer")
+	e.cli(t, nil, "run", "--image", image, "--name", "w", "--workspace", "proj", "--auto-stop", "60s", "--", "/bin/sh", "-c", writer).ok(t, "run the writer")
 
 	use := func() api.WorkspaceUse {
 		t.Helper()
@@ -55,9 +55,9 @@ func TestWorkspaceStatsAutoStop(t *testing.T) {
 	if out := e.cli(t, nil, "stats", "w").ok(t, "stats"); !strings.Contains(out, "WORKSPACES") || !strings.Contains(out, "proj ") {
 		t.Fatalf("stats table lacks the workspace:\n%s", out)
 	}
-	time.Sleep(30 * time.Second)
+	time.Sleep(20 * time.Second)
 	later := use()
-	t.Logf("workspace use: %d bytes, %d bytes 30 s later", first.Used, later.Used)
+	t.Logf("workspace use: %d bytes, %d bytes 20 s later", first.Used, later.Used)
 	if later.Used < first.Used+4*chunk {
 		t.Fatalf("the workspace's use did not grow with the writes: %+v then %+v", first, later)
 	}
@@ -83,7 +83,7 @@ func TestWorkspaceStatsAutoStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Fields(string(log))
-	if len(lines) < 20 {
+	if len(lines) < 15 {
 		t.Fatalf("only %d writes in the run: %q", len(lines), log)
 	}
 	for i, l := range lines {
