@@ -656,3 +656,12 @@ type WorkspaceOut struct {
 type WorkspacesOut struct {
 	Workspaces []Workspace `json:"workspaces"`
 }
+
+// HostShutdownOut is HostShutdown's reply: the VMs it stopped, those that
+// did not stop cleanly (killed), and how many it left running ("keep").
+type HostShutdownOut struct {
+	Policy  string   `json:"policy"`
+	Stopped []string `json:"stopped"`
+	Failed  []string `json:"failed,omitempty"`
+	Kept    int      `json:"kept"`
+}

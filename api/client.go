@@ -374,3 +374,12 @@ func (c *Client) CloneWorkspace(ctx context.Context, in CloneWorkspaceIn) (*Work
 func (c *Client) ResizeWorkspace(ctx context.Context, ref string, size int64) (*Workspace, error) {
 	return c.workspaceCall(ctx, "ResizeWorkspace", ResizeWorkspaceIn{Workspace: ref, Size: size})
 }
+
+// HostShutdown applies the daemon's on_host_shutdown policy (admins).
+func (c *Client) HostShutdown(ctx context.Context) (*HostShutdownOut, error) {
+	var out HostShutdownOut
+	if err := c.Call(ctx, Interface+".HostShutdown", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -89,6 +89,11 @@ type VM struct {
 	StartTimeout Duration `toml:"start_timeout"`
 	// StopTimeout is how long a guest gets to power off before a kill.
 	StopTimeout Duration `toml:"stop_timeout"`
+	// OnHostShutdown is what paddock-guests.service asks for when the
+	// host shuts down: "stop" powers every running VM off cleanly first
+	// (in parallel, each within StopTimeout); "keep" leaves them to the
+	// host's own shutdown (killed with the service).
+	OnHostShutdown string `toml:"on_host_shutdown"`
 	// ConsoleLogMax caps each VM's console.log.
 	ConsoleLogMax Size `toml:"console_log_max"`
 	// VMMMemoryOverhead is added to a VM's memory to make its VMM cgroup's
@@ -261,7 +266,7 @@ func Default() *Config {
 		Defaults: Defaults{CPUs: 1, Memory: 512 << 20, DiskSize: 2 << 30},
 		VM: VM{Kernel: "default", Run: "on", VMMBinary: "qemu-system-x86_64", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
 			NAT: "on", DNS: []string{}, HostAccess: []string{},
-			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, ConsoleLogMax: 4 << 20,
+			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, OnHostShutdown: "stop", ConsoleLogMax: 4 << 20,
 			VMMMemoryOverhead: 256 << 20, VMMPIDsMax: 256},
 		DBus:   DBus{Bus: "auto"},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
@@ -424,6 +429,7 @@ func (c *Config) Validate() error {
 		oneOf("vm.accel", c.VM.Accel, "auto", "kvm", "tcg"),
 		oneOf("vm.network", c.VM.Network, "bridge", "user", "none"),
 		oneOf("vm.nat", c.VM.NAT, "on", "off"),
+		oneOf("vm.on_host_shutdown", c.VM.OnHostShutdown, "stop", "keep"),
 	} {
 		if e != nil {
 			return e
@@ -560,6 +566,7 @@ func (c *Config) Diff(old *Config) []Change {
 	add("vm.bridge", old.VM.Bridge, c.VM.Bridge, false)
 	add("vm.subnet", old.VM.Subnet, c.VM.Subnet, false)
 	add("vm.nat", old.VM.NAT, c.VM.NAT, false)
+	add("vm.on_host_shutdown", old.VM.OnHostShutdown, c.VM.OnHostShutdown, true)
 	add("vm.dns", old.VM.DNS, c.VM.DNS, false)
 	add("vm.host_access", old.VM.HostAccess, c.VM.HostAccess, false)
 	add("vm.start_timeout", old.VM.StartTimeout.Duration, c.VM.StartTimeout.Duration, false)

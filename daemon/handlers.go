@@ -54,6 +54,7 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"PushWorkspace":     d.pushWorkspace,
 		"CopyOut":           d.copyOut,
 		"CopyIn":            d.copyIn,
+		"HostShutdown":      d.hostShutdown,
 		"Version":           d.version,
 		"Info":              d.info,
 	}
@@ -358,7 +359,7 @@ func isImport(method string) bool {
 func (d *Daemon) callTimeout(method string) time.Duration {
 	t := d.requestTimeout()
 	switch method {
-	case api.Interface + ".Start", api.Interface + ".Stop", api.Interface + ".Delete":
+	case api.Interface + ".Start", api.Interface + ".Stop", api.Interface + ".Delete", api.Interface + ".HostShutdown":
 		vm := d.config().VM
 		return max(t, vm.StartTimeout.Duration+vm.StopTimeout.Duration+30*time.Second)
 	}

@@ -504,6 +504,8 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		"Stats":        {pairs: vmPairs(func(r string) any { return map[string]any{"vm": r} })},
 		"Version":      {scoped: map[string]any{}},
 		"Info":         {scoped: map[string]any{}},
+		// Admins only: refused to bob, telling nothing.
+		"HostShutdown": {scoped: map[string]any{}},
 		// Workspace names are per user: bob's create makes his own.
 		"CreateWorkspace":   {scoped: map[string]any{"name": "bob-ws", "size": 64 << 20}},
 		"ListWorkspaces":    {scoped: map[string]any{}},

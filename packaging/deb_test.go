@@ -32,6 +32,7 @@ var wantFiles = map[string]string{
 	"/usr/libexec/paddock/paddock-agent":                     "-rwxr-xr-x",
 	"/usr/lib/systemd/system/paddock.service":                "-rw-r--r--",
 	"/usr/lib/systemd/system/paddock.socket":                 "-rw-r--r--",
+	"/usr/lib/systemd/system/paddock-guests.service":         "-rw-r--r--",
 	"/usr/lib/sysusers.d/paddock.conf":                       "-rw-r--r--",
 	"/usr/lib/tmpfiles.d/paddock.conf":                       "-rw-r--r--",
 	"/usr/lib/modules-load.d/paddock.conf":                   "-rw-r--r--",
@@ -52,6 +53,7 @@ var wantFiles = map[string]string{
 var verbatim = map[string]string{
 	"/usr/lib/systemd/system/paddock.service":                "../systemd/paddock.service",
 	"/usr/lib/systemd/system/paddock.socket":                 "../systemd/paddock.socket",
+	"/usr/lib/systemd/system/paddock-guests.service":         "../systemd/paddock-guests.service",
 	"/usr/lib/sysusers.d/paddock.conf":                       "sysusers.d/paddock.conf",
 	"/usr/lib/tmpfiles.d/paddock.conf":                       "tmpfiles.d/paddock.conf",
 	"/usr/lib/modules-load.d/paddock.conf":                   "modules-load.d/paddock.conf",
@@ -392,6 +394,9 @@ func TestDeb(t *testing.T) {
 		if !has(calls, "deb-systemd-invoke start paddock.socket") {
 			t.Errorf("postinst configure: socket not started: %q", calls)
 		}
+		if !has(calls, "deb-systemd-helper enable paddock-guests.service") || !has(calls, "deb-systemd-invoke start paddock-guests.service") {
+			t.Errorf("postinst configure: paddock-guests.service not enabled and started: %q", calls)
+		}
 		for _, c := range calls {
 			if strings.Contains(c, "paddock.service") {
 				t.Errorf("postinst on a new install touches the service: %q", c)
@@ -436,7 +441,8 @@ func TestDeb(t *testing.T) {
 			t.Errorf("postinst upgrade: no restart of paddock.service: %q", calls)
 		}
 		for _, c := range calls {
-			if strings.Contains(c, "stop") || c == "deb-systemd-invoke restart paddock.socket" {
+			// Restarting paddock-guests.service would stop every VM.
+			if strings.Contains(c, "stop") || c == "deb-systemd-invoke restart paddock.socket" || strings.Contains(c, "restart paddock-guests") {
 				t.Errorf("postinst upgrade: %q", c)
 			}
 		}
@@ -446,9 +452,14 @@ func TestDeb(t *testing.T) {
 		if !has(calls, "deb-systemd-invoke stop paddock.socket paddock.service") {
 			t.Errorf("prerm remove: %q", calls)
 		}
+		for _, c := range calls {
+			if strings.Contains(c, "paddock-guests") {
+				t.Errorf("prerm remove touches paddock-guests.service (its stop stops every VM): %q", c)
+			}
+		}
 
 		calls = script(env, "postrm", "purge")
-		if !has(calls, "deb-systemd-helper purge paddock.socket") {
+		if !has(calls, "deb-systemd-helper purge paddock.socket paddock-guests.service") {
 			t.Errorf("postrm purge: %q", calls)
 		}
 		for _, d := range []string{"var/lib/paddock", "var/cache/paddock"} {

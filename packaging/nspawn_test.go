@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -52,7 +53,9 @@ func rootfsTar(t *testing.T) string {
 type container struct {
 	t      *testing.T
 	nspawn *exec.Cmd
-	init   int // the container's systemd, as the host sees it
+	init   int           // the container's systemd, as the host sees it
+	root   string        // its root directory, on the host
+	exited chan struct{} // closed when systemd-nspawn has exited
 }
 
 // bootContainer unpacks rootfs into a fresh directory and boots it, with
@@ -106,19 +109,18 @@ exec unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /run/systemd &
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &container{t: t, nspawn: cmd}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	c := &container{t: t, nspawn: cmd, root: root, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(c.exited) }()
 	t.Cleanup(func() {
 		if c.init > 0 {
 			syscall.Kill(c.init, syscall.SIGKILL)
 		}
 		select {
-		case <-done:
+		case <-c.exited:
 		case <-time.After(10 * time.Second):
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			select {
-			case <-done:
+			case <-c.exited:
 			case <-time.After(10 * time.Second):
 				t.Errorf("systemd-nspawn (pid %d) did not exit", cmd.Process.Pid)
 			}
@@ -326,6 +328,9 @@ func TestInstalledService(t *testing.T) {
 		}
 		t.Logf("%s", c.sh("ls -ld /run/paddock /run/paddock/io.paddock.v1 /var/lib/paddock && getent passwd paddock && getent group paddock paddock-admin"))
 		c.sh("test -S /run/paddock/io.paddock.v1")
+		if got := c.sh("systemctl is-enabled paddock-guests.service; systemctl is-active paddock-guests.service"); got != "enabled\nactive\n" {
+			t.Errorf("paddock-guests.service after dpkg -i: %q, want enabled and active", got)
+		}
 	})
 
 	var mainPID string
@@ -520,6 +525,43 @@ func TestInstalledService(t *testing.T) {
 		c.sh("dpkg --purge paddock")
 		if out, err := c.try(time.Minute, "ls -d /var/lib/paddock /var/cache/paddock /etc/paddock 2>/dev/null; getent passwd paddock; getent group paddock paddock-admin"); out != "" {
 			t.Errorf("left after purge (%v):\n%s", err, out)
+		}
+	})
+
+	// The host shuts down with a VM running: paddock-guests.service stops
+	// first and paddockd powers the VM off cleanly (vm.on_host_shutdown =
+	// "stop", the default), before systemd kills the service's cgroup.
+	step(t, "poweroff with a VM running (on_host_shutdown = stop)", func() {
+		c.sh("dpkg -i /ci/data/paddock.deb >/dev/null 2>&1")
+		c.sh("usermod -aG paddock alice") // the purge took the group
+		c.sh("paddock kernel import " + kvmlinuz + " --modules " + kmodules)
+		alice("image import /ci/data/root.tar --name plain:1")
+		alice("run --image plain:1 --name v3")
+		if _, err := c.try(time.Minute, "systemctl poweroff"); err != nil {
+			t.Logf("systemctl poweroff: %v (the container may be gone before it answers)", err)
+		}
+		select {
+		case <-c.exited:
+			c.init = 0 // gone: its pid is no longer the container's to kill
+		case <-time.After(3 * time.Minute):
+			t.Fatal("the container did not power off within 3 minutes")
+		}
+		recs, _ := filepath.Glob(filepath.Join(c.root, "var/lib/paddock/vms/*/vm.json"))
+		found := false
+		for _, r := range recs {
+			b, err := os.ReadFile(r)
+			if err != nil || !bytes.Contains(b, []byte(`"name": "v3"`)) && !bytes.Contains(b, []byte(`"name":"v3"`)) {
+				continue
+			}
+			found = true
+			var rec struct{ Status, Reason string }
+			if err := json.Unmarshal(b, &rec); err != nil || rec.Status != "stopped" || !strings.Contains(rec.Reason, "host shutdown") {
+				t.Errorf("v3 after poweroff: %v %+v, want stopped by the host shutdown", err, rec)
+			}
+			t.Logf("v3 after poweroff: %s (%s)", rec.Status, rec.Reason)
+		}
+		if !found {
+			t.Errorf("no record of v3 in the powered-off container (%d records)", len(recs))
 		}
 	})
 }

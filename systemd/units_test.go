@@ -168,3 +168,31 @@ func TestSysusersConf(t *testing.T) {
 		}
 	}
 }
+
+// paddock-guests.service verifies beside the other units, and its stop is
+// what applies the host shutdown policy.
+func TestGuestsUnitVerify(t *testing.T) {
+	sa := systemdAnalyze(t)
+	socket, service := unitCopies(t, nil)
+	b, err := os.ReadFile("paddock-guests.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const stop = "\nExecStop=/usr/bin/paddock host-shutdown\n"
+	if !strings.Contains(string(b), stop) || !strings.Contains(string(b), "\nRemainAfterExit=yes\n") || !strings.Contains(string(b), "After=paddock.socket paddock.service") {
+		t.Fatalf("paddock-guests.service must stop VMs through paddock host-shutdown, ordered after paddock.service:\n%s", b)
+	}
+	dir := filepath.Dir(service)
+	bin := filepath.Join(dir, "paddock")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	guests := filepath.Join(dir, "paddock-guests.service")
+	if err := os.WriteFile(guests, []byte(strings.Replace(string(b), stop, "\nExecStop="+bin+" host-shutdown\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	complaints, out := verify(t, sa, socket, service, guests)
+	for _, c := range complaints {
+		t.Errorf("verify: %s\n%s", c, out)
+	}
+}
