@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -49,8 +50,32 @@ func workspaceBench(cli, sock, scratch, state string) error {
 	}
 	fmt.Printf("workspace export -o FILE.tar                    %v  = %.2fx tar -c of the tree (%v)\n",
 		export.Round(time.Millisecond), ratio(export, refExport), refExport.Round(time.Millisecond))
-	_, err = timed(cli, "--socket", sock, "workspace", "rm", "bench")
-	return err
+	inspect, err := timed(cli, "--socket", sock, "workspace", "inspect", "bench")
+	if err != nil {
+		return err
+	}
+	clone, err := timed(cli, "--socket", sock, "workspace", "clone", "bench", "bench-clone")
+	if err != nil {
+		return err
+	}
+	out2, err := exec.Command(cli, "--socket", sock, "workspace", "inspect", "bench-clone", "--json").Output()
+	if err != nil {
+		return fmt.Errorf("inspect the clone: %w", err)
+	}
+	var ws struct {
+		Used int64 `json:"used"`
+	}
+	if err := json.Unmarshal(out2, &ws); err != nil {
+		return fmt.Errorf("inspect the clone: %w", err)
+	}
+	fmt.Printf("workspace clone of the 300 MB workspace      %v = %.1fx a workspace inspect (%v), %d KiB on disk  (goal: <= 50 ms, <= 1 MiB)\n",
+		clone.Round(time.Millisecond), ratio(clone, inspect), inspect.Round(time.Millisecond), ws.Used>>10)
+	for _, n := range []string{"bench-clone", "bench"} {
+		if _, err := timed(cli, "--socket", sock, "workspace", "rm", n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // timed runs a command and returns how long it took.
