@@ -134,15 +134,18 @@ type CreateWorkspace struct {
 // ImportWorkspace.
 type CancelWorkspace struct{ ID uint64 }
 
-// ExportWorkspace asks for the tree of a detached workspace as a tar
-// stream written to Out (closed by the actor when the export ends). It is
-// answered on Done exactly once. While it runs the workspace cannot be
-// attached, imported or removed; an attached workspace is refused naming
-// the VM (a guest may be writing to it).
+// ExportWorkspace asks for the tree of a workspace as a tar stream written
+// to Out (closed by the actor when the export ends). It is answered on Done
+// exactly once. While it runs the workspace cannot be attached, imported or
+// removed. A workspace attached read-only is read as it is (nothing writes
+// to it); one attached read-write is refused naming the VM (its guest may
+// be writing) unless Frozen: the caller froze the guest's file system
+// (FIFREEZE through the agent) for the export's duration.
 type ExportWorkspace struct {
 	ID     uint64
 	Caller Caller
 	Ref    string
+	Frozen bool
 	// Part is what to export (pull); nil for the whole tree.
 	Part *ExportPart
 	Out  io.WriteCloser
@@ -581,7 +584,7 @@ func (a *workspacesActor) export(ctx actor.Context, m *ExportWorkspace) {
 		fail(errorf(ErrNotYet, "workspaces are not configured"))
 		return
 	}
-	ws, err := a.ioTarget(m.Caller, m.Ref)
+	ws, err := a.readTarget(m.Caller, m.Ref, m.Frozen)
 	if err != nil {
 		fail(err)
 		return
@@ -633,8 +636,28 @@ func (a *workspacesActor) importTree(ctx actor.Context, m *ImportWorkspace) {
 	})
 }
 
-// ioTarget is the workspace an export or import names: ready, detached,
-// not busy.
+// readTarget is the workspace an export names: ready, not busy, and
+// attached read-write to no VM unless frozen (see ExportWorkspace).
+func (a *workspacesActor) readTarget(c Caller, ref string, frozen bool) (*state.Workspace, error) {
+	ws, err := a.lookup(c, ref)
+	if err != nil {
+		return nil, err
+	}
+	if ws.Status != state.WorkspaceReady {
+		return nil, &Error{Kind: ErrInvalidState, VM: ref, Status: state.Status(ws.Status), Msg: fmt.Sprintf("workspace %s is being created", ref)}
+	}
+	if op := a.busy[ws.ID]; op != "" {
+		return nil, a.detached(ws, ref)
+	}
+	for _, h := range a.holders(ws.ID) {
+		if !h.ReadOnly && !frozen {
+			return nil, a.detached(ws, ref)
+		}
+	}
+	return ws, nil
+}
+
+// ioTarget is the workspace an import names: ready, detached, not busy.
 func (a *workspacesActor) ioTarget(c Caller, ref string) (*state.Workspace, error) {
 	ws, err := a.lookup(c, ref)
 	if err != nil {

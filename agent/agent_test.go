@@ -49,6 +49,7 @@ func socketpair(t *testing.T) (net.Conn, net.Conn) {
 type testGuest struct {
 	srv      *Server
 	shutdown chan bool
+	freezes  chan freezeCall
 	// owned records the directories extract asked an owner for.
 	ownedMu sync.Mutex
 	owned   []string
@@ -56,7 +57,7 @@ type testGuest struct {
 
 func startGuest(t *testing.T, conn io.ReadWriteCloser) *testGuest {
 	t.Helper()
-	g := &testGuest{shutdown: make(chan bool, 1)}
+	g := &testGuest{shutdown: make(chan bool, 1), freezes: make(chan freezeCall, 8)}
 	g.srv = NewServer(ServerConfig{
 		AgentVersion: "test",
 		Hello: func() HelloInfo {
@@ -66,7 +67,14 @@ func startGuest(t *testing.T, conn io.ReadWriteCloser) *testGuest {
 		Stats:    ReadStats,
 		Ports:    ListPorts,
 		Shutdown: func(reboot bool) { g.shutdown <- reboot },
-		Spawner:  &LocalSpawner{Reaper: NewReaper(false)},
+		Freeze: func(path string, frozen bool, timeout time.Duration) error {
+			if path != "/workspace" {
+				return fmt.Errorf("%s is not a volume the agent mounted", path)
+			}
+			g.freezes <- freezeCall{path, frozen, timeout}
+			return nil
+		},
+		Spawner: &LocalSpawner{Reaper: NewReaper(false)},
 		Owner: func(dir string) (int, int) {
 			g.ownedMu.Lock()
 			defer g.ownedMu.Unlock()
@@ -651,5 +659,44 @@ func TestExecDefaultUser(t *testing.T) {
 		if st := p.Wait(); string(out) != tc.want || st.Code != 0 {
 			t.Errorf("user %q: %q %+v, want %q", tc.user, out, st, tc.want)
 		}
+	}
+}
+
+type freezeCall struct {
+	path    string
+	frozen  bool
+	timeout time.Duration
+}
+
+// The freeze and thaw ops reach the configured freezer with their path and
+// timeout; a freezer that refuses is a bad request naming why.
+func TestFreezeOps(t *testing.T) {
+	c, g := newPair(t)
+	ctx := ctx5(t)
+	if err := c.Freeze(ctx, "/workspace", 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-g.freezes; got != (freezeCall{"/workspace", true, 90 * time.Second}) {
+		t.Errorf("freeze: %+v", got)
+	}
+	if err := c.Thaw(ctx, "/workspace"); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-g.freezes; got.frozen || got.path != "/workspace" {
+		t.Errorf("thaw: %+v", got)
+	}
+	if err := c.Freeze(ctx, "/", time.Second); err == nil || !strings.Contains(err.Error(), "not a volume the agent mounted") {
+		t.Errorf("freeze of /: %v", err)
+	}
+}
+
+// Freezer refuses what it was not told it may freeze, before any ioctl.
+func TestFreezerAllowed(t *testing.T) {
+	f := &Freezer{Allowed: func(p string) bool { return p == "/workspace" }}
+	if err := f.Set("/", true, time.Second); err == nil || !strings.Contains(err.Error(), "not a volume") {
+		t.Errorf("freeze of /: %v", err)
+	}
+	if err := (&Freezer{}).Set("/workspace", true, time.Second); err == nil {
+		t.Error("a freezer with no Allowed froze something")
 	}
 }

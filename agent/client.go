@@ -630,3 +630,14 @@ func guestText(s string, max int) string {
 		return r
 	}, strings.ToValidUTF8(s, "?"))
 }
+
+// Freeze freezes the guest's file system mounted at path (one of its
+// workspaces) until Thaw, or until timeout passes (MaxFreeze at most).
+func (c *Client) Freeze(ctx context.Context, path string, timeout time.Duration) error {
+	return c.call(ctx, OpFreeze, FreezeRequest{Path: path, TimeoutMS: timeout.Milliseconds()}, nil)
+}
+
+// Thaw ends a Freeze of path.
+func (c *Client) Thaw(ctx context.Context, path string) error {
+	return c.call(ctx, OpThaw, FreezeRequest{Path: path}, nil)
+}

@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ProtocolVersion is the protocol's major version; hello exchanges it.
@@ -62,6 +63,8 @@ const (
 	OpSignal   = "signal"
 	OpResize   = "resize"
 	OpShutdown = "shutdown"
+	OpFreeze   = "freeze"
+	OpThaw     = "thaw"
 )
 
 // Message is the one envelope of the protocol (see the package doc).
@@ -323,3 +326,15 @@ type ResizeRequest struct {
 type ShutdownRequest struct {
 	Reboot bool `json:"reboot,omitempty"`
 }
+
+// FreezeRequest asks the agent to freeze (FIFREEZE) or thaw the file system
+// mounted at Path, one of the volumes it mounted. A freeze ends by itself
+// after TimeoutMS (at most MaxFreeze) if no thaw comes: a host that went
+// away must not leave the guest's writers blocked for good.
+type FreezeRequest struct {
+	Path      string `json:"path"`
+	TimeoutMS int64  `json:"timeout_ms,omitempty"`
+}
+
+// MaxFreeze bounds how long a freeze lasts without a thaw.
+const MaxFreeze = 10 * time.Minute

@@ -51,6 +51,9 @@ type ServerConfig struct {
 	// Owner says who owns what extract unpacks into the guest directory
 	// dir; nil leaves it the agent's own (tests).
 	Owner func(dir string) (uid, gid int)
+	// Freeze freezes (FIFREEZE) or thaws a mounted volume for a
+	// consistent read from the host; nil refuses the ops.
+	Freeze func(path string, frozen bool, timeout time.Duration) error
 	// Uptime returns CLOCK_BOOTTIME in ns.
 	Uptime func() int64
 	// Logf logs (optional).
@@ -347,6 +350,21 @@ func (c *conn) request(_ context.Context, m *Message) {
 		st, err := cfg.Stats()
 		st.UptimeNS = cfg.Uptime()
 		c.reply(m.ID, st, err)
+	case OpFreeze, OpThaw:
+		var req FreezeRequest
+		if err := json.Unmarshal(m.Body, &req); err != nil || req.Path == "" {
+			c.reply(m.ID, nil, badRequest("%s: bad request", m.Op))
+			return
+		}
+		if cfg.Freeze == nil {
+			c.reply(m.ID, nil, unsupported(m.Op))
+			return
+		}
+		if err := cfg.Freeze(req.Path, m.Op == OpFreeze, time.Duration(req.TimeoutMS)*time.Millisecond); err != nil {
+			c.reply(m.ID, nil, badRequest("%s: %v", m.Op, err))
+			return
+		}
+		c.reply(m.ID, struct{}{}, nil)
 	case OpPorts:
 		if cfg.Ports == nil {
 			c.reply(m.ID, nil, unsupported("ports"))

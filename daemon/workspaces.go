@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -137,7 +138,8 @@ func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	// Another user's workspace is not found before anything else is said.
-	if _, err := d.actors.WorkspaceRequest(ctx, &actors.GetWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace}); err != nil {
+	wr, err := d.actors.WorkspaceRequest(ctx, &actors.GetWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace})
+	if err != nil {
 		return err
 	}
 	if len(c.FDs) != 1 {
@@ -147,11 +149,53 @@ func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 	if err != nil {
 		return err
 	}
-	w, err := d.actors.ExportWorkspace(ctx, actors.ExportWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Out: out})
+	thaw, err := d.freezeHolder(ctx, c, wr.Workspace)
+	if err != nil {
+		_ = out.Close()
+		return err
+	}
+	if thaw != nil {
+		defer thaw()
+	}
+	w, err := d.actors.ExportWorkspace(ctx, actors.ExportWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Out: out, Frozen: thaw != nil})
 	if err != nil {
 		return err
 	}
 	return c.Reply(api.WorkspaceOut{Workspace: workspaceToAPI(w)})
+}
+
+// exportFreezeMax bounds a guest's freeze for an export; the agent thaws by
+// itself then, should paddockd be gone.
+const exportFreezeMax = 5 * time.Minute
+
+// freezeHolder freezes the file system of the VM holding w read-write, if
+// one does (FIFREEZE through its agent, which flushes the guest's writes
+// and blocks new ones), so that the volume can be read consistently; the
+// returned thaw (nil when nothing was frozen) ends it.
+func (d *Daemon) freezeHolder(ctx context.Context, c *varlink.Call, w *actors.WorkspaceInfo) (thaw func(), err error) {
+	held := false
+	for _, h := range w.Attached {
+		held = held || !h.ReadOnly
+	}
+	if !held {
+		return nil, nil
+	}
+	r, mount, err := d.workspaceVM(ctx, c, w, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Agent.Freeze(ctx, mount, exportFreezeMax); err != nil {
+		return nil, &actors.Error{Kind: actors.ErrInvalidState, VM: r.VM.Name,
+			Msg: fmt.Sprintf("workspace %s is attached to VM %s, whose file system could not be frozen for a consistent export (%v): stop the VM first", w.Name, r.VM.Name, err)}
+	}
+	d.log.Info("workspace frozen for an export", "workspace", w.Name, "vm_id", r.VM.ID, "vm_name", r.VM.Name, "path", mount)
+	return func() {
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := r.Agent.Thaw(tctx, mount); err != nil {
+			d.log.Warn("thawing a workspace after its export failed; the agent thaws it by itself", "workspace", w.Name, "vm_id", r.VM.ID, "after", exportFreezeMax, "err", err)
+		}
+	}, nil
 }
 
 func (d *Daemon) importWorkspace(ctx context.Context, c *varlink.Call) error {

@@ -75,13 +75,15 @@ func TestCopy(t *testing.T) {
 
 	// In: a new name in the guest becomes the copy.
 	e.cli(t, alice, "cp", src, "cpvm:/tmp/in").ok(t, "cp into the VM")
-	out, code := execOut(t, e, "cpvm", "", "sh", "-c", "cd /tmp/in && find . -type f -exec sha256sum {} +")
+	// As root: exec runs as the workspace's owner by default, and what cp
+	// puts outside a workspace is root's (private.txt is 0600).
+	out, code := execOutAs(t, e, "cpvm", "0:0", "sh", "-c", "cd /tmp/in && find . -type f -exec sha256sum {} +")
 	got := strings.Split(strings.TrimSpace(out), "\n")
 	sort.Strings(got)
 	if code != 0 || strings.Join(got, "\n") != strings.Join(sums, "\n") {
 		t.Fatalf("checksums in the guest (%d):\n%s\nwant:\n%s", code, out, strings.Join(sums, "\n"))
 	}
-	if out, code := execOut(t, e, "cpvm", "", "sh", "-c", "/tmp/in/run.sh && readlink /tmp/in/abs-link && readlink /tmp/in/rel-link && stat -c '%u:%g %a' /tmp/in/big.bin /tmp/in/private.txt"); code != 0 ||
+	if out, code := execOutAs(t, e, "cpvm", "0:0", "sh", "-c", "/tmp/in/run.sh && readlink /tmp/in/abs-link && readlink /tmp/in/rel-link && stat -c '%u:%g %a' /tmp/in/big.bin /tmp/in/private.txt"); code != 0 ||
 		out != "copied-script-ran\n/etc/motd\na/b/deep.txt\n0:0 644\n0:0 600\n" {
 		t.Fatalf("the copy in the guest (%d):\n%s", code, out)
 	}

@@ -75,13 +75,16 @@ func (l Layers) NewTop(ctx context.Context, dir, layer string, size int64) (name
 }
 
 // Flatten writes the volume whose top layer is top (a qcow2 overlay and
-// its backing chain, or a raw file) into out as one sparse raw file.
+// its backing chain, or a raw file) into out as one sparse raw file. It
+// reads with -U (force-share): an attached workspace is read while its
+// guest has it frozen and QEMU holds the image's lock; callers otherwise
+// read only workspaces nothing holds.
 func (l Layers) Flatten(ctx context.Context, top, out string) error {
 	qemuImg, err := l.tool("qemu-img", l.QemuImg)
 	if err != nil {
 		return err
 	}
-	if err := disk.Run(ctx, qemuImg, "convert", "-f", state.LayerFormat(top), "-O", "raw", top, out); err != nil {
+	if err := disk.Run(ctx, qemuImg, "convert", "-U", "-f", state.LayerFormat(top), "-O", "raw", top, out); err != nil {
 		_ = os.Remove(out)
 		return fmt.Errorf("flatten %s: %w", filepath.Base(top), err)
 	}

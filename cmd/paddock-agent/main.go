@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,7 @@ type initState struct {
 	spawner  *agent.LocalSpawner
 	image    *imageConfig
 	mounted  []string // the workspaces' mount points, set before serving
+	freezer  agent.Freezer
 	main     *mainProc
 	stopOnce sync.Once
 	stopping bool
@@ -172,6 +174,8 @@ func (s *initState) run() {
 			return err
 		})
 	}
+	s.freezer.Allowed = func(p string) bool { return slices.Contains(s.mounted, p) }
+	s.freezer.Logf = logf
 	s.spawner = &agent.LocalSpawner{Reaper: s.reaper, Root: "/", DefaultEnv: s.defaultEnv}
 	if s.image != nil {
 		s.spawner.DefaultUser = s.image.user()
@@ -182,6 +186,7 @@ func (s *initState) run() {
 		Hello:        s.hello,
 		Health:       s.health,
 		Stats:        s.stats,
+		Freeze:       s.freezer.Set,
 		Ports:        agent.ListPorts,
 		Shutdown:     func(reboot bool) { s.shutdown(reboot) },
 		Spawner:      s.spawner,

@@ -121,6 +121,9 @@ func (s *initState) shutdown(reboot bool) {
 		s.stopping = true
 		s.mu.Unlock()
 		logf("shutting down")
+		// A frozen workspace would block every writer below, and the sync
+		// of the power-off.
+		s.freezer.ThawAll()
 		if s.main != nil {
 			s.main.stop()
 		}
