@@ -47,7 +47,7 @@ func (s *Server) Invoke(ctx context.Context, peer Peer, method string, params an
 	if h == nil {
 		return nil, NewError(errName, errParams)
 	}
-	herr := h(ctx, call)
+	herr := s.run(ctx, h, call)
 	if herr != nil && final == nil {
 		return nil, s.cfg.MapError(herr)
 	}

@@ -28,6 +28,10 @@ func TestInvoke(t *testing.T) {
 				return c.ReplyError("org.example.t.Nope", map[string]string{"message": "no"})
 			},
 			"org.example.t.Fails": func(context.Context, *Call) error { return errors.New("boom") },
+			"org.example.t.Panics": func(_ context.Context, c *Call) error {
+				var p *Peer
+				return c.Reply(p.UID) // a nil pointer: the handler panics
+			},
 			"org.example.t.Streams": func(_ context.Context, c *Call) error {
 				return c.Continue(nil)
 			},
@@ -57,6 +61,10 @@ func TestInvoke(t *testing.T) {
 	}
 	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Fails", nil, nil); !errors.As(err, &ve) || ve.Name != "org.varlink.service.Internal" {
 		t.Errorf("Fails: %v", err)
+	}
+	// A handler's panic is the call's internal error; the server lives on.
+	if _, err := s.Invoke(ctx, Peer{}, "org.example.t.Panics", nil, nil); !errors.As(err, &ve) || ve.Name != "org.varlink.service.Internal" {
+		t.Errorf("Panics = %v", err)
 	}
 	// Descriptors reach the handler as a connection's do, and are closed
 	// when it returns.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -528,7 +529,7 @@ func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
 	if h == nil {
 		return call.ReplyError(errName, errParams) == nil
 	}
-	herr := h(ctx, call)
+	herr := c.srv.run(ctx, h, call)
 	if herr != nil && !call.replied {
 		ve := c.srv.cfg.MapError(herr)
 		if err := call.ReplyError(ve.Name, ve.Parameters); err != nil {
@@ -610,4 +611,16 @@ func (s *Server) getDescription(_ context.Context, c *Call) error {
 		return c.ReplyError(ErrInterfaceNotFound, map[string]string{"interface": p.Interface})
 	}
 	return c.Reply(map[string]string{"description": d})
+}
+
+// run calls h, turning a panic into an error of the call (logged with its
+// stack): one faulty handler must not take down every VM's API.
+func (s *Server) run(ctx context.Context, h Handler, call *Call) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.Logger.Error("a call's handler panicked", "method", call.Method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error in %s (the daemon's log has the details)", call.Method)
+		}
+	}()
+	return h(ctx, call)
 }
