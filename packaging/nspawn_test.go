@@ -377,6 +377,30 @@ func TestInstalledService(t *testing.T) {
 		}
 	})
 
+	// The system bus inside: paddockd owns org.paddock1 under the shipped
+	// policy; alice (group paddock) sees her VM, a user outside the group
+	// may send (the policy lets everyone) and is refused by paddockd.
+	step(t, "D-Bus on the container's system bus", func() {
+		tree := c.sh("setpriv --reuid=alice --regid=alice --init-groups busctl --system tree --list org.paddock1")
+		t.Logf("busctl --system tree org.paddock1 (alice):\n%s", tree)
+		if !strings.Contains(tree, "/org/paddock1/vm/") {
+			t.Errorf("alice's tree has no VM object:\n%s", tree)
+		}
+		vms := c.sh("setpriv --reuid=alice --regid=alice --init-groups busctl --system call org.paddock1 /org/paddock1 org.paddock1.Manager ListVMs")
+		path := strings.Trim(strings.Fields(vms+" x x x")[2], `"`)
+		name := c.sh("setpriv --reuid=alice --regid=alice --init-groups busctl --system get-property org.paddock1 " + path + " org.paddock1.VM Name State")
+		t.Logf("ListVMs: %s%s: %s", vms, path, name)
+		if !strings.Contains(name, `"v1"`) || !strings.Contains(name, `"running"`) {
+			t.Errorf("v1 over D-Bus: %q", name)
+		}
+		c.sh("id carol >/dev/null 2>&1 || useradd --create-home carol")
+		out, err := c.try(time.Minute, "setpriv --reuid=carol --regid=carol --init-groups busctl --system call org.paddock1 /org/paddock1 org.paddock1.Manager ListVMs 2>&1")
+		t.Logf("carol (not in group paddock): %s", strings.TrimSpace(out))
+		if err == nil || !strings.Contains(out, "may not use paddock") {
+			t.Errorf("a user outside group paddock over D-Bus: %v %q", err, out)
+		}
+	})
+
 	// The VM survives each of these, with the same QEMU, and the next
 	// paddockd adopts it (running, as inspect shows).
 	survives := func(what string) {
