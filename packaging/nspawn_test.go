@@ -387,7 +387,7 @@ func TestInstalledService(t *testing.T) {
 			t.Errorf("alice's tree has no VM object:\n%s", tree)
 		}
 		vms := c.sh("setpriv --reuid=alice --regid=alice --init-groups busctl --system call org.paddock1 /org/paddock1 org.paddock1.Manager ListVMs")
-		path := strings.Trim(strings.Fields(vms+" x x x")[2], `"`)
+		path := strings.Trim(strings.Fields(vms + " x x x")[2], `"`)
 		name := c.sh("setpriv --reuid=alice --regid=alice --init-groups busctl --system get-property org.paddock1 " + path + " org.paddock1.VM Name State")
 		t.Logf("ListVMs: %s%s: %s", vms, path, name)
 		if !strings.Contains(name, `"v1"`) || !strings.Contains(name, `"running"`) {
