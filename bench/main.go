@@ -27,13 +27,18 @@ func main() {
 	lists := flag.Int("lists", 100, "List calls to time")
 	minbase := flag.String("minbase", os.Getenv("PADDOCK_BENCH_MINBASE"), "Debian minbase rootfs tar for the image benchmark (.ci/minbase.sh)")
 	netOnly := flag.Bool("net", false, "only the VM network figures (root; see net.go)")
+	startOnly := flag.Bool("start", false, "only the VM start figures (root; see start.go)")
+	startRuns := flag.Int("start-runs", 3, "VMs to time for -start")
 	cliBin := flag.String("paddock", "bin/paddock", "CLI binary: what a user runs")
 	netBytes := flag.Int64("net-bytes", 64<<20, "bytes per network transfer")
 	flag.Parse()
 	var err error
-	if *netOnly {
+	switch {
+	case *netOnly:
 		err = runNet(*daemonBin, *cliBin, *netBytes)
-	} else {
+	case *startOnly:
+		err = runStart(*daemonBin, *cliBin, *minbase, *startRuns)
+	default:
 		err = run(*daemonBin, *cliBin, *vms, *gets, *lists, *minbase)
 	}
 	if err != nil {
