@@ -71,11 +71,13 @@ func (a *vmActor) boot(ctx actor.Context, w waiter) error {
 		a.op = nil
 		return err
 	}
+	a.op.mark("record")
 	plan, err := a.prepare()
 	if err != nil {
 		a.rollback(ctx, err)
 		return errPending
 	}
+	a.op.mark("prepare")
 	a.op.plan = plan
 	a.nextBootStep(ctx)
 	return errPending
@@ -181,6 +183,7 @@ func (a *vmActor) nextBootStep(ctx actor.Context) {
 	}
 	if op.step == len(bootSteps) {
 		failpoint("start-before-running")
+		a.vm.LastBoot = a.bootReport(op)
 		a.finish(ctx, a.setStatus(ctx, state.StatusRunning, ""))
 		return
 	}
@@ -215,6 +218,7 @@ func (a *vmActor) bootStepDone(ctx actor.Context, kind string, handle any, err e
 		return
 	}
 	a.log.Debug("boot step done", "vm_name", a.vm.Name, "step", kind, "after", time.Since(op.started))
+	op.mark(kind)
 	op.step++
 	a.nextBootStep(ctx)
 }
@@ -320,6 +324,41 @@ func (a *vmActor) vmmUp(ctx actor.Context, handle any) error {
 func (a *vmActor) agentUp(ctx actor.Context, handle any) error {
 	a.agentc = handle.(*agent.Client)
 	return nil
+}
+
+// bootReport is where op's start spent its time: its marks, and the
+// guest's phases from the hello (guest boot clock).
+func (a *vmActor) bootReport(op *procedure) *state.BootReport {
+	r := &state.BootReport{Steps: op.marks}
+	if a.agentc == nil {
+		return r
+	}
+	ph := a.agentc.Hello().Phases
+	for _, p := range ph[:min(len(ph), maxGuestPhases)] {
+		if p.EndNS >= p.StartNS {
+			r.Guest = append(r.Guest, state.BootPhase{Name: guestPhaseName(p.Name), MS: float64((p.EndNS-p.StartNS)/1000) / 1000})
+		}
+	}
+	return r
+}
+
+// maxGuestPhases bounds what a guest's hello adds to the VM's record.
+const maxGuestPhases = 32
+
+// guestPhaseName keeps a guest-given phase name short and printable.
+func guestPhaseName(s string) string {
+	out := make([]rune, 0, len(s))
+	for _, r := range s {
+		if len(out) == 32 {
+			break
+		}
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' {
+			out = append(out, r)
+		} else {
+			out = append(out, '?')
+		}
+	}
+	return string(out)
 }
 
 func jsonRaw(v any) (json.RawMessage, error) {

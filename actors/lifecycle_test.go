@@ -121,6 +121,19 @@ func TestBootAndStop(t *testing.T) {
 	if taps := e.fk.net.Taps(); len(taps) != 1 {
 		t.Fatalf("taps: %v", taps)
 	}
+	// The start's report names every step taken, in order, and is kept.
+	var steps []string
+	if vm.LastBoot != nil {
+		for _, s := range vm.LastBoot.Steps {
+			steps = append(steps, s.Name)
+			if s.MS < 0 {
+				t.Errorf("step %s took %v ms", s.Name, s.MS)
+			}
+		}
+	}
+	if got := strings.Join(steps, " "); got != "record prepare tap rules disk workspaces vmm agent" {
+		t.Errorf("last boot steps: %q", got)
+	}
 	if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {
 		t.Fatal(err)
 	}
@@ -513,5 +526,22 @@ func TestForcedDeleteJoinsTeardown(t *testing.T) {
 			}
 			e.noLeaks(t)
 		})
+	}
+}
+
+// A guest names its phases: what reaches the VM's record is short and
+// printable.
+func TestGuestPhaseName(t *testing.T) {
+	for in, want := range map[string]string{
+		"modules":               "modules",
+		"switch_root":           "switch_root",
+		"a\x1b[31mb":            "a??31mb",
+		"ünï":                   "?n?",
+		strings.Repeat("x", 40): strings.Repeat("x", 32),
+		"mounts2-late\n":        "mounts2-late?",
+	} {
+		if got := guestPhaseName(in); got != want {
+			t.Errorf("guestPhaseName(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

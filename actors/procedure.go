@@ -50,8 +50,10 @@ type procedure struct {
 	started time.Time
 
 	// boot
-	plan *bootPlan
-	step int // index in bootSteps
+	plan     *bootPlan
+	step     int // index in bootSteps
+	marks    []state.BootPhase
+	lastMark time.Time
 
 	// release
 	releasing []string // kinds still to release, in order
@@ -514,3 +516,17 @@ func (a *vmActor) agentReady(ctx actor.Context, m *agentReady) {
 func eventAutoStopped(vm state.VM, reason string) api.Event {
 	return api.Event{Kind: api.EventAutoStopped, VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status), Reason: reason}
 }
+
+// mark ends a span of the start's report (state.BootReport): from the end
+// of the last span, or the start of the procedure, to now.
+func (op *procedure) mark(name string) {
+	now := time.Now()
+	from := op.lastMark
+	if from.IsZero() {
+		from = op.started
+	}
+	op.marks = append(op.marks, state.BootPhase{Name: name, MS: msOf(now.Sub(from))})
+	op.lastMark = now
+}
+
+func msOf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

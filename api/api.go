@@ -119,6 +119,23 @@ type VM struct {
 	Spec      Spec     `json:"spec"`
 	CreatedAt string   `json:"created_at"`
 	UpdatedAt string   `json:"updated_at"`
+	// LastBoot is where the last successful start spent its time.
+	LastBoot *BootReport `json:"last_boot,omitempty"`
+}
+
+// BootReport is where a start spent its time: paddock's steps (record,
+// prepare, tap, rules, passt, disk, workspaces, vmm, agent: the VMM's
+// launch to the agent's hello) and the guest's phases as its agent reports
+// them (its kernel first).
+type BootReport struct {
+	Steps []BootPhase `json:"steps"`
+	Guest []BootPhase `json:"guest,omitempty"`
+}
+
+// BootPhase is one named span of a start, in milliseconds.
+type BootPhase struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
 }
 
 // EventKind says what an Event reports; its value is the wire string.

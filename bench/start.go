@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/bootkit/qemurun"
 	"github.com/paddock-vm/paddock/host/vmm"
@@ -87,6 +88,7 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 	}
 
 	var runs, runExecs, starts, bares []time.Duration
+	var reports []api.BootReport // of the starts after a stop
 	for i := range n {
 		name := fmt.Sprintf("s%d", i)
 		run, _, err := cli("run", "--image", "minbase:start", "--name", name) // vm.network = "none"
@@ -114,9 +116,15 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 		if err != nil {
 			return err
 		}
-		var vm struct{ ID string }
+		var vm struct {
+			ID       string
+			LastBoot *api.BootReport `json:"last_boot"`
+		}
 		if err := json.Unmarshal(out, &vm); err != nil || vm.ID == "" {
 			return fmt.Errorf("inspect %s: %v %s", name, err, out)
+		}
+		if vm.LastBoot != nil {
+			reports = append(reports, *vm.LastBoot)
 		}
 		if _, _, err := cli("stop", name); err != nil {
 			return err
@@ -138,6 +146,18 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 	fmt.Printf("paddock run -> first paddock exec answered       %v  = %.2fx the bare boot (goal <= 1.10x); paddock's own cost %v (goal <= 100 ms)\n",
 		med(runExecs).Round(time.Millisecond), ratio(med(runExecs), ref), (med(runExecs) - ref).Round(time.Millisecond))
 	fmt.Printf("paddock start (after stop) -> first exec        %v  = %.2fx the bare boot\n", med(starts).Round(time.Millisecond), ratio(med(starts), ref))
+	if len(reports) > 0 {
+		r := reports[len(reports)/2]
+		fmt.Printf("  where a start went (one start after a stop, daemon's clock):")
+		for _, p := range r.Steps {
+			fmt.Printf(" %s %.0f ms,", p.Name, p.MS)
+		}
+		fmt.Printf("\n  the guest's (its boot clock):")
+		for _, p := range r.Guest {
+			fmt.Printf(" %s %.0f ms,", p.Name, p.MS)
+		}
+		fmt.Println()
+	}
 	return nil
 }
 

@@ -94,8 +94,22 @@ func (d *Daemon) toAPI(vm *state.VM) api.VM {
 			Memory: vm.Spec.Memory, DiskSize: vm.Spec.DiskSize, AutoStop: orOff(vm.Spec.AutoStop), Env: orEmptyList(vm.Spec.Env),
 			Kernel: vm.Spec.Kernel, Entrypoint: vm.Spec.Entrypoint, Cmd: vm.Spec.Cmd, Workdir: vm.Spec.Workdir, User: vm.Spec.User,
 			Ports: ports, Network: vm.Spec.Network, Workspaces: workspaceMountsToAPI(vm.Spec.Workspaces)},
-		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt),
+		CreatedAt: stamp(vm.CreatedAt), UpdatedAt: stamp(vm.UpdatedAt), LastBoot: bootToAPI(vm.LastBoot),
 	}
+}
+
+func bootToAPI(b *state.BootReport) *api.BootReport {
+	if b == nil {
+		return nil
+	}
+	phases := func(ps []state.BootPhase) []api.BootPhase {
+		out := make([]api.BootPhase, len(ps))
+		for i, p := range ps {
+			out[i] = api.BootPhase{Name: p.Name, MS: p.MS}
+		}
+		return out
+	}
+	return &api.BootReport{Steps: phases(b.Steps), Guest: phases(b.Guest)}
 }
 
 // vmNetwork is the network a VM is on: its spec's, else the daemon's

@@ -128,6 +128,13 @@ func TestBootExecStopStartRm(t *testing.T) {
 		}
 	}
 	e.cli(t, nil, "run", "--image", regImage, "--name", "web", "--env", "DEMO=2", "--env", "EXTRA=yes", "--disk", "1GiB").ok(t, "run")
+	// Where the start went: paddock's steps and the guest's phases.
+	if lb := inspectVM(t, e, "web").LastBoot; lb == nil || len(lb.Steps) < 5 || lb.Steps[len(lb.Steps)-1].Name != "agent" || len(lb.Guest) == 0 || lb.Guest[0].Name != "kernel" {
+		t.Fatalf("last boot report: %+v", lb)
+	}
+	if out := e.cli(t, nil, "inspect", "web").ok(t, "inspect"); !strings.Contains(out, "Last start:") || !strings.Contains(out, "vmm ") || !strings.Contains(out, "Last boot (guest):") {
+		t.Fatalf("inspect shows no start report:\n%s", out)
+	}
 	if out, code := execOut(t, e, "web", "", "cat", "/etc/motd"); code != 0 || out != "welcome to the paddock demo\n" {
 		t.Fatalf("exec cat /etc/motd: %q exit %d", out, code)
 	}

@@ -186,6 +186,23 @@ type VM struct {
 	// Disk is the VM's own disk (the disk backend's handle): it survives
 	// stops, and goes with the VM.
 	Disk json.RawMessage `json:"disk,omitempty"`
+	// LastBoot is where the last successful start spent its time.
+	LastBoot *BootReport `json:"last_boot,omitempty"`
+}
+
+// BootReport is where a start spent its time: paddock's own steps, each
+// measured on the daemon's clock from the end of the one before (the agent
+// step is the VMM's launch to the agent's hello), and the guest's phases as
+// its agent reports them (its kernel first).
+type BootReport struct {
+	Steps []BootPhase `json:"steps"`
+	Guest []BootPhase `json:"guest,omitempty"`
+}
+
+// BootPhase is one named span of a start, in milliseconds.
+type BootPhase struct {
+	Name string  `json:"name"`
+	MS   float64 `json:"ms"`
 }
 
 // Handle is one host object a resource actor owns. Intent is recorded before

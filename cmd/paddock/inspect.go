@@ -81,7 +81,22 @@ func printDetail(w io.Writer, vm *api.VM) {
 		[2]string{"Auto-stop", vm.Spec.AutoStop},
 		[2]string{"Created", vm.CreatedAt},
 		[2]string{"Updated", vm.UpdatedAt})
+	if b := vm.LastBoot; b != nil {
+		rows = append(rows, [2]string{"Last start", phasesText(b.Steps)})
+		if len(b.Guest) > 0 {
+			rows = append(rows, [2]string{"Last boot (guest)", phasesText(b.Guest)})
+		}
+	}
 	fields(w, rows)
+}
+
+// phasesText is "name N ms, ..." (fields escapes what the guest named).
+func phasesText(ps []api.BootPhase) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = fmt.Sprintf("%s %.0f ms", p.Name, p.MS)
+	}
+	return strings.Join(s, ", ")
 }
 
 // portsText lists published ports in the -p form.
