@@ -132,7 +132,7 @@ func TestBootExecStopStartRm(t *testing.T) {
 	if lb := inspectVM(t, e, "web").LastBoot; lb == nil || len(lb.Steps) < 5 || lb.Steps[len(lb.Steps)-1].Name != "agent" || len(lb.Guest) == 0 || lb.Guest[0].Name != "kernel" {
 		t.Fatalf("last boot report: %+v", lb)
 	}
-	if out := e.cli(t, nil, "inspect", "web").ok(t, "inspect"); !strings.Contains(out, "Last start:") || !strings.Contains(out, "vmm ") || !strings.Contains(out, "Last boot (guest):") {
+	if out := e.cli(t, nil, "inspect", "web").ok(t, "inspect"); !strings.Contains(out, "Last start:") || !strings.Contains(out, "vmm ") || !strings.Contains(out, "Guest boot:") {
 		t.Fatalf("inspect shows no start report:\n%s", out)
 	}
 	if out, code := execOut(t, e, "web", "", "cat", "/etc/motd"); code != 0 || out != "welcome to the paddock demo\n" {

@@ -84,7 +84,7 @@ func printDetail(w io.Writer, vm *api.VM) {
 	if b := vm.LastBoot; b != nil {
 		rows = append(rows, [2]string{"Last start", phasesText(b.Steps)})
 		if len(b.Guest) > 0 {
-			rows = append(rows, [2]string{"Last boot (guest)", phasesText(b.Guest)})
+			rows = append(rows, [2]string{"Guest boot", phasesText(b.Guest)})
 		}
 	}
 	fields(w, rows)
