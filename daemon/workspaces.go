@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -156,8 +157,17 @@ func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 	}
 	if thaw != nil {
 		defer thaw()
+		// The guest thaws by itself after exportFreezeMax: an export still
+		// reading then would read a moving file system. End it before.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, exportFreezeMax-exportFreezeMargin)
+		defer cancel()
 	}
 	w, err := d.actors.ExportWorkspace(ctx, actors.ExportWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Out: out, Frozen: thaw != nil})
+	if thaw != nil && errors.Is(err, context.DeadlineExceeded) {
+		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.Workspace,
+			Msg: fmt.Sprintf("the export of workspace %s did not finish within %v, for which its running VM's file system can stay frozen: stop the VM to export it without that limit", in.Workspace, exportFreezeMax-exportFreezeMargin)}
+	}
 	if err != nil {
 		return err
 	}
@@ -167,6 +177,10 @@ func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 // exportFreezeMax bounds a guest's freeze for an export; the agent thaws by
 // itself then, should paddockd be gone.
 const exportFreezeMax = 5 * time.Minute
+
+// exportFreezeMargin ends a frozen export this long before the agent's own
+// thaw, for the thaw request and the last writes to the client.
+const exportFreezeMargin = 15 * time.Second
 
 // freezeHolder freezes the file system of the VM holding w read-write, if
 // one does (FIFREEZE through its agent, which flushes the guest's writes
