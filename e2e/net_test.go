@@ -70,7 +70,7 @@ func TestNetUserModeCrashPoints(t *testing.T) {
 	if vm := inspectVM(t, e, "fp"); vm.Network == nil || vm.Network.Mode != "user" {
 		t.Errorf("inspect does not say user mode: %+v", vm.Network)
 	}
-	if out := e.cli(t, nil, "inspect", "fp").ok(t, "inspect"); !strings.Contains(out, "Network:      user") {
+	if out := e.cli(t, nil, "inspect", "fp").ok(t, "inspect"); !inspectField(out, "Network", "user") {
 		t.Errorf("paddock inspect does not say user mode:\n%s", out)
 	}
 	if l := e.leaks(t, ns); l.passts != 1 {
@@ -633,7 +633,7 @@ func TestNetUserMode(t *testing.T) {
 	if vm.Network == nil || vm.Network.Mode != "user" {
 		t.Errorf("inspect --json network: %+v, want mode user", vm.Network)
 	}
-	if out := e.cli(t, nil, "inspect", "u").ok(t, "inspect"); !strings.Contains(out, "Network:      user") || !strings.Contains(out, "18080:8080/tcp") {
+	if out := e.cli(t, nil, "inspect", "u").ok(t, "inspect"); !inspectField(out, "Network", "user") || !strings.Contains(out, "18080:8080/tcp") {
 		t.Errorf("paddock inspect does not say user mode and 18080:8080/tcp:\n%s", out)
 	}
 	if l := e.leaks(t, ns); l.passts != 1 || l.taps != 0 || l.rules != 0 {
@@ -844,4 +844,15 @@ func TestNetBadInput(t *testing.T) {
 			t.Fatalf("daemon exit %d", code)
 		}
 	})
+}
+
+// inspectField reports whether paddock inspect's output has the field name
+// starting with value, whatever the column width.
+func inspectField(out, name, value string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == name && strings.HasPrefix(strings.TrimSpace(v), value) {
+			return true
+		}
+	}
+	return false
 }
