@@ -25,7 +25,6 @@ import (
 
 	"github.com/paddock-vm/paddock/imaging/ext4"
 	"github.com/paddock-vm/paddock/imaging/flatten"
-	"github.com/paddock-vm/paddock/tartree"
 )
 
 // Limits of a workspace's size.
@@ -56,9 +55,6 @@ type Result struct {
 	Content   int64 // bytes of file content
 }
 
-// errBuildEnded is what the rewriter meets when the flattener stops reading.
-var errBuildEnded = errors.New("workspace build ended")
-
 // ErrRefused is an entry a workspace may not hold.
 var ErrRefused = flatten.ErrBadEntry
 
@@ -71,24 +67,13 @@ func Build(ctx context.Context, r io.Reader, out string, spec Spec) (*Result, er
 	if spec.Size < MinSize || spec.Size > MaxSize {
 		return nil, fmt.Errorf("%w: workspace size %d is out of range (%d MiB to %d TiB)", flatten.ErrBadEntry, spec.Size, MinSize>>20, MaxSize>>40)
 	}
-	pr, pw := io.Pipe()
-	ferr := make(chan error, 1)
-	go func() {
-		err := rewrite(r, pw, spec)
-		_ = pw.CloseWithError(err)
-		ferr <- err
-	}()
-	res, err := flatten.Flatten(ctx, []flatten.Layer{flatten.ReaderLayer("", pr)},
-		flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries, MaxUnpackedSize: spec.Size})
-	_ = pr.CloseWithError(errBuildEnded)
-	if rerr := <-ferr; rerr != nil && !errors.Is(rerr, errBuildEnded) {
-		// The rewriter's refusal names the entry; what the flattener made of
-		// the stream ending there says less.
-		var ee *flatten.EntryError
-		if errors.As(rerr, &ee) || err == nil {
-			err = rerr
-		}
+	var layers []flatten.Layer
+	if r != nil {
+		layers = []flatten.Layer{flatten.ReaderLayer("", r)}
 	}
+	root := &tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, Uid: int(spec.UID), Gid: int(spec.GID), ModTime: time.Now()}
+	res, err := flatten.Flatten(ctx, layers, flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries,
+		MaxUnpackedSize: spec.Size, Entry: spec.entry, Root: root, Literal: true, RequireEnd: true})
 	if err != nil {
 		if res != nil {
 			res.Close()
@@ -110,77 +95,31 @@ func Build(ctx context.Context, r io.Reader, out string, spec Spec) (*Result, er
 	return &Result{Size: built.Size, Allocated: built.Allocated, Files: res.Summary.Inodes, Content: res.Summary.ContentBytes}, nil
 }
 
-// rewrite copies the tar stream r to w with every entry owned by
-// spec.UID:spec.GID, setuid and setgid bits stripped, xattrs and names of
-// users dropped, and a root directory first (so the root is the owner's
-// even when the stream has none). Device nodes, fifos and entry types a
-// project tree does not hold are refused, naming the entry.
-func rewrite(r io.Reader, w io.Writer, spec Spec) error {
-	tw := tar.NewWriter(w)
-	root := &tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, Uid: int(spec.UID), Gid: int(spec.GID), ModTime: time.Now(), Format: tar.FormatPAX}
-	if err := tw.WriteHeader(root); err != nil {
-		return err
-	}
-	if r != nil {
-		// A stream that ends where an entry could start, without its
-		// end-of-archive marker (two zero blocks), was cut short: a client
-		// that failed half-way. tar.Reader reads exactly what it needs, so
-		// the count says where the next header starts.
-		cr := &tartree.Counter{R: r}
-		tr := tar.NewReader(cr)
-		var next int64
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				if cr.N-next < 2*512 {
-					return &flatten.EntryError{Err: flatten.ErrBadEntry, Reason: "the tar stream ends without its end-of-archive marker: it was cut short"}
-				}
-				break
-			}
-			if err != nil {
-				return &flatten.EntryError{Err: flatten.ErrBadEntry, Reason: "the tar stream is malformed: " + err.Error()}
-			}
-			for k := range h.PAXRecords {
-				if strings.HasPrefix(k, "GNU.sparse.") {
-					return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: "sparse tar entries are not supported"}
-				}
-			}
-			out := &tar.Header{Name: h.Name, Linkname: h.Linkname, Size: h.Size, Mode: h.Mode & 0o1777, Uid: int(spec.UID), Gid: int(spec.GID),
-				ModTime: h.ModTime, Format: tar.FormatPAX}
-			switch h.Typeflag {
-			case tar.TypeReg: // tar.Reader reports the old TypeRegA as this
-				out.Typeflag = tar.TypeReg
-			case tar.TypeDir, tar.TypeSymlink, tar.TypeLink:
-				out.Typeflag = h.Typeflag
-			case tar.TypeXGlobalHeader:
-				continue
-			case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-				return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: "device nodes and fifos have no place in a workspace"}
-			default:
-				return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: fmt.Sprintf("unsupported entry type %q", h.Typeflag)}
-			}
-			if out.Typeflag != tar.TypeReg {
-				out.Size = 0
-			}
-			if err := tw.WriteHeader(out); err != nil {
-				return &flatten.EntryError{Path: h.Name, Err: flatten.ErrBadName, Reason: err.Error()}
-			}
-			var copied int64
-			if out.Typeflag == tar.TypeReg {
-				if copied, err = io.Copy(tw, tr); err != nil {
-					if errors.Is(err, errBuildEnded) {
-						return err // the flattener stopped reading: its error says why
-					}
-					return &flatten.EntryError{Path: h.Name, Err: flatten.ErrBadEntry, Reason: "reading its content: " + err.Error()}
-				}
-			}
-			next = cr.N + (h.Size - copied) + (512-h.Size%512)%512
+// entry makes a header what a workspace holds: owned by spec.UID:spec.GID,
+// setuid and setgid bits stripped, xattrs and names of users dropped.
+// Device nodes, fifos, sparse entries and types a project tree does not
+// hold are refused, naming the entry.
+func (spec Spec) entry(h *tar.Header) error {
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: "sparse tar entries are not supported"}
 		}
 	}
-	return tw.Close()
+	switch h.Typeflag {
+	case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink: // tar.Reader reports the old TypeRegA as TypeReg
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: "device nodes and fifos have no place in a workspace"}
+	default:
+		return &flatten.EntryError{Path: h.Name, Err: ErrRefused, Reason: fmt.Sprintf("unsupported entry type %q", h.Typeflag)}
+	}
+	h.Mode &= 0o1777
+	h.Uid, h.Gid, h.Uname, h.Gname = int(spec.UID), int(spec.GID), "", ""
+	h.PAXRecords, h.Xattrs = nil, nil //nolint:staticcheck // Xattrs is what tar.Reader fills too
+	if h.Typeflag != tar.TypeReg {
+		h.Size = 0
+	}
+	return nil
 }
-
-// counter counts the bytes read through it.
 
 // Allocated is the bytes a file takes on the host (0 when it is gone).
 func Allocated(path string) int64 {

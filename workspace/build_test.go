@@ -119,6 +119,9 @@ func TestBuildFromDirectory(t *testing.T) {
 	write("sub/deep/data.txt", "some data\n", 0o640)
 	write("suid", "not really a binary\n", 0o4755)
 	write("ünïcödé-文件.txt", "unicode\n", 0o644)
+	// A project's own names, not layer whiteouts.
+	write(".wh.keep", "kept\n", 0o644)
+	write("sub/.wh..wh..opq", "kept too\n", 0o644)
 	if err := os.Link(filepath.Join(src, "sub/deep/data.txt"), filepath.Join(src, "hard.txt")); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +134,7 @@ func TestBuildFromDirectory(t *testing.T) {
 	if err := syscall.Chmod(filepath.Join(src, "sgid-dir"), 0o2775); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"run.sh", "sub/deep/data.txt", "suid", "ünïcödé-文件.txt", "sub/deep", "sub", "sgid-dir"} {
+	for _, p := range []string{".wh.keep", "sub/.wh..wh..opq", "run.sh", "sub/deep/data.txt", "suid", "ünïcödé-文件.txt", "sub/deep", "sub", "sgid-dir"} {
 		if err := os.Chtimes(filepath.Join(src, p), when, when); err != nil {
 			t.Fatal(err)
 		}
@@ -173,6 +176,8 @@ func TestBuildFromDirectory(t *testing.T) {
 		{"/sgid-dir", "directory", "0775", "", "", true},
 		{"/ünïcödé-文件.txt", "regular", "0644", "1", "", true},
 		{"/link", "symlink", "0777", "1", "sub/deep/data.txt", false},
+		{"/.wh.keep", "regular", "0644", "1", "", true},
+		{"/sub/.wh..wh..opq", "regular", "0644", "1", "", true},
 	} {
 		in := stat(t, out, tc.path)
 		if in.typ != tc.typ || in.mode != tc.mode || in.uid != "1234" || in.gid != "2345" || (tc.links != "" && in.links != tc.links) || in.target != tc.target {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -160,6 +161,37 @@ func TestExportRoundTrip(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = os.Chmod(filepath.Join(out2, "ro"), 0o755) })
 	compareTrees(t, snapshot(t, src), snapshot(t, out2))
+}
+
+// TestExportGeneralPath: a volume the direct reader does not read
+// (block maps, not extents) is exported through the debugfs dump, with
+// the same tree.
+func TestExportGeneralPath(t *testing.T) {
+	requireTools(t)
+	src := t.TempDir()
+	when := time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
+	writeFile(t, src, "run.sh", "#!/bin/sh\necho hello\n", 0o755, when)
+	writeFile(t, src, "sub/data.txt", strings.Repeat("data\n", 3000), 0o640, when)
+	if err := os.Symlink("sub/data.txt", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	vol := filepath.Join(t.TempDir(), "vol.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-O", "^extent,^64bit", "-d", src, vol, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	var exported bytes.Buffer
+	scratch := t.TempDir()
+	if err := workspace.Export(context.Background(), vol, &exported, workspace.ExportSpec{Name: "inline", ScratchDir: scratch}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := tartree.Untar(context.Background(), &exported, out); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, snapshot(t, src), snapshot(t, out))
+	if ents, _ := os.ReadDir(scratch); len(ents) != 0 {
+		t.Errorf("scratch left behind: %v", ents)
+	}
 }
 
 func TestExportRefusesDamagedVolume(t *testing.T) {

@@ -17,47 +17,23 @@ import (
 var ErrNotClean = errors.New("filesystem is not clean")
 
 // Dump copies the tree of the ext4 image into dir (which exists, empty)
-// without mounting it: e2fsck -fn first checks the image read-only (a
-// filesystem whose names could reach out of dir, or whose journal holds
-// unreplayed writes, is refused), then one read-only debugfs "rdump / dir".
-// Files are written as the caller (debugfs sets modes and mtimes, and
-// owners only if it may). Hardlinks come out as separate copies. ctx bounds
-// both runs.
+// without mounting it: Check first, then one read-only debugfs
+// "rdump / dir". Files are written as the caller (debugfs sets modes and
+// mtimes, and owners only if it may). Hardlinks come out as separate
+// copies. ctx bounds both runs.
 func Dump(ctx context.Context, image, dir string, tools Tools) error {
 	dbg, err := findTool("debugfs", tools.Debugfs)
 	if err != nil {
 		return err
 	}
-	fsckBin, err := findTool("e2fsck", tools.E2fsck)
-	if err != nil {
+	if err := Check(ctx, image, tools); err != nil {
 		return err
 	}
 	env := append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__", "LC_ALL=C")
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, fsckBin, "-f", "-n", image)
-	cmd.Env = env
-	cmd.Stdout = &limitWriter{w: &out, n: 1 << 20}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			var bad []string
-			for _, l := range strings.Split(out.String(), "\n") {
-				if !fsckRoutine.MatchString(l) {
-					bad = append(bad, l)
-				}
-			}
-			return fmt.Errorf("%w (e2fsck -n exit %d): %s", ErrNotClean, ee.ExitCode(), firstLines(strings.Join(bad, "\n"), 5))
-		}
-		return fmt.Errorf("e2fsck: %w", err)
-	}
 	if strings.ContainsAny(dir, "\"\n") {
 		return fmt.Errorf("dump directory %q: unusable name", dir)
 	}
-	cmd = exec.CommandContext(ctx, dbg, "-R", "rdump / "+quote(dir), image)
+	cmd := exec.CommandContext(ctx, dbg, "-R", "rdump / "+quote(dir), image)
 	cmd.Env = env
 	var stderr bytes.Buffer
 	cmd.Stderr = &limitWriter{w: &stderr, n: 1 << 20}
@@ -147,4 +123,36 @@ func Inodes(ctx context.Context, image string, dirs []string, tools Tools) (map[
 		res[strings.TrimSuffix(cur, "/")+"/"+f[4]] = ino
 	}
 	return res, nil
+}
+
+// Check runs e2fsck -fn on the image: read-only, refusing (ErrNotClean) a
+// filesystem it finds fault with, or whose journal holds unreplayed writes
+// (a guest that crashed, or wrote a hostile filesystem). ctx bounds it.
+func Check(ctx context.Context, image string, tools Tools) error {
+	fsckBin, err := findTool("e2fsck", tools.E2fsck)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, fsckBin, "-f", "-n", image)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.Stdout = &limitWriter{w: &out, n: 1 << 20}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			var bad []string
+			for _, l := range strings.Split(out.String(), "\n") {
+				if !fsckRoutine.MatchString(l) {
+					bad = append(bad, l)
+				}
+			}
+			return fmt.Errorf("%w (e2fsck -n exit %d): %s", ErrNotClean, ee.ExitCode(), firstLines(strings.Join(bad, "\n"), 5))
+		}
+		return fmt.Errorf("e2fsck: %w", err)
+	}
+	return nil
 }

@@ -66,6 +66,21 @@ type Options struct {
 	// stops reading as soon as it would be crossed.
 	// Default DefaultMaxUnpackedSize.
 	MaxUnpackedSize int64
+
+	// Entry, when set, sees every header as read (global PAX headers
+	// aside) and may change it in place before it is applied, or refuse it
+	// (an *EntryError passes through as it is).
+	Entry func(*tar.Header) error
+	// Root, when set, is the root directory's metadata (owner, mode,
+	// mtime) before the first layer; a layer's "./" entry still replaces it.
+	Root *tar.Header
+	// Literal reads whiteout names (".wh.*") as the names they are: for a
+	// tree that is not an image layer (a workspace).
+	Literal bool
+	// RequireEnd refuses a stream that ends without its end-of-archive
+	// marker (two zero blocks) where an entry could start: one cut short
+	// by a client that failed half-way.
+	RequireEnd bool
 }
 
 // MaxTrailingBytes bounds what may follow a layer's end-of-archive marker:
@@ -141,6 +156,9 @@ func Flatten(ctx context.Context, layers []Layer, opts Options) (*Result, error)
 		return nil, err
 	}
 	f := &flattener{opts: opts, spill: sp, root: newRoot()}
+	if r := opts.Root; r != nil {
+		f.root.ino = &inode{kind: kDir, mode: r.Mode & 0o7777, uid: r.Uid, gid: r.Gid, mtime: clampTime(r.ModTime), refs: 1}
+	}
 	for i, l := range layers {
 		f.layer, f.digest, f.curName = i+1, l.Digest, ""
 		if err := f.applyLayer(ctx, l); err != nil {
@@ -240,12 +258,19 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 	m := &meter{ctx: ctx, r: rc, f: f}
 	tr := tar.NewReader(m)
 	prev := ""
+	var next int64 // where the next header would start in this stream
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		hdr, err := tr.Next()
 		if err == io.EOF {
+			// tar.Reader reads exactly what it needs, so m.n says where it
+			// stopped; a proper end is two zero blocks past the last entry.
+			if f.opts.RequireEnd && m.n-next < 2*512 {
+				return &EntryError{ImageRef: f.opts.ImageRef, Layer: l.Digest, Path: prev, Err: ErrBadEntry,
+					Reason: "the tar stream ends without its end-of-archive marker: it was cut short"}
+			}
 			break
 		}
 		if err != nil {
@@ -257,9 +282,15 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 		}
 		prev = hdr.Name
 		f.curName = hdr.Name
+		next = m.n + hdr.Size + (512-hdr.Size%512)%512
 		f.entries++
 		if f.entries > f.opts.MaxEntries {
 			return f.fail(rule(ErrTooManyEntries, "more than %d entries", f.opts.MaxEntries))
+		}
+		if f.opts.Entry != nil && hdr.Typeflag != tar.TypeXGlobalHeader {
+			if err := f.opts.Entry(hdr); err != nil {
+				return f.fail(err)
+			}
 		}
 		if err := f.apply(hdr, tr); err != nil {
 			if err := m.stopped(); err != nil {
@@ -294,6 +325,7 @@ type meter struct {
 	ctx  context.Context
 	r    io.Reader
 	f    *flattener
+	n    int64 // bytes read from this layer
 	stop error // why reading stopped, when the meter stopped it
 }
 
@@ -311,6 +343,7 @@ func (m *meter) Read(p []byte) (int, error) {
 		p = p[:room]
 	}
 	n, err := m.r.Read(p)
+	m.n += int64(n)
 	m.f.streamed += int64(n)
 	if m.f.streamed > m.f.opts.MaxUnpackedSize {
 		m.stop = m.f.fail(rule(ErrTooLarge, "the layers' tar streams hold more than %d bytes (max_unpacked_size); reading stopped there",
@@ -364,7 +397,7 @@ func (f *flattener) apply(hdr *tar.Header, tr *tar.Reader) error {
 	}
 	// Whiteout markers and aufs metadata.
 	for i, c := range comps {
-		if !strings.HasPrefix(c, whPrefix) {
+		if f.opts.Literal || !strings.HasPrefix(c, whPrefix) {
 			continue
 		}
 		if strings.HasPrefix(c, whPrefix+whPrefix) {
