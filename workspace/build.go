@@ -114,7 +114,7 @@ func (spec Spec) entry(h *tar.Header) error {
 	}
 	h.Mode &= 0o1777
 	h.Uid, h.Gid, h.Uname, h.Gname = int(spec.UID), int(spec.GID), "", ""
-	h.PAXRecords, h.Xattrs = nil, nil //nolint:staticcheck // Xattrs is what tar.Reader fills too
+	h.PAXRecords = nil // xattrs come from its SCHILY.xattr records
 	if h.Typeflag != tar.TypeReg {
 		h.Size = 0
 	}
