@@ -88,7 +88,7 @@ func Build(ctx context.Context, r io.Reader, out string, spec Spec) (*Result, er
 		return nil, fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	built, err := ext4.BuildFlattened(ctx, res, out, ext4.Options{ImageRef: "workspace " + spec.Name, ScratchDir: spec.ScratchDir,
-		Size: spec.Size, Mode: 0o600, Label: "workspace", Tools: spec.Tools, Logger: spec.Logger})
+		Size: spec.Size, Mode: 0o600, Label: "workspace", Tools: spec.Tools, Logger: spec.Logger, Owner: &ext4.Owner{UID: spec.UID, GID: spec.GID}})
 	if err != nil {
 		return nil, err
 	}

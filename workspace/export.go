@@ -16,7 +16,7 @@ import (
 
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging/ext4"
-	"github.com/paddock-vm/paddock/imaging/ext4/ext4tar"
+	"github.com/paddock-vm/paddock/imaging/ext4/ext4fs"
 	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/tartree"
 )
@@ -43,7 +43,7 @@ var ErrNoScratch = errors.New("not enough scratch space")
 // Export writes the tree of the volume vol to w as a tar stream (no
 // owners: whoever unpacks it owns the files). The volume is read without
 // mounting it (a qcow2 top flattened into the scratch directory first):
-// checked with e2fsck -n, then read directly (ext4tar: one read of each
+// checked with e2fsck -n, then read directly (ext4fs: one read of each
 // file, nothing written to scratch). A volume using what the direct reader
 // does not read is dumped with debugfs into a scratch directory instead
 // (removed always) and archived like TarDir. An empty lost+found at the
@@ -80,20 +80,20 @@ func Export(ctx context.Context, vol string, w io.Writer, spec ExportSpec) error
 	if err := ext4.Check(ctx, vol, spec.Tools); err != nil {
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
-	opts := ext4tar.Options{Name: name, SkipEmptyLostFound: true}
+	opts := ext4fs.Options{Name: name, SkipEmptyLostFound: true}
 	if spec.Part != nil {
 		opts.Part = &sub
 	}
-	switch err := ext4tar.WriteTar(ctx, vol, w, opts); {
+	switch err := ext4fs.WriteTar(ctx, vol, w, opts); {
 	case err == nil:
 		return nil
-	case errors.Is(err, ext4tar.ErrNotFound):
+	case errors.Is(err, ext4fs.ErrNotFound):
 		return fmt.Errorf("workspace %s has no %s: %w", spec.Name, sub, errdefs.Wrap(errdefs.ErrInvalidArgument, err))
-	case errors.Is(err, ext4tar.ErrLinkOnTheWay), errors.Is(err, ext4tar.ErrTooLarge):
+	case errors.Is(err, ext4fs.ErrLinkOnTheWay), errors.Is(err, ext4fs.ErrTooLarge):
 		return fmt.Errorf("workspace %s: %w", spec.Name, errdefs.Wrap(errdefs.ErrInvalidArgument, err))
-	case errors.Is(err, ext4tar.ErrCorrupt):
+	case errors.Is(err, ext4fs.ErrCorrupt):
 		return fmt.Errorf("workspace %s: %w: %w", spec.Name, ext4.ErrNotClean, err)
-	case !errors.Is(err, ext4tar.ErrUnsupported):
+	case !errors.Is(err, ext4fs.ErrUnsupported):
 		return fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	return dumpExport(ctx, vol, dir, sub, name, w, spec)

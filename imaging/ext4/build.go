@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/errdefs"
+	"github.com/paddock-vm/paddock/imaging/ext4/ext4fs"
 	"github.com/paddock-vm/paddock/imaging/flatten"
 )
 
@@ -92,9 +93,16 @@ type Options struct {
 	Tools Tools
 	// NoTarStdin forces the scratch-tree path even when mke2fs reads tars.
 	NoTarStdin bool
+	// Owner, when set, owns every inode of the image whatever the tree
+	// says (a workspace): set in one pass over the inode tables after mkfs
+	// (ext4fs.SetOwners) instead of a debugfs fix-up per file.
+	Owner *Owner
 	// Logger receives phase timings at debug level. Default: discard.
 	Logger *slog.Logger
 }
+
+// Owner is a uid:gid.
+type Owner struct{ UID, GID uint32 }
 
 // Result describes a built image.
 type Result struct {
@@ -281,6 +289,7 @@ func build(ctx context.Context, src source, sum flatten.Summary, out string, opt
 	if err != nil {
 		return nil, err
 	}
+	sc.allOwned = opts.Owner != nil
 	defer sc.close()
 	if res.TarStdin {
 		err = buildTarStdin(ctx, src.r, tools.Mke2fs, append(mkfsArgs, "-d", "-", img), env, sc, opts.ImageRef, &res.Timings)
@@ -298,6 +307,11 @@ func build(ctx context.Context, src source, sum flatten.Summary, out string, opt
 	if sc.lines > 0 {
 		if err := runDebugfs(ctx, tools.Debugfs, sc.path, img); err != nil {
 			return nil, fmt.Errorf("image %s: apply ownership: %w", opts.ImageRef, err)
+		}
+	}
+	if opts.Owner != nil {
+		if _, err := ext4fs.SetOwners(img, opts.Owner.UID, opts.Owner.GID); err != nil {
+			return nil, fmt.Errorf("image %s: set owners: %w", opts.ImageRef, err)
 		}
 	}
 	res.Timings.Debugfs = time.Since(t)

@@ -93,6 +93,7 @@ type script struct {
 	links     map[string]int // created extra names per link target
 	linkOrder []string
 	closed    bool
+	allOwned  bool // Options.Owner: owners are set after, all at once
 }
 
 func newScript(dir, imageRef string) (*script, error) {
@@ -238,7 +239,7 @@ func (s *script) add(fx Fixup) error {
 		return fail(fmt.Errorf("%w: uid/gid %d/%d out of range", flatten.ErrBadEntry, h.Uid, h.Gid))
 	}
 	qp := quote(p)
-	if !fx.SkipOwner {
+	if !fx.SkipOwner && !s.allOwned {
 		if err := s.line(h.Name, "sif", qp, "uid", fmt.Sprint(h.Uid)); err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package ext4tar
+package ext4fs
 
 import (
 	"archive/tar"

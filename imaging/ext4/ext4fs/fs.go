@@ -1,4 +1,5 @@
-// Package ext4tar streams the tree of an ext4 image as a tar, reading the
+// Package ext4fs reads (and, for owners, patches) ext4 images directly:
+// WriteTar streams the tree of an image as a tar, reading the
 // image file itself: no mount, no debugfs dump into scratch space, one read
 // of each file's content. It reads the subset of ext4 that paddock's
 // volumes use (extents, 64bit, flex_bg, metadata_csum, htree directories
@@ -11,7 +12,7 @@
 // checked against the image's size before it is used, directory cycles and
 // absurd depths are refused, and nothing is trusted to be what e2fsck
 // would have made of it.
-package ext4tar
+package ext4fs
 
 import (
 	"encoding/binary"
@@ -64,6 +65,9 @@ type image struct {
 	inodesPerGroup uint32
 	inodeSize      int64
 	tables         []uint64 // inode table block of each group
+	unused         []uint32 // inodes never used at the end of each group's table
+	csumSeed       uint32   // metadata_csum: the seed of every checksum
+	csum           bool     // metadata_csum is on
 	// The inode table block read last: a directory's inodes are mostly
 	// neighbours, so most lookups are served from it.
 	cached    int64
@@ -150,7 +154,14 @@ func readSuper(f *os.File) (*image, error) {
 	if _, err := f.ReadAt(gdt, int64(firstData+1)*img.bs); err != nil {
 		return nil, corrupt("reading the group descriptors: %v", err)
 	}
-	img.tables = make([]uint64, groups)
+	img.tables, img.unused = make([]uint64, groups), make([]uint32, groups)
+	const roCompatMetadataCsum, bgInodeUninit = 0x400, 0x1
+	if img.csum = le.Uint32(sb[0x64:])&roCompatMetadataCsum != 0; img.csum {
+		img.csumSeed = crc32c(^uint32(0), sb[0x68:0x78]) // s_uuid
+		if incompat&incompatCsumSeed != 0 {
+			img.csumSeed = le.Uint32(sb[0x270:])
+		}
+	}
 	perGroup := uint64(img.inodesPerGroup) * uint64(img.inodeSize) / uint64(img.bs)
 	for g := range img.tables {
 		d := gdt[int64(g)*descSize:]
@@ -162,6 +173,15 @@ func readSuper(f *os.File) (*image, error) {
 			return nil, corrupt("group %d: inode table at block %d", g, t)
 		}
 		img.tables[g] = t
+		if le.Uint16(d[0x12:])&bgInodeUninit != 0 {
+			img.unused[g] = img.inodesPerGroup
+		} else if img.csum { // itable_unused is kept only with group checksums
+			u := uint32(le.Uint16(d[0x1C:]))
+			if descSize >= 64 {
+				u |= uint32(le.Uint16(d[0x32:])) << 16
+			}
+			img.unused[g] = min(u, img.inodesPerGroup)
+		}
 	}
 	return img, nil
 }
