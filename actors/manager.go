@@ -33,11 +33,6 @@ type ImageResolver interface {
 // Defaults supplies the spec defaults live (they reload on SIGHUP).
 type Defaults func() config.Defaults
 
-type entry struct {
-	pid *actor.PID
-	vm  state.VM
-}
-
 // nameKey is a VM name in its owner's namespace: alice's "web" and bob's
 // "web" are different VMs, and nobody learns whether another user has one.
 type nameKey struct {
@@ -55,6 +50,7 @@ type manager struct {
 	host     *Host
 	netFacts NetFacts
 	ws       wsLink
+	recs     *records // where Get and List read the index (nil in some tests)
 
 	byID   map[string]*entry
 	byName map[nameKey]string
@@ -85,8 +81,8 @@ func (m *manager) Receive(ctx actor.Context) {
 	case *imageUsers:
 		users := []ImageUser{}
 		for id, e := range m.byID {
-			if msg.Digest == "" || e.vm.Spec.ImageDigest == msg.Digest {
-				users = append(users, ImageUser{ID: id, Name: e.vm.Name, Owner: e.vm.OwnerUID, Digest: e.vm.Spec.ImageDigest})
+			if msg.Digest == "" || e.vm().Spec.ImageDigest == msg.Digest {
+				users = append(users, ImageUser{ID: id, Name: e.vm().Name, Owner: e.vm().OwnerUID, Digest: e.vm().Spec.ImageDigest})
 			}
 		}
 		ctx.Respond(users)
@@ -98,12 +94,12 @@ func (m *manager) Receive(ctx actor.Context) {
 			ctx.Respond(&Result{Err: err})
 			return
 		}
-		vm := e.vm
+		vm := *e.vm()
 		ctx.Respond(&Result{VM: &vm})
 	case vmRequest:
 		e, err := m.route(msg)
 		if err == nil {
-			err = m.portsFree(msg, e.vm)
+			err = m.portsFree(msg, *e.vm())
 		}
 		if err != nil {
 			ctx.Respond(&Result{Err: err})
@@ -125,10 +121,11 @@ func (m *manager) Receive(ctx actor.Context) {
 		}
 	case *vmDeleted:
 		if e, ok := m.byID[msg.ID]; ok {
-			if k := keyOf(e.vm); m.byName[k] == msg.ID {
-				delete(m.byName, k)
+			if m.byName[e.key] == msg.ID {
+				delete(m.byName, e.key)
 			}
 			delete(m.byID, msg.ID)
+			m.published()
 			delete(m.pending, msg.ID)
 			ctx.Stop(e.pid)
 			m.recount()
@@ -167,6 +164,7 @@ func (m *manager) start(ctx actor.Context) {
 	for id := range m.byID {
 		m.pending[id] = true
 	}
+	m.published()
 	m.recount()
 	m.maybeReady(ctx)
 }
@@ -286,17 +284,21 @@ func (m *manager) sweep() {
 
 func (m *manager) spawn(ctx actor.Context, vm state.VM) {
 	id := vm.ID
+	// The entry first: the VM actor publishes into it as soon as it starts.
+	e := newEntry(nil, vm)
+	e.key = keyOf(vm)
 	props := actor.PropsFromProducer(func() actor.Actor {
-		return &vmActor{id: id, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host, netFacts: m.netFacts, ws: m.ws}
+		return &vmActor{id: id, publish: e.publish, gone: e.gone.Store, store: m.store, log: m.log.With("actor", "vm", "vm_id", id), events: m.events, host: m.host, netFacts: m.netFacts, ws: m.ws}
 	})
 	pid, err := ctx.SpawnNamed(props, "vm-"+id)
 	if err != nil {
 		m.log.Error("spawning VM actor", "vm_id", id, "err", err)
 		return
 	}
-	m.byID[id] = &entry{pid: pid, vm: vm}
+	e.pid = pid
+	m.byID[id] = e
 	if vm.Name != "" {
-		m.byName[keyOf(vm)] = id
+		m.byName[e.key] = id
 	}
 }
 
@@ -305,22 +307,23 @@ func (m *manager) changed(vm state.VM) {
 	if !ok {
 		return
 	}
-	if keyOf(e.vm) != keyOf(vm) {
-		if m.byName[keyOf(e.vm)] == vm.ID {
-			delete(m.byName, keyOf(e.vm))
+	if k := keyOf(vm); e.key != k {
+		if m.byName[e.key] == vm.ID {
+			delete(m.byName, e.key)
 		}
 		if vm.Name != "" {
-			m.byName[keyOf(vm)] = vm.ID
+			m.byName[k] = vm.ID
 		}
+		e.key = k
+		m.published()
 	}
-	e.vm = vm
 	m.recount()
 }
 
 func (m *manager) recount() {
 	vms := make([]state.VM, 0, len(m.byID))
 	for _, e := range m.byID {
-		vms = append(vms, e.vm)
+		vms = append(vms, *e.vm())
 	}
 	if c := Tally(vms); c != m.counts {
 		m.counts = c
@@ -357,21 +360,21 @@ func keyOf(vm state.VM) nameKey { return nameKey{owner: vm.OwnerUID, name: vm.Na
 // caller's own name (an admin's, then any user's name that only one VM
 // has), then by an unambiguous id prefix. A VM the caller may not see is
 // not found, with the very error a VM that does not exist gets.
-func (m *manager) resolve(c Caller, ref string) (*entry, error) {
+func (s *recordSet) resolve(c Caller, ref string) (*entry, error) {
 	if ref == "" {
 		return nil, &Error{Kind: ErrInvalidArgument, Field: "vm", Msg: "no VM named: give a name or an id"}
 	}
-	if e, ok := m.byID[ref]; ok && c.May(e.vm.OwnerUID) {
+	if e, ok := s.byID[ref]; ok && !e.gone.Load() && c.May(e.vm().OwnerUID) {
 		return e, nil
 	}
-	if id, ok := m.byName[nameKey{owner: c.UID, name: ref}]; ok {
-		return m.byID[id], nil
+	if id, ok := s.byName[nameKey{owner: c.UID, name: ref}]; ok && !s.byID[id].gone.Load() {
+		return s.byID[id], nil
 	}
 	var hits []*entry
 	if c.Admin {
-		for k, id := range m.byName {
-			if k.name == ref {
-				hits = append(hits, m.byID[id])
+		for k, id := range s.byName {
+			if k.name == ref && !s.byID[id].gone.Load() {
+				hits = append(hits, s.byID[id])
 			}
 		}
 		if len(hits) > 1 {
@@ -379,8 +382,8 @@ func (m *manager) resolve(c Caller, ref string) (*entry, error) {
 		}
 	}
 	if len(hits) == 0 && len(ref) >= 4 && len(ref) < state.IDLen {
-		for id, e := range m.byID {
-			if strings.HasPrefix(id, ref) && c.May(e.vm.OwnerUID) {
+		for id, e := range s.byID {
+			if strings.HasPrefix(id, ref) && !e.gone.Load() && c.May(e.vm().OwnerUID) {
 				hits = append(hits, e)
 			}
 		}
@@ -394,6 +397,14 @@ func (m *manager) resolve(c Caller, ref string) (*entry, error) {
 	return nil, ambiguous(ref, hits, "id prefix %q matches %d VMs: give more characters (%s)")
 }
 
+// live is the Manager's own index, read in its mailbox.
+func (m *manager) live() *recordSet { return &recordSet{byID: m.byID, byName: m.byName} }
+
+func (m *manager) resolve(c Caller, ref string) (*entry, error) { return m.live().resolve(c, ref) }
+
+// published swaps the index Get and List callers read.
+func (m *manager) published() { m.recs.swap(m.byID, m.byName) }
+
 // notFound is the one refusal for a VM that does not exist and for one the
 // caller may not see.
 func notFound(ref string) error {
@@ -403,7 +414,7 @@ func notFound(ref string) error {
 func ambiguous(ref string, hits []*entry, format string) error {
 	ids := make([]string, len(hits))
 	for i, e := range hits {
-		ids[i] = e.vm.ID
+		ids[i] = e.vm().ID
 	}
 	sort.Strings(ids)
 	return &Error{Kind: ErrInvalidArgument, Field: "vm", VM: ref, Msg: fmt.Sprintf(format, ref, len(hits), strings.Join(ids, ", "))}
@@ -413,7 +424,7 @@ func ambiguous(ref string, hits []*entry, format string) error {
 // exact id only.
 func (m *manager) route(req vmRequest) (*entry, error) {
 	if r, ok := req.(byID); ok && r.vmID() != "" {
-		if e, ok := m.byID[r.vmID()]; ok && req.caller().May(e.vm.OwnerUID) {
+		if e, ok := m.byID[r.vmID()]; ok && !e.gone.Load() && req.caller().May(e.vm().OwnerUID) {
 			return e, nil
 		}
 		return nil, notFound(r.vmID())
@@ -421,11 +432,11 @@ func (m *manager) route(req vmRequest) (*entry, error) {
 	return m.resolve(req.caller(), req.ref())
 }
 
-func (m *manager) list(c Caller) []state.VM {
-	out := make([]state.VM, 0, len(m.byID))
-	for _, e := range m.byID {
-		if c.May(e.vm.OwnerUID) {
-			out = append(out, e.vm)
+func (s *recordSet) list(c Caller) []state.VM {
+	out := make([]state.VM, 0, len(s.byID))
+	for _, e := range s.byID {
+		if !e.gone.Load() && c.May(e.vm().OwnerUID) {
+			out = append(out, *e.vm())
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -436,6 +447,8 @@ func (m *manager) list(c Caller) []state.VM {
 	})
 	return out
 }
+
+func (m *manager) list(c Caller) []state.VM { return m.live().list(c) }
 
 func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	if err := state.ValidateNewName(req.Name); err != nil {
@@ -488,8 +501,8 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 		// VM's is known.
 		taken := map[netip.Addr]bool{}
 		for _, e := range m.byID {
-			if e.vm.Net != nil {
-				if p, err := netip.ParsePrefix(e.vm.Net.IP); err == nil {
+			if e.vm().Net != nil {
+				if p, err := netip.ParsePrefix(e.vm().Net.IP); err == nil {
 					taken[p.Addr()] = true
 				}
 			}
@@ -511,6 +524,7 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 		return nil, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
 	m.spawn(ctx, vm)
+	m.published()
 	m.recount()
 	ctx.Send(m.events, &emit{Owner: vm.OwnerUID, Event: api.Event{Kind: api.EventCreated, VMID: vm.ID, VMName: vm.Name, Status: string(vm.Status)}})
 	return &vm, nil
@@ -624,8 +638,8 @@ func (m *manager) portsTaken(want []netspec.PortMapping, self string, c Caller) 
 		if id == self {
 			continue
 		}
-		for _, p := range e.vm.Spec.Ports {
-			others = append(others, portcheck.Published{VMID: id, VMName: e.vm.Name, Owner: e.vm.OwnerUID, Mapping: p})
+		for _, p := range e.vm().Spec.Ports {
+			others = append(others, portcheck.Published{VMID: id, VMName: e.vm().Name, Owner: e.vm().OwnerUID, Mapping: p})
 		}
 	}
 	if err := portcheck.CheckVMs(want, others, portcheck.Viewer{UID: c.UID, Admin: c.Admin}); err != nil {

@@ -58,6 +58,8 @@ type System struct {
 	Workspaces *actor.PID
 	stopped    sync.Once
 	host       *Host
+	// recs is the Manager's published index: Get and List read it.
+	recs *records
 }
 
 // Names of the top-level actors, for logs and the wiring test.
@@ -157,8 +159,9 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 			return err
 		},
 	}
+	s.recs = &records{}
 	mgr := func() actor.Actor {
-		return &manager{log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host, netFacts: d.NetFacts, ws: link}
+		return &manager{recs: s.recs, log: d.Log.With("actor", NameManager), store: d.Store, images: d.Images, defaults: d.Defaults, events: s.Events, onCounts: d.OnCounts, host: d.Host, netFacts: d.NetFacts, ws: link}
 	}
 	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
 		return nil, fmt.Errorf("spawn manager: %w", err)
@@ -207,6 +210,40 @@ func (s *System) Request(ctx context.Context, msg any) (*Result, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// GetVM finds a VM the caller may see, from the Manager's published
+// records: no actor round trip, and never older than what a caller was told
+// (VM actors publish before they answer).
+func (s *System) GetVM(ctx context.Context, c Caller, ref string) (*state.VM, error) {
+	set := s.recs.load()
+	if set == nil {
+		r, err := s.Request(ctx, &GetVM{Caller: c, Ref: ref})
+		if err != nil {
+			return nil, err
+		}
+		return r.VM, nil
+	}
+	e, err := set.resolve(c, ref)
+	if err != nil {
+		return nil, err
+	}
+	vm := *e.vm()
+	return &vm, nil
+}
+
+// ListVMs lists the VMs the caller may see, by name then id, from the
+// Manager's published records.
+func (s *System) ListVMs(ctx context.Context, c Caller) ([]state.VM, error) {
+	set := s.recs.load()
+	if set == nil {
+		r, err := s.Request(ctx, &ListVMs{Caller: c})
+		if err != nil {
+			return nil, err
+		}
+		return r.VMs, nil
+	}
+	return set.list(c), nil
 }
 
 // Counts asks the Manager for the tally.

@@ -20,7 +20,11 @@ import (
 // children, which answer with messages, and a request that needs a
 // procedure (start, stop, delete) is answered when the procedure ends.
 type vmActor struct {
-	id     string
+	id string
+	// publish and gone update what Get and List answer, before this actor
+	// answers anyone (given by the Manager at spawn).
+	publish func(state.VM)
+	gone    func(bool)
 	store  *state.Store
 	log    *slog.Logger
 	events *actor.PID
@@ -115,7 +119,7 @@ func (m *stopTimer) procedure() uint64       { return m.gen }
 func (a *vmActor) started(ctx actor.Context) {
 	a.vm = loadOrError(a.store, a.id, a.log)
 	a.corrupt = a.vm.Name == "" && a.vm.Status == state.StatusError
-	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+	a.changed(ctx)
 	if a.corrupt || a.host == nil {
 		ctx.Send(ctx.Parent(), &vmReconciled{ID: a.id})
 		return
@@ -267,6 +271,9 @@ func (a *vmActor) remove(ctx actor.Context, prev state.Status) error {
 		return fmt.Errorf("delete VM %s: %w", a.name(), err)
 	}
 	a.deleted = true
+	if a.gone != nil {
+		a.gone(true)
+	}
 	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: api.EventDeleted, VMID: a.id, VMName: a.vm.Name, Status: "deleted", PreviousStatus: string(prev)}})
 	ctx.Send(ctx.Parent(), &vmDeleted{ID: a.id})
 	return nil
@@ -300,9 +307,17 @@ func (a *vmActor) set(ctx actor.Context, m *SetVM) error {
 	if err := a.save(next); err != nil {
 		return err
 	}
-	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+	a.changed(ctx)
 	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: api.EventUpdated, VMID: a.id, VMName: a.vm.Name, Status: string(a.vm.Status)}})
 	return nil
+}
+
+// changed publishes the record, then tells the Manager (for its tally).
+func (a *vmActor) changed(ctx actor.Context) {
+	if a.publish != nil {
+		a.publish(a.vm)
+	}
+	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
 }
 
 // setStatus persists a transition, then tells the Manager and the Events
@@ -315,7 +330,7 @@ func (a *vmActor) setStatus(ctx actor.Context, s state.Status, reason string) er
 		return err
 	}
 	a.log.Debug("status", "vm_name", a.vm.Name, "from", prev, "to", s)
-	ctx.Send(ctx.Parent(), &vmChanged{VM: a.vm})
+	a.changed(ctx)
 	ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: api.Event{Kind: api.EventStatus, VMID: a.id, VMName: a.vm.Name, Status: string(s), PreviousStatus: string(prev), Reason: reason}})
 	return nil
 }

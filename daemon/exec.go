@@ -128,11 +128,11 @@ func (d *Daemon) logs(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	r, err := d.actors.Request(ctx, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+	vm, err := d.actors.GetVM(ctx, d.auth.caller(c.Peer), in.VM)
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(d.config().StateDir, "vms", r.VM.ID, "console.log")
+	path := filepath.Join(d.config().StateDir, "vms", vm.ID, "console.log")
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if !c.More {
@@ -221,24 +221,24 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	stdin, stdout := stdio[0], stdio[1]
-	r, err := d.actors.Request(ctx, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+	vm, err := d.actors.GetVM(ctx, d.auth.caller(c.Peer), in.VM)
 	if err != nil {
 		return err
 	}
 	host := d.actors.Host()
-	if host == nil || r.VM.Status != "running" {
-		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: r.VM.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, r.VM.Status)}
+	if host == nil || vm.Status != "running" {
+		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: vm.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, vm.Status)}
 	}
 	con, ok := host.VMM.(consoler)
 	if !ok {
 		return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Msg: fmt.Sprintf("the %s driver offers no console", host.VMM.Name())}
 	}
-	out, input, detach, err := con.Console(r.VM.ID)
+	out, input, detach, err := con.Console(vm.ID)
 	if err != nil {
 		return err
 	}
 	defer detach()
-	d.actors.Touch(r.VM.ID, "console")
+	d.actors.Touch(vm.ID, "console")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -269,7 +269,7 @@ func (d *Daemon) console(ctx context.Context, c *varlink.Call) error {
 		select {
 		case <-done:
 		case <-t.C:
-			d.log.Warn("console: the input copy still runs after the call ended", "vm", r.VM.ID)
+			d.log.Warn("console: the input copy still runs after the call ended", "vm", vm.ID)
 		}
 	}()
 	// A client that stops reading blocks the writes below in the poller
@@ -306,14 +306,14 @@ func (d *Daemon) stats(ctx context.Context, c *varlink.Call) error {
 	caller := d.auth.caller(c.Peer)
 	id := ""
 	if in.VM != "" {
-		r, err := d.actors.Request(ctx, &actors.GetVM{Caller: caller, Ref: in.VM})
+		vm, err := d.actors.GetVM(ctx, caller, in.VM)
 		if err != nil {
 			return err
 		}
-		if r.VM.Status != "running" {
-			return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: r.VM.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, r.VM.Status)}
+		if vm.Status != "running" {
+			return &actors.Error{Kind: actors.ErrInvalidState, VM: in.VM, Status: vm.Status, Msg: fmt.Sprintf("VM %s is %s, not running", in.VM, vm.Status)}
 		}
-		id = r.VM.ID
+		id = vm.ID
 		if !in.Passive {
 			d.actors.Touch(id, "stats requested")
 		}

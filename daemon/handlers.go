@@ -220,20 +220,24 @@ func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	return d.ask(ctx, c, &actors.GetVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+	vm, err := d.actors.GetVM(ctx, d.auth.caller(c.Peer), in.VM)
+	if err != nil {
+		return err
+	}
+	return c.Reply(api.VMOut{VM: d.toAPI(vm)})
 }
 
 func (d *Daemon) list(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return err
 	}
-	r, err := d.actors.Request(ctx, &actors.ListVMs{Caller: d.auth.caller(c.Peer)})
+	vms, err := d.actors.ListVMs(ctx, d.auth.caller(c.Peer))
 	if err != nil {
 		return err
 	}
-	out := api.ListOut{VMs: make([]api.VM, len(r.VMs))}
-	for i := range r.VMs {
-		out.VMs[i] = d.toAPI(&r.VMs[i])
+	out := api.ListOut{VMs: make([]api.VM, len(vms))}
+	for i := range vms {
+		out.VMs[i] = d.toAPI(&vms[i])
 	}
 	return c.Reply(out)
 }
@@ -299,12 +303,12 @@ func (d *Daemon) events(ctx context.Context, c *varlink.Call) error {
 	vmID := ""
 	if in.VM != "" {
 		rctx, cancel := context.WithTimeout(ctx, d.requestTimeout())
-		r, err := d.actors.Request(rctx, &actors.GetVM{Caller: caller, Ref: in.VM})
+		vm, err := d.actors.GetVM(rctx, caller, in.VM)
 		cancel()
 		if err != nil {
 			return err
 		}
-		vmID = r.VM.ID
+		vmID = vm.ID
 	}
 	id, ch, err := d.actors.Subscribe(ctx, caller, vmID, eventBuffer)
 	if err != nil {
@@ -345,11 +349,11 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 	caller := d.auth.caller(c.Peer)
 	if !caller.Admin {
 		// Other users' VMs are not theirs to count.
-		r, err := d.actors.Request(ctx, &actors.ListVMs{Caller: caller})
+		vms, err := d.actors.ListVMs(ctx, caller)
 		if err != nil {
 			return err
 		}
-		counts = actors.Tally(r.VMs)
+		counts = actors.Tally(vms)
 	}
 	cfg := d.config()
 	problems := d.problems()

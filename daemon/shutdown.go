@@ -27,12 +27,12 @@ func (d *Daemon) hostShutdown(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	caller := d.auth.caller(c.Peer)
-	r, err := d.actors.Request(ctx, &actors.ListVMs{Caller: caller})
+	vms, err := d.actors.ListVMs(ctx, caller)
 	if err != nil {
 		return err
 	}
 	var live []state.VM
-	for _, vm := range r.VMs {
+	for _, vm := range vms {
 		if vm.Status == state.StatusRunning || vm.Status == state.StatusStarting {
 			live = append(live, vm)
 		}
