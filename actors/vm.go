@@ -25,11 +25,11 @@ type vmActor struct {
 	// answers anyone (given by the Manager at spawn).
 	publish func(state.VM)
 	gone    func(bool)
-	store  *state.Store
-	log    *slog.Logger
-	events *actor.PID
-	host   *Host
-	ws     wsLink // to the Workspaces actor
+	store   *state.Store
+	log     *slog.Logger
+	events  *actor.PID
+	host    *Host
+	ws      wsLink // to the Workspaces actor
 	// netFacts check a set's ports and network (nil: the spec's rules only).
 	netFacts NetFacts
 	vm       state.VM
