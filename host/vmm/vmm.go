@@ -287,6 +287,12 @@ type Spec struct {
 	Limits cgroup.Limits
 	// Accel is AccelAuto (default), AccelKVM or AccelTCG.
 	Accel string
+	// Incoming is a state file a driver's Save wrote: the VMM resumes the
+	// saved guest instead of booting. Everything that shapes the machine
+	// (CPUs, memory, accelerator, kernel, the number, order and sizes of
+	// disks, the network device) must be what it was at the save; files and
+	// sockets may differ.
+	Incoming string
 }
 
 // Process is the handle of a running VMM: JSON-serializable, persisted by

@@ -226,6 +226,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if spec.Accel == vmm.AccelTCG {
 		return nil, fmt.Errorf("%w: firecracker needs KVM (accel tcg)", vmm.ErrUnsupported)
 	}
+	if spec.Incoming != "" {
+		return nil, fmt.Errorf("%w: the firecracker driver does not restore saved states yet (run templates under QEMU)", vmm.ErrUnsupported)
+	}
 	for i, disk := range spec.Disks {
 		if disk.Format != vmm.FormatRaw {
 			// A workspace snapshotted or cloned on a host without reflinks

@@ -224,7 +224,12 @@ func (d *Driver) Argv(spec vmm.Spec, accel string) ([]string, error) {
 	argv := []string{d.binary(), "-name", vmm.Tag(spec.VMID), "-S",
 		"-qmp", "unix:" + qemuEscape(qmpPath(spec.RunDir)) + ",server=on,wait=off",
 		"-chardev", "socket,id=con,path=" + qemuEscape(consolePath(spec.RunDir)) + ",server=on,wait=off"}
-	return append(argv, args...), nil
+	argv = append(argv, args...)
+	if spec.Incoming != "" {
+		// The state arrives over QMP once the monitor is up (see Save).
+		argv = append(argv, "-incoming", "defer")
+	}
+	return argv, nil
 }
 
 // qemuEscape doubles commas, QEMU's option-value escape.

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -399,4 +400,123 @@ func TestPowerButton(t *testing.T) {
 	if out, err := exec.Command("e2fsck", "-fn", root).CombinedOutput(); err != nil {
 		t.Errorf("root disk not clean after the power button: %v\n%s", err, out)
 	}
+}
+
+// TestSaveRestore saves a running guest's state to a file and resumes two
+// VMs from it, each on its own overlay of the disk frozen at the save: both
+// continue the same boot (same boot id, the file written before the save),
+// neither sees the other's writes, the frozen layer is unchanged, and a
+// truncated state file fails the start with QEMU's reason and leaves
+// nothing behind.
+func TestSaveRestore(t *testing.T) {
+	f := getFixture(t)
+	tmp := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root := rootDisk(t, tmp)
+	d := New()
+	defer d.Close()
+	overlay := func(name, backing, format string) string {
+		t.Helper()
+		p := filepath.Join(tmp, name)
+		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", format, "-b", backing, p).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img: %v %s", err, out)
+		}
+		return p
+	}
+	spec := func(disk, run, state string) vmm.Spec {
+		// TCG: a state saved under one accelerator loads under that one only.
+		return vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(), Accel: vmm.AccelTCG,
+			Cmdline: "paddock.root=/dev/vda", Disks: []vmm.Disk{{Path: disk, Format: vmm.FormatQCOW2}},
+			RunDir: filepath.Join(tmp, run), Incoming: state}
+	}
+	start := func(s vmm.Spec) *vmm.Process {
+		t.Helper()
+		p, err := d.Start(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = New().Kill(context.Background(), p) })
+		return p
+	}
+
+	// --- the template: boot, leave a mark in RAM and on disk, save
+	layer := overlay("template.qcow2", root, "raw")
+	bootAt := time.Now()
+	tp := start(spec(layer, "run-t", ""))
+	c := agentClient(t, ctx, tp)
+	bootTook := time.Since(bootAt)
+	bootID := run(t, ctx, c, "echo saved-in-ram >/run/mark; echo saved-on-disk >/data/mark; sync; cat /proc/sys/kernel/random/boot_id")
+	c.Close()
+	state := filepath.Join(tmp, "state")
+	saved, err := d.Save(ctx, tp, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.Status(ctx, tp); err != nil || st != "postmigrate" {
+		t.Fatalf("after Save the guest is %q (%v), want it paused (postmigrate)", st, err)
+	}
+	if err := d.Kill(ctx, tp); err != nil {
+		t.Fatal(err)
+	}
+	frozen, err := os.ReadFile(layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// --- two VMs resume from it, each on its own overlay
+	var restoreTook []time.Duration
+	for i, name := range []string{"a", "b"} {
+		at := time.Now()
+		p := start(spec(overlay("clone-"+name+".qcow2", layer, "qcow2"), "run-"+name, state))
+		c := agentClient(t, ctx, p)
+		restoreTook = append(restoreTook, time.Since(at))
+		got := run(t, ctx, c, "cat /proc/sys/kernel/random/boot_id /run/mark /data/mark; cat /data/only-a 2>/dev/null; echo "+name+" >/data/only-"+name+"; sync")
+		want := bootID + "saved-in-ram\nsaved-on-disk\n"
+		if i == 1 && got != want {
+			t.Fatalf("clone b sees %q, want %q (not a's write)", got, want)
+		}
+		if got != want {
+			t.Fatalf("clone %s sees %q, want the template's boot and marks %q", name, got, want)
+		}
+		c.Close()
+		if err := d.Kill(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if now, err := os.ReadFile(layer); err != nil || !bytes.Equal(now, frozen) {
+		t.Fatalf("the frozen layer changed under its clones (%v)", err)
+	}
+
+	// --- a truncated state: refused by QEMU, nothing left
+	bad := filepath.Join(tmp, "bad-state")
+	if err := os.WriteFile(bad, mustRead(t, state)[:saved.Bytes/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bs := spec(overlay("clone-bad.qcow2", layer, "qcow2"), "run-bad", bad)
+	if p, err := d.Start(ctx, bs); err == nil {
+		_ = d.Kill(ctx, p)
+		t.Fatal("a truncated state file started a VM")
+	} else if !strings.Contains(err.Error(), "restore state") {
+		t.Fatalf("truncated state: %v (want an error saying the restore failed)", err)
+	} else {
+		t.Logf("truncated state refused: %v", err)
+	}
+	if found, err := vmm.Find(bs.VMID); err != nil || len(found) > 0 {
+		t.Fatalf("VMMs of the refused start left: %v %v", found, err)
+	}
+	if _, err := os.Stat(filepath.Join(bs.RunDir, "qmp.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused start left its QMP socket: %v", err)
+	}
+	t.Logf("FIGURES: cold Start → agent hello %.2f s | Save %d MiB in %.2f s | restore Start → agent hello %.2f s, %.2f s",
+		bootTook.Seconds(), saved.Bytes>>20, saved.Took.Seconds(), restoreTook[0].Seconds(), restoreTook[1].Seconds())
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

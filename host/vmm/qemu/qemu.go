@@ -141,20 +141,26 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if err := vmm.PrepareRunDir(p); err != nil {
 		return nil, err
 	}
-	boot := func(ctx context.Context) error { return d.boot(ctx, p) }
+	boot := func(ctx context.Context) error { return d.boot(ctx, p, spec.Incoming) }
 	if err := d.StartVMM(ctx, p, spec.Cgroup, spec.Limits, vmm.Command{Path: argv[0], Args: argv}, boot); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// boot waits for QMP, attaches the console and resumes the paused guest.
-func (d *Driver) boot(ctx context.Context, p *vmm.Process) error {
+// boot waits for QMP, loads the saved state when there is one, attaches
+// the console and resumes the paused guest.
+func (d *Driver) boot(ctx context.Context, p *vmm.Process, incoming string) error {
 	q, err := d.waitQMP(ctx, p)
 	if err != nil {
 		return err
 	}
 	defer q.Close()
+	if incoming != "" {
+		if err := q.restore(ctx, incoming); err != nil {
+			return err
+		}
+	}
 	if err := d.AttachConsole(ctx, p); err != nil {
 		return err
 	}

@@ -38,8 +38,9 @@ type qmpMsg struct {
 		Class string `json:"class"`
 		Desc  string `json:"desc"`
 	} `json:"error"`
-	Event string `json:"event"`
-	ID    string `json:"id"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	ID    string          `json:"id"`
 }
 
 // dialQMP connects to the QMP socket, reads the greeting and leaves
@@ -101,13 +102,7 @@ func (q *qmpConn) read() (*qmpMsg, error) {
 // execute runs one command and decodes its return value into out (nil to
 // ignore it). Events that arrive meanwhile are skipped.
 func (q *qmpConn) execute(ctx context.Context, cmd string, args, out any) error {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = q.c.SetDeadline(dl)
-	} else {
-		_ = q.c.SetDeadline(time.Now().Add(qmpTimeout))
-	}
-	stop := context.AfterFunc(ctx, func() { _ = q.c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	q.deadline(ctx)
 	req := map[string]any{"execute": cmd, "id": cmd}
 	if args != nil {
 		req["arguments"] = args
@@ -116,6 +111,23 @@ func (q *qmpConn) execute(ctx context.Context, cmd string, args, out any) error 
 	if _, err := q.c.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("qmp %s: %w", cmd, err)
 	}
+	return q.await(ctx, cmd, out)
+}
+
+// deadline bounds the session's next exchange by ctx (qmpTimeout without
+// one).
+func (q *qmpConn) deadline(ctx context.Context) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = q.c.SetDeadline(dl)
+	} else {
+		_ = q.c.SetDeadline(time.Now().Add(qmpTimeout))
+	}
+}
+
+// await reads cmd's reply, skipping events.
+func (q *qmpConn) await(ctx context.Context, cmd string, out any) error {
+	stop := context.AfterFunc(ctx, func() { _ = q.c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	for {
 		m, err := q.read()
 		if err != nil {
