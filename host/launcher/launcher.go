@@ -61,6 +61,9 @@ const (
 	Version = 1
 )
 
+// exchangeTimeout is the server's ExchangeTimeout; tests shorten it.
+var exchangeTimeout = ExchangeTimeout
+
 // Ops.
 const (
 	OpHello  = "hello"
@@ -154,7 +157,7 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(ExchangeTimeout))
+	_ = c.SetDeadline(time.Now().Add(exchangeTimeout))
 	cred, err := PeerCred(c)
 	if err != nil {
 		s.Log.Warn("launcher: reading the caller's credentials", "err", err)
@@ -333,7 +336,7 @@ func (c *Client) Launch(cmd vmm.Command) (int, uint64, error) {
 		}
 		req.Cgroup = filepath.Base(cmd.Cgroup)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ExchangeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), exchangeTimeout)
 	defer cancel()
 	r, err := c.exchange(ctx, Request{Op: OpLaunch, Command: req}, nil)
 	if err != nil {
@@ -351,7 +354,7 @@ func (c *Client) Launch(cmd vmm.Command) (int, uint64, error) {
 // answer. A launcher that is restarting (no socket, refused) is retried
 // until ctx ends.
 func (c *Client) exchange(ctx context.Context, req Request, check func(*unix.Ucred, Response) error) (Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, ExchangeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, exchangeTimeout)
 	defer cancel()
 	conn, err := c.dial(ctx)
 	if err != nil {
