@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -230,6 +231,9 @@ func (c *container) show(unit string, props ...string) map[string]string {
 	return m
 }
 
+// vmmCgroupRE matches a VMM's own cgroup in /proc/PID/cgroup.
+var vmmCgroupRE = regexp.MustCompile(`/paddock-[0-9a-f]{24}(/|\n|$)`)
+
 // nsPID maps a host pid to the container's PID namespace (NSpid).
 func (c *container) nsPID(pid int) int {
 	c.t.Helper()
@@ -312,6 +316,26 @@ func TestInstalledService(t *testing.T) {
 	err := errors.Join(tw.WriteHeader(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}),
 		tw.WriteHeader(&tar.Header{Name: "./hello", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3}))
 	if _, werr := tw.Write([]byte("hi\n")); werr != nil || err != nil {
+		t.Fatal(err, werr)
+	}
+	// /bin/cat, a static one of the test's own, for paddock exec.
+	catSrc := filepath.Join(t.TempDir(), "cat.go")
+	if err := os.WriteFile(catSrc, []byte("package main\n\nimport (\n\t\"io\"\n\t\"os\"\n)\n\nfunc main() {\n\tf, err := os.Open(os.Args[1])\n\tif err != nil {\n\t\tos.Exit(1)\n\t}\n\tio.Copy(os.Stdout, f)\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	catBin := filepath.Join(filepath.Dir(catSrc), "cat")
+	build := exec.Command("go", "build", "-o", catBin, catSrc)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building a static cat: %v\n%s", err, b)
+	}
+	cat, err := os.ReadFile(catBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = errors.Join(tw.WriteHeader(&tar.Header{Name: "./bin/", Typeflag: tar.TypeDir, Mode: 0o755}),
+		tw.WriteHeader(&tar.Header{Name: "./bin/cat", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(cat))}))
+	if _, werr := tw.Write(cat); werr != nil || err != nil {
 		t.Fatal(err, werr)
 	}
 	if err := tw.Close(); err != nil {
@@ -591,7 +615,8 @@ func TestInstalledService(t *testing.T) {
 			for _, pid := range c.qemuPIDs() {
 				if pid != qemu {
 					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-					own = strings.Contains(string(b), "/paddock-")
+					// paddock-<vm id>, not paddock-guests.service
+					own = vmmCgroupRE.Match(b)
 					t.Logf("with %s v2 starts; its VMM's cgroups:\n%s", setting, b)
 				}
 			}
