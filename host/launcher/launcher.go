@@ -61,9 +61,6 @@ const (
 	Version = 1
 )
 
-// exchangeTimeout is the server's ExchangeTimeout; tests shorten it.
-var exchangeTimeout = ExchangeTimeout
-
 // Ops.
 const (
 	OpHello  = "hello"
@@ -118,6 +115,8 @@ type Server struct {
 	Log                      *slog.Logger
 	// Launch starts a command; nil is vmm.LaunchHere.
 	Launch func(vmm.Command) (int, uint64, error)
+	// Timeout bounds a connection; 0 is ExchangeTimeout (tests shorten it).
+	Timeout time.Duration
 }
 
 // Serve answers connections on ln until ctx ends, then closes ln.
@@ -157,7 +156,11 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(exchangeTimeout))
+	timeout := s.Timeout
+	if timeout == 0 {
+		timeout = ExchangeTimeout
+	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
 	cred, err := PeerCred(c)
 	if err != nil {
 		s.Log.Warn("launcher: reading the caller's credentials", "err", err)
@@ -281,6 +284,15 @@ func writeMsg(w io.Writer, v any) error {
 type Client struct {
 	path  string
 	hello Response
+	// timeout bounds an exchange; 0 is ExchangeTimeout (tests shorten it).
+	timeout time.Duration
+}
+
+func (c *Client) exchangeTimeout() time.Duration {
+	if c.timeout == 0 {
+		return ExchangeTimeout
+	}
+	return c.timeout
 }
 
 // Hello asks the launcher at path who it is, within ctx. It fails unless
@@ -336,7 +348,7 @@ func (c *Client) Launch(cmd vmm.Command) (int, uint64, error) {
 		}
 		req.Cgroup = filepath.Base(cmd.Cgroup)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), exchangeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.exchangeTimeout())
 	defer cancel()
 	r, err := c.exchange(ctx, Request{Op: OpLaunch, Command: req}, nil)
 	if err != nil {
@@ -354,7 +366,7 @@ func (c *Client) Launch(cmd vmm.Command) (int, uint64, error) {
 // answer. A launcher that is restarting (no socket, refused) is retried
 // until ctx ends.
 func (c *Client) exchange(ctx context.Context, req Request, check func(*unix.Ucred, Response) error) (Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, exchangeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.exchangeTimeout())
 	defer cancel()
 	conn, err := c.dial(ctx)
 	if err != nil {

@@ -181,7 +181,8 @@ func TestRequests(t *testing.T) {
 // TestBounded: a request over MaxMessage is refused without reading it
 // all, and a caller that says nothing is cut off at the deadline.
 func TestBounded(t *testing.T) {
-	path := serveHere(t, &Server{Launch: func(vmm.Command) (int, uint64, error) {
+	const timeout = 300 * time.Millisecond
+	path := serveHere(t, &Server{Timeout: timeout, Launch: func(vmm.Command) (int, uint64, error) {
 		t.Error("launched")
 		return 0, 0, errors.New("no")
 	}})
@@ -192,15 +193,12 @@ func TestBounded(t *testing.T) {
 	if out := raw(t, path, big); !strings.Contains(out, "larger than") {
 		t.Fatalf("an oversized request: %q", out)
 	}
-	old := exchangeTimeout
-	exchangeTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { exchangeTimeout = old })
 	start := time.Now()
 	out := raw(t, path, nil)
 	// Cut off: the connection ends (the answer's own write is past the
 	// deadline too).
-	if d := time.Since(start); d > 5*time.Second || d < exchangeTimeout || strings.Contains(out, "version") {
-		t.Fatalf("a silent caller: %q after %v, want the connection closed after %v", out, d, exchangeTimeout)
+	if d := time.Since(start); d > 5*time.Second || d < timeout || strings.Contains(out, "version") {
+		t.Fatalf("a silent caller: %q after %v, want the connection closed after %v", out, d, timeout)
 	}
 }
 
@@ -443,9 +441,7 @@ func TestLaunchInCgroup(t *testing.T) {
 	if !running(b) {
 		t.Fatal("the launched process died with the launcher")
 	}
-	old := exchangeTimeout
-	exchangeTimeout = time.Second
-	t.Cleanup(func() { exchangeTimeout = old })
+	c.timeout = time.Second
 	if _, _, err := c.Launch(vmm.Command{Path: "/bin/true", Args: []string{"true"}, Log: "/tmp/x"}); err == nil {
 		t.Fatal("a launch with the launcher gone succeeded")
 	}
