@@ -267,7 +267,10 @@ type InfoOut struct {
 	// Cgroup is the cgroup VMMs get cgroups of their own in, with the
 	// controllers it lacks, or "none: <why>".
 	Cgroup string `json:"cgroup"`
-	Health Health `json:"health"`
+	// Launcher is what starts the VMMs: "paddock-guests.service (pid N)"
+	// (the VMM launcher, whose cgroup holds them), or "in-process".
+	Launcher string `json:"launcher"`
+	Health   Health `json:"health"`
 	// Problems name what keeps the daemon from being healthy, each with
 	// its config key and the fix.
 	Problems []string `json:"problems"`

@@ -26,7 +26,9 @@ import (
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/daemon/dbusapi"
+	"github.com/paddock-vm/paddock/host/launcher"
 	"github.com/paddock-vm/paddock/host/probe"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/host/vmm/qemu"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/blobcache"
@@ -59,6 +61,10 @@ type Daemon struct {
 	vmmCheck func() error
 	// cgroupInfo says where VMMs' cgroups go, or "none: <why>" (Info).
 	cgroupInfo string
+	// launcher starts the VMMs (paddock-guests.service); nil: in-process.
+	launcher *launcher.Client
+	// owner proves VMMs and passt processes this daemon's (vmm.Owner).
+	owner vmm.Owner
 	// dns are the guests' nameservers (guestDNS), read at start-up.
 	dns []netip.Addr
 }

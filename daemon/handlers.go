@@ -358,7 +358,7 @@ func (d *Daemon) info(ctx context.Context, c *varlink.Call) error {
 	cfg := d.config()
 	problems := d.problems()
 	return c.Reply(api.InfoOut{Version: version.Version, Uptime: time.Since(d.started).Seconds(), VMs: counts,
-		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Cgroup: d.cgroupInfo, Health: health(problems), Problems: problems})
+		StateDir: cfg.StateDir, RuntimeDir: cfg.RuntimeDir, Socket: d.socketPath, Cgroup: d.cgroupInfo, Launcher: d.launcherInfo(ctx), Health: health(problems), Problems: problems})
 }
 
 // Imports and workspace creations are bounded by their client (which may

@@ -60,13 +60,26 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 	log.Info("disk backend chosen", "backend", b.Name(), "configured", cfg.VM.DiskBackend)
 	h.Disks = b
 	h.VMM, h.Accel, h.ConsoleLogMax = driver, cfg.VM.Accel, int64(cfg.VM.ConsoleLogMax)
-	h.Cgroup, d.cgroupInfo = vmmCgroup(log, cgroup.Delegated)
-	h.VMMMemoryOverhead, h.VMMPIDs = int64(cfg.VM.VMMMemoryOverhead), cfg.VM.VMMPIDsMax
+	own, ownInfo := vmmCgroup(log, cgroup.Delegated)
+	h.Cgroup, d.cgroupInfo = own, ownInfo
 	// Another paddockd (a per-user one, a test suite, a container with the
 	// same paths in its own mount namespace) may run VMMs on this host: a
 	// VMM is this daemon's only when provably so (vmm.Owner).
-	owner := vmm.Owner{UID: os.Geteuid(), RunRoot: h.RunDir, Cgroup: h.Cgroup}
-	h.FindVMMs = owner.Find
+	d.owner = vmm.Owner{UID: os.Geteuid(), RunRoot: h.RunDir, Cgroup: h.Cgroup}
+	if d.launcher = d.useLauncher(ctx, log, cfg.RuntimeDir); d.launcher != nil {
+		// VMMs go into the launcher's cgroup; those an in-process start
+		// left in this daemon's own (before the launcher ran) stay ours.
+		h.Cgroup, d.cgroupInfo = d.launcher.Cgroup(), d.launcher.CgroupInfo()
+		d.owner.Cgroup = h.Cgroup
+		if own != "" && own != h.Cgroup {
+			d.owner.Also = []string{own}
+		}
+		if h.Cgroup == "" {
+			d.cgroupInfo = "none: the VMM launcher has no delegated cgroup (" + d.launcher.CgroupInfo() + ")"
+		}
+	}
+	h.VMMMemoryOverhead, h.VMMPIDs = int64(cfg.VM.VMMMemoryOverhead), cfg.VM.VMMPIDsMax
+	h.FindVMMs = d.owner.Find
 	h.Kit = func(name string) (*actors.Kit, error) {
 		kit, err := findKit(cfg.StateDir, name, d.config().VM.Kernel)
 		if err != nil {

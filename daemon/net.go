@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os"
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/config"
@@ -12,7 +11,6 @@ import (
 	"github.com/paddock-vm/paddock/host/passt"
 	"github.com/paddock-vm/paddock/host/portcheck"
 	"github.com/paddock-vm/paddock/host/resolvconf"
-	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/netspec"
 	"github.com/vishvananda/netns"
 )
@@ -102,6 +100,6 @@ func (d *Daemon) userNetworks(log *slog.Logger, cfg *config.Config, h *actors.Ho
 		return
 	}
 	h.Passt = passt.Runner{}
-	owner := vmm.Owner{UID: os.Geteuid(), RunRoot: h.RunDir, Cgroup: h.Cgroup}
+	owner := d.owner
 	h.FindPassts = func() ([]passt.Found, error) { return passt.Find(owner) }
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -230,6 +231,27 @@ func (c *container) show(unit string, props ...string) map[string]string {
 	return m
 }
 
+// vmmCgroupRE matches a VMM's own cgroup in /proc/PID/cgroup.
+var vmmCgroupRE = regexp.MustCompile(`/paddock-[0-9a-f]{24}(/|\n|$)`)
+
+// nsPID maps a host pid to the container's PID namespace (NSpid).
+func (c *container) nsPID(pid int) int {
+	c.t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "NSpid:"); ok {
+			f := strings.Fields(v)
+			n, _ := strconv.Atoi(f[len(f)-1])
+			return n
+		}
+	}
+	c.t.Fatalf("no NSpid in /proc/%d/status", pid)
+	return 0
+}
+
 // qemuPIDs returns the host pids of the QEMU processes in the container.
 func (c *container) qemuPIDs() []int {
 	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", c.init))
@@ -296,6 +318,26 @@ func TestInstalledService(t *testing.T) {
 	if _, werr := tw.Write([]byte("hi\n")); werr != nil || err != nil {
 		t.Fatal(err, werr)
 	}
+	// /bin/cat, a static one of the test's own, for paddock exec.
+	catSrc := filepath.Join(t.TempDir(), "cat.go")
+	if err := os.WriteFile(catSrc, []byte("package main\n\nimport (\n\t\"io\"\n\t\"os\"\n)\n\nfunc main() {\n\tf, err := os.Open(os.Args[1])\n\tif err != nil {\n\t\tos.Exit(1)\n\t}\n\tio.Copy(os.Stdout, f)\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	catBin := filepath.Join(filepath.Dir(catSrc), "cat")
+	build := exec.Command("go", "build", "-o", catBin, catSrc)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building a static cat: %v\n%s", err, b)
+	}
+	cat, err := os.ReadFile(catBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = errors.Join(tw.WriteHeader(&tar.Header{Name: "./bin/", Typeflag: tar.TypeDir, Mode: 0o755}),
+		tw.WriteHeader(&tar.Header{Name: "./bin/cat", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(cat))}))
+	if _, werr := tw.Write(cat); werr != nil || err != nil {
+		t.Fatal(err, werr)
+	}
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -331,6 +373,16 @@ func TestInstalledService(t *testing.T) {
 		if got := c.sh("systemctl is-enabled paddock-guests.service; systemctl is-active paddock-guests.service"); got != "enabled\nactive\n" {
 			t.Errorf("paddock-guests.service after dpkg -i: %q, want enabled and active", got)
 		}
+		// The VMM launcher runs (Type=notify: ready once it listens), its
+		// socket the paddock user's alone.
+		g := c.show("paddock-guests.service", "MainPID", "Type", "StatusText")
+		t.Logf("paddock-guests.service: %v", g)
+		if g["Type"] != "notify" || g["MainPID"] == "0" || g["MainPID"] == "" {
+			t.Errorf("paddock-guests.service after dpkg -i: %v, want Type=notify with a main pid (the launcher)", g)
+		}
+		if got := c.sh("stat -c '%F %a %U' /run/paddock/launcher.sock"); got != "socket 600 paddock\n" {
+			t.Errorf("/run/paddock/launcher.sock: %q, want a socket, 600, paddock's", got)
+		}
 	})
 
 	var mainPID string
@@ -350,6 +402,7 @@ func TestInstalledService(t *testing.T) {
 	})
 
 	var qemu int
+	var launcher string // paddock-guests.service's main pid
 	step(t, "a VM boots (TCG)", func() {
 		c.sh("paddock kernel import " + kvmlinuz + " --modules " + kmodules)
 		alice("image import /ci/data/root.tar --name plain:1")
@@ -362,9 +415,21 @@ func TestInstalledService(t *testing.T) {
 			t.Fatalf("QEMU processes in the container: %v, want one", pids)
 		}
 		qemu = pids[0]
+		// Launched by the VMM launcher, into a cgroup of its own below
+		// paddock-guests.service's: nothing done to paddock.service
+		// reaches it.
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", qemu))
-		if !strings.Contains(string(b), "/paddock-") {
-			t.Errorf("v1's QEMU has no cgroup of its own (paddock-<id>):\n%s", b)
+		if !strings.Contains(string(b), "/paddock-guests.service/paddock-") {
+			t.Errorf("v1's QEMU is not in a cgroup of its own below paddock-guests.service (paddock-<id>):\n%s", b)
+		}
+		launcher = c.show("paddock-guests.service", "MainPID")["MainPID"]
+		if st := c.sh(fmt.Sprintf("grep PPid /proc/%d/status", c.nsPID(qemu))); strings.Fields(st)[1] != launcher {
+			t.Errorf("v1's QEMU: %s, want the launcher's pid %s as its parent", strings.TrimSpace(st), launcher)
+		}
+		info := alice("info")
+		t.Logf("paddock info:\n%s", info)
+		if !strings.Contains(info, "paddock-guests.service (pid "+launcher+")") {
+			t.Errorf("paddock info does not name the launcher paddock-guests.service (pid %s):\n%s", launcher, info)
 		}
 	})
 
@@ -417,6 +482,26 @@ func TestInstalledService(t *testing.T) {
 		if out := c.sh("journalctl --no-pager -o cat -u paddock VM_NAME=v1 _PID=" + mainPID); !strings.Contains(out, "re-adopted running VM") {
 			t.Fatalf("after %s paddockd (pid %s) logged no re-adoption of v1:\n%s", what, mainPID, out)
 		}
+		if out := alice("exec v1 -- cat /hello"); out != "hi\n" {
+			t.Fatalf("after %s paddock exec v1: %q", what, out)
+		}
+	}
+	// newLauncher waits for paddock-guests.service to be back, active
+	// with a new launcher, after its main process was killed.
+	newLauncher := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			p := c.show("paddock-guests.service", "ActiveState", "MainPID")
+			if p["ActiveState"] == "active" && p["MainPID"] != launcher && p["MainPID"] != "0" {
+				launcher = p["MainPID"]
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("paddock-guests.service not back 30s after %s: %v", what, c.show("paddock-guests.service", "ActiveState", "SubState", "MainPID", "NRestarts"))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 	newMain := func(what string) {
 		t.Helper()
@@ -431,11 +516,10 @@ func TestInstalledService(t *testing.T) {
 		newMain("restart")
 		survives("restart")
 	})
-	// A crash of paddockd alone: systemctl kill without --kill-whom=main
-	// signals every process of the unit, the VMMs in its delegated
-	// subtree too, whatever KillMode= says.
-	step(t, "systemctl kill --kill-whom=main -s KILL paddock", func() {
-		c.sh("systemctl kill --kill-whom=main -s KILL paddock")
+	// systemctl kill signals every process of paddock.service, whatever
+	// KillMode= says: the VMMs are not among them (the launcher's).
+	step(t, "systemctl kill -s KILL paddock", func() {
+		c.sh("systemctl kill -s KILL paddock")
 		// Restart=on-failure brings it back after RestartSec; a client
 		// queued on the socket would too.
 		deadline := time.Now().Add(30 * time.Second)
@@ -447,6 +531,34 @@ func TestInstalledService(t *testing.T) {
 		}
 		newMain("kill -s KILL")
 		survives("kill -s KILL")
+	})
+	// A crash of the launcher: Restart=always brings it back; its ExecStop
+	// (run after the crash, $EXIT_CODE set) applies no host shutdown
+	// policy, and KillMode=process leaves the VMMs. (A plain systemctl
+	// kill of paddock-guests would signal the VMMs: they are its.)
+	step(t, "systemctl kill --kill-whom=main -s KILL paddock-guests", func() {
+		c.sh("systemctl kill --kill-whom=main -s KILL paddock-guests")
+		newLauncher("kill -s KILL")
+		if s := alice("inspect v1 --json"); !strings.Contains(s, `"status": "running"`) {
+			t.Fatalf("after the launcher's crash v1 is not running:\n%s", s)
+		}
+		if pids := c.qemuPIDs(); len(pids) != 1 || pids[0] != qemu {
+			t.Fatalf("after the launcher's crash QEMU processes %v, want only %d", pids, qemu)
+		}
+		if out := alice("exec v1 -- cat /hello"); out != "hi\n" {
+			t.Fatalf("after the launcher's crash paddock exec v1: %q", out)
+		}
+		// The new launcher starts VMs for the same paddockd.
+		alice("run --image plain:1 --name v4")
+		for _, pid := range c.qemuPIDs() {
+			if pid == qemu {
+				continue
+			}
+			if st := c.sh(fmt.Sprintf("grep PPid /proc/%d/status", c.nsPID(pid))); strings.Fields(st)[1] != launcher {
+				t.Errorf("v4's QEMU: %s, want the new launcher's pid %s as its parent", strings.TrimSpace(st), launcher)
+			}
+		}
+		alice("rm --force v4")
 	})
 	step(t, "systemctl stop paddock", func() {
 		c.sh("systemctl stop paddock")
@@ -478,9 +590,16 @@ func TestInstalledService(t *testing.T) {
 	// start means the unit's reason is gone: tighten the unit.
 	step(t, "settings the unit leaves out break a VM start", func() {
 		alice("create v2 --image plain:1")
-		dropin := "/etc/systemd/system/paddock.service.d/check.conf"
+		// Both units: the launcher starts VMMs, and paddockd does when the
+		// launcher does not answer. The launcher takes a drop-in when
+		// restarted the way that keeps the VMs (its main process killed).
+		dropins := []string{"/etc/systemd/system/paddock.service.d/check.conf", "/etc/systemd/system/paddock-guests.service.d/check.conf"}
 		for _, setting := range []string{"PrivateDevices=yes", "ProtectControlGroups=yes", "MemoryDenyWriteExecute=yes", "ProcSubset=pid", "SystemCallFilter=~capset"} {
-			c.sh("mkdir -p " + filepath.Dir(dropin) + " && printf '[Service]\\n%s\\n' '" + setting + "' >" + dropin + " && systemctl daemon-reload")
+			for _, dropin := range dropins {
+				c.sh("mkdir -p " + filepath.Dir(dropin) + " && printf '[Service]\\n%s\\n' '" + setting + "' >" + dropin)
+			}
+			c.sh("systemctl daemon-reload && systemctl kill --kill-whom=main -s KILL paddock-guests")
+			newLauncher(setting)
 			// The daemon itself may not start under it: that breaks it too.
 			// reset-failed: the restarts here come faster than the unit's
 			// start limit allows.
@@ -496,7 +615,8 @@ func TestInstalledService(t *testing.T) {
 			for _, pid := range c.qemuPIDs() {
 				if pid != qemu {
 					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-					own = strings.Contains(string(b), "/paddock-")
+					// paddock-<vm id>, not paddock-guests.service
+					own = vmmCgroupRE.Match(b)
 					t.Logf("with %s v2 starts; its VMM's cgroups:\n%s", setting, b)
 				}
 			}
@@ -505,22 +625,24 @@ func TestInstalledService(t *testing.T) {
 			}
 			alice("stop v2")
 		}
-		c.sh("rm -rf " + filepath.Dir(dropin) + " && systemctl daemon-reload && systemctl reset-failed paddock.service paddock.socket; systemctl restart paddock.socket paddock.service")
+		c.sh("rm -rf " + filepath.Dir(dropins[0]) + " " + filepath.Dir(dropins[1]) + " && systemctl daemon-reload && systemctl kill --kill-whom=main -s KILL paddock-guests")
+		newLauncher("the variants")
+		c.sh("systemctl reset-failed paddock.service paddock.socket; systemctl restart paddock.socket paddock.service")
 		newMain("the variants")
 		survives("the variants")
 		alice("rm v2")
 	})
 
 	step(t, "systemd-analyze security", func() {
-		for _, u := range []string{"paddock.service", "libvirtd.service"} {
+		for _, u := range []string{"paddock.service", "paddock-guests.service", "libvirtd.service"} {
 			out, _ := c.try(2*time.Minute, "systemd-analyze security --no-pager "+u+" | tail -n 1")
 			var level float64
 			if _, err := fmt.Sscanf(strings.TrimPrefix(strings.TrimSpace(out), "→ "), "Overall exposure level for "+u+": %g", &level); err != nil {
 				t.Fatalf("systemd-analyze security %s: %q", u, out)
 			}
 			t.Logf("systemd-analyze security %s: %.1f", u, level)
-			if u == "paddock.service" && level > 2.5 {
-				t.Errorf("paddock.service exposure %.1f > 2.5", level)
+			if u != "libvirtd.service" && level > 2.5 {
+				t.Errorf("%s exposure %.1f > 2.5", u, level)
 			}
 		}
 	})

@@ -169,30 +169,72 @@ func TestSysusersConf(t *testing.T) {
 	}
 }
 
-// paddock-guests.service verifies beside the other units, and its stop is
-// what applies the host shutdown policy.
+// paddock-guests.service verifies beside the other units: the VMM
+// launcher's unit (VMMs in its delegated cgroup, outliving its restarts),
+// whose real stop, and only that, applies the host shutdown policy.
 func TestGuestsUnitVerify(t *testing.T) {
 	sa := systemdAnalyze(t)
 	socket, service := unitCopies(t, nil)
+	guests := guestsCopy(t, filepath.Dir(service))
+	complaints, out := verify(t, sa, socket, service, guests)
+	for _, c := range complaints {
+		t.Errorf("verify: %s\n%s", c, out)
+	}
+}
+
+const (
+	guestsExecStart = "ExecStart=/usr/bin/paddockd --config /etc/paddock/paddock.toml launcher"
+	guestsExecStop  = `ExecStop=/bin/sh -c '[ -n "$$EXIT_CODE" ] || exec /usr/bin/paddock host-shutdown'`
+)
+
+// guestsCopy checks paddock-guests.service's essentials and copies it into
+// dir with stand-in binaries (verify checks that they exist).
+func guestsCopy(t *testing.T, dir string) string {
+	t.Helper()
 	b, err := os.ReadFile("paddock-guests.service")
 	if err != nil {
 		t.Fatal(err)
 	}
-	const stop = "\nExecStop=/usr/bin/paddock host-shutdown\n"
-	if !strings.Contains(string(b), stop) || !strings.Contains(string(b), "\nRemainAfterExit=yes\n") || !strings.Contains(string(b), "After=paddock.socket paddock.service") {
-		t.Fatalf("paddock-guests.service must stop VMs through paddock host-shutdown, ordered after paddock.service:\n%s", b)
+	for _, want := range []string{guestsExecStart, guestsExecStop, "Type=notify", "KillMode=process", "Delegate=yes",
+		"Restart=always", "User=paddock", "After=paddock.socket paddock.service network.target"} {
+		if strings.Count(string(b), "\n"+want+"\n") != 1 {
+			t.Fatalf("paddock-guests.service must say %q once:\n%s", want, b)
+		}
 	}
-	dir := filepath.Dir(service)
-	bin := filepath.Join(dir, "paddock")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"paddockd", "paddock"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
+	text := strings.Replace(string(b), "ExecStart=/usr/bin/paddockd ", "ExecStart="+filepath.Join(dir, "paddockd")+" ", 1)
+	text = strings.Replace(text, "exec /usr/bin/paddock host-shutdown", "exec "+filepath.Join(dir, "paddock")+" host-shutdown", 1)
 	guests := filepath.Join(dir, "paddock-guests.service")
-	if err := os.WriteFile(guests, []byte(strings.Replace(string(b), stop, "\nExecStop="+bin+" host-shutdown\n", 1)), 0o644); err != nil {
+	if err := os.WriteFile(guests, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	complaints, out := verify(t, sa, socket, service, guests)
-	for _, c := range complaints {
-		t.Errorf("verify: %s\n%s", c, out)
+	return guests
+}
+
+var guestsExposureRE = regexp.MustCompile(`Overall exposure level for paddock-guests\.service: ([0-9]+\.[0-9]+)`)
+
+// The launcher's unit holds the VMs: as confined as paddock.service.
+func TestGuestsUnitSecurity(t *testing.T) {
+	sa := systemdAnalyze(t)
+	guests := guestsCopy(t, t.TempDir())
+	out, err := exec.Command(sa, "security", "--offline=yes", "--no-pager", guests).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security --offline=yes: %v\n%s", err, out)
+	}
+	m := guestsExposureRE.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exposure level in output:\n%s", out)
+	}
+	level, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("paddock-guests.service exposure level: %.1f", level)
+	if level > exposureRatchet {
+		t.Errorf("paddock-guests.service exposure %.1f > %.1f:\n%s", level, exposureRatchet, out)
 	}
 }

@@ -27,6 +27,9 @@ func (c *cli) newInfoCommand() *cobra.Command {
 		if in.Cgroup != "" {
 			rows = append(rows, [2]string{"cgroup", in.Cgroup})
 		}
+		if in.Launcher != "" {
+			rows = append(rows, [2]string{"VMM launcher", in.Launcher})
+		}
 		for _, p := range in.Problems {
 			rows = append(rows, [2]string{"problem", p})
 		}

@@ -18,7 +18,7 @@ func main() {
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: paddockd [--config FILE] [--check-config] [--version]\n\nRuns small Linux VMs from OCI images. Usually started by systemd (paddock.socket).\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: paddockd [--config FILE] [--check-config] [--version]\n       paddockd [--config FILE] launcher\n\nRuns small Linux VMs from OCI images. Usually started by systemd (paddock.socket).\n`launcher` starts VMMs for paddockd instead (paddock-guests.service), so that they\nlive outside paddock.service.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -27,7 +27,8 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	if fs.NArg() > 0 {
+	launcher := fs.NArg() == 1 && fs.Arg(0) == "launcher"
+	if fs.NArg() > 0 && !launcher {
 		fmt.Fprintf(os.Stderr, "paddockd: unexpected argument %q\n", fs.Arg(0))
 		os.Exit(2)
 	}
@@ -42,6 +43,13 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("configuration ok: state_dir=%s socket=%s\n", cfg.StateDir, cfg.API.Socket)
+		return
+	}
+	if launcher {
+		if err := daemon.RunLauncher(context.Background(), *cfgPath); err != nil {
+			fmt.Fprintln(os.Stderr, "paddockd launcher:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	if err := daemon.Run(context.Background(), *cfgPath); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,7 +80,35 @@ func pruneChildren() {
 	})
 }
 
-// Spawn starts c like a VMM (see launch) for a helper process of a VM that
+// Launcher starts c like LaunchHere and returns its pid and start time. A
+// launcher process (host/launcher) does it for paddockd under systemd, so
+// that the VMMs live in its unit's cgroup, not paddockd's.
+type Launcher func(c Command) (pid int, start uint64, err error)
+
+// launchVia is how this process starts VMMs and their helpers: LaunchHere
+// unless UseLauncher said otherwise.
+var launchVia atomic.Pointer[Launcher]
+
+// UseLauncher makes every later VMM and helper start through l; nil
+// returns to LaunchHere. Such processes are not this process's children:
+// they are proved and watched like re-adopted ones (/proc, pidfd), and
+// their exit status is not known.
+func UseLauncher(l Launcher) {
+	if l == nil {
+		launchVia.Store(nil)
+		return
+	}
+	launchVia.Store(&l)
+}
+
+func launch(c Command) (int, uint64, error) {
+	if l := launchVia.Load(); l != nil {
+		return (*l)(c)
+	}
+	return LaunchHere(c)
+}
+
+// Spawn starts c like a VMM (see LaunchHere) for a helper process of a VM that
 // carries no VMM tag (passt): confined, in its own session, born in
 // c.Cgroup when set, outliving paddockd. The Ident it returns proves the
 // process later (Ident.Probe, Ident.Kill, Ident.Wait).
@@ -91,12 +120,12 @@ func Spawn(c Command) (Ident, error) {
 	return Ident{PID: pid, StartTime: start, BootID: BootID(), Cmdline: append([]string(nil), c.Args...)}, nil
 }
 
-// launch starts c in its own session (setsid), stdin on /dev/null, stdout
+// LaunchHere starts c in its own session (setsid), stdin on /dev/null, stdout
 // and stderr in c.Log, without a parent-death signal, without capabilities
 // and with no_new_privs (Confine), born in c.Cgroup when set (clone3
 // CLONE_INTO_CGROUP, falling back to moving it right after start). A
 // goroutine reaps it while this process lives.
-func launch(c Command) (pid int, start uint64, err error) {
+func LaunchHere(c Command) (pid int, start uint64, err error) {
 	if len(c.Args) == 0 {
 		return 0, 0, fmt.Errorf("%w: empty argv", ErrInvalidSpec)
 	}

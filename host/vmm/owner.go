@@ -28,6 +28,24 @@ type Owner struct {
 	// Cgroup is the delegated cgroup the daemon's VMM cgroups are made in
 	// ("" for none).
 	Cgroup string
+	// Also are other cgroups whose VMMs are the daemon's: its own delegated
+	// one while VMMs start through the launcher (VMMs an older paddockd
+	// started in-process live there), or the reverse.
+	Also []string
+}
+
+// within reports whether pid's cgroup lies in one of o's cgroups, and which
+// it is in.
+func (o Owner) within(pid int) (in bool, cg, dir string) {
+	for _, d := range append([]string{o.Cgroup}, o.Also...) {
+		if d == "" {
+			continue
+		}
+		if in, cg, err := cgroup.Within(pid, d); err == nil && in {
+			return true, cg, d
+		}
+	}
+	return false, "", ""
 }
 
 // Found is a VMM found by its tag, with the verdict on whose it is.
@@ -81,9 +99,11 @@ type ownerFacts struct {
 	// here is the socket in this mount namespace, there in the VMM's.
 	here, there       fileID
 	hereErr, thereErr error
-	// inCgroup: the process's cgroup lies in the Owner's Cgroup.
-	inCgroup bool
-	cgroup   string
+	// inCgroup: the process's cgroup lies in one of the Owner's cgroups
+	// (ownerCgroup).
+	inCgroup    bool
+	cgroup      string
+	ownerCgroup string
 }
 
 func (o Owner) facts(p *Process) ownerFacts {
@@ -96,11 +116,7 @@ func (o Owner) facts(p *Process) ownerFacts {
 		f.here, f.hereErr = statID(f.socket)
 		f.there, f.thereErr = statID(filepath.Join(procRoot, strconv.Itoa(p.PID), "root", f.socket))
 	}
-	if o.Cgroup != "" {
-		if in, cg, err := cgroup.Within(p.PID, o.Cgroup); err == nil {
-			f.inCgroup, f.cgroup = in, cg
-		}
-	}
+	f.inCgroup, f.cgroup, f.ownerCgroup = o.within(p.PID)
 	return f
 }
 
@@ -113,7 +129,7 @@ func (o Owner) judge(f ownerFacts) (bool, string) {
 	case len(f.uids) < 2 || f.uids[0] != o.UID || f.uids[1] != o.UID:
 		return false, fmt.Sprintf("it runs as uid %v, this daemon as %d", f.uids, o.UID)
 	case f.inCgroup:
-		return true, fmt.Sprintf("its cgroup %s lies in this daemon's %s", f.cgroup, o.Cgroup)
+		return true, fmt.Sprintf("its cgroup %s lies in this daemon's %s", f.cgroup, f.ownerCgroup)
 	case f.socket == "":
 		return false, "its command line names no API socket"
 	case !f.underRoot:
@@ -142,10 +158,8 @@ func (o Owner) JudgePID(pid int, proveSocket func() (bool, string)) (bool, strin
 	case len(uids) < 2 || uids[0] != o.UID || uids[1] != o.UID:
 		return false, fmt.Sprintf("it runs as uid %v, this daemon as %d", uids, o.UID)
 	}
-	if o.Cgroup != "" {
-		if in, cg, err := cgroup.Within(pid, o.Cgroup); err == nil && in {
-			return true, fmt.Sprintf("its cgroup %s lies in this daemon's %s", cg, o.Cgroup)
-		}
+	if in, cg, dir := o.within(pid); in {
+		return true, fmt.Sprintf("its cgroup %s lies in this daemon's %s", cg, dir)
 	}
 	if proveSocket == nil {
 		return false, "neither its cgroup nor a socket proves it this daemon's"

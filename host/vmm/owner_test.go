@@ -34,8 +34,8 @@ func TestJudgeOwner(t *testing.T) {
 		{"another uid, even in our cgroup", func(f *ownerFacts) { f.uids, f.inCgroup = []int{0, 0}, true }, false, "runs as uid"},
 		{"uid unreadable", func(f *ownerFacts) { f.uids, f.uidErr = nil, os.ErrNotExist }, false, "uid cannot be read"},
 		{"in our cgroup, socket gone", func(f *ownerFacts) {
-			f.inCgroup, f.cgroup, f.hereErr = true, o.Cgroup+"/paddock-a", os.ErrNotExist
-		}, true, "cgroup /sys/fs/cgroup/paddock.service/paddock-a lies in"},
+			f.inCgroup, f.cgroup, f.ownerCgroup, f.hereErr = true, o.Cgroup+"/paddock-a", o.Cgroup, os.ErrNotExist
+		}, true, "cgroup /sys/fs/cgroup/paddock.service/paddock-a lies in this daemon's /sys/fs/cgroup/paddock.service"},
 		{"no API socket", func(f *ownerFacts) { f.socket, f.underRoot = "", false }, false, "names no API socket"},
 		{"socket elsewhere", func(f *ownerFacts) { f.socket, f.underRoot = "/tmp/x/qmp.sock", false }, false, "not under this daemon's /run/paddock/vms"},
 		{"not here", func(f *ownerFacts) { f.hereErr = os.ErrNotExist }, false, "not in this daemon's view"},
