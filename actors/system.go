@@ -138,10 +138,11 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	}
 	wd := d.Workspaces
 	wd.Log, wd.Events = d.Log, s.Events
-	// The claims outlive a restart of the actor (a panic): the VMs that
-	// hold them do not claim again until their next start.
-	claims, busy := map[string]map[string]claim{}, map[string]string{}
-	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd, claims, busy) }), NameWorkspaces); err != nil {
+	// The claims and the work in flight outlive a restart of the actor (a
+	// panic): the VMs that hold them do not claim again until their next
+	// start, and the work reports its end to the new actor.
+	kept := newWorkspacesKept()
+	if s.Workspaces, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newWorkspacesActor(wd, kept) }), NameWorkspaces); err != nil {
 		return nil, fmt.Errorf("spawn workspaces actor: %w", err)
 	}
 	// The VMs reach the Workspaces actor through these two function values

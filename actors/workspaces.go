@@ -221,25 +221,40 @@ type workspacesActor struct {
 	// re-adopted (before the daemon serves), and a VM that stopped
 	// meanwhile releases its own.
 	claims map[string]map[string]claim
-	// busy are the workspaces being exported or imported: id -> what is
-	// done to it. Kept across a restart of the actor, like claims: the
-	// goroutine doing it reports its end to the new one.
+	// busy are the workspaces being exported, imported, snapshotted,
+	// restored, cloned or made by a clone: id -> what is done to it. Kept
+	// across a restart of the actor, like claims: the goroutine doing it
+	// reports its end to the new one.
 	busy map[string]string
+	// reserved are the records of clones being made (their names taken),
+	// kept across a restart for those whose record is not on disk yet.
+	reserved map[string]*state.Workspace
 	// corrupt: some record could not be read, so the layers it names are
 	// unknown and none is swept.
 	corrupt bool
 }
 
-// newWorkspacesActor serves workspaces with claims, which only the
-// actor's mailbox touches and which a restarted actor takes over.
-func newWorkspacesActor(d WorkspaceDeps, claims map[string]map[string]claim, busy map[string]string) actor.Actor {
+// workspacesKept is what a restarted Workspaces actor takes over: the
+// claims and the work in flight, which only the actor's mailbox touches.
+type workspacesKept struct {
+	claims   map[string]map[string]claim
+	busy     map[string]string
+	reserved map[string]*state.Workspace
+}
+
+func newWorkspacesKept() *workspacesKept {
+	return &workspacesKept{claims: map[string]map[string]claim{}, busy: map[string]string{}, reserved: map[string]*state.Workspace{}}
+}
+
+// newWorkspacesActor serves workspaces with what kept holds.
+func newWorkspacesActor(d WorkspaceDeps, kept *workspacesKept) actor.Actor {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	if d.BuildTimeout <= 0 {
 		d.BuildTimeout = DefaultWorkspaceBuildTimeout
 	}
-	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces), claims: claims, busy: busy}
+	return &workspacesActor{d: d, log: d.Log.With("actor", NameWorkspaces), claims: kept.claims, busy: kept.busy, reserved: kept.reserved}
 }
 
 func (a *workspacesActor) Receive(ctx actor.Context) {
@@ -249,7 +264,13 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		if a.d.Store == nil {
 			return
 		}
-		ready, swept, corrupt, err := a.d.Store.LoadAll()
+		// Work still in flight (a restart after a panic) keeps its files:
+		// it commits or drops them when it ends.
+		inFlight := map[string]bool{}
+		for id := range a.busy {
+			inFlight[id] = true
+		}
+		ready, swept, corrupt, err := a.d.Store.LoadAllExcept(inFlight)
 		if err != nil {
 			a.log.Error("loading workspaces", "err", err)
 		}
@@ -262,6 +283,12 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		}
 		for _, ws := range ready {
 			a.ws[ws.ID] = ws
+		}
+		for id, ws := range a.reserved {
+			if _, ok := a.ws[id]; !ok {
+				cp := *ws
+				a.ws[id] = &cp
+			}
 		}
 	case *actor.Stopping:
 		for _, c := range a.building {
@@ -314,11 +341,13 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 	case *RemoveWorkspace:
 		ctx.Respond(a.remove(ctx, m))
 	case *SnapshotWorkspace:
-		ctx.Respond(a.snapshot(m))
+		a.snapshot(ctx, m)
 	case *RestoreWorkspace:
-		ctx.Respond(a.restore(m))
+		a.restore(ctx, m)
 	case *CloneWorkspace:
-		ctx.Respond(a.clone(ctx, m))
+		a.clone(ctx, m)
+	case *layerDone:
+		a.layerDone(ctx, m)
 	case *ResizeWorkspace:
 		a.resize(ctx, m)
 	case *AttachWorkspaces:

@@ -34,6 +34,9 @@ type fakeBuild struct {
 	// overlay: new top layers are "overlays" (a file "@LAYER" read
 	// through to it) rather than copies.
 	overlay bool
+	// topStarted, when set, is told a new top is being made; topGate,
+	// when set, holds it until closed or the layer work's deadline.
+	topStarted, topGate chan struct{}
 }
 
 // readChain reads a fake volume through its overlays.
@@ -49,6 +52,19 @@ func readChain(path string) ([]byte, error) {
 
 // NewTop copies the layer (a reflink) or points at it (an overlay).
 func (f *fakeBuild) NewTop(ctx context.Context, dir, layer string, size int64) (string, string, error) {
+	if f.topStarted != nil {
+		select {
+		case f.topStarted <- struct{}{}:
+		default:
+		}
+	}
+	if f.topGate != nil {
+		select {
+		case <-f.topGate:
+		case <-ctx.Done():
+			return "", "", ctx.Err()
+		}
+	}
 	if f.overlay {
 		name := "top-" + state.NewID() + ".qcow2"
 		return name, topOverlay, os.WriteFile(filepath.Join(dir, name), []byte("@"+layer), 0o600)

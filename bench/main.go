@@ -29,6 +29,8 @@ func main() {
 	netOnly := flag.Bool("net", false, "only the VM network figures (root; see net.go)")
 	startOnly := flag.Bool("start", false, "only the VM start figures (root; see start.go)")
 	startRuns := flag.Int("start-runs", 3, "VMs to time for -start")
+	wsOnly := flag.Bool("workspace", false, "only the workspace figures: seed, export, clone (see workspace.go)")
+	cloneRuns := flag.Int("clone-runs", 20, "clones to time (and references)")
 	cliBin := flag.String("paddock", "bin/paddock", "CLI binary: what a user runs")
 	netBytes := flag.Int64("net-bytes", 64<<20, "bytes per network transfer")
 	flag.Parse()
@@ -38,8 +40,10 @@ func main() {
 		err = runNet(*daemonBin, *cliBin, *netBytes)
 	case *startOnly:
 		err = runStart(*daemonBin, *cliBin, *minbase, *startRuns)
+	case *wsOnly:
+		err = runWorkspace(*daemonBin, *cliBin, *cloneRuns)
 	default:
-		err = run(*daemonBin, *cliBin, *vms, *gets, *lists, *minbase)
+		err = run(*daemonBin, *cliBin, *vms, *gets, *lists, *minbase, *cloneRuns)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -47,47 +51,88 @@ func main() {
 	}
 }
 
-func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string) error {
-	dir, err := os.MkdirTemp("", "pdk-bench-")
+// benchDaemon is a paddockd of the benchmark's own: state, runtime and
+// cache in a temporary directory, scratch in /dev/shm where it exists, no
+// VMs run, on a private session bus when dbus-daemon is there.
+type benchDaemon struct {
+	dir, state, sock, shm, bus string
+	cmd                        *exec.Cmd
+	c                          *api.Client
+	stops                      []func()
+}
+
+func startBenchDaemon(daemonBin string) (_ *benchDaemon, err error) {
+	b := &benchDaemon{}
+	defer func() {
+		if err != nil {
+			b.Close()
+		}
+	}()
+	if b.dir, err = os.MkdirTemp("", "pdk-bench-"); err != nil {
+		return nil, err
+	}
+	b.stops = append(b.stops, func() { _ = os.RemoveAll(b.dir) })
+	b.state = filepath.Join(b.dir, "state")
+	if _, err := imagetest.SeedImage(b.state, "alpine"); err != nil {
+		return nil, fmt.Errorf("seed image: %w", err)
+	}
+	cfg := filepath.Join(b.dir, "paddock.toml")
+	b.sock = filepath.Join(b.dir, "run", "io.paddock.v1")
+	if b.shm, err = os.MkdirTemp("/dev/shm", "pdk-bench-"); err != nil {
+		b.shm, _ = os.MkdirTemp("", "pdk-bench-scratch-")
+	}
+	b.stops = append(b.stops, func() { _ = os.RemoveAll(b.shm) })
+	bus, stopBus, err := sessionBus(b.dir)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("session bus: %w", err)
 	}
-	defer os.RemoveAll(dir)
-	state := filepath.Join(dir, "state")
-	if _, err := imagetest.SeedImage(state, "alpine"); err != nil {
-		return fmt.Errorf("seed image: %w", err)
-	}
-	cfg := filepath.Join(dir, "paddock.toml")
-	sock := filepath.Join(dir, "run", "io.paddock.v1")
-	shm, err := os.MkdirTemp("/dev/shm", "pdk-bench-")
-	if err != nil {
-		shm, _ = os.MkdirTemp("", "pdk-bench-scratch-")
-	}
-	defer os.RemoveAll(shm)
-	bus, stopBus, err := sessionBus(dir)
-	if err != nil {
-		return fmt.Errorf("session bus: %w", err)
-	}
-	defer stopBus()
+	b.bus = bus
+	b.stops = append(b.stops, stopBus)
 	dbusMode := "off"
 	if bus != "" {
 		dbusMode = "session"
 	}
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n[images]\nscratch_dir = %q\n[vm]\nrun = \"off\"\n[dbus]\nbus = %q\n", state, filepath.Join(dir, "run"), filepath.Join(dir, "cache"), filepath.Join(shm, "scratch"), dbusMode)), 0o644); err != nil {
-		return err
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nruntime_dir = %q\ncache_dir = %q\n[log]\nlevel = \"warn\"\n[images]\nscratch_dir = %q\n[vm]\nrun = \"off\"\n[dbus]\nbus = %q\n", b.state, filepath.Join(b.dir, "run"), filepath.Join(b.dir, "cache"), filepath.Join(b.shm, "scratch"), dbusMode)), 0o644); err != nil {
+		return nil, err
 	}
-	d := exec.Command(daemonBin, "--config", cfg)
-	withBus(d, bus)
-	d.Stderr = os.Stderr
-	if err := d.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", daemonBin, err)
+	b.cmd = exec.Command(daemonBin, "--config", cfg)
+	withBus(b.cmd, bus)
+	b.cmd.Stderr = os.Stderr
+	if err := b.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", daemonBin, err)
 	}
-	defer func() { _ = d.Process.Kill(); _ = d.Wait() }()
-	c, err := dialWait(sock)
+	b.stops = append(b.stops, func() { _ = b.cmd.Process.Kill(); _ = b.cmd.Wait() })
+	if b.c, err = dialWait(b.sock); err != nil {
+		return nil, err
+	}
+	b.stops = append(b.stops, func() { b.c.Close() })
+	return b, nil
+}
+
+// Close stops the daemon and removes what it made, last made first.
+func (b *benchDaemon) Close() {
+	for i := len(b.stops) - 1; i >= 0; i-- {
+		b.stops[i]()
+	}
+}
+
+// runWorkspace is -workspace: the workspace figures alone.
+func runWorkspace(daemonBin, cliBin string, cloneRuns int) error {
+	b, err := startBenchDaemon(daemonBin)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer b.Close()
+	return workspaceBench(cliBin, b.sock, b.shm, b.state, cloneRuns)
+}
+
+func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string, cloneRuns int) error {
+	b, err := startBenchDaemon(daemonBin)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	dir, state, sock, shm, bus, c, d := b.dir, b.state, b.sock, b.shm, b.bus, b.c, b.cmd
 	ctx := context.Background()
 	time.Sleep(200 * time.Millisecond)
 	rss0, err := rssKiB(d.Process.Pid)
@@ -148,7 +193,7 @@ func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string) erro
 	} else if err := dbusBench(c, sock, bus, "vm-0000", 50); err != nil {
 		return fmt.Errorf("D-Bus: %w", err)
 	}
-	if err := workspaceBench(cliBin, sock, shm, state); err != nil {
+	if err := workspaceBench(cliBin, sock, shm, state, cloneRuns); err != nil {
 		return fmt.Errorf("workspaces: %w", err)
 	}
 	if minbase == "" {

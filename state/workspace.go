@@ -277,6 +277,15 @@ func (s *WorkspaceStore) Remove(id string) error {
 // record is unreadable: its layers are unknown, so all stay). Corrupt
 // records are kept on disk and reported, never fatal.
 func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt []error, err error) {
+	return s.LoadAllExcept(nil)
+}
+
+// LoadAllExcept is LoadAll for a reload while work is in flight on the
+// workspaces busy names (a restart of the Workspaces actor): their
+// directories are left as they are (a "creating" record is loaded as it
+// is; one not yet written is skipped) and, since their new layers are
+// named by no record yet, no layer is swept.
+func (s *WorkspaceStore) LoadAllExcept(busy map[string]bool) (ready []*Workspace, swept []string, corrupt []error, err error) {
 	es, err := os.ReadDir(s.Root)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read %s: %w", s.Root, err)
@@ -294,6 +303,14 @@ func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt 
 			continue
 		}
 		ws, err := s.Load(name)
+		if busy[name] {
+			if err == nil {
+				ready = append(ready, ws)
+			} else if !errors.Is(err, ErrNotFound) {
+				corrupt = append(corrupt, err)
+			}
+			continue
+		}
 		switch {
 		case errors.Is(err, ErrNotFound) || err == nil && ws.Status != WorkspaceReady:
 			if err := s.Remove(name); err != nil {
@@ -314,7 +331,7 @@ func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt 
 		}
 		ready = append(ready, ws)
 	}
-	if len(corrupt) == 0 {
+	if len(corrupt) == 0 && len(busy) == 0 {
 		gone, err := s.SweepLayers(ready)
 		if err != nil {
 			return nil, nil, nil, err

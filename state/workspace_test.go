@@ -126,3 +126,44 @@ func readyWorkspace(t *testing.T) (*WorkspaceStore, *Workspace) {
 	}
 	return s, ws
 }
+
+// A reload while layer work is in flight (LoadAllExcept, a restart of the
+// Workspaces actor) leaves the busy workspaces' files alone — a new top no
+// record names yet, a clone's "creating" record, which is loaded as it
+// is — and sweeps no layer; what is not busy is swept as at start-up.
+func TestWorkspaceLoadAllExceptBusy(t *testing.T) {
+	s, ws := readyWorkspace(t)
+	if err := os.WriteFile(s.TopPath(ws), []byte("top"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	layer, err := s.Freeze(ws) // the work's frozen layer, named by no record yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	newTop := filepath.Join(s.Dir(ws.ID), "top-1.qcow2")
+	if err := os.WriteFile(newTop, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clone := &Workspace{ID: NewID(), Name: "copy", OwnerUID: 1000, Status: WorkspaceCreating, Size: ws.Size, Backing: []string{layer}}
+	if err := s.Begin(clone); err != nil {
+		t.Fatal(err)
+	}
+	cut := &Workspace{ID: NewID(), Name: "cut", OwnerUID: 1000, Status: WorkspaceCreating, Size: ws.Size}
+	if err := s.Begin(cut); err != nil {
+		t.Fatal(err)
+	}
+	notYet := NewID() // busy, its record not written yet
+	ready, swept, corrupt, err := s.LoadAllExcept(map[string]bool{ws.ID: true, clone.ID: true, notYet: true})
+	if err != nil || len(corrupt) != 0 || len(ready) != 2 || len(swept) != 1 || swept[0] != cut.ID {
+		t.Fatalf("ready %v swept %v corrupt %v err %v", ready, swept, corrupt, err)
+	}
+	for _, p := range []string{newTop, s.Layer(layer), s.Dir(clone.ID)} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("in-flight work's %s: %v", filepath.Base(p), err)
+		}
+	}
+	// Once the work is over, the same files are swept.
+	if _, swept, _, err := s.LoadAll(); err != nil || len(swept) != 3 {
+		t.Fatalf("after the work: swept %v %v", swept, err)
+	}
+}

@@ -35,10 +35,12 @@ const (
 // NewTop makes a new writable top layer in dir over the frozen layer
 // layer (a file in the store's .layers; size is the volume's size), in
 // O(1) where the host allows: a reflink of a raw layer (btrfs, xfs), else
-// a qcow2 overlay naming the layer as its backing file, else (no qemu-img)
-// a sparse copy of a raw layer, logged. It returns the new file's name in
-// dir and how it was made: over a reflink or a copy the top needs no
-// backing.
+// a qcow2 overlay naming the layer as its backing file (written natively,
+// or by qemu-img where the native writer refuses; either needs qemu-img
+// on the host, which reads overlays back), else a sparse copy of a raw
+// layer, logged. It returns the new file's name in dir and how it was
+// made: over a reflink or a copy the top needs no backing. The new file
+// appears whole or not at all.
 func (l Layers) NewTop(ctx context.Context, dir, layer string, size int64) (name, how string, err error) {
 	id := state.NewID()
 	raw := state.LayerFormat(layer) == "raw"
@@ -55,13 +57,10 @@ func (l Layers) NewTop(ctx context.Context, dir, layer string, size int64) (name
 	qemuImg, qerr := l.tool("qemu-img", l.QemuImg)
 	if qerr == nil {
 		name = "top-" + id + ".qcow2"
-		err := disk.Run(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-F", state.LayerFormat(layer),
-			"-b", state.LayerRef(filepath.Base(layer)), filepath.Join(dir, name), strconv.FormatInt(size, 10))
-		if err != nil {
-			_ = os.Remove(filepath.Join(dir, name))
+		if err := l.overlay(ctx, qemuImg, filepath.Join(dir, name), layer, size); err != nil {
 			return "", "", fmt.Errorf("qcow2 overlay over layer %s: %w", filepath.Base(layer), err)
 		}
-		return name, TopOverlay, disk.SyncFile(filepath.Join(dir, name))
+		return name, TopOverlay, nil
 	}
 	if !raw {
 		return "", "", qerr
@@ -72,6 +71,31 @@ func (l Layers) NewTop(ctx context.Context, dir, layer string, size int64) (name
 		return "", "", fmt.Errorf("sparse copy of layer %s: %w", filepath.Base(layer), err)
 	}
 	return name, TopCopy, nil
+}
+
+// overlay writes the qcow2 overlay top over layer: natively, else (a
+// refusal, logged) with qemu-img create into a temporary file linked to
+// top when complete.
+func (l Layers) overlay(ctx context.Context, qemuImg, top, layer string, size int64) error {
+	o := Overlay{Size: size, Backing: state.LayerRef(filepath.Base(layer)), BackingFormat: state.LayerFormat(layer)}
+	err := WriteOverlay(top, o)
+	if !errors.Is(err, ErrOverlayRefused) {
+		return err
+	}
+	l.logger().Info("qcow2 overlay written by qemu-img", "layer", filepath.Base(layer), "why", err)
+	tmp := filepath.Join(filepath.Dir(top), "."+filepath.Base(top)+".partial-"+state.NewID())
+	defer os.Remove(tmp)
+	if err := disk.Run(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-F", o.BackingFormat,
+		"-b", o.Backing, tmp, strconv.FormatInt(size, 10)); err != nil {
+		return err
+	}
+	if err := disk.SyncFile(tmp); err != nil {
+		return err
+	}
+	if err := os.Link(tmp, top); err != nil {
+		return err
+	}
+	return state.SyncDir(filepath.Dir(top))
 }
 
 // Flatten writes the volume whose top layer is top (a qcow2 overlay and

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,4 +161,58 @@ func TestNewTopReflink(t *testing.T) {
 		t.Fatal("the reflinked top differs from its layer")
 	}
 	fsckClean(t, filepath.Join(wsDir, top))
+}
+
+// A new qcow2 top over a raw layer on a file system without reflinks is
+// written natively; where the native writer refuses (a layer name with a
+// colon, which it never writes into a header) qemu-img writes it. Either
+// way the top names its layer relative to itself, qemu-img check finds
+// it clean, and nothing else is left in the workspace's directory.
+func TestNewTopOverlay(t *testing.T) {
+	testenv.RequireTool(t, "qemu-img", "qemu-utils")
+	for _, layer := range []string{"l1.ext4", "l:1.ext4"} {
+		t.Run(layer, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			root := t.TempDir()
+			wsDir, layers := filepath.Join(root, "ws"), filepath.Join(root, state.LayersDir)
+			for _, d := range []string{wsDir, layers} {
+				if err := os.Mkdir(d, 0o700); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(layers, layer), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(filepath.Join(layers, layer), 64<<20); err != nil {
+				t.Fatal(err)
+			}
+			var log bytes.Buffer
+			l := workspace.Layers{Log: slog.New(slog.NewTextHandler(&log, nil))}
+			top, how, err := l.NewTop(ctx, wsDir, filepath.Join(layers, layer), 64<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if byQemuImg := strings.Contains(log.String(), "written by qemu-img"); byQemuImg != strings.Contains(layer, ":") {
+				t.Fatalf("written by qemu-img: %v; log:\n%s", byQemuImg, log.String())
+			}
+			if how == workspace.TopReflink {
+				t.Skip("the temporary directory's file system has reflinks")
+			}
+			if how != workspace.TopOverlay {
+				t.Fatalf("new top made by %s", how)
+			}
+			out, err := exec.Command(tool(t, "qemu-img"), "check", filepath.Join(wsDir, top)).CombinedOutput()
+			if err != nil {
+				t.Fatalf("qemu-img check: %v\n%s", err, out)
+			}
+			out, err = exec.Command(tool(t, "qemu-img"), "info", "--output=json", filepath.Join(wsDir, top)).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), `"backing-filename": "../.layers/`+layer+`"`) || !strings.Contains(string(out), `"backing-filename-format": "raw"`) {
+				t.Fatalf("qemu-img info: %v\n%s", err, out)
+			}
+			if ents, _ := os.ReadDir(wsDir); len(ents) != 1 {
+				t.Fatalf("the workspace directory holds %v", ents)
+			}
+		})
+	}
 }
