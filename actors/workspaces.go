@@ -40,6 +40,11 @@ type WorkspaceBuild func(ctx context.Context, r io.Reader, out string, ws state.
 // actor's mailbox, under ctx, while the workspace is held detached.
 type WorkspaceExport func(ctx context.Context, w io.Writer, vol string, ws state.Workspace, part *ExportPart) error
 
+// WorkspaceMerge builds the volume of ws at out from base, its tree as it
+// is (an export), with push unpacked at dir under the top name over it
+// (PushWorkspace). It runs off the mailbox, under ctx.
+type WorkspaceMerge func(ctx context.Context, base, push io.Reader, dir, name, out string, ws state.Workspace) error
+
 // ExportPart is a path in a workspace (relative to its root; "" for the
 // root) exported as a stream whose entries are Name, Name/...
 type ExportPart struct{ Path, Name string }
@@ -52,6 +57,8 @@ type WorkspaceDeps struct {
 	Build WorkspaceBuild
 	// Export reads a volume out (ExportWorkspace).
 	Export WorkspaceExport
+	// Merge pushes into a volume no VM holds (PushWorkspace).
+	Merge WorkspaceMerge
 	// Layers make new top layers (snapshot, restore, clone) and flatten
 	// and grow volumes (resize).
 	Layers WorkspaceLayers
@@ -130,8 +137,8 @@ type CreateWorkspace struct {
 	Done     chan WorkspaceResult
 }
 
-// CancelWorkspace withdraws a CreateWorkspace, ExportWorkspace or
-// ImportWorkspace.
+// CancelWorkspace withdraws a CreateWorkspace, ExportWorkspace,
+// ImportWorkspace or PushWorkspace.
 type CancelWorkspace struct{ ID uint64 }
 
 // ExportWorkspace asks for the tree of a workspace as a tar stream written
@@ -164,6 +171,21 @@ type ImportWorkspace struct {
 	Source string
 	Tar    io.ReadCloser
 	Done   chan WorkspaceResult
+}
+
+// PushWorkspace unpacks the tar stream Tar (closed by the actor when the
+// push ends) into a workspace no VM holds, at Path by cp's rules (its top
+// entry is Name): the volume is rebuilt from its tree and the pushed one,
+// checked and owned like a creation's, and replaces the old only when
+// complete. Answered on Done exactly once; refused while attached (the
+// push then goes through the guest).
+type PushWorkspace struct {
+	ID         uint64
+	Caller     Caller
+	Ref        string
+	Path, Name string
+	Tar        io.ReadCloser
+	Done       chan WorkspaceResult
 }
 
 // workspaceIODone carries an export's or an import's end into the mailbox.
@@ -306,6 +328,8 @@ func (a *workspacesActor) Receive(ctx actor.Context) {
 		a.export(ctx, m)
 	case *ImportWorkspace:
 		a.importTree(ctx, m)
+	case *PushWorkspace:
+		a.push(ctx, m)
 	case *workspaceIODone:
 		a.ioDone(m)
 	case *CancelWorkspace:
@@ -665,6 +689,51 @@ func (a *workspacesActor) importTree(ctx actor.Context, m *ImportWorkspace) {
 	})
 }
 
+// push runs a PushWorkspace off the mailbox, the workspace held busy: its
+// tree is exported into the merge, which writes a new raw top beside the
+// old chain; the record names it only once it is complete.
+func (a *workspacesActor) push(ctx actor.Context, m *PushWorkspace) {
+	fail := func(err error) {
+		if m.Tar != nil {
+			_ = m.Tar.Close()
+		}
+		m.Done <- WorkspaceResult{Err: err}
+	}
+	if a.d.Merge == nil || a.d.Export == nil || m.Tar == nil {
+		fail(errorf(ErrNotYet, "workspaces are not configured"))
+		return
+	}
+	ws, err := a.ioTarget(m.Caller, m.Ref)
+	if err != nil {
+		fail(err)
+		return
+	}
+	top := "top-" + state.NewID() + ".ext4"
+	export, merge, snapshot := a.d.Export, a.d.Merge, *ws
+	vol, out := a.d.Store.TopPath(ws), filepath.Join(a.d.Store.Dir(ws.ID), top)
+	commit := func(next *state.Workspace) { next.Top, next.Backing = top, nil }
+	a.startIO(ctx, m.ID, ws, "pushed", commit, m.Done, func(bctx context.Context) error {
+		stop := context.AfterFunc(bctx, func() { _ = m.Tar.Close() })
+		defer stop()
+		defer m.Tar.Close()
+		pr, pw := io.Pipe()
+		exported := make(chan error, 1)
+		go func() {
+			err := export(bctx, pw, vol, snapshot, nil)
+			pw.CloseWithError(err)
+			exported <- err
+		}()
+		err := merge(bctx, pr, m.Tar, m.Path, m.Name, out, snapshot)
+		pr.CloseWithError(errPushEnded) // an export still writing stops
+		if xerr := <-exported; xerr != nil && !errors.Is(xerr, errPushEnded) {
+			return fmt.Errorf("reading the workspace's tree: %w", xerr) // the cause of the merge's failure
+		}
+		return err
+	})
+}
+
+var errPushEnded = errors.New("the push ended")
+
 // readTarget is the workspace an export names: ready, not busy, and
 // attached read-write to no VM unless frozen (see ExportWorkspace).
 func (a *workspacesActor) readTarget(c Caller, ref string, frozen bool) (*state.Workspace, error) {
@@ -782,6 +851,14 @@ func (s *System) CreateWorkspace(ctx context.Context, m CreateWorkspace) (*Works
 // ExportWorkspace runs an export through the Workspaces actor until it is
 // done or ctx ends (which stops it).
 func (s *System) ExportWorkspace(ctx context.Context, m ExportWorkspace) (*WorkspaceInfo, error) {
+	m.ID, m.Done = workspaceSeq.Add(1), make(chan WorkspaceResult, 1)
+	return s.workspaceIO(ctx, &m, m.ID, m.Done)
+}
+
+// PushWorkspace runs a push into a detached workspace through the
+// Workspaces actor until it is done or ctx ends (which stops it; the old
+// tree stays).
+func (s *System) PushWorkspace(ctx context.Context, m PushWorkspace) (*WorkspaceInfo, error) {
 	m.ID, m.Done = workspaceSeq.Add(1), make(chan WorkspaceResult, 1)
 	return s.workspaceIO(ctx, &m, m.ID, m.Done)
 }

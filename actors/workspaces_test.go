@@ -131,6 +131,22 @@ func (f *fakeBuild) build(ctx context.Context, r io.Reader, out string, ws state
 	return os.WriteFile(out, data, 0o600)
 }
 
+// merge writes base, then "+DIR/NAME:" and the push (or fails like build).
+func (f *fakeBuild) merge(ctx context.Context, base, push io.Reader, dir, name, out string, ws state.Workspace) error {
+	if f.fail != nil {
+		return f.fail
+	}
+	b, err := io.ReadAll(base)
+	if err != nil {
+		return err
+	}
+	p, err := io.ReadAll(push)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, append(b, "+"+dir+"/"+name+":"+string(p)...), 0o600)
+}
+
 type wsHarness struct {
 	sys   *System
 	store *state.WorkspaceStore
@@ -154,7 +170,7 @@ func startWorkspacesWithin(t *testing.T, dir string, fb *fakeBuild, timeout time
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sys, err := Start(ctx, Deps{Store: st, Defaults: func() config.Defaults { return config.Default().Defaults },
-		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Export: fb.export, Layers: fb, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
+		Workspaces: WorkspaceDeps{Store: ws, Build: fb.build, Export: fb.export, Merge: fb.merge, Layers: fb, Used: func(p string) int64 { fi, _ := os.Stat(p); return fi.Size() }, BuildTimeout: timeout}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,6 +617,77 @@ func TestWorkspacesExportImport(t *testing.T) {
 	fb.fail = nil
 	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v2" {
 		t.Fatalf("export after a failed import: %q, %v", got, err)
+	}
+}
+
+func (h *wsHarness) push(t *testing.T, c Caller, ref, content string) (*WorkspaceInfo, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r := &trackedReader{Reader: strings.NewReader(content)}
+	w, err := h.sys.PushWorkspace(ctx, PushWorkspace{Caller: c, Ref: ref, Path: "sub", Name: "n", Tar: r})
+	if !r.closed {
+		t.Errorf("push into %s: stream not closed", ref)
+	}
+	return w, err
+}
+
+// A push into a workspace no VM holds: the tree as it is and the pushed
+// one make a new top, named by the record only when complete; another
+// user's is not found, an attached one refused naming the VM (the push
+// goes through its guest), a failed push keeps the old tree and leaves no
+// stray top, a snapshot taken before stays as it was.
+func TestWorkspacesPushDetached(t *testing.T) {
+	fb := &fakeBuild{}
+	h := startWorkspaces(t, t.TempDir(), fb)
+	w, err := h.create(t, wsAlice, "proj", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.do(t, &SnapshotWorkspace{Caller: wsAlice, Ref: "proj", Snapshot: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.push(t, wsBob, "proj", "bob's"); !errors.Is(err, ErrWorkspaceNotFound) {
+		t.Fatalf("bob's push into alice's workspace: %v", err)
+	}
+	if got, err := h.push(t, wsAlice, "proj", "p1"); err != nil || got.ID != w.ID {
+		t.Fatalf("push: %+v, %v", got, err)
+	}
+	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v1+sub/n:p1" {
+		t.Fatalf("export after the push: %q, %v", got, err)
+	}
+	fb.fail = errors.New("refused entry")
+	if _, err := h.push(t, wsAlice, "proj", "p2"); err == nil || !strings.Contains(err.Error(), "refused entry") {
+		t.Fatalf("failing push: %v", err)
+	}
+	fb.fail = nil
+	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v1+sub/n:p1" {
+		t.Fatalf("export after a failed push: %q, %v", got, err)
+	}
+	entries, err := os.ReadDir(h.store.Dir(w.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tops []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "top-") {
+			tops = append(tops, e.Name())
+		}
+	}
+	if len(tops) != 1 {
+		t.Fatalf("tops after a failed push: %v (want the one the record names)", tops)
+	}
+	if _, err := h.do(t, &RestoreWorkspace{Caller: wsAlice, Ref: "proj", Snapshot: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := h.export(t, wsAlice, "proj"); err != nil || got != "v1" {
+		t.Fatalf("export after restoring the snapshot taken before the push: %q, %v", got, err)
+	}
+	if err := h.attachTo(t, "vm1", w.ID, wsAlice.UID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.push(t, wsAlice, "proj", "p3"); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "attached to VM vm1") {
+		t.Fatalf("offline push while attached: %v", err)
 	}
 }
 

@@ -257,7 +257,12 @@ func (d *Daemon) pushWorkspace(ctx context.Context, c *varlink.Call) error {
 		return err
 	}
 	if r == nil {
-		return &actors.Error{Kind: actors.ErrInvalidState, Msg: fmt.Sprintf("workspace %s is not attached to a running VM: push goes through one (or replace its whole tree with workspace import)", wr.Workspace.Name)}
+		// No VM holds it: the volume is rebuilt with the tree pushed in.
+		w, err := d.actors.PushWorkspace(ctx, actors.PushWorkspace{Caller: d.auth.caller(c.Peer), Ref: in.Workspace, Path: in.Path, Name: in.Name, Tar: tar})
+		if err != nil {
+			return workspaceError(err)
+		}
+		return c.Reply(api.WorkspaceCopyOut{Workspace: workspaceToAPI(w)})
 	}
 	d.actors.Touch(r.VM.ID, "copy")
 	if err := d.extractInto(ctx, r, r.VM.Name, inWorkspace(mount, in.Path), in.Name, tar); err != nil {

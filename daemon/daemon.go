@@ -164,7 +164,7 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	}
 	d.actors, err = actors.Start(ctx, actors.Deps{
 		Log: d.log, Store: store, Images: images,
-		Workspaces: actors.WorkspaceDeps{Store: wsStore, Build: d.buildWorkspace, Export: d.exportWorkspaceTree, Layers: d.workspaceLayers(), Used: workspace.Allocated},
+		Workspaces: actors.WorkspaceDeps{Store: wsStore, Build: d.buildWorkspace, Export: d.exportWorkspaceTree, Merge: d.mergeWorkspace, Layers: d.workspaceLayers(), Used: workspace.Allocated},
 		Defaults:   func() config.Defaults { return d.config().Defaults },
 		OnCounts:   d.publishCounts,
 		Importer:   importer,

@@ -133,6 +133,17 @@ func (d *Daemon) exportWorkspaceTree(ctx context.Context, w io.Writer, vol strin
 	return workspace.Export(ctx, vol, w, spec)
 }
 
+// mergeWorkspace pushes into a volume no VM holds (see workspace.Merge).
+func (d *Daemon) mergeWorkspace(ctx context.Context, base, push io.Reader, dir, name, out string, ws state.Workspace) error {
+	cfg := d.config()
+	if err := os.MkdirAll(cfg.Images.ScratchDir, 0o750); err != nil {
+		return fmt.Errorf("scratch dir %s: %w", cfg.Images.ScratchDir, err)
+	}
+	_, err := workspace.Merge(ctx, base, push, workspace.PushDest{Path: dir, Name: name}, out, workspace.Spec{Name: ws.Name, Size: ws.Size, UID: ws.UID, GID: ws.GID,
+		ScratchDir: cfg.Images.ScratchDir, MaxEntries: cfg.Images.MaxEntries, Logger: d.log.With("actor", actors.NameWorkspaces, "workspace", ws.Name)})
+	return err
+}
+
 func (d *Daemon) exportWorkspace(ctx context.Context, c *varlink.Call) error {
 	var in api.WorkspaceRef
 	if err := c.Decode(&in); err != nil {

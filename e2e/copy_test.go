@@ -131,7 +131,7 @@ func TestCopy(t *testing.T) {
 	diffTrees(t, src, pulled)
 	ownedBy(t, pulled, aliceUID)
 
-	// Detached: pulled offline from the volume; a push is refused.
+	// Detached: pulled offline from the volume.
 	e.cli(t, alice, "stop", "cpvm").ok(t, "stop cpvm")
 	offline := filepath.Join(home, "offline")
 	e.cli(t, alice, "workspace", "pull", "proj", "pushed", offline).ok(t, "pull from the detached workspace")
@@ -140,7 +140,21 @@ func TestCopy(t *testing.T) {
 	whole := filepath.Join(home, "whole")
 	e.cli(t, alice, "workspace", "pull", "proj", whole).ok(t, "pull the whole detached workspace")
 	diffTrees(t, src, filepath.Join(whole, "pushed"))
-	refusedNaming(t, "push into a detached workspace", e.cli(t, alice, "workspace", "push", "proj", src), "not attached to a running VM")
+	// Detached: a push rebuilds the volume with the tree pushed in; the
+	// guest then sees it owned by the workspace's uid.
+	e.cli(t, alice, "workspace", "push", "proj", src, "offline-pushed").ok(t, "push into the detached workspace")
+	again := filepath.Join(home, "again")
+	e.cli(t, alice, "workspace", "pull", "proj", "offline-pushed", again).ok(t, "pull what was pushed offline")
+	diffTrees(t, src, again)
+	kept := filepath.Join(home, "kept")
+	e.cli(t, alice, "workspace", "pull", "proj", "pushed", kept).ok(t, "pull what was there before")
+	diffTrees(t, src, kept)
+	refusedNaming(t, "offline push through a missing directory", e.cli(t, alice, "workspace", "push", "proj", src, "no/such/dir"), "no directory no")
+	e.cli(t, alice, "start", "cpvm").ok(t, "start cpvm on the rebuilt workspace")
+	if out, code := execOut(t, e, "cpvm", "", "sh", "-c", "stat -c %u:%g /workspace/offline-pushed/run.sh /workspace/pushed/run.sh"); code != 0 || out != "1000:1000\n1000:1000\n" {
+		t.Fatalf("offline-pushed files in the guest (%d): %q", code, out)
+	}
+	e.cli(t, alice, "stop", "cpvm").ok(t, "stop cpvm")
 
 	e.cli(t, alice, "rm", "cpvm").ok(t, "rm cpvm")
 	e.cli(t, alice, "workspace", "rm", "proj").ok(t, "workspace rm")

@@ -64,16 +64,21 @@ var ErrRefused = flatten.ErrBadEntry
 // spec.Size is refused before anything is written; a refused entry is a
 // *flatten.EntryError naming it.
 func Build(ctx context.Context, r io.Reader, out string, spec Spec) (*Result, error) {
-	if spec.Size < MinSize || spec.Size > MaxSize {
-		return nil, fmt.Errorf("%w: workspace size %d is out of range (%d MiB to %d TiB)", flatten.ErrBadEntry, spec.Size, MinSize>>20, MaxSize>>40)
-	}
 	var layers []flatten.Layer
 	if r != nil {
 		layers = []flatten.Layer{flatten.ReaderLayer("", r)}
 	}
+	return build(ctx, layers, out, spec, spec.entry)
+}
+
+// build flattens layers (each entry through entry) and builds the volume.
+func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, entry func(*tar.Header) error) (*Result, error) {
+	if spec.Size < MinSize || spec.Size > MaxSize {
+		return nil, fmt.Errorf("%w: workspace size %d is out of range (%d MiB to %d TiB)", flatten.ErrBadEntry, spec.Size, MinSize>>20, MaxSize>>40)
+	}
 	root := &tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, Uid: int(spec.UID), Gid: int(spec.GID), ModTime: time.Now()}
 	res, err := flatten.Flatten(ctx, layers, flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries,
-		MaxUnpackedSize: spec.Size, Entry: spec.entry, Root: root, Literal: true, RequireEnd: true})
+		MaxUnpackedSize: spec.Size, Entry: entry, Root: root, Literal: true, RequireEnd: true})
 	if err != nil {
 		if res != nil {
 			res.Close()
