@@ -637,6 +637,18 @@ func (c *Client) Freeze(ctx context.Context, path string, timeout time.Duration)
 	return c.call(ctx, OpFreeze, FreezeRequest{Path: path, TimeoutMS: timeout.Milliseconds()}, nil)
 }
 
+// Identity gives a guest resumed from a template its own identity (see
+// IdentityRequest); the reply's phases are bounded and their names kept
+// short by the caller.
+func (c *Client) Identity(ctx context.Context, req IdentityRequest) (IdentityReply, error) {
+	var r IdentityReply
+	err := c.call(ctx, OpIdentity, req, &r)
+	if len(r.Phases) > 16 {
+		r.Phases = r.Phases[:16]
+	}
+	return r, err
+}
+
 // Thaw ends a Freeze of path.
 func (c *Client) Thaw(ctx context.Context, path string) error {
 	return c.call(ctx, OpThaw, FreezeRequest{Path: path}, nil)

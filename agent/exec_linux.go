@@ -152,7 +152,17 @@ type LocalSpawner struct {
 	// DefaultUser is used when a spec names no User ("": root): the
 	// user the VM's entrypoint runs as, so that what exec makes in a
 	// workspace belongs to the same owner as what the entrypoint makes.
+	// Set it before serving; SetDefaultUser changes it afterwards.
 	DefaultUser string
+	mu          sync.Mutex
+}
+
+// SetDefaultUser changes DefaultUser while requests may be served (a
+// template's guest gets its VM's config late).
+func (s *LocalSpawner) SetDefaultUser(u string) {
+	s.mu.Lock()
+	s.DefaultUser = u
+	s.mu.Unlock()
 }
 
 // DefaultPath is PATH when the environment has none.
@@ -276,7 +286,9 @@ func (s *LocalSpawner) Spawn(spec SpawnSpec) (Proc, error) {
 	}
 	user := spec.User
 	if user == "" {
+		s.mu.Lock()
 		user = s.DefaultUser
+		s.mu.Unlock()
 	}
 	cred, err := LookupUser(root, user)
 	if err != nil {

@@ -9,7 +9,7 @@
 // encoding one Message; both sides refuse frames over their limit
 // (DefaultMaxFrame). Message.T says what a message is:
 //
-//	req   host→guest request {id, op, b}; ops: hello ping health stats ports exec archive extract signal resize shutdown
+//	req   host→guest request {id, op, b}; ops: hello ping health stats ports exec archive extract signal resize shutdown freeze thaw identity
 //	res   guest→host response {id, b} or {id, err}
 //	in    host→guest stdin data of exec stream s {s, d} or end of input {s, eof}
 //	out   guest→host output of stream s {s, fd (1|2), d} or end of that fd {s, fd, eof}
@@ -65,6 +65,7 @@ const (
 	OpShutdown = "shutdown"
 	OpFreeze   = "freeze"
 	OpThaw     = "thaw"
+	OpIdentity = "identity"
 )
 
 // Message is the one envelope of the protocol (see the package doc).
@@ -334,6 +335,36 @@ type ShutdownRequest struct {
 type FreezeRequest struct {
 	Path      string `json:"path"`
 	TimeoutMS int64  `json:"timeout_ms,omitempty"`
+}
+
+// IdentityRequest gives a guest resumed from a template snapshot its own
+// identity, once, before anything of the VM runs: the clock stepped to the
+// host's, the kernel's entropy pool mixed with Seed and its CRNG reseeded
+// (clones of one snapshot otherwise share it), the hostname, the network
+// interface's MAC and addresses, /etc/hosts and resolv.conf, then the VM's
+// own entrypoint and env (Config, as a seed disk holds it). Only a guest
+// booted as a template (its config's PaddockTemplate) takes it.
+type IdentityRequest struct {
+	TimeNS   int64    `json:"time_ns"` // the host's wall clock, Unix ns
+	Seed     []byte   `json:"seed"`    // MinIdentitySeed to MaxIdentitySeed bytes
+	Hostname string   `json:"hostname"`
+	MAC      string   `json:"mac,omitempty"`
+	IPs      []string `json:"ips,omitempty"` // prefixes, e.g. 10.77.0.5/16
+	Gateways []string `json:"gateways,omitempty"`
+	DNS      []string `json:"dns,omitempty"`
+	// Config is the VM's guest config; its entrypoint starts last.
+	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// Bounds of IdentityRequest.Seed.
+const (
+	MinIdentitySeed = 32
+	MaxIdentitySeed = 512
+)
+
+// IdentityReply says how long each part of the identity step took.
+type IdentityReply struct {
+	Phases []Phase `json:"phases,omitempty"`
 }
 
 // MaxFreeze bounds how long a freeze lasts without a thaw.

@@ -54,6 +54,8 @@ type ServerConfig struct {
 	// Freeze freezes (FIFREEZE) or thaws a mounted volume for a
 	// consistent read from the host; nil refuses the ops.
 	Freeze func(path string, frozen bool, timeout time.Duration) error
+	// Identity applies an IdentityRequest (see there); nil refuses it.
+	Identity func(IdentityRequest) (IdentityReply, error)
 	// Uptime returns CLOCK_BOOTTIME in ns.
 	Uptime func() int64
 	// Logf logs (optional).
@@ -365,6 +367,22 @@ func (c *conn) request(_ context.Context, m *Message) {
 			return
 		}
 		c.reply(m.ID, struct{}{}, nil)
+	case OpIdentity:
+		var req IdentityRequest
+		if err := json.Unmarshal(m.Body, &req); err != nil {
+			c.reply(m.ID, nil, badRequest("identity: bad request"))
+			return
+		}
+		if cfg.Identity == nil {
+			c.reply(m.ID, nil, unsupported(m.Op))
+			return
+		}
+		r, err := cfg.Identity(req)
+		if err != nil {
+			c.reply(m.ID, nil, &Error{Code: CodeFailed, Message: "identity: " + err.Error()})
+			return
+		}
+		c.reply(m.ID, r, nil)
 	case OpPorts:
 		if cfg.Ports == nil {
 			c.reply(m.ID, nil, unsupported("ports"))

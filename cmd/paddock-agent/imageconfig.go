@@ -27,6 +27,10 @@ type imageConfig struct {
 	// Mounts are the block devices to mount before the entrypoint (the
 	// VM's workspaces; see guestboot.Mount).
 	Mounts []guestboot.Mount `json:"PaddockMounts"`
+	// Template: the guest is booted to be saved as a template snapshot;
+	// its entrypoint waits for the identity step of each VM resumed
+	// from it, which brings the VM's own config.
+	Template bool `json:"PaddockTemplate"`
 }
 
 func parseImageConfig(b []byte) (*imageConfig, error) {
@@ -46,6 +50,7 @@ func parseImageConfig(b []byte) (*imageConfig, error) {
 		if c.Mounts == nil {
 			c.Mounts = doc.Mounts
 		}
+		c.Template = c.Template || doc.Template
 	}
 	for _, m := range c.Mounts {
 		if err := guestboot.CheckMount(m); err != nil {

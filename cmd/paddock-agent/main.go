@@ -41,14 +41,17 @@ type initState struct {
 	kernel string
 	ready  int64
 
-	reaper   *agent.Reaper
-	spawner  *agent.LocalSpawner
-	image    *imageConfig
-	mounted  []string // the workspaces' mount points, set before serving
-	freezer  agent.Freezer
-	main     *mainProc
-	stopOnce sync.Once
-	stopping bool
+	reaper  *agent.Reaper
+	spawner *agent.LocalSpawner
+	image   *imageConfig
+	mounted []string // the workspaces' mount points, set before serving
+	freezer agent.Freezer
+	main    *mainProc
+	// sys is what the identity step changes; identified: it was taken.
+	sys        identitySys
+	identified bool
+	stopOnce   sync.Once
+	stopping   bool
 }
 
 func logf(format string, args ...any) {
@@ -60,7 +63,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "paddock-agent: this is the init of a paddock VM; it only runs as PID 1 inside the guest")
 		os.Exit(2)
 	}
-	s := &initState{start: agent.BootTimeNS()}
+	s := &initState{start: agent.BootTimeNS(), sys: kernelIdentity{}}
 	s.run()
 }
 
@@ -187,6 +190,7 @@ func (s *initState) run() {
 		Health:       s.health,
 		Stats:        s.stats,
 		Freeze:       s.freezer.Set,
+		Identity:     s.identity,
 		Ports:        agent.ListPorts,
 		Shutdown:     func(reboot bool) { s.shutdown(reboot) },
 		Spawner:      s.spawner,
@@ -241,7 +245,7 @@ func (s *initState) run() {
 			logf("power button: %v", err)
 		}
 	}()
-	if s.image != nil && len(s.image.argv()) > 0 {
+	if s.image != nil && len(s.image.argv()) > 0 && !s.image.Template {
 		s.main = newMainProc(s)
 		s.main.start()
 	}
@@ -282,8 +286,11 @@ func (s *initState) hello() agent.HelloInfo {
 
 func (s *initState) health() agent.Health {
 	h := agent.Health{Status: "ok", BootError: s.bootError(), Main: agent.MainState{State: "none"}}
-	if s.main != nil {
-		h.Main = s.main.state()
+	s.mu.Lock()
+	m := s.main
+	s.mu.Unlock()
+	if m != nil {
+		h.Main = m.state()
 	}
 	s.mu.Lock()
 	stopping := s.stopping
@@ -300,8 +307,11 @@ func (s *initState) health() agent.Health {
 }
 
 func (s *initState) defaultEnv() []string {
-	if s.image != nil && len(s.image.Env) > 0 {
-		return s.image.Env
+	s.mu.Lock()
+	img := s.image
+	s.mu.Unlock()
+	if img != nil && len(img.Env) > 0 {
+		return img.Env
 	}
 	return []string{"PATH=" + agent.DefaultPath, "TERM=xterm"}
 }

@@ -119,21 +119,22 @@ func (s *initState) shutdown(reboot bool) {
 	s.stopOnce.Do(func() {
 		s.mu.Lock()
 		s.stopping = true
+		main, stopTimeout := s.main, s.cfg.StopTimeout
 		s.mu.Unlock()
 		logf("shutting down")
 		// A frozen workspace would block every writer below, and the sync
 		// of the power-off.
 		s.freezer.ThawAll()
-		if s.main != nil {
-			s.main.stop()
+		if main != nil {
+			main.stop()
 		}
 		_ = unix.Kill(-1, unix.SIGTERM)
-		deadline := time.Now().Add(s.cfg.StopTimeout)
+		deadline := time.Now().Add(stopTimeout)
 		for s.reaper.HasChildren() && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		if s.reaper.HasChildren() {
-			logf("processes left after %v: SIGKILL", s.cfg.StopTimeout)
+			logf("processes left after %v: SIGKILL", stopTimeout)
 			_ = unix.Kill(-1, unix.SIGKILL)
 			deadline = time.Now().Add(2 * time.Second)
 			for s.reaper.HasChildren() && time.Now().Before(deadline) {
