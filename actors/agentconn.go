@@ -31,10 +31,13 @@ type agentActor struct {
 type (
 	// connectAgent dials p's agent until deadline; answered with
 	// agentReady to the parent.
+	// With identity (a guest resumed from a template) the hello is
+	// followed by the identity step, its clock field set at sending.
 	connectAgent struct {
 		gen      uint64
 		proc     *vmm.Process
 		deadline time.Time
+		identity *agent.IdentityRequest
 	}
 	// disconnectAgent closes the connection (or cancels the dial).
 	disconnectAgent struct{}
@@ -73,6 +76,14 @@ func (a *agentActor) Receive(ctx actor.Context) {
 		self, root := ctx.Self(), ctx.ActorSystem().Root
 		go func() {
 			c, err := a.dial(dctx, m.proc)
+			if err == nil && m.identity != nil {
+				req := *m.identity
+				req.TimeNS = time.Now().UnixNano()
+				if _, ierr := c.Identity(dctx, req); ierr != nil {
+					_ = c.Close()
+					c, err = nil, fmt.Errorf("the guest resumed from the template did not take its identity: %w", ierr)
+				}
+			}
 			root.Send(self, &dialed{gen: m.gen, client: c, err: err})
 		}()
 	case *dialed:

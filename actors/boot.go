@@ -39,6 +39,11 @@ type bootPlan struct {
 	vmm                 vmm.Spec
 	rules               netfilter.VM // bridge mode: completed with the tap
 	passt               passt.Spec   // user mode
+	// restore: the first start of a VM made from a template resumes its
+	// saved guest, which then takes guestCfg (the VM's own config) with
+	// its identity.
+	restore  *TemplateBoot
+	guestCfg []byte
 }
 
 // bootStep is one step of a boot: a resource child acquires, or the agent
@@ -120,6 +125,7 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 	if err := guestboot.WriteSeed(seed, cfgJSON); err != nil {
 		return nil, err
 	}
+	b.guestCfg = cfgJSON
 	b.args = guestboot.BootArgs{Root: "/dev/vda", Hostname: a.vm.Name, Config: "/dev/vdb"}
 	b.vmm = vmm.Spec{VMID: a.id, Kernel: kit.Kernel, Initrd: kit.Initrd,
 		CPUs: a.vm.Spec.CPUs, MemoryMiB: int(a.vm.Spec.Memory >> 20),
@@ -127,6 +133,11 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		ConsoleLog: filepath.Join(b.vmDir, "console.log"), ConsoleLogMax: h.ConsoleLogMax,
 		RunDir: b.runDir, Cgroup: h.Cgroup, Limits: h.vmmLimits(a.vm.Spec), Accel: h.Accel,
 		Disks: []vmm.Disk{{}, {Path: seed, Format: vmm.FormatRaw, ReadOnly: true}}}
+	if a.vm.Spec.Template != "" && b.disk == nil {
+		if err := a.planRestore(b); err != nil {
+			return nil, err
+		}
+	}
 	if a.netMode() == netspec.User {
 		b.passt = passt.Spec{VMID: a.id, RunDir: b.runDir, Addr: userAddr, Gateway: userGateway,
 			DNS: a.host.DNS, Ports: a.vm.Spec.Ports}

@@ -33,6 +33,8 @@ type fakes struct {
 	// ignores shutdown).
 	agent   string
 	clients []*agent.Client
+	// identities are the identity steps the fake guests took.
+	identities []agent.IdentityRequest
 }
 
 func (f *fakes) setAgent(how string) { f.mu.Lock(); f.agent = how; f.mu.Unlock() }
@@ -68,6 +70,12 @@ func fakeHost(t *testing.T, dir string) (*Host, *fakes) {
 		}
 		hc, gc := net.Pipe()
 		srv := agent.NewServer(agent.ServerConfig{AgentVersion: "fake",
+			Identity: func(req agent.IdentityRequest) (agent.IdentityReply, error) {
+				f.mu.Lock()
+				f.identities = append(f.identities, req)
+				f.mu.Unlock()
+				return agent.IdentityReply{}, nil
+			},
 			Health: func() agent.Health { return agent.Health{Status: "ok"} },
 			Shutdown: func(bool) {
 				if how == "ok" {

@@ -17,7 +17,7 @@ import (
 //
 // mounts (the VM's workspaces) go under guestboot.MountsKey.
 func guestConfig(config []byte, s state.Spec, mounts []guestboot.Mount) ([]byte, error) {
-	if len(s.Env) == 0 && s.Entrypoint == nil && s.Cmd == nil && s.Workdir == "" && s.User == "" && len(mounts) == 0 {
+	if len(s.Env) == 0 && s.Entrypoint == nil && s.Cmd == nil && s.Workdir == "" && s.User == "" && len(mounts) == 0 && !s.TemplateBoot {
 		return config, nil
 	}
 	whole := map[string]json.RawMessage{}
@@ -62,6 +62,9 @@ func guestConfig(config []byte, s state.Spec, mounts []guestboot.Mount) ([]byte,
 	}
 	if len(mounts) > 0 {
 		set(guestboot.MountsKey, mounts)
+	}
+	if s.TemplateBoot {
+		set(guestboot.TemplateKey, true)
 	}
 	if nested {
 		b, _ := json.Marshal(inner)

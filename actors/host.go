@@ -50,6 +50,9 @@ type Host struct {
 	FindVMMs func() ([]vmm.Found, error)
 	// Kit returns the boot kit named name ("": the default).
 	Kit func(name string) (*Kit, error)
+	// Template returns what a VM made from the template id resumes from
+	// (nil: no templates).
+	Template func(id string) (*TemplateBoot, error)
 	// Image returns the base disk and the OCI config (JSON) of an image.
 	Image func(digest string) (rootfs string, config []byte, err error)
 	// DialAgent connects to a VM's agent and completes hello; it retries

@@ -477,6 +477,10 @@ func (m *manager) create(ctx actor.Context, req *CreateVM) (*state.VM, error) {
 	if err := applyRun(&spec, req.RunChange); err != nil {
 		return nil, err
 	}
+	spec.Template, spec.TemplateBoot = req.Template, req.TemplateBoot
+	if (spec.Template != "" || spec.TemplateBoot) && len(spec.Workspaces) > 0 {
+		return nil, &Error{Kind: ErrInvalidArgument, Field: "workspaces", Msg: "a VM made from a template (or for one) attaches no workspaces: its devices are the saved guest's"}
+	}
 	if err := checkNet(m.netFacts, spec, req.RunChange, req.Caller); err != nil {
 		return nil, err
 	}

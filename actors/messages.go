@@ -70,6 +70,10 @@ type (
 		AutoStop *string
 		Env      []string
 		RunChange
+		// Template (an id) makes the VM resume that template at its first
+		// start; TemplateBoot boots it to be saved as one.
+		Template     string
+		TemplateBoot bool
 	}
 	// GetVM reads one VM.
 	GetVM struct {
@@ -111,6 +115,16 @@ type (
 	}
 	// CountVMs tallies VMs by status; answered with Counts.
 	CountVMs struct{}
+	// SaveVM writes a running VM's whole guest state to Path (a new file)
+	// with the VMM driver's Saver, then stops the VM by killing its VMM
+	// (the guest must not run on from the disk the state belongs to).
+	// Answered when the VM is stopped. Paddock's own callers (templates)
+	// address the VM by its exact id.
+	SaveVM struct {
+		Caller Caller
+		ID     string
+		Path   string
+	}
 )
 
 // Result answers a VM request.
@@ -138,6 +152,7 @@ type vmRequest interface {
 type byID interface{ vmID() string }
 
 func (m *StopVM) vmID() string { return m.ID }
+func (m *SaveVM) vmID() string { return m.ID }
 
 func (m *GetVM) ref() string       { return m.Ref }
 func (m *GetVM) caller() Caller    { return m.Caller }
@@ -149,6 +164,8 @@ func (m *StopVM) ref() string      { return orID(m.Ref, m.ID) }
 func (m *StopVM) caller() Caller   { return m.Caller }
 func (m *DeleteVM) ref() string    { return m.Ref }
 func (m *DeleteVM) caller() Caller { return m.Caller }
+func (m *SaveVM) ref() string      { return m.ID }
+func (m *SaveVM) caller() Caller   { return m.Caller }
 func (m *crashVM) ref() string     { return m.Ref }
 func (m *crashVM) caller() Caller  { return Caller{Admin: true} }
 
@@ -160,6 +177,7 @@ func (m *SetVM) describe() string    { return "change of VM " + m.Ref }
 func (m *StartVM) describe() string  { return "start of VM " + m.Ref }
 func (m *StopVM) describe() string   { return "stop of VM " + m.ref() }
 func (m *DeleteVM) describe() string { return "deletion of VM " + m.Ref }
+func (m *SaveVM) describe() string   { return "save of VM " + m.ID }
 func (m *CountVMs) describe() string { return "VM count" }
 func (m *Ping) describe() string     { return "liveness ping" }
 func (m *imageUsers) describe() string {

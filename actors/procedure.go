@@ -62,10 +62,14 @@ type procedure struct {
 	force     bool
 	inGrace   bool // waiting for the guest to power off (agent asked)
 
-	cause  error        // why a boot failed, or how the VMM ended
-	reason string       // recorded with the final status
-	final  state.Status // status after the release
-	prev   state.Status // for the deleted event
+	cause error // why a boot failed, or how the VMM ended
+	// saving: a stop that saves the guest's state first (SaveVM);
+	// saveErr is how that went.
+	saving  bool
+	saveErr error
+	reason  string       // recorded with the final status
+	final   state.Status // status after the release
+	prev    state.Status // for the deleted event
 }
 
 // stopTimer ends the guest's grace period after the agent was asked.
@@ -271,7 +275,11 @@ func (a *vmActor) releasedAll(ctx actor.Context) {
 		a.finish(ctx, a.refuse(state.StatusError, "start of VM %s failed: %v", a.vm.Name, op.cause))
 	case opStop:
 		failpoint("stop-before-stopped")
-		a.finish(ctx, a.settle(ctx, state.StatusStopped, op.reason))
+		err := a.settle(ctx, state.StatusStopped, op.reason)
+		if op.saving && op.saveErr != nil {
+			err = op.saveErr
+		}
+		a.finish(ctx, err)
 		if op.reason != "" {
 			ctx.Send(a.events, &emit{Owner: a.vm.OwnerUID, Event: eventAutoStopped(a.vm, op.reason)})
 		}
@@ -490,7 +498,11 @@ func (a *vmActor) readopted(ctx actor.Context) {
 // connectAgent dials the agent in the agent child.
 func (a *vmActor) connectAgent(ctx actor.Context, p *vmm.Process, deadline time.Time) {
 	a.agentGen++
-	ctx.Send(a.kids[KindAgent], &connectAgent{gen: a.agentGen, proc: p, deadline: deadline})
+	m := &connectAgent{gen: a.agentGen, proc: p, deadline: deadline}
+	if a.op != nil && a.op.kind == opStart && a.op.plan != nil && a.op.plan.restore != nil {
+		m.identity = a.identity(a.op.plan)
+	}
+	ctx.Send(a.kids[KindAgent], m)
 }
 
 func (a *vmActor) agentReady(ctx actor.Context, m *agentReady) {

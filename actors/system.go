@@ -36,6 +36,9 @@ type Deps struct {
 	// Workspaces configures the Workspaces actor; a nil Store leaves it
 	// answering "not configured".
 	Workspaces WorkspaceDeps
+	// Templates configures the Templates actor; a nil Store leaves it
+	// answering "not configured".
+	Templates TemplateDeps
 	// NetFacts are the host's facts a VM's ports and network are checked
 	// against on create and set, whether or not VMs run here; nil checks
 	// the spec's own rules only (unit tests).
@@ -56,8 +59,11 @@ type System struct {
 	// Workspaces serves workspaces: a sibling of the Manager that reaches
 	// VMs only by message or through function values given here.
 	Workspaces *actor.PID
-	stopped    sync.Once
-	host       *Host
+	// Templates keeps template snapshots, reaching VMs through a request
+	// function given here.
+	Templates *actor.PID
+	stopped   sync.Once
+	host      *Host
 	// recs is the Manager's published index: Get and List read it.
 	recs *records
 }
@@ -166,6 +172,14 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 	}
 	if s.Manager, err = root.SpawnNamed(actor.PropsFromProducer(mgr, actor.WithSupervisor(vmSupervisor)), NameManager); err != nil {
 		return nil, fmt.Errorf("spawn manager: %w", err)
+	}
+	td := d.Templates
+	td.Log = d.Log
+	if d.Host != nil {
+		td.vms = s.Request
+	}
+	if s.Templates, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newTemplatesActor(td) }), NameTemplates); err != nil {
+		return nil, fmt.Errorf("spawn templates actor: %w", err)
 	}
 	// Ready once every VM is reconciled and orphans are swept.
 	wait := 10 * time.Minute

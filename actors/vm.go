@@ -82,6 +82,8 @@ func (a *vmActor) Receive(ctx actor.Context) {
 		a.agentReady(ctx, m)
 	case *vmmExited:
 		a.vmmExited(ctx, m)
+	case *stateSaved:
+		a.stateSaved(ctx, m)
 	case *ExecVM:
 		if a.deleted {
 			ctx.Respond(&AgentResult{Err: &Error{Kind: ErrNotFound, VM: m.Ref, Msg: fmt.Sprintf("no VM named %q", m.Ref)}})
@@ -113,6 +115,7 @@ func (m *released) procedure() uint64        { return m.gen }
 func (m *probed) procedure() uint64          { return m.gen }
 func (m *agentPoweredOff) procedure() uint64 { return m.gen }
 func (m *stopTimer) procedure() uint64       { return m.gen }
+func (m *stateSaved) procedure() uint64      { return m.gen }
 
 // started loads the record, spawns the resource children and reconciles
 // what the record says with what runs.
@@ -174,6 +177,8 @@ func (a *vmActor) request(ctx actor.Context, req vmRequest) {
 		reply(a.stop(ctx, m, waiter{to: ctx.Sender(), kind: "stop"}))
 	case *DeleteVM:
 		reply(a.delete(ctx, m, waiter{to: ctx.Sender(), kind: "delete"}))
+	case *SaveVM:
+		reply(a.saveState(ctx, m, waiter{to: ctx.Sender(), kind: "save"}))
 	}
 }
 

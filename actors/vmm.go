@@ -41,6 +41,11 @@ func (s vmmStep) Plan(b *bootPlan) *vmm.Process {
 }
 
 func (s vmmStep) Acquire(ctx context.Context, b *bootPlan, _ *vmm.Process) (*vmm.Process, error) {
+	if b.restore != nil {
+		if err := verifyState(b.restore); err != nil {
+			return nil, err
+		}
+	}
 	return s.drv.Start(ctx, b.vmm)
 }
 

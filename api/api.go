@@ -191,6 +191,9 @@ type CreateIn struct {
 	DiskSize *int64   `json:"disk_size,omitempty"`
 	AutoStop *string  `json:"auto_stop,omitempty"`
 	Env      []string `json:"env,omitempty"`
+	// Template names the caller's template the VM resumes at its first
+	// start (image, CPUs, memory, disk size and network come from it).
+	Template string `json:"template,omitempty"`
 	RunIn
 	NetIn
 }
@@ -670,6 +673,47 @@ type ImportWorkspaceIn struct {
 // ExportWorkspace and ImportWorkspace.
 type WorkspaceOut struct {
 	Workspace Workspace `json:"workspace"`
+}
+
+// Template is a template snapshot as its caller sees it.
+type Template struct {
+	ID         string  `json:"id"`
+	Name       string  `json:"name"`
+	OwnerUID   uint32  `json:"owner_uid"`
+	Image      string  `json:"image"`
+	CPUs       int     `json:"cpus"`
+	Memory     int64   `json:"memory"`
+	DiskSize   int64   `json:"disk_size"`
+	Network    string  `json:"network,omitempty"`
+	StateBytes int64   `json:"state_bytes"`
+	SaveMS     float64 `json:"save_ms"`
+	Created    string  `json:"created"`
+}
+
+// CreateTemplateIn are CreateTemplate's parameters.
+type CreateTemplateIn struct {
+	Name     string  `json:"name"`
+	Image    string  `json:"image"`
+	CPUs     *int    `json:"cpus,omitempty"`
+	Memory   *int64  `json:"memory,omitempty"`
+	DiskSize *int64  `json:"disk_size,omitempty"`
+	Network  *string `json:"network,omitempty"`
+	Kernel   *string `json:"kernel,omitempty"`
+}
+
+// TemplateRef names one template.
+type TemplateRef struct {
+	Template string `json:"template"`
+}
+
+// TemplateOut answers CreateTemplate and RemoveTemplate.
+type TemplateOut struct {
+	Template Template `json:"template"`
+}
+
+// TemplatesOut answers ListTemplates.
+type TemplatesOut struct {
+	Templates []Template `json:"templates"`
 }
 
 // WorkspacesOut answers ListWorkspaces.

@@ -383,3 +383,31 @@ func (c *Client) HostShutdown(ctx context.Context) (*HostShutdownOut, error) {
 	}
 	return &out, nil
 }
+
+// CreateTemplate boots an image once and saves it as a template; it
+// returns when the template is ready.
+func (c *Client) CreateTemplate(ctx context.Context, in CreateTemplateIn) (*Template, error) {
+	var out TemplateOut
+	if err := c.Call(ctx, Interface+".CreateTemplate", in, &out); err != nil {
+		return nil, err
+	}
+	return &out.Template, nil
+}
+
+// ListTemplates lists the caller's templates.
+func (c *Client) ListTemplates(ctx context.Context) ([]Template, error) {
+	var out TemplatesOut
+	if err := c.Call(ctx, Interface+".ListTemplates", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Templates, nil
+}
+
+// RemoveTemplate removes one template.
+func (c *Client) RemoveTemplate(ctx context.Context, ref string) (*Template, error) {
+	var out TemplateOut
+	if err := c.Call(ctx, Interface+".RemoveTemplate", TemplateRef{Template: ref}, &out); err != nil {
+		return nil, err
+	}
+	return &out.Template, nil
+}

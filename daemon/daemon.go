@@ -162,8 +162,13 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 	if err != nil {
 		return nil, err
 	}
+	tmplStore, err := state.NewTemplateStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	d.actors, err = actors.Start(ctx, actors.Deps{
 		Log: d.log, Store: store, Images: images,
+		Templates:  d.templateDeps(tmplStore, host),
 		Workspaces: actors.WorkspaceDeps{Store: wsStore, Build: d.buildWorkspace, Export: d.exportWorkspaceTree, Merge: d.mergeWorkspace, Layers: d.workspaceLayers(), Used: workspace.Allocated},
 		Defaults:   func() config.Defaults { return d.config().Defaults },
 		OnCounts:   d.publishCounts,

@@ -44,6 +44,9 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		"ListWorkspaces":    d.listWorkspaces,
 		"InspectWorkspace":  d.inspectWorkspace,
 		"RemoveWorkspace":   d.removeWorkspace,
+		"CreateTemplate":    d.createTemplate,
+		"ListTemplates":     d.listTemplates,
+		"RemoveTemplate":    d.removeTemplate,
 		"ExportWorkspace":   d.exportWorkspace,
 		"ImportWorkspace":   d.importWorkspace,
 		"SnapshotWorkspace": d.snapshotWorkspace,
@@ -211,8 +214,14 @@ func (d *Daemon) create(ctx context.Context, c *varlink.Call) error {
 	if run.Workspaces, err = d.resolveWorkspaces(ctx, c, in.Workspaces); err != nil {
 		return err
 	}
-	return d.ask(ctx, c, &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
-		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env, RunChange: run})
+	m := &actors.CreateVM{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
+		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, AutoStop: in.AutoStop, Env: in.Env, RunChange: run}
+	if in.Template != "" {
+		if err := d.fromTemplate(ctx, c, &in, m); err != nil {
+			return err
+		}
+	}
+	return d.ask(ctx, c, m)
 }
 
 func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
@@ -380,6 +389,9 @@ func (d *Daemon) callTimeout(method string) time.Duration {
 	case api.Interface + ".Start", api.Interface + ".Stop", api.Interface + ".Delete", api.Interface + ".HostShutdown":
 		vm := d.config().VM
 		return max(t, vm.StartTimeout.Duration+vm.StopTimeout.Duration+30*time.Second)
+	case api.Interface + ".CreateTemplate":
+		vm := d.config().VM
+		return max(t, 2*vm.StartTimeout.Duration+vm.StopTimeout.Duration+2*time.Minute)
 	}
 	return t
 }

@@ -93,6 +93,11 @@ func ReadSeed(r io.Reader) ([]byte, error) {
 // agent mounts before it starts the entrypoint: the VM's workspaces.
 const MountsKey = "PaddockMounts"
 
+// TemplateKey, true in the config on the seed, says the guest boots to be
+// saved as a template: the agent holds the entrypoint until the identity
+// step of each VM resumed from it (agent.IdentityRequest).
+const TemplateKey = "PaddockTemplate"
+
 // Mount is one block device the agent mounts (a workspace): Device at
 // Path, read-only when ReadOnly. UID and GID own the files of the volume:
 // when the image config names no User, the entrypoint runs as the first

@@ -68,6 +68,13 @@ type Spec struct {
 	Network string `json:"network,omitempty"`
 	// Workspaces are attached at every start, in order (/dev/vdc first).
 	Workspaces []WorkspaceMount `json:"workspaces,omitempty"`
+	// Template, the id of a template, makes the VM's first start resume
+	// that template's saved guest (with this VM's identity) instead of a
+	// boot; later starts boot its disk as any VM's.
+	Template string `json:"template,omitempty"`
+	// TemplateBoot: the VM is booted to be saved as a template; its
+	// entrypoint waits for the identity of each VM resumed from it.
+	TemplateBoot bool `json:"template_boot,omitempty"`
 }
 
 // WorkspaceMount is a workspace a VM attaches: the workspace (its id,

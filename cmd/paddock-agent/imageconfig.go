@@ -30,7 +30,7 @@ type imageConfig struct {
 	// Template: the guest is booted to be saved as a template snapshot;
 	// its entrypoint waits for the identity step of each VM resumed
 	// from it, which brings the VM's own config.
-	Template bool `json:"PaddockTemplate"`
+	Template bool `json:"PaddockTemplate"` // guestboot.TemplateKey
 }
 
 func parseImageConfig(b []byte) (*imageConfig, error) {

@@ -23,6 +23,7 @@ type vmFlags struct {
 	cpus                                int
 	env                                 []string
 	pull                                string
+	template                            string
 	run                                 runFlags
 	net                                 netFlags
 }
@@ -37,6 +38,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.autoStop, "auto-stop", "", "stop after this long idle, e.g. 30m, or off")
 	fs.StringArrayVarP(&f.env, "env", "e", nil, "add KEY=VALUE to the image's environment (repeatable)")
 	fs.StringVar(&f.pull, "pull", "missing", "pull the image from its registry: missing (when not stored), always, never")
+	fs.StringVar(&f.template, "from-template", "", "resume your template TEMPLATE instead of booting (its image, CPUs, memory, disk and network; see paddock template)")
 	f.run.register(cmd, "")
 	f.net.register(cmd, false)
 }
@@ -199,15 +201,15 @@ func (f *vmFlags) createIn(cmd *cobra.Command, a []string) (api.CreateIn, error)
 	if err != nil {
 		return api.CreateIn{}, err
 	}
-	in := api.CreateIn{Name: f.name, Image: f.image, Env: f.env}
+	in := api.CreateIn{Name: f.name, Image: f.image, Env: f.env, Template: f.template}
 	if len(a) == 1 {
 		if in.Name != "" && in.Name != a[0] {
 			return in, usageError{fmt.Errorf("name given twice: %q and --name %q", a[0], in.Name)}
 		}
 		in.Name = a[0]
 	}
-	if in.Name == "" || in.Image == "" {
-		return in, usageError{errors.New(cmd.Name() + " needs a NAME and --image")}
+	if in.Name == "" || in.Image == "" && in.Template == "" {
+		return in, usageError{errors.New(cmd.Name() + " needs a NAME and --image (or --from-template)")}
 	}
 	switch f.pull {
 	case "missing", "always", "never":
@@ -243,8 +245,10 @@ func (c *cli) creating(cmd *cobra.Command, then func(context.Context, *api.Clien
 		if err != nil {
 			return err
 		}
-		if err := c.pullFor(in.Image, f.pull); err != nil {
-			return err
+		if in.Image != "" {
+			if err := c.pullFor(in.Image, f.pull); err != nil {
+				return err
+			}
 		}
 		return c.call(func(ctx context.Context, cl *api.Client) error {
 			vm, err := cl.Create(ctx, in)

@@ -66,7 +66,7 @@ func (c *cli) commands() *cobra.Command {
 		c.newExecCommand(), c.newCpCommand(), c.newLogsCommand(), c.newConsoleCommand(),
 		c.newStatsCommand(), c.newPingCommand(), c.newHealthCommand(), c.newPortsCommand(),
 		c.newEventsCommand(), c.newVersionCommand(), c.newInfoCommand(), c.newCompletionCommand(root),
-		c.newImageCommand(), c.newKernelCommand(), c.newWorkspaceCommand(), c.newManpageCommand(root), c.newHostShutdownCommand(),
+		c.newImageCommand(), c.newKernelCommand(), c.newWorkspaceCommand(), c.newTemplateCommand(), c.newManpageCommand(root), c.newHostShutdownCommand(),
 	)
 	usageErrors(root)
 	return root

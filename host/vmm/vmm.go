@@ -158,6 +158,19 @@ type Driver interface {
 	Probe(p *Process) (State, error)
 }
 
+// Saver is a driver that can write a running guest's whole state (RAM
+// and devices) to a file that a new VMM resumes with Spec.Incoming
+// (templates). The guest is left paused; the caller ends the VMM.
+type Saver interface {
+	Save(ctx context.Context, p *Process, path string) (Saved, error)
+}
+
+// Saved describes a saved state file.
+type Saved struct {
+	Bytes int64
+	Took  time.Duration
+}
+
 // State is what Probe found.
 type State int
 

@@ -27,29 +27,23 @@ const saveBandwidth = 64 << 30
 // migrateFD is the name the state file's descriptor has inside QEMU.
 const migrateFD = "pdk-state"
 
-// SaveResult describes a saved state file.
-type SaveResult struct {
-	Bytes int64
-	Took  time.Duration
-}
-
 // Save pauses p's guest and writes its whole state (RAM and devices) to a
 // new file at path, fsynced. The VMM stays paused afterwards: the caller
 // quits it (the guest must not run on from the disks the state belongs to).
 // On failure the partial file is removed.
-func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (SaveResult, error) {
+func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Saved, error) {
 	start := time.Now()
 	if err := d.RequireRunning(p); err != nil {
-		return SaveResult{}, err
+		return vmm.Saved{}, err
 	}
 	q, err := dialQMP(ctx, p.APISocket)
 	if err != nil {
-		return SaveResult{}, err
+		return vmm.Saved{}, err
 	}
 	defer q.Close()
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return SaveResult{}, fmt.Errorf("save state: %w", err)
+		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -68,14 +62,14 @@ func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (SaveRes
 	}
 	for _, s := range steps {
 		if err := q.execute(ctx, s.cmd, s.args, nil); err != nil {
-			return SaveResult{}, fmt.Errorf("save state: %w", err)
+			return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 		}
 	}
 	if err := q.passFile(ctx, migrateFD, f); err != nil {
-		return SaveResult{}, fmt.Errorf("save state: %w", err)
+		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	if err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrateFD}, nil); err != nil {
-		return SaveResult{}, fmt.Errorf("save state: %w", err)
+		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	if err := q.awaitMigration(ctx); err != nil {
 		// Leave QEMU as it was found but for the pause: a cancelled
@@ -83,17 +77,17 @@ func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (SaveRes
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), qmpTimeout)
 		_ = qmpDo(cctx, p.APISocket, "migrate_cancel", nil, nil)
 		cancel()
-		return SaveResult{}, fmt.Errorf("save state: %w", err)
+		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	if err := f.Sync(); err != nil {
-		return SaveResult{}, fmt.Errorf("save state: %w", err)
+		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	st, err := f.Stat()
 	if err != nil {
-		return SaveResult{}, fmt.Errorf("save state: %w", err)
+		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	ok = true
-	return SaveResult{Bytes: st.Size(), Took: time.Since(start)}, nil
+	return vmm.Saved{Bytes: st.Size(), Took: time.Since(start)}, nil
 }
 
 // restore loads the state file at path into a VMM started with

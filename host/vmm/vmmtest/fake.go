@@ -6,6 +6,7 @@ package vmmtest
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -14,9 +15,10 @@ import (
 
 // Call is one recorded driver call.
 type Call struct {
-	Op      string // Start, Adopt, Wait, Stop, Kill, Probe
-	VMID    string
-	Timeout time.Duration // Stop
+	Op       string // Start, Adopt, Wait, Stop, Kill, Probe, Save
+	VMID     string
+	Timeout  time.Duration // Stop
+	Incoming string        // Start: the state resumed; Save: the file written
 }
 
 type proc struct {
@@ -41,7 +43,10 @@ type Fake struct {
 	StartHook func(ctx context.Context, spec vmm.Spec) error
 }
 
-var _ vmm.Driver = (*Fake)(nil)
+var (
+	_ vmm.Driver = (*Fake)(nil)
+	_ vmm.Saver  = (*Fake)(nil)
+)
 
 // New returns an empty fake.
 func New() *Fake {
@@ -89,7 +94,7 @@ func (f *Fake) SetStartHook(h func(ctx context.Context, spec vmm.Spec) error) {
 
 // Start records the call and creates a running fake VMM.
 func (f *Fake) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
-	if err := f.record(Call{Op: "Start", VMID: spec.VMID}); err != nil {
+	if err := f.record(Call{Op: "Start", VMID: spec.VMID, Incoming: spec.Incoming}); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
@@ -121,6 +126,27 @@ func (f *Fake) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
 	f.procs[spec.VMID] = &proc{p: p, done: make(chan struct{})}
 	out := p
 	return &out, nil
+}
+
+// Save records the call and writes "state of VMID" to path (a new file),
+// the fake VMM left running (paused, as the driver leaves it).
+func (f *Fake) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Saved, error) {
+	if err := f.record(Call{Op: "Save", VMID: p.VMID, Incoming: path}); err != nil {
+		return vmm.Saved{}, err
+	}
+	if f.lookup(p) == nil {
+		return vmm.Saved{}, vmm.ErrNotRunning
+	}
+	data := []byte("state of " + p.VMID)
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return vmm.Saved{}, err
+	}
+	_, err = fh.Write(data)
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	return vmm.Saved{Bytes: int64(len(data))}, err
 }
 
 // lookup returns the fake VMM p names, nil when p is not (or no longer) it.

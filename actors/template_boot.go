@@ -1,0 +1,103 @@
+package actors
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// TemplateBoot is what a VM resumed from a template starts from (the
+// daemon's Host.Template reads it from the template store, refusing a
+// template that is not ready or whose kit or VMM changed).
+type TemplateBoot struct {
+	Name  string
+	Disk  string // the frozen disk, base of the VM's own layer
+	State string // the saved VMM state
+	// StateSHA256 and StateSize are checked before the VMM reads State.
+	StateSHA256 string
+	StateSize   int64
+}
+
+// identitySeedBytes is the fresh entropy each resumed guest gets.
+const identitySeedBytes = 64
+
+// identity is what the guest resumed for this VM must take before it runs:
+// the VM's name, MAC and addresses, a fresh seed, its own config.
+func (a *vmActor) identity(b *bootPlan) *agent.IdentityRequest {
+	req := &agent.IdentityRequest{Hostname: a.vm.Name, Seed: make([]byte, identitySeedBytes), Config: b.guestCfg}
+	if _, err := io.ReadFull(rand.Reader, req.Seed); err != nil {
+		panic("crypto/rand: " + err.Error()) // never fails on Linux
+	}
+	for _, ip := range b.args.IPs {
+		req.IPs = append(req.IPs, ip.String())
+	}
+	for _, gw := range b.args.Gateways {
+		req.Gateways = append(req.Gateways, gw.String())
+	}
+	for _, d := range b.args.DNS {
+		req.DNS = append(req.DNS, d.String())
+	}
+	if b.vmm.Tap != nil || b.vmm.Stream != nil {
+		req.MAC = netdev.GuestMAC(a.id).String()
+	}
+	return req
+}
+
+// verifyState refuses a state file that is not the one saved: a torn or
+// swapped file must never be half-loaded into a guest.
+func verifyState(tb *TemplateBoot) error {
+	f, err := os.Open(tb.State)
+	if err != nil {
+		return fmt.Errorf("template %s: %w", tb.Name, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, tb.StateSize+1))
+	if err != nil {
+		return fmt.Errorf("template %s: read saved state: %w", tb.Name, err)
+	}
+	if n != tb.StateSize || hex.EncodeToString(h.Sum(nil)) != tb.StateSHA256 {
+		return fmt.Errorf("template %s: the saved state is damaged (%d bytes, want %d, or its digest differs): remove the template and make it again", tb.Name, n, tb.StateSize)
+	}
+	return nil
+}
+
+// planRestore makes b the resume of the VM's template: its layer over the
+// template's frozen disk, the VMM fed the saved state.
+func (a *vmActor) planRestore(b *bootPlan) error {
+	if a.host.Template == nil {
+		return fmt.Errorf("this daemon keeps no templates")
+	}
+	tb, err := a.host.Template(a.vm.Spec.Template)
+	if err != nil {
+		return err
+	}
+	b.restore, b.rootfs, b.vmm.Incoming = tb, tb.Disk, tb.State
+	return nil
+}
+
+// TemplateBootFrom is Host.Template over store: a VM made from a template
+// reads it straight from the store, refusing one not ready or stale.
+func TemplateBootFrom(store *state.TemplateStore) func(id string) (*TemplateBoot, error) {
+	return func(id string) (*TemplateBoot, error) {
+		t, err := store.Load(id)
+		if err != nil {
+			return nil, fmt.Errorf("the VM's template is gone (%w): the VM can only be deleted", err)
+		}
+		if t.Status != state.TemplateReady {
+			return nil, fmt.Errorf("template %s is not ready", t.Name)
+		}
+		if p := state.Changed(t.Parts); p != "" {
+			return nil, fmt.Errorf("template %s is stale: %s changed since it was saved", t.Name, p)
+		}
+		return &TemplateBoot{Name: t.Name, Disk: store.Path(id, state.TemplateDisk), State: store.Path(id, state.TemplateState),
+			StateSHA256: t.StateSHA256, StateSize: t.StateSize}, nil
+	}
+}

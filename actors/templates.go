@@ -1,0 +1,340 @@
+package actors
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/paddock-vm/paddock/host/disk"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// NameTemplates is the Templates actor: a sibling of the Manager that
+// keeps template snapshots and makes them, reaching VMs only through the
+// request function it is given.
+const NameTemplates = "templates"
+
+// TemplateDeps wire the Templates actor.
+type TemplateDeps struct {
+	Store *state.TemplateStore
+	// Parts are the identities of what a saved guest depends on, for the
+	// kit named kernel: its kernel, its initramfs (the agent), the VMM
+	// binary. A template whose parts changed is refused and swept.
+	Parts func(kernel string) ([]state.FileID, error)
+	// Flatten writes the disk at path (format raw or qcow2) as a raw
+	// sparse file at out.
+	Flatten func(ctx context.Context, path, format, out string) error
+	// Timeout bounds one creation (boot, save, freeze); default 10 min.
+	Timeout time.Duration
+	Log     *slog.Logger
+	// vms sends a VM request through the Manager (set by Start).
+	vms func(ctx context.Context, msg any) (*Result, error)
+}
+
+// Requests to the Templates actor; each is answered with *TemplateResult.
+type (
+	// CreateTemplate boots Image once, waits for its agent, saves the
+	// guest and freezes its disk as the caller's template Name. Answered
+	// when the template is ready (or failed, with nothing left).
+	CreateTemplate struct {
+		Caller   Caller
+		Name     string
+		Image    string
+		CPUs     *int
+		Memory   *int64
+		DiskSize *int64
+		Network  *string
+		Kernel   *string
+	}
+	ListTemplates struct{ Caller Caller }
+	GetTemplate   struct {
+		Caller Caller
+		Ref    string
+	}
+	RemoveTemplate struct {
+		Caller Caller
+		Ref    string
+	}
+)
+
+// TemplateResult answers a Templates request.
+type TemplateResult struct {
+	Template  *state.Template
+	Templates []state.Template
+	Err       error
+}
+
+func (r *TemplateResult) failure() error { return r.Err }
+
+func (m *CreateTemplate) describe() string { return "creation of template " + m.Name }
+func (m *ListTemplates) describe() string  { return "template list" }
+func (m *GetTemplate) describe() string    { return "lookup of template " + m.Ref }
+func (m *RemoveTemplate) describe() string { return "removal of template " + m.Ref }
+
+// ErrTemplateNotFound: no such template among the caller's (another
+// user's looks the same).
+var ErrTemplateNotFound = &Error{Kind: ErrNotFound, Msg: "no such template"}
+
+type templatesActor struct {
+	d   TemplateDeps
+	log *slog.Logger
+	t   map[string]*state.Template // by id
+}
+
+// templateMade ends a creation in the mailbox.
+type templateMade struct {
+	t    *state.Template
+	err  error
+	done *actor.PID
+}
+
+func newTemplatesActor(d TemplateDeps) actor.Actor {
+	return &templatesActor{d: d, log: d.Log.With("actor", NameTemplates), t: map[string]*state.Template{}}
+}
+
+func (a *templatesActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		a.load(ctx)
+	case *Ping:
+		ctx.Respond(&Pong{From: NameTemplates})
+	case *ListTemplates:
+		var out []state.Template
+		for _, t := range a.t {
+			if m.Caller.May(t.OwnerUID) && t.Status == state.TemplateReady {
+				out = append(out, *t)
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+		ctx.Respond(&TemplateResult{Templates: out})
+	case *GetTemplate:
+		t, err := a.lookup(m.Caller, m.Ref)
+		if err != nil {
+			ctx.Respond(&TemplateResult{Err: err})
+			return
+		}
+		c := *t
+		ctx.Respond(&TemplateResult{Template: &c})
+	case *RemoveTemplate:
+		t, err := a.lookup(m.Caller, m.Ref)
+		if err == nil {
+			err = a.d.Store.Remove(t.ID)
+		}
+		if err != nil {
+			ctx.Respond(&TemplateResult{Err: err})
+			return
+		}
+		delete(a.t, t.ID)
+		a.log.Info("template removed", "template", t.Name, "template_id", t.ID, "owner_uid", t.OwnerUID)
+		ctx.Respond(&TemplateResult{Template: t})
+	case *CreateTemplate:
+		a.create(ctx, m)
+	case *templateMade:
+		a.made(ctx, m)
+	}
+}
+
+// load reads the store: templates whose parts changed are swept, so are
+// creations a crash cut short (their builder VM is removed first, off the
+// mailbox).
+func (a *templatesActor) load(ctx actor.Context) {
+	if a.d.Store == nil {
+		return
+	}
+	all, swept, corrupt, err := a.d.Store.LoadAll()
+	if err != nil {
+		a.log.Error("loading templates", "err", err)
+		return
+	}
+	for _, s := range swept {
+		a.log.Info("swept a template removal cut short", "dir", s)
+	}
+	for _, err := range corrupt {
+		a.log.Error("template record unreadable; kept", "err", err)
+	}
+	for _, t := range all {
+		if t.Status != state.TemplateReady {
+			a.log.Warn("template creation was cut short: removing it and its builder VM", "template", t.Name, "builder", t.Builder)
+			go a.abandon(t)
+			continue
+		}
+		if p := state.Changed(t.Parts); p != "" {
+			a.log.Warn("template invalidated: what it was saved with changed", "template", t.Name, "changed", p)
+			if err := a.d.Store.Remove(t.ID); err != nil {
+				a.log.Error("removing an invalid template", "template", t.Name, "err", err)
+			}
+			continue
+		}
+		a.t[t.ID] = t
+	}
+}
+
+func (a *templatesActor) lookup(c Caller, ref string) (*state.Template, error) {
+	var found *state.Template
+	for _, t := range a.t {
+		if (t.ID == ref || t.Name == ref) && c.May(t.OwnerUID) && t.Status == state.TemplateReady {
+			if t.Name == ref && found != nil && found.OwnerUID == c.UID {
+				continue // the caller's own name wins over another's (admins)
+			}
+			found = t
+		}
+	}
+	if found == nil {
+		return nil, &Error{Kind: ErrNotFound, VM: ref, Msg: fmt.Sprintf("no template named %q", ref)}
+	}
+	if p := state.Changed(found.Parts); p != "" {
+		return nil, &Error{Kind: ErrInvalidState, VM: ref, Msg: fmt.Sprintf("template %s is stale: %s changed since it was saved (paddock template rm %s, then create it again)", found.Name, p, found.Name)}
+	}
+	return found, nil
+}
+
+func (a *templatesActor) create(ctx actor.Context, m *CreateTemplate) {
+	fail := func(err error) { ctx.Respond(&TemplateResult{Err: err}) }
+	if a.d.Store == nil || a.d.vms == nil {
+		fail(errorf(ErrNotYet, "templates need VMs to run here (vm.run = \"on\")"))
+		return
+	}
+	if err := state.ValidateNewName(m.Name); err != nil {
+		fail(&Error{Kind: ErrInvalidArgument, Field: "name", Msg: "template " + err.Error()})
+		return
+	}
+	for _, t := range a.t {
+		if t.Name == m.Name && t.OwnerUID == m.Caller.UID {
+			fail(&Error{Kind: ErrNameInUse, Name: m.Name, Msg: fmt.Sprintf("you have a template named %q already", m.Name)})
+			return
+		}
+	}
+	t := &state.Template{ID: state.NewID(), Name: m.Name, OwnerUID: m.Caller.UID, Status: state.TemplateCreating, Created: time.Now().UTC(), Image: m.Image}
+	t.Builder = "template-" + t.ID[:12]
+	if err := a.d.Store.Begin(t); err != nil {
+		fail(err)
+		return
+	}
+	a.t[t.ID] = t
+	failpoint("template-begin")
+	self, root, to := ctx.Self(), ctx.ActorSystem().Root, ctx.Sender()
+	timeout := a.d.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Minute
+	}
+	c := *t
+	go func() {
+		bctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		err := a.build(bctx, &c, m)
+		root.Send(self, &templateMade{t: &c, err: err, done: to})
+	}()
+}
+
+// build is a creation, off the mailbox: boot the builder VM, save it,
+// freeze its disk, record what it depends on; the builder goes in any case.
+func (a *templatesActor) build(ctx context.Context, t *state.Template, m *CreateTemplate) (err error) {
+	owner := Caller{UID: t.OwnerUID}
+	defer func() {
+		// The builder goes whatever happened; a failed creation leaves nothing.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		if _, derr := a.d.vms(dctx, &DeleteVM{Caller: owner, Ref: t.Builder, Force: true}); derr != nil && !errors.Is(derr, ErrNotFound) {
+			err = errors.Join(err, fmt.Errorf("removing builder VM %s: %w", t.Builder, derr))
+		}
+	}()
+	run := RunChange{Network: m.Network, Kernel: m.Kernel}
+	r, err := a.d.vms(ctx, &CreateVM{Caller: owner, Name: t.Builder, Image: m.Image, CPUs: m.CPUs, Memory: m.Memory, DiskSize: m.DiskSize, RunChange: run, TemplateBoot: true})
+	if err != nil {
+		return err
+	}
+	vm := r.VM
+	t.ImageDigest, t.Kernel, t.CPUs, t.Memory, t.DiskSize, t.Network = vm.Spec.ImageDigest, vm.Spec.Kernel, vm.Spec.CPUs, vm.Spec.Memory, vm.Spec.DiskSize, vm.Spec.Network
+	if t.Parts, err = a.d.Parts(vm.Spec.Kernel); err != nil {
+		return err
+	}
+	if _, err := a.d.vms(ctx, &StartVM{Caller: owner, Ref: vm.ID}); err != nil {
+		return fmt.Errorf("boot of the template's guest: %w", err)
+	}
+	failpoint("template-booted")
+	statePath := a.d.Store.Path(t.ID, state.TemplateState)
+	t0 := time.Now()
+	r, err = a.d.vms(ctx, &SaveVM{Caller: owner, ID: vm.ID, Path: statePath})
+	if err != nil {
+		return err
+	}
+	t.SaveMS = float64(time.Since(t0).Microseconds()) / 1000
+	failpoint("template-saved")
+	dk := decodeDisk(r.VM.Disk)
+	if dk == nil || dk.Path == "" || dk.Backend == disk.DM {
+		return fmt.Errorf("template %s: the builder's disk (%s backend) cannot be frozen: templates need a file disk (disk_backend reflink, qcow2 or copy)", t.Name, r.VM.Runtime.DiskBackend)
+	}
+	if err := a.d.Flatten(ctx, dk.Path, dk.Format, a.d.Store.Path(t.ID, state.TemplateDisk)); err != nil {
+		return fmt.Errorf("template %s: freeze the disk: %w", t.Name, err)
+	}
+	if t.StateSHA256, t.StateSize, err = digestFile(statePath); err != nil {
+		return err
+	}
+	return nil
+}
+
+// abandon removes a creation a crash cut short: its builder VM, then it.
+func (a *templatesActor) abandon(t *state.Template) {
+	if a.d.vms != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		_, err := a.d.vms(ctx, &DeleteVM{Caller: Caller{UID: t.OwnerUID}, Ref: t.Builder, Force: true})
+		cancel()
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			a.log.Error("removing the builder VM of a template cut short", "template", t.Name, "builder", t.Builder, "err", err)
+			return // kept, to be tried again at the next start
+		}
+	}
+	if err := a.d.Store.Remove(t.ID); err != nil {
+		a.log.Error("removing a template cut short", "template", t.Name, "err", err)
+	}
+}
+
+func (a *templatesActor) made(ctx actor.Context, m *templateMade) {
+	t := m.t
+	if m.err == nil {
+		t.Status = state.TemplateReady
+		m.err = a.d.Store.Save(t)
+	}
+	if m.err != nil {
+		delete(a.t, t.ID)
+		if err := a.d.Store.Remove(t.ID); err != nil {
+			a.log.Error("removing a failed template", "template", t.Name, "err", err)
+		}
+		a.log.Warn("template not created", "template", t.Name, "err", m.err)
+		ctx.Send(m.done, &TemplateResult{Err: m.err})
+		return
+	}
+	a.t[t.ID] = t
+	a.log.Info("template created", "template", t.Name, "template_id", t.ID, "owner_uid", t.OwnerUID, "state_bytes", t.StateSize, "save_ms", t.SaveMS)
+	c := *t
+	ctx.Send(m.done, &TemplateResult{Template: &c})
+}
+
+// digestFile is path's sha256 and size, the file fsynced first.
+func digestFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("digest %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// TemplateRequest sends a request to the Templates actor.
+func (s *System) TemplateRequest(ctx context.Context, msg any) (*TemplateResult, error) {
+	return request[*TemplateResult](ctx, s.sys.Root, s.Templates, msg)
+}

@@ -1,0 +1,171 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/agent"
+	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/imaging"
+	"github.com/paddock-vm/paddock/imaging/imagetest"
+	"github.com/paddock-vm/paddock/state"
+)
+
+// startTemplates is a tree over the fakes with the Templates actor wired
+// as the daemon wires it: parts are a file the test can change, the
+// flatten a copy.
+func startTemplates(t *testing.T, dir string) (*harness, string) {
+	t.Helper()
+	imagetest.Seed(t, dir, "alpine")
+	host, fk := fakeHost(t, dir)
+	store, err := state.NewTemplateStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host.Template = TemplateBootFrom(store)
+	part := filepath.Join(dir, "kit-part")
+	if _, err := os.Stat(part); err != nil {
+		if err := os.WriteFile(part, []byte("kernel"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := &harness{dir: dir, fk: fk}
+	startTree(t, h, func(d *Deps, _ *imaging.Store) {
+		d.Host = host
+		d.OnCounts = func(c api.Counts) {}
+		d.Templates = TemplateDeps{Store: store,
+			Parts: func(string) ([]state.FileID, error) {
+				id, err := state.StatFileID(part)
+				return []state.FileID{id}, err
+			},
+			Flatten: func(_ context.Context, path, _, out string) error {
+				return os.WriteFile(out, []byte("frozen "+filepath.Base(path)), 0o600)
+			}}
+	})
+	return h, part
+}
+
+func (h *harness) tmpl(t *testing.T, msg any) (*TemplateResult, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return h.sys.TemplateRequest(ctx, msg)
+}
+
+// A template is made by booting a builder VM, saving it and freezing its
+// disk; the builder goes. A VM made from it resumes the saved state on its
+// own layer over the frozen disk, and its guest takes its own identity
+// before it runs. A damaged state is refused before any VMM starts; a
+// template whose parts changed is refused, then swept at the next start;
+// another user's is not found.
+func TestTemplateCreateAndResume(t *testing.T) {
+	dir := t.TempDir()
+	h, part := startTemplates(t, dir)
+	alice := Caller{UID: 1001}
+	r, err := h.tmpl(t, &CreateTemplate{Caller: alice, Name: "t1", Image: "alpine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := r.Template
+	if tp.Status != state.TemplateReady || tp.StateSize == 0 || len(tp.StateSHA256) != 64 || len(tp.Parts) != 1 {
+		t.Fatalf("template %+v", tp)
+	}
+	vms, err := h.do(t, &ListVMs{Caller: admin})
+	if err != nil || len(vms.VMs) != 0 {
+		t.Fatalf("builder left: %+v %v", vms, err)
+	}
+	if _, err := h.tmpl(t, &CreateTemplate{Caller: alice, Name: "t1", Image: "alpine"}); !errors.Is(err, ErrNameInUse) {
+		t.Fatalf("second t1: %v", err)
+	}
+	if _, err := h.tmpl(t, &GetTemplate{Caller: Caller{UID: 1002}, Ref: "t1"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("bob's lookup of alice's template: %v", err)
+	}
+
+	c1, err := h.do(t, &CreateVM{Caller: alice, Name: "c1", Image: tp.ImageDigest, Template: tp.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.do(t, &StartVM{Caller: alice, Ref: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	statePath := filepath.Join(dir, state.TemplatesDir, tp.ID, state.TemplateState)
+	var resumed bool
+	for _, c := range h.fk.vmm.Calls() {
+		if c.Op == "Start" && c.VMID == c1.VM.ID {
+			resumed = c.Incoming == statePath
+		}
+	}
+	if !resumed {
+		t.Fatalf("c1's VMM did not resume %s: %+v", statePath, h.fk.vmm.Calls())
+	}
+	if !strings.Contains(strings.Join(h.fk.disk.Calls(), "\n"), "base="+filepath.Join(dir, state.TemplatesDir, tp.ID, state.TemplateDisk)) {
+		t.Fatalf("c1's disk is not a layer over the frozen disk: %v", h.fk.disk.Calls())
+	}
+	h.fk.mu.Lock()
+	ids := append([]agent.IdentityRequest(nil), h.fk.identities...)
+	h.fk.mu.Unlock()
+	if len(ids) != 1 || ids[0].Hostname != "c1" || len(ids[0].Seed) != identitySeedBytes || ids[0].TimeNS == 0 || ids[0].MAC == "" || len(ids[0].IPs) != 1 {
+		t.Fatalf("identity taken: %+v", ids)
+	}
+
+	// A damaged state: refused, no VMM started for it.
+	if err := os.WriteFile(statePath, []byte("torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := h.do(t, &CreateVM{Caller: alice, Name: "c2", Image: tp.ImageDigest, Template: tp.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.do(t, &StartVM{Caller: alice, Ref: "c2"}); err == nil || !strings.Contains(err.Error(), "saved state is damaged") {
+		t.Fatalf("start from a damaged state: %v", err)
+	}
+	for _, c := range h.fk.vmm.Calls() {
+		if c.Op == "Start" && c.VMID == c2.VM.ID {
+			t.Fatalf("a VMM was started on a damaged state")
+		}
+	}
+
+	// Stale parts: refused by name; swept when the tree starts again.
+	future := time.Now().Add(time.Hour)
+	if err := os.Chtimes(part, future, future); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.tmpl(t, &GetTemplate{Caller: alice, Ref: "t1"}); err == nil || !strings.Contains(err.Error(), "stale") {
+		t.Fatalf("lookup of a stale template: %v", err)
+	}
+	h.sys.Shutdown()
+	h2, _ := startTemplates(t, dir)
+	if r, err := h2.tmpl(t, &ListTemplates{Caller: alice}); err != nil || len(r.Templates) != 0 {
+		t.Fatalf("stale template kept: %+v %v", r, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, state.TemplatesDir, tp.ID)); !os.IsNotExist(err) {
+		t.Fatalf("stale template's files: %v", err)
+	}
+}
+
+// A creation that fails leaves nothing: no template, no builder VM.
+func TestTemplateCreateFailureLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	h, _ := startTemplates(t, dir)
+	h.fk.vmm.Err["Save"] = errors.New("migration refused")
+	_, err := h.tmpl(t, &CreateTemplate{Caller: admin, Name: "t1", Image: "alpine"})
+	if err == nil || !strings.Contains(err.Error(), "migration refused") {
+		t.Fatalf("got %v", err)
+	}
+	vms, err := h.do(t, &ListVMs{Caller: admin})
+	if err != nil || len(vms.VMs) != 0 {
+		t.Fatalf("builder left: %+v %v", vms, err)
+	}
+	es, _ := os.ReadDir(filepath.Join(dir, state.TemplatesDir))
+	if len(es) != 0 {
+		t.Fatalf("template files left: %v", es)
+	}
+	if r, _ := h.tmpl(t, &ListTemplates{Caller: admin}); len(r.Templates) != 0 {
+		t.Fatalf("templates: %+v", r.Templates)
+	}
+}

@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/internal/testenv"
+)
+
+// Template snapshots: one guest booted and saved, ten VMs resumed from it
+// at once. Each must come up with its own identity — hostname, MAC,
+// address, a reseeded CRNG (32 bytes of /dev/urandom differ between every
+// pair), its clock stepped to the host's although the state is older —
+// and its own disk: what one writes the others and the template never see.
+func TestTemplates(t *testing.T) {
+	testenv.RequireRoot(t, "runs VMs")
+	e, _, ns, demo := bootEnv(t, "", nil)
+	e.bootKit(t)
+	t0 := time.Now()
+	e.cli(t, nil, "template", "create", "tmpl", "--image", demo, "--memory", "256MiB").ok(t, "template create")
+	t.Logf("FIGURES: template create %.2f s", time.Since(t0).Seconds())
+	if out := e.cli(t, nil, "template", "ls").ok(t, "template ls"); !strings.Contains(out, "tmpl") {
+		t.Fatalf("template ls: %q", out)
+	}
+	if out := e.cli(t, nil, "ls", "-a").stdout; strings.Contains(out, "template-") {
+		t.Fatalf("the builder VM is left: %q", out)
+	}
+	// The saved clock is behind by now; the identity step must step it.
+	time.Sleep(3 * time.Second)
+
+	const n = 10
+	var wg sync.WaitGroup
+	took := make([]time.Duration, n)
+	errs := make([]string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := time.Now()
+			r := e.cli(t, nil, "run", "--from-template", "tmpl", "--name", fmt.Sprintf("c%d", i))
+			took[i] = time.Since(s)
+			if r.code != 0 {
+				errs[i] = r.stderr
+			}
+		}()
+	}
+	wg.Wait()
+	for i, msg := range errs {
+		if msg != "" {
+			t.Fatalf("run --from-template c%d: %s", i, msg)
+		}
+	}
+	t.Logf("FIGURES: %d runs from one template at once: %v", n, took)
+
+	seen := map[string]map[string]string{"hostname": {}, "mac": {}, "ip": {}, "random": {}}
+	for i := range n {
+		vm := fmt.Sprintf("c%d", i)
+		host := time.Now()
+		out, code := guestSh(t, e, vm, `$b hostname; $b cat /sys/class/net/eth0/address; $b ip -4 -o addr show eth0 | $b awk '{print $4}'; $b head -c 32 /dev/urandom | $b od -An -tx1 | $b tr -d ' \n'; echo; $b date +%s`)
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %q", vm, code, out)
+		}
+		f := strings.Split(strings.TrimSpace(out), "\n")
+		if len(f) != 5 {
+			t.Fatalf("%s: %q", vm, out)
+		}
+		if f[0] != vm {
+			t.Errorf("%s: hostname %q", vm, f[0])
+		}
+		for k, v := range map[string]string{"hostname": f[0], "mac": f[1], "ip": f[2], "random": f[3]} {
+			if other, dup := seen[k][v]; dup || v == "" {
+				t.Errorf("%s and %s share %s %q", vm, other, k, v)
+			}
+			seen[k][v] = vm
+		}
+		guest, err := strconv.ParseInt(f[4], 10, 64)
+		if err != nil {
+			t.Fatalf("%s: date %q", vm, f[4])
+		}
+		if skew := guest - host.Unix(); skew < -1 || skew > 1 {
+			t.Errorf("%s: guest clock %d s off the host's (state saved %.0f s before)", vm, skew, time.Since(t0).Seconds())
+		}
+	}
+	// Writes stay in their VM.
+	if out, code := guestSh(t, e, "c0", "echo mine > /root/c0-was-here && $b sync && $b cat /root/c0-was-here"); code != 0 || out != "mine\n" {
+		t.Fatalf("write in c0 (%d): %q", code, out)
+	}
+	if out, code := guestSh(t, e, "c1", "$b ls /root/c0-was-here 2>&1 || echo absent"); code != 0 || !strings.Contains(out, "absent") {
+		t.Fatalf("c0's write seen in c1 (%d): %q", code, out)
+	}
+	// A VM made from the template after that still sees the template's disk.
+	s := time.Now()
+	e.cli(t, nil, "run", "--from-template", "tmpl", "--name", "late").ok(t, "a later run")
+	warm := time.Since(s)
+	s = time.Now()
+	e.cli(t, nil, "run", "--image", demo, "--memory", "256MiB", "--name", "cold").ok(t, "a cold run")
+	t.Logf("FIGURES: one run --from-template %.2f s, one cold run %.2f s (%.2fx)", warm.Seconds(), time.Since(s).Seconds(), warm.Seconds()/time.Since(s).Seconds())
+	if out, code := guestSh(t, e, "late", "$b ls /root/c0-was-here 2>&1 || echo absent"); code != 0 || !strings.Contains(out, "absent") {
+		t.Fatalf("c0's write reached the template (%d): %q", code, out)
+	}
+	// A resumed VM stops and boots again like any other.
+	e.cli(t, nil, "stop", "c0").ok(t, "stop c0")
+	e.cli(t, nil, "start", "c0").ok(t, "cold start of c0")
+	if out, code := guestSh(t, e, "c0", "$b cat /root/c0-was-here; $b hostname"); code != 0 || out != "mine\nc0\n" {
+		t.Fatalf("c0 after a cold start (%d): %q", code, out)
+	}
+	// Refusals name the culprit.
+	if r := e.cli(t, nil, "run", "--from-template", "tmpl", "--name", "x", "--cpus", "2"); r.code == 0 || !strings.Contains(r.stderr, "cpus comes from template tmpl") {
+		t.Fatalf("run with other cpus: %d %q", r.code, r.stderr)
+	}
+	if r := e.cli(t, nil, "run", "--from-template", "nosuch", "--name", "x"); r.code == 0 || !strings.Contains(r.stderr, `no template named "nosuch"`) {
+		t.Fatalf("run from a missing template: %d %q", r.code, r.stderr)
+	}
+	for i := range n {
+		e.cli(t, nil, "rm", "-f", fmt.Sprintf("c%d", i)).ok(t, "rm")
+	}
+	e.cli(t, nil, "rm", "-f", "late", "cold").ok(t, "rm late cold")
+	e.cli(t, nil, "template", "rm", "tmpl").ok(t, "template rm")
+	if l := e.leaks(t, ns); l.host() != 0 {
+		t.Fatalf("leaked %+v %v", l, l.detail)
+	}
+}
