@@ -77,6 +77,7 @@ func (a *agentActor) Receive(ctx actor.Context) {
 		go func() {
 			c, err := a.dial(dctx, m.proc)
 			if err == nil && m.identity != nil {
+				failpoint("template-resumed")
 				req := *m.identity
 				req.TimeNS = time.Now().UnixNano()
 				if _, ierr := c.Identity(dctx, req); ierr != nil {

@@ -45,6 +45,11 @@ var (
 	// record not yet saved) and a clone's (its "creating" record written,
 	// before its top layer is made).
 	SnapshotFailpoints = []string{"workspace-snapshot-frozen", "workspace-clone-intent"}
+	// TemplateFailpoints are a template creation's (its intent recorded,
+	// its builder booted, the save begun, the state written, the builder
+	// stopped) and a resume's (the saved guest running, before its
+	// identity step).
+	TemplateFailpoints = []string{"template-begin", "template-booted", "save-begin", "save-before-stop", "template-saved", "template-resumed"}
 	// FailpointNames are every crash point of a VM's start and stop, for
 	// tests that loop over them (workspaces have their own).
 	FailpointNames = append(append([]string(nil), StartFailpoints...), StopFailpoints...)

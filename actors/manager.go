@@ -126,9 +126,14 @@ func (m *manager) Receive(ctx actor.Context) {
 			}
 			delete(m.byID, msg.ID)
 			m.published()
-			delete(m.pending, msg.ID)
 			ctx.Stop(e.pid)
 			m.recount()
+			if m.pending[msg.ID] {
+				// Deleted while reconciling at start-up: it will not
+				// report reconciled, and readiness must not wait for it.
+				delete(m.pending, msg.ID)
+				m.maybeReady(ctx)
+			}
 		}
 	}
 }

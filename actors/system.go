@@ -194,6 +194,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 		sys.Shutdown()
 		return nil, fmt.Errorf("actor system did not come up: %w", err)
 	}
+	root.Send(s.Templates, &sweepTemplates{})
 	return s, nil
 }
 
@@ -202,7 +203,7 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 func (s *System) Ping(ctx context.Context) error {
 	ctx, cancel := withDefaultTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Workspaces, s.Events} {
+	for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Workspaces, s.Templates, s.Events} {
 		if _, err := request[*Pong](ctx, s.sys.Root, pid, &Ping{}); err != nil {
 			return fmt.Errorf("ping %s: %w", pid.Id, err)
 		}
@@ -363,7 +364,7 @@ func (s *System) ImportImage(ctx context.Context, c Caller, public bool, open fu
 // disk.
 func (s *System) Shutdown() {
 	s.stopped.Do(func() {
-		for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Workspaces, s.Events} {
+		for _, pid := range []*actor.PID{s.Manager, s.Stats, s.Import, s.Workspaces, s.Templates, s.Events} {
 			if pid != nil {
 				_ = s.sys.Root.StopFuture(pid).Wait()
 			}

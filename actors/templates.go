@@ -85,10 +85,15 @@ func (m *RemoveTemplate) describe() string { return "removal of template " + m.R
 var ErrTemplateNotFound = &Error{Kind: ErrNotFound, Msg: "no such template"}
 
 type templatesActor struct {
-	d   TemplateDeps
-	log *slog.Logger
-	t   map[string]*state.Template // by id
+	d        TemplateDeps
+	log      *slog.Logger
+	t        map[string]*state.Template // by id
+	cutShort []*state.Template          // creations a crash cut short
 }
+
+// sweepTemplates, sent once the Manager is ready, removes the creations a
+// crash cut short and their builder VMs.
+type sweepTemplates struct{}
 
 // templateMade ends a creation in the mailbox.
 type templateMade struct {
@@ -105,6 +110,11 @@ func (a *templatesActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.load(ctx)
+	case *sweepTemplates:
+		for _, t := range a.cutShort {
+			go a.abandon(t)
+		}
+		a.cutShort = nil
 	case *Ping:
 		ctx.Respond(&Pong{From: NameTemplates})
 	case *ListTemplates:
@@ -163,8 +173,10 @@ func (a *templatesActor) load(ctx actor.Context) {
 	}
 	for _, t := range all {
 		if t.Status != state.TemplateReady {
+			// Removed with its builder once the VMs are reconciled
+			// (sweepTemplates): a delete must not race the re-adoption.
 			a.log.Warn("template creation was cut short: removing it and its builder VM", "template", t.Name, "builder", t.Builder)
-			go a.abandon(t)
+			a.cutShort = append(a.cutShort, t)
 			continue
 		}
 		if p := state.Changed(t.Parts); p != "" {

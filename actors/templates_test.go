@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,6 +65,10 @@ func (h *harness) tmpl(t *testing.T, msg any) (*TemplateResult, error) {
 // template whose parts changed is refused, then swept at the next start;
 // another user's is not found.
 func TestTemplateCreateAndResume(t *testing.T) {
+	var mu sync.Mutex
+	reached := map[string]bool{}
+	failpointHook = func(name string) { mu.Lock(); reached[name] = true; mu.Unlock() }
+	t.Cleanup(func() { failpointHook = nil })
 	dir := t.TempDir()
 	h, part := startTemplates(t, dir)
 	alice := Caller{UID: 1001}
@@ -112,6 +117,14 @@ func TestTemplateCreateAndResume(t *testing.T) {
 	if len(ids) != 1 || ids[0].Hostname != "c1" || len(ids[0].Seed) != identitySeedBytes || ids[0].TimeNS == 0 || ids[0].MAC == "" || len(ids[0].IPs) != 1 {
 		t.Fatalf("identity taken: %+v", ids)
 	}
+
+	mu.Lock()
+	for _, fp := range TemplateFailpoints {
+		if !reached[fp] {
+			t.Errorf("crash point %s is never reached", fp)
+		}
+	}
+	mu.Unlock()
 
 	// A damaged state: refused, no VMM started for it.
 	if err := os.WriteFile(statePath, []byte("torn"), 0o600); err != nil {

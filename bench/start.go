@@ -158,7 +158,7 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 		}
 		fmt.Println()
 	}
-	return nil
+	return templateRuns(cli, n, med(runExecs))
 }
 
 // bareBoot starts QEMU directly on disk (qcow2) with kit and returns the

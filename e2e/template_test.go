@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
@@ -26,7 +30,7 @@ func TestTemplates(t *testing.T) {
 	if out := e.cli(t, nil, "template", "ls").ok(t, "template ls"); !strings.Contains(out, "tmpl") {
 		t.Fatalf("template ls: %q", out)
 	}
-	if out := e.cli(t, nil, "ls", "-a").stdout; strings.Contains(out, "template-") {
+	if out := e.cli(t, nil, "ls").ok(t, "ls"); strings.Contains(out, "template-") {
 		t.Fatalf("the builder VM is left: %q", out)
 	}
 	// The saved clock is behind by now; the identity step must step it.
@@ -123,4 +127,86 @@ func TestTemplates(t *testing.T) {
 	if l := e.leaks(t, ns); l.host() != 0 {
 		t.Fatalf("leaked %+v %v", l, l.detail)
 	}
+}
+
+// paddockd killed at every step of a template's creation and of a resume
+// leaves, after a restart, no template half-made, no builder VM, a resumed
+// VM that can start, and nothing leaked.
+func TestTemplateCrashPoints(t *testing.T) {
+	testenv.RequireRoot(t, "runs VMs")
+	e, p, ns, demo := bootEnv(t, "", nil)
+	e.bootKit(t)
+	e.cli(t, nil, "image", "pull", demo).ok(t, "pull")
+	restart := func(fp string) {
+		t.Helper()
+		p.signal(t, syscall.SIGTERM)
+		p.wait(t, 30*time.Second)
+		env := []string{}
+		if fp != "" {
+			env = append(env, "PADDOCK_FAILPOINTS="+fp)
+		}
+		p = e.daemon(t, func(c *exec.Cmd) {
+			c.Env = append(os.Environ(), env...)
+			inNetns(ns)(c)
+		})
+	}
+	afterCrash := func(fp string) {
+		t.Helper()
+		p.wait(t, 60*time.Second) // the daemon killed itself at fp
+		p = e.daemon(t, inNetns(ns))
+	}
+	noBuilder := func(fp string) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			out := e.cli(t, nil, "ls").ok(t, fp+": ls")
+			if !strings.Contains(out, "template-") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: builder VM left: %q", fp, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	var resume []string
+	for _, fp := range actors.TemplateFailpoints {
+		if fp == "template-resumed" {
+			resume = append(resume, fp)
+			continue
+		}
+		restart(fp)
+		if r := e.cli(t, nil, "template", "create", "t", "--image", demo); r.code == 0 {
+			t.Fatalf("%s: template create succeeded although the daemon died", fp)
+		}
+		afterCrash(fp)
+		if out := e.cli(t, nil, "template", "ls").ok(t, fp+": ls"); strings.Contains(out, "t ") {
+			t.Fatalf("%s: a half-made template is listed: %q", fp, out)
+		}
+		noBuilder(fp)
+		if l := e.leaks(t, ns); l.host() != 0 {
+			t.Fatalf("%s: leaked %+v %v", fp, l, l.detail)
+		}
+	}
+	e.cli(t, nil, "template", "create", "t", "--image", demo).ok(t, "template create after the crashes")
+	for _, fp := range append(resume, "acquire-vmm-live") {
+		restart(fp)
+		if r := e.cli(t, nil, "run", "--from-template", "t", "--name", "r"); r.code == 0 {
+			t.Fatalf("%s: run succeeded although the daemon died", fp)
+		}
+		afterCrash(fp)
+		vm := inspectVM(t, e, "r")
+		if vm.Status == "running" {
+			e.cli(t, nil, "stop", "r").ok(t, fp+": stop")
+		}
+		e.cli(t, nil, "start", "r").ok(t, fp+": the VM starts after the crash")
+		if out, code := guestSh(t, e, "r", "$b hostname"); code != 0 || out != "r\n" {
+			t.Fatalf("%s: after the crash (%d): %q", fp, code, out)
+		}
+		e.cli(t, nil, "rm", "-f", "r").ok(t, fp+": rm")
+		if l := e.leaks(t, ns); l.host() != 0 {
+			t.Fatalf("%s: leaked %+v %v", fp, l, l.detail)
+		}
+	}
+	e.cli(t, nil, "template", "rm", "t").ok(t, "template rm")
 }
