@@ -45,6 +45,9 @@ type Spec struct {
 	MaxEntries int64  // default flatten.DefaultMaxEntries
 	Tools      ext4.Tools
 	Logger     *slog.Logger
+	// NoStream builds from the flattened tree only, never while the
+	// stream is read (for comparisons).
+	NoStream bool
 }
 
 // Result describes a built volume.
@@ -92,7 +95,7 @@ func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, e
 	fopts := flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries,
 		MaxUnpackedSize: spec.Size, Entry: entry, Root: root, Literal: true, RequireEnd: true}
 	var st *ext4.Stream
-	if stream && len(layers) > 0 {
+	if stream && !spec.NoStream && len(layers) > 0 {
 		var err error
 		if st, err = ext4.NewStream(ctx, out, root, opts); err != nil {
 			log.Debug("workspace: not building while reading", "workspace", spec.Name, "err", err)
@@ -120,7 +123,9 @@ func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, e
 		return nil, fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	if st != nil {
-		built, err := st.Finish(res.Summary)
+		// once debugfs is done with the spill, free it while the image is
+		// checked and synced
+		built, err := st.Finish(res.Summary, func() { res.Close() })
 		if err == nil {
 			return &Result{Size: built.Size, Allocated: built.Allocated, Files: res.Summary.Inodes, Content: res.Summary.ContentBytes, Streamed: true}, nil
 		}

@@ -46,8 +46,8 @@ var ErrNotStreamed = errors.New("the tree could not be built while it was read")
 // flattened tree having lost only the work done so far.
 //
 // Owners are set after debugfs, in one pass (ext4fs.SetOwners); then
-// e2fsck -fyD indexes directories and checks the result. An image e2fsck
-// had to repair is not used either (ErrNotStreamed).
+// e2fsck -fyD indexes directories and checks the result (what it repairs
+// is logged, as Build does; a correct stream has none: see the tests).
 type Stream struct {
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -282,13 +282,21 @@ func (s *Stream) add(h *tar.Header, content string) error {
 			}
 			src = s.empty
 		}
+		// debugfs write takes the mode from the source file: give the
+		// spill file the entry's mode (kept readable for debugfs), and
+		// spare a sif per file
+		perm := uint32(h.Mode & 0o7777)
+		skipMode := false
+		if content != "" && perm&0o6400 == 0o400 {
+			skipMode = unix.Chmod(content, perm) == nil
+		}
 		if err := s.chdir(h.Name, "/"+parent); err != nil {
 			return err
 		}
 		if err := s.sc.line(h.Name, "write", quote(src), quote(base)); err != nil {
 			return err
 		}
-		if err := s.sc.add(Fixup{Hdr: h}); err != nil {
+		if err := s.sc.add(Fixup{Hdr: h, SkipMode: skipMode}); err != nil {
 			return err
 		}
 		if h.Size >= 1<<20 {
@@ -351,7 +359,11 @@ func (s *Stream) chdir(name, dir string) error {
 // A tree that does not fit is refused with ErrTooSmall as Build refuses
 // it; a stream given up on returns ErrNotStreamed. Either way, on error
 // nothing is left.
-func (s *Stream) Finish(sum flatten.Summary) (res *Result, err error) {
+//
+// release, when set, is called on a goroutine of its own once debugfs has
+// read every content file (the caller frees them while the image is
+// checked and synced); Finish returns only after it has returned.
+func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err error) {
 	if s.done {
 		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
 	}
@@ -397,6 +409,15 @@ func (s *Stream) Finish(sum flatten.Summary) (res *Result, err error) {
 		s.giveUp("debugfs: %d error lines, first: %s", len(bad), firstLines(strings.Join(bad, "\n"), 5))
 		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
 	}
+	// From here on the stream is not given up: the content files are done with.
+	if release != nil {
+		released := make(chan struct{})
+		go func() {
+			defer close(released)
+			release()
+		}()
+		defer func() { <-released }()
+	}
 	res = &Result{Path: s.out, Size: s.opts.Size, Inodes: s.inodes, FixupLines: s.sc.lines}
 	res.Timings.Debugfs = time.Since(s.start)
 	t = time.Now()
@@ -406,9 +427,12 @@ func (s *Stream) Finish(sum flatten.Summary) (res *Result, err error) {
 	if res.FsckFixes, err = fsck(s.ctx, s.tools.E2fsck, s.img); err != nil {
 		return nil, fmt.Errorf("image %s: %w", s.opts.ImageRef, err)
 	}
+	log := s.opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if len(res.FsckFixes) > 0 {
-		s.giveUp("e2fsck repaired the image: %s", firstLines(strings.Join(res.FsckFixes, "\n"), 5))
-		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
+		log.Warn("e2fsck repaired the new image", "image", s.opts.ImageRef, "fixes", res.FsckFixes)
 	}
 	res.Timings.Fsck = time.Since(t)
 	mode := s.opts.Mode
@@ -426,10 +450,6 @@ func (s *Stream) Finish(sum flatten.Summary) (res *Result, err error) {
 		res.Allocated = allocated(st)
 	}
 	res.Timings.Total = time.Since(s.start)
-	log := s.opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	log.Debug("ext4 image built while the tree was read", "image", s.opts.ImageRef, "path", s.out, "size", res.Size,
 		"allocated", res.Allocated, "fixup_lines", res.FixupLines, "debugfs_done", res.Timings.Debugfs, "debugfs_wait", waited,
 		"fsck", res.Timings.Fsck, "sync", sync, "total", res.Timings.Total)
