@@ -42,10 +42,10 @@ func TestTarDirSendfile(t *testing.T) {
 				pw.Close()
 				done <- err
 			}()
-			piped, err := io.ReadAll(pr)
+			piped, rerr := io.ReadAll(pr)
 			pr.Close()
-			if err := <-done; err != nil {
-				t.Fatal(err)
+			if err := <-done; err != nil || rerr != nil {
+				t.Fatal(err, rerr)
 			}
 			if !bytes.Equal(piped, buffered.Bytes()) {
 				t.Fatalf("through a pipe: %d bytes, through a buffer: %d bytes, not the same", len(piped), buffered.Len())
