@@ -8,7 +8,9 @@
 // owner with setuid/setgid stripped, refuses what a project tree has no
 // business holding (device nodes, fifos), and builds the volume through
 // the image flattener (escapes, bad links, names debugfs cannot encode) and
-// the rootless ext4 builder, at the exact size asked for.
+// the rootless ext4 builder, at the exact size asked for: while the stream
+// is read (ext4.Stream) when it can follow the stream, from the flattened
+// tree otherwise.
 package workspace
 
 import (

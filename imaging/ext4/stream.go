@@ -452,6 +452,7 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 	res.Timings.Total = time.Since(s.start)
 	log.Debug("ext4 image built while the tree was read", "image", s.opts.ImageRef, "path", s.out, "size", res.Size,
 		"allocated", res.Allocated, "fixup_lines", res.FixupLines, "debugfs_done", res.Timings.Debugfs, "debugfs_wait", waited,
+		"debugfs_cpu", s.cmd.ProcessState.UserTime()+s.cmd.ProcessState.SystemTime(),
 		"fsck", res.Timings.Fsck, "sync", sync, "total", res.Timings.Total)
 	return res, nil
 }
