@@ -9,8 +9,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // TarDir writes the tree under dir to w as a tar stream, as the calling
@@ -35,9 +38,19 @@ func Archive(ctx context.Context, src, name string, w io.Writer) error {
 	return archive(ctx, src, name, w)
 }
 
+// sendfileMin is the size from which a content goes to a file or pipe w by
+// sendfile(2) (the kernel moves it, for a pipe by reference to the page
+// cache) rather than through a buffer (read, then write: two copies).
+// Smaller contents are batched in the buffer, fewer system calls.
+const sendfileMin = 256 << 10
+
 func archive(ctx context.Context, dir, name string, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
-	tw := tar.NewWriter(bw)
+	direct, _ := w.(*os.File)
+	// Each entry gets a tar.Writer of its own, which writes its header
+	// into bw; contents and padding go to bw (or w) here, so that a
+	// content can bypass the buffer. The archive ends as tar.Writer's
+	// Close ends it: two zero blocks.
 	type ino struct{ dev, ino uint64 }
 	seen := map[ino]string{}
 	buf := make([]byte, 1<<20)
@@ -90,7 +103,7 @@ func archive(ctx context.Context, dir, name string, w io.Writer) error {
 				k := ino{uint64(st.Dev), st.Ino}
 				if first, ok := seen[k]; ok {
 					h.Typeflag, h.Linkname = tar.TypeLink, first
-					return tw.WriteHeader(h)
+					return tar.NewWriter(bw).WriteHeader(h)
 				}
 				seen[k] = rel
 			}
@@ -104,7 +117,7 @@ func archive(ctx context.Context, dir, name string, w io.Writer) error {
 		default:
 			return fmt.Errorf("%s: a %s cannot go into a workspace", path, strings.TrimSpace(modeKind(m)))
 		}
-		if err := tw.WriteHeader(h); err != nil {
+		if err := tar.NewWriter(bw).WriteHeader(h); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if h.Typeflag != tar.TypeReg {
@@ -115,21 +128,77 @@ func archive(ctx context.Context, dir, name string, w io.Writer) error {
 			return fmt.Errorf("read %s: %w", path, err)
 		}
 		defer f.Close()
-		if n, err := io.CopyBuffer(tw, io.LimitReader(f, h.Size), buf); err != nil || n != h.Size {
+		var n int64
+		if direct != nil && h.Size >= sendfileMin {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			n, err = sendfile(direct, f, h.Size)
+		} else {
+			n, err = io.CopyBuffer(bw, io.LimitReader(f, h.Size), buf)
+		}
+		if err != nil || n != h.Size {
 			if err == nil {
 				err = fmt.Errorf("it shrank while being read (%d of %d bytes)", n, h.Size)
 			}
 			return fmt.Errorf("read %s: %w", path, err)
 		}
-		return nil
+		_, err = bw.Write(zeros[:(blockSize-h.Size%blockSize)%blockSize])
+		return err
 	})
 	if err != nil {
 		return err
 	}
-	if err := tw.Close(); err != nil {
+	if _, err := bw.Write(zeros[:2*blockSize]); err != nil {
 		return err
 	}
 	return bw.Flush()
+}
+
+const blockSize = 512
+
+var zeros [2 * blockSize]byte
+
+// sendfile sends up to size bytes of src to dst from src's offset 0 and
+// returns how many it sent (fewer when src ends first). A full pipe is
+// waited for through the runtime's poller.
+func sendfile(dst, src *os.File, size int64) (int64, error) {
+	sc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var sfd int
+	if err := sc.Control(func(fd uintptr) { sfd = int(fd) }); err != nil {
+		return 0, err
+	}
+	dc, err := dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var off int64
+	var serr error
+	err = dc.Write(func(fd uintptr) bool {
+		for off < size {
+			n, err := unix.Sendfile(int(fd), sfd, &off, int(min(size-off, 1<<30)))
+			switch {
+			case err == unix.EAGAIN:
+				return false // wait until dst takes more
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				serr = err
+				return true
+			case n == 0:
+				return true // src ended early
+			}
+		}
+		return true
+	})
+	runtime.KeepAlive(src)
+	if err == nil {
+		err = serr
+	}
+	return off, err
 }
 
 func modeKind(m fs.FileMode) string {

@@ -8,7 +8,9 @@
 // owner with setuid/setgid stripped, refuses what a project tree has no
 // business holding (device nodes, fifos), and builds the volume through
 // the image flattener (escapes, bad links, names debugfs cannot encode) and
-// the rootless ext4 builder, at the exact size asked for.
+// the rootless ext4 builder, at the exact size asked for: while the stream
+// is read (ext4.Stream) when it can follow the stream, from the flattened
+// tree otherwise.
 package workspace
 
 import (
@@ -45,6 +47,9 @@ type Spec struct {
 	MaxEntries int64  // default flatten.DefaultMaxEntries
 	Tools      ext4.Tools
 	Logger     *slog.Logger
+	// NoStream builds from the flattened tree only, never while the
+	// stream is read (for comparisons).
+	NoStream bool
 }
 
 // Result describes a built volume.
@@ -53,6 +58,9 @@ type Result struct {
 	Allocated int64 // bytes it takes on the host
 	Files     int64 // inodes of the tree, the root included
 	Content   int64 // bytes of file content
+	// Streamed: the volume was built while the tree was read (ext4.Stream),
+	// not from the flattened tree after it.
+	Streamed bool
 }
 
 // ErrRefused is an entry a workspace may not hold.
@@ -68,17 +76,39 @@ func Build(ctx context.Context, r io.Reader, out string, spec Spec) (*Result, er
 	if r != nil {
 		layers = []flatten.Layer{flatten.ReaderLayer("", r)}
 	}
-	return build(ctx, layers, out, spec, spec.entry)
+	return build(ctx, layers, out, spec, spec.entry, true)
 }
 
 // build flattens layers (each entry through entry) and builds the volume.
-func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, entry func(*tar.Header) error) (*Result, error) {
+// With stream, the volume is built while the layers are read
+// (ext4.Stream), falling back on the flattened tree when the stream is
+// not one it can follow.
+func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, entry func(*tar.Header) error, stream bool) (*Result, error) {
 	if spec.Size < MinSize || spec.Size > MaxSize {
 		return nil, fmt.Errorf("%w: workspace size %d is out of range (%d MiB to %d TiB)", flatten.ErrBadEntry, spec.Size, MinSize>>20, MaxSize>>40)
 	}
 	root := &tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, Uid: int(spec.UID), Gid: int(spec.GID), ModTime: time.Now()}
-	res, err := flatten.Flatten(ctx, layers, flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries,
-		MaxUnpackedSize: spec.Size, Entry: entry, Root: root, Literal: true, RequireEnd: true})
+	log := spec.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := ext4.Options{ImageRef: "workspace " + spec.Name, ScratchDir: spec.ScratchDir, Size: spec.Size, Mode: 0o600,
+		Label: "workspace", Tools: spec.Tools, Logger: spec.Logger, Owner: &ext4.Owner{UID: spec.UID, GID: spec.GID}}
+	fopts := flatten.Options{ScratchDir: spec.ScratchDir, MaxEntries: spec.MaxEntries,
+		MaxUnpackedSize: spec.Size, Entry: entry, Root: root, Literal: true, RequireEnd: true}
+	var st *ext4.Stream
+	if stream && !spec.NoStream && len(layers) > 0 {
+		var err error
+		if st, err = ext4.NewStream(ctx, out, root, opts); err != nil {
+			log.Debug("workspace: not building while reading", "workspace", spec.Name, "err", err)
+			st = nil
+		} else {
+			defer st.Abort() // a no-op once finished
+			fopts.Applied = st.Add
+		}
+	}
+	t := time.Now()
+	res, err := flatten.Flatten(ctx, layers, fopts)
 	if err != nil {
 		if res != nil {
 			res.Close()
@@ -89,11 +119,24 @@ func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, e
 		return nil, fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
 	defer res.Close()
+	log.Debug("workspace tree read", "workspace", spec.Name, "entries", res.Summary.Entries,
+		"content", res.Summary.ContentBytes, "flatten", time.Since(t))
 	if err := ext4.CheckFits(res.Summary, spec.Size); err != nil {
 		return nil, fmt.Errorf("workspace %s: %w", spec.Name, err)
 	}
-	built, err := ext4.BuildFlattened(ctx, res, out, ext4.Options{ImageRef: "workspace " + spec.Name, ScratchDir: spec.ScratchDir,
-		Size: spec.Size, Mode: 0o600, Label: "workspace", Tools: spec.Tools, Logger: spec.Logger, Owner: &ext4.Owner{UID: spec.UID, GID: spec.GID}})
+	if st != nil {
+		// once debugfs is done with the spill, free it while the image is
+		// checked and synced
+		built, err := st.Finish(res.Summary, func() { res.Close() })
+		if err == nil {
+			return &Result{Size: built.Size, Allocated: built.Allocated, Files: res.Summary.Inodes, Content: res.Summary.ContentBytes, Streamed: true}, nil
+		}
+		if !errors.Is(err, ext4.ErrNotStreamed) {
+			return nil, err
+		}
+		log.Debug("workspace: building from the flattened tree", "workspace", spec.Name, "reason", st.Reason())
+	}
+	built, err := ext4.BuildFlattened(ctx, res, out, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -273,26 +274,30 @@ func TestBuildRefusesHostileEntries(t *testing.T) {
 		{"newline in a name", []entry{reg("evil\nname")}, `evil\nname`, flatten.ErrBadName},
 		{"cut short at an entry boundary", nil, "end-of-archive marker", flatten.ErrBadEntry},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir, scratch := t.TempDir(), t.TempDir()
-			out := filepath.Join(dir, "volume.ext4")
-			stream := tarOf(t, tc.entries...)
-			if tc.entries == nil {
-				// A whole file, then nothing: no end-of-archive marker.
-				b, _ := io.ReadAll(tarOf(t, reg("a"), reg("b")))
-				stream = bytes.NewReader(b[:2*512])
-			}
-			_, err := workspace.Build(context.Background(), stream, out, workspace.Spec{Name: "bad", Size: 64 << 20, UID: 1000, GID: 1000, ScratchDir: scratch})
-			var ee *flatten.EntryError
-			if !errors.As(err, &ee) || !strings.Contains(err.Error(), tc.culprit) {
-				t.Fatalf("err = %v, want an entry error naming %q", err, tc.culprit)
-			}
-			if tc.want != nil && !errors.Is(err, tc.want) {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-			empty(t, dir)
-			empty(t, scratch)
-		})
+		// 64 MiB: built from the flattened tree; 1 GiB: while the stream is
+		// read, up to the hostile entry (a leading file makes sure of it)
+		for _, size := range []int64{64 << 20, 1 << 30} {
+			t.Run(fmt.Sprintf("%s/%dMiB", tc.name, size>>20), func(t *testing.T) {
+				dir, scratch := t.TempDir(), t.TempDir()
+				out := filepath.Join(dir, "volume.ext4")
+				stream := tarOf(t, append([]entry{reg("first")}, tc.entries...)...)
+				if tc.entries == nil {
+					// A whole file, then nothing: no end-of-archive marker.
+					b, _ := io.ReadAll(tarOf(t, reg("a"), reg("b")))
+					stream = bytes.NewReader(b[:2*512])
+				}
+				_, err := workspace.Build(context.Background(), stream, out, workspace.Spec{Name: "bad", Size: size, UID: 1000, GID: 1000, ScratchDir: scratch})
+				var ee *flatten.EntryError
+				if !errors.As(err, &ee) || !strings.Contains(err.Error(), tc.culprit) {
+					t.Fatalf("err = %v, want an entry error naming %q", err, tc.culprit)
+				}
+				if tc.want != nil && !errors.Is(err, tc.want) {
+					t.Fatalf("err = %v, want %v", err, tc.want)
+				}
+				empty(t, dir)
+				empty(t, scratch)
+			})
+		}
 	}
 }
 

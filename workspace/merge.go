@@ -42,7 +42,7 @@ func Merge(ctx context.Context, base, push io.Reader, dst PushDest, out string, 
 			return io.NopCloser(push), nil
 		}},
 	}
-	res, err := build(ctx, layers, out, spec, m.entry)
+	res, err := build(ctx, layers, out, spec, m.entry, false)
 	if m.refusal != nil {
 		return nil, fmt.Errorf("workspace %s: cannot push to %s: %w", spec.Name, m.dst, m.refusal)
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/tartree"
@@ -132,6 +133,7 @@ func (c *cli) createFromDir(ctx context.Context, cl *api.Client, in api.CreateWo
 	if err != nil {
 		return nil, err
 	}
+	growPipe(pw)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	walked := make(chan error, 1)
@@ -149,6 +151,16 @@ func (c *cli) createFromDir(ctx context.Context, cl *api.Client, in api.CreateWo
 		return nil, fmt.Errorf("reading %s: %w", dir, werr)
 	}
 	return w, err
+}
+
+// growPipe asks for a 1 MiB pipe buffer (the most an unprivileged
+// process gets by default) instead of 64 KiB: the walk and the daemon
+// then trade the tree in 16 times fewer reads, writes and wake-ups. A
+// refusal leaves the pipe as it was.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
 }
 
 // gitURL splits URL[#REF].

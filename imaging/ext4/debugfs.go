@@ -106,7 +106,7 @@ func newScript(dir, imageRef string) (*script, error) {
 }
 
 func (s *script) close() {
-	if !s.closed {
+	if !s.closed && s.f != nil {
 		s.f.Close()
 		s.closed = true
 	}
@@ -299,6 +299,9 @@ func (s *script) finish() error {
 		return fmt.Errorf("debugfs command file: %w", err)
 	}
 	s.closed = true
+	if s.f == nil {
+		return nil
+	}
 	if err := s.f.Close(); err != nil {
 		return fmt.Errorf("debugfs command file: %w", err)
 	}
@@ -320,13 +323,7 @@ func runDebugfs(ctx context.Context, dbg, cmdFile, image string) error {
 		}
 		return fmt.Errorf("%w: %v: %s", ErrDebugfs, err, firstLines(stderr.String(), 5))
 	}
-	var bad []string
-	for _, l := range strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n") {
-		if l != "" && !debugfsBanner.MatchString(l) {
-			bad = append(bad, l)
-		}
-	}
-	if len(bad) > 0 {
+	if bad := debugfsErrors(stderr.String()); len(bad) > 0 {
 		return fmt.Errorf("%w: %d error lines, first: %s", ErrDebugfs, len(bad), firstLines(strings.Join(bad, "\n"), 5))
 	}
 	return nil

@@ -77,6 +77,15 @@ type Options struct {
 	// Literal reads whiteout names (".wh.*") as the names they are: for a
 	// tree that is not an image layer (a workspace).
 	Literal bool
+	// Applied, when set, sees every entry once it has been checked and
+	// applied, in stream order: the header as Entry left it, and for a
+	// regular file the spill file holding its content ("" when empty),
+	// valid until the Result is closed or a later entry replaces the file.
+	// A builder can start on the tree before the stream ends; it must
+	// check for itself that the stream is one it can follow (parents
+	// before children, no duplicates), since Flatten accepts any order.
+	// An error stops Flatten and is returned as it is.
+	Applied func(h *tar.Header, content string) error
 	// RequireEnd refuses a stream that ends without its end-of-archive
 	// marker (two zero blocks) where an entry could start: one cut short
 	// by a client that failed half-way.
@@ -240,6 +249,7 @@ type flattener struct {
 	streamed           int64 // bytes of the layer streams read so far
 	whiteouts, opaques int64
 	curName            string // entry being applied, for errors
+	content            string // spill file of the entry just applied
 }
 
 func (f *flattener) fail(err error) error {
@@ -292,6 +302,7 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 				return f.fail(err)
 			}
 		}
+		f.content = ""
 		if err := f.apply(hdr, tr); err != nil {
 			if err := m.stopped(); err != nil {
 				return err
@@ -301,6 +312,11 @@ func (f *flattener) applyLayer(ctx context.Context, l Layer) error {
 				return f.fail(err)
 			}
 			return fmt.Errorf("image %s: layer %s: entry %q: %w", f.opts.ImageRef, l.Digest, hdr.Name, err)
+		}
+		if f.opts.Applied != nil && hdr.Typeflag != tar.TypeXGlobalHeader {
+			if err := f.opts.Applied(hdr, f.content); err != nil {
+				return err
+			}
 		}
 	}
 	// Read to EOF, so that readers verifying a digest at EOF get to do so;
@@ -537,6 +553,7 @@ func (f *flattener) newInode(hdr *tar.Header, tr *tar.Reader) (*inode, error) {
 			return nil, err
 		}
 		ino.content, ino.size = p, size
+		f.content = p
 	}
 	return ino, nil
 }

@@ -1,0 +1,572 @@
+package ext4
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/imaging/ext4/ext4fs"
+	"github.com/paddock-vm/paddock/imaging/flatten"
+)
+
+// ErrNotStreamed: a Stream gave up (see its reason); the caller builds the
+// image from the flattened tree instead (BuildFlattened).
+var ErrNotStreamed = errors.New("the tree could not be built while it was read")
+
+// Stream builds a fixed-size, single-owner image (a workspace) while its
+// tree is still being read: mkfs makes an empty filesystem at once, and
+// one debugfs process, fed on its standard input, creates each entry as
+// flatten accepts it (flatten.Options.Applied: Add), copying a file's
+// content from its spill file. Reading the stream and writing the image
+// so overlap instead of following each other, as they must with
+// mkfs.ext4 -d, which needs the whole tree staged first.
+//
+// It follows only a stream it can build exactly as BuildFlattened would:
+// every parent a directory named earlier, no name twice, hardlinks to
+// regular files earlier in the stream, no device nodes, fifos or xattrs,
+// no command line debugfs cannot take, and a tree whose inode count keeps
+// the filesystem's inode table at its default size. At the first entry
+// that breaks this it gives up: debugfs is stopped, the partial image
+// removed, and Finish returns ErrNotStreamed. Flatten goes on regardless
+// (its checks decide what is refused), so the caller falls back on the
+// flattened tree having lost only the work done so far.
+//
+// Owners are set after debugfs, in one pass (ext4fs.SetOwners); then
+// e2fsck -fyD indexes directories and checks the result (what it repairs
+// is logged, as Build does; a correct stream has none: see the tests).
+type Stream struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	opts   Options
+	tools  Tools
+	out    string
+	img    string
+	dir    string // scratch: mke2fs.conf, the empty file
+	empty  string
+	inodes int64 // -N: the default for the size (FixedInodes of an empty tree)
+	start  time.Time
+
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	sc     *script
+	queue  *chunkQueue
+	fed    chan error // the feeder's result: writing the commands to debugfs
+	fedErr error
+	waited bool
+
+	flusher chan struct{} // closed: stop writeBack
+	flushed chan struct{} // closed by writeBack when it stops
+
+	kinds  map[string]byte // clean path -> type ("" is the root)
+	dirs   []dirMeta
+	root   *tar.Header
+	cwd    string
+	n      int64 // inodes so far, the root included
+	reason string
+	done   bool
+}
+
+type dirMeta struct {
+	path  string
+	mtime int64
+}
+
+// NewStream makes the empty image (in out's directory, as Build does) and
+// starts debugfs. opts.Size and opts.Owner are required; root is the root
+// directory's metadata unless the stream has a "./" entry. On error
+// nothing is left.
+func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) (_ *Stream, err error) {
+	if opts.Size <= 0 || opts.Owner == nil {
+		return nil, errors.New("ext4 stream: a size and an owner are required")
+	}
+	tools, err := opts.Tools.resolve()
+	if err != nil {
+		return nil, err
+	}
+	caps, err := Probe(ctx, tools.Mke2fs)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stream{opts: opts, tools: tools, out: out, root: root, kinds: map[string]byte{"": tar.TypeDir}, cwd: "/",
+		inodes: FixedInodes(flatten.Summary{}, opts.Size), start: time.Now(), n: 1}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			s.Abort()
+		}
+	}()
+	if s.dir, err = os.MkdirTemp(opts.ScratchDir, "paddock-ext4-"); err != nil {
+		return nil, fmt.Errorf("ext4 scratch: %w", err)
+	}
+	s.empty = filepath.Join(s.dir, "empty")
+	if err := os.WriteFile(s.empty, nil, 0o600); err != nil {
+		return nil, fmt.Errorf("ext4 scratch: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".partial-")
+	if err != nil {
+		return nil, fmt.Errorf("create image: %w", err)
+	}
+	s.img = tmp.Name()
+	err = tmp.Truncate(opts.Size)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("size image: %w", err)
+	}
+	conf := filepath.Join(s.dir, "mke2fs.conf")
+	if err := os.WriteFile(conf, []byte(mke2fsConf), 0o600); err != nil {
+		return nil, fmt.Errorf("mke2fs config: %w", err)
+	}
+	ext := "root_owner=0:0"
+	if caps.Prezeroed {
+		ext += ",assume_storage_prezeroed=1"
+	}
+	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0",
+		"-N", strconv.FormatInt(s.inodes, 10), "-E", ext}
+	if opts.Label != "" {
+		args = append(args, "-L", opts.Label)
+	}
+	if opts.UUID != "" {
+		args = append(args, "-U", opts.UUID)
+	}
+	env := append(os.Environ(), "MKE2FS_CONFIG="+conf, "LC_ALL=C")
+	if err := run(s.ctx, ErrMkfs, env, nil, tools.Mke2fs, append(args, s.img)...); err != nil {
+		return nil, err
+	}
+
+	s.cmd = exec.CommandContext(s.ctx, tools.Debugfs, "-w", "-f", "-", s.img)
+	s.cmd.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__", "LC_ALL=C")
+	s.cmd.Stderr = &limitWriter{w: &s.stderr, n: 1 << 20}
+	s.cmd.Stdout = io.Discard // echoed commands and "Allocated inode: N"
+	stdin, err := s.cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start debugfs: %w", err)
+	}
+	s.queue = newChunkQueue()
+	s.fed = make(chan error, 1)
+	go func() {
+		err := s.queue.drain(stdin)
+		if cerr := stdin.Close(); err == nil {
+			err = cerr
+		}
+		s.fed <- err
+	}()
+	s.flusher = make(chan struct{})
+	s.flushed = make(chan struct{})
+	go s.writeBack()
+	s.sc = &script{imageRef: opts.ImageRef, w: bufio.NewWriterSize(s.queue, 64<<10), links: map[string]int{}, allOwned: true, dir: s.dir}
+	return s, nil
+}
+
+// Reason says why the stream gave up ("" while it has not).
+func (s *Stream) Reason() string { return s.reason }
+
+// giveUp stops debugfs and removes the partial image; Add ignores what
+// follows and Finish returns ErrNotStreamed.
+func (s *Stream) giveUp(format string, args ...any) {
+	if s.reason != "" {
+		return
+	}
+	s.reason = fmt.Sprintf(format, args...)
+	s.Abort()
+}
+
+// Abort stops debugfs and removes everything the Stream made. It may be
+// called more than once, and after Finish (which it then leaves alone).
+func (s *Stream) Abort() {
+	if s.done {
+		return
+	}
+	s.done = true
+	s.cancel()
+	if s.queue != nil {
+		s.queue.close()
+	}
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.stopWriteBack()
+		_, _ = s.wait()
+	}
+	if s.img != "" {
+		os.Remove(s.img)
+	}
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+	if s.reason == "" {
+		s.reason = "aborted"
+	}
+}
+
+// Add creates one entry, as flatten.Options.Applied: h as the Entry hook
+// left it, content its spill file. It never fails: what it cannot follow
+// makes it give up, and flatten's own checks refuse what is bad.
+func (s *Stream) Add(h *tar.Header, content string) error {
+	if s.done {
+		return nil
+	}
+	if err := s.add(h, content); err != nil {
+		s.giveUp("entry %q: %v", h.Name, err)
+	}
+	return nil
+}
+
+var errNotFollowed = errors.New("not streamed")
+
+func (s *Stream) add(h *tar.Header, content string) error {
+	clean, err := flatten.CleanPath(h.Name)
+	if err != nil {
+		return err
+	}
+	if hasXattrs(h) {
+		return fmt.Errorf("%w: xattrs", errNotFollowed)
+	}
+	if clean == "" {
+		if h.Typeflag != tar.TypeDir {
+			return fmt.Errorf("%w: the root is not a directory", errNotFollowed)
+		}
+		s.root = h
+		return nil
+	}
+	if _, dup := s.kinds[clean]; dup {
+		return fmt.Errorf("%w: a second entry of the name", errNotFollowed)
+	}
+	parent, base := "", clean
+	if i := strings.LastIndexByte(clean, '/'); i >= 0 {
+		parent, base = clean[:i], clean[i+1:]
+	}
+	if s.kinds[parent] != tar.TypeDir {
+		return fmt.Errorf("%w: the parent is not a directory named earlier", errNotFollowed)
+	}
+	p := "/" + clean
+	if h.Typeflag != tar.TypeLink {
+		s.n++
+		if s.n+s.n/4+4096 > s.inodes {
+			return fmt.Errorf("%w: more inodes than the default inode table is sized for", errNotFollowed)
+		}
+	}
+	switch h.Typeflag {
+	case tar.TypeDir:
+		if err := s.chdir(h.Name, "/"+parent); err != nil {
+			return err
+		}
+		if err := s.sc.line(h.Name, "mkdir", quote(base)); err != nil {
+			return err
+		}
+		if err := s.sc.add(Fixup{Hdr: h, SkipMtime: true, SkipMode: h.Mode&0o7777 == 0o755}); err != nil {
+			return err
+		}
+		s.dirs = append(s.dirs, dirMeta{path: p, mtime: h.ModTime.Unix()})
+	case tar.TypeReg:
+		src := content
+		if src == "" {
+			if h.Size != 0 {
+				return fmt.Errorf("%w: content of %d bytes missing", errNotFollowed, h.Size)
+			}
+			src = s.empty
+		}
+		// debugfs write takes the mode from the source file: give the
+		// spill file the entry's mode (kept readable for debugfs), and
+		// spare a sif per file
+		perm := uint32(h.Mode & 0o7777)
+		skipMode := false
+		if content != "" && perm&0o6400 == 0o400 {
+			skipMode = unix.Chmod(content, perm) == nil
+		}
+		if err := s.chdir(h.Name, "/"+parent); err != nil {
+			return err
+		}
+		if err := s.sc.line(h.Name, "write", quote(src), quote(base)); err != nil {
+			return err
+		}
+		if err := s.sc.add(Fixup{Hdr: h, SkipMode: skipMode}); err != nil {
+			return err
+		}
+		if h.Size >= 1<<20 {
+			// let debugfs start on a large file while the next is read
+			if err := s.sc.w.Flush(); err != nil {
+				return err
+			}
+		}
+	case tar.TypeSymlink:
+		if err := flatten.CheckLinkTarget(h.Linkname); err != nil {
+			return err
+		}
+		if err := s.chdir(h.Name, "/"+parent); err != nil {
+			return err
+		}
+		if err := s.sc.line(h.Name, "symlink", quote(base), quote(h.Linkname)); err != nil {
+			return err
+		}
+		if err := s.sc.add(Fixup{Hdr: h, SkipMode: true}); err != nil {
+			return err
+		}
+	case tar.TypeLink:
+		t, err := flatten.CleanPath(h.Linkname)
+		if err != nil {
+			return err
+		}
+		if s.kinds[t] != tar.TypeReg {
+			return fmt.Errorf("%w: hardlink target %q is not a regular file earlier in the stream", errNotFollowed, h.Linkname)
+		}
+		if err := s.chdir(h.Name, "/"); err != nil {
+			return err
+		}
+		if err := s.sc.add(Fixup{Hdr: h, Create: true}); err != nil {
+			return err
+		}
+		s.kinds[clean] = tar.TypeReg
+		return nil
+	default:
+		return fmt.Errorf("%w: entry type %q", errNotFollowed, h.Typeflag)
+	}
+	s.kinds[clean] = h.Typeflag
+	return nil
+}
+
+// chdir makes dir debugfs' cwd. Entries are created by their base name in
+// their parent as the cwd: "write" creates its argument literally in the
+// cwd, and mkdir, symlink and ln resolve "/name" against the cwd, not the
+// root (an empty parent path is the cwd). sif takes absolute paths.
+func (s *Stream) chdir(name, dir string) error {
+	if s.cwd == dir {
+		return nil
+	}
+	s.cwd = dir
+	return s.sc.line(name, "cd", quote(dir))
+}
+
+// Finish completes the image once flatten has read the whole stream (sum
+// is its Summary): directory and root metadata, link counts, owners,
+// e2fsck -fyD; then it is renamed to out (mode opts.Mode, default 0444).
+// A tree that does not fit is refused with ErrTooSmall as Build refuses
+// it; a stream given up on returns ErrNotStreamed. Either way, on error
+// nothing is left.
+//
+// release, when set, is called on a goroutine of its own once debugfs has
+// read every content file (the caller frees them while the image is
+// checked and synced); Finish returns only after it has returned.
+func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err error) {
+	if s.done {
+		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
+	}
+	defer func() {
+		if err != nil {
+			s.Abort()
+		}
+	}()
+	if err := CheckFits(sum, s.opts.Size); err != nil {
+		return nil, err
+	}
+	if FixedInodes(sum, s.opts.Size) != s.inodes {
+		s.giveUp("the tree needs an inode table of %d inodes, not %d", FixedInodes(sum, s.opts.Size), s.inodes)
+		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
+	}
+	if s.root != nil {
+		r := *s.root
+		r.Name = "./"
+		if err := s.sc.add(Fixup{Hdr: &r, SkipOwner: true}); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range s.dirs {
+		if err := s.sc.line(d.path, "sif", quote(d.path), "mtime", fmt.Sprintf("@%d", d.mtime)); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.sc.finish(); err != nil {
+		return nil, err
+	}
+	s.queue.close()
+	t := time.Now()
+	s.stopWriteBack()
+	ferr, werr := s.wait()
+	waited := time.Since(t)
+	if ctxErr := s.ctx.Err(); ctxErr != nil {
+		return nil, ctxErr
+	}
+	if ferr != nil || werr != nil {
+		return nil, fmt.Errorf("image %s: %w: %v %v: %s", s.opts.ImageRef, ErrDebugfs, ferr, werr, firstLines(s.stderr.String(), 5))
+	}
+	if bad := debugfsErrors(s.stderr.String()); len(bad) > 0 {
+		s.giveUp("debugfs: %d error lines, first: %s", len(bad), firstLines(strings.Join(bad, "\n"), 5))
+		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
+	}
+	// From here on the stream is not given up: the content files are done with.
+	if release != nil {
+		released := make(chan struct{})
+		go func() {
+			defer close(released)
+			release()
+		}()
+		defer func() { <-released }()
+	}
+	res = &Result{Path: s.out, Size: s.opts.Size, Inodes: s.inodes, FixupLines: s.sc.lines}
+	res.Timings.Debugfs = time.Since(s.start)
+	t = time.Now()
+	if _, err := ext4fs.SetOwners(s.img, s.opts.Owner.UID, s.opts.Owner.GID); err != nil {
+		return nil, fmt.Errorf("image %s: set owners: %w", s.opts.ImageRef, err)
+	}
+	if res.FsckFixes, err = fsck(s.ctx, s.tools.E2fsck, s.img); err != nil {
+		return nil, fmt.Errorf("image %s: %w", s.opts.ImageRef, err)
+	}
+	log := s.opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if len(res.FsckFixes) > 0 {
+		log.Warn("e2fsck repaired the new image", "image", s.opts.ImageRef, "fixes", res.FsckFixes)
+	}
+	res.Timings.Fsck = time.Since(t)
+	mode := s.opts.Mode
+	if mode == 0 {
+		mode = 0o444
+	}
+	t = time.Now()
+	if err := finishFile(s.img, s.out, mode); err != nil {
+		return nil, err
+	}
+	sync := time.Since(t)
+	s.done = true
+	os.RemoveAll(s.dir)
+	if st, err := os.Stat(s.out); err == nil {
+		res.Allocated = allocated(st)
+	}
+	res.Timings.Total = time.Since(s.start)
+	log.Debug("ext4 image built while the tree was read", "image", s.opts.ImageRef, "path", s.out, "size", res.Size,
+		"allocated", res.Allocated, "fixup_lines", res.FixupLines, "debugfs_done", res.Timings.Debugfs, "debugfs_wait", waited,
+		"debugfs_cpu", s.cmd.ProcessState.UserTime()+s.cmd.ProcessState.SystemTime(),
+		"fsck", res.Timings.Fsck, "sync", sync, "total", res.Timings.Total)
+	return res, nil
+}
+
+// writeBack starts the disk writes of what debugfs wrote so far, every
+// 100 ms, without waiting for them: the image is written out while the
+// stream is still read, and the fsync at the end (debugfs' own on exit,
+// then finishFile's) finds little left to write.
+func (s *Stream) writeBack() {
+	defer close(s.flushed)
+	fd, err := unix.Open(s.img, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return // only an optimisation: the fsyncs make the image durable
+	}
+	defer unix.Close(fd)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.flusher:
+			return
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+			_ = unix.SyncFileRange(fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		}
+	}
+}
+
+func (s *Stream) stopWriteBack() {
+	if s.flusher != nil {
+		select {
+		case <-s.flusher:
+		default:
+			close(s.flusher)
+		}
+		<-s.flushed
+	}
+}
+
+// wait waits, once, for the feeder and debugfs to end.
+func (s *Stream) wait() (fed, exited error) {
+	if s.waited {
+		return s.fedErr, nil
+	}
+	s.waited = true
+	s.fedErr = <-s.fed
+	return s.fedErr, s.cmd.Wait()
+}
+
+// debugfsErrors are the lines of debugfs' stderr other than its banner.
+func debugfsErrors(stderr string) []string {
+	var bad []string
+	for _, l := range strings.Split(strings.TrimRight(stderr, "\n"), "\n") {
+		if l != "" && !debugfsBanner.MatchString(l) {
+			bad = append(bad, l)
+		}
+	}
+	return bad
+}
+
+// chunkQueue hands command chunks from the flattener to the goroutine
+// feeding debugfs without making the flattener wait for debugfs: reading
+// the stream goes on while debugfs copies what was read before.
+type chunkQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	chunks [][]byte
+	closed bool
+}
+
+func newChunkQueue() *chunkQueue {
+	q := &chunkQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+// Write queues a copy of p.
+func (q *chunkQueue) Write(p []byte) (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, errors.New("debugfs is gone")
+	}
+	q.chunks = append(q.chunks, bytes.Clone(p))
+	q.cond.Signal()
+	return len(p), nil
+}
+
+func (q *chunkQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// drain writes the chunks to w until the queue is closed and empty.
+func (q *chunkQueue) drain(w io.Writer) error {
+	for {
+		q.mu.Lock()
+		for len(q.chunks) == 0 && !q.closed {
+			q.cond.Wait()
+		}
+		chunks := q.chunks
+		q.chunks = nil
+		closed := q.closed
+		q.mu.Unlock()
+		for _, c := range chunks {
+			if _, err := w.Write(c); err != nil {
+				return err
+			}
+		}
+		if closed && len(chunks) == 0 {
+			return nil
+		}
+	}
+}

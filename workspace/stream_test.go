@@ -1,0 +1,162 @@
+package workspace_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/paddock-vm/paddock/workspace"
+)
+
+// exported is a volume's tree as Export streams it: every entry's type,
+// mode, mtime, link target and content digest, by name.
+func exported(t *testing.T, vol string) map[string]string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := workspace.Export(context.Background(), vol, &b, workspace.ExportSpec{Name: "cmp", ScratchDir: t.TempDir()}); err != nil {
+		t.Fatalf("export %s: %v", vol, err)
+	}
+	tr := tar.NewReader(&b)
+	tree := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return tree
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree[strings.TrimSuffix(h.Name, "/")] = fmt.Sprintf("type %c mode %o mtime %d link %q size %d sha %x",
+			h.Typeflag, h.Mode, h.ModTime.Unix(), h.Linkname, h.Size, sha256.Sum256(body))
+	}
+}
+
+// A workspace is built while its stream is read (ext4.Stream) when the
+// stream is one debugfs can follow entry by entry, and from the flattened
+// tree otherwise; either way the volume holds exactly what the flattened
+// tree's build makes of the same stream (NoStream), e2fsck finds it clean,
+// and every inode belongs to the workspace's owner.
+func TestBuildWhileReading(t *testing.T) {
+	requireTools(t)
+	old := time.Date(1999, 12, 31, 23, 59, 58, 0, time.UTC)
+	future := time.Date(2100, 1, 2, 3, 4, 5, 0, time.UTC) // past 2038: ext4's extra epoch bits
+	dir := func(name string, mode int64) entry {
+		return entry{h: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, ModTime: old}}
+	}
+	file := func(name string, mode int64, body string, when time.Time) entry {
+		return entry{h: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, ModTime: when}, body: body}
+	}
+	symlink := func(name, target string) entry {
+		return entry{h: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, ModTime: old}}
+	}
+	link := func(name, target string) entry {
+		return entry{h: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: old}}
+	}
+	big := strings.Repeat("0123456789abcdef", 1<<17) + "tail" // 2 MiB and a bit: flushed to debugfs at once
+	project := []entry{
+		{h: tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o750, ModTime: old}},
+		file("big.bin", 0o644, big, old),
+		dir("src/", 0o755),
+		dir("src/private/", 0o700),
+		file("src/private/key", 0o600, "secret\n", old),
+		file("src/private/write-only", 0o200, "w\n", old),
+		file("src/run.sh", 0o755, "#!/bin/sh\n", future),
+		file("src/setuid", 0o4755, "suid\n", old),
+		file("src/sticky", 0o1644, "sticky\n", old),
+		file("src/empty", 0o644, "", old),
+		file(`src/odd "quoted" name #1 !x`, 0o644, "odd\n", old),
+		file("src/ünïcödé-文件.txt", 0o644, "unicode\n", old),
+		dir("src/.git/", 0o755),
+		file("src/.git/HEAD", 0o644, "ref: refs/heads/main\n", old),
+		symlink("src/rel", "run.sh"),
+		symlink("src/abs", "/etc/passwd"),
+		symlink("src/long", strings.Repeat("x", 200)),
+		link("src/hard1", "src/run.sh"),
+		link("hard2", "src/run.sh"),
+		link("src/private/hard-key", "src/private/key"),
+	}
+	for _, tc := range []struct {
+		name     string
+		entries  []entry
+		size     int64
+		streamed bool
+	}{
+		{"a project tree", project, 1 << 30, true},
+		{"no root entry", project[1:], 1 << 30, true},
+		{"a duplicate name", append(append([]entry{}, project...), file("src/run.sh", 0o644, "replaced\n", old)), 1 << 30, false},
+		{"a parent not named", []entry{file("a/b/c", 0o644, "c\n", old)}, 1 << 30, false},
+		{"a child before its directory", []entry{dir("a/", 0o755), file("a/b/c", 0o644, "c\n", old), dir("a/b/", 0o700)}, 1 << 30, false},
+		{"written through a symlink", []entry{dir("d/", 0o755), symlink("l", "d"), file("l/x", 0o644, "x\n", old)}, 1 << 30, false},
+		{"a hardlink to a symlink", []entry{file("f", 0o644, "f\n", old), symlink("s", "f"), link("h", "s")}, 1 << 30, false},
+		{"a small volume's inode table", project, 64 << 20, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, scratch := t.TempDir(), t.TempDir()
+			body, err := io.ReadAll(tarOf(t, tc.entries...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := workspace.Spec{Name: "s", Size: tc.size, UID: 1000, GID: 1000, ScratchDir: scratch}
+			streamed := filepath.Join(dir, "streamed.ext4")
+			res, err := workspace.Build(context.Background(), bytes.NewReader(body), streamed, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Streamed != tc.streamed {
+				t.Fatalf("Streamed = %v, want %v", res.Streamed, tc.streamed)
+			}
+			empty(t, scratch)
+			spec.NoStream = true
+			flat := filepath.Join(dir, "flattened.ext4")
+			if res, err := workspace.Build(context.Background(), bytes.NewReader(body), flat, spec); err != nil || res.Streamed {
+				t.Fatalf("NoStream: %+v, %v", res, err)
+			}
+			fsckClean(t, streamed)
+			got, want := exported(t, streamed), exported(t, flat)
+			if !reflect.DeepEqual(got, want) {
+				for k, v := range want {
+					if got[k] != v {
+						t.Errorf("%s: streamed %q, flattened %q", k, got[k], v)
+					}
+				}
+				for k, v := range got {
+					if _, ok := want[k]; !ok {
+						t.Errorf("%s: streamed %q, not in the flattened build", k, v)
+					}
+				}
+			}
+			for _, p := range []string{"/", "/src", "/src/run.sh", "/src/rel", "/hard2"} {
+				if _, ok := got[strings.TrimPrefix(p, "/")]; !ok && p != "/" {
+					continue
+				}
+				if in := stat(t, streamed, p); in.uid != "1000" || in.gid != "1000" {
+					t.Errorf("%s owned by %s:%s, want 1000:1000", p, in.uid, in.gid)
+				}
+			}
+			if tc.name == "a project tree" {
+				if in := stat(t, streamed, "/src/run.sh"); in.links != "3" {
+					t.Errorf("run.sh has %s links, want 3", in.links)
+				}
+				if in := stat(t, streamed, "/"); in.mode != "0750" {
+					t.Errorf("the root's mode is %s, want 0750", in.mode)
+				}
+			}
+			if _, err := os.Stat(streamed); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
