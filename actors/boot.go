@@ -69,9 +69,12 @@ var bootSteps = []bootStep{
 // boot starts the VM: tap, disk, VMM, agent hello, each step a message to
 // a child. The start is answered when the last step is done, or has failed
 // and been rolled back.
-func (a *vmActor) boot(ctx actor.Context, w waiter) error {
+func (a *vmActor) boot(ctx actor.Context, received time.Time, w waiter) error {
 	failpoint("start-begin")
 	a.newOp(opStart, w)
+	if !received.IsZero() {
+		a.op.marks = append(a.op.marks, state.BootPhase{Name: "api", MS: msOf(a.op.started.Sub(received))})
+	}
 	if err := a.setStatus(ctx, state.StatusStarting, ""); err != nil {
 		a.op = nil
 		return err
@@ -83,6 +86,11 @@ func (a *vmActor) boot(ctx actor.Context, w waiter) error {
 		return errPending
 	}
 	a.op.mark("prepare")
+	if err := plan.writeSeed(a); err != nil {
+		a.rollback(ctx, err)
+		return errPending
+	}
+	a.op.mark("seed")
 	a.op.plan = plan
 	a.nextBootStep(ctx)
 	return errPending
@@ -116,16 +124,7 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	seed := filepath.Join(b.vmDir, "seed.img")
-	// The workspaces step writes it again with their mounts.
 	b.imgConfig, b.seed = imgConfig, seed
-	cfgJSON, err := guestConfig(imgConfig, a.vm.Spec, nil)
-	if err != nil {
-		return nil, fmt.Errorf("image config: %w", err)
-	}
-	if err := guestboot.WriteSeed(seed, cfgJSON); err != nil {
-		return nil, err
-	}
-	b.guestCfg = cfgJSON
 	b.args = guestboot.BootArgs{Root: "/dev/vda", Hostname: a.vm.Name, Config: "/dev/vdb"}
 	b.vmm = vmm.Spec{VMID: a.id, Kernel: kit.Kernel, Initrd: kit.Initrd,
 		CPUs: a.vm.Spec.CPUs, MemoryMiB: int(a.vm.Spec.Memory >> 20),
@@ -143,6 +142,17 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 			DNS: a.host.DNS, Ports: a.vm.Spec.Ports}
 	}
 	return b, nil
+}
+
+// writeSeed writes the guest config on the seed disk (the workspaces step
+// writes it again with their mounts).
+func (b *bootPlan) writeSeed(a *vmActor) error {
+	cfgJSON, err := guestConfig(b.imgConfig, a.vm.Spec, nil)
+	if err != nil {
+		return fmt.Errorf("image config: %w", err)
+	}
+	b.guestCfg = cfgJSON // a resumed guest takes it with its identity
+	return guestboot.WriteSeed(b.seed, cfgJSON)
 }
 
 // The guest's address in user mode: each VM has a passt of its own, so
@@ -344,6 +354,7 @@ func (a *vmActor) bootReport(op *procedure) *state.BootReport {
 	if a.agentc == nil {
 		return r
 	}
+	r.GuestReadyMS = float64(a.agentc.Hello().ReadyNS/1000) / 1000
 	ph := a.agentc.Hello().Phases
 	for _, p := range ph[:min(len(ph), maxGuestPhases)] {
 		if p.EndNS >= p.StartNS {

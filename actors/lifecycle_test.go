@@ -45,7 +45,7 @@ func (e *lifecycleEnv) startAsync(t *testing.T) <-chan error {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, err := e.sys.Request(ctx, &StartVM{Caller: admin, Ref: "v"})
+		_, err := e.sys.Request(ctx, &StartVM{Caller: admin, Ref: "v", Received: time.Now()})
 		ch <- err
 	}()
 	return ch
@@ -131,7 +131,7 @@ func TestBootAndStop(t *testing.T) {
 			}
 		}
 	}
-	if got := strings.Join(steps, " "); got != "record prepare tap rules disk workspaces vmm agent" {
+	if got := strings.Join(steps, " "); got != "api record prepare seed tap rules disk workspaces vmm agent" {
 		t.Errorf("last boot steps: %q", got)
 	}
 	if _, err := e.do(t, &StopVM{Caller: admin, Ref: "v"}); err != nil {

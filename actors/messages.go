@@ -6,6 +6,7 @@ package actors
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/paddock-vm/paddock/errdefs"
 	"github.com/paddock-vm/paddock/imaging"
@@ -96,6 +97,9 @@ type (
 	StartVM struct {
 		Caller Caller
 		Ref    string
+		// Received is when the API call arrived (the start's report
+		// counts its "api" span from it); zero when not from the API.
+		Received time.Time
 	}
 	// StopVM stops a VM. Reason, when set, is recorded as why it stopped.
 	// ID, when set, addresses the VM by its exact id only (paddock's own

@@ -172,7 +172,7 @@ func (a *vmActor) request(ctx actor.Context, req vmRequest) {
 	case *SetVM:
 		reply(a.set(ctx, m))
 	case *StartVM:
-		reply(a.start(ctx, waiter{to: ctx.Sender(), kind: "start"}))
+		reply(a.start(ctx, m.Received, waiter{to: ctx.Sender(), kind: "start"}))
 	case *StopVM:
 		reply(a.stop(ctx, m, waiter{to: ctx.Sender(), kind: "stop"}))
 	case *DeleteVM:
@@ -186,7 +186,7 @@ func (a *vmActor) request(ctx actor.Context, req vmRequest) {
 // reply to it.
 var errPending = &Error{Kind: ErrInvalidState, Msg: "pending"}
 
-func (a *vmActor) start(ctx actor.Context, w waiter) error {
+func (a *vmActor) start(ctx actor.Context, received time.Time, w waiter) error {
 	if a.op != nil {
 		if a.op.kind == opStart {
 			a.op.waiters = append(a.op.waiters, w) // one boot answers both
@@ -204,7 +204,7 @@ func (a *vmActor) start(ctx actor.Context, w waiter) error {
 	default:
 		return a.refuse(a.vm.Status, "VM %s is %s: it can only be started when created or stopped", a.name(), a.vm.Status)
 	}
-	return a.boot(ctx, w)
+	return a.boot(ctx, received, w)
 }
 
 func (a *vmActor) stop(ctx actor.Context, m *StopVM, w waiter) error {

@@ -130,6 +130,8 @@ type VM struct {
 type BootReport struct {
 	Steps []BootPhase `json:"steps"`
 	Guest []BootPhase `json:"guest,omitempty"`
+	// GuestReadyMS is when the agent was ready, on the guest's boot clock.
+	GuestReadyMS float64 `json:"guest_ready_ms,omitempty"`
 }
 
 // BootPhase is one named span of a start, in milliseconds.

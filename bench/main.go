@@ -28,7 +28,7 @@ func main() {
 	minbase := flag.String("minbase", os.Getenv("PADDOCK_BENCH_MINBASE"), "Debian minbase rootfs tar for the image benchmark (.ci/minbase.sh)")
 	netOnly := flag.Bool("net", false, "only the VM network figures (root; see net.go)")
 	startOnly := flag.Bool("start", false, "only the VM start figures (root; see start.go)")
-	startRuns := flag.Int("start-runs", 3, "VMs to time for -start")
+	startRuns := flag.Int("start-runs", 5, "VMs to time for -start")
 	wsOnly := flag.Bool("workspace", false, "only the workspace figures: seed, export, clone (see workspace.go)")
 	cloneRuns := flag.Int("clone-runs", 20, "clones to time (and references)")
 	cliBin := flag.String("paddock", "bin/paddock", "CLI binary: what a user runs")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/bootkit"
 	"github.com/paddock-vm/paddock/config"
 	"github.com/paddock-vm/paddock/daemon/dbusapi"
 	"github.com/paddock-vm/paddock/host/launcher"
@@ -44,6 +45,8 @@ import (
 // Daemon is one running paddockd.
 type Daemon struct {
 	configPath string
+	// warmKVM probes KVM for these kernels in the background (vm.run on).
+	warmKVM    func(kernels ...string)
 	cfg        atomic.Pointer[config.Config]
 	level      *slog.LevelVar
 	log        *slog.Logger
@@ -151,6 +154,16 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		if host, err = d.newHost(ctx, cfg, images, driver); err != nil {
 			return nil, fmt.Errorf("%w (set [vm] run = \"off\" to keep VMs as records only)", err)
 		}
+		d.warmKVM = func(kernels ...string) {
+			go warmKVMProbe(ctx, d.log, driver, d.config().VM.Accel, kernels)
+		}
+		var kernels []string
+		if kits, err := bootkit.List(cfg.StateDir); err == nil {
+			for _, k := range kits {
+				kernels = append(kernels, k.VmlinuxPath())
+			}
+		}
+		d.warmKVM(kernels...)
 	}
 	// No build runs yet: what one a crash cut short left is swept.
 	if swept, err := sweepScratch(cfg.Images.ScratchDir); err != nil {

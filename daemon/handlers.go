@@ -112,7 +112,7 @@ func bootToAPI(b *state.BootReport) *api.BootReport {
 		}
 		return out
 	}
-	return &api.BootReport{Steps: phases(b.Steps), Guest: phases(b.Guest)}
+	return &api.BootReport{Steps: phases(b.Steps), Guest: phases(b.Guest), GuestReadyMS: b.GuestReadyMS}
 }
 
 // vmNetwork is the network a VM is on: its spec's, else the daemon's
@@ -271,6 +271,7 @@ func (d *Daemon) set(ctx context.Context, c *varlink.Call) error {
 }
 
 func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {
+	received := time.Now()
 	var in api.VMRef
 	if err := c.Decode(&in); err != nil {
 		return err
@@ -278,7 +279,7 @@ func (d *Daemon) start(ctx context.Context, c *varlink.Call) error {
 	if err := d.canStart(in.VM); err != nil {
 		return err
 	}
-	return d.ask(ctx, c, &actors.StartVM{Caller: d.auth.caller(c.Peer), Ref: in.VM})
+	return d.ask(ctx, c, &actors.StartVM{Caller: d.auth.caller(c.Peer), Ref: in.VM, Received: received})
 }
 
 func (d *Daemon) stop(ctx context.Context, c *varlink.Call) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -105,6 +106,30 @@ func (d *Daemon) newHost(ctx context.Context, cfg *config.Config, images *imagin
 		return sweepDisks(ctx, h.DiskOpts.Dir, known)
 	}
 	return h, nil
+}
+
+// kvmProber is the VMM driver's KVM check (qemu.Driver.KVMUsable), which
+// caches its answer per kernel file.
+type kvmProber interface {
+	KVMUsable(ctx context.Context, kernel string) (bool, string)
+}
+
+// warmKVMProbe asks p about each kernel, one after the other, so that with
+// vm.accel "auto" a VM's first start finds the answer cached instead of
+// waiting for the probe (a boot of the kernel under KVM). Other accels
+// need no probe. Called in the background: at the daemon's start for every
+// kit, after an import for the new one.
+func warmKVMProbe(ctx context.Context, log *slog.Logger, p kvmProber, accel string, kernels []string) {
+	if accel != "" && accel != "auto" {
+		return
+	}
+	for _, k := range kernels {
+		if ctx.Err() != nil {
+			return
+		}
+		ok, why := p.KVMUsable(ctx, k)
+		log.Debug("KVM probe", "kernel", k, "usable", ok, "reason", why)
+	}
 }
 
 // dialAgent connects to a VM's agent (its control socket appears when the

@@ -135,6 +135,9 @@ func (d *Daemon) importKernel(ctx context.Context, c *varlink.Call) error {
 		return &actors.Error{Kind: actors.ErrInvalidArgument, Field: "kernel", Msg: fmt.Sprintf("boot kit from %s and %s: %v", in.Kernel, in.Modules, err)}
 	}
 	d.log.Info("boot kit imported", "kernel_name", kit.Name, "release", kit.Release, "modules", len(kit.Modules))
+	if d.warmKVM != nil {
+		d.warmKVM(kit.VmlinuxPath())
+	}
 	return c.Reply(api.KernelOut{Kernel: kernelToAPI(kit, d.defaultKit())})
 }
 

@@ -204,6 +204,10 @@ type VM struct {
 type BootReport struct {
 	Steps []BootPhase `json:"steps"`
 	Guest []BootPhase `json:"guest,omitempty"`
+	// GuestReadyMS is when the agent was ready on the guest's boot clock
+	// (its kernel's start): the agent step less it is paddock's own
+	// latency from the VMM's resume to the hello.
+	GuestReadyMS float64 `json:"guest_ready_ms,omitempty"`
 }
 
 // BootPhase is one named span of a start, in milliseconds.

@@ -128,10 +128,26 @@ func (s *initState) run() {
 		logf("module list: %v", err)
 	}
 	modsNow, modsLater := splitModules(mods, cfg)
-	_ = s.phase("modules", func() error {
-		err := loadModules(modsNow, cfg.Debug)
-		return errors.Join(err, openModules(modsLater))
-	})
+	// The modules load concurrently with what follows: the root's mount
+	// waits for the block and file system chains only, the network for
+	// its driver, the control channel for every module (the console's).
+	// Those loaded after the agent is ready are opened now, from the
+	// initramfs.
+	lateErr := openModules(modsLater)
+	startModules(modsNow, cfg.Debug)
+	modsDone := make(chan struct{})
+	go func() {
+		defer close(modsDone)
+		_ = s.phase("modules", func() error { return errors.Join(waitModules(modsNow), lateErr) })
+	}()
+	netMods, _ := splitByName(modsNow, netModules)
+	_, rootMods := splitByName(modsNow, notForRoot)
+	netDone := make(chan struct{})
+	go func() {
+		defer close(netDone)
+		_ = waitModules(netMods) // their errors are the modules phase's
+		_ = s.phase("network", func() error { return setupNetwork(cfg) })
+	}()
 
 	// Look for the control port while the root disk is being mounted.
 	type portResult struct {
@@ -149,9 +165,11 @@ func (s *initState) run() {
 	}
 
 	rootOK := false
+	var oldRoot *os.File
 	if cfg.Root != "" {
+		_ = waitModules(rootMods)
 		if s.phase("root", func() error { return mountRoot(cfg) }) == nil {
-			rootOK = s.phase("switch_root", switchRoot) == nil
+			rootOK = s.phase("switch_root", func() (err error) { oldRoot, err = switchRoot(); return err }) == nil
 		}
 	}
 	if rootOK {
@@ -160,10 +178,14 @@ func (s *initState) run() {
 	if cfg.Hostname != "" {
 		_ = s.phase("hostname", func() error { return unix.Sethostname([]byte(cfg.Hostname)) })
 	}
-	_ = s.phase("network", func() error { return setupNetwork(cfg) })
-	if rootOK && !cfg.NoEtc {
-		_ = s.phase("etc", func() error { return writeEtc(cfg) })
-	}
+	// /etc is written while the seed disk is read (both wait on I/O).
+	etcDone := make(chan struct{})
+	go func() {
+		defer close(etcDone)
+		if rootOK && !cfg.NoEtc {
+			_ = s.phase("etc", func() error { return writeEtc(cfg) })
+		}
+	}()
 	if rootOK {
 		_ = s.phase("config", func() error {
 			var err error
@@ -177,6 +199,9 @@ func (s *initState) run() {
 			return err
 		})
 	}
+	<-etcDone
+	<-netDone
+	<-modsDone
 	s.freezer.Allowed = func(p string) bool { return slices.Contains(s.mounted, p) }
 	s.freezer.Logf = logf
 	s.spawner = &agent.LocalSpawner{Reaper: s.reaper, Root: "/", DefaultEnv: s.defaultEnv}
@@ -238,6 +263,9 @@ func (s *initState) run() {
 		// Drivers this boot did not ask for (network without paddock.ip,
 		// vsock without paddock.vsock) and the power button still load,
 		// after the agent is ready.
+		if oldRoot != nil {
+			freeInitramfs(oldRoot)
+		}
 		if len(modsLater) > 0 {
 			_ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) })
 		}

@@ -180,6 +180,13 @@ func splitModules(mods []*kmod, cfg *guestboot.BootArgs) (now, later []*kmod) {
 // concurrently and overlap their device probes. Dependencies outside mods
 // must have been loaded before.
 func loadModules(mods []*kmod, debug bool) error {
+	startModules(mods, debug)
+	return waitModules(mods)
+}
+
+// startModules starts loading mods as loadModules does, without waiting:
+// waitModules waits for some or all of them.
+func startModules(mods []*kmod, debug bool) {
 	byName := map[string]*kmod{}
 	for _, m := range mods {
 		byName[m.name] = m
@@ -208,6 +215,11 @@ func loadModules(mods []*kmod, debug bool) error {
 			}
 		}()
 	}
+}
+
+// waitModules waits until every module of mods (started) is loaded or has
+// failed, and returns their errors.
+func waitModules(mods []*kmod) error {
 	var errs []error
 	for _, m := range mods {
 		<-m.done
@@ -216,6 +228,26 @@ func loadModules(mods []*kmod, debug bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// netModules are the network driver's chain: the network's setup waits
+// for them.
+var netModules = []string{"virtio_net", "net_failover", "failover"}
+
+// notForRoot are the modules the root disk's mount does not wait for: the
+// agent's channels and the network's, which load meanwhile.
+var notForRoot = append([]string{"virtio_console", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}, netModules...)
+
+// splitByName returns the modules of mods named in names, and the others.
+func splitByName(mods []*kmod, names []string) (named, others []*kmod) {
+	for _, m := range mods {
+		if slices.Contains(names, m.name) {
+			named = append(named, m)
+		} else {
+			others = append(others, m)
+		}
+	}
+	return named, others
 }
 
 // loadKmod loads m into the kernel (a variable so that tests can watch the
@@ -367,56 +399,76 @@ func growExt4(dev, mountpoint string) error {
 	return nil
 }
 
-// switchRoot moves the API mounts into the new root, empties the initramfs
-// and makes the new root "/" — in-process, so the agent stays PID 1 (Go's
+// switchRoot moves the API mounts into the new root and makes the new root
+// "/" (it returns the initramfs' root, to empty with freeInitramfs) — in-process, so the agent stays PID 1 (Go's
 // threads share one fs_struct, so the chroot applies to the whole process).
-func switchRoot() error {
+func switchRoot() (oldRoot *os.File, err error) {
+	oldRoot, err = os.Open("/")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			oldRoot.Close()
+			oldRoot = nil
+		}
+	}()
 	for _, m := range []string{"/dev", "/proc", "/sys"} {
 		target := newRoot + m
 		if err := os.MkdirAll(target, 0o755); err != nil {
-			return fmt.Errorf("creating %s in the root disk: %w", m, err)
+			return nil, fmt.Errorf("creating %s in the root disk: %w", m, err)
 		}
 		if err := unix.Mount(m, target, "", unix.MS_MOVE, ""); err != nil {
-			return fmt.Errorf("moving %s: %w", m, err)
+			return nil, fmt.Errorf("moving %s: %w", m, err)
 		}
 	}
-	var rootSt unix.Stat_t
-	if err := unix.Stat("/", &rootSt); err == nil {
-		removeSameDev("/", rootSt.Dev)
-	}
 	if err := unix.Chdir(newRoot); err != nil {
-		return err
+		return nil, err
 	}
 	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
-		return fmt.Errorf("moving the root: %w", err)
+		return nil, fmt.Errorf("moving the root: %w", err)
 	}
 	if err := unix.Chroot("."); err != nil {
-		return fmt.Errorf("chroot: %w", err)
+		return nil, fmt.Errorf("chroot: %w", err)
 	}
-	return unix.Chdir("/")
+	return oldRoot, unix.Chdir("/")
 }
 
-// removeSameDev deletes the initramfs contents (like busybox switch_root),
-// not descending into other filesystems or the new root.
-func removeSameDev(dir string, dev uint64) {
-	ents, err := os.ReadDir(dir)
+// freeInitramfs deletes the initramfs contents (like busybox switch_root)
+// through old, its root directory, not descending into other filesystems,
+// and closes old.
+func freeInitramfs(old *os.File) {
+	defer old.Close()
+	var st unix.Stat_t
+	if unix.Fstat(int(old.Fd()), &st) == nil {
+		removeSameDevAt(int(old.Fd()), st.Dev)
+	}
+}
+
+// removeSameDevAt deletes what directory dirfd holds on device dev.
+func removeSameDevAt(dirfd int, dev uint64) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if p == newRoot {
-			continue
-		}
+	d := os.NewFile(uintptr(fd), "dir")
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, name := range names {
 		var st unix.Stat_t
-		if unix.Lstat(p, &st) != nil || st.Dev != dev {
+		if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Dev != dev {
 			continue
 		}
-		if e.IsDir() {
-			removeSameDev(p, dev)
-			_ = unix.Rmdir(p)
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			sub, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				continue
+			}
+			removeSameDevAt(sub, dev)
+			unix.Close(sub)
+			_ = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
 		} else {
-			_ = unix.Unlink(p)
+			_ = unix.Unlinkat(dirfd, name, 0)
 		}
 	}
 }

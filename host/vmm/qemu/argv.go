@@ -180,7 +180,10 @@ func (m *Machine) Args() ([]string, error) {
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=disk%d", i))
 	}
 	if m.ControlSocket != "" {
-		a = append(a, "-device", "virtio-serial-device",
+		// Two ports (0 is kept for a console, the agent's is 1): the
+		// guest's virtio_console sets up two queues per possible port
+		// (31 by default) when it probes, its slowest step under TCG.
+		a = append(a, "-device", "virtio-serial-device,max_ports=2",
 			"-chardev", "socket,id=ctl,path="+qemuEscape(m.ControlSocket)+",server=on,wait=off",
 			"-device", "virtserialport,chardev=ctl,name="+m.controlPort())
 	}

@@ -93,7 +93,7 @@ func TestArgv(t *testing.T) {
 			}
 			devs := strings.Join(argAfter(argv, "-device"), " ")
 			for _, want := range []string{"virtio-blk-device,drive=disk0", "virtio-blk-device,drive=disk1",
-				"virtio-net-device,netdev=n0,mac=02:11:22:33:44:55", "virtio-serial-device", "virtserialport,chardev=ctl,name=paddock.agent"} {
+				"virtio-net-device,netdev=n0,mac=02:11:22:33:44:55", "virtio-serial-device,max_ports=2", "virtserialport,chardev=ctl,name=paddock.agent"} {
 				if !strings.Contains(devs, want) {
 					t.Errorf("no -device %s in %s", want, devs)
 				}
