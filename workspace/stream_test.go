@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -81,6 +82,11 @@ func TestBuildWhileReading(t *testing.T) {
 		file("src/ünïcödé-文件.txt", 0o644, "unicode\n", old),
 		dir("src/.git/", 0o755),
 		file("src/.git/HEAD", 0o644, "ref: refs/heads/main\n", old),
+		file("src/-n", 0o644, "an option?\n", old),
+		file("src/<12>", 0o644, "an inode number?\n", old),
+		dir("src/-p/", 0o755),
+		file("src/-p/-f", 0o644, "f\n", old),
+		symlink("src/-s", `a "b" c`),
 		symlink("src/rel", "run.sh"),
 		symlink("src/abs", "/etc/passwd"),
 		symlink("src/long", strings.Repeat("x", 200)),
@@ -159,4 +165,50 @@ func TestBuildWhileReading(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A build cancelled while the volume is being built from the stream (or
+// from the flattened tree) stops, returns the cancellation and leaves
+// nothing: no volume, no partial image, no scratch.
+func TestBuildCancelledWhileReading(t *testing.T) {
+	requireTools(t)
+	for _, size := range []int64{64 << 20, 1 << 30} {
+		t.Run(fmt.Sprintf("%dMiB", size>>20), func(t *testing.T) {
+			dir, scratch := t.TempDir(), t.TempDir()
+			head, err := io.ReadAll(tarOf(t, entry{h: tar.Header{Typeflag: tar.TypeDir, Name: "d/"}},
+				entry{h: tar.Header{Typeflag: tar.TypeReg, Name: "d/f"}, body: "content"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			// the entries without the end-of-archive marker, then a client
+			// that sends nothing more until the call is cancelled
+			r := &stalling{data: head[:len(head)-1024], ctx: ctx, stalled: cancel}
+			_, err = workspace.Build(ctx, r, filepath.Join(dir, "volume.ext4"), workspace.Spec{Name: "c", Size: size, UID: 1000, GID: 1000, ScratchDir: scratch})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("err = %v, want the cancellation", err)
+			}
+			empty(t, dir)
+			empty(t, scratch)
+		})
+	}
+}
+
+// stalling reads data, then calls stalled and blocks until ctx ends.
+type stalling struct {
+	data    []byte
+	ctx     context.Context
+	stalled func()
+}
+
+func (s *stalling) Read(p []byte) (int, error) {
+	if len(s.data) > 0 {
+		n := copy(p, s.data)
+		s.data = s.data[n:]
+		return n, nil
+	}
+	s.stalled()
+	<-s.ctx.Done()
+	return 0, s.ctx.Err()
 }

@@ -93,6 +93,9 @@ func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) 
 	if opts.Size <= 0 || opts.Owner == nil {
 		return nil, errors.New("ext4 stream: a size and an owner are required")
 	}
+	if FixedInodes(flatten.Summary{Inodes: 2}, opts.Size) != FixedInodes(flatten.Summary{}, opts.Size) {
+		return nil, fmt.Errorf("%w: at %d MiB, the default inode table has no room for the tree's own", ErrNotStreamed, opts.Size>>20)
+	}
 	tools, err := opts.Tools.resolve()
 	if err != nil {
 		return nil, err
@@ -403,7 +406,9 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 		return nil, ctxErr
 	}
 	if ferr != nil || werr != nil {
-		return nil, fmt.Errorf("image %s: %w: %v %v: %s", s.opts.ImageRef, ErrDebugfs, ferr, werr, firstLines(s.stderr.String(), 5))
+		// the build from the flattened tree says what is wrong, if anything
+		s.giveUp("debugfs: %v %v: %s", ferr, werr, firstLines(s.stderr.String(), 5))
+		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
 	}
 	if bad := debugfsErrors(s.stderr.String()); len(bad) > 0 {
 		s.giveUp("debugfs: %d error lines, first: %s", len(bad), firstLines(strings.Join(bad, "\n"), 5))

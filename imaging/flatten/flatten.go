@@ -80,7 +80,9 @@ type Options struct {
 	// Applied, when set, sees every entry once it has been checked and
 	// applied, in stream order: the header as Entry left it, and for a
 	// regular file the spill file holding its content ("" when empty),
-	// valid until the Result is closed or a later entry replaces the file.
+	// valid until the Result is closed or a later entry replaces the file
+	// (as with Walk's ContentPath, its mode and times may be changed, never
+	// its content).
 	// A builder can start on the tree before the stream ends; it must
 	// check for itself that the stream is one it can follow (parents
 	// before children, no duplicates), since Flatten accepts any order.
