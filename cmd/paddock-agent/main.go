@@ -125,20 +125,25 @@ func (s *initState) run() {
 		logf("module list: %v", err)
 	}
 	modsNow, modsLater := splitModules(mods, cfg)
-	// The modules load concurrently with what follows: the root's mount
-	// waits for the block and file system chains only, the network for
-	// its driver, the control channel for every module (the console's).
-	// Those loaded after the agent is ready are opened now, from the
-	// initramfs.
+	// The modules load while the boot goes on: first those the root disk
+	// needs (block, file system chains, concurrently), which its mount
+	// waits for; then, while the root is mounted, the others (the agent's
+	// channel, the network's driver), which the control channel and the
+	// network wait for. Those loaded after the agent is ready are opened
+	// now, from the initramfs.
 	lateErr := openModules(modsLater)
-	startModules(modsNow, cfg.Debug)
+	otherMods, rootMods := splitByName(modsNow, notForRoot)
+	netMods, _ := splitByName(modsNow, netModules)
+	startModules(rootMods, cfg.Debug)
 	modsDone := make(chan struct{})
 	go func() {
 		defer close(modsDone)
-		_ = s.phase("modules", func() error { return errors.Join(waitModules(modsNow), lateErr) })
+		_ = s.phase("modules", func() error {
+			err := waitModules(rootMods)
+			startModules(otherMods, cfg.Debug)
+			return errors.Join(err, waitModules(otherMods), lateErr)
+		})
 	}()
-	netMods, _ := splitByName(modsNow, netModules)
-	_, rootMods := splitByName(modsNow, notForRoot)
 	netDone := make(chan struct{})
 	go func() {
 		defer close(netDone)
@@ -146,7 +151,8 @@ func (s *initState) run() {
 		_ = s.phase("network", func() error { return setupNetwork(cfg) })
 	}()
 
-	// Look for the control port while the root disk is being mounted.
+	// Look for the control port, once its driver is in, while the root
+	// disk is being mounted.
 	type portResult struct {
 		path string
 		err  error
@@ -154,6 +160,7 @@ func (s *initState) run() {
 	portCh := make(chan portResult, 1)
 	if cfg.Serial != "" {
 		go func() {
+			<-modsDone
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			p, err := agent.FindVirtioPort(ctx, cfg.Serial)
