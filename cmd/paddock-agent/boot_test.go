@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,5 +87,39 @@ func TestFreeInitramfs(t *testing.T) {
 	}
 	if err := unix.Fstat(int(f.Fd()), &unix.Stat_t{}); err == nil {
 		t.Error("the handle is still open")
+	}
+}
+
+// The late modules load one after the other, in the list's order, on the
+// caller's thread; one whose dependency failed is not loaded.
+func TestLoadModulesHere(t *testing.T) {
+	var mods []*kmod
+	for _, p := range []string{"failover", "net_failover failover", "virtio_net net_failover", "button", "evdev"} {
+		f := strings.Fields(p)
+		mods = append(mods, &kmod{name: f[0], deps: f[1:], done: make(chan struct{})})
+	}
+	var order []string
+	saved := loadKmod
+	t.Cleanup(func() { loadKmod = saved })
+	loadKmod = func(m *kmod) error {
+		order = append(order, m.name) // no lock: one goroutine loads them all
+		if m.name == "failover" {
+			return errors.New("no such module")
+		}
+		return nil
+	}
+	err := loadModulesHere(mods, false)
+	if got := strings.Join(order, " "); got != "failover button evdev" {
+		t.Errorf("loaded %q", got)
+	}
+	if err == nil || !strings.Contains(err.Error(), "virtio_net: dependency net_failover failed") {
+		t.Errorf("errors: %v", err)
+	}
+	for _, m := range mods {
+		select {
+		case <-m.done:
+		default:
+			t.Errorf("%s not done", m.name)
+		}
 	}
 }

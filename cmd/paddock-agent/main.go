@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -262,16 +263,26 @@ func (s *initState) run() {
 	s.mu.Lock()
 	s.ready = agent.BootTimeNS()
 	s.mu.Unlock()
+	lateDone := make(chan struct{})
 	go func() {
+		defer close(lateDone)
 		// Drivers this boot did not ask for (network without paddock.ip,
 		// vsock without paddock.vsock) and the power button still load,
-		// after the agent is ready.
+		// after the agent is ready, and the initramfs is emptied: on a
+		// thread of the lowest priority, so that a first exec (the guest
+		// has one vCPU, maybe) goes first. The thread is never unlocked: it
+		// ends with this goroutine, priority and all.
+		runtime.LockOSThread()
+		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
 		if oldRoot != nil {
 			freeInitramfs(oldRoot)
 		}
 		if len(modsLater) > 0 {
-			_ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) })
+			_ = s.phase("modules_late", func() error { return loadModulesHere(modsLater, cfg.Debug) })
 		}
+	}()
+	go func() {
+		<-lateDone
 		if err := watchPowerButton(func() { s.shutdown(false) }, cfg.Debug); err != nil && cfg.Debug {
 			logf("power button: %v", err)
 		}

@@ -217,6 +217,33 @@ func startModules(mods []*kmod, debug bool) {
 	}
 }
 
+// loadModulesHere loads mods one after the other, in their order (each
+// after its dependencies), on the calling goroutine's thread.
+func loadModulesHere(mods []*kmod, debug bool) error {
+	var errs []error
+	failed := map[string]bool{}
+	for _, m := range mods {
+		for _, d := range m.deps {
+			if failed[d] {
+				m.err = fmt.Errorf("dependency %s failed", d)
+			}
+		}
+		if m.err == nil {
+			start := time.Now()
+			m.err = loadKmod(m)
+			if debug {
+				logf("module %s: %.1f ms", m.name, float64(time.Since(start).Microseconds())/1000)
+			}
+		}
+		if m.err != nil {
+			failed[m.name] = true
+			errs = append(errs, fmt.Errorf("%s: %w", m.name, m.err))
+		}
+		close(m.done)
+	}
+	return errors.Join(errs...)
+}
+
 // waitModules waits until every module of mods (started) is loaded or has
 // failed, and returns their errors.
 func waitModules(mods []*kmod) error {
