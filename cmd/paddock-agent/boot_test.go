@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/guestboot"
 )
 
 // The root's mount waits for the block and file system chains only: it
@@ -120,6 +122,63 @@ func TestLoadModulesHere(t *testing.T) {
 		case <-m.done:
 		default:
 			t.Errorf("%s not done", m.name)
+		}
+	}
+}
+
+// The VM's devices decide: a driver whose device is there loads before the
+// agent is ready (a NIC without paddock.ip too), one whose device is not
+// never loads, nor what only it needs; the power button stays late.
+func TestForDevices(t *testing.T) {
+	sys := t.TempDir()
+	for i, id := range []string{"0x0002", "0x0002", "0x0003", "0x0001"} {
+		dir := filepath.Join(sys, "virtio"+string(rune('0'+i)))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "device"), []byte(id+"\n"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	present, ok := virtioDrivers(sys)
+	if !ok || !present["virtio_net"] || !present["virtio_blk"] || !present["virtio_console"] || present["vmw_vsock_virtio_transport"] {
+		t.Fatalf("present %v %v", present, ok)
+	}
+	if _, ok := virtioDrivers(filepath.Join(sys, "none")); ok {
+		t.Error("no bus read as no devices")
+	}
+	var mods []*kmod
+	for _, p := range []string{"virtio_ring", "virtio virtio_ring", "virtio_mmio virtio virtio_ring", "virtio_blk virtio virtio_ring",
+		"failover", "net_failover failover", "virtio_net virtio_ring virtio net_failover", "virtio_console virtio virtio_ring",
+		"vsock", "vmw_vsock_virtio_transport_common vsock", "vmw_vsock_virtio_transport virtio vmw_vsock_virtio_transport_common virtio_ring vsock",
+		"button", "evdev"} {
+		f := strings.Fields(p)
+		mods = append(mods, &kmod{name: f[0], deps: f[1:], done: make(chan struct{})})
+	}
+	cfg, _ := guestboot.Parse("") // no paddock.ip, no vsock
+	modsNow, modsLater := splitModules(mods, &cfg)
+	others, _ := splitByName(modsNow, notForRoot)
+	now, later := forDevices(mods, append(others, modsLater...), others, present)
+	names := func(ms []*kmod) string {
+		var n []string
+		for _, m := range ms {
+			n = append(n, m.name)
+		}
+		return strings.Join(n, " ")
+	}
+	if got := names(now); got != "failover net_failover virtio_net virtio_console" {
+		t.Errorf("now: %s", got)
+	}
+	if got := names(later); got != "button evdev" {
+		t.Errorf("later: %s", got)
+	}
+	for _, m := range mods {
+		if strings.Contains(m.name, "vsock") {
+			select {
+			case <-m.done: // never loaded, and no one waits for it
+			default:
+				t.Errorf("%s: not done", m.name)
+			}
 		}
 	}
 }

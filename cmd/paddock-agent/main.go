@@ -136,15 +136,25 @@ func (s *initState) run() {
 	otherMods, rootMods := splitByName(modsNow, notForRoot)
 	netMods, _ := splitByName(modsNow, netModules)
 	startModules(rootMods, cfg.Debug)
+	// Once the transport has listed the VM's virtio devices, the drivers
+	// of those present load before the agent is ready, those of absent
+	// ones not at all (forDevices).
+	split := make(chan struct{})
 	modsDone := make(chan struct{})
 	go func() {
 		defer close(modsDone)
 		_ = s.phase("modules", func() error {
 			err := waitModules(rootMods)
+			if present, ok := virtioDrivers("/sys/bus/virtio/devices"); ok {
+				otherMods, modsLater = forDevices(mods, append(otherMods, modsLater...), otherMods, present)
+			}
+			close(split)
 			startModules(otherMods, cfg.Debug)
 			return errors.Join(err, waitModules(otherMods), lateErr)
 		})
 	}()
+	// The devices are listed before the root's mount moves /sys.
+	<-split
 	netDone := make(chan struct{})
 	go func() {
 		defer close(netDone)
@@ -172,7 +182,6 @@ func (s *initState) run() {
 	rootOK := false
 	var oldRoot *os.File
 	if cfg.Root != "" {
-		_ = waitModules(rootMods)
 		if s.phase("root", func() error { return mountRoot(cfg) }) == nil {
 			rootOK = s.phase("switch_root", func() (err error) { oldRoot, err = switchRoot(); return err }) == nil
 		}
