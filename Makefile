@@ -60,7 +60,7 @@ bench: deps kernel build
 	PADDOCK_BENCH_MINBASE=$(MINBASE) $(GO) run ./bench
 	@echo "== ext4 base build from the flattened minbase image (x-ref: / tar -x + mkfs.ext4 -d)"
 	PADDOCK_BENCH_ROOTFS_TAR=$(MINBASE) $(BENCH) 3x -bench Build ./imaging/ext4
-	@echo "== VM start as a user waits on it: paddock run -> first exec answered, start after stop (x bare: / a bare QEMU of the same kit and disk to agent hello)"
+	@echo "== VM start as a user waits on it: paddock run -> first exec answered, start after stop, paddock's own overhead API -> hello, the phase reports (x bare: / a bare QEMU of the same kit and disk to agent hello)"
 	PADDOCK_BENCH_MINBASE=$(MINBASE) $(GO) run ./bench -start
 	@echo "== guest boot: QEMU start -> agent hello, / a bare kernel whose /init powers off (median of 5)"
 	$(BENCH) 5x -bench Boot ./bootkit/qemurun

@@ -181,17 +181,17 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 		// the median run's report
 		r := rs[slices.Index(own, o)]
 		q := med(bareVMM)
-		fmt.Printf("%s: API call -> agent hello less the guest's own boot  %v (all %d: %v); the bare boot's QEMU exec -> hello less the guest's %v\n",
-			what, o.Round(time.Millisecond), len(own), roundAll(own), q.Round(time.Millisecond))
+		fmt.Printf("%s: API call -> agent hello less the guest's own boot  %v = %.3fx the bare boot (all %d: %v); the bare boot's QEMU exec -> hello less the guest's  %v = %.3fx\n",
+			what, o.Round(time.Millisecond), ratio(o, ref), len(own), roundAll(own), q.Round(time.Millisecond), ratio(q, ref))
 		fmt.Printf("%s: paddock's own overhead, API call -> agent hello  %v  = %.3fx the bare boot (goal <= 100 ms)\n", what, (o - q).Round(time.Millisecond), ratio(o-q, ref))
 		b := med(before)
 		fmt.Printf("%s: paddock's steps before the guest runs (API call -> VMM resumed, QEMU's own start included)  %v  = %.3fx the bare boot\n", what, b.Round(time.Millisecond), ratio(b, ref))
-		fmt.Printf("  paddock's steps (daemon's clock; agent = VMM resumed -> hello, first_exec = the CLI's exec):")
+		fmt.Printf("  paddock's steps (daemon's clock, ms, against the bare boot's %.0f ms; agent = VMM resumed -> hello, first_exec = the CLI's exec):", ms(ref))
 		for _, p := range r.Steps {
 			fmt.Printf(" %s %.0f ms,", p.Name, p.MS)
 		}
 		var kernelMS float64
-		fmt.Printf("\n  the guest's (its boot clock, ready at %.0f ms; phases overlap):", r.GuestReadyMS)
+		fmt.Printf("\n  the guest's (its boot clock, ms, ready at %.0f ms; phases overlap):", r.GuestReadyMS)
 		for _, p := range r.Guest {
 			fmt.Printf(" %s %.0f ms,", p.Name, p.MS)
 			if p.Name == "kernel" {

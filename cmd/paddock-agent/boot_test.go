@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-vm/paddock/guestboot"
 )
 
 // The root's mount waits for the block and file system chains only: it
@@ -86,5 +89,96 @@ func TestFreeInitramfs(t *testing.T) {
 	}
 	if err := unix.Fstat(int(f.Fd()), &unix.Stat_t{}); err == nil {
 		t.Error("the handle is still open")
+	}
+}
+
+// The late modules load one after the other, in the list's order, on the
+// caller's thread; one whose dependency failed is not loaded.
+func TestLoadModulesHere(t *testing.T) {
+	var mods []*kmod
+	for _, p := range []string{"failover", "net_failover failover", "virtio_net net_failover", "button", "evdev"} {
+		f := strings.Fields(p)
+		mods = append(mods, &kmod{name: f[0], deps: f[1:], done: make(chan struct{})})
+	}
+	var order []string
+	saved := loadKmod
+	t.Cleanup(func() { loadKmod = saved })
+	loadKmod = func(m *kmod) error {
+		order = append(order, m.name) // no lock: one goroutine loads them all
+		if m.name == "failover" {
+			return errors.New("no such module")
+		}
+		return nil
+	}
+	err := loadModulesHere(mods, false)
+	if got := strings.Join(order, " "); got != "failover button evdev" {
+		t.Errorf("loaded %q", got)
+	}
+	if err == nil || !strings.Contains(err.Error(), "virtio_net: dependency net_failover failed") {
+		t.Errorf("errors: %v", err)
+	}
+	for _, m := range mods {
+		select {
+		case <-m.done:
+		default:
+			t.Errorf("%s not done", m.name)
+		}
+	}
+}
+
+// The VM's devices decide: a driver whose device is there loads before the
+// agent is ready (a NIC without paddock.ip too), one whose device is not
+// never loads, nor what only it needs; the power button stays late.
+func TestForDevices(t *testing.T) {
+	sys := t.TempDir()
+	for i, id := range []string{"0x0002", "0x0002", "0x0003", "0x0001"} {
+		dir := filepath.Join(sys, "virtio"+string(rune('0'+i)))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "device"), []byte(id+"\n"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	present, ok := virtioDrivers(sys)
+	if !ok || !present["virtio_net"] || !present["virtio_blk"] || !present["virtio_console"] || present["vmw_vsock_virtio_transport"] {
+		t.Fatalf("present %v %v", present, ok)
+	}
+	if _, ok := virtioDrivers(filepath.Join(sys, "none")); ok {
+		t.Error("no bus read as no devices")
+	}
+	var mods []*kmod
+	for _, p := range []string{"virtio_ring", "virtio virtio_ring", "virtio_mmio virtio virtio_ring", "virtio_blk virtio virtio_ring",
+		"failover", "net_failover failover", "virtio_net virtio_ring virtio net_failover", "virtio_console virtio virtio_ring",
+		"vsock", "vmw_vsock_virtio_transport_common vsock", "vmw_vsock_virtio_transport virtio vmw_vsock_virtio_transport_common virtio_ring vsock",
+		"button", "evdev"} {
+		f := strings.Fields(p)
+		mods = append(mods, &kmod{name: f[0], deps: f[1:], done: make(chan struct{})})
+	}
+	cfg, _ := guestboot.Parse("") // no paddock.ip, no vsock
+	modsNow, modsLater := splitModules(mods, &cfg)
+	others, _ := splitByName(modsNow, notForRoot)
+	now, later := forDevices(mods, append(others, modsLater...), others, present)
+	names := func(ms []*kmod) string {
+		var n []string
+		for _, m := range ms {
+			n = append(n, m.name)
+		}
+		return strings.Join(n, " ")
+	}
+	if got := names(now); got != "failover net_failover virtio_net virtio_console" {
+		t.Errorf("now: %s", got)
+	}
+	if got := names(later); got != "button evdev" {
+		t.Errorf("later: %s", got)
+	}
+	for _, m := range mods {
+		if strings.Contains(m.name, "vsock") {
+			select {
+			case <-m.done: // never loaded, and no one waits for it
+			default:
+				t.Errorf("%s: not done", m.name)
+			}
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -128,20 +129,35 @@ func (s *initState) run() {
 		logf("module list: %v", err)
 	}
 	modsNow, modsLater := splitModules(mods, cfg)
-	// The modules load concurrently with what follows: the root's mount
-	// waits for the block and file system chains only, the network for
-	// its driver, the control channel for every module (the console's).
-	// Those loaded after the agent is ready are opened now, from the
-	// initramfs.
+	// The modules load while the boot goes on: first those the root disk
+	// needs (block, file system chains, concurrently), which its mount
+	// waits for; then, while the root is mounted, the others (the agent's
+	// channel, the network's driver), which the control channel and the
+	// network wait for. Those loaded after the agent is ready are opened
+	// now, from the initramfs.
 	lateErr := openModules(modsLater)
-	startModules(modsNow, cfg.Debug)
+	otherMods, rootMods := splitByName(modsNow, notForRoot)
+	netMods, _ := splitByName(modsNow, netModules)
+	startModules(rootMods, cfg.Debug)
+	// Once the transport has listed the VM's virtio devices, the drivers
+	// of those present load before the agent is ready, those of absent
+	// ones not at all (forDevices).
+	split := make(chan struct{})
 	modsDone := make(chan struct{})
 	go func() {
 		defer close(modsDone)
-		_ = s.phase("modules", func() error { return errors.Join(waitModules(modsNow), lateErr) })
+		_ = s.phase("modules", func() error {
+			err := waitModules(rootMods)
+			if present, ok := virtioDrivers("/sys/bus/virtio/devices"); ok {
+				otherMods, modsLater = forDevices(mods, append(otherMods, modsLater...), otherMods, present)
+			}
+			close(split)
+			startModules(otherMods, cfg.Debug)
+			return errors.Join(err, waitModules(otherMods), lateErr)
+		})
 	}()
-	netMods, _ := splitByName(modsNow, netModules)
-	_, rootMods := splitByName(modsNow, notForRoot)
+	// The devices are listed before the root's mount moves /sys.
+	<-split
 	netDone := make(chan struct{})
 	go func() {
 		defer close(netDone)
@@ -149,7 +165,8 @@ func (s *initState) run() {
 		_ = s.phase("network", func() error { return setupNetwork(cfg) })
 	}()
 
-	// Look for the control port while the root disk is being mounted.
+	// Look for the control port, once its driver is in, while the root
+	// disk is being mounted.
 	type portResult struct {
 		path string
 		err  error
@@ -157,6 +174,7 @@ func (s *initState) run() {
 	portCh := make(chan portResult, 1)
 	if cfg.Serial != "" {
 		go func() {
+			<-modsDone
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			p, err := agent.FindVirtioPort(ctx, cfg.Serial)
@@ -167,7 +185,6 @@ func (s *initState) run() {
 	rootOK := false
 	var oldRoot *os.File
 	if cfg.Root != "" {
-		_ = waitModules(rootMods)
 		if s.phase("root", func() error { return mountRoot(cfg) }) == nil {
 			rootOK = s.phase("switch_root", func() (err error) { oldRoot, err = switchRoot(); return err }) == nil
 		}
@@ -259,16 +276,26 @@ func (s *initState) run() {
 	s.mu.Lock()
 	s.ready = agent.BootTimeNS()
 	s.mu.Unlock()
+	lateDone := make(chan struct{})
 	go func() {
+		defer close(lateDone)
 		// Drivers this boot did not ask for (network without paddock.ip,
 		// vsock without paddock.vsock) and the power button still load,
-		// after the agent is ready.
+		// after the agent is ready, and the initramfs is emptied: on a
+		// thread of the lowest priority, so that a first exec (the guest
+		// has one vCPU, maybe) goes first. The thread is never unlocked: it
+		// ends with this goroutine, priority and all.
+		runtime.LockOSThread()
+		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
 		if oldRoot != nil {
 			freeInitramfs(oldRoot)
 		}
 		if len(modsLater) > 0 {
-			_ = s.phase("modules_late", func() error { return loadModules(modsLater, cfg.Debug) })
+			_ = s.phase("modules_late", func() error { return loadModulesHere(modsLater, cfg.Debug) })
 		}
+	}()
+	go func() {
+		<-lateDone
 		if err := watchPowerButton(func() { s.shutdown(false) }, cfg.Debug); err != nil && cfg.Debug {
 			logf("power button: %v", err)
 		}

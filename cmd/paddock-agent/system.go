@@ -217,6 +217,33 @@ func startModules(mods []*kmod, debug bool) {
 	}
 }
 
+// loadModulesHere loads mods one after the other, in their order (each
+// after its dependencies), on the calling goroutine's thread.
+func loadModulesHere(mods []*kmod, debug bool) error {
+	var errs []error
+	failed := map[string]bool{}
+	for _, m := range mods {
+		for _, d := range m.deps {
+			if failed[d] {
+				m.err = fmt.Errorf("dependency %s failed", d)
+			}
+		}
+		if m.err == nil {
+			start := time.Now()
+			m.err = loadKmod(m)
+			if debug {
+				logf("module %s: %.1f ms", m.name, float64(time.Since(start).Microseconds())/1000)
+			}
+		}
+		if m.err != nil {
+			failed[m.name] = true
+			errs = append(errs, fmt.Errorf("%s: %w", m.name, m.err))
+		}
+		close(m.done)
+	}
+	return errors.Join(errs...)
+}
+
 // waitModules waits until every module of mods (started) is loaded or has
 // failed, and returns their errors.
 func waitModules(mods []*kmod) error {
@@ -228,6 +255,107 @@ func waitModules(mods []*kmod) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// virtioDriverOf maps a virtio device ID (as /sys/bus/virtio/devices/*/device
+// shows it) to the module that drives it.
+var virtioDriverOf = map[string]string{"0x0001": "virtio_net", "0x0002": "virtio_blk", "0x0003": "virtio_console", "0x0013": "vmw_vsock_virtio_transport"}
+
+// virtioDrivers lists the drivers the VM's virtio devices need, from dir
+// (/sys/bus/virtio/devices, complete once the transport is loaded); ok is
+// false when dir cannot be read (no virtio bus: nothing is to be inferred).
+func virtioDrivers(dir string) (need map[string]bool, ok bool) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, false
+	}
+	need = map[string]bool{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "device"))
+		if err != nil {
+			return nil, false
+		}
+		if drv, ok := virtioDriverOf[strings.TrimSpace(string(b))]; ok {
+			need[drv] = true
+		}
+	}
+	return need, true
+}
+
+// forDevices splits pending (modules not loaded yet: those the boot needs
+// now, wasNow, and the later ones) by the VM's devices: a virtio driver
+// whose device is present loads now, with what it depends on; one whose
+// device is absent does not load at all, nor what only it needs (its done
+// is closed, without an error: a missing device is the VM's, not a module's
+// failure). The other modules keep their side; all lists keep mods' order.
+func forDevices(mods, pending, wasNow []*kmod, present map[string]bool) (now, later []*kmod) {
+	isDriver := map[string]bool{}
+	for _, d := range virtioDriverOf {
+		isDriver[d] = true
+	}
+	byName, isDep, isPending, inNow := map[string]*kmod{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for _, m := range mods {
+		byName[m.name] = m
+		for _, d := range m.deps {
+			isDep[d] = true
+		}
+	}
+	for _, m := range pending {
+		isPending[m.name] = true
+	}
+	for _, m := range wasNow {
+		inNow[m.name] = true
+	}
+	closure := func(roots []string) map[string]bool {
+		out := map[string]bool{}
+		var mark func(string)
+		mark = func(n string) {
+			if out[n] {
+				return
+			}
+			out[n] = true
+			if m, ok := byName[n]; ok {
+				for _, d := range m.deps {
+					mark(d)
+				}
+			}
+		}
+		for _, r := range roots {
+			mark(r)
+		}
+		return out
+	}
+	var nowRoots, laterRoots []string
+	for _, m := range pending {
+		switch {
+		case isDriver[m.name]:
+			if present[m.name] {
+				nowRoots = append(nowRoots, m.name)
+			}
+		case isDep[m.name]:
+		case inNow[m.name]:
+			nowRoots = append(nowRoots, m.name)
+		default:
+			laterRoots = append(laterRoots, m.name)
+		}
+	}
+	needNow, needLater := closure(nowRoots), closure(laterRoots)
+	for _, m := range mods {
+		switch {
+		case !isPending[m.name]:
+		case needNow[m.name]:
+			now = append(now, m)
+		case needLater[m.name]:
+			later = append(later, m)
+		default: // not needed: never loaded
+			if m.file != nil {
+				m.file.Close()
+				m.file = nil
+			}
+			close(m.done)
+		}
+	}
+	return now, later
 }
 
 // netModules are the network driver's chain: the network's setup waits
