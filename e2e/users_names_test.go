@@ -519,8 +519,14 @@ func TestTwoUsersOwnershipOverDispatch(t *testing.T) {
 		"ResizeWorkspace":   {pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "size": 128 << 20} })},
 		"PullWorkspace":     {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "path": "x"} })},
 		"PushWorkspace":     {fds: 1, pairs: wsPairs(func(r string) any { return map[string]any{"workspace": r, "path": "x", "name": "x"} })},
-		"CopyOut":           {fds: 1, pairs: vmPairs(func(r string) any { return map[string]any{"vm": r, "path": "/etc/hostname"} })},
-		"CopyIn":            {fds: 1, pairs: vmPairs(func(r string) any { return map[string]any{"vm": r, "path": "/tmp", "name": "x"} })},
+		// Template names are per user; this daemon runs no VMs, so alice
+		// has none: bob's removal of a name of hers answers like a name
+		// nobody has (TestTemplates covers templates that exist).
+		"CreateTemplate": {scoped: map[string]any{"name": "bob-t", "image": "alpine"}},
+		"ListTemplates":  {scoped: map[string]any{}},
+		"RemoveTemplate": {pairs: one(map[string]any{"template": "alice-tmpl"}, map[string]any{"template": "nobody-tmpl"}, "alice-tmpl", "nobody-tmpl")},
+		"CopyOut":        {fds: 1, pairs: vmPairs(func(r string) any { return map[string]any{"vm": r, "path": "/etc/hostname"} })},
+		"CopyIn":         {fds: 1, pairs: vmPairs(func(r string) any { return map[string]any{"vm": r, "path": "/tmp", "name": "x"} })},
 	}
 
 	// The methods the running daemon serves, from its own description.
