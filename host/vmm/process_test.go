@@ -370,6 +370,8 @@ func TestZombie(t *testing.T) {
 func TestFindAndIntentKill(t *testing.T) {
 	var b Base
 	p := launchFake(t, &b)
+	// Past its confining step: while it execs, /proc shows no argv.
+	readVMMLog(t, p)
 	found, err := Find(p.VMID)
 	if err != nil || len(found) != 1 {
 		t.Fatalf("Find: %v %v", found, err)
