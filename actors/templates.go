@@ -80,10 +80,6 @@ func (m *ListTemplates) describe() string  { return "template list" }
 func (m *GetTemplate) describe() string    { return "lookup of template " + m.Ref }
 func (m *RemoveTemplate) describe() string { return "removal of template " + m.Ref }
 
-// ErrTemplateNotFound: no such template among the caller's (another
-// user's looks the same).
-var ErrTemplateNotFound = &Error{Kind: ErrNotFound, Msg: "no such template"}
-
 type templatesActor struct {
 	d        TemplateDeps
 	log      *slog.Logger
@@ -331,7 +327,7 @@ func (a *templatesActor) made(ctx actor.Context, m *templateMade) {
 	ctx.Send(m.done, &TemplateResult{Template: &c})
 }
 
-// digestFile is path's sha256 and size, the file fsynced first.
+// digestFile is path's sha256 and size (the driver's Save fsynced it).
 func digestFile(path string) (string, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {

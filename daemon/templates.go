@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/paddock-vm/paddock/actors"
 	"github.com/paddock-vm/paddock/api"
 	"github.com/paddock-vm/paddock/host/disk"
+	"github.com/paddock-vm/paddock/netspec"
 	"github.com/paddock-vm/paddock/state"
 	"github.com/paddock-vm/paddock/varlink"
 )
@@ -77,6 +79,12 @@ func (d *Daemon) createTemplate(ctx context.Context, c *varlink.Call) error {
 	}
 	if err := d.checkKit(in.Kernel); err != nil {
 		return err
+	}
+	if n := cmp.Or(d.config().VM.Network, netspec.Bridge); in.Network == nil && n != "none" {
+		// Recorded as given, not as "the daemon's default": a VM resumed
+		// after vm.network changed must still have the saved devices
+		// ("none" cannot be named; a default of none stays implicit).
+		in.Network = &n
 	}
 	r, err := d.actors.TemplateRequest(ctx, &actors.CreateTemplate{Caller: d.auth.caller(c.Peer), Name: in.Name, Image: in.Image,
 		CPUs: in.CPUs, Memory: in.Memory, DiskSize: in.DiskSize, Network: in.Network, Kernel: in.Kernel})
