@@ -187,14 +187,28 @@ func (a *templatesActor) load(ctx actor.Context) {
 }
 
 func (a *templatesActor) lookup(c Caller, ref string) (*state.Template, error) {
+	// An id, else the caller's own name, else (admins) a name one user has.
 	var found *state.Template
+	var others []*state.Template
 	for _, t := range a.t {
-		if (t.ID == ref || t.Name == ref) && c.May(t.OwnerUID) && t.Status == state.TemplateReady {
-			if t.Name == ref && found != nil && found.OwnerUID == c.UID {
-				continue // the caller's own name wins over another's (admins)
-			}
-			found = t
+		if t.Status != state.TemplateReady || !c.May(t.OwnerUID) {
+			continue
 		}
+		switch {
+		case t.ID == ref, t.Name == ref && t.OwnerUID == c.UID:
+			found = t
+		case t.Name == ref:
+			others = append(others, t)
+		}
+		if found != nil {
+			break
+		}
+	}
+	if found == nil && len(others) > 1 {
+		return nil, &Error{Kind: ErrInvalidArgument, Field: "template", Msg: fmt.Sprintf("%d users have a template named %q: give its id", len(others), ref)}
+	}
+	if found == nil && len(others) == 1 {
+		found = others[0]
 	}
 	if found == nil {
 		return nil, &Error{Kind: ErrNotFound, VM: ref, Msg: fmt.Sprintf("no template named %q", ref)}

@@ -90,6 +90,20 @@ func TestTemplateCreateAndResume(t *testing.T) {
 	if _, err := h.tmpl(t, &GetTemplate{Caller: Caller{UID: 1002}, Ref: "t1"}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("bob's lookup of alice's template: %v", err)
 	}
+	// Names are per owner: bob's t1 is his; an admin must then give an id.
+	bobs, err := h.tmpl(t, &CreateTemplate{Caller: Caller{UID: 1002}, Name: "t1", Image: "alpine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := h.tmpl(t, &GetTemplate{Caller: Caller{UID: 1002}, Ref: "t1"}); err != nil || r.Template.ID != bobs.Template.ID {
+		t.Fatalf("bob's own t1: %+v %v", r, err)
+	}
+	if _, err := h.tmpl(t, &GetTemplate{Caller: admin, Ref: "t1"}); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "give its id") {
+		t.Fatalf("admin's lookup of a name two users have: %v", err)
+	}
+	if r, err := h.tmpl(t, &GetTemplate{Caller: admin, Ref: tp.ID}); err != nil || r.Template.ID != tp.ID {
+		t.Fatalf("admin's lookup by id: %+v %v", r, err)
+	}
 
 	c1, err := h.do(t, &CreateVM{Caller: alice, Name: "c1", Image: tp.ImageDigest, Template: tp.ID})
 	if err != nil {
