@@ -89,17 +89,33 @@ type ImageResult struct {
 	Err     error
 }
 
-// ImageUser is a VM that uses an image.
+// ImageUser is a VM or a template that uses an image.
 type ImageUser struct {
 	ID, Name string
 	Owner    uint32
 	Digest   string
+	// Template marks a template (made from the image): a forced removal
+	// of the image sweeps it, as its VMs need the image's config.
+	Template bool
 }
 
-// ImageUsers reports which VMs (every user's) use which image; the daemon
-// wires it to the Manager so the Import actor holds no pointer into it. The
-// Import actor calls it off its mailbox.
+// label names u for a refusal: "web", or "template t1".
+func (u ImageUser) label() string {
+	if u.Template {
+		return "template " + orID(u.Name, u.ID)
+	}
+	return orID(u.Name, u.ID)
+}
+
+// ImageUsers reports which VMs and templates (every user's) use which
+// image; the daemon wires it to the Manager and the Templates actor so the
+// Import actor holds no pointer into them. The Import actor calls it off
+// its mailbox.
 type ImageUsers func() ([]ImageUser, error)
+
+// ImageGone tells the templates that the caller's image digest is gone:
+// the caller's templates made from it go with it. Called off the mailbox.
+type ImageGone func(c Caller, digest string) error
 
 // usersKnown carries the answer of ImageUsers back into the Import actor,
 // to the continuation of the request that asked.
@@ -153,12 +169,13 @@ type importActor struct {
 	log      *slog.Logger
 	importer *imaging.Importer
 	users    ImageUsers
+	gone     ImageGone
 	flights  map[string]*flight
 	opening  map[uint64]context.CancelFunc
 }
 
-func newImportActor(log *slog.Logger, im *imaging.Importer, users ImageUsers) actor.Actor {
-	return &importActor{log: log.With("actor", NameImport), importer: im, users: users}
+func newImportActor(log *slog.Logger, im *imaging.Importer, users ImageUsers, gone ImageGone) actor.Actor {
+	return &importActor{log: log.With("actor", NameImport), importer: im, users: users, gone: gone}
 }
 
 func (a *importActor) Receive(ctx actor.Context) {
@@ -286,7 +303,22 @@ func (a *importActor) Receive(ctx actor.Context) {
 			}
 			// Looked up again: the store may have changed meanwhile.
 			removed, err := a.remove(m, users)
-			ctx.Send(sender, &ImageResult{Removed: removed, Err: err})
+			if err != nil || a.gone == nil || !hasTemplate(m.Caller, users, removed) {
+				ctx.Send(sender, &ImageResult{Removed: removed, Err: err})
+				return
+			}
+			// The caller's templates of it go too (a forced removal), off
+			// the mailbox; the answer waits for them so a template list
+			// right after never shows one.
+			root := ctx.ActorSystem().Root
+			go func() {
+				if err := a.gone(m.Caller, removed[0]); err != nil {
+					err = fmt.Errorf("image %s removed, but not its templates: %w", m.Ref, err)
+					root.Send(sender, &ImageResult{Removed: removed, Err: err})
+					return
+				}
+				root.Send(sender, &ImageResult{Removed: removed})
+			}()
 		})
 	case *PruneImages:
 		if a.importer == nil {
@@ -450,7 +482,7 @@ func (a *importActor) remove(m *RemoveImage, all []ImageUser) ([]string, error) 
 	users := usersOf(all, img.Digest)
 	mine := visibleUsers(m.Caller, users)
 	if len(mine) > 0 && !m.Force {
-		return nil, &Error{Kind: ErrImageInUse, VM: m.Ref, Msg: fmt.Sprintf("image %s is used by %d VM(s): %s (remove them first, or force)", m.Ref, len(mine), strings.Join(mine, ", "))}
+		return nil, &Error{Kind: ErrImageInUse, VM: m.Ref, Msg: fmt.Sprintf("image %s is used by %s: %s (remove them first, or force: its templates go with it)", m.Ref, countUsers(m.Caller, users), strings.Join(mine, ", "))}
 	}
 	held := false
 	if purge {
@@ -476,16 +508,51 @@ func publicRefusal(ref string) error {
 	return &Error{Kind: ErrPermissionDenied, VM: ref, Msg: fmt.Sprintf("image %s is public: only an admin removes it", ref)}
 }
 
-// visibleUsers names the VMs among users that c may see, sorted.
+// visibleUsers names the VMs and templates among users that c may see,
+// sorted.
 func visibleUsers(c Caller, users []ImageUser) []string {
 	var out []string
 	for _, u := range users {
 		if c.May(u.Owner) {
-			out = append(out, orID(u.Name, u.ID))
+			out = append(out, u.label())
 		}
 	}
 	sort.Strings(out)
 	return out
+}
+
+// countUsers says "2 VM(s)", "1 template(s)" or both, of those c may see.
+func countUsers(c Caller, users []ImageUser) string {
+	vms, tmpls := 0, 0
+	for _, u := range users {
+		switch {
+		case !c.May(u.Owner):
+		case u.Template:
+			tmpls++
+		default:
+			vms++
+		}
+	}
+	switch {
+	case tmpls == 0:
+		return fmt.Sprintf("%d VM(s)", vms)
+	case vms == 0:
+		return fmt.Sprintf("%d template(s)", tmpls)
+	}
+	return fmt.Sprintf("%d VM(s) and %d template(s)", vms, tmpls)
+}
+
+// hasTemplate says whether the removed image had templates c may see.
+func hasTemplate(c Caller, users []ImageUser, removed []string) bool {
+	if len(removed) == 0 {
+		return false
+	}
+	for _, u := range usersOf(users, removed[0]) {
+		if u.Template && c.May(u.Owner) {
+			return true
+		}
+	}
+	return false
 }
 
 // prune drops the caller's hold on every image none of its VMs uses (an

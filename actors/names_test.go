@@ -397,7 +397,7 @@ func TestRemovalWaitsOffTheMailbox(t *testing.T) {
 	sys := actor.NewActorSystem()
 	t.Cleanup(sys.Shutdown)
 	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor {
-		return newImportActor(slog.New(slog.DiscardHandler), &imaging.Importer{Store: store}, users)
+		return newImportActor(slog.New(slog.DiscardHandler), &imaging.Importer{Store: store}, users, nil)
 	}))
 	ask := func(msg any) (*ImageResult, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -137,9 +137,15 @@ func Start(ctx context.Context, d Deps) (*System, error) {
 		// bound. An error refuses the removal: never remove on a guess.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{})
+		return s.imageUsers(ctx, "")
 	}
-	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users) }), NameImport); err != nil {
+	gone := func(c Caller, digest string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := request[*TemplateResult](ctx, s.sys.Root, s.Templates, &imageRemoved{Caller: c, Digest: digest})
+		return err
+	}
+	if s.Import, err = root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return newImportActor(d.Log, d.Importer, users, gone) }), NameImport); err != nil {
 		return nil, fmt.Errorf("spawn import actor: %w", err)
 	}
 	wd := d.Workspaces
@@ -318,11 +324,26 @@ func (s *System) Touch(vmID, cause string) {
 // Host is the host facilities VMs run on (nil: records only).
 func (s *System) Host() *Host { return s.host }
 
-// ImageUsers names the VMs that use an image, of those the caller may see.
+// imageUsers asks the Manager and the Templates actor which VMs and
+// templates use the image digest (any image with "").
+func (s *System) imageUsers(ctx context.Context, digest string) ([]ImageUser, error) {
+	vms, err := request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
+	if err != nil {
+		return nil, err
+	}
+	tmpls, err := request[[]ImageUser](ctx, s.sys.Root, s.Templates, &imageUsers{Digest: digest})
+	if err != nil {
+		return nil, err
+	}
+	return append(vms, tmpls...), nil
+}
+
+// ImageUsers names the VMs and templates that use an image, of those the
+// caller may see.
 func (s *System) ImageUsers(ctx context.Context, c Caller, digest string) ([]string, error) {
 	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
-	users, err := request[[]ImageUser](ctx, s.sys.Root, s.Manager, &imageUsers{Digest: digest})
+	users, err := s.imageUsers(ctx, digest)
 	if err != nil {
 		return nil, err
 	}

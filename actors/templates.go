@@ -91,6 +91,15 @@ type templatesActor struct {
 // crash cut short and their builder VMs.
 type sweepTemplates struct{}
 
+// imageRemoved tells the Templates actor that Caller removed the image
+// Digest: its templates go with it.
+type imageRemoved struct {
+	Caller Caller
+	Digest string
+}
+
+func (m *imageRemoved) describe() string { return "removal of the templates of image " + m.Digest }
+
 // templateMade ends a creation in the mailbox.
 type templateMade struct {
 	t    *state.Template
@@ -142,6 +151,16 @@ func (a *templatesActor) Receive(ctx actor.Context) {
 		delete(a.t, t.ID)
 		a.log.Info("template removed", "template", t.Name, "template_id", t.ID, "owner_uid", t.OwnerUID)
 		ctx.Respond(&TemplateResult{Template: t})
+	case *imageUsers:
+		users := []ImageUser{}
+		for _, t := range a.t {
+			if m.Digest == "" || t.ImageDigest == m.Digest {
+				users = append(users, ImageUser{ID: t.ID, Name: t.Name, Owner: t.OwnerUID, Digest: t.ImageDigest, Template: true})
+			}
+		}
+		ctx.Respond(users)
+	case *imageRemoved:
+		ctx.Respond(&TemplateResult{Err: a.imageRemoved(m)})
 	case *CreateTemplate:
 		a.create(ctx, m)
 	case *templateMade:
@@ -184,6 +203,23 @@ func (a *templatesActor) load(ctx actor.Context) {
 		}
 		a.t[t.ID] = t
 	}
+}
+
+// imageRemoved sweeps the templates of an image its caller removed: those
+// the caller may see (an admin's purge: everyone's). Others' stay, with
+// their own hold on the image.
+func (a *templatesActor) imageRemoved(m *imageRemoved) error {
+	for id, t := range a.t {
+		if t.ImageDigest != m.Digest || t.Status != state.TemplateReady || !m.Caller.May(t.OwnerUID) {
+			continue
+		}
+		if err := a.d.Store.Remove(id); err != nil {
+			return fmt.Errorf("template %s: %w", t.Name, err)
+		}
+		delete(a.t, id)
+		a.log.Info("template removed with its image", "template", t.Name, "template_id", id, "owner_uid", t.OwnerUID, "image_digest", m.Digest)
+	}
+	return nil
 }
 
 func (a *templatesActor) lookup(c Caller, ref string) (*state.Template, error) {

@@ -36,7 +36,8 @@ func startTemplates(t *testing.T, dir string) (*harness, string) {
 		}
 	}
 	h := &harness{dir: dir, fk: fk}
-	startTree(t, h, func(d *Deps, _ *imaging.Store) {
+	startTree(t, h, func(d *Deps, imgs *imaging.Store) {
+		d.Importer = &imaging.Importer{Store: imgs}
 		d.Host = host
 		d.OnCounts = func(c api.Counts) {}
 		d.Templates = TemplateDeps{Store: store,
@@ -194,5 +195,63 @@ func TestTemplateCreateFailureLeavesNothing(t *testing.T) {
 	}
 	if r, _ := h.tmpl(t, &ListTemplates{Caller: admin}); len(r.Templates) != 0 {
 		t.Fatalf("templates: %+v", r.Templates)
+	}
+}
+
+// A template uses its image like a VM does: removing the image is refused
+// naming it, a forced removal takes the caller's templates with it (and
+// nobody else's), and a prune keeps an image a template uses.
+func TestTemplatesGoWithTheirImage(t *testing.T) {
+	dir := t.TempDir()
+	h, _ := startTemplates(t, dir)
+	imgs, err := imaging.OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := Caller{UID: 1001}, Caller{UID: 1002}
+	pub, err := imgs.Resolve(imaging.Viewer{Admin: true}, "alpine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []Caller{alice, bob} {
+		if err := imgs.Hold(imaging.UserNamespace(c.UID), pub.Digest, []string{"mine"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ta, err := h.tmpl(t, &CreateTemplate{Caller: alice, Name: "ta", Image: "mine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.tmpl(t, &CreateTemplate{Caller: bob, Name: "tb", Image: "mine"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	images := func(msg any) (*ImageResult, error) { return h.sys.Images(ctx, msg) }
+
+	if r, err := images(&PruneImages{Caller: alice}); err != nil || len(r.Removed) != 0 {
+		t.Fatalf("prune with a template of the image: %+v %v", r, err)
+	}
+	_, err = images(&RemoveImage{Caller: alice, Ref: "mine"})
+	if !errors.Is(err, ErrImageInUse) || !strings.Contains(err.Error(), "1 template(s): template ta") || strings.Contains(err.Error(), "tb") {
+		t.Fatalf("removal of an image a template uses: %v", err)
+	}
+	if users, err := h.sys.ImageUsers(ctx, alice, pub.Digest); err != nil || len(users) != 1 || users[0] != "template ta" {
+		t.Fatalf("image users for alice: %q %v", users, err)
+	}
+	if _, err := images(&RemoveImage{Caller: alice, Ref: "mine", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		who  Caller
+		want int
+	}{{alice, 0}, {bob, 1}} {
+		r, err := h.tmpl(t, &ListTemplates{Caller: c.who})
+		if err != nil || len(r.Templates) != c.want {
+			t.Fatalf("uid %d's templates after alice's forced removal: %+v %v (want %d)", c.who.UID, r, err, c.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, state.TemplatesDir, ta.Template.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("alice's template files: %v", err)
 	}
 }
