@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/host/netdev"
@@ -51,13 +54,20 @@ func (a *vmActor) identity(b *bootPlan) *agent.IdentityRequest {
 }
 
 // verifyState refuses a state file that is not the one saved: a torn or
-// swapped file must never be half-loaded into a guest.
+// swapped file must never be half-loaded into a guest. The whole file is
+// hashed once per daemon and file identity (tens of MB: a quarter second of
+// CPU here, per resume otherwise); any write, truncation or replacement
+// changes the identity (ctime cannot be set back), so it is hashed again.
 func verifyState(tb *TemplateBoot) error {
 	f, err := os.Open(tb.State)
 	if err != nil {
 		return fmt.Errorf("template %s: %w", tb.Name, err)
 	}
 	defer f.Close()
+	id, idErr := stateIdentity(f)
+	if idErr == nil && verifiedStates.has(tb.State, id, tb.StateSHA256) {
+		return nil
+	}
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(f, tb.StateSize+1))
 	if err != nil {
@@ -66,7 +76,51 @@ func verifyState(tb *TemplateBoot) error {
 	if n != tb.StateSize || hex.EncodeToString(h.Sum(nil)) != tb.StateSHA256 {
 		return fmt.Errorf("template %s: the saved state is damaged (%d bytes, want %d, or its digest differs): remove the template and make it again", tb.Name, n, tb.StateSize)
 	}
+	if idErr == nil {
+		verifiedStates.add(tb.State, id, tb.StateSHA256)
+	}
 	return nil
+}
+
+// fileIdentity tells one version of a file from another.
+type fileIdentity struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64
+}
+
+func stateIdentity(f *os.File) (fileIdentity, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fileIdentity{}, err
+	}
+	return fileIdentity{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, nil
+}
+
+// stateCache remembers which state files were hashed and found right.
+type stateCache struct {
+	mu sync.Mutex
+	ok map[string]verifiedState
+}
+
+type verifiedState struct {
+	id     fileIdentity
+	sha256 string
+}
+
+var verifiedStates = &stateCache{ok: map[string]verifiedState{}}
+
+func (c *stateCache) has(path string, id fileIdentity, sum string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.ok[path]
+	return ok && v.id == id && v.sha256 == sum
+}
+
+func (c *stateCache) add(path string, id fileIdentity, sum string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ok[path] = verifiedState{id: id, sha256: sum}
 }
 
 // planRestore makes b the resume of the VM's template: its layer over the
