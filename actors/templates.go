@@ -301,8 +301,8 @@ func (a *templatesActor) build(ctx context.Context, t *state.Template, m *Create
 		// The builder goes whatever happened; a failed creation leaves nothing.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		if _, derr := a.d.vms(dctx, &DeleteVM{Caller: owner, Ref: t.Builder, Force: true}); derr != nil && !errors.Is(derr, ErrNotFound) {
-			err = errors.Join(err, fmt.Errorf("removing builder VM %s: %w", t.Builder, derr))
+		if derr := a.removeBuilder(dctx, t); derr != nil {
+			err = errors.Join(err, derr)
 		}
 	}()
 	run := RunChange{Network: m.Network, Kernel: m.Kernel}
@@ -311,6 +311,12 @@ func (a *templatesActor) build(ctx context.Context, t *state.Template, m *Create
 		return err
 	}
 	vm := r.VM
+	// From here the builder is known by id: the clean-up never deletes a
+	// VM of the same name that is not this creation's.
+	t.BuilderID = vm.ID
+	if err := a.d.Store.Save(t); err != nil {
+		return err
+	}
 	t.ImageDigest, t.Kernel, t.CPUs, t.Memory, t.DiskSize, t.Network = vm.Spec.ImageDigest, vm.Spec.Kernel, vm.Spec.CPUs, vm.Spec.Memory, vm.Spec.DiskSize, vm.Spec.Network
 	if t.Parts, err = a.d.Parts(vm.Spec.Kernel); err != nil {
 		return err
@@ -340,13 +346,39 @@ func (a *templatesActor) build(ctx context.Context, t *state.Template, m *Create
 	return nil
 }
 
+// removeBuilder deletes t's builder VM: by its id once recorded; before
+// that (a crash or a lost answer right after the create) only a VM of the
+// builder's name that is booted for a template — never the owner's own VM
+// that happens to have the name.
+func (a *templatesActor) removeBuilder(ctx context.Context, t *state.Template) error {
+	owner := Caller{UID: t.OwnerUID}
+	id := t.BuilderID
+	if id == "" {
+		r, err := a.d.vms(ctx, &GetVM{Caller: owner, Ref: t.Builder})
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("looking up builder VM %s: %w", t.Builder, err)
+		}
+		if !r.VM.Spec.TemplateBoot {
+			return nil // the owner's own VM: not ours to remove
+		}
+		id = r.VM.ID
+	}
+	if _, err := a.d.vms(ctx, &DeleteVM{Caller: owner, Ref: id, Force: true}); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("removing builder VM %s: %w", t.Builder, err)
+	}
+	return nil
+}
+
 // abandon removes a creation a crash cut short: its builder VM, then it.
 func (a *templatesActor) abandon(t *state.Template) {
 	if a.d.vms != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		_, err := a.d.vms(ctx, &DeleteVM{Caller: Caller{UID: t.OwnerUID}, Ref: t.Builder, Force: true})
+		err := a.removeBuilder(ctx, t)
 		cancel()
-		if err != nil && !errors.Is(err, ErrNotFound) {
+		if err != nil {
 			a.log.Error("removing the builder VM of a template cut short", "template", t.Name, "builder", t.Builder, "err", err)
 			return // kept, to be tried again at the next start
 		}

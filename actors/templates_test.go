@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,4 +255,59 @@ func TestTemplatesGoWithTheirImage(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, state.TemplatesDir, ta.Template.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("alice's template files: %v", err)
 	}
+}
+
+// The sweep of creations a crash cut short removes their builder VMs, by
+// id once recorded, else by name only when that VM was booted for a
+// template: the owner's own VM that has the builder's name stays.
+func TestTemplateSweepSparesOwnersVM(t *testing.T) {
+	dir := t.TempDir()
+	h, _ := startTemplates(t, dir)
+	alice := Caller{UID: 1001}
+	own, err := h.do(t, &CreateVM{Caller: alice, Name: "template-aaaaaaaaaaaa", Image: "alpine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName, err := h.do(t, &CreateVM{Caller: alice, Name: "template-bbbbbbbbbbbb", Image: "alpine", TemplateBoot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID, err := h.do(t, &CreateVM{Caller: alice, Name: "renamed-builder", Image: "alpine", TemplateBoot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sys.Shutdown()
+	store, err := state.NewTemplateStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range []*state.Template{
+		{ID: state.NewID(), Name: "a", Builder: "template-aaaaaaaaaaaa"},
+		{ID: state.NewID(), Name: "b", Builder: "template-bbbbbbbbbbbb"},
+		{ID: state.NewID(), Name: "c", Builder: "template-cccccccccccc", BuilderID: byID.VM.ID},
+	} {
+		tp.OwnerUID, tp.Status = alice.UID, state.TemplateCreating
+		if err := store.Begin(tp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2, _ := startTemplates(t, dir)
+	want := map[string]bool{own.VM.ID: true, byName.VM.ID: false, byID.VM.ID: false}
+	var left map[string]bool
+	for range 100 { // the sweep runs off the mailbox after start-up
+		vms, err := h2.do(t, &ListVMs{Caller: alice})
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = map[string]bool{own.VM.ID: false, byName.VM.ID: false, byID.VM.ID: false}
+		for _, vm := range vms.VMs {
+			left[vm.ID] = true
+		}
+		es, _ := os.ReadDir(filepath.Join(dir, state.TemplatesDir))
+		if maps.Equal(left, want) && len(es) == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("after the sweep, VMs present %v, want %v", left, want)
 }

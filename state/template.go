@@ -41,6 +41,8 @@ type Template struct {
 	// Builder is the name of the VM booted to make it (its owner's), removed
 	// once saved, or by the sweep after a crash.
 	Builder string `json:"builder,omitempty"`
+	// BuilderID is the builder VM's id, recorded as soon as it exists.
+	BuilderID string `json:"builder_id,omitempty"`
 
 	Image       string `json:"image"`
 	ImageDigest string `json:"image_digest"`
