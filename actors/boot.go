@@ -351,6 +351,12 @@ func (a *vmActor) agentUp(ctx actor.Context, handle any) error {
 // guest's phases from the hello (guest boot clock).
 func (a *vmActor) bootReport(op *procedure) *state.BootReport {
 	r := &state.BootReport{Steps: op.marks}
+	if op.plan != nil && op.plan.restore != nil {
+		// The hello came with the saved guest: its phases are the
+		// template's boot, not this start's.
+		r.Resumed = op.plan.restore.Name
+		return r
+	}
 	if a.agentc == nil {
 		return r
 	}

@@ -134,6 +134,11 @@ func TestTemplateCreateAndResume(t *testing.T) {
 		t.Fatalf("identity taken: %+v", ids)
 	}
 
+	got, err := h.do(t, &GetVM{Caller: alice, Ref: "c1"})
+	if err != nil || got.VM.LastBoot == nil || got.VM.LastBoot.Resumed != "t1" || len(got.VM.LastBoot.Guest) != 0 {
+		t.Fatalf("c1's boot report does not say it resumed t1: %+v %v", got, err)
+	}
+
 	mu.Lock()
 	for _, fp := range TemplateFailpoints {
 		if !reached[fp] {

@@ -132,6 +132,8 @@ type BootReport struct {
 	Guest []BootPhase `json:"guest,omitempty"`
 	// GuestReadyMS is when the agent was ready, on the guest's boot clock.
 	GuestReadyMS float64 `json:"guest_ready_ms,omitempty"`
+	// Resumed names the template the start resumed (no guest boot).
+	Resumed string `json:"resumed,omitempty"`
 }
 
 // BootPhase is one named span of a start, in milliseconds.

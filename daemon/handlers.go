@@ -112,7 +112,7 @@ func bootToAPI(b *state.BootReport) *api.BootReport {
 		}
 		return out
 	}
-	return &api.BootReport{Steps: phases(b.Steps), Guest: phases(b.Guest), GuestReadyMS: b.GuestReadyMS}
+	return &api.BootReport{Steps: phases(b.Steps), Guest: phases(b.Guest), GuestReadyMS: b.GuestReadyMS, Resumed: b.Resumed}
 }
 
 // vmNetwork is the network a VM is on: its spec's, else the daemon's

@@ -208,6 +208,9 @@ type BootReport struct {
 	// (its kernel's start): the agent step less it is paddock's own
 	// latency from the VMM's resume to the hello.
 	GuestReadyMS float64 `json:"guest_ready_ms,omitempty"`
+	// Resumed names the template the start resumed; its guest did not
+	// boot, so there are no guest phases (the hello's are the template's).
+	Resumed string `json:"resumed,omitempty"`
 }
 
 // BootPhase is one named span of a start, in milliseconds.

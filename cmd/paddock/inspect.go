@@ -83,6 +83,9 @@ func printDetail(w io.Writer, vm *api.VM) {
 		[2]string{"Updated", vm.UpdatedAt})
 	if b := vm.LastBoot; b != nil {
 		rows = append(rows, [2]string{"Last start", phasesText(b.Steps)})
+		if b.Resumed != "" {
+			rows = append(rows, [2]string{"Resumed from", "template " + b.Resumed})
+		}
 		if len(b.Guest) > 0 {
 			rows = append(rows, [2]string{"Guest boot", phasesText(b.Guest)})
 		}
