@@ -1,12 +1,10 @@
 package state
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -98,7 +96,13 @@ type FileID struct {
 }
 
 // TemplateStore keeps templates under <state>/templates/<id>/.
-type TemplateStore struct{ Root string }
+type TemplateStore struct {
+	recordDir[Template, *Template]
+}
+
+func (t *Template) recordID() string { return t.ID }
+func (t *Template) setSchema(v int)  { t.Schema = v }
+func (t *Template) schema() int      { return t.Schema }
 
 // NewTemplateStore makes the templates directory.
 func NewTemplateStore(stateDir string) (*TemplateStore, error) {
@@ -106,111 +110,43 @@ func NewTemplateStore(stateDir string) (*TemplateStore, error) {
 	if err := os.MkdirAll(root, Private); err != nil {
 		return nil, fmt.Errorf("templates dir: %w", err)
 	}
-	return &TemplateStore{Root: root}, nil
+	return &TemplateStore{recordDir[Template, *Template]{Root: root, kind: "template", meta: templateMeta}}, nil
 }
 
-// Dir is a template's directory; Path one of its files.
-func (s *TemplateStore) Dir(id string) string        { return filepath.Join(s.Root, id) }
+// Path is one of a template's files.
 func (s *TemplateStore) Path(id, file string) string { return filepath.Join(s.Root, id, file) }
-func (s *TemplateStore) meta(id string) string       { return s.Path(id, templateMeta) }
 
 // Begin records the intent to make t: its directory and a "creating"
 // record, durable before anything boots.
-func (s *TemplateStore) Begin(t *Template) error {
-	if !ValidID(t.ID) {
-		return fmt.Errorf("template id %q is not an id", t.ID)
-	}
-	if err := os.Mkdir(s.Dir(t.ID), Private); err != nil {
-		return fmt.Errorf("create template %s: %w", t.Name, err)
-	}
-	if err := SyncDir(s.Root); err != nil {
-		return err
-	}
-	return s.Save(t)
-}
+func (s *TemplateStore) Begin(t *Template) error { return s.begin(t, t.Name) }
 
 // Save writes t's record atomically.
-func (s *TemplateStore) Save(t *Template) error {
-	t.Schema = SchemaVersion
-	b, err := json.MarshalIndent(t, "", "  ")
-	if err != nil {
-		return err
-	}
-	return WriteFileAtomic(s.meta(t.ID), b, 0o600)
-}
+func (s *TemplateStore) Save(t *Template) error { return s.save(t) }
 
 // Load reads one record.
-func (s *TemplateStore) Load(id string) (*Template, error) {
-	if !ValidID(id) {
-		return nil, fmt.Errorf("template %q: %w", id, ErrNotFound)
-	}
-	b, err := os.ReadFile(s.meta(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("template %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var t Template
-	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, fmt.Errorf("template %s: %w: %v", id, ErrCorrupt, err)
-	}
-	if t.Schema > SchemaVersion || t.ID != id {
-		return nil, fmt.Errorf("template %s: %w: schema %d, id %q", id, ErrCorrupt, t.Schema, t.ID)
-	}
-	return &t, nil
-}
-
-// Remove takes a template away: the rename to .deleted-<id> decides, then
-// the files go. VMs resumed from it keep their disks (each pins the
-// frozen disk with a hard link). A template already gone is done.
-func (s *TemplateStore) Remove(id string) error {
-	gone := filepath.Join(s.Root, ".deleted-"+id)
-	if err := os.Rename(s.Dir(id), gone); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("remove template %s: %w", id, err)
-	}
-	if err := SyncDir(s.Root); err != nil {
-		return err
-	}
-	return os.RemoveAll(gone)
-}
+func (s *TemplateStore) Load(id string) (*Template, error) { return s.load(id) }
 
 // LoadAll reads every template and sweeps removals cut short and
 // directories without a record. Records still "creating" are returned
 // (the caller removes their builder VM, then them); corrupt ones are
 // reported and kept.
 func (s *TemplateStore) LoadAll() (all []*Template, swept []string, corrupt []error, err error) {
-	es, err := os.ReadDir(s.Root)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("read %s: %w", s.Root, err)
-	}
-	for _, e := range es {
-		name := e.Name()
-		if strings.HasPrefix(name, ".deleted-") {
-			if err := os.RemoveAll(filepath.Join(s.Root, name)); err != nil {
-				return nil, nil, nil, err
-			}
-			swept = append(swept, name)
-			continue
-		}
-		if !e.IsDir() || !ValidID(name) {
-			continue
-		}
-		t, err := s.Load(name)
+	deleted, err := s.scan(func(id string, t *Template, err error) error {
 		switch {
 		case errors.Is(err, ErrNotFound):
-			if err := s.Remove(name); err != nil {
-				return nil, nil, nil, err
+			if err := s.Remove(id); err != nil {
+				return err
 			}
-			swept = append(swept, name)
+			swept = append(swept, id)
 		case err != nil:
 			corrupt = append(corrupt, err)
 		default:
 			all = append(all, t)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	return all, swept, corrupt, nil
+	return all, append(deleted, swept...), corrupt, nil
 }

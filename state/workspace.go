@@ -1,7 +1,6 @@
 package state
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -110,7 +109,13 @@ const (
 // <state>/workspaces/.layers/. A removed workspace's directory is renamed to
 // .deleted-<id> first (one atomic step), then deleted; start-up sweeps what
 // a crash left of either.
-type WorkspaceStore struct{ Root string }
+type WorkspaceStore struct {
+	recordDir[Workspace, *Workspace]
+}
+
+func (ws *Workspace) recordID() string { return ws.ID }
+func (ws *Workspace) setSchema(v int)  { ws.Schema = v }
+func (ws *Workspace) schema() int      { return ws.Schema }
 
 // NewWorkspaceStore opens (and creates) <stateDir>/workspaces.
 func NewWorkspaceStore(stateDir string) (*WorkspaceStore, error) {
@@ -121,7 +126,7 @@ func NewWorkspaceStore(stateDir string) (*WorkspaceStore, error) {
 	if err := MkdirPrivate(filepath.Join(root, LayersDir)); err != nil {
 		return nil, err
 	}
-	return &WorkspaceStore{Root: root}, nil
+	return &WorkspaceStore{recordDir[Workspace, *Workspace]{Root: root, kind: "workspace", meta: "meta.json"}}, nil
 }
 
 // TopPath is the path of ws's top layer.
@@ -198,76 +203,18 @@ func (s *WorkspaceStore) DropStrays(ws *Workspace) ([]string, error) {
 	return gone, nil
 }
 
-// Dir is a workspace's directory.
-func (s *WorkspaceStore) Dir(id string) string { return filepath.Join(s.Root, id) }
-
 // Volume is a workspace's volume file.
 func (s *WorkspaceStore) Volume(id string) string { return filepath.Join(s.Root, id, volumeFile) }
 
-func (s *WorkspaceStore) meta(id string) string { return filepath.Join(s.Root, id, "meta.json") }
-
 // Begin records the intent to create ws: its directory and a "creating"
 // record, durable before anything is built.
-func (s *WorkspaceStore) Begin(ws *Workspace) error {
-	if !ValidID(ws.ID) {
-		return fmt.Errorf("workspace id %q is not an id", ws.ID)
-	}
-	if err := os.Mkdir(s.Dir(ws.ID), Private); err != nil {
-		return fmt.Errorf("create workspace %s: %w", ws.Name, err)
-	}
-	if err := SyncDir(s.Root); err != nil {
-		return err
-	}
-	return s.Save(ws)
-}
+func (s *WorkspaceStore) Begin(ws *Workspace) error { return s.begin(ws, ws.Name) }
 
 // Save writes ws's record atomically.
-func (s *WorkspaceStore) Save(ws *Workspace) error {
-	ws.Schema = SchemaVersion
-	b, err := json.MarshalIndent(ws, "", "  ")
-	if err != nil {
-		return err
-	}
-	return WriteFileAtomic(s.meta(ws.ID), b, 0o600)
-}
+func (s *WorkspaceStore) Save(ws *Workspace) error { return s.save(ws) }
 
 // Load reads one record.
-func (s *WorkspaceStore) Load(id string) (*Workspace, error) {
-	b, err := os.ReadFile(s.meta(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("workspace %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var ws Workspace
-	if err := json.Unmarshal(b, &ws); err != nil {
-		return nil, fmt.Errorf("workspace %s: %w: %v", id, ErrCorrupt, err)
-	}
-	if ws.Schema > SchemaVersion {
-		return nil, fmt.Errorf("workspace %s: %w: schema %d is newer than this paddockd's %d", id, ErrCorrupt, ws.Schema, SchemaVersion)
-	}
-	if ws.ID != id {
-		return nil, fmt.Errorf("workspace %s: %w: the record says id %q", id, ErrCorrupt, ws.ID)
-	}
-	return &ws, nil
-}
-
-// Remove takes a workspace away: the rename to .deleted-<id> is the one
-// step that decides, then the files go. A workspace already gone is done.
-func (s *WorkspaceStore) Remove(id string) error {
-	gone := filepath.Join(s.Root, ".deleted-"+id)
-	if err := os.Rename(s.Dir(id), gone); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("remove workspace %s: %w", id, err)
-	}
-	if err := SyncDir(s.Root); err != nil {
-		return err
-	}
-	return os.RemoveAll(gone)
-}
+func (s *WorkspaceStore) Load(id string) (*Workspace, error) { return s.load(id) }
 
 // LoadAll loads every ready workspace and sweeps what crashes left: removals cut
 // short (.deleted-*), builds cut short ("creating" records, directories
@@ -286,51 +233,40 @@ func (s *WorkspaceStore) LoadAll() (ready []*Workspace, swept []string, corrupt 
 // is; one not yet written is skipped) and, since their new layers are
 // named by no record yet, no layer is swept.
 func (s *WorkspaceStore) LoadAllExcept(busy map[string]bool) (ready []*Workspace, swept []string, corrupt []error, err error) {
-	es, err := os.ReadDir(s.Root)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("read %s: %w", s.Root, err)
-	}
-	for _, e := range es {
-		name := e.Name()
-		switch {
-		case strings.HasPrefix(name, ".deleted-"):
-			if err := os.RemoveAll(filepath.Join(s.Root, name)); err != nil {
-				return nil, nil, nil, err
-			}
-			swept = append(swept, name)
-			continue
-		case !e.IsDir() || !ValidID(name):
-			continue
-		}
-		ws, err := s.Load(name)
+	deleted, err := s.scan(func(name string, ws *Workspace, err error) error {
 		if busy[name] {
 			if err == nil {
 				ready = append(ready, ws)
 			} else if !errors.Is(err, ErrNotFound) {
 				corrupt = append(corrupt, err)
 			}
-			continue
+			return nil
 		}
 		switch {
 		case errors.Is(err, ErrNotFound) || err == nil && ws.Status != WorkspaceReady:
 			if err := s.Remove(name); err != nil {
-				return nil, nil, nil, err
+				return err
 			}
 			swept = append(swept, name)
-			continue
+			return nil
 		case err != nil:
 			corrupt = append(corrupt, err)
-			continue
+			return nil
 		}
 		gone, err := s.DropStrays(ws)
 		if err != nil {
-			return nil, nil, nil, err
+			return err
 		}
 		if len(gone) > 0 {
 			swept = append(swept, fmt.Sprintf("%s (an operation cut short: %s)", name, strings.Join(gone, ", ")))
 		}
 		ready = append(ready, ws)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, nil, err
 	}
+	swept = append(deleted, swept...)
 	if len(corrupt) == 0 && len(busy) == 0 {
 		gone, err := s.SweepLayers(ready)
 		if err != nil {
