@@ -31,7 +31,8 @@
 // mapped privately: the files are never written, any number of VMs resume
 // from them), pointing the vsock device and the tap at this VM's
 // (vsock_override, network_overrides). Firecracker re-opens the drives at
-// the paths they had at the save, so the snapshot is loaded paused, the
+// the paths they had at the save (Firecracker's documented behaviour, like
+// the private mapping: unverified here), so the snapshot is loaded paused, the
 // restored configuration checked against the Spec (GET /vm/config), each
 // drive re-pointed at this VM's disk (PATCH /drives/{id}) and only then
 // the guest resumed (PATCH /vm): the guest never runs on the saved VM's
@@ -409,8 +410,10 @@ func (d *Driver) Info(ctx context.Context, p *vmm.Process) (InstanceInfo, error)
 
 // Adopt re-attaches to a running Firecracker after a daemon restart (the
 // console copier). A Firecracker whose guest was never started (the previous
-// daemon died while configuring it) cannot be finished from the handle:
-// Adopt reports ErrNotRunning and the caller tears it down.
+// daemon died while configuring it) or is paused (it died during a Save, or
+// during a resume, possibly before the drives were re-pointed) cannot be
+// finished from the handle: Adopt reports ErrNotRunning and the caller
+// tears it down.
 func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
 	if err := d.Base.Adopt(ctx, p); err != nil {
 		return err
@@ -421,6 +424,9 @@ func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
 	}
 	if info.State == "Not started" {
 		return fmt.Errorf("%w: firecracker pid %d never started its guest", vmm.ErrNotRunning, p.PID)
+	}
+	if info.State == "Paused" {
+		return fmt.Errorf("%w: firecracker pid %d has its guest paused (a save or a resume was cut short)", vmm.ErrNotRunning, p.PID)
 	}
 	return nil
 }

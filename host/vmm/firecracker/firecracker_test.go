@@ -826,6 +826,19 @@ func TestAdoptNotStarted(t *testing.T) {
 	}
 }
 
+// TestAdoptPaused: a Firecracker left paused (its daemon died during a save
+// or a resume) is not adopted as a running VM.
+func TestAdoptPaused(t *testing.T) {
+	vm := startFake(t, nil)
+	if _, err := vm.d.Save(vm.ctx, vm.p, filepath.Join(vm.dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := fakeDriver(t, vm.dir)
+	if err := d2.Adopt(vm.ctx, vm.p); !errors.Is(err, vmm.ErrNotRunning) || !strings.Contains(err.Error(), "paused") {
+		t.Fatalf("Adopt: %v", err)
+	}
+}
+
 // call is one expected API request: method, path and exact body.
 type call struct{ method, path, body string }
 
