@@ -159,16 +159,25 @@ type Driver interface {
 }
 
 // Saver is a driver that can write a running guest's whole state (RAM
-// and devices) to a file that a new VMM resumes with Spec.Incoming
+// and devices) to files that a new VMM resumes with Spec.Incoming = path
 // (templates). The guest is left paused; the caller ends the VMM.
+//
+// path is always the first file written; a driver may write more beside
+// it, all listed in Saved.Files (QEMU: path alone, one migration stream;
+// Firecracker: path is the VM state, path+".mem" the guest memory). The
+// caller hashes, keeps and removes them together; a resume needs them all
+// where Save put them. On failure Save removes what it wrote.
 type Saver interface {
 	Save(ctx context.Context, p *Process, path string) (Saved, error)
 }
 
-// Saved describes a saved state file.
+// Saved describes a saved state.
 type Saved struct {
+	// Bytes is the total size of Files.
 	Bytes int64
 	Took  time.Duration
+	// Files lists every file Save wrote, the path it was given first.
+	Files []string
 }
 
 // State is what Probe found.
@@ -300,8 +309,9 @@ type Spec struct {
 	Limits cgroup.Limits
 	// Accel is AccelAuto (default), AccelKVM or AccelTCG.
 	Accel string
-	// Incoming is a state file a driver's Save wrote: the VMM resumes the
-	// saved guest instead of booting. Everything that shapes the machine
+	// Incoming is the path a driver's Save was given (Saved.Files[0]; the
+	// driver finds any other file of the state beside it): the VMM resumes
+	// the saved guest instead of booting. Everything that shapes the machine
 	// (CPUs, memory, accelerator, kernel, the number, order and sizes of
 	// disks, the network device) must be what it was at the save; files and
 	// sockets may differ.

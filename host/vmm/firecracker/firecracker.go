@@ -23,6 +23,22 @@
 // guest's serial console goes to a FIFO in RunDir (PUT /serial) that the
 // console copier drains; Firecracker's own log goes to RunDir/vmm.log.
 // The jailer is not used.
+//
+// Saved states (templates, vmm.Saver): Save pauses the guest (PATCH /vm)
+// and writes a full snapshot (PUT /snapshot/create): the VM state to the
+// given path, the guest memory to MemPath(path). A resume (Spec.Incoming)
+// starts a bare Firecracker and loads both (PUT /snapshot/load, memory
+// mapped privately: the files are never written, any number of VMs resume
+// from them), pointing the vsock device and the tap at this VM's
+// (vsock_override, network_overrides). Firecracker re-opens the drives at
+// the paths they had at the save (Firecracker's documented behaviour, like
+// the private mapping: unverified here), so the snapshot is loaded paused, the
+// restored configuration checked against the Spec (GET /vm/config), each
+// drive re-pointed at this VM's disk (PATCH /drives/{id}) and only then
+// the guest resumed (PATCH /vm): the guest never runs on the saved VM's
+// disks. Those disks must still exist at load time (Firecracker opens
+// them). The restored guest's serial console is not the console FIFO:
+// PUT /serial is refused before a load, so a resumed VM has no console log.
 package firecracker
 
 import (
@@ -54,6 +70,10 @@ const (
 	DefaultBinary = "firecracker"
 	// DefaultAPITimeout bounds one API request.
 	DefaultAPITimeout = 10 * time.Second
+	// snapshotTimeout backstops a snapshot create or load, which moves the
+	// whole guest memory: the caller's ctx is the real bound, not
+	// APITimeout.
+	snapshotTimeout = 10 * time.Minute
 )
 
 // Driver runs Firecracker VMMs. The zero value is ready to use.
@@ -67,7 +87,10 @@ type Driver struct {
 	Env []string
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver = (*Driver)(nil)
+	_ vmm.Saver  = (*Driver)(nil)
+)
 
 // New returns a Firecracker driver with default settings.
 func New() *Driver { return &Driver{} }
@@ -78,6 +101,10 @@ func (d *Driver) Name() string { return Name }
 // Paths of a VM's files under its RunDir.
 func apiPath(runDir string) string     { return filepath.Join(runDir, "firecracker.sock") }
 func consolePath(runDir string) string { return filepath.Join(runDir, "console.fifo") }
+
+// MemPath is the guest memory file of the saved state at state (Save
+// writes both; a resume reads both).
+func MemPath(state string) string { return state + ".mem" }
 
 // API bodies (the subset of Firecracker's definitions paddock sets).
 type (
@@ -110,6 +137,43 @@ type (
 	}
 	action struct {
 		ActionType string `json:"action_type"`
+	}
+	vmState struct {
+		State string `json:"state"` // Paused or Resumed
+	}
+	snapshotCreate struct {
+		SnapshotType string `json:"snapshot_type"`
+		SnapshotPath string `json:"snapshot_path"`
+		MemFilePath  string `json:"mem_file_path"`
+	}
+	memBackend struct {
+		BackendType string `json:"backend_type"`
+		BackendPath string `json:"backend_path"`
+	}
+	networkOverride struct {
+		IfaceID     string `json:"iface_id"`
+		HostDevName string `json:"host_dev_name"`
+	}
+	vsockOverride struct {
+		UDSPath string `json:"uds_path"`
+	}
+	snapshotLoad struct {
+		SnapshotPath     string            `json:"snapshot_path"`
+		MemBackend       memBackend        `json:"mem_backend"`
+		ResumeVM         bool              `json:"resume_vm"`
+		NetworkOverrides []networkOverride `json:"network_overrides,omitempty"`
+		VsockOverride    *vsockOverride    `json:"vsock_override,omitempty"`
+	}
+	partialDrive struct {
+		DriveID    string `json:"drive_id"`
+		PathOnHost string `json:"path_on_host"`
+	}
+	// vmConfig is GET /vm/config (the fields a resume checks).
+	vmConfig struct {
+		MachineConfig     *machineConfig     `json:"machine-config"`
+		Drives            []drive            `json:"drives"`
+		NetworkInterfaces []networkInterface `json:"network-interfaces"`
+		Vsock             *vsockDevice       `json:"vsock"`
 	}
 	// InstanceInfo is GET / (the fields paddock reads).
 	InstanceInfo struct {
@@ -151,6 +215,14 @@ func (d *Driver) client(sock string) *client {
 		DisableKeepAlives: true,
 	}
 	return &client{sock: sock, http: &http.Client{Transport: tr}, timeout: t}
+}
+
+// long returns c for a request that moves the guest memory (snapshot
+// create and load): bounded by the caller's ctx, not by APITimeout.
+func (c *client) long() *client {
+	cc := *c
+	cc.timeout = max(c.timeout, snapshotTimeout)
+	return &cc
 }
 
 // do sends one request; out (optional) receives a JSON answer.
@@ -226,9 +298,6 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if spec.Accel == vmm.AccelTCG {
 		return nil, fmt.Errorf("%w: firecracker needs KVM (accel tcg)", vmm.ErrUnsupported)
 	}
-	if spec.Incoming != "" {
-		return nil, fmt.Errorf("%w: the firecracker driver does not restore saved states yet (run templates under QEMU)", vmm.ErrUnsupported)
-	}
 	for i, disk := range spec.Disks {
 		if disk.Format != vmm.FormatRaw {
 			// A workspace snapshotted or cloned on a host without reflinks
@@ -236,8 +305,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 			return nil, fmt.Errorf("%w: disk %d (%s) is %s; firecracker takes raw disks only (a workspace snapshotted, restored or cloned on a host without reflinks is qcow2: run it under QEMU, or flatten it with paddock workspace resize NAME SIZE, its size now)", vmm.ErrUnsupported, i, disk.Path, disk.Format)
 		}
 	}
-	bootArgs, err := KernelCmdline(spec)
-	if err != nil {
+	var bootArgs string
+	if spec.Incoming == "" {
+		if bootArgs, err = KernelCmdline(spec); err != nil {
+			return nil, err
+		}
+	} else if err := checkSaved(spec.Incoming); err != nil {
 		return nil, err
 	}
 	if err := vmm.RefuseRunning(spec.VMID); err != nil {
@@ -247,31 +320,49 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		Driver: Name, VMID: spec.VMID, RunDir: spec.RunDir, Accel: vmm.AccelKVM,
 		APISocket:     apiPath(spec.RunDir),
 		ControlSocket: spec.VsockUDS, ControlKind: vmm.ControlHybridVsock,
-		ConsoleSocket: consolePath(spec.RunDir), ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
+		ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
 	}
-	p.Sockets = []string{p.APISocket, p.ControlSocket, p.ConsoleSocket}
+	if spec.Incoming == "" {
+		// a resumed guest's serial cannot be pointed at the FIFO (see the
+		// package documentation): it gets none
+		p.ConsoleSocket = consolePath(spec.RunDir)
+	}
+	p.Sockets = []string{p.APISocket, p.ControlSocket}
+	if p.ConsoleSocket != "" {
+		p.Sockets = append(p.Sockets, p.ConsoleSocket)
+	}
 	if err := vmm.PrepareRunDir(p); err != nil {
 		return nil, err
 	}
-	if err := unix.Mkfifo(p.ConsoleSocket, 0o600); err != nil {
-		return nil, fmt.Errorf("firecracker: console FIFO: %w", err)
+	if p.ConsoleSocket != "" {
+		if err := unix.Mkfifo(p.ConsoleSocket, 0o600); err != nil {
+			return nil, fmt.Errorf("firecracker: console FIFO: %w", err)
+		}
 	}
 	argv := []string{cmp.Or(d.Binary, DefaultBinary), "--api-sock", p.APISocket, "--id", vmm.Tag(spec.VMID)}
 	configure := func(ctx context.Context) error { return d.configure(ctx, p, spec, bootArgs) }
+	if spec.Incoming != "" {
+		configure = func(ctx context.Context) error { return d.restore(ctx, p, spec) }
+	}
 	if err := d.StartVMM(ctx, p, spec.Cgroup, spec.Limits, vmm.Command{Path: argv[0], Args: argv, Env: d.Env}, configure); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
+// waitAPI waits until p's API answers (bounded by ctx).
+func (d *Driver) waitAPI(ctx context.Context, p *vmm.Process, c *client) error {
+	return d.WaitReady(ctx, p, "API socket "+p.APISocket, func(ctx context.Context) error {
+		var info InstanceInfo
+		return c.do(ctx, http.MethodGet, "/", nil, &info)
+	})
+}
+
 // configure waits for the API, attaches the console, configures the VM and
 // starts it.
 func (d *Driver) configure(ctx context.Context, p *vmm.Process, spec vmm.Spec, bootArgs string) error {
 	c := d.client(p.APISocket)
-	if err := d.WaitReady(ctx, p, "API socket "+p.APISocket, func(ctx context.Context) error {
-		var info InstanceInfo
-		return c.do(ctx, http.MethodGet, "/", nil, &info)
-	}); err != nil {
+	if err := d.waitAPI(ctx, p, c); err != nil {
 		return err
 	}
 	if err := d.AttachConsole(ctx, p); err != nil {
@@ -319,8 +410,10 @@ func (d *Driver) Info(ctx context.Context, p *vmm.Process) (InstanceInfo, error)
 
 // Adopt re-attaches to a running Firecracker after a daemon restart (the
 // console copier). A Firecracker whose guest was never started (the previous
-// daemon died while configuring it) cannot be finished from the handle:
-// Adopt reports ErrNotRunning and the caller tears it down.
+// daemon died while configuring it) or is paused (it died during a Save, or
+// during a resume, possibly before the drives were re-pointed) cannot be
+// finished from the handle: Adopt reports ErrNotRunning and the caller
+// tears it down.
 func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
 	if err := d.Base.Adopt(ctx, p); err != nil {
 		return err
@@ -331,6 +424,9 @@ func (d *Driver) Adopt(ctx context.Context, p *vmm.Process) error {
 	}
 	if info.State == "Not started" {
 		return fmt.Errorf("%w: firecracker pid %d never started its guest", vmm.ErrNotRunning, p.PID)
+	}
+	if info.State == "Paused" {
+		return fmt.Errorf("%w: firecracker pid %d has its guest paused (a save or a resume was cut short)", vmm.ErrNotRunning, p.PID)
 	}
 	return nil
 }

@@ -2,11 +2,13 @@ package firecracker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -88,11 +90,13 @@ func fakeFirecracker() int {
 		return 2
 	}
 	var (
-		mu      sync.Mutex
-		started bool
-		config  = map[string]json.RawMessage{}
+		mu sync.Mutex
+		// started: a machine exists (booted or loaded from a snapshot);
+		// guestUp: its guest has run (startGuest was called)
+		started, paused, guestUp bool
+		config                   = map[string]json.RawMessage{}
 	)
-	fail := os.Getenv("FAKE_FC_FAIL")
+	fail, hang := os.Getenv("FAKE_FC_FAIL"), os.Getenv("FAKE_FC_HANG")
 	preBootOnly := map[string]bool{"/machine-config": true, "/boot-source": true, "/vsock": true, "/serial": true}
 	write := func(w http.ResponseWriter, code int, v any) {
 		w.Header().Set("Content-Type", "application/json")
@@ -101,29 +105,7 @@ func fakeFirecracker() int {
 			_ = json.NewEncoder(w).Encode(v)
 		}
 	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		mu.Lock()
-		defer mu.Unlock()
-		err := api.checkRequest(r.Method, r.URL.Path, body)
-		if err == nil && r.URL.Path == fail {
-			err = errors.New("injected failure")
-		}
-		if err == nil && r.Method == http.MethodPut && started && (preBootOnly[r.URL.Path] || strings.HasPrefix(r.URL.Path, "/drives/") || strings.HasPrefix(r.URL.Path, "/network-interfaces/")) {
-			err = errors.New("The requested operation is not supported after starting the microVM.")
-		}
-		var act action
-		if err == nil && r.URL.Path == "/actions" {
-			_ = json.Unmarshal(body, &act)
-			switch {
-			case act.ActionType == "InstanceStart" && started:
-				err = errors.New("the microVM is already running")
-			case act.ActionType == "InstanceStart" && (config["/boot-source"] == nil):
-				err = errors.New("Cannot start microvm without kernel configuration.")
-			case act.ActionType == "SendCtrlAltDel" && !started:
-				err = errors.New("SendCtrlAltDel: the microVM is not running")
-			}
-		}
+	logRequest := func(r *http.Request, body []byte, err error) {
 		rec := loggedRequest{Method: r.Method, Path: r.URL.Path}
 		if len(body) > 0 {
 			rec.Body = json.RawMessage(body)
@@ -133,38 +115,225 @@ func fakeFirecracker() int {
 		}
 		b, _ := json.Marshal(rec)
 		_, _ = logf.Write(append(b, '\n'))
-		if err != nil {
-			write(w, http.StatusBadRequest, map[string]string{"fault_message": err.Error()})
-			return
+	}
+	// rules are Firecracker's preconditions (from its API description and
+	// documentation), checked before a request acts
+	rules := func(r *http.Request, body []byte) error {
+		path := r.URL.Path
+		switch {
+		case path == fail:
+			return errors.New("injected failure")
+		case r.Method == http.MethodPut && started && (preBootOnly[path] || strings.HasPrefix(path, "/drives/") || strings.HasPrefix(path, "/network-interfaces/")):
+			return errors.New("The requested operation is not supported after starting the microVM.")
+		case r.Method == http.MethodPut && path == "/snapshot/load" && (started || len(config) > 0):
+			return errors.New("Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+		case r.Method == http.MethodPut && path == "/snapshot/create" && (!started || !paused):
+			return errors.New("Create snapshot: the microVM must be paused.")
+		case r.Method == http.MethodPatch && !started:
+			return errors.New("The requested operation is not supported before starting the microVM.")
+		case r.Method == http.MethodPatch && strings.HasPrefix(path, "/drives/") && config[path] == nil:
+			return fmt.Errorf("Drive %s not found.", strings.TrimPrefix(path, "/drives/"))
+		case path == "/actions":
+			var act action
+			_ = json.Unmarshal(body, &act)
+			switch {
+			case act.ActionType == "InstanceStart" && started:
+				return errors.New("the microVM is already running")
+			case act.ActionType == "InstanceStart" && (config["/boot-source"] == nil):
+				return errors.New("Cannot start microvm without kernel configuration.")
+			case act.ActionType == "SendCtrlAltDel" && !started:
+				return errors.New("SendCtrlAltDel: the microVM is not running")
+			}
 		}
-		if r.Method == http.MethodGet && r.URL.Path == "/" {
+		return nil
+	}
+	runGuest := func() {
+		if !guestUp {
+			guestUp = true
+			startGuest(config)
+		}
+	}
+	// apply performs a valid request; a non-nil answer is sent with 200
+	apply := func(r *http.Request, body []byte) (any, error) {
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/":
 			state := "Not started"
 			if started {
-				state = "Running"
+				state = map[bool]string{false: "Running", true: "Paused"}[paused]
 			}
-			write(w, http.StatusOK, map[string]string{"app_name": "Firecracker", "id": id, "state": state, "vmm_version": "1.17.0-fake"})
-			return
-		}
-		if r.Method != http.MethodPut {
-			write(w, http.StatusBadRequest, map[string]string{"fault_message": "not emulated"})
-			return
+			return map[string]string{"app_name": "Firecracker", "id": id, "state": state, "vmm_version": "1.17.0-fake"}, nil
+		case r.Method == http.MethodGet && r.URL.Path == "/vm/config":
+			return fakeVMConfig(api, config)
+		case r.Method == http.MethodPatch && r.URL.Path == "/vm":
+			var st vmState
+			_ = json.Unmarshal(body, &st)
+			if paused = st.State == "Paused"; !paused {
+				runGuest()
+			}
+			return nil, nil
+		case r.Method == http.MethodPatch && strings.HasPrefix(r.URL.Path, "/drives/"):
+			var pd partialDrive
+			var dr drive
+			_ = json.Unmarshal(body, &pd)
+			_ = json.Unmarshal(config[r.URL.Path], &dr)
+			dr.PathOnHost = pd.PathOnHost
+			config[r.URL.Path], _ = json.Marshal(dr)
+			return nil, nil
+		case r.Method != http.MethodPut:
+			return nil, errors.New("not emulated")
+		case r.URL.Path == "/snapshot/create":
+			var sc snapshotCreate
+			_ = json.Unmarshal(body, &sc)
+			// the fake's "VM state" is its configuration; Firecracker
+			// keeps no serial output path in a snapshot (assumed)
+			saved := maps.Clone(config)
+			delete(saved, "/serial")
+			delete(saved, "/actions")
+			b, _ := json.Marshal(saved)
+			if err := os.WriteFile(sc.SnapshotPath, b, 0o600); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(sc.MemFilePath, []byte("fake guest memory"), 0o600); err != nil {
+				return nil, err
+			}
+			if os.Getenv("FAKE_FC_PARTIAL") == "1" {
+				return nil, errors.New("injected failure after writing the files")
+			}
+			return nil, nil
+		case r.URL.Path == "/snapshot/load":
+			var sl snapshotLoad
+			_ = json.Unmarshal(body, &sl)
+			return nil, fakeLoad(sl, config, func() {
+				started, paused = true, !sl.ResumeVM
+				if sl.ResumeVM {
+					runGuest()
+				}
+			})
 		}
 		config[r.URL.Path] = json.RawMessage(body)
 		if r.URL.Path == "/actions" {
+			var act action
+			_ = json.Unmarshal(body, &act)
 			switch act.ActionType {
 			case "InstanceStart":
 				started = true
-				startGuest(config)
+				runGuest()
 			case "SendCtrlAltDel":
 				if os.Getenv("FAKE_FC_IGNORE_CAD") != "1" {
 					go func() { time.Sleep(50 * time.Millisecond); os.Exit(0) }()
 				}
 			}
 		}
-		write(w, http.StatusNoContent, nil)
+		return nil, nil
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		mu.Lock()
+		defer mu.Unlock()
+		err := api.checkRequest(r.Method, r.URL.Path, body)
+		if err == nil {
+			err = rules(r, body)
+		}
+		if err == nil && r.URL.Path == hang {
+			logRequest(r, body, nil)
+			time.Sleep(time.Hour) // holds mu: the whole API hangs
+		}
+		var answer any
+		if err == nil {
+			answer, err = apply(r, body)
+		}
+		logRequest(r, body, err)
+		switch {
+		case err != nil:
+			write(w, http.StatusBadRequest, map[string]string{"fault_message": err.Error()})
+		case answer != nil:
+			write(w, http.StatusOK, answer)
+		default:
+			write(w, http.StatusNoContent, nil)
+		}
 	})
 	_ = http.Serve(l, h)
 	return 1
+}
+
+// fakeLoad restores the configuration a fake snapshot holds into config,
+// with the load's overrides, and calls loaded; like Firecracker it fails
+// when a file it must open is missing or an override names no device.
+func fakeLoad(sl snapshotLoad, config map[string]json.RawMessage, loaded func()) error {
+	b, err := os.ReadFile(sl.SnapshotPath)
+	if err != nil {
+		return fmt.Errorf("Load snapshot error: cannot open the snapshot file: %v", err)
+	}
+	saved := map[string]json.RawMessage{}
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return fmt.Errorf("Load snapshot error: %v", err)
+	}
+	if _, err := os.Stat(sl.MemBackend.BackendPath); err != nil {
+		return fmt.Errorf("Load snapshot error: cannot open the memory file: %v", err)
+	}
+	// the drives are opened at their saved paths
+	for k, v := range saved {
+		var dr drive
+		if strings.HasPrefix(k, "/drives/") && json.Unmarshal(v, &dr) == nil {
+			if _, err := os.Stat(dr.PathOnHost); err != nil {
+				return fmt.Errorf("Load snapshot error: Cannot open the block device backing file: %v", err)
+			}
+		}
+	}
+	for _, o := range sl.NetworkOverrides {
+		key := "/network-interfaces/" + o.IfaceID
+		var ni networkInterface
+		if json.Unmarshal(saved[key], &ni) != nil {
+			return fmt.Errorf("Load snapshot error: network interface %s not found", o.IfaceID)
+		}
+		ni.HostDevName = o.HostDevName
+		saved[key], _ = json.Marshal(ni)
+	}
+	if o := sl.VsockOverride; o != nil {
+		var vs vsockDevice
+		if json.Unmarshal(saved["/vsock"], &vs) != nil {
+			return errors.New("Load snapshot error: no vsock device to override")
+		}
+		vs.UDSPath = o.UDSPath
+		saved["/vsock"], _ = json.Marshal(vs)
+	}
+	maps.Copy(config, saved)
+	loaded()
+	return nil
+}
+
+// fakeVMConfig answers GET /vm/config from the configuration, checked
+// against the API description's FullVmConfiguration.
+func fakeVMConfig(api *swagger, config map[string]json.RawMessage) (any, error) {
+	full := map[string]any{}
+	var drives, ifaces []json.RawMessage
+	for _, k := range slices.Sorted(maps.Keys(config)) {
+		switch {
+		case strings.HasPrefix(k, "/drives/"):
+			drives = append(drives, config[k])
+		case strings.HasPrefix(k, "/network-interfaces/"):
+			ifaces = append(ifaces, config[k])
+		case k == "/machine-config" || k == "/vsock" || k == "/boot-source":
+			full[k[1:]] = config[k]
+		}
+	}
+	if drives != nil {
+		full["drives"] = drives
+	}
+	if ifaces != nil {
+		full["network-interfaces"] = ifaces
+	}
+	b, _ := json.Marshal(full)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if err := api.validate(v, &schema{Ref: "#/definitions/FullVmConfiguration"}, "GET /vm/config answer"); err != nil {
+		return nil, fmt.Errorf("fake: %v", err)
+	}
+	return json.RawMessage(b), nil
 }
 
 // startGuest emulates the guest side after InstanceStart: console output on
@@ -292,8 +461,14 @@ type started struct {
 // fake; it is killed at cleanup.
 func startFake(t *testing.T, mutate func(*vmm.Spec)) *started {
 	t.Helper()
+	return startFakeEnv(t, nil, mutate)
+}
+
+// startFakeEnv is startFake with the fake's environment extended by env.
+func startFakeEnv(t *testing.T, env []string, mutate func(*vmm.Spec)) *started {
+	t.Helper()
 	vm := &started{dir: shortTempDir(t)}
-	vm.d, vm.log = fakeDriver(t, vm.dir)
+	vm.d, vm.log = fakeDriver(t, vm.dir, env...)
 	vm.spec = spec(t, vm.dir)
 	if mutate != nil {
 		mutate(&vm.spec)
@@ -605,6 +780,21 @@ func TestValidator(t *testing.T) {
 		{"describe with body", "GET", "/", `{}`, false},
 		{"wrong method", "POST", "/actions", `{"action_type":"InstanceStart"}`, false},
 		{"unknown path", "PUT", "/snapshots", `{}`, false},
+		{"pause", "PATCH", "/vm", `{"state":"Paused"}`, true},
+		{"resume", "PATCH", "/vm", `{"state":"Resumed"}`, true},
+		{"vm bad state", "PATCH", "/vm", `{"state":"Stopped"}`, false},
+		{"vm by PUT", "PUT", "/vm", `{"state":"Paused"}`, false},
+		{"snapshot create", "PUT", "/snapshot/create", `{"snapshot_type":"Full","snapshot_path":"/s","mem_file_path":"/s.mem"}`, true},
+		{"snapshot create no memory file", "PUT", "/snapshot/create", `{"snapshot_type":"Full","snapshot_path":"/s"}`, false},
+		{"snapshot create bad type", "PUT", "/snapshot/create", `{"snapshot_type":"Incremental","snapshot_path":"/s","mem_file_path":"/m"}`, false},
+		{"snapshot load", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/s.mem"},"resume_vm":false,"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}],"vsock_override":{"uds_path":"/v.sock"}}`, true},
+		{"snapshot load bad backend", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"Disk","backend_path":"/m"}}`, false},
+		{"snapshot load backend no path", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File"}}`, false},
+		{"snapshot load override no tap", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"network_overrides":[{"iface_id":"eth0"}]}`, false},
+		{"snapshot load drive override", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"drive_overrides":[]}`, false},
+		{"patch drive", "PATCH", "/drives/disk0", `{"drive_id":"disk0","path_on_host":"/d"}`, true},
+		{"patch drive read-only", "PATCH", "/drives/disk0", `{"drive_id":"disk0","path_on_host":"/d","is_read_only":true}`, false},
+		{"vm config", "GET", "/vm/config", ``, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := api.checkRequest(tc.method, tc.path, []byte(tc.body))
@@ -633,5 +823,410 @@ func TestAdoptNotStarted(t *testing.T) {
 	testwait.For(t, "API socket", 10*time.Second, func() bool { _, err := d.Info(ctx, p); return err == nil })
 	if err := New().Adopt(ctx, p); !errors.Is(err, vmm.ErrNotRunning) || !strings.Contains(err.Error(), "never started") {
 		t.Fatalf("Adopt: %v", err)
+	}
+}
+
+// TestAdoptPaused: a Firecracker left paused (its daemon died during a save
+// or a resume) is not adopted as a running VM.
+func TestAdoptPaused(t *testing.T) {
+	vm := startFake(t, nil)
+	if _, err := vm.d.Save(vm.ctx, vm.p, filepath.Join(vm.dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := fakeDriver(t, vm.dir)
+	if err := d2.Adopt(vm.ctx, vm.p); !errors.Is(err, vmm.ErrNotRunning) || !strings.Contains(err.Error(), "paused") {
+		t.Fatalf("Adopt: %v", err)
+	}
+}
+
+// call is one expected API request: method, path and exact body.
+type call struct{ method, path, body string }
+
+// apiCalls returns the requests in reqs other than the readiness polls
+// (GET /, repeated a varying number of times), failing the test on any
+// the fake rejected unless allowErr.
+func apiCalls(t *testing.T, reqs []loggedRequest, allowErr bool) []call {
+	t.Helper()
+	var out []call
+	for _, r := range reqs {
+		if r.Error != "" && !allowErr {
+			t.Errorf("%s %s rejected: %s (body %s)", r.Method, r.Path, r.Error, r.Body)
+		}
+		if r.Method == http.MethodGet && r.Path == "/" {
+			continue
+		}
+		out = append(out, call{r.Method, r.Path, string(r.Body)})
+	}
+	return out
+}
+
+func checkCalls(t *testing.T, what string, got, want []call) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s: requests\n%q\nwant\n%q", what, got, want)
+	}
+}
+
+// saveCalls is what Save sends, in order.
+func saveCalls(state string) []call {
+	return []call{
+		{"PATCH", "/vm", `{"state":"Paused"}`},
+		{"PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_type":"Full","snapshot_path":%q,"mem_file_path":%q}`, state, state+".mem")},
+	}
+}
+
+// resumeSpec is a spec for another VM resuming state: its own disks, run
+// directory and tap (when the saved one has one), the same machine.
+func resumeSpec(t *testing.T, saved vmm.Spec, state string) (vmm.Spec, string) {
+	t.Helper()
+	dir := shortTempDir(t)
+	s := spec(t, dir)
+	s.CPUs, s.MemoryMiB, s.Incoming = saved.CPUs, saved.MemoryMiB, state
+	s.Disks = s.Disks[:len(saved.Disks)]
+	for i := range s.Disks {
+		s.Disks[i].ReadOnly = saved.Disks[i].ReadOnly
+	}
+	s.Tap = nil
+	if saved.Tap != nil {
+		s.Tap = &vmm.Tap{Name: saved.Tap.Name + "r", MAC: saved.Tap.MAC}
+	}
+	return s, dir
+}
+
+// saveFake starts a VM through the fake (spec changed by mutate), saves
+// it to <its dir>/state and kills it, as the template code does.
+func saveFake(t *testing.T, mutate func(*vmm.Spec)) (*started, string, vmm.Saved) {
+	t.Helper()
+	vm := startFake(t, mutate)
+	state := filepath.Join(vm.dir, "state")
+	saved, err := vm.d.Save(vm.ctx, vm.p, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.d.Kill(vm.ctx, vm.p); err != nil {
+		t.Fatal(err)
+	}
+	return vm, state, saved
+}
+
+// TestSaveResume: Save pauses and snapshots with exactly the requests
+// Firecracker's description allows, and reports both files; a second VM
+// resumes the state on its own disks, tap and vsock socket, with the
+// guest resumed only after its drives were re-pointed, and its agent
+// answers on the new VM's socket.
+func TestSaveResume(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*vmm.Spec)
+	}{
+		{"tap and two disks", nil},
+		{"no network, one disk", func(s *vmm.Spec) { s.Tap, s.Disks = nil, s.Disks[:1] }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := startFake(t, tc.mutate)
+			state := filepath.Join(vm.dir, "state")
+			booted := len(readLog(t, vm.log))
+			saved, err := vm.d.Save(vm.ctx, vm.p, state)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkCalls(t, "Save", apiCalls(t, readLog(t, vm.log)[booted:], false), saveCalls(state))
+			if !slices.Equal(saved.Files, []string{state, state + ".mem"}) {
+				t.Fatalf("Saved.Files %q", saved.Files)
+			}
+			var total int64
+			for _, f := range saved.Files {
+				fi, err := os.Stat(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				total += fi.Size()
+			}
+			if saved.Bytes != total || total == 0 || saved.Took <= 0 {
+				t.Fatalf("Saved %+v, files hold %d bytes", saved, total)
+			}
+			if info, err := vm.d.Info(vm.ctx, vm.p); err != nil || info.State != "Paused" {
+				t.Fatalf("after Save: %+v %v, want the guest paused", info, err)
+			}
+			if err := vm.d.Kill(vm.ctx, vm.p); err != nil {
+				t.Fatal(err)
+			}
+			stateBefore, _ := os.ReadFile(state)
+
+			s2, dir2 := resumeSpec(t, vm.spec, state)
+			d2, log2 := fakeDriver(t, dir2)
+			p2, err := d2.Start(vm.ctx, s2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = New().Kill(context.Background(), p2) })
+			overrides := ""
+			if s2.Tap != nil {
+				overrides = fmt.Sprintf(`,"network_overrides":[{"iface_id":"eth0","host_dev_name":%q}]`, s2.Tap.Name)
+			}
+			want := []call{
+				{"PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_backend":{"backend_type":"File","backend_path":%q},"resume_vm":false%s,"vsock_override":{"uds_path":%q}}`, state, state+".mem", overrides, s2.RunDir+"/vsock.sock")},
+				{"GET", "/vm/config", ""},
+			}
+			for i, d := range s2.Disks {
+				want = append(want, call{"PATCH", fmt.Sprintf("/drives/disk%d", i), fmt.Sprintf(`{"drive_id":"disk%d","path_on_host":%q}`, i, d.Path)})
+			}
+			want = append(want, call{"PATCH", "/vm", `{"state":"Resumed"}`})
+			checkCalls(t, "resume", apiCalls(t, readLog(t, log2), false), want)
+
+			// the restored machine is on this VM's files and devices
+			var cfg vmConfig
+			if err := d2.client(p2.APISocket).do(vm.ctx, http.MethodGet, "/vm/config", nil, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			for i, dr := range cfg.Drives {
+				if dr.PathOnHost != s2.Disks[i].Path {
+					t.Errorf("drive %s on %s, want %s", dr.DriveID, dr.PathOnHost, s2.Disks[i].Path)
+				}
+			}
+			if len(cfg.NetworkInterfaces) != 0 && cfg.NetworkInterfaces[0].HostDevName != s2.Tap.Name {
+				t.Errorf("network interface %+v, want tap %s", cfg.NetworkInterfaces[0], s2.Tap.Name)
+			}
+			if p2.ControlSocket != filepath.Join(s2.RunDir, "vsock.sock") || p2.ConsoleSocket != "" || len(p2.Sockets) != 2 {
+				t.Errorf("handle %+v", p2)
+			}
+			if info, err := d2.Info(vm.ctx, p2); err != nil || info.State != "Running" {
+				t.Fatalf("after resume: %+v %v", info, err)
+			}
+			if h := hello(t, vm.ctx, p2); h.Hostname != "fcguest" || h.BootError != "" {
+				t.Fatalf("hello %+v", h)
+			}
+			if after, _ := os.ReadFile(state); !bytes.Equal(after, stateBefore) {
+				t.Errorf("the state file changed on resume")
+			}
+		})
+	}
+}
+
+// TestSaveFailures: a step Firecracker rejects is named with Firecracker's
+// message, and Save leaves no file behind, nor touches one it refused to
+// overwrite.
+func TestSaveFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		env   []string
+		exist string // file made before Save: "state" or "state.mem"
+		rel   bool   // a relative path
+		want  string
+		calls int // how many of saveCalls were sent
+	}{
+		{"snapshot/create rejected", []string{"FAKE_FC_FAIL=/snapshot/create"}, "", false,
+			"save state: write the snapshot: firecracker: PUT /snapshot/create: HTTP 400: injected failure", 2},
+		{"snapshot/create fails after writing", []string{"FAKE_FC_PARTIAL=1"}, "", false,
+			"save state: write the snapshot: firecracker: PUT /snapshot/create: HTTP 400: injected failure after writing the files", 2},
+		{"pause rejected", []string{"FAKE_FC_FAIL=/vm"}, "", false,
+			"save state: pause the guest: firecracker: PATCH /vm: HTTP 400: injected failure", 1},
+		{"state file exists", nil, "state", false, "file already exists", 0},
+		{"memory file exists", nil, "state.mem", false, "file already exists", 0},
+		{"relative path", nil, "", true, "must be an absolute path", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := startFakeEnv(t, tc.env, nil)
+			state := filepath.Join(vm.dir, "state")
+			if tc.exist != "" {
+				if err := os.WriteFile(filepath.Join(vm.dir, tc.exist), []byte("keep"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			path := state
+			if tc.rel {
+				path = "state"
+			}
+			booted := len(readLog(t, vm.log))
+			_, err := vm.d.Save(vm.ctx, vm.p, path)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Save: %v, want %q", err, tc.want)
+			}
+			var ae *APIError
+			if strings.Contains(tc.want, "HTTP 400") && (!errors.As(err, &ae) || ae.Status != 400) {
+				t.Fatalf("not an APIError: %v", err)
+			}
+			checkCalls(t, "Save", apiCalls(t, readLog(t, vm.log)[booted:], true), saveCalls(state)[:tc.calls])
+			for _, f := range []string{state, state + ".mem"} {
+				b, err := os.ReadFile(f)
+				switch {
+				case filepath.Base(f) == tc.exist && string(b) != "keep":
+					t.Errorf("%s: %q %v, want it untouched", f, b, err)
+				case filepath.Base(f) != tc.exist && !errors.Is(err, os.ErrNotExist):
+					t.Errorf("%s left behind: %v", f, err)
+				}
+			}
+		})
+	}
+}
+
+// TestResumeRefused: a state whose files Firecracker could not read is
+// refused, naming the file, before any VMM is launched (no API call).
+func TestResumeRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name    string
+		prepare func(t *testing.T, state string) string // returns Incoming
+		want    func(state string) string
+		is      error
+	}{
+		{"missing memory file", func(t *testing.T, state string) string {
+			writeFile(t, state)
+			return state
+		}, func(state string) string {
+			return "guest memory file of saved state " + state + ": open " + state + ".mem"
+		}, os.ErrNotExist},
+		{"missing state file", func(t *testing.T, state string) string {
+			writeFile(t, state+".mem")
+			return state
+		}, func(state string) string { return "saved state: open " + state }, os.ErrNotExist},
+		{"state is a directory", func(t *testing.T, state string) string {
+			writeFile(t, state+".mem")
+			if err := os.Mkdir(state, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			return state
+		}, func(state string) string { return "saved state " + state + ": not a regular file" }, nil},
+		{"unreadable state", func(t *testing.T, state string) string {
+			if os.Geteuid() == 0 {
+				t.Skip("root reads any file")
+			}
+			writeFile(t, state)
+			writeFile(t, state+".mem")
+			if err := os.Chmod(state, 0); err != nil {
+				t.Fatal(err)
+			}
+			return state
+		}, func(state string) string { return "saved state: open " + state }, os.ErrPermission},
+		{"relative path", func(t *testing.T, state string) string { return "state" }, func(string) string { return "must be an absolute path" }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := shortTempDir(t)
+			d, log := fakeDriver(t, dir)
+			s := spec(t, dir)
+			state := filepath.Join(dir, "state")
+			s.Incoming = tc.prepare(t, state)
+			p, err := d.Start(ctx, s)
+			if err == nil {
+				_ = d.Kill(ctx, p)
+				t.Fatal("Start succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want(state)) || !errors.Is(err, vmm.ErrInvalidSpec) || tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("Start: %v, want %q", err, tc.want(state))
+			}
+			if _, err := os.Stat(log); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the API was called (request log: %v)", err)
+			}
+			if found, _ := vmm.Find(s.VMID); len(found) != 0 {
+				t.Fatalf("VMM launched: %+v", found[0])
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestResumeMismatch: a saved guest whose devices this VM's cannot stand
+// in for is refused by name before the guest runs (never PATCH /vm
+// Resumed), and the VMM is gone.
+func TestResumeMismatch(t *testing.T) {
+	vm, state, _ := saveFake(t, nil)
+	for _, tc := range []struct {
+		name   string
+		mutate func(*vmm.Spec)
+		want   string
+		is     error
+	}{
+		{"no tap in this VM", func(s *vmm.Spec) { s.Tap = nil }, `network interface "eth0" (tap pdk-fc) has no tap in this VM: it cannot be redirected`, vmm.ErrInvalidSpec},
+		{"one disk fewer", func(s *vmm.Spec) { s.Disks = s.Disks[:1] }, "the saved guest has 2 drives, this VM 1 disks", vmm.ErrInvalidSpec},
+		{"read-only differs", func(s *vmm.Spec) { s.Disks[1].ReadOnly = false }, "drive disk1 is read-only=true in the saved guest, false in this VM", vmm.ErrInvalidSpec},
+		{"other memory size", func(s *vmm.Spec) { s.MemoryMiB = 1024 }, "the saved guest has 2 vCPUs and 512 MiB, this VM 2 and 1024", vmm.ErrInvalidSpec},
+		// last: it removes the saved VM's disk
+		{"saved disks gone", func(*vmm.Spec) { _ = os.Remove(vm.spec.Disks[0].Path) }, "load the snapshot: firecracker: PUT /snapshot/load: HTTP 400: Load snapshot error: Cannot open the block device backing file", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, dir := resumeSpec(t, vm.spec, state)
+			tc.mutate(&s)
+			d, log := fakeDriver(t, dir)
+			p, err := d.Start(vm.ctx, s)
+			if err == nil {
+				_ = d.Kill(vm.ctx, p)
+				t.Fatal("Start succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) || tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("Start: %v, want %q", err, tc.want)
+			}
+			calls := apiCalls(t, readLog(t, log), tc.is == nil)
+			if len(calls) == 0 || calls[0].path != "/snapshot/load" || slices.ContainsFunc(calls, func(c call) bool { return c.method == "PATCH" }) {
+				t.Fatalf("requests %q: want the load, no PATCH", calls)
+			}
+			if found, _ := vmm.Find(s.VMID); len(found) != 0 {
+				t.Fatalf("VMM left running: %+v", found[0])
+			}
+		})
+	}
+}
+
+// TestSnapshotContext: a Firecracker that never answers a snapshot
+// request holds Save or a resume no longer than the caller's ctx (not the
+// backstop for snapshot requests, nor APITimeout), and a resume then
+// leaves no VMM.
+func TestSnapshotContext(t *testing.T) {
+	const bound = 1500 * time.Millisecond
+	t.Run("save", func(t *testing.T) {
+		vm := startFakeEnv(t, []string{"FAKE_FC_HANG=/snapshot/create"}, nil)
+		vm.d.APITimeout = time.Minute
+		state := filepath.Join(vm.dir, "state")
+		booted := len(readLog(t, vm.log))
+		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		defer cancel()
+		var err error
+		within(t, "Save", bound+3*time.Second, func() { _, err = vm.d.Save(ctx, vm.p, state) })
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "write the snapshot") {
+			t.Fatalf("Save: %v", err)
+		}
+		checkCalls(t, "Save", apiCalls(t, readLog(t, vm.log)[booted:], false), saveCalls(state))
+	})
+	t.Run("resume", func(t *testing.T) {
+		vm, state, _ := saveFake(t, nil)
+		s, dir := resumeSpec(t, vm.spec, state)
+		d, log := fakeDriver(t, dir, "FAKE_FC_HANG=/snapshot/load")
+		d.APITimeout = time.Minute
+		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		defer cancel()
+		var p *vmm.Process
+		var err error
+		within(t, "Start", bound+3*time.Second, func() { p, err = d.Start(ctx, s) })
+		if err == nil {
+			_ = d.Kill(context.Background(), p)
+			t.Fatal("Start succeeded")
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "load the snapshot") {
+			t.Fatalf("Start: %v", err)
+		}
+		if calls := apiCalls(t, readLog(t, log), false); len(calls) != 1 || calls[0].path != "/snapshot/load" {
+			t.Fatalf("requests %q", calls)
+		}
+		if found, _ := vmm.Find(s.VMID); len(found) != 0 {
+			t.Fatalf("VMM left running: %+v", found[0])
+		}
+	})
+}
+
+// within runs f and fails the test when it has not returned after limit.
+func within(t *testing.T, what string, limit time.Duration, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); f() }()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		t.Fatalf("%s still running after %v: the caller's ctx does not bound it", what, limit)
 	}
 }

@@ -453,6 +453,9 @@ func TestSaveRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(saved.Files) != 1 || saved.Files[0] != state {
+		t.Fatalf("Saved.Files %q, want [%s]", saved.Files, state)
+	}
 	if st, err := d.Status(ctx, tp); err != nil || st != "postmigrate" {
 		t.Fatalf("after Save the guest is %q (%v), want it paused (postmigrate)", st, err)
 	}

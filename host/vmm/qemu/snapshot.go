@@ -87,7 +87,7 @@ func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Sav
 		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
 	ok = true
-	return vmm.Saved{Bytes: st.Size(), Took: time.Since(start)}, nil
+	return vmm.Saved{Bytes: st.Size(), Took: time.Since(start), Files: []string{path}}, nil
 }
 
 // restore loads the state file at path into a VMM started with

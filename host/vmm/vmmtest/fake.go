@@ -146,7 +146,7 @@ func (f *Fake) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Saved
 	if cerr := fh.Close(); err == nil {
 		err = cerr
 	}
-	return vmm.Saved{Bytes: int64(len(data))}, err
+	return vmm.Saved{Bytes: int64(len(data)), Files: []string{path}}, err
 }
 
 // lookup returns the fake VMM p names, nil when p is not (or no longer) it.
