@@ -210,13 +210,21 @@ func watch(t *testing.T, addr string, cred *syscall.Credential) *watcher {
 // waitFor polls until cond holds.
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
+	if !waitUntil(d, cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// waitUntil polls cond until it holds (true) or d has passed (false).
+func waitUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return true
 }
 
 var objPathRE = regexp.MustCompile(`"(/org/paddock1/[a-z]+/[0-9a-f]+)"`)
@@ -339,10 +347,16 @@ func TestDBusAPI(t *testing.T) {
 
 	// Every varlink event has its signal: carol (admin) gets one for each,
 	// carrying its seq; alice and bob get only their own VM's.
-	evMu.Lock()
-	evs := append([]api.Event(nil), events...)
-	evMu.Unlock()
-	if len(evs) < 5 {
+	// The varlink stream may still be on its way: the last delete's event
+	// reaches the subscriber after the Delete's answer.
+	var evs []api.Event
+	ok := waitUntil(15*time.Second, func() bool {
+		evMu.Lock()
+		defer evMu.Unlock()
+		evs = append([]api.Event(nil), events...)
+		return len(evs) >= 5
+	})
+	if !ok {
 		t.Fatalf("only %d varlink events: %+v", len(evs), evs)
 	}
 	seqOf := func(s busSignal) (float64, bool) {
