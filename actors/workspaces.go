@@ -657,78 +657,71 @@ func (a *workspacesActor) export(ctx actor.Context, m *ExportWorkspace) {
 // importTree runs an ImportWorkspace off the mailbox, the workspace held
 // busy: the build writes a new volume beside the old and renames it over.
 func (a *workspacesActor) importTree(ctx actor.Context, m *ImportWorkspace) {
-	fail := func(err error) {
-		if m.Tar != nil {
-			_ = m.Tar.Close()
-		}
-		m.Done <- WorkspaceResult{Err: err}
-	}
-	if a.d.Build == nil || m.Tar == nil {
-		fail(errorf(ErrNotYet, "workspaces are not configured"))
-		return
-	}
-	ws, err := a.ioTarget(m.Caller, m.Ref)
-	if err != nil {
-		fail(err)
-		return
-	}
-	// The new volume is a new raw top: the record names it (and no
-	// backing) only once it is complete, and the old chain goes; the
-	// snapshots stay.
-	top := "top-" + state.NewID() + ".ext4"
-	build, vol, snapshot, source := a.d.Build, filepath.Join(a.d.Store.Dir(ws.ID), top), *ws, m.Source
-	commit := func(next *state.Workspace) {
-		next.Top, next.Backing, next.Source = top, nil, source
-	}
-	a.startIO(ctx, m.ID, ws, "imported", commit, m.Done, func(bctx context.Context) error {
-		stop := context.AfterFunc(bctx, func() { _ = m.Tar.Close() })
-		defer stop()
-		err := build(bctx, m.Tar, vol, snapshot)
-		_ = m.Tar.Close()
-		return err
-	})
+	build, source := a.d.Build, m.Source
+	a.newTop(ctx, m.ID, m.Caller, m.Ref, m.Tar, m.Done, "imported", build != nil,
+		func(next *state.Workspace) { next.Source = source },
+		func(bctx context.Context, ws state.Workspace, _, out string) error {
+			return build(bctx, m.Tar, out, ws)
+		})
 }
 
 // push runs a PushWorkspace off the mailbox, the workspace held busy: its
 // tree is exported into the merge, which writes a new raw top beside the
-// old chain; the record names it only once it is complete.
+// old chain.
 func (a *workspacesActor) push(ctx actor.Context, m *PushWorkspace) {
+	export, merge := a.d.Export, a.d.Merge
+	a.newTop(ctx, m.ID, m.Caller, m.Ref, m.Tar, m.Done, "pushed", merge != nil && export != nil, nil,
+		func(bctx context.Context, ws state.Workspace, vol, out string) error {
+			pr, pw := io.Pipe()
+			exported := make(chan error, 1)
+			go func() {
+				err := export(bctx, pw, vol, ws, nil)
+				pw.CloseWithError(err)
+				exported <- err
+			}()
+			err := merge(bctx, pr, m.Tar, m.Path, m.Name, out, ws)
+			pr.CloseWithError(errPushEnded) // an export still writing stops
+			if xerr := <-exported; xerr != nil && !errors.Is(xerr, errPushEnded) {
+				return fmt.Errorf("reading the workspace's tree: %w", xerr) // the cause of the merge's failure
+			}
+			return err
+		})
+}
+
+// newTop runs work off the mailbox on a detached workspace held busy: it
+// reads tar and writes a new raw top at out beside the current chain (vol
+// its top); the record names the new top (and no backing) only once it is
+// complete, and the old chain goes; the snapshots stay. tar is closed in
+// every case, and when the work's context ends.
+func (a *workspacesActor) newTop(ctx actor.Context, id uint64, c Caller, ref string, tar io.ReadCloser, done chan WorkspaceResult, verb string, configured bool,
+	commit func(*state.Workspace), work func(bctx context.Context, ws state.Workspace, vol, out string) error) {
 	fail := func(err error) {
-		if m.Tar != nil {
-			_ = m.Tar.Close()
+		if tar != nil {
+			_ = tar.Close()
 		}
-		m.Done <- WorkspaceResult{Err: err}
+		done <- WorkspaceResult{Err: err}
 	}
-	if a.d.Merge == nil || a.d.Export == nil || m.Tar == nil {
+	if !configured || tar == nil {
 		fail(errorf(ErrNotYet, "workspaces are not configured"))
 		return
 	}
-	ws, err := a.ioTarget(m.Caller, m.Ref)
+	ws, err := a.ioTarget(c, ref)
 	if err != nil {
 		fail(err)
 		return
 	}
 	top := "top-" + state.NewID() + ".ext4"
-	export, merge, snapshot := a.d.Export, a.d.Merge, *ws
-	vol, out := a.d.Store.TopPath(ws), filepath.Join(a.d.Store.Dir(ws.ID), top)
-	commit := func(next *state.Workspace) { next.Top, next.Backing = top, nil }
-	a.startIO(ctx, m.ID, ws, "pushed", commit, m.Done, func(bctx context.Context) error {
-		stop := context.AfterFunc(bctx, func() { _ = m.Tar.Close() })
-		defer stop()
-		defer m.Tar.Close()
-		pr, pw := io.Pipe()
-		exported := make(chan error, 1)
-		go func() {
-			err := export(bctx, pw, vol, snapshot, nil)
-			pw.CloseWithError(err)
-			exported <- err
-		}()
-		err := merge(bctx, pr, m.Tar, m.Path, m.Name, out, snapshot)
-		pr.CloseWithError(errPushEnded) // an export still writing stops
-		if xerr := <-exported; xerr != nil && !errors.Is(xerr, errPushEnded) {
-			return fmt.Errorf("reading the workspace's tree: %w", xerr) // the cause of the merge's failure
+	snapshot, vol, out := *ws, a.d.Store.TopPath(ws), filepath.Join(a.d.Store.Dir(ws.ID), top)
+	a.startIO(ctx, id, ws, verb, func(next *state.Workspace) {
+		next.Top, next.Backing = top, nil
+		if commit != nil {
+			commit(next)
 		}
-		return err
+	}, done, func(bctx context.Context) error {
+		stop := context.AfterFunc(bctx, func() { _ = tar.Close() })
+		defer stop()
+		defer tar.Close()
+		return work(bctx, snapshot, vol, out)
 	})
 }
 
