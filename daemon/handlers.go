@@ -68,6 +68,13 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 	return out
 }
 
+// inline names the methods answered from the Manager's published records
+// (or constants) without waiting on an actor: the server runs them on the
+// connection's reading goroutine, with no handoff (the Get tail).
+func inline() map[string]bool {
+	return map[string]bool{api.Interface + ".Get": true, api.Interface + ".List": true, api.Interface + ".Version": true}
+}
+
 // guard bounds each call by the configured request timeout (streams are
 // bounded by their client and by shutdown instead).
 func (d *Daemon) guard(h varlink.Handler) varlink.Handler {

@@ -140,6 +140,10 @@ type Config struct {
 	MessageTimeout time.Duration
 	// WriteTimeout bounds one reply write to a client that does not read.
 	WriteTimeout time.Duration
+	// Inline names the methods that answer at once from memory, never
+	// waiting on anything: they run on the connection's reading goroutine,
+	// saving a handoff per call, and a hang-up does not cancel them.
+	Inline map[string]bool
 	// MapError turns a handler's Go error into a varlink error reply.
 	MapError func(error) *Error
 	Logger   *slog.Logger
@@ -380,44 +384,64 @@ func (c *conn) serve() {
 	}()
 	log := c.srv.cfg.Logger
 	peer := c.peer
-	// The reader runs apart from the calls so that a client hanging up ends a
-	// streaming call at once.
+	// Ended when the client hangs up: a call that waits (a stream, a start)
+	// is not left running for nobody.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	msgs := make(chan []byte)
-	go func() {
-		defer cancel()
-		defer close(msgs)
-		var src io.Reader = c.nc
-		if uc, ok := c.nc.(*net.UnixConn); ok {
-			c.fdr = newFDReader(uc)
-			src = c.fdr
+	var src io.Reader = c.nc
+	if uc, ok := c.nc.(*net.UnixConn); ok {
+		c.fdr = newFDReader(uc)
+		src = c.fdr
+	}
+	br := bufio.NewReaderSize(src, 4096)
+	// This goroutine reads. A call that may wait runs apart, so that a
+	// hang-up read meanwhile cancels it; an inline call (Config.Inline)
+	// runs here, with no handoff between goroutines. Calls on a connection
+	// still run one at a time, in order: the next waits for the last.
+	var apart chan bool // the result of the call running apart, if any
+	wait := func() bool {
+		if apart == nil {
+			return true
 		}
-		br := bufio.NewReaderSize(src, 4096)
-		for {
-			b, err := c.readMessage(br)
-			if err != nil {
-				if errors.Is(err, errIdle) {
-					log.Debug("closing an idle connection", "uid", peer.UID, "pid", peer.PID, "idle", c.srv.cfg.IdleTimeout)
-				} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-					log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
-				}
-				return
+		ok := <-apart
+		apart = nil
+		return ok
+	}
+	for {
+		b, err := c.readMessage(br)
+		if err != nil {
+			if errors.Is(err, errIdle) {
+				log.Debug("closing an idle connection", "uid", peer.UID, "pid", peer.PID, "idle", c.srv.cfg.IdleTimeout)
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
 			}
-			select {
-			case msgs <- b:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for b := range msgs {
-		if !c.dispatch(ctx, peer, b) {
+			cancel()
+			wait()
 			return
 		}
-		if c.srv.draining.Load() {
+		if !wait() || c.srv.draining.Load() {
 			return
 		}
+		req, err := DecodeRequest(b)
+		if err != nil {
+			log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
+			return
+		}
+		if !req.More && c.srv.cfg.Inline[req.Method] {
+			if !c.dispatch(ctx, peer, req) || c.srv.draining.Load() {
+				return
+			}
+			continue
+		}
+		apart = make(chan bool, 1)
+		go func(done chan<- bool) {
+			ok := c.dispatch(ctx, peer, req)
+			if !ok || c.srv.draining.Load() {
+				// Wakes the read above, which then ends the connection.
+				_ = c.nc.Close()
+			}
+			done <- ok
+		}(apart)
 	}
 }
 
@@ -484,13 +508,7 @@ func (c *conn) awaitMessage(br *bufio.Reader) error {
 }
 
 // dispatch runs one call; false means the connection must close.
-func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
-	log := c.srv.cfg.Logger
-	req, err := DecodeRequest(b)
-	if err != nil {
-		log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
-		return false
-	}
+func (c *conn) dispatch(ctx context.Context, peer Peer, req *Request) bool {
 	if !c.srv.begin() {
 		return false
 	}

@@ -215,6 +215,47 @@ func TestCallsAndErrors(t *testing.T) {
 	}
 }
 
+// An inline call pipelined behind one that waits still runs after it, and
+// the replies come in the order of the calls.
+func TestInlineCallsKeepOrder(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.Inline = map[string]bool{"org.example.test.Echo": true} })
+	nc, err := net.Dial("unix", r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write([]byte(`{"method":"org.example.test.Slow"}` + "\x00" + `{"method":"org.example.test.Echo","parameters":{"s":"after"}}` + "\x00")); err != nil {
+		t.Fatal(err)
+	}
+	<-r.slowBegan
+	close(r.slow)
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(nc)
+	var got []string
+	for range 2 {
+		b, err := br.ReadBytes(0)
+		if err != nil {
+			t.Fatalf("replies so far %q: %v", got, err)
+		}
+		got = append(got, string(b[:len(b)-1]))
+	}
+	if got[0] != `{"parameters":{}}` || !strings.Contains(got[1], `"s":"after"`) {
+		t.Fatalf("replies %q: want Slow's, then Echo's", got)
+	}
+	if !r.done.Load() {
+		t.Fatal("Echo answered before Slow ended")
+	}
+	// Inline calls answer errors as any call does, and keep the connection.
+	c := r.client(t)
+	var ve *Error
+	if err := c.Call(ctx(t), "org.example.test.Echo", map[string]any{"x": "y"}, nil); !errors.As(err, &ve) || ve.Name != ErrInvalidParameter {
+		t.Fatalf("inline error: %v", err)
+	}
+	if err := c.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "again"}, nil); err != nil {
+		t.Fatalf("after an inline error: %v", err)
+	}
+}
+
 func TestServiceInterface(t *testing.T) {
 	r := newRig(t, nil)
 	c := r.client(t)
