@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"runtime"
 	"time"
 
@@ -236,11 +237,15 @@ func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	vm, err := d.actors.GetVM(ctx, d.auth.caller(c.Peer), in.VM)
+	// The reply is encoded once per record (and configuration, whose
+	// default network it shows), not once per call.
+	enc, err := d.actors.ViewVM(ctx, d.auth.caller(c.Peer), in.VM, d.config(), func(vm *state.VM) (any, error) {
+		return json.Marshal(api.VMOut{VM: d.toAPI(vm)})
+	})
 	if err != nil {
 		return err
 	}
-	return c.Reply(api.VMOut{VM: d.toAPI(vm)})
+	return c.ReplyJSON(enc.([]byte))
 }
 
 func (d *Daemon) list(ctx context.Context, c *varlink.Call) error {

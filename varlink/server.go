@@ -2,6 +2,7 @@ package varlink
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,7 +55,7 @@ func (c *Call) send(r *Reply) error {
 // Decode unmarshals the parameters into v, refusing unknown fields. A failure
 // is returned as an InvalidParameter varlink error naming the parameter.
 func (c *Call) Decode(v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(c.Parameters)))
+	dec := json.NewDecoder(bytes.NewReader(c.Parameters))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		param := "parameters"
@@ -76,6 +77,19 @@ func (c *Call) Reply(params any) error {
 		return nil
 	}
 	return c.send(&Reply{Parameters: orEmpty(params)})
+}
+
+// ReplyJSON is Reply with parameters already encoded: a JSON object as
+// json.Marshal makes it, sent as is (no second encoding per call).
+func (c *Call) ReplyJSON(params json.RawMessage) error {
+	c.replied = true
+	if c.Oneway {
+		return nil
+	}
+	if c.local != nil {
+		return c.local(&Reply{Parameters: params})
+	}
+	return c.conn.writeJSON(params)
 }
 
 // Continue sends one of several answers to a "more" call.
@@ -363,11 +377,30 @@ func (c *conn) write(r *Reply) error {
 	if err != nil {
 		return fmt.Errorf("encode reply: %w", err)
 	}
-	b = append(b, 0)
+	return c.send(append(b, 0))
+}
+
+// writeJSON sends a final reply whose parameters are encoded already, as
+// write would have encoded it.
+func (c *conn) writeJSON(params json.RawMessage) error {
+	const head, tail = `{"parameters":`, "}\x00"
+	bp := replyBufs.Get().(*[]byte)
+	defer replyBufs.Put(bp)
+	*bp = append(append(append((*bp)[:0], head...), params...), tail...)
+	return c.send(*bp)
+}
+
+// replyBufs are writeJSON's buffers: a write is done with its buffer when it
+// returns, so a reply costs no garbage.
+var replyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// send writes one whole message: one write, so a reply never leaves in
+// pieces.
+func (c *conn) send(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	_, err = c.nc.Write(b)
+	_, err := c.nc.Write(b)
 	return err
 }
 

@@ -55,12 +55,10 @@ func ValidInterfaceName(s string) bool { return len(s) <= 255 && ifaceRE.MatchSt
 // well-formed method with object parameters.
 func DecodeRequest(b []byte) (*Request, error) {
 	var r Request
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&r); err != nil {
+	// Unmarshal refuses trailing data too, without a Decoder's buffer and
+	// copy per call.
+	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: malformed JSON: %v", ErrProtocol, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the message", ErrProtocol)
 	}
 	if !methodRE.MatchString(r.Method) || len(r.Method) > 255 {
 		return nil, fmt.Errorf("%w: bad method name %q", ErrProtocol, truncate(r.Method, 80))
