@@ -561,6 +561,8 @@ func (c *conn) dispatch(ctx context.Context, peer Peer, req *Request) bool {
 		call.FDs = c.fdr.take()
 		// Closing wakes any Socket wait still on them.
 		defer closeAll(call.FDs)
+	}
+	if len(call.FDs) > 0 {
 		// However the call ends, nothing keeps waiting on the client's files.
 		defer context.AfterFunc(ctx, func() { expire(call.FDs) })()
 	}
