@@ -229,6 +229,9 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 	}
 	for m := range cfg.Methods {
+		if !methodRE.MatchString(m) || len(m) > 255 {
+			return nil, fmt.Errorf("varlink: bad method name %q", m)
+		}
 		iface, _ := SplitMethod(m)
 		if _, ok := cfg.Interfaces[iface]; !ok {
 			return nil, fmt.Errorf("varlink: method %s of undeclared interface %s", m, iface)
@@ -455,7 +458,7 @@ func (c *conn) serve() {
 		if !wait() || c.srv.draining.Load() {
 			return
 		}
-		req, err := DecodeRequest(b)
+		req, err := decodeRequest(b, c.srv.cfg.Methods)
 		if err != nil {
 			log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
 			return

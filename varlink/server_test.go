@@ -569,3 +569,15 @@ func TestPassedSocketsDoNotOutliveTheCall(t *testing.T) {
 		t.Fatalf("a pipe: %v", err)
 	}
 }
+
+// A method the table names is checked once, at NewServer (calls then skip
+// the match), so a malformed one is refused there.
+func TestNewServerRefusesBadMethodNames(t *testing.T) {
+	for _, m := range []string{"org.example.test.echo", "org.example.test.", "Org.example.test.Echo"} {
+		_, err := NewServer(Config{Interfaces: map[string]string{"org.example.test": testIface},
+			Methods: map[string]Handler{m: func(context.Context, *Call) error { return nil }}})
+		if err == nil {
+			t.Errorf("NewServer accepted method %q", m)
+		}
+	}
+}
