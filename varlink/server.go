@@ -55,9 +55,11 @@ func (c *Call) send(r *Reply) error {
 // Decode unmarshals the parameters into v, refusing unknown fields. A failure
 // is returned as an InvalidParameter varlink error naming the parameter.
 func (c *Call) Decode(v any) error {
-	dec := json.NewDecoder(bytes.NewReader(c.Parameters))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	pd := &paramDecoder{}
+	if c.conn != nil {
+		pd = &c.conn.params
+	}
+	if err := pd.decode(c.Parameters, v); err != nil {
 		param := "parameters"
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
@@ -67,6 +69,33 @@ func (c *Call) Decode(v any) error {
 		}
 		return NewError(ErrInvalidParameter, map[string]any{"parameter": param, "message": fmt.Sprintf("invalid parameter %q: %v", param, err)})
 	}
+	return nil
+}
+
+// paramDecoder decodes a connection's call parameters with one Decoder,
+// fed each call's parameters in turn: a Decoder a call (and its buffer) was
+// most of the garbage a Get made. The calls of a connection run one at a
+// time, and so do their decodes.
+type paramDecoder struct {
+	r      bytes.Reader
+	dec    *json.Decoder
+	offset int64 // the Decoder's input offset after the last call's parameters
+}
+
+func (p *paramDecoder) decode(b []byte, v any) error {
+	p.r.Reset(b)
+	if p.dec == nil {
+		p.dec = json.NewDecoder(&p.r)
+		p.dec.DisallowUnknownFields()
+	}
+	err := p.dec.Decode(v)
+	if err != nil || p.r.Len() > 0 || p.dec.InputOffset() != p.offset+int64(len(b)) {
+		// A failure, or bytes left over, would carry into the next call's
+		// decode: start that afresh.
+		p.dec, p.offset = nil, 0
+		return err
+	}
+	p.offset += int64(len(b))
 	return nil
 }
 
@@ -367,8 +396,10 @@ type conn struct {
 	peer  Peer
 	admin bool
 	fdr   *fdReader
-	wmu   sync.Mutex
-	busy  atomic.Bool
+	// params decodes the calls' parameters (Call.Decode).
+	params paramDecoder
+	wmu    sync.Mutex
+	busy   atomic.Bool
 	// active is when the connection last began or ended a call (Unix ns).
 	active atomic.Int64
 }

@@ -581,3 +581,32 @@ func TestNewServerRefusesBadMethodNames(t *testing.T) {
 		}
 	}
 }
+
+// One Decoder serves a connection's calls in turn: a failure or bytes left
+// over never reach the next call's parameters.
+func TestParamDecoderCarriesNothingOver(t *testing.T) {
+	var p paramDecoder
+	type in struct {
+		S string `json:"s"`
+	}
+	for i, tc := range []struct {
+		params string
+		want   string
+		fails  bool
+	}{
+		{`{"s":"a"}`, "a", false},
+		{`{"s":5}`, "", true},
+		{`{"s":"b"}`, "b", false},
+		{`{"x":1}`, "", true},
+		{`{"s":"c"}  `, "c", false},
+		{`{"s":"d"}`, "d", false},
+		{`{"s":`, "", true},
+		{`{"s":"e"}`, "e", false},
+	} {
+		var v in
+		err := p.decode([]byte(tc.params), &v)
+		if (err != nil) != tc.fails || !tc.fails && v.S != tc.want {
+			t.Fatalf("call %d %s: %+v %v", i, tc.params, v, err)
+		}
+	}
+}
