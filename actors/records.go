@@ -18,6 +18,17 @@ type entry struct {
 	rec  atomic.Pointer[state.VM]
 	gone atomic.Bool // deleted; the Manager drops the entry when told
 	key  nameKey     // under which byName holds it: the Manager's alone
+	// view is what a reader last made of rec (ViewVM), kept with the
+	// entry so that it goes when the entry does.
+	view atomic.Pointer[view]
+}
+
+// view is a value made from one record: good only while that record is
+// the published one, and for the same key.
+type view struct {
+	rec *state.VM
+	key any
+	val any
 }
 
 func newEntry(pid *actor.PID, vm state.VM) *entry {
@@ -29,6 +40,22 @@ func newEntry(pid *actor.PID, vm state.VM) *entry {
 // vm is the entry's current record; callers must not modify what it points
 // to (copy first).
 func (e *entry) vm() *state.VM { return e.rec.Load() }
+
+// viewOf returns derive(rec) for the entry's current record, made once per
+// record and key: a record is immutable, so a view of the record being
+// published is never older than what its callers were told.
+func (e *entry) viewOf(key any, derive func(*state.VM) (any, error)) (any, error) {
+	rec := e.vm()
+	if v := e.view.Load(); v != nil && v.rec == rec && v.key == key {
+		return v.val, nil
+	}
+	val, err := derive(rec)
+	if err != nil {
+		return nil, err
+	}
+	e.view.Store(&view{rec: rec, key: key, val: val})
+	return val, nil
+}
 
 // publish makes vm the entry's record: what Get and List answer from now on.
 func (e *entry) publish(vm state.VM) { e.rec.Store(&vm) }

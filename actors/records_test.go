@@ -25,6 +25,14 @@ func TestGetReadsPublishedRecords(t *testing.T) {
 	vm := h.mustCreate(t, alice, "web")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// view is Get through ViewVM: a copy of the record it was made from.
+	view := func(c Caller, ref string, key any) (*state.VM, error) {
+		v, err := h.sys.ViewVM(ctx, c, ref, key, func(vm *state.VM) (any, error) { cp := *vm; return &cp, nil })
+		if err != nil {
+			return nil, err
+		}
+		return v.(*state.VM), nil
+	}
 
 	// Readers hammer the records while the VM changes (for -race).
 	stop := make(chan struct{})
@@ -44,6 +52,9 @@ func TestGetReadsPublishedRecords(t *testing.T) {
 				}
 				if _, err := h.sys.ListVMs(ctx, alice); err != nil {
 					t.Errorf("List: %v", err)
+				}
+				if got, err := view(alice, vm.ID, "k"); err == nil && got.ID != vm.ID {
+					t.Errorf("a view by id answered VM %s", got.ID)
 				}
 			}
 		}()
@@ -69,6 +80,10 @@ func TestGetReadsPublishedRecords(t *testing.T) {
 			if err != nil || !s.want(got) {
 				t.Fatalf("Get %q right after %s: %+v %v", ref, s.name, got, err)
 			}
+			// A view made of an earlier record is never answered.
+			if got, err = view(alice, ref, "k"); err != nil || !s.want(got) {
+				t.Fatalf("view of %q right after %s: %+v %v", ref, s.name, got, err)
+			}
 		}
 		list, err := h.sys.ListVMs(ctx, alice)
 		if err != nil || len(list) != 1 || !s.want(&list[0]) {
@@ -84,6 +99,20 @@ func TestGetReadsPublishedRecords(t *testing.T) {
 	}
 	if list, err := h.sys.ListVMs(ctx, bob); err != nil || len(list) != 0 {
 		t.Fatalf("bob lists %+v %v", list, err)
+	}
+	_, errBob = h.sys.ViewVM(ctx, bob, "web", "k", func(*state.VM) (any, error) { t.Fatal("bob was given a view of alice's VM"); return nil, nil })
+	if !errors.Is(errBob, ErrNotFound) || errBob.Error() != `no VM named "web"` {
+		t.Fatalf("bob's view of alice's VM: %v, want as for a missing one", errBob)
+	}
+	// A view is made once per record and key.
+	made := 0
+	for _, key := range []string{"a", "a", "b", "b"} {
+		if _, err := h.sys.ViewVM(ctx, alice, "web", key, func(*state.VM) (any, error) { made++; return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if made != 2 {
+		t.Fatalf("views made for keys a, a, b, b of one record: %d, want 2", made)
 	}
 
 	// A caller's copy is its own.
@@ -101,11 +130,17 @@ func TestGetReadsPublishedRecords(t *testing.T) {
 	if _, err := h.sys.GetVM(ctx, alice, vm.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get right after delete: %v", err)
 	}
+	if _, err := view(alice, vm.ID, "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("view right after delete: %v", err)
+	}
 	if list, _ := h.sys.ListVMs(ctx, alice); len(list) != 0 {
 		t.Fatalf("List right after delete: %+v", list)
 	}
 	again := h.mustCreate(t, alice, "web")
 	if got, err := h.sys.GetVM(ctx, alice, "web"); err != nil || got.ID != again.ID {
 		t.Fatalf("Get of the new VM under the old name: %+v %v", got, err)
+	}
+	if got, err := view(alice, "web", "k"); err != nil || got.ID != again.ID {
+		t.Fatalf("view of the new VM under the old name: %+v %v", got, err)
 	}
 }

@@ -254,6 +254,26 @@ func (s *System) GetVM(ctx context.Context, c Caller, ref string) (*state.VM, er
 	return &vm, nil
 }
 
+// ViewVM is GetVM for a caller that only derives a value from the record
+// (its API encoding): derive gets the published record itself (read-only) and
+// runs once per record and key, which must be comparable. Ownership is
+// checked as for GetVM before any view is made or reused.
+func (s *System) ViewVM(ctx context.Context, c Caller, ref string, key any, derive func(*state.VM) (any, error)) (any, error) {
+	set := s.recs.load()
+	if set == nil {
+		vm, err := s.GetVM(ctx, c, ref)
+		if err != nil {
+			return nil, err
+		}
+		return derive(vm)
+	}
+	e, err := set.resolve(c, ref)
+	if err != nil {
+		return nil, err
+	}
+	return e.viewOf(key, derive)
+}
+
 // ListVMs lists the VMs the caller may see, by name then id, from the
 // Manager's published records.
 func (s *System) ListVMs(ctx context.Context, c Caller) ([]state.VM, error) {

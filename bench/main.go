@@ -33,7 +33,16 @@ func main() {
 	cloneRuns := flag.Int("clone-runs", 20, "clones to time (and references)")
 	cliBin := flag.String("paddock", "bin/paddock", "CLI binary: what a user runs")
 	netBytes := flag.Int64("net-bytes", 64<<20, "bytes per network transfer")
+	apiOnly := flag.Bool("api-only", false, "only the API, records and RSS figures: no D-Bus, workspace or image parts")
+	echo := flag.String("echo", "", "internal: serve the raw echo reference on this socket (the bench re-runs itself)")
 	flag.Parse()
+	if *echo != "" {
+		if err := echoServe(*echo); err != nil {
+			fmt.Fprintln(os.Stderr, "bench echo:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var err error
 	switch {
 	case *netOnly:
@@ -43,7 +52,7 @@ func main() {
 	case *wsOnly:
 		err = runWorkspace(*daemonBin, *cliBin, *cloneRuns)
 	default:
-		err = run(*daemonBin, *cliBin, *vms, *gets, *lists, *minbase, *cloneRuns)
+		err = run(*daemonBin, *cliBin, *vms, *gets, *lists, *minbase, *cloneRuns, *apiOnly)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -126,7 +135,7 @@ func runWorkspace(daemonBin, cliBin string, cloneRuns int) error {
 	return workspaceBench(cliBin, b.sock, b.shm, b.state, cloneRuns)
 }
 
-func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string, cloneRuns int) error {
+func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string, cloneRuns int, apiOnly bool) error {
 	b, err := startBenchDaemon(daemonBin)
 	if err != nil {
 		return err
@@ -140,9 +149,15 @@ func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string, clon
 		return err
 	}
 
-	// Reference: a raw NUL-terminated round trip over a UNIX socket, the
-	// transport floor every API call pays.
+	// References: a raw NUL-terminated round trip over a UNIX socket, the
+	// transport floor every API call pays. The first echo runs in this
+	// process (the figure's history); the second in a process of its own,
+	// as the daemon is, so it pays the same wake-up of another process.
 	raw, err := rawRoundTrips(filepath.Join(dir, "raw.sock"), nGets)
+	if err != nil {
+		return err
+	}
+	rawX, err := rawRoundTripsApart(filepath.Join(dir, "raw-apart.sock"), nGets)
 	if err != nil {
 		return err
 	}
@@ -180,14 +195,22 @@ func run(daemonBin, cliBin string, nVMs, nGets, nLists int, minbase string, clon
 	}
 
 	rp50, rp99 := pct(raw, 50), pct(raw, 99)
-	fmt.Printf("reference: raw UNIX-socket round trip   p50 %v  p99 %v  (n=%d)\n", rp50, rp99, len(raw))
-	fmt.Printf("api Get                                  p50 %v  p99 %v  = %.1fx / %.1fx raw  (n=%d)\n",
-		pct(get, 50), pct(get, 99), ratio(pct(get, 50), rp50), ratio(pct(get, 99), rp99), len(get))
+	xp50, xp99 := pct(rawX, 50), pct(rawX, 99)
+	gp50, gp99 := pct(get, 50), pct(get, 99)
+	fmt.Printf("reference: raw UNIX-socket round trip   p50 %v  p99 %v  (n=%d; echo in this process)\n", rp50, rp99, len(raw))
+	fmt.Printf("reference: raw round trip, other process p50 %v  p99 %v  (n=%d; echo in a process of its own, as the daemon)\n", xp50, xp99, len(rawX))
+	fmt.Printf("api Get                                  p50 %v  p99 %v  = %.1fx / %.1fx raw  = %.1fx / %.1fx raw other process  (n=%d)\n",
+		gp50, gp99, ratio(gp50, rp50), ratio(gp99, rp99), ratio(gp50, xp50), ratio(gp99, xp99), len(get))
+	fmt.Printf("api Get p99 as a ratio to a raw socket round trip: %.1fx (echo in this process; goal <= 3x), %.1fx (echo in another process)\n",
+		ratio(gp99, rp99), ratio(gp99, xp99))
 	fmt.Printf("api List of %d VMs                     p50 %v  p99 %v  = %.1fx / %.1fx raw  (n=%d)\n",
 		nVMs, pct(list, 50), pct(list, 99), ratio(pct(list, 50), rp50), ratio(pct(list, 99), rp99), len(list))
 	fmt.Printf("api Create (durable: fsync'd)            mean %v  = %.1fx raw p50\n", createEach, ratio(createEach, rp50))
 	fmt.Printf("daemon RSS with %d VM records          %d KiB  = %.2fx the idle daemon (%d KiB), %.1f KiB per VM\n",
 		nVMs, rss1, float64(rss1)/float64(rss0), rss0, float64(rss1-rss0)/float64(nVMs))
+	if apiOnly {
+		return nil
+	}
 	if bus == "" {
 		fmt.Println("D-Bus signals: skipped (no dbus-daemon)")
 	} else if err := dbusBench(c, sock, bus, "vm-0000", 50); err != nil {
@@ -266,6 +289,37 @@ func dialWait(sock string) (*api.Client, error) {
 	}
 }
 
+// echo answers each NUL-terminated message on c with itself.
+func echo(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		msg, err := br.ReadBytes(0)
+		if err != nil {
+			return
+		}
+		if _, err := c.Write(msg); err != nil {
+			return
+		}
+	}
+}
+
+// echoServe is -echo: the other-process reference's server, one
+// connection, then exit.
+func echoServe(path string) error {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	echo(c)
+	return nil
+}
+
 func rawRoundTrips(path string, n int) ([]time.Duration, error) {
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -273,26 +327,44 @@ func rawRoundTrips(path string, n int) ([]time.Duration, error) {
 	}
 	defer ln.Close()
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			msg, err := br.ReadBytes(0)
-			if err != nil {
-				return
-			}
-			if _, err := c.Write(msg); err != nil {
-				return
-			}
+		if c, err := ln.Accept(); err == nil {
+			echo(c)
 		}
 	}()
 	c, err := net.Dial("unix", path)
 	if err != nil {
 		return nil, err
 	}
+	return timeRoundTrips(c, n)
+}
+
+// rawRoundTripsApart is rawRoundTrips with the echo in another process:
+// this program re-run with -echo.
+func rawRoundTripsApart(path string, n int) ([]time.Duration, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-echo", path)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var c net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if c, err = net.Dial("unix", path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("echo process not answering on %s: %w", path, err)
+		}
+	}
+	return timeRoundTrips(c, n)
+}
+
+// timeRoundTrips times n round trips of a Get-sized message on c, and closes it.
+func timeRoundTrips(c net.Conn, n int) ([]time.Duration, error) {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	msg := []byte(`{"method":"io.paddock.v1.Get","parameters":{"vm":"vm-0001"}}` + "\x00")

@@ -209,6 +209,7 @@ func New(ctx context.Context, configPath string, cfg *config.Config) (*Daemon, e
 		Vendor: "paddock", Product: "paddockd", Version: version.Version, URL: "https://github.com/paddock-vm/paddock",
 		Interfaces:     map[string]string{api.Interface: api.Description},
 		Methods:        d.dispatch(),
+		Inline:         inline(),
 		MaxMessage:     int(cfg.API.MaxMessageSize),
 		MaxConns:       cfg.API.MaxConnections,
 		MaxConnsPerUID: cfg.API.MaxConnectionsPerUser,

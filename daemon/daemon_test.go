@@ -21,7 +21,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
-func newTestDaemon(t *testing.T) *Daemon {
+func newTestDaemon(t testing.TB) *Daemon {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := config.Default()

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"runtime"
 	"time"
 
@@ -66,6 +67,13 @@ func (d *Daemon) dispatch() map[string]varlink.Handler {
 		out[api.Interface+"."+name] = d.guard(h)
 	}
 	return out
+}
+
+// inline names the methods answered from the Manager's published records
+// (or constants) without waiting on an actor: the server runs them on the
+// connection's reading goroutine, with no handoff (the Get tail).
+func inline() map[string]bool {
+	return map[string]bool{api.Interface + ".Get": true, api.Interface + ".List": true, api.Interface + ".Version": true}
 }
 
 // guard bounds each call by the configured request timeout (streams are
@@ -229,11 +237,15 @@ func (d *Daemon) get(ctx context.Context, c *varlink.Call) error {
 	if err := c.Decode(&in); err != nil {
 		return err
 	}
-	vm, err := d.actors.GetVM(ctx, d.auth.caller(c.Peer), in.VM)
+	// The reply is encoded once per record (and configuration, whose
+	// default network it shows), not once per call.
+	enc, err := d.actors.ViewVM(ctx, d.auth.caller(c.Peer), in.VM, d.config(), func(vm *state.VM) (any, error) {
+		return json.Marshal(api.VMOut{VM: d.toAPI(vm)})
+	})
 	if err != nil {
 		return err
 	}
-	return c.Reply(api.VMOut{VM: d.toAPI(vm)})
+	return c.ReplyJSON(enc.([]byte))
 }
 
 func (d *Daemon) list(ctx context.Context, c *varlink.Call) error {

@@ -2,6 +2,7 @@ package varlink
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,9 @@ import (
 type Client struct {
 	nc         net.Conn
 	br         *bufio.Reader
+	buf        []byte // recv's, kept between calls (they are serialized)
+	wbuf       bytes.Buffer
+	enc        *json.Encoder // writes to wbuf
 	MaxMessage int
 }
 
@@ -71,7 +75,8 @@ func (c *Client) StreamFDs(ctx context.Context, method string, params any, files
 		if err := decodeReply(r, nil); err != nil {
 			return err
 		}
-		if err := fn(r.Parameters); err != nil {
+		// fn may keep what it is given; the buffer is the next reply's.
+		if err := fn(bytes.Clone(r.Parameters)); err != nil {
 			return err
 		}
 		if !r.Continues {
@@ -81,14 +86,24 @@ func (c *Client) StreamFDs(ctx context.Context, method string, params any, files
 }
 
 type wireReply struct {
-	Parameters json.RawMessage `json:"parameters"`
-	Continues  bool            `json:"continues"`
-	Error      string          `json:"error"`
+	Parameters borrowed `json:"parameters"`
+	Continues  bool     `json:"continues"`
+	Error      string   `json:"error"`
+}
+
+// borrowed is a reply's parameters left in the client's read buffer, not
+// copied: good until the next recv.
+type borrowed []byte
+
+// UnmarshalJSON keeps b, a slice of the message being decoded.
+func (p *borrowed) UnmarshalJSON(b []byte) error {
+	*p = b
+	return nil
 }
 
 func decodeReply(r *wireReply, out any) error {
 	if r.Error != "" {
-		return &Error{Name: r.Error, Parameters: r.Parameters}
+		return &Error{Name: r.Error, Parameters: bytes.Clone(r.Parameters)}
 	}
 	if out == nil || len(r.Parameters) == 0 {
 		return nil
@@ -105,8 +120,18 @@ func (c *Client) send(ctx context.Context, method string, params any, more bool,
 		Parameters any    `json:"parameters,omitempty"`
 		More       bool   `json:"more,omitempty"`
 	}{method, params, more}
-	b, err := json.Marshal(req)
-	if err != nil {
+	// Encoded into the client's own buffer (as json.Marshal would, but
+	// with no garbage per call), the Encoder's newline made the NUL.
+	c.wbuf.Reset()
+	if c.enc == nil {
+		c.enc = json.NewEncoder(&c.wbuf)
+	}
+	defer func() {
+		if c.wbuf.Cap() > 64<<10 { // a large request's buffer is not kept
+			c.wbuf, c.enc = bytes.Buffer{}, nil
+		}
+	}()
+	if err := c.enc.Encode(req); err != nil {
 		return fmt.Errorf("encode %s: %w", method, err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -114,7 +139,9 @@ func (c *Client) send(ctx context.Context, method string, params any, more bool,
 	} else {
 		_ = c.nc.SetWriteDeadline(time.Time{})
 	}
-	b = append(b, 0)
+	b := c.wbuf.Bytes()
+	b[len(b)-1] = 0
+	var err error
 	if len(files) == 0 {
 		_, err = c.nc.Write(b)
 		return err
@@ -144,14 +171,23 @@ func (c *Client) refusal(ctx context.Context, sendErr error) error {
 }
 
 func (c *Client) recv(ctx context.Context) (*wireReply, error) {
-	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { _ = c.nc.SetReadDeadline(time.Unix(1, 0)) })
+		defer stop()
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.nc.SetReadDeadline(dl)
 	} else {
 		_ = c.nc.SetReadDeadline(time.Time{})
 	}
-	var buf []byte
+	// The reply is decoded (its parameters copied) before the next call, so
+	// one buffer serves them all; a large one is not kept.
+	buf := c.buf[:0]
+	defer func() {
+		if cap(buf) <= 64<<10 {
+			c.buf = buf
+		}
+	}()
 	for {
 		chunk, err := c.br.ReadSlice(0)
 		buf = append(buf, chunk...)

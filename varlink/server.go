@@ -2,6 +2,7 @@ package varlink
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,9 +55,11 @@ func (c *Call) send(r *Reply) error {
 // Decode unmarshals the parameters into v, refusing unknown fields. A failure
 // is returned as an InvalidParameter varlink error naming the parameter.
 func (c *Call) Decode(v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(c.Parameters)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	pd := &paramDecoder{}
+	if c.conn != nil {
+		pd = &c.conn.params
+	}
+	if err := pd.decode(c.Parameters, v); err != nil {
 		param := "parameters"
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
@@ -69,6 +72,33 @@ func (c *Call) Decode(v any) error {
 	return nil
 }
 
+// paramDecoder decodes a connection's call parameters with one Decoder,
+// fed each call's parameters in turn: a Decoder a call (and its buffer) was
+// most of the garbage a Get made. The calls of a connection run one at a
+// time, and so do their decodes.
+type paramDecoder struct {
+	r      bytes.Reader
+	dec    *json.Decoder
+	offset int64 // the Decoder's input offset after the last call's parameters
+}
+
+func (p *paramDecoder) decode(b []byte, v any) error {
+	p.r.Reset(b)
+	if p.dec == nil {
+		p.dec = json.NewDecoder(&p.r)
+		p.dec.DisallowUnknownFields()
+	}
+	err := p.dec.Decode(v)
+	if err != nil || p.r.Len() > 0 || p.dec.InputOffset() != p.offset+int64(len(b)) {
+		// A failure, or bytes left over, would carry into the next call's
+		// decode: start that afresh.
+		p.dec, p.offset = nil, 0
+		return err
+	}
+	p.offset += int64(len(b))
+	return nil
+}
+
 // Reply sends the final answer.
 func (c *Call) Reply(params any) error {
 	c.replied = true
@@ -76,6 +106,19 @@ func (c *Call) Reply(params any) error {
 		return nil
 	}
 	return c.send(&Reply{Parameters: orEmpty(params)})
+}
+
+// ReplyJSON is Reply with parameters already encoded: a JSON object as
+// json.Marshal makes it, sent as is (no second encoding per call).
+func (c *Call) ReplyJSON(params json.RawMessage) error {
+	c.replied = true
+	if c.Oneway {
+		return nil
+	}
+	if c.local != nil {
+		return c.local(&Reply{Parameters: params})
+	}
+	return c.conn.writeJSON(params)
 }
 
 // Continue sends one of several answers to a "more" call.
@@ -140,6 +183,10 @@ type Config struct {
 	MessageTimeout time.Duration
 	// WriteTimeout bounds one reply write to a client that does not read.
 	WriteTimeout time.Duration
+	// Inline names the methods that answer at once from memory, never
+	// waiting on anything: they run on the connection's reading goroutine,
+	// saving a handoff per call, and a hang-up does not cancel them.
+	Inline map[string]bool
 	// MapError turns a handler's Go error into a varlink error reply.
 	MapError func(error) *Error
 	Logger   *slog.Logger
@@ -211,6 +258,9 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 	}
 	for m := range cfg.Methods {
+		if !methodRE.MatchString(m) || len(m) > 255 {
+			return nil, fmt.Errorf("varlink: bad method name %q", m)
+		}
 		iface, _ := SplitMethod(m)
 		if _, ok := cfg.Interfaces[iface]; !ok {
 			return nil, fmt.Errorf("varlink: method %s of undeclared interface %s", m, iface)
@@ -346,8 +396,10 @@ type conn struct {
 	peer  Peer
 	admin bool
 	fdr   *fdReader
-	wmu   sync.Mutex
-	busy  atomic.Bool
+	// params decodes the calls' parameters (Call.Decode).
+	params paramDecoder
+	wmu    sync.Mutex
+	busy   atomic.Bool
 	// active is when the connection last began or ended a call (Unix ns).
 	active atomic.Int64
 }
@@ -359,11 +411,30 @@ func (c *conn) write(r *Reply) error {
 	if err != nil {
 		return fmt.Errorf("encode reply: %w", err)
 	}
-	b = append(b, 0)
+	return c.send(append(b, 0))
+}
+
+// writeJSON sends a final reply whose parameters are encoded already, as
+// write would have encoded it.
+func (c *conn) writeJSON(params json.RawMessage) error {
+	const head, tail = `{"parameters":`, "}\x00"
+	bp := replyBufs.Get().(*[]byte)
+	defer replyBufs.Put(bp)
+	*bp = append(append(append((*bp)[:0], head...), params...), tail...)
+	return c.send(*bp)
+}
+
+// replyBufs are writeJSON's buffers: a write is done with its buffer when it
+// returns, so a reply costs no garbage.
+var replyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// send writes one whole message: one write, so a reply never leaves in
+// pieces.
+func (c *conn) send(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	_, err = c.nc.Write(b)
+	_, err := c.nc.Write(b)
 	return err
 }
 
@@ -380,44 +451,64 @@ func (c *conn) serve() {
 	}()
 	log := c.srv.cfg.Logger
 	peer := c.peer
-	// The reader runs apart from the calls so that a client hanging up ends a
-	// streaming call at once.
+	// Ended when the client hangs up: a call that waits (a stream, a start)
+	// is not left running for nobody.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	msgs := make(chan []byte)
-	go func() {
-		defer cancel()
-		defer close(msgs)
-		var src io.Reader = c.nc
-		if uc, ok := c.nc.(*net.UnixConn); ok {
-			c.fdr = newFDReader(uc)
-			src = c.fdr
+	var src io.Reader = c.nc
+	if uc, ok := c.nc.(*net.UnixConn); ok {
+		c.fdr = newFDReader(uc)
+		src = c.fdr
+	}
+	br := bufio.NewReaderSize(src, 4096)
+	// This goroutine reads. A call that may wait runs apart, so that a
+	// hang-up read meanwhile cancels it; an inline call (Config.Inline)
+	// runs here, with no handoff between goroutines. Calls on a connection
+	// still run one at a time, in order: the next waits for the last.
+	var apart chan bool // the result of the call running apart, if any
+	wait := func() bool {
+		if apart == nil {
+			return true
 		}
-		br := bufio.NewReaderSize(src, 4096)
-		for {
-			b, err := c.readMessage(br)
-			if err != nil {
-				if errors.Is(err, errIdle) {
-					log.Debug("closing an idle connection", "uid", peer.UID, "pid", peer.PID, "idle", c.srv.cfg.IdleTimeout)
-				} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-					log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
-				}
-				return
+		ok := <-apart
+		apart = nil
+		return ok
+	}
+	for {
+		b, err := c.readMessage(br)
+		if err != nil {
+			if errors.Is(err, errIdle) {
+				log.Debug("closing an idle connection", "uid", peer.UID, "pid", peer.PID, "idle", c.srv.cfg.IdleTimeout)
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
 			}
-			select {
-			case msgs <- b:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for b := range msgs {
-		if !c.dispatch(ctx, peer, b) {
+			cancel()
+			wait()
 			return
 		}
-		if c.srv.draining.Load() {
+		if !wait() || c.srv.draining.Load() {
 			return
 		}
+		req, err := decodeRequest(b, c.srv.cfg.Methods)
+		if err != nil {
+			log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
+			return
+		}
+		if !req.More && c.srv.cfg.Inline[req.Method] {
+			if !c.dispatch(ctx, peer, req) || c.srv.draining.Load() {
+				return
+			}
+			continue
+		}
+		apart = make(chan bool, 1)
+		go func(done chan<- bool) {
+			ok := c.dispatch(ctx, peer, req)
+			if !ok || c.srv.draining.Load() {
+				// Wakes the read above, which then ends the connection.
+				_ = c.nc.Close()
+			}
+			done <- ok
+		}(apart)
 	}
 }
 
@@ -484,13 +575,7 @@ func (c *conn) awaitMessage(br *bufio.Reader) error {
 }
 
 // dispatch runs one call; false means the connection must close.
-func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
-	log := c.srv.cfg.Logger
-	req, err := DecodeRequest(b)
-	if err != nil {
-		log.Info("closing connection", "uid", peer.UID, "pid", peer.PID, "err", err)
-		return false
-	}
+func (c *conn) dispatch(ctx context.Context, peer Peer, req *Request) bool {
 	if !c.srv.begin() {
 		return false
 	}
@@ -510,6 +595,8 @@ func (c *conn) dispatch(ctx context.Context, peer Peer, b []byte) bool {
 		call.FDs = c.fdr.take()
 		// Closing wakes any Socket wait still on them.
 		defer closeAll(call.FDs)
+	}
+	if len(call.FDs) > 0 {
 		// However the call ends, nothing keeps waiting on the client's files.
 		defer context.AfterFunc(ctx, func() { expire(call.FDs) })()
 	}

@@ -215,6 +215,47 @@ func TestCallsAndErrors(t *testing.T) {
 	}
 }
 
+// An inline call pipelined behind one that waits still runs after it, and
+// the replies come in the order of the calls.
+func TestInlineCallsKeepOrder(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.Inline = map[string]bool{"org.example.test.Echo": true} })
+	nc, err := net.Dial("unix", r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write([]byte(`{"method":"org.example.test.Slow"}` + "\x00" + `{"method":"org.example.test.Echo","parameters":{"s":"after"}}` + "\x00")); err != nil {
+		t.Fatal(err)
+	}
+	<-r.slowBegan
+	close(r.slow)
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(nc)
+	var got []string
+	for range 2 {
+		b, err := br.ReadBytes(0)
+		if err != nil {
+			t.Fatalf("replies so far %q: %v", got, err)
+		}
+		got = append(got, string(b[:len(b)-1]))
+	}
+	if got[0] != `{"parameters":{}}` || !strings.Contains(got[1], `"s":"after"`) {
+		t.Fatalf("replies %q: want Slow's, then Echo's", got)
+	}
+	if !r.done.Load() {
+		t.Fatal("Echo answered before Slow ended")
+	}
+	// Inline calls answer errors as any call does, and keep the connection.
+	c := r.client(t)
+	var ve *Error
+	if err := c.Call(ctx(t), "org.example.test.Echo", map[string]any{"x": "y"}, nil); !errors.As(err, &ve) || ve.Name != ErrInvalidParameter {
+		t.Fatalf("inline error: %v", err)
+	}
+	if err := c.Call(ctx(t), "org.example.test.Echo", map[string]string{"s": "again"}, nil); err != nil {
+		t.Fatalf("after an inline error: %v", err)
+	}
+}
+
 func TestServiceInterface(t *testing.T) {
 	r := newRig(t, nil)
 	c := r.client(t)
@@ -526,5 +567,46 @@ func TestPassedSocketsDoNotOutliveTheCall(t *testing.T) {
 	err = c.CallFDs(ctx(t), "org.example.test.Abandon", nil, nil, []*os.File{pr})
 	if err == nil || !strings.Contains(err.Error(), "input must be passed as a stream socket") || !strings.Contains(err.Error(), "pipe") {
 		t.Fatalf("a pipe: %v", err)
+	}
+}
+
+// A method the table names is checked once, at NewServer (calls then skip
+// the match), so a malformed one is refused there.
+func TestNewServerRefusesBadMethodNames(t *testing.T) {
+	for _, m := range []string{"org.example.test.echo", "org.example.test.", "Org.example.test.Echo"} {
+		_, err := NewServer(Config{Interfaces: map[string]string{"org.example.test": testIface},
+			Methods: map[string]Handler{m: func(context.Context, *Call) error { return nil }}})
+		if err == nil {
+			t.Errorf("NewServer accepted method %q", m)
+		}
+	}
+}
+
+// One Decoder serves a connection's calls in turn: a failure or bytes left
+// over never reach the next call's parameters.
+func TestParamDecoderCarriesNothingOver(t *testing.T) {
+	var p paramDecoder
+	type in struct {
+		S string `json:"s"`
+	}
+	for i, tc := range []struct {
+		params string
+		want   string
+		fails  bool
+	}{
+		{`{"s":"a"}`, "a", false},
+		{`{"s":5}`, "", true},
+		{`{"s":"b"}`, "b", false},
+		{`{"x":1}`, "", true},
+		{`{"s":"c"}  `, "c", false},
+		{`{"s":"d"}`, "d", false},
+		{`{"s":`, "", true},
+		{`{"s":"e"}`, "e", false},
+	} {
+		var v in
+		err := p.decode([]byte(tc.params), &v)
+		if (err != nil) != tc.fails || !tc.fails && v.S != tc.want {
+			t.Fatalf("call %d %s: %+v %v", i, tc.params, v, err)
+		}
 	}
 }
