@@ -158,3 +158,48 @@ func TestDropDebugTables(t *testing.T) {
 		})
 	}
 }
+
+// A module that keeps its signature keeps its tables: the kernel refuses a
+// module whose signature fails, even when it does not enforce signatures.
+func TestPrepareModule(t *testing.T) {
+	plain := elfWithSections(elf.EM_X86_64, []testSection{
+		{".text", elf.SHT_PROGBITS, elf.SHF_ALLOC | elf.SHF_EXECINSTR},
+		{"__mcount_loc", elf.SHT_PROGBITS, elf.SHF_ALLOC},
+	})
+	sign := func(ko []byte) []byte {
+		sig := bytes.Repeat([]byte{0xaa}, 300)
+		out := append(bytes.Clone(ko), sig...)
+		out = append(out, 0, 0, 2, 0, 0, 0, 0, 0)
+		out = binary.BigEndian.AppendUint32(out, uint32(len(sig)))
+		return append(out, modSigMagic...)
+	}
+	for _, tc := range []struct {
+		name        string
+		in          []byte
+		opts        ResolveOptions
+		signed, dbg bool // what the result keeps
+	}{
+		{"signed, strip and drop", sign(plain), ResolveOptions{StripSignatures: true, DropDebugTables: true}, false, false},
+		{"signed, drop only", sign(plain), ResolveOptions{DropDebugTables: true}, true, true},
+		{"unsigned, drop only", plain, ResolveOptions{DropDebugTables: true}, false, false},
+		{"signed, strip only", sign(plain), ResolveOptions{StripSignatures: true}, false, true},
+		{"signed, neither", sign(plain), ResolveOptions{}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := prepareModule(tc.in, tc.opts)
+			if got := bytes.HasSuffix(out, []byte(modSigMagic)); got != tc.signed {
+				t.Errorf("signed %v, want %v", got, tc.signed)
+			}
+			if tc.signed && !bytes.Equal(out, tc.in) {
+				t.Error("a module keeping its signature was changed")
+			}
+			f, err := elf.NewFile(bytes.NewReader(out))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := f.Section("__mcount_loc") != nil; got != tc.dbg {
+				t.Errorf("debug tables kept %v, want %v", got, tc.dbg)
+			}
+		})
+	}
+}

@@ -139,7 +139,9 @@ func WithStripSignatures(strip bool) Option { return func(o *options) { o.stripS
 // true: under TCG processing them was two thirds of the modules' load time,
 // ~170 ms of every boot, most of it ext4's). The modules' functions then
 // cannot be traced with ftrace and stack traces through them are marked
-// unreliable; the kernel is not tainted.
+// unreliable; the kernel is not tainted. Modules that keep their signature
+// (WithStripSignatures(false)) keep their tables: changed, they would fail
+// the signature check, which the kernel refuses even when not enforcing.
 func WithDropDebugTables(drop bool) Option { return func(o *options) { o.dropDebug = drop } }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)

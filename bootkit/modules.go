@@ -66,7 +66,8 @@ type ResolveOptions struct {
 	StripSignatures bool
 	// DropDebugTables hides from the kernel the modules' sections that it
 	// processes at every load for stack traces and tracing only (see
-	// debugTables): under TCG, most of the modules' load time.
+	// debugTables): under TCG, most of the modules' load time. Modules that
+	// keep a signature are left as they are (see prepareModule).
 	DropDebugTables bool
 }
 
@@ -207,12 +208,7 @@ func (t *moduleTree) load(name string, opts ResolveOptions) (*Module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bootkit: module %s: %w", rel, err)
 	}
-	if opts.StripSignatures {
-		data = stripSignature(data)
-	}
-	if opts.DropDebugTables {
-		data = dropDebugTables(data)
-	}
+	data = prepareModule(data, opts)
 	m := &Module{Name: name, Source: rel, Data: data, Size: len(data)}
 	m.Path = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(rel, ".xz"), ".zst"), ".gz")
 	var deps []string
@@ -439,6 +435,21 @@ func stripSignature(ko []byte) []byte {
 		return ko
 	}
 	return ko[:end-total]
+}
+
+// prepareModule strips the signature of a module and hides its debug
+// tables as opts say. A module that keeps its signature keeps its tables:
+// changed, it would fail its signature check, and the kernel refuses such a
+// module even when it does not enforce signatures (only a missing
+// signature or key is let through, with a taint).
+func prepareModule(ko []byte, opts ResolveOptions) []byte {
+	if opts.StripSignatures {
+		ko = stripSignature(ko)
+	}
+	if opts.DropDebugTables && !bytes.HasSuffix(ko, []byte(modSigMagic)) {
+		ko = dropDebugTables(ko)
+	}
+	return ko
 }
 
 // debugTables are sections of an x86-64 module that the kernel processes at
