@@ -58,12 +58,15 @@ func replaceAt(dir int, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	// No fsync: the agent writes these files at every boot, before the
+	// hello; an fsync each cost a journal commit and a flush of the disk
+	// image on the host (tens to hundreds of ms of the boot on a busy
+	// host). A crash may lose the new content, not leave the file empty:
+	// ext4 (auto_da_alloc) writes a file renamed over another out with
+	// the rename, and the next boot writes them again.
 	err = writeAll(fd, data)
 	if err == nil {
 		err = unix.Fchmod(fd, 0o644) // whatever the umask
-	}
-	if err == nil {
-		err = unix.Fsync(fd)
 	}
 	if cerr := unix.Close(fd); err == nil {
 		err = cerr

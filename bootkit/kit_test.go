@@ -458,7 +458,7 @@ func TestImportListRemove(t *testing.T) {
 	}
 
 	// re-import replaces atomically and leaves no scratch directories
-	if _, err := Import(ctx, kernel, moddir, "k1", state, WithAgent(agentPath), WithStripSignatures(false)); err != nil {
+	if _, err := Import(ctx, kernel, moddir, "k1", state, WithAgent(agentPath), WithStripSignatures(false), WithDropDebugTables(false)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Import(ctx, kernel, moddir, "k2", state, WithAgent(agentPath)); err != nil {
@@ -473,8 +473,11 @@ func TestImportListRemove(t *testing.T) {
 		t.Errorf("kernels dir: %v", names)
 	}
 	got, err := Get(state, "k1")
-	if err != nil || got.StrippedSignatures {
+	if err != nil || got.StrippedSignatures || got.DroppedDebugTables {
 		t.Fatalf("get: %+v %v", got, err)
+	}
+	if got, err := Get(state, "k2"); err != nil || !got.StrippedSignatures || !got.DroppedDebugTables {
+		t.Fatalf("get k2 (the defaults): %+v %v", got, err)
 	}
 
 	// a corrupt kit is listed with its error

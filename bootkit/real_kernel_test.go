@@ -3,6 +3,7 @@ package bootkit
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"encoding/binary"
 	"os"
 	"os/exec"
@@ -50,13 +51,29 @@ func TestRealKernel(t *testing.T) {
 		t.Log("xz(1) not installed: byte comparison not done")
 	}
 
-	set, err := ResolveModules(modules, DefaultModules, ResolveOptions{StripSignatures: true})
+	set, err := ResolveModules(modules, DefaultModules, ResolveOptions{StripSignatures: true, DropDebugTables: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
+	hidden := 0
 	for _, m := range set.Modules {
 		names = append(names, m.Name)
+		f, err := elf.NewFile(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatalf("%s: %v", m.Name, err)
+		}
+		for _, s := range debugTables {
+			if f.Section(s) != nil {
+				t.Errorf("%s: %s not hidden", m.Name, s)
+			}
+			if f.Section(s[1:]) != nil {
+				hidden++
+			}
+		}
+	}
+	if hidden == 0 {
+		t.Error("no debug table found to hide: the kernel's modules have none, or they are named otherwise now")
 	}
 	t.Logf("modules (%s): %v; builtin %v; unresolved soft deps %v", set.DepSource, names, set.Builtin, set.Unresolved)
 	for _, want := range append(append([]string{}, DefaultModules...), "crc32c_generic", "jbd2", "virtio") {

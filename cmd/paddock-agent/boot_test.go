@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -180,5 +182,98 @@ func TestForDevices(t *testing.T) {
 				t.Errorf("%s: not done", m.name)
 			}
 		}
+	}
+}
+
+// The drivers of the VM's devices load once the transport has listed them,
+// beside the root disk's chain, not after it: here ext4's load waits for
+// the console's, which would never come if the console waited for the
+// root's chain. An absent device's driver never loads; the root's chain is
+// reported in only once all of it is.
+func TestBootModulesBesideRoot(t *testing.T) {
+	sys := t.TempDir()
+	for i, id := range []string{"0x0002", "0x0003"} { // a disk, the console
+		dir := filepath.Join(sys, "virtio"+string(rune('0'+i)))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "device"), []byte(id+"\n"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		mods []string
+		// besides: the root's chain waits for the console's load
+		besides bool
+	}{
+		{"mmio", []string{"virtio_ring", "virtio virtio_ring", "virtio_mmio virtio virtio_ring", "virtio_blk virtio virtio_ring",
+			"crc16", "ext4 crc16", "virtio_console virtio virtio_ring", "failover", "net_failover failover",
+			"virtio_net virtio virtio_ring net_failover"}, true},
+		// no transport module (built in): the devices are listed after
+		// the root's chain, as before
+		{"no transport", []string{"crc16", "ext4 crc16", "virtio_console"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mods []*kmod
+			for _, p := range tc.mods {
+				f := strings.Fields(p)
+				mods = append(mods, &kmod{name: f[0], deps: f[1:], done: make(chan struct{})})
+			}
+			afterTransports(mods)
+			var mu sync.Mutex
+			var order []string
+			consoleIn := make(chan struct{})
+			saved := loadKmod
+			t.Cleanup(func() { loadKmod = saved })
+			loadKmod = func(m *kmod) error {
+				if m.name == "ext4" && tc.besides {
+					<-consoleIn
+				}
+				mu.Lock()
+				order = append(order, m.name)
+				mu.Unlock()
+				if m.name == "virtio_console" {
+					close(consoleIn)
+				}
+				return nil
+			}
+			others, root := splitByName(mods, notForRoot)
+			l := startBootModules(mods, root, others, nil, sys, false)
+			select {
+			case <-l.done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("module loads stuck (loaded %v): the drivers wait for the root's chain", order)
+			}
+			if l.err != nil {
+				t.Fatal(l.err)
+			}
+			select {
+			case <-l.listed:
+			default:
+				t.Error("devices not listed")
+			}
+			select {
+			case <-l.rootDone:
+			default:
+				t.Error("root's chain not reported in")
+			}
+			pos := map[string]int{}
+			for i, n := range order {
+				pos[n] = i
+			}
+			if _, ok := pos["virtio_net"]; ok {
+				t.Errorf("the absent NIC's driver loaded: %v", order)
+			}
+			if _, ok := pos["virtio_mmio"]; ok && pos["virtio_console"] < pos["virtio_mmio"] {
+				t.Errorf("console loaded before the transport: %v", order)
+			}
+			if tc.besides && pos["ext4"] < pos["virtio_console"] {
+				t.Errorf("order %v", order)
+			}
+			if len(l.devices) == 0 {
+				t.Error("no device drivers")
+			}
+		})
 	}
 }

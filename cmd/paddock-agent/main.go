@@ -129,35 +129,27 @@ func (s *initState) run() {
 		logf("module list: %v", err)
 	}
 	modsNow, modsLater := splitModules(mods, cfg)
-	// The modules load while the boot goes on: first those the root disk
-	// needs (block, file system chains, concurrently), which its mount
-	// waits for; then, while the root is mounted, the others (the agent's
-	// channel, the network's driver), which the control channel and the
-	// network wait for. Those loaded after the agent is ready are opened
-	// now, from the initramfs.
+	// The modules load while the boot goes on: those the root disk needs
+	// (block, file system chains, concurrently), which its mount waits
+	// for; beside them, once the transport has listed the VM's devices,
+	// the drivers of those present (the agent's channel, the network's),
+	// which the control channel and the network wait for. Those loaded
+	// after the agent is ready are opened now, from the initramfs.
 	lateErr := openModules(modsLater)
 	otherMods, rootMods := splitByName(modsNow, notForRoot)
 	netMods, _ := splitByName(modsNow, netModules)
-	startModules(rootMods, cfg.Debug)
-	// Once the transport has listed the VM's virtio devices, the drivers
-	// of those present load before the agent is ready, those of absent
-	// ones not at all (forDevices).
-	split := make(chan struct{})
+	loads := startBootModules(mods, rootMods, otherMods, modsLater, "/sys/bus/virtio/devices", cfg.Debug)
 	modsDone := make(chan struct{})
 	go func() {
 		defer close(modsDone)
 		_ = s.phase("modules", func() error {
-			err := waitModules(rootMods)
-			if present, ok := virtioDrivers("/sys/bus/virtio/devices"); ok {
-				otherMods, modsLater = forDevices(mods, append(otherMods, modsLater...), otherMods, present)
-			}
-			close(split)
-			startModules(otherMods, cfg.Debug)
-			return errors.Join(err, waitModules(otherMods), lateErr)
+			<-loads.done
+			return errors.Join(loads.err, lateErr)
 		})
 	}()
 	// The devices are listed before the root's mount moves /sys.
-	<-split
+	<-loads.listed
+	modsLater = loads.later
 	netDone := make(chan struct{})
 	go func() {
 		defer close(netDone)
@@ -174,7 +166,8 @@ func (s *initState) run() {
 	portCh := make(chan portResult, 1)
 	if cfg.Serial != "" {
 		go func() {
-			<-modsDone
+			console, _ := splitByName(loads.devices, []string{"virtio_console"})
+			_ = waitModules(console) // its errors are the modules phase's
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			p, err := agent.FindVirtioPort(ctx, cfg.Serial)
@@ -184,6 +177,7 @@ func (s *initState) run() {
 
 	rootOK := false
 	var oldRoot *os.File
+	<-loads.rootDone
 	if cfg.Root != "" {
 		if s.phase("root", func() error { return mountRoot(cfg) }) == nil {
 			rootOK = s.phase("switch_root", func() (err error) { oldRoot, err = switchRoot(); return err }) == nil

@@ -358,6 +358,52 @@ func forDevices(mods, pending, wasNow []*kmod, present map[string]bool) (now, la
 	return now, later
 }
 
+// moduleLoads are the module loads of a boot, from startBootModules.
+type moduleLoads struct {
+	// listed is closed once the VM's devices were listed (before it, /sys
+	// must stay in place); devices and later are set then.
+	listed chan struct{}
+	// devices are the drivers of the VM's devices present (and what they
+	// need), loading; later, those to load after the agent is ready.
+	devices, later []*kmod
+	// rootDone is closed once the root disk's modules are in (or failed).
+	rootDone chan struct{}
+	// done is closed once every load but the later ones ended; err then
+	// holds their errors.
+	done chan struct{}
+	err  error
+}
+
+// startBootModules starts loading root (the root disk's chains), and, as
+// soon as the virtio transport among them has listed the VM's devices in
+// devicesDir, the drivers of those present among others and later
+// (forDevices; mods is the whole list): beside the root's chain rather than
+// after it, so the drivers' probes (the console's sets up its queues and
+// ports) overlap the root's loads and I/O. Without a transport module, the
+// devices are listed once root is in.
+func startBootModules(mods, root, others, later []*kmod, devicesDir string, debug bool) *moduleLoads {
+	l := &moduleLoads{listed: make(chan struct{}), rootDone: make(chan struct{}), done: make(chan struct{})}
+	startModules(root, debug)
+	transports, _ := splitByName(root, virtioTransports)
+	if len(transports) == 0 {
+		transports = root
+	}
+	go func() {
+		defer close(l.done)
+		_ = waitModules(transports) // their errors are root's
+		if present, ok := virtioDrivers(devicesDir); ok {
+			others, later = forDevices(mods, append(others, later...), others, present)
+		}
+		l.devices, l.later = others, later
+		close(l.listed)
+		startModules(others, debug)
+		err := waitModules(root)
+		close(l.rootDone)
+		l.err = errors.Join(err, waitModules(others))
+	}()
+	return l
+}
+
 // netModules are the network driver's chain: the network's setup waits
 // for them.
 var netModules = []string{"virtio_net", "net_failover", "failover"}
