@@ -52,17 +52,27 @@ type (
 		gen    uint64
 		client *agent.Client
 		err    error
+		// identity is the resumed guest's identity step: what it took from
+		// the request to the answer, and the guest's phases.
+		identity *identityTaken
 	}
 	agentPoweredOff struct {
 		gen uint64
 		err error
 	}
 	dialed struct {
-		gen    uint64
-		client *agent.Client
-		err    error
+		gen      uint64
+		client   *agent.Client
+		err      error
+		identity *identityTaken
 	}
 )
+
+// identityTaken is how a resumed guest's identity step went.
+type identityTaken struct {
+	took   time.Duration
+	phases []agent.Phase
+}
 
 func (a *agentActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
@@ -76,16 +86,20 @@ func (a *agentActor) Receive(ctx actor.Context) {
 		self, root := ctx.Self(), ctx.ActorSystem().Root
 		go func() {
 			c, err := a.dial(dctx, m.proc)
+			var taken *identityTaken
 			if err == nil && m.identity != nil {
 				failpoint("template-resumed")
 				req := *m.identity
-				req.TimeNS = time.Now().UnixNano()
-				if _, ierr := c.Identity(dctx, req); ierr != nil {
+				s := time.Now()
+				req.TimeNS = s.UnixNano()
+				r, ierr := c.Identity(dctx, req)
+				if ierr != nil {
 					_ = c.Close()
 					c, err = nil, fmt.Errorf("the guest resumed from the template did not take its identity: %w", ierr)
 				}
+				taken = &identityTaken{took: time.Since(s), phases: r.Phases}
 			}
-			root.Send(self, &dialed{gen: m.gen, client: c, err: err})
+			root.Send(self, &dialed{gen: m.gen, client: c, err: err, identity: taken})
 		}()
 	case *dialed:
 		if m.gen != a.gen || a.cancel == nil {
@@ -104,7 +118,7 @@ func (a *agentActor) Receive(ctx actor.Context) {
 				a.log.Warn("guest boot incomplete", "boot_error", h.BootError)
 			}
 		}
-		ctx.Send(ctx.Parent(), &agentReady{gen: m.gen, client: m.client, err: m.err})
+		ctx.Send(ctx.Parent(), &agentReady{gen: m.gen, client: m.client, err: m.err, identity: m.identity})
 	case *disconnectAgent:
 		a.close()
 	case *powerOffAgent:

@@ -353,8 +353,18 @@ func (a *vmActor) bootReport(op *procedure) *state.BootReport {
 	r := &state.BootReport{Steps: op.marks}
 	if op.plan != nil && op.plan.restore != nil {
 		// The hello came with the saved guest: its phases are the
-		// template's boot, not this start's.
+		// template's boot, not this start's. The agent step is split into
+		// the resumed guest's hello and its identity step, whose phases
+		// are the guest's part of this start.
 		r.Resumed = op.plan.restore.Name
+		if id := op.identity; id != nil {
+			r.Steps = splitAgentStep(r.Steps, msOf(id.took))
+			for _, p := range id.phases[:min(len(id.phases), maxGuestPhases)] {
+				if p.EndNS >= p.StartNS {
+					r.Guest = append(r.Guest, state.BootPhase{Name: guestPhaseName(p.Name), MS: float64((p.EndNS-p.StartNS)/1000) / 1000})
+				}
+			}
+		}
 		return r
 	}
 	if a.agentc == nil {
@@ -368,6 +378,20 @@ func (a *vmActor) bootReport(op *procedure) *state.BootReport {
 		}
 	}
 	return r
+}
+
+// splitAgentStep splits the agent step (VMM resumed -> identity taken)
+// into agent (-> hello) and identity (the identity step's round trip).
+func splitAgentStep(steps []state.BootPhase, identityMS float64) []state.BootPhase {
+	out := make([]state.BootPhase, 0, len(steps)+1)
+	for _, s := range steps {
+		if s.Name == "agent" && s.MS >= identityMS {
+			out = append(out, state.BootPhase{Name: "agent", MS: s.MS - identityMS}, state.BootPhase{Name: "identity", MS: identityMS})
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 // maxGuestPhases bounds what a guest's hello adds to the VM's record.

@@ -53,6 +53,7 @@ type procedure struct {
 	plan     *bootPlan
 	step     int // index in bootSteps
 	marks    []state.BootPhase
+	identity *identityTaken // a resume's identity step, for the report
 	lastMark time.Time
 
 	// release
@@ -513,6 +514,7 @@ func (a *vmActor) agentReady(ctx actor.Context, m *agentReady) {
 		return
 	}
 	if a.op != nil && a.op.kind == opStart {
+		a.op.identity = m.identity
 		a.bootStepDone(ctx, KindAgent, m.client, m.err)
 		return
 	}

@@ -117,6 +117,18 @@ func (c *stateCache) has(path string, id fileIdentity, sum string) bool {
 	return ok && v.id == id && v.sha256 == sum
 }
 
+// remember records path, as it is now, as hashed to sum (by its maker).
+func (c *stateCache) remember(path, sum string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if id, err := stateIdentity(f); err == nil {
+		c.add(path, id, sum)
+	}
+}
+
 func (c *stateCache) add(path string, id fileIdentity, sum string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -343,6 +343,8 @@ func (a *templatesActor) build(ctx context.Context, t *state.Template, m *Create
 	if t.StateSHA256, t.StateSize, err = digestFile(statePath); err != nil {
 		return err
 	}
+	// Hashed just now: the first resume need not read it again.
+	verifiedStates.remember(statePath, t.StateSHA256)
 	return nil
 }
 

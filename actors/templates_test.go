@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -135,8 +136,20 @@ func TestTemplateCreateAndResume(t *testing.T) {
 	}
 
 	got, err := h.do(t, &GetVM{Caller: alice, Ref: "c1"})
-	if err != nil || got.VM.LastBoot == nil || got.VM.LastBoot.Resumed != "t1" || len(got.VM.LastBoot.Guest) != 0 {
+	if err != nil || got.VM.LastBoot == nil || got.VM.LastBoot.Resumed != "t1" {
 		t.Fatalf("c1's boot report does not say it resumed t1: %+v %v", got, err)
+	}
+	var steps []string
+	for _, p := range got.VM.LastBoot.Steps {
+		steps = append(steps, p.Name)
+	}
+	if !slices.Contains(steps, "agent") || !slices.Contains(steps, "identity") {
+		t.Fatalf("c1's start steps %v: want the agent step split into agent and identity", steps)
+	}
+	for _, p := range got.VM.LastBoot.Guest {
+		if !strings.HasPrefix(p.Name, "identity_") {
+			t.Fatalf("c1's guest phases %+v: a resume's are its identity step's only", got.VM.LastBoot.Guest)
+		}
 	}
 
 	mu.Lock()

@@ -203,7 +203,7 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 	}
 	report("cold run", colds)
 	report("start after stop", warms)
-	return templateRuns(cli, n, med(runExecs))
+	return templateRuns(cli, inspect, n, med(runExecs))
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
