@@ -62,6 +62,7 @@ type Stream struct {
 
 	cmd    *exec.Cmd
 	stderr bytes.Buffer
+	fill   *filler
 	sc     *script
 	queue  *chunkQueue
 	fed    chan error // the feeder's result: writing the commands to debugfs
@@ -155,14 +156,28 @@ func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) 
 	s.cmd = exec.CommandContext(s.ctx, tools.Debugfs, "-w", "-f", "-", s.img)
 	s.cmd.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__", "LC_ALL=C")
 	s.cmd.Stderr = &limitWriter{w: &s.stderr, n: 1 << 20}
-	s.cmd.Stdout = io.Discard // echoed commands and "Allocated inode: N"
-	stdin, err := s.cmd.StdinPipe()
-	if err != nil {
+	if s.fill, err = newFiller(s.ctx, s.img, opts.Size); err != nil {
 		return nil, err
 	}
-	if err := s.cmd.Start(); err != nil {
+	// the filler's own pipe (not StdoutPipe, which Wait closes): it reads
+	// to the end, then writes the last contents
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		s.fill.img.Close()
+		return nil, fmt.Errorf("debugfs output: %w", err)
+	}
+	s.cmd.Stdout = outW // echoed commands, "Allocated inode: N", extents
+	stdin, err := s.cmd.StdinPipe()
+	if err == nil {
+		err = s.cmd.Start()
+	}
+	outW.Close()
+	if err != nil {
+		outR.Close()
+		s.fill.img.Close()
 		return nil, fmt.Errorf("start debugfs: %w", err)
 	}
+	go s.fill.run(outR)
 	s.queue = newChunkQueue()
 	s.fed = make(chan error, 1)
 	go func() {
@@ -278,29 +293,28 @@ func (s *Stream) add(h *tar.Header, content string) error {
 		}
 		s.dirs = append(s.dirs, dirMeta{path: p, mtime: h.ModTime.Unix()})
 	case tar.TypeReg:
-		src := content
-		if src == "" {
-			if h.Size != 0 {
-				return fmt.Errorf("%w: content of %d bytes missing", errNotFollowed, h.Size)
-			}
-			src = s.empty
-		}
-		// debugfs write takes the mode from the source file: give the
-		// spill file the entry's mode (kept readable for debugfs), and
-		// spare a sif per file
-		perm := uint32(h.Mode & 0o7777)
-		skipMode := false
-		if content != "" && perm&0o6400 == 0o400 {
-			skipMode = unix.Chmod(content, perm) == nil
+		if h.Size < 0 || h.Size > 0 && content == "" {
+			return fmt.Errorf("%w: content of %d bytes missing", errNotFollowed, h.Size)
 		}
 		if err := s.chdir(h.Name, "/"+parent); err != nil {
 			return err
 		}
-		if err := s.sc.line(h.Name, "write", quote(src), quote(base)); err != nil {
-			return err
+		// created empty; its blocks allocated unwritten and listed for the
+		// filler (see fill.go); mode, size and mtime set by ext4fs.Patch
+		sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), content: content,
+			meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix(), Written: h.Size > 0}}
+		lines := []string{sf.write}
+		if h.Size > 0 {
+			// "./": a name starting with "-" is no option to ex
+			rel := quote("./" + base)
+			sf.ex = "ex -l " + rel
+			lines = append(lines, fmt.Sprintf("fallocate %s 0 %d", rel, (h.Size-1)/fillBlock), sf.ex)
 		}
-		if err := s.sc.add(Fixup{Hdr: h, SkipMode: skipMode}); err != nil {
-			return err
+		s.fill.push(sf)
+		for _, l := range lines {
+			if err := s.sc.line(h.Name, l); err != nil {
+				return err
+			}
 		}
 		if h.Size >= 1<<20 {
 			// let debugfs start on a large file while the next is read
@@ -414,6 +428,10 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 		s.giveUp("debugfs: %d error lines, first: %s", len(bad), firstLines(strings.Join(bad, "\n"), 5))
 		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
 	}
+	if err := s.fill.err; err != nil {
+		s.giveUp("contents: %v", err)
+		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
+	}
 	// From here on the stream is not given up: the content files are done with.
 	if release != nil {
 		released := make(chan struct{})
@@ -426,8 +444,8 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 	res = &Result{Path: s.out, Size: s.opts.Size, Inodes: s.inodes, FixupLines: s.sc.lines}
 	res.Timings.Debugfs = time.Since(s.start)
 	t = time.Now()
-	if _, err := ext4fs.SetOwners(s.img, s.opts.Owner.UID, s.opts.Owner.GID); err != nil {
-		return nil, fmt.Errorf("image %s: set owners: %w", s.opts.ImageRef, err)
+	if _, err := ext4fs.Patch(s.img, s.opts.Owner.UID, s.opts.Owner.GID, s.fill.files); err != nil {
+		return nil, fmt.Errorf("image %s: set owners and file metadata: %w", s.opts.ImageRef, err)
 	}
 	if res.FsckFixes, err = fsck(s.ctx, s.tools.E2fsck, s.img); err != nil {
 		return nil, fmt.Errorf("image %s: %w", s.opts.ImageRef, err)
@@ -505,7 +523,9 @@ func (s *Stream) wait() (fed, exited error) {
 	}
 	s.waited = true
 	s.fedErr = <-s.fed
-	return s.fedErr, s.cmd.Wait()
+	exited = s.cmd.Wait()
+	<-s.fill.done
+	return s.fedErr, exited
 }
 
 // debugfsErrors are the lines of debugfs' stderr other than its banner.
