@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +68,9 @@ func TestBuildWhileReading(t *testing.T) {
 		return entry{h: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: old}}
 	}
 	big := strings.Repeat("0123456789abcdef", 1<<17) + "tail" // 2 MiB and a bit: flushed to debugfs at once
+	zeros := func(blocks int) string { return strings.Repeat("\x00", blocks*4096) }
+	// holes in the spill stay holes in the volume: data, 3 zero blocks, data, a zero block
+	sparse := strings.Repeat("d", 4096) + zeros(3) + strings.Repeat("e", 4096) + zeros(1)
 	project := []entry{
 		{h: tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o750, ModTime: old}},
 		file("big.bin", 0o644, big, old),
@@ -78,6 +82,9 @@ func TestBuildWhileReading(t *testing.T) {
 		file("src/setuid", 0o4755, "suid\n", old),
 		file("src/sticky", 0o1644, "sticky\n", old),
 		file("src/empty", 0o644, "", old),
+		file("src/sparse", 0o644, sparse, old),
+		file("src/zeros", 0o644, zeros(3), old),
+		file("src/hole-first", 0o644, zeros(2)+"x", old),
 		file(`src/odd "quoted" name #1 !x`, 0o644, "odd\n", old),
 		file("src/ünïcödé-文件.txt", 0o644, "unicode\n", old),
 		dir("src/.git/", 0o755),
@@ -153,6 +160,14 @@ func TestBuildWhileReading(t *testing.T) {
 				}
 			}
 			if tc.name == "a project tree" {
+				// the data blocks only, as in the flattened build (none for zeros)
+				for _, p := range []string{"/src/sparse", "/src/zeros", "/src/hole-first", "/big.bin"} {
+					got := reBlocks.FindStringSubmatch(debugfs(t, streamed, "stat "+p))
+					want := reBlocks.FindStringSubmatch(debugfs(t, flat, "stat "+p))
+					if got == nil || want == nil || got[1] != want[1] || p == "/src/zeros" && got[1] != "0" {
+						t.Errorf("%s: Blockcount %v, flattened %v", p, got, want)
+					}
+				}
 				if in := stat(t, streamed, "/src/run.sh"); in.links != "3" {
 					t.Errorf("run.sh has %s links, want 3", in.links)
 				}
@@ -194,6 +209,8 @@ func TestBuildCancelledWhileReading(t *testing.T) {
 		})
 	}
 }
+
+var reBlocks = regexp.MustCompile(`Blockcount: (\d+)`)
 
 // stalling reads data, then calls stalled and blocks until ctx ends.
 type stalling struct {

@@ -8,9 +8,12 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/paddock-vm/paddock/imaging/ext4/ext4fs"
 )
@@ -30,11 +33,58 @@ type streamFile struct {
 	ex      string // "" for an empty file
 	content string // its spill file
 	meta    ext4fs.File
+	data    []blockRange // the blocks holding data (the spill's holes stay holes)
 	ino     uint32
 	exts    []fileExtent
 }
 
 type fileExtent struct{ logical, physical, length uint64 }
+
+// blockRange is file blocks [start, end).
+type blockRange struct{ start, end uint64 }
+
+// dataRanges lists the blocks of a spill file of size bytes that hold
+// data: the spill skips all-zero blocks, which stay holes in the image,
+// as debugfs write left them (SEEK_DATA/SEEK_HOLE; without them, all of
+// it). A partial last block is data, zeros or not, as the spill wrote it.
+func dataRanges(path string, size int64) ([]blockRange, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("content: %w", err)
+	}
+	defer unix.Close(fd)
+	all := []blockRange{{0, uint64(size+fillBlock-1) / fillBlock}}
+	var out []blockRange
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // only a hole left
+		}
+		if err != nil {
+			return all, nil
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return all, nil
+		}
+		hole = min(hole, size)
+		if data >= hole {
+			break
+		}
+		out = append(out, blockRange{uint64(data) / fillBlock, uint64(hole+fillBlock-1) / fillBlock})
+		off = hole
+	}
+	// ranges rounded out to blocks may touch: one range
+	merged := out[:0]
+	for _, r := range out {
+		if n := len(merged); n > 0 && merged[n-1].end >= r.start {
+			merged[n-1].end = max(merged[n-1].end, r.end)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged, nil
+}
 
 // exLine is a leaf extent of "ex -l": level, entry, logical range,
 // physical range, length, flags.
@@ -203,20 +253,26 @@ func (f *filler) writeAll(work <-chan *streamFile) error {
 }
 
 // fill copies sf's content into its extents, which must map its blocks,
-// each once, in order, inside the image. The tail of the last block is
-// written as zeros.
+// each once, in order, inside the image. What follows the content in its
+// last block is left as it is: zeros, as every block of a new image
+// never written, and never read (past the size).
 func (f *filler) fill(sf *streamFile, buf []byte) error {
 	size := sf.meta.Size
-	want := uint64(size+fillBlock-1) / fillBlock
-	var next uint64
+	// the extents, joined where they follow each other, must be the data
+	// ranges exactly
+	var got []blockRange
 	for _, e := range sf.exts {
-		if e.logical != next || e.physical == 0 || e.physical+e.length > f.blocks || e.physical+e.length < e.physical {
-			return fmt.Errorf("inode %d (%s): extents %v do not map its %d blocks", sf.ino, sf.write, sf.exts, want)
+		if e.physical == 0 || e.physical+e.length > f.blocks || e.physical+e.length < e.physical {
+			return fmt.Errorf("inode %d (%s): extent %+v outside the image", sf.ino, sf.write, e)
 		}
-		next += e.length
+		if n := len(got); n > 0 && got[n-1].end == e.logical {
+			got[n-1].end += e.length
+			continue
+		}
+		got = append(got, blockRange{e.logical, e.logical + e.length})
 	}
-	if next != want {
-		return fmt.Errorf("inode %d (%s): extents %v do not map its %d blocks", sf.ino, sf.write, sf.exts, want)
+	if !slices.Equal(got, sf.data) {
+		return fmt.Errorf("inode %d (%s): extents %v do not map its data blocks %v", sf.ino, sf.write, sf.exts, sf.data)
 	}
 	src, err := os.Open(sf.content)
 	if err != nil {
@@ -226,22 +282,54 @@ func (f *filler) fill(sf *streamFile, buf []byte) error {
 	for _, e := range sf.exts {
 		from := int64(e.logical) * fillBlock
 		end := min(from+int64(e.length)*fillBlock, size)
-		dst := int64(e.physical) * fillBlock
-		for pos := from; pos < end; {
-			if err := f.ctx.Err(); err != nil {
-				return err
-			}
-			k := min(int64(len(buf)), end-pos)
-			if _, err := src.ReadAt(buf[:k], pos); err != nil {
-				return fmt.Errorf("content of inode %d: %w", sf.ino, err)
-			}
-			n := (k + fillBlock - 1) / fillBlock * fillBlock
-			clear(buf[k:n])
-			if _, err := f.img.WriteAt(buf[:n], dst+pos-from); err != nil {
-				return fmt.Errorf("image: content of inode %d: %w", sf.ino, err)
-			}
-			pos += k
+		if err := f.copy(sf, src, from, end, int64(e.physical)*fillBlock, buf); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// copy writes src's bytes [from, end) at dst in the image: by sendfile,
+// one copy in the kernel instead of a read and a write through buf,
+// which is used only where sendfile is refused.
+func (f *filler) copy(sf *streamFile, src *os.File, from, end, dst int64, buf []byte) error {
+	if _, err := f.img.Seek(dst, io.SeekStart); err != nil {
+		return fmt.Errorf("image: content of inode %d: %w", sf.ino, err)
+	}
+	for from < end {
+		if err := f.ctx.Err(); err != nil {
+			return err
+		}
+		off := from
+		n, err := unix.Sendfile(int(f.img.Fd()), int(src.Fd()), &off, int(min(end-from, 1<<30)))
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err == unix.EINVAL || err == unix.ENOSYS {
+			break // not between these files: through buf
+		}
+		if err != nil {
+			return fmt.Errorf("image: content of inode %d: %w", sf.ino, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("content of inode %d: %w", sf.ino, io.ErrUnexpectedEOF)
+		}
+		from += int64(n)
+		dst += int64(n)
+	}
+	for from < end {
+		if err := f.ctx.Err(); err != nil {
+			return err
+		}
+		k := min(int64(len(buf)), end-from)
+		if _, err := src.ReadAt(buf[:k], from); err != nil {
+			return fmt.Errorf("content of inode %d: %w", sf.ino, err)
+		}
+		if _, err := f.img.WriteAt(buf[:k], dst); err != nil {
+			return fmt.Errorf("image: content of inode %d: %w", sf.ino, err)
+		}
+		from += k
+		dst += k
 	}
 	return nil
 }

@@ -68,6 +68,7 @@ type Stream struct {
 	fed    chan error // the feeder's result: writing the commands to debugfs
 	fedErr error
 	waited bool
+	exited time.Time // debugfs', seen by wait
 
 	flusher chan struct{} // closed: stop writeBack
 	flushed chan struct{} // closed by writeBack when it stops
@@ -302,13 +303,22 @@ func (s *Stream) add(h *tar.Header, content string) error {
 		// created empty; its blocks allocated unwritten and listed for the
 		// filler (see fill.go); mode, size and mtime set by ext4fs.Patch
 		sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), content: content,
-			meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix(), Written: h.Size > 0}}
+			meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix()}}
+		if content != "" {
+			if sf.data, err = dataRanges(content, h.Size); err != nil {
+				return err
+			}
+		}
 		lines := []string{sf.write}
-		if h.Size > 0 {
+		if len(sf.data) > 0 {
 			// "./": a name starting with "-" is no option to ex
 			rel := quote("./" + base)
+			for _, r := range sf.data {
+				lines = append(lines, fmt.Sprintf("fallocate %s %d %d", rel, r.start, r.end-1))
+			}
 			sf.ex = "ex -l " + rel
-			lines = append(lines, fmt.Sprintf("fallocate %s 0 %d", rel, (h.Size-1)/fillBlock), sf.ex)
+			lines = append(lines, sf.ex)
+			sf.meta.Written = true
 		}
 		s.fill.push(sf)
 		for _, l := range lines {
@@ -412,10 +422,11 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 		return nil, err
 	}
 	s.queue.close()
-	t := time.Now()
+	t0 := time.Now()
 	s.stopWriteBack()
 	ferr, werr := s.wait()
-	waited := time.Since(t)
+	filled := time.Now()
+	waited := filled.Sub(t0)
 	if ctxErr := s.ctx.Err(); ctxErr != nil {
 		return nil, ctxErr
 	}
@@ -433,26 +444,30 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 		return nil, fmt.Errorf("%w: %s", ErrNotStreamed, s.reason)
 	}
 	// From here on the stream is not given up: the content files are done with.
+	log := s.opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if release != nil {
 		released := make(chan struct{})
 		go func() {
 			defer close(released)
 			release()
 		}()
-		defer func() { <-released }()
+		defer func() {
+			t := time.Now()
+			<-released
+			log.Debug("ext4 stream: contents released", "image", s.opts.ImageRef, "waited", time.Since(t))
+		}()
 	}
 	res = &Result{Path: s.out, Size: s.opts.Size, Inodes: s.inodes, FixupLines: s.sc.lines}
 	res.Timings.Debugfs = time.Since(s.start)
-	t = time.Now()
+	t := time.Now()
 	if _, err := ext4fs.Patch(s.img, s.opts.Owner.UID, s.opts.Owner.GID, s.fill.files); err != nil {
 		return nil, fmt.Errorf("image %s: set owners and file metadata: %w", s.opts.ImageRef, err)
 	}
 	if res.FsckFixes, err = fsck(s.ctx, s.tools.E2fsck, s.img); err != nil {
 		return nil, fmt.Errorf("image %s: %w", s.opts.ImageRef, err)
-	}
-	log := s.opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
 	}
 	if len(res.FsckFixes) > 0 {
 		log.Warn("e2fsck repaired the new image", "image", s.opts.ImageRef, "fixes", res.FsckFixes)
@@ -475,6 +490,7 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 	res.Timings.Total = time.Since(s.start)
 	log.Debug("ext4 image built while the tree was read", "image", s.opts.ImageRef, "path", s.out, "size", res.Size,
 		"allocated", res.Allocated, "fixup_lines", res.FixupLines, "debugfs_done", res.Timings.Debugfs, "debugfs_wait", waited,
+		"debugfs_exit", s.exited.Sub(t0), "filled", filled.Sub(t0),
 		"debugfs_cpu", s.cmd.ProcessState.UserTime()+s.cmd.ProcessState.SystemTime(),
 		"fsck", res.Timings.Fsck, "sync", sync, "total", res.Timings.Total)
 	return res, nil
@@ -524,6 +540,7 @@ func (s *Stream) wait() (fed, exited error) {
 	s.waited = true
 	s.fedErr = <-s.fed
 	exited = s.cmd.Wait()
+	s.exited = time.Now()
 	<-s.fill.done
 	return s.fedErr, exited
 }
