@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -115,6 +116,8 @@ func TestBuildWhileReading(t *testing.T) {
 		{"written through a symlink", []entry{dir("d/", 0o755), symlink("l", "d"), file("l/x", 0o644, "x\n", old)}, 1 << 30, false},
 		{"a hardlink to a symlink", []entry{file("f", 0o644, "f\n", old), symlink("s", "f"), link("h", "s")}, 1 << 30, false},
 		{"a small volume's inode table", project, 64 << 20, false},
+		// more content than the stream holds in memory: reading waits for the writer
+		{"more than the memory budget", budgetTree(), 1 << 30, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, scratch := t.TempDir(), t.TempDir()
@@ -208,6 +211,21 @@ func TestBuildCancelledWhileReading(t *testing.T) {
 			empty(t, scratch)
 		})
 	}
+}
+
+// budgetTree is 96 MiB of files of 6 MiB (two pieces each), random.
+func budgetTree() []entry {
+	rng := rand.New(rand.NewPCG(7, 8))
+	buf := make([]byte, 8<<20)
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	var es []entry
+	for i := range 16 {
+		es = append(es, entry{h: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("f%02d", i), Mode: 0o644, ModTime: time.Unix(1e9, 0)},
+			body: string(buf[i*100000 : i*100000+6<<20])})
+	}
+	return es
 }
 
 var reBlocks = regexp.MustCompile(`Blockcount: (\d+)`)

@@ -29,13 +29,32 @@ import (
 
 // streamFile is one regular file of a Stream.
 type streamFile struct {
-	write   string // the commands, as debugfs echoes them
-	ex      string // "" for an empty file
-	content string // its spill file
-	meta    ext4fs.File
-	data    []blockRange // the blocks holding data (the spill's holes stay holes)
-	ino     uint32
+	write string // its write command, as debugfs echoes it
+	// Its content: the spill file, or, when the Stream took the content
+	// (Content), where it goes if the Stream gives up (restore).
+	path   string
+	meta   ext4fs.File
+	ino    uint32 // set by the parser
+	pieces []*piece
+}
+
+// piece is some of a file's blocks, allocated and filled together.
+type piece struct {
+	file   *streamFile
+	ex     string // its ex command, as debugfs echoes it
+	lo, hi uint64 // the file blocks it covers
+	data   []blockRange
+	buf    []byte // the content of blocks [lo, hi) when taken; nil once written
+	// set by the writer once written: where its data went
 	exts    []fileExtent
+	written bool
+}
+
+// event is a command whose output the parser expects: a file's write or
+// a piece's ex.
+type event struct {
+	file  *streamFile
+	piece *piece
 }
 
 type fileExtent struct{ logical, physical, length uint64 }
@@ -90,7 +109,16 @@ func dataRanges(path string, size int64) ([]blockRange, error) {
 // physical range, length, flags.
 var exLine = regexp.MustCompile(`^\s*\d+/\s*\d+\s+\d+/\s*\d+\s+(\d+)\s+-\s+(\d+)\s+(\d+)\s+-\s+(\d+)\s+(\d+)(?:\s+(\S+))?\s*$`)
 
-const fillBlock = 4096 // the Stream's block size
+const (
+	fillBlock = 4096 // the Stream's block size
+	// A taken content is read a piece at a time, and the pieces read but
+	// not yet written are bounded.
+	pieceSize  = 4 << 20
+	fillBudget = 64 << 20
+)
+
+// errFillerStopped: the filler stopped before the content was written.
+var errFillerStopped = errors.New("the content writer stopped")
 
 // filler follows debugfs' output: which inode each file got and where
 // its blocks are; it writes the contents into the image.
@@ -100,11 +128,16 @@ type filler struct {
 	blocks uint64   // in the image
 
 	mu     sync.Mutex
-	queue  []*streamFile // written to debugfs, not yet seen in its output
+	queue  []event // written to debugfs, not yet seen in its output
 	pushed int
 
+	bmu     sync.Mutex
+	bcond   *sync.Cond
+	used    int64 // bytes of pieces read, not yet written
+	stopped bool  // no piece will be written any more
+
 	// the parser's, read once done is closed
-	files map[uint32]ext4fs.File
+	files map[uint32]*streamFile
 	err   error
 	done  chan struct{}
 }
@@ -114,49 +147,94 @@ func newFiller(ctx context.Context, img string, size int64) (*filler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open image for contents: %w", err)
 	}
-	return &filler{ctx: ctx, img: f, blocks: uint64(size) / fillBlock, files: map[uint32]ext4fs.File{}, done: make(chan struct{})}, nil
+	fl := &filler{ctx: ctx, img: f, blocks: uint64(size) / fillBlock, files: map[uint32]*streamFile{}, done: make(chan struct{})}
+	fl.bcond = sync.NewCond(&fl.bmu)
+	return fl, nil
 }
 
-// push announces a file before its commands reach debugfs.
-func (f *filler) push(sf *streamFile) {
+// push announces a command before it reaches debugfs.
+func (f *filler) push(ev event) {
 	f.mu.Lock()
-	f.queue = append(f.queue, sf)
+	f.queue = append(f.queue, ev)
 	f.pushed++
 	f.mu.Unlock()
 }
 
-func (f *filler) pop() *streamFile {
+func (f *filler) pop() (event, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.queue) == 0 {
-		return nil
+		return event{}, false
 	}
-	sf := f.queue[0]
-	f.queue[0] = nil
+	ev := f.queue[0]
+	f.queue[0] = event{}
 	f.queue = f.queue[1:]
-	return sf
+	return ev, true
 }
 
-// run parses debugfs' output r until it ends, handing each file with
-// content to a writer, and closes done once the writer is through. Its
-// first error is f.err.
+// acquire counts n bytes read into a piece, waiting while the pieces not
+// yet written hold the budget; flush, before it waits, hands debugfs the
+// commands the writer waits for. It fails once the writer has stopped.
+func (f *filler) acquire(n int64, flush func() error) error {
+	f.bmu.Lock()
+	defer f.bmu.Unlock()
+	flushed := false
+	for !f.stopped && f.used > 0 && f.used+n > fillBudget {
+		if !flushed {
+			flushed = true
+			f.bmu.Unlock()
+			err := flush()
+			f.bmu.Lock()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		f.bcond.Wait()
+	}
+	if f.stopped {
+		return errFillerStopped
+	}
+	f.used += n
+	return nil
+}
+
+func (f *filler) release(n int64) {
+	f.bmu.Lock()
+	f.used -= n
+	f.bcond.Broadcast()
+	f.bmu.Unlock()
+}
+
+func (f *filler) stop() {
+	f.bmu.Lock()
+	f.stopped = true
+	f.bcond.Broadcast()
+	f.bmu.Unlock()
+}
+
+// run parses debugfs' output r until it ends, handing each piece to a
+// writer, and closes done once the writer is through. Its first error is
+// f.err.
 func (f *filler) run(r io.ReadCloser) {
-	work := make(chan *streamFile, 1024)
+	work := make(chan *piece, 1024)
 	wrote := make(chan error, 1)
 	go func() { wrote <- f.writeAll(work) }()
 	perr := f.parse(r, work)
 	r.Close()
 	close(work)
 	werr := <-wrote
+	f.stop()
 	f.img.Close()
 	f.err = errors.Join(perr, werr)
 	close(f.done)
 }
 
-func (f *filler) parse(r io.Reader, work chan<- *streamFile) error {
+func (f *filler) parse(r io.Reader, work chan<- *piece) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	var awaiting, last, cur *streamFile // echoed write; created, ex to come; ex echoed
+	var awaiting *streamFile // write echoed, inode to come
+	var cur *piece           // ex echoed, extents to come
 	var first error
 	fail := func(format string, a ...any) {
 		if first == nil {
@@ -179,19 +257,24 @@ func (f *filler) parse(r io.Reader, work chan<- *streamFile) error {
 			}
 			switch {
 			case strings.HasPrefix(cmd, "write "):
-				sf := f.pop()
-				if sf == nil || sf.write != cmd {
+				ev, ok := f.pop()
+				if !ok || ev.file == nil || ev.file.write != cmd {
 					fail("debugfs ran %q out of order", cmd)
 					continue
 				}
-				awaiting = sf
+				awaiting = ev.file
 			case strings.HasPrefix(cmd, "ex "):
-				if last == nil || last.ex != cmd {
+				ev, ok := f.pop()
+				if !ok || ev.piece == nil || ev.piece.ex != cmd || ev.piece.file.ino == 0 {
 					fail("debugfs ran %q out of order", cmd)
 					continue
 				}
-				cur, last = last, nil
+				cur = ev.piece
 			}
+			continue
+		}
+		if strings.HasPrefix(line, "#") {
+			send() // the comment after an ex
 			continue
 		}
 		if n, ok := strings.CutPrefix(line, "Allocated inode: "); ok && awaiting != nil {
@@ -200,10 +283,7 @@ func (f *filler) parse(r io.Reader, work chan<- *streamFile) error {
 				fail("debugfs allocated inode %q for %q", n, awaiting.write)
 			} else {
 				awaiting.ino = uint32(ino)
-				f.files[awaiting.ino] = awaiting.meta
-			}
-			if awaiting.ex != "" {
-				last = awaiting
+				f.files[awaiting.ino] = awaiting
 			}
 			awaiting = nil
 			continue
@@ -215,7 +295,7 @@ func (f *filler) parse(r io.Reader, work chan<- *streamFile) error {
 					v[i], _ = strconv.ParseUint(m[i+1], 10, 64)
 				}
 				if m[6] != "" && m[6] != "Uninit" || v[1]-v[0]+1 != v[4] || v[3]-v[2]+1 != v[4] {
-					fail("inode %d: extent %q", cur.ino, line)
+					fail("inode %d: extent %q", cur.file.ino, line)
 					continue
 				}
 				cur.exts = append(cur.exts, fileExtent{logical: v[0], physical: v[2], length: v[4]})
@@ -226,65 +306,91 @@ func (f *filler) parse(r io.Reader, work chan<- *streamFile) error {
 	if err := sc.Err(); err != nil {
 		fail("reading debugfs' output: %v", err)
 	}
-	if awaiting != nil || last != nil {
+	if awaiting != nil {
 		fail("debugfs did not finish its last file")
 	}
 	f.mu.Lock()
 	if n := len(f.queue); n > 0 {
-		fail("debugfs created %d of %d files", f.pushed-n, f.pushed)
+		fail("debugfs ran %d of %d commands", f.pushed-n, f.pushed)
 	}
 	f.mu.Unlock()
 	return first
 }
 
-// writeAll writes each file's content into its blocks; after an error it
-// only drains work.
-func (f *filler) writeAll(work <-chan *streamFile) error {
+// writeAll writes each piece into its blocks; after an error it only
+// drains work (what is not written stays in memory, for restore).
+func (f *filler) writeAll(work <-chan *piece) error {
 	buf := make([]byte, 1<<20)
 	var first error
-	for sf := range work {
+	for p := range work {
 		if first == nil {
 			if first = f.ctx.Err(); first == nil {
-				first = f.fill(sf, buf)
+				first = f.fill(p, buf)
+			}
+			if first != nil {
+				f.stop()
 			}
 		}
 	}
 	return first
 }
 
-// fill copies sf's content into its extents, which must map its blocks,
-// each once, in order, inside the image. What follows the content in its
-// last block is left as it is: zeros, as every block of a new image
-// never written, and never read (past the size).
-func (f *filler) fill(sf *streamFile, buf []byte) error {
-	size := sf.meta.Size
-	// the extents, joined where they follow each other, must be the data
-	// ranges exactly
+// fill writes p's data into its extents (ex lists the whole file's:
+// those in p's blocks are its), which must map its data blocks, each
+// once, inside the image. What follows the content in its last block is
+// left as it is: zeros, as every block of a new image never written, and
+// never read (past the size).
+func (f *filler) fill(p *piece, buf []byte) error {
+	sf := p.file
+	var exts []fileExtent
 	var got []blockRange
-	for _, e := range sf.exts {
+	for _, e := range p.exts {
 		if e.physical == 0 || e.physical+e.length > f.blocks || e.physical+e.length < e.physical {
 			return fmt.Errorf("inode %d (%s): extent %+v outside the image", sf.ino, sf.write, e)
 		}
+		lo, hi := max(e.logical, p.lo), min(e.logical+e.length, p.hi)
+		if lo >= hi {
+			continue
+		}
+		e = fileExtent{logical: lo, physical: e.physical + lo - e.logical, length: hi - lo}
+		exts = append(exts, e)
 		if n := len(got); n > 0 && got[n-1].end == e.logical {
 			got[n-1].end += e.length
 			continue
 		}
 		got = append(got, blockRange{e.logical, e.logical + e.length})
 	}
-	if !slices.Equal(got, sf.data) {
-		return fmt.Errorf("inode %d (%s): extents %v do not map its data blocks %v", sf.ino, sf.write, sf.exts, sf.data)
+	if !slices.Equal(got, p.data) {
+		return fmt.Errorf("inode %d (%s): extents %v do not map its data blocks %v", sf.ino, sf.write, p.exts, p.data)
 	}
-	src, err := os.Open(sf.content)
-	if err != nil {
-		return fmt.Errorf("content of inode %d: %w", sf.ino, err)
+	size := sf.meta.Size
+	var src *os.File
+	if p.buf == nil {
+		var err error
+		if src, err = os.Open(sf.path); err != nil {
+			return fmt.Errorf("content of inode %d: %w", sf.ino, err)
+		}
+		defer src.Close()
 	}
-	defer src.Close()
-	for _, e := range sf.exts {
+	for _, e := range exts {
 		from := int64(e.logical) * fillBlock
 		end := min(from+int64(e.length)*fillBlock, size)
-		if err := f.copy(sf, src, from, end, int64(e.physical)*fillBlock, buf); err != nil {
+		dst := int64(e.physical) * fillBlock
+		if p.buf != nil {
+			off := from - int64(p.lo)*fillBlock
+			if _, err := f.img.WriteAt(p.buf[off:off+end-from], dst); err != nil {
+				return fmt.Errorf("image: content of inode %d: %w", sf.ino, err)
+			}
+			continue
+		}
+		if err := f.copy(sf, src, from, end, dst, buf); err != nil {
 			return err
 		}
+	}
+	p.exts, p.written = exts, true
+	if p.buf != nil {
+		f.release(int64(len(p.buf)))
+		p.buf = nil
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ debugfs: fallocate "./a" 0 1
 debugfs: ex -l "./a"
 Level Entries       Logical        Physical Length Flags
  0/ 0   1/  1     0 -     1    100 -    101      2 Uninit
+#
 debugfs: write "/e" "b"
 Allocated inode: 13
 `
@@ -38,7 +39,7 @@ Allocated inode: 13
 		{name: "a write out of order", out: strings.Replace(ok, `write "/e" "a"`, `write "/e" "x"`, 1), want: "out of order"},
 		{name: "no inode", out: strings.Replace(ok, "Allocated inode: 12\n", "", 1), want: "created no inode"},
 		{name: "an inode twice", out: strings.Replace(ok, "13", "12", 1), want: `allocated inode "12"`},
-		{name: "a file left out", out: ok[:strings.Index(ok, `debugfs: write "/e" "b"`)], want: "created 1 of 2 files"},
+		{name: "a file left out", out: ok[:strings.Index(ok, `debugfs: write "/e" "b"`)], want: "debugfs ran 2 of 3 commands"},
 		{name: "outside the image", out: ok, blocks: 101, want: "outside the image"},
 		{name: "too few blocks", out: strings.Replace(ok, "0 -     1    100 -    101      2", "0 -     0    100 -    100      1", 1), want: "do not map its data blocks"},
 		{name: "a written extent", out: strings.Replace(ok, " Uninit", " Foo", 1), want: "extent"},
@@ -62,9 +63,10 @@ Allocated inode: 13
 			if err := os.WriteFile(content, []byte(body), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			f.push(&streamFile{write: `write "/e" "a"`, ex: `ex -l "./a"`, content: content, data: []blockRange{{0, 2}},
-				meta: ext4fs.File{Perm: 0o644, Size: int64(len(body)), Written: true}})
-			f.push(&streamFile{write: `write "/e" "b"`, meta: ext4fs.File{Perm: 0o600}})
+			a := &streamFile{write: `write "/e" "a"`, path: content, meta: ext4fs.File{Perm: 0o644, Size: int64(len(body)), Written: true}}
+			f.push(event{file: a})
+			f.push(event{piece: &piece{file: a, ex: `ex -l "./a"`, hi: 2, data: []blockRange{{0, 2}}}})
+			f.push(event{file: &streamFile{write: `write "/e" "b"`, meta: ext4fs.File{Perm: 0o600}}})
 			r, w, err := os.Pipe()
 			if err != nil {
 				t.Fatal(err)
@@ -81,7 +83,7 @@ Allocated inode: 13
 			if f.err != nil {
 				t.Fatal(f.err)
 			}
-			if len(f.files) != 2 || f.files[12].Size != int64(len(body)) || f.files[13].Perm != 0o600 {
+			if len(f.files) != 2 || f.files[12].meta.Size != int64(len(body)) || f.files[13].meta.Perm != 0o600 {
 				t.Errorf("files %+v", f.files)
 			}
 			data, err := os.ReadFile(img)

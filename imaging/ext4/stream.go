@@ -30,22 +30,27 @@ var ErrNotStreamed = errors.New("the tree could not be built while it was read")
 // Stream builds a fixed-size, single-owner image (a workspace) while its
 // tree is still being read: mkfs makes an empty filesystem at once, and
 // one debugfs process, fed on its standard input, creates each entry as
-// flatten accepts it (flatten.Options.Applied: Add), copying a file's
-// content from its spill file. Reading the stream and writing the image
-// so overlap instead of following each other, as they must with
-// mkfs.ext4 -d, which needs the whole tree staged first.
+// flatten accepts it (flatten.Options.Applied: Add). A regular file's
+// content is taken as flatten reads it (flatten.Options.Content: no spill
+// file) and written into the blocks debugfs allocated for it by the
+// filler (fill.go). Reading the stream and writing the image so overlap
+// instead of following each other, as they must with mkfs.ext4 -d, which
+// needs the whole tree staged first.
 //
 // It follows only a stream it can build exactly as BuildFlattened would:
 // every parent a directory named earlier, no name twice, hardlinks to
 // regular files earlier in the stream, no device nodes, fifos or xattrs,
 // no command line debugfs cannot take, and a tree whose inode count keeps
 // the filesystem's inode table at its default size. At the first entry
-// that breaks this it gives up: debugfs is stopped, the partial image
-// removed, and Finish returns ErrNotStreamed. Flatten goes on regardless
+// that breaks this it gives up: debugfs is stopped, the contents taken
+// so far are put at their content paths (from the image, or from memory),
+// the partial image removed, and Finish returns ErrNotStreamed. Flatten
+// goes on regardless
 // (its checks decide what is refused), so the caller falls back on the
 // flattened tree having lost only the work done so far.
 //
-// Owners are set after debugfs, in one pass (ext4fs.SetOwners); then
+// Owners, and regular files' modes, sizes and mtimes, are set after
+// debugfs, in one pass (ext4fs.Patch); then
 // e2fsck -fyD indexes directories and checks the result (what it repairs
 // is logged, as Build does; a correct stream has none: see the tests).
 type Stream struct {
@@ -73,13 +78,16 @@ type Stream struct {
 	flusher chan struct{} // closed: stop writeBack
 	flushed chan struct{} // closed by writeBack when it stops
 
-	kinds  map[string]byte // clean path -> type ("" is the root)
-	dirs   []dirMeta
-	root   *tar.Header
-	cwd    string
-	n      int64 // inodes so far, the root included
-	reason string
-	done   bool
+	kinds map[string]byte // clean path -> type ("" is the root)
+	// the files whose content Content took, by content path and in order
+	taken     map[string]*streamFile
+	takenList []*streamFile
+	dirs      []dirMeta
+	root      *tar.Header
+	cwd       string
+	n         int64 // inodes so far, the root included
+	reason    string
+	done      bool
 }
 
 type dirMeta struct {
@@ -106,7 +114,7 @@ func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) 
 	if err != nil {
 		return nil, err
 	}
-	s := &Stream{opts: opts, tools: tools, out: out, root: root, kinds: map[string]byte{"": tar.TypeDir}, cwd: "/",
+	s := &Stream{opts: opts, tools: tools, out: out, root: root, kinds: map[string]byte{"": tar.TypeDir}, cwd: "/", taken: map[string]*streamFile{},
 		inodes: FixedInodes(flatten.Summary{}, opts.Size), start: time.Now(), n: 1}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	defer func() {
@@ -198,14 +206,33 @@ func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) 
 // Reason says why the stream gave up ("" while it has not).
 func (s *Stream) Reason() string { return s.reason }
 
-// giveUp stops debugfs and removes the partial image; Add ignores what
-// follows and Finish returns ErrNotStreamed.
+// giveUp stops debugfs, puts the contents Content took where flatten's
+// Result expects them (restore) and removes the partial image; Add and
+// Content ignore what follows and Finish returns ErrNotStreamed.
 func (s *Stream) giveUp(format string, args ...any) {
 	if s.reason != "" {
 		return
 	}
 	s.reason = fmt.Sprintf(format, args...)
+	if !s.done {
+		s.halt()
+		if err := s.restore(); err != nil {
+			s.reason += fmt.Sprintf(" (and restoring the contents read: %v)", err)
+		}
+	}
 	s.Abort()
+}
+
+// halt stops debugfs and waits for it and the filler.
+func (s *Stream) halt() {
+	s.cancel()
+	if s.queue != nil {
+		s.queue.close()
+	}
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.stopWriteBack()
+		_, _ = s.wait()
+	}
 }
 
 // Abort stops debugfs and removes everything the Stream made. It may be
@@ -215,14 +242,7 @@ func (s *Stream) Abort() {
 		return
 	}
 	s.done = true
-	s.cancel()
-	if s.queue != nil {
-		s.queue.close()
-	}
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.stopWriteBack()
-		_, _ = s.wait()
-	}
+	s.halt()
 	if s.img != "" {
 		os.Remove(s.img)
 	}
@@ -249,38 +269,50 @@ func (s *Stream) Add(h *tar.Header, content string) error {
 
 var errNotFollowed = errors.New("not streamed")
 
-func (s *Stream) add(h *tar.Header, content string) error {
-	clean, err := flatten.CleanPath(h.Name)
-	if err != nil {
-		return err
+// prepare checks that h is an entry the Stream can follow and counts its
+// inode; clean is "" for the root (whose metadata it keeps).
+func (s *Stream) prepare(h *tar.Header) (clean, parent, base string, err error) {
+	if clean, err = flatten.CleanPath(h.Name); err != nil {
+		return "", "", "", err
 	}
 	if hasXattrs(h) {
-		return fmt.Errorf("%w: xattrs", errNotFollowed)
+		return "", "", "", fmt.Errorf("%w: xattrs", errNotFollowed)
 	}
 	if clean == "" {
 		if h.Typeflag != tar.TypeDir {
-			return fmt.Errorf("%w: the root is not a directory", errNotFollowed)
+			return "", "", "", fmt.Errorf("%w: the root is not a directory", errNotFollowed)
 		}
 		s.root = h
-		return nil
+		return "", "", "", nil
 	}
 	if _, dup := s.kinds[clean]; dup {
-		return fmt.Errorf("%w: a second entry of the name", errNotFollowed)
+		return "", "", "", fmt.Errorf("%w: a second entry of the name", errNotFollowed)
 	}
-	parent, base := "", clean
+	parent, base = "", clean
 	if i := strings.LastIndexByte(clean, '/'); i >= 0 {
 		parent, base = clean[:i], clean[i+1:]
 	}
 	if s.kinds[parent] != tar.TypeDir {
-		return fmt.Errorf("%w: the parent is not a directory named earlier", errNotFollowed)
+		return "", "", "", fmt.Errorf("%w: the parent is not a directory named earlier", errNotFollowed)
 	}
-	p := "/" + clean
 	if h.Typeflag != tar.TypeLink {
 		s.n++
 		if s.n+s.n/4+4096 > s.inodes {
-			return fmt.Errorf("%w: more inodes than the default inode table is sized for", errNotFollowed)
+			return "", "", "", fmt.Errorf("%w: more inodes than the default inode table is sized for", errNotFollowed)
 		}
 	}
+	return clean, parent, base, nil
+}
+
+func (s *Stream) add(h *tar.Header, content string) error {
+	if sf := s.taken[content]; sf != nil && content != "" {
+		return nil // made by Content
+	}
+	clean, parent, base, err := s.prepare(h)
+	if err != nil || clean == "" {
+		return err
+	}
+	p := "/" + clean
 	switch h.Typeflag {
 	case tar.TypeDir:
 		if err := s.chdir(h.Name, "/"+parent); err != nil {
@@ -302,27 +334,16 @@ func (s *Stream) add(h *tar.Header, content string) error {
 		}
 		// created empty; its blocks allocated unwritten and listed for the
 		// filler (see fill.go); mode, size and mtime set by ext4fs.Patch
-		sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), content: content,
-			meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix()}}
+		sf := s.newFile(h, base, content)
+		if err := s.sc.line(h.Name, sf.write); err != nil {
+			return err
+		}
 		if content != "" {
-			if sf.data, err = dataRanges(content, h.Size); err != nil {
+			data, err := dataRanges(content, h.Size)
+			if err != nil {
 				return err
 			}
-		}
-		lines := []string{sf.write}
-		if len(sf.data) > 0 {
-			// "./": a name starting with "-" is no option to ex
-			rel := quote("./" + base)
-			for _, r := range sf.data {
-				lines = append(lines, fmt.Sprintf("fallocate %s %d %d", rel, r.start, r.end-1))
-			}
-			sf.ex = "ex -l " + rel
-			lines = append(lines, sf.ex)
-			sf.meta.Written = true
-		}
-		s.fill.push(sf)
-		for _, l := range lines {
-			if err := s.sc.line(h.Name, l); err != nil {
+			if err := s.addPiece(h.Name, base, &piece{file: sf, hi: uint64(h.Size+fillBlock-1) / fillBlock, data: data}); err != nil {
 				return err
 			}
 		}
@@ -366,6 +387,209 @@ func (s *Stream) add(h *tar.Header, content string) error {
 	}
 	s.kinds[clean] = h.Typeflag
 	return nil
+}
+
+// Content takes a regular file's content as flatten reads it
+// (flatten.Options.Content), with no spill file: it creates the file,
+// then reads the content a piece at a time into memory (bounded: see
+// filler.acquire) and allocates each piece's data blocks for the filler
+// to write. It declines what it does not follow, and everything once it
+// has given up; giving up while it reads, it puts what it read and the
+// rest at path.
+func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) {
+	if s.done || h.Typeflag != tar.TypeReg || h.Size <= 0 {
+		return false, nil
+	}
+	clean, parent, base, err := s.prepare(h)
+	if err == nil && clean == "" {
+		err = fmt.Errorf("%w: the root is not a directory", errNotFollowed)
+	}
+	if err == nil {
+		err = s.chdir(h.Name, "/"+parent)
+	}
+	var sf *streamFile
+	if err == nil {
+		sf = s.newFile(h, base, path)
+		err = s.sc.line(h.Name, sf.write)
+	}
+	if err != nil {
+		s.giveUp("entry %q: %v", h.Name, err)
+		return false, nil
+	}
+	s.kinds[clean] = tar.TypeReg
+	s.taken[path] = sf
+	s.takenList = append(s.takenList, sf)
+	for lo := uint64(0); int64(lo)*fillBlock < h.Size; {
+		off := int64(lo) * fillBlock
+		k := min(pieceSize, h.Size-off)
+		if err := s.fill.acquire(k, s.sc.w.Flush); err != nil {
+			s.giveUp("entry %q: %v", h.Name, err)
+			return true, s.rest(sf, r, off)
+		}
+		p := &piece{file: sf, lo: lo, hi: lo + uint64(k+fillBlock-1)/fillBlock, buf: make([]byte, k)}
+		if _, err := io.ReadFull(r, p.buf); err != nil {
+			s.fill.release(k)
+			return false, err
+		}
+		lo = p.hi
+		if p.data = blockData(p.buf, p.lo); len(p.data) == 0 {
+			s.fill.release(k) // all holes
+			p.buf = nil
+			continue
+		}
+		if err := s.addPiece(h.Name, base, p); err != nil {
+			s.giveUp("entry %q: %v", h.Name, err)
+			return true, s.rest(sf, r, int64(lo)*fillBlock)
+		}
+	}
+	if h.Size >= 1<<20 {
+		// let debugfs start on a large file while the next is read
+		if err := s.sc.w.Flush(); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// newFile announces a regular file to the filler; the caller writes its
+// write command.
+func (s *Stream) newFile(h *tar.Header, base, path string) *streamFile {
+	sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), path: path,
+		meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix()}}
+	s.fill.push(event{file: sf})
+	return sf
+}
+
+// addPiece allocates p's data blocks (unwritten) and has debugfs list
+// them for the filler. The file is debugfs' cwd.
+func (s *Stream) addPiece(name, base string, p *piece) error {
+	if len(p.data) == 0 {
+		return nil
+	}
+	p.file.meta.Written = true
+	p.file.pieces = append(p.file.pieces, p)
+	// "./": a name starting with "-" is no option to ex
+	rel := quote("./" + base)
+	p.ex = "ex -l " + rel
+	s.fill.push(event{piece: p})
+	for _, r := range p.data {
+		if err := s.sc.line(name, fmt.Sprintf("fallocate %s %d %d", rel, r.start, r.end-1)); err != nil {
+			return err
+		}
+	}
+	if err := s.sc.line(name, p.ex); err != nil {
+		return err
+	}
+	// a comment, echoed as it is: the end of ex's output, so that the
+	// filler need not wait for the next command to write the piece
+	return s.sc.line(name, "#")
+}
+
+// restore makes, for each file whose content Content took, its content
+// path: from the image for the pieces written, from memory for the
+// others. Debugfs and the filler must have stopped.
+func (s *Stream) restore() error {
+	if len(s.takenList) == 0 {
+		return nil
+	}
+	img, err := os.Open(s.img)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	buf := make([]byte, 1<<20)
+	for _, sf := range s.takenList {
+		if err := restoreFile(img, sf, buf); err != nil {
+			return fmt.Errorf("content of %s: %w", sf.write, err)
+		}
+	}
+	return nil
+}
+
+func restoreFile(img *os.File, sf *streamFile, buf []byte) error {
+	out, err := os.OpenFile(sf.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	size := sf.meta.Size
+	for _, p := range sf.pieces {
+		switch {
+		case p.written:
+			for _, e := range p.exts {
+				from := int64(e.logical) * fillBlock
+				end := min(from+int64(e.length)*fillBlock, size)
+				for pos := from; pos < end; {
+					k := min(int64(len(buf)), end-pos)
+					if _, err := img.ReadAt(buf[:k], int64(e.physical)*fillBlock+pos-from); err != nil {
+						return err
+					}
+					if _, err := out.WriteAt(buf[:k], pos); err != nil {
+						return err
+					}
+					pos += k
+				}
+			}
+		case p.buf != nil:
+			base := int64(p.lo) * fillBlock
+			for _, r := range p.data {
+				from, end := int64(r.start)*fillBlock, min(int64(r.end)*fillBlock, base+int64(len(p.buf)))
+				if _, err := out.WriteAt(p.buf[from-base:end-base], from); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// rest writes what is left of a content Content was reading when it gave
+// up, from off on, at its path (restored), zero blocks left holes.
+func (s *Stream) rest(sf *streamFile, r io.Reader, off int64) error {
+	out, err := os.OpenFile(sf.path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("content of %s: %w", sf.write, err)
+	}
+	defer out.Close()
+	buf := make([]byte, 1<<20)
+	for off < sf.meta.Size {
+		k := min(int64(len(buf)), sf.meta.Size-off)
+		if _, err := io.ReadFull(r, buf[:k]); err != nil {
+			return err
+		}
+		for _, br := range blockData(buf[:k], uint64(off)/fillBlock) {
+			from, end := int64(br.start)*fillBlock, min(int64(br.end)*fillBlock, off+k)
+			if _, err := out.WriteAt(buf[from-off:end-off], from); err != nil {
+				return fmt.Errorf("content of %s: %w", sf.write, err)
+			}
+		}
+		off += k
+	}
+	return out.Close()
+}
+
+// blockData lists the blocks of buf, a content's bytes from block lo on,
+// that are not all zeros; a partial last block is data, zeros or not (as
+// the spill would keep it).
+func blockData(buf []byte, lo uint64) []blockRange {
+	var out []blockRange
+	var zero [fillBlock]byte
+	for i := 0; i < len(buf); i += fillBlock {
+		blk := buf[i:min(i+fillBlock, len(buf))]
+		if len(blk) == fillBlock && bytes.Equal(blk, zero[:]) {
+			continue
+		}
+		b := lo + uint64(i/fillBlock)
+		if n := len(out); n > 0 && out[n-1].end == b {
+			out[n-1].end++
+			continue
+		}
+		out = append(out, blockRange{b, b + 1})
+	}
+	return out
 }
 
 // chdir makes dir debugfs' cwd. Entries are created by their base name in
@@ -463,7 +687,11 @@ func (s *Stream) Finish(sum flatten.Summary, release func()) (res *Result, err e
 	res = &Result{Path: s.out, Size: s.opts.Size, Inodes: s.inodes, FixupLines: s.sc.lines}
 	res.Timings.Debugfs = time.Since(s.start)
 	t := time.Now()
-	if _, err := ext4fs.Patch(s.img, s.opts.Owner.UID, s.opts.Owner.GID, s.fill.files); err != nil {
+	files := make(map[uint32]ext4fs.File, len(s.fill.files))
+	for ino, sf := range s.fill.files {
+		files[ino] = sf.meta
+	}
+	if _, err := ext4fs.Patch(s.img, s.opts.Owner.UID, s.opts.Owner.GID, files); err != nil {
 		return nil, fmt.Errorf("image %s: set owners and file metadata: %w", s.opts.ImageRef, err)
 	}
 	if res.FsckFixes, err = fsck(s.ctx, s.tools.E2fsck, s.img); err != nil {
