@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -105,9 +105,31 @@ func dataRanges(path string, size int64) ([]blockRange, error) {
 	return merged, nil
 }
 
-// exLine is a leaf extent of "ex -l": level, entry, logical range,
-// physical range, length, flags.
-var exLine = regexp.MustCompile(`^\s*\d+/\s*\d+\s+\d+/\s*\d+\s+(\d+)\s+-\s+(\d+)\s+(\d+)\s+-\s+(\d+)\s+(\d+)(?:\s+(\S+))?\s*$`)
+// exExtent parses a leaf extent line of "ex -l": "L/ D  i/ n  logical
+// range  physical range  length [flags]", numbers padded to widths they
+// may outgrow. v is the logical range, the physical range, the length.
+func exExtent(line string) (v [5]uint64, flags string, ok bool) {
+	f := strings.Fields(strings.ReplaceAll(line, "/", " / "))
+	if len(f) < 13 || len(f) > 14 || f[1] != "/" || f[4] != "/" || f[7] != "-" || f[10] != "-" {
+		return v, "", false
+	}
+	for _, j := range []int{0, 2, 3, 5} {
+		if _, err := strconv.ParseUint(f[j], 10, 32); err != nil {
+			return v, "", false
+		}
+	}
+	for i, j := range [5]int{6, 8, 9, 11, 12} {
+		n, err := strconv.ParseUint(f[j], 10, 64)
+		if err != nil {
+			return v, "", false
+		}
+		v[i] = n
+	}
+	if len(f) == 14 {
+		flags = f[13]
+	}
+	return v, flags, true
+}
 
 const (
 	fillBlock = 4096 // the Stream's block size
@@ -116,6 +138,31 @@ const (
 	pieceSize  = 4 << 20
 	fillBudget = 64 << 20
 )
+
+// pieceBufs recycles piece buffers by power-of-two class (4 KiB up to
+// pieceSize): a fresh large allocation is zeroed and faulted in, only to
+// be overwritten.
+var pieceBufs [bufClasses]sync.Pool
+
+const bufClasses = 11 // 4 KiB << 10 is pieceSize
+
+func bufClass(n int64) int { return bits.Len64(uint64(max(n, 1)-1) >> 12) }
+
+// getBuf returns a buffer of n bytes (n <= pieceSize), contents undefined.
+func getBuf(n int64) []byte {
+	c := bufClass(n)
+	if b, ok := pieceBufs[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 4096<<c)
+}
+
+func putBuf(b []byte) {
+	b = b[:cap(b)]
+	if c := bufClass(int64(len(b))); 4096<<c == len(b) {
+		pieceBufs[c].Put(&b)
+	}
+}
 
 // errFillerStopped: the filler stopped before the content was written.
 var errFillerStopped = errors.New("the content writer stopped")
@@ -289,12 +336,8 @@ func (f *filler) parse(r io.Reader, work chan<- *piece) error {
 			continue
 		}
 		if cur != nil {
-			if m := exLine.FindStringSubmatch(line); m != nil {
-				var v [5]uint64
-				for i := range v {
-					v[i], _ = strconv.ParseUint(m[i+1], 10, 64)
-				}
-				if m[6] != "" && m[6] != "Uninit" || v[1]-v[0]+1 != v[4] || v[3]-v[2]+1 != v[4] {
+			if v, flags, ok := exExtent(line); ok {
+				if flags != "" && flags != "Uninit" || v[1]-v[0]+1 != v[4] || v[3]-v[2]+1 != v[4] {
 					fail("inode %d: extent %q", cur.file.ino, line)
 					continue
 				}
@@ -390,6 +433,7 @@ func (f *filler) fill(p *piece, buf []byte) error {
 	p.exts, p.written = exts, true
 	if p.buf != nil {
 		f.release(int64(len(p.buf)))
+		putBuf(p.buf)
 		p.buf = nil
 	}
 	return nil

@@ -150,3 +150,45 @@ func TestDataRanges(t *testing.T) {
 		})
 	}
 }
+
+// TestPieceBufs: every piece size has a class, a buffer returned is
+// reused for a size of its class, and one of another capacity is not kept.
+func TestPieceBufs(t *testing.T) {
+	if 4096<<(bufClasses-1) != pieceSize {
+		t.Fatalf("%d classes do not reach pieceSize %d", bufClasses, pieceSize)
+	}
+	for _, n := range []int64{1, 4096, 4097, 15000, 1 << 20, pieceSize - 1, pieceSize} {
+		b := getBuf(n)
+		if int64(len(b)) != n || cap(b) < len(b) || bufClass(int64(cap(b))) != bufClass(n) {
+			t.Errorf("getBuf(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		putBuf(b)
+	}
+	putBuf(make([]byte, 5000)) // not a class size: dropped
+	if b := getBuf(5000); cap(b) != 8192 {
+		t.Errorf("getBuf(5000) has cap %d, want 8192", cap(b))
+	}
+}
+
+// TestExExtent: leaf lines of ex -l, numbers wider than their columns
+// included; other lines are not extents.
+func TestExExtent(t *testing.T) {
+	for _, tc := range []struct {
+		line  string
+		want  [5]uint64
+		flags string
+		ok    bool
+	}{
+		{" 0/ 0   1/  1     0 -     3   4247 -   4250      4 Uninit", [5]uint64{0, 3, 4247, 4250, 4}, "Uninit", true},
+		{" 1/ 1  21/ 21  2000 -  2050   6247 -   6297     51 Uninit", [5]uint64{2000, 2050, 6247, 6297, 51}, "Uninit", true},
+		{" 1/ 1 100/340 123456 - 123999 98765432 - 98765975    544", [5]uint64{123456, 123999, 98765432, 98765975, 544}, "", true},
+		{"Level Entries       Logical        Physical Length Flags", [5]uint64{}, "", false},
+		{" 0/ 1   1/  1     0 - 4294967295   4298               0", [5]uint64{}, "", false}, // an index node
+		{"debugfs: ex -l \"./a - b\"", [5]uint64{}, "", false},
+	} {
+		v, flags, ok := exExtent(tc.line)
+		if ok != tc.ok || ok && (v != tc.want || flags != tc.flags) {
+			t.Errorf("%q: %v %q %v, want %v %q %v", tc.line, v, flags, ok, tc.want, tc.flags, tc.ok)
+		}
+	}
+}

@@ -426,7 +426,7 @@ func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) 
 			s.giveUp("entry %q: %v", h.Name, err)
 			return true, s.rest(sf, r, off)
 		}
-		p := &piece{file: sf, lo: lo, hi: lo + uint64(k+fillBlock-1)/fillBlock, buf: make([]byte, k)}
+		p := &piece{file: sf, lo: lo, hi: lo + uint64(k+fillBlock-1)/fillBlock, buf: getBuf(k)}
 		if _, err := io.ReadFull(r, p.buf); err != nil {
 			s.fill.release(k)
 			return false, err
@@ -434,6 +434,7 @@ func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) 
 		lo = p.hi
 		if p.data = blockData(p.buf, p.lo); len(p.data) == 0 {
 			s.fill.release(k) // all holes
+			putBuf(p.buf)
 			p.buf = nil
 			continue
 		}
