@@ -118,6 +118,9 @@ func TestBuildWhileReading(t *testing.T) {
 		{"a small volume's inode table", project, 64 << 20, false},
 		// more content than the stream holds in memory: reading waits for the writer
 		{"more than the memory budget", budgetTree(), 1 << 30, true},
+		// inodes are foreseen: past a group (8192 inodes at 1 GiB), and
+		// from the group of a directory there
+		{"inodes past the first group", groupsTree(), 1 << 30, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, scratch := t.TempDir(), t.TempDir()
@@ -226,6 +229,25 @@ func budgetTree() []entry {
 			body: string(buf[i*100000 : i*100000+6<<20])})
 	}
 	return es
+}
+
+// groupsTree fills the first inode group from a/, then makes b/ and a
+// file in each.
+func groupsTree() []entry {
+	at := time.Unix(1e9, 0)
+	es := []entry{{h: tar.Header{Typeflag: tar.TypeDir, Name: "a/", Mode: 0o755, ModTime: at}}}
+	for i := range 8300 {
+		body := ""
+		if i%1000 == 999 {
+			body = fmt.Sprintf("file %d\n", i)
+		}
+		es = append(es, entry{h: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("a/f%04d", i), Mode: 0o644, ModTime: at}, body: body})
+	}
+	return append(es,
+		entry{h: tar.Header{Typeflag: tar.TypeDir, Name: "b/", Mode: 0o755, ModTime: at}},
+		entry{h: tar.Header{Typeflag: tar.TypeReg, Name: "b/x", Mode: 0o644, ModTime: at}, body: "bx\n"},
+		entry{h: tar.Header{Typeflag: tar.TypeSymlink, Name: "b/l", Linkname: "x", ModTime: at}},
+		entry{h: tar.Header{Typeflag: tar.TypeReg, Name: "a/late", Mode: 0o644, ModTime: at}, body: "late\n"})
 }
 
 var reBlocks = regexp.MustCompile(`Blockcount: (\d+)`)

@@ -32,10 +32,12 @@ type streamFile struct {
 	write string // its write command, as debugfs echoes it
 	// Its content: the spill file, or, when the Stream took the content
 	// (Content), where it goes if the Stream gives up (restore).
-	path   string
-	meta   ext4fs.File
-	ino    uint32 // set by the parser
-	pieces []*piece
+	path string
+	meta ext4fs.File
+	ino  uint32 // foreseen (Stream.nextIno)
+	// set by the parser: debugfs allocated ino
+	created bool
+	pieces  []*piece
 }
 
 // piece is some of a file's blocks, allocated and filled together.
@@ -312,7 +314,7 @@ func (f *filler) parse(r io.Reader, work chan<- *piece) error {
 				awaiting = ev.file
 			case strings.HasPrefix(cmd, "ex "):
 				ev, ok := f.pop()
-				if !ok || ev.piece == nil || ev.piece.ex != cmd || ev.piece.file.ino == 0 {
+				if !ok || ev.piece == nil || ev.piece.ex != cmd || !ev.piece.file.created {
 					fail("debugfs ran %q out of order", cmd)
 					continue
 				}
@@ -326,10 +328,10 @@ func (f *filler) parse(r io.Reader, work chan<- *piece) error {
 		}
 		if n, ok := strings.CutPrefix(line, "Allocated inode: "); ok && awaiting != nil {
 			ino, err := strconv.ParseUint(n, 10, 32)
-			if _, dup := f.files[uint32(ino)]; err != nil || ino == 0 || dup {
-				fail("debugfs allocated inode %q for %q", n, awaiting.write)
+			if _, dup := f.files[uint32(ino)]; err != nil || uint32(ino) != awaiting.ino || dup {
+				fail("debugfs allocated inode %q for %q, not %d", n, awaiting.write, awaiting.ino)
 			} else {
-				awaiting.ino = uint32(ino)
+				awaiting.created = true
 				f.files[awaiting.ino] = awaiting
 			}
 			awaiting = nil

@@ -20,8 +20,8 @@ func TestFiller(t *testing.T) {
 debugfs: cd "/d"
 debugfs: write "/e" "a"
 Allocated inode: 12
-debugfs: fallocate "./a" 0 1
-debugfs: ex -l "./a"
+debugfs: fallocate <12> 0 1
+debugfs: ex -l <12>
 Level Entries       Logical        Physical Length Flags
  0/ 0   1/  1     0 -     1    100 -    101      2 Uninit
 #
@@ -38,7 +38,8 @@ Allocated inode: 13
 			" 1/ 1   1/  2     0 -     0    100 -    100      1 Uninit\n 1/ 1   2/  2     1 -     1    300 -    300      1 Uninit", 1)},
 		{name: "a write out of order", out: strings.Replace(ok, `write "/e" "a"`, `write "/e" "x"`, 1), want: "out of order"},
 		{name: "no inode", out: strings.Replace(ok, "Allocated inode: 12\n", "", 1), want: "created no inode"},
-		{name: "an inode twice", out: strings.Replace(ok, "13", "12", 1), want: `allocated inode "12"`},
+		{name: "an inode twice", out: strings.Replace(ok, "13", "12", 1), want: `allocated inode "12" for "write \"/e\" \"b\"", not 13`},
+		{name: "an inode not foreseen", out: strings.Replace(ok, "Allocated inode: 12", "Allocated inode: 14", 1), want: `inode "14"`},
 		{name: "a file left out", out: ok[:strings.Index(ok, `debugfs: write "/e" "b"`)], want: "debugfs ran 2 of 3 commands"},
 		{name: "outside the image", out: ok, blocks: 101, want: "outside the image"},
 		{name: "too few blocks", out: strings.Replace(ok, "0 -     1    100 -    101      2", "0 -     0    100 -    100      1", 1), want: "do not map its data blocks"},
@@ -63,10 +64,10 @@ Allocated inode: 13
 			if err := os.WriteFile(content, []byte(body), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			a := &streamFile{write: `write "/e" "a"`, path: content, meta: ext4fs.File{Perm: 0o644, Size: int64(len(body)), Written: true}}
+			a := &streamFile{write: `write "/e" "a"`, path: content, ino: 12, meta: ext4fs.File{Perm: 0o644, Size: int64(len(body)), Written: true}}
 			f.push(event{file: a})
-			f.push(event{piece: &piece{file: a, ex: `ex -l "./a"`, hi: 2, data: []blockRange{{0, 2}}}})
-			f.push(event{file: &streamFile{write: `write "/e" "b"`, meta: ext4fs.File{Perm: 0o600}}})
+			f.push(event{piece: &piece{file: a, ex: `ex -l <12>`, hi: 2, data: []blockRange{{0, 2}}}})
+			f.push(event{file: &streamFile{write: `write "/e" "b"`, ino: 13, meta: ext4fs.File{Perm: 0o600}}})
 			r, w, err := os.Pipe()
 			if err != nil {
 				t.Fatal(err)

@@ -82,12 +82,16 @@ type Stream struct {
 	// the files whose content Content took, by content path and in order
 	taken     map[string]*streamFile
 	takenList []*streamFile
-	dirs      []dirMeta
-	root      *tar.Header
-	cwd       string
-	n         int64 // inodes so far, the root included
-	reason    string
-	done      bool
+	// inodes: debugfs' choices, foreseen (nextIno)
+	ipg    uint32            // inodes per group
+	iused  []uint32          // inodes used in each group, from its start
+	dirIno map[string]uint32 // clean path -> inode of each directory
+	dirs   []dirMeta
+	root   *tar.Header
+	cwd    string
+	n      int64 // inodes so far, the root included
+	reason string
+	done   bool
 }
 
 type dirMeta struct {
@@ -114,7 +118,7 @@ func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) 
 	if err != nil {
 		return nil, err
 	}
-	s := &Stream{opts: opts, tools: tools, out: out, root: root, kinds: map[string]byte{"": tar.TypeDir}, cwd: "/", taken: map[string]*streamFile{},
+	s := &Stream{opts: opts, tools: tools, out: out, root: root, kinds: map[string]byte{"": tar.TypeDir}, cwd: "/", taken: map[string]*streamFile{}, dirIno: map[string]uint32{"": 2},
 		inodes: FixedInodes(flatten.Summary{}, opts.Size), start: time.Now(), n: 1}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	defer func() {
@@ -162,6 +166,9 @@ func NewStream(ctx context.Context, out string, root *tar.Header, opts Options) 
 		return nil, err
 	}
 
+	if s.ipg, s.iused, err = ext4fs.InodeGeometry(s.img); err != nil {
+		return nil, fmt.Errorf("image %s: %w", opts.ImageRef, err)
+	}
 	s.cmd = exec.CommandContext(s.ctx, tools.Debugfs, "-w", "-f", "-", s.img)
 	s.cmd.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__", "LC_ALL=C")
 	s.cmd.Stderr = &limitWriter{w: &s.stderr, n: 1 << 20}
@@ -318,6 +325,11 @@ func (s *Stream) add(h *tar.Header, content string) error {
 		if err := s.chdir(h.Name, "/"+parent); err != nil {
 			return err
 		}
+		ino, err := s.nextIno(parent)
+		if err != nil {
+			return err
+		}
+		s.dirIno[clean] = ino
 		if err := s.sc.line(h.Name, "mkdir", quote(base)); err != nil {
 			return err
 		}
@@ -334,7 +346,10 @@ func (s *Stream) add(h *tar.Header, content string) error {
 		}
 		// created empty; its blocks allocated unwritten and listed for the
 		// filler (see fill.go); mode, size and mtime set by ext4fs.Patch
-		sf := s.newFile(h, base, content)
+		sf, err := s.newFile(h, parent, base, content)
+		if err != nil {
+			return err
+		}
 		if err := s.sc.line(h.Name, sf.write); err != nil {
 			return err
 		}
@@ -358,6 +373,9 @@ func (s *Stream) add(h *tar.Header, content string) error {
 			return err
 		}
 		if err := s.chdir(h.Name, "/"+parent); err != nil {
+			return err
+		}
+		if _, err := s.nextIno(parent); err != nil {
 			return err
 		}
 		if err := s.sc.line(h.Name, "symlink", quote(base), quote(h.Linkname)); err != nil {
@@ -409,8 +427,9 @@ func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) 
 	}
 	var sf *streamFile
 	if err == nil {
-		sf = s.newFile(h, base, path)
-		err = s.sc.line(h.Name, sf.write)
+		if sf, err = s.newFile(h, parent, base, path); err == nil {
+			err = s.sc.line(h.Name, sf.write)
+		}
 	}
 	if err != nil {
 		s.giveUp("entry %q: %v", h.Name, err)
@@ -454,11 +473,39 @@ func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) 
 
 // newFile announces a regular file to the filler; the caller writes its
 // write command.
-func (s *Stream) newFile(h *tar.Header, base, path string) *streamFile {
-	sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), path: path,
+func (s *Stream) newFile(h *tar.Header, parent, base, path string) (*streamFile, error) {
+	ino, err := s.nextIno(parent)
+	if err != nil {
+		return nil, err
+	}
+	sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), path: path, ino: ino,
 		meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix()}}
 	s.fill.push(event{file: sf})
-	return sf
+	return sf, nil
+}
+
+// nextIno is the inode debugfs will give what is made next, in parent:
+// libext2fs takes the first free inode from the start of the parent's
+// group on, wrapping, and in a new image never freed, a group's inodes in
+// use are its first ones (ext4fs.InodeGeometry). Commands then name a
+// file by its inode ("<N>"), which debugfs finds without a directory
+// lookup (and a checksum of the directory's blocks). The filler checks
+// each against what debugfs says it allocated (a write's "Allocated
+// inode"); a directory foreseen wrong shows in its files'.
+func (s *Stream) nextIno(parent string) (uint32, error) {
+	dir, ok := s.dirIno[parent]
+	if !ok || dir == 0 {
+		return 0, fmt.Errorf("%w: no inode for the directory", errNotFollowed)
+	}
+	n := uint32(len(s.iused))
+	g0 := (dir - 1) / s.ipg
+	for i := range n {
+		if g := (g0 + i) % n; s.iused[g] < s.ipg {
+			s.iused[g]++
+			return g*s.ipg + s.iused[g], nil
+		}
+	}
+	return 0, fmt.Errorf("%w: no free inode", errNotFollowed)
 }
 
 // addPiece allocates p's data blocks (unwritten) and has debugfs list
@@ -469,8 +516,7 @@ func (s *Stream) addPiece(name, base string, p *piece) error {
 	}
 	p.file.meta.Written = true
 	p.file.pieces = append(p.file.pieces, p)
-	// "./": a name starting with "-" is no option to ex
-	rel := quote("./" + base)
+	rel := fmt.Sprintf("<%d>", p.file.ino)
 	p.ex = "ex -l " + rel
 	s.fill.push(event{piece: p})
 	for _, r := range p.data {

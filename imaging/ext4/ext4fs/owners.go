@@ -218,3 +218,24 @@ func (img *image) inodeChecksum(num uint32, raw []byte) {
 		le.PutUint16(raw[hi:], uint16(c>>16))
 	}
 }
+
+// InodeGeometry reports the image's inodes per group and how many
+// inodes of each group are in use from its start on, as its group
+// descriptors say (itable_unused: metadata_csum): in a new image, where
+// inodes are taken first free first and never freed, the inodes in use
+// in a group are the first ones.
+func InodeGeometry(path string) (perGroup uint32, used []uint32, err error) {
+	img, err := open(path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer img.f.Close()
+	if !img.csum {
+		return 0, nil, fmt.Errorf("%w: no metadata_csum, no count of the inodes used", ErrUnsupported)
+	}
+	used = make([]uint32, len(img.tables))
+	for g := range used {
+		used[g] = img.inodesPerGroup - img.unused[g]
+	}
+	return img.inodesPerGroup, used, nil
+}
