@@ -29,7 +29,7 @@ import (
 
 // streamFile is one regular file of a Stream.
 type streamFile struct {
-	write string // its write command, as debugfs echoes it
+	write string // its write command, as debugfs echoes it ("" once it has)
 	// Its content: the spill file, or, when the Stream took the content
 	// (Content), where it goes if the Stream gives up (restore).
 	path string
@@ -332,6 +332,7 @@ func (f *filler) parse(r io.Reader, work chan<- *piece) error {
 				fail("debugfs allocated inode %q for %q, not %d", n, awaiting.write, awaiting.ino)
 			} else {
 				awaiting.created = true
+				awaiting.write = "" // matched: not kept for every file of a large tree
 				f.files[awaiting.ino] = awaiting
 			}
 			awaiting = nil
@@ -391,7 +392,7 @@ func (f *filler) fill(p *piece, buf []byte) error {
 	var got []blockRange
 	for _, e := range p.exts {
 		if e.physical == 0 || e.physical+e.length > f.blocks || e.physical+e.length < e.physical {
-			return fmt.Errorf("inode %d (%s): extent %+v outside the image", sf.ino, sf.write, e)
+			return fmt.Errorf("inode %d: extent %+v outside the image", sf.ino, e)
 		}
 		lo, hi := max(e.logical, p.lo), min(e.logical+e.length, p.hi)
 		if lo >= hi {
@@ -406,7 +407,7 @@ func (f *filler) fill(p *piece, buf []byte) error {
 		got = append(got, blockRange{e.logical, e.logical + e.length})
 	}
 	if !slices.Equal(got, p.data) {
-		return fmt.Errorf("inode %d (%s): extents %v do not map its data blocks %v", sf.ino, sf.write, p.exts, p.data)
+		return fmt.Errorf("inode %d: extents %v do not map its data blocks %v", sf.ino, p.exts, p.data)
 	}
 	size := sf.meta.Size
 	var src *os.File

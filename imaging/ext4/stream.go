@@ -346,11 +346,11 @@ func (s *Stream) add(h *tar.Header, content string) error {
 		}
 		// created empty; its blocks allocated unwritten and listed for the
 		// filler (see fill.go); mode, size and mtime set by ext4fs.Patch
-		sf, err := s.newFile(h, parent, base, content)
+		sf, write, err := s.newFile(h, parent, base, content)
 		if err != nil {
 			return err
 		}
-		if err := s.sc.line(h.Name, sf.write); err != nil {
+		if err := s.sc.line(h.Name, write); err != nil {
 			return err
 		}
 		if content != "" {
@@ -427,8 +427,9 @@ func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) 
 	}
 	var sf *streamFile
 	if err == nil {
-		if sf, err = s.newFile(h, parent, base, path); err == nil {
-			err = s.sc.line(h.Name, sf.write)
+		var write string
+		if sf, write, err = s.newFile(h, parent, base, path); err == nil {
+			err = s.sc.line(h.Name, write)
 		}
 	}
 	if err != nil {
@@ -472,16 +473,17 @@ func (s *Stream) Content(h *tar.Header, r io.Reader, path string) (bool, error) 
 }
 
 // newFile announces a regular file to the filler; the caller writes its
-// write command.
-func (s *Stream) newFile(h *tar.Header, parent, base, path string) (*streamFile, error) {
+// write command (the filler's copy is the parser's from then on).
+func (s *Stream) newFile(h *tar.Header, parent, base, path string) (*streamFile, string, error) {
 	ino, err := s.nextIno(parent)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	sf := &streamFile{write: "write " + quote(s.empty) + " " + quote(base), path: path, ino: ino,
+	write := "write " + quote(s.empty) + " " + quote(base)
+	sf := &streamFile{write: write, path: path, ino: ino,
 		meta: ext4fs.File{Perm: uint16(h.Mode & 0o7777), Size: h.Size, Mtime: h.ModTime.Unix()}}
 	s.fill.push(event{file: sf})
-	return sf, nil
+	return sf, write, nil
 }
 
 // nextIno is the inode debugfs will give what is made next, in parent:
@@ -547,7 +549,7 @@ func (s *Stream) restore() error {
 	buf := make([]byte, 1<<20)
 	for _, sf := range s.takenList {
 		if err := restoreFile(img, sf, buf); err != nil {
-			return fmt.Errorf("content of %s: %w", sf.write, err)
+			return fmt.Errorf("content of inode %d: %w", sf.ino, err)
 		}
 	}
 	return nil
@@ -598,7 +600,7 @@ func restoreFile(img *os.File, sf *streamFile, buf []byte) error {
 func (s *Stream) rest(sf *streamFile, r io.Reader, off int64) error {
 	out, err := os.OpenFile(sf.path, os.O_WRONLY, 0)
 	if err != nil {
-		return fmt.Errorf("content of %s: %w", sf.write, err)
+		return fmt.Errorf("content of inode %d: %w", sf.ino, err)
 	}
 	defer out.Close()
 	buf := make([]byte, 1<<20)
@@ -610,7 +612,7 @@ func (s *Stream) rest(sf *streamFile, r io.Reader, off int64) error {
 		for _, br := range blockData(buf[:k], uint64(off)/fillBlock) {
 			from, end := int64(br.start)*fillBlock, min(int64(br.end)*fillBlock, off+k)
 			if _, err := out.WriteAt(buf[from-off:end-off], from); err != nil {
-				return fmt.Errorf("content of %s: %w", sf.write, err)
+				return fmt.Errorf("content of inode %d: %w", sf.ino, err)
 			}
 		}
 		off += k
