@@ -104,7 +104,7 @@ func build(ctx context.Context, layers []flatten.Layer, out string, spec Spec, e
 			st = nil
 		} else {
 			defer st.Abort() // a no-op once finished
-			fopts.Applied = st.Add
+			fopts.Applied, fopts.Content = st.Add, st.Content
 		}
 	}
 	t := time.Now()

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +69,9 @@ func TestBuildWhileReading(t *testing.T) {
 		return entry{h: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: old}}
 	}
 	big := strings.Repeat("0123456789abcdef", 1<<17) + "tail" // 2 MiB and a bit: flushed to debugfs at once
+	zeros := func(blocks int) string { return strings.Repeat("\x00", blocks*4096) }
+	// holes in the spill stay holes in the volume: data, 3 zero blocks, data, a zero block
+	sparse := strings.Repeat("d", 4096) + zeros(3) + strings.Repeat("e", 4096) + zeros(1)
 	project := []entry{
 		{h: tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o750, ModTime: old}},
 		file("big.bin", 0o644, big, old),
@@ -78,6 +83,9 @@ func TestBuildWhileReading(t *testing.T) {
 		file("src/setuid", 0o4755, "suid\n", old),
 		file("src/sticky", 0o1644, "sticky\n", old),
 		file("src/empty", 0o644, "", old),
+		file("src/sparse", 0o644, sparse, old),
+		file("src/zeros", 0o644, zeros(3), old),
+		file("src/hole-first", 0o644, zeros(2)+"x", old),
 		file(`src/odd "quoted" name #1 !x`, 0o644, "odd\n", old),
 		file("src/ünïcödé-文件.txt", 0o644, "unicode\n", old),
 		dir("src/.git/", 0o755),
@@ -108,6 +116,11 @@ func TestBuildWhileReading(t *testing.T) {
 		{"written through a symlink", []entry{dir("d/", 0o755), symlink("l", "d"), file("l/x", 0o644, "x\n", old)}, 1 << 30, false},
 		{"a hardlink to a symlink", []entry{file("f", 0o644, "f\n", old), symlink("s", "f"), link("h", "s")}, 1 << 30, false},
 		{"a small volume's inode table", project, 64 << 20, false},
+		// more content than the stream holds in memory: reading waits for the writer
+		{"more than the memory budget", budgetTree(), 1 << 30, true},
+		// inodes are foreseen: past a group (8192 inodes at 1 GiB), and
+		// from the group of a directory there
+		{"inodes past the first group", groupsTree(), 1 << 30, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, scratch := t.TempDir(), t.TempDir()
@@ -153,6 +166,14 @@ func TestBuildWhileReading(t *testing.T) {
 				}
 			}
 			if tc.name == "a project tree" {
+				// the data blocks only, as in the flattened build (none for zeros)
+				for _, p := range []string{"/src/sparse", "/src/zeros", "/src/hole-first", "/big.bin"} {
+					got := reBlocks.FindStringSubmatch(debugfs(t, streamed, "stat "+p))
+					want := reBlocks.FindStringSubmatch(debugfs(t, flat, "stat "+p))
+					if got == nil || want == nil || got[1] != want[1] || p == "/src/zeros" && got[1] != "0" {
+						t.Errorf("%s: Blockcount %v, flattened %v", p, got, want)
+					}
+				}
 				if in := stat(t, streamed, "/src/run.sh"); in.links != "3" {
 					t.Errorf("run.sh has %s links, want 3", in.links)
 				}
@@ -194,6 +215,42 @@ func TestBuildCancelledWhileReading(t *testing.T) {
 		})
 	}
 }
+
+// budgetTree is 96 MiB of files of 6 MiB (two pieces each), random.
+func budgetTree() []entry {
+	rng := rand.New(rand.NewPCG(7, 8))
+	buf := make([]byte, 8<<20)
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	var es []entry
+	for i := range 16 {
+		es = append(es, entry{h: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("f%02d", i), Mode: 0o644, ModTime: time.Unix(1e9, 0)},
+			body: string(buf[i*100000 : i*100000+6<<20])})
+	}
+	return es
+}
+
+// groupsTree fills the first inode group from a/, then makes b/ and a
+// file in each.
+func groupsTree() []entry {
+	at := time.Unix(1e9, 0)
+	es := []entry{{h: tar.Header{Typeflag: tar.TypeDir, Name: "a/", Mode: 0o755, ModTime: at}}}
+	for i := range 8300 {
+		body := ""
+		if i%1000 == 999 {
+			body = fmt.Sprintf("file %d\n", i)
+		}
+		es = append(es, entry{h: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("a/f%04d", i), Mode: 0o644, ModTime: at}, body: body})
+	}
+	return append(es,
+		entry{h: tar.Header{Typeflag: tar.TypeDir, Name: "b/", Mode: 0o755, ModTime: at}},
+		entry{h: tar.Header{Typeflag: tar.TypeReg, Name: "b/x", Mode: 0o644, ModTime: at}, body: "bx\n"},
+		entry{h: tar.Header{Typeflag: tar.TypeSymlink, Name: "b/l", Linkname: "x", ModTime: at}},
+		entry{h: tar.Header{Typeflag: tar.TypeReg, Name: "a/late", Mode: 0o644, ModTime: at}, body: "late\n"})
+}
+
+var reBlocks = regexp.MustCompile(`Blockcount: (\d+)`)
 
 // stalling reads data, then calls stalled and blocks until ctx ends.
 type stalling struct {

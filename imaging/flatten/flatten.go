@@ -88,6 +88,15 @@ type Options struct {
 	// before children, no duplicates), since Flatten accepts any order.
 	// An error stops Flatten and is returned as it is.
 	Applied func(h *tar.Header, content string) error
+	// Content, when set, is offered each non-empty regular file's content
+	// before the spill: path is a spill path of its own, not yet made. It
+	// returns false, having read nothing, to leave the content to the
+	// spill; or true, having read exactly its h.Size bytes from r, and
+	// then path is its content path (Applied's, Walk's) which the caller
+	// must make (a file holding the content) before the Result is used
+	// for anything but Applied: a builder that takes contents directly
+	// keeps them only while it can follow the stream.
+	Content func(h *tar.Header, r io.Reader, path string) (bool, error)
 	// RequireEnd refuses a stream that ends without its end-of-archive
 	// marker (two zero blocks) where an entry could start: one cut short
 	// by a client that failed half-way.
@@ -547,7 +556,21 @@ func (f *flattener) newInode(hdr *tar.Header, tr *tar.Reader) (*inode, error) {
 	}
 	f.unpacked += meta + size
 	if ino.kind == kReg {
-		p, err := f.spill.write(tr, size)
+		var p string
+		var err error
+		taken := false
+		if f.opts.Content != nil && size > 0 {
+			p = f.spill.next()
+			if taken, err = f.opts.Content(hdr, tr, p); err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) {
+					return nil, rule(ErrBadEntry, "content truncated")
+				}
+				return nil, err
+			}
+		}
+		if !taken {
+			p, err = f.spill.write(tr, size)
+		}
 		if err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, rule(ErrBadEntry, "content truncated")

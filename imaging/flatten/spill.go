@@ -51,13 +51,18 @@ func newSpill(scratch string) (*spill, error) {
 // Close removes every spilled content.
 func (s *spill) Close() error { return os.RemoveAll(s.dir) }
 
+// next returns a new spill path, for a content kept by someone else.
+func (s *spill) next() string {
+	s.n++
+	return filepath.Join(s.dir, strconv.Itoa(s.n))
+}
+
 // write stores exactly size bytes from r in a new file and returns its path.
 func (s *spill) write(r io.Reader, size int64) (string, error) {
 	if size == 0 {
 		return "", nil // nothing to keep; Walk reports no content path
 	}
-	s.n++
-	p := filepath.Join(s.dir, strconv.Itoa(s.n))
+	p := s.next()
 	fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("create spill file: %w", err)

@@ -20,6 +20,24 @@ func crc32c(c uint32, p []byte) uint32 { return ^crc32.Update(^c, castagnoli, p)
 // debugfs "sif uid/gid" pass. The image must not be in use; its journal
 // must be clean (a new image's is).
 func SetOwners(path string, uid, gid uint32) (int, error) {
+	return Patch(path, uid, gid, nil)
+}
+
+// File is what Patch sets on one regular file's inode.
+type File struct {
+	Perm  uint16 // permission bits (07777); the type stays regular
+	Size  int64
+	Mtime int64 // seconds since the epoch (nanoseconds zero)
+	// Written marks the file's extents written: its blocks were
+	// allocated unwritten (debugfs fallocate) and filled directly.
+	Written bool
+}
+
+// Patch is SetOwners that also completes the regular files in files (by
+// inode number) in the same pass: their mode, size, mtime and, when
+// Written, extents. An inode in files that is not a regular file in use
+// is refused, as is an extent tree it cannot read.
+func Patch(path string, uid, gid uint32, files map[uint32]File) (int, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return 0, err
@@ -39,7 +57,7 @@ func SetOwners(path string, uid, gid uint32) (int, error) {
 	}
 	le := binary.LittleEndian
 	table := make([]byte, int64(img.inodesPerGroup)*img.inodeSize)
-	changed := 0
+	changed, patched := 0, 0
 	for g := range img.tables {
 		used := img.inodesPerGroup - img.unused[g]
 		if used == 0 {
@@ -61,6 +79,12 @@ func SetOwners(path string, uid, gid uint32) (int, error) {
 			le.PutUint16(raw[0x78:], uint16(uid>>16))
 			le.PutUint16(raw[0x18:], uint16(gid))
 			le.PutUint16(raw[0x7A:], uint16(gid>>16))
+			if fl, ok := files[num]; ok {
+				if err := img.patchFile(num, raw, fl); err != nil {
+					return changed, err
+				}
+				patched++
+			}
 			if img.csum {
 				img.inodeChecksum(num, raw)
 			}
@@ -73,7 +97,94 @@ func SetOwners(path string, uid, gid uint32) (int, error) {
 			}
 		}
 	}
+	if patched != len(files) {
+		return changed, corrupt("%d of the %d files to complete are not inodes in use", len(files)-patched, len(files))
+	}
 	return changed, f.Sync()
+}
+
+// patchFile sets fl on inode num (raw, its checksum left to the caller).
+func (img *image) patchFile(num uint32, raw []byte, fl File) error {
+	le := binary.LittleEndian
+	if le.Uint16(raw[0x00:])&sIFMT != sIFREG {
+		return corrupt("inode %d: not a regular file", num)
+	}
+	if fl.Size < 0 || fl.Perm&^0o7777 != 0 {
+		return corrupt("inode %d: size %d, mode %#o", num, fl.Size, fl.Perm)
+	}
+	le.PutUint16(raw[0x00:], sIFREG|fl.Perm)
+	le.PutUint32(raw[0x04:], uint32(fl.Size))
+	le.PutUint32(raw[0x6C:], uint32(uint64(fl.Size)>>32))
+	le.PutUint32(raw[0x10:], uint32(fl.Mtime))
+	if img.inodeSize > 128 {
+		if extra := int64(le.Uint16(raw[0x80:])); extra >= 0x8C-0x80 && 0x80+extra <= img.inodeSize {
+			// the epoch bits: what the low 32 bits, read signed, miss
+			le.PutUint32(raw[0x88:], uint32((fl.Mtime-int64(int32(uint32(fl.Mtime))))>>32)&3)
+		}
+	}
+	if !fl.Written {
+		return nil
+	}
+	if le.Uint32(raw[0x20:])&flagExtents == 0 {
+		return corrupt("inode %d: no extents to mark written", num)
+	}
+	budget := 1 << 20
+	return img.markWritten(num, le.Uint32(raw[0x64:]), raw[0x28:0x28+60], 0, -1, &budget)
+}
+
+// markWritten clears the unwritten flag of every extent under node, an
+// extent node of inode num (generation gen) at level: in place for the
+// inode's own node, rewriting (and re-checksumming) the blocks below it.
+func (img *image) markWritten(num, gen uint32, node []byte, level, wantDepth int, budget *int) error {
+	le := binary.LittleEndian
+	if len(node) < 12 || le.Uint16(node[0:]) != extentMagic {
+		return corrupt("inode %d: bad extent header", num)
+	}
+	entries, maxEntries, depth := int(le.Uint16(node[2:])), int(le.Uint16(node[4:])), int(le.Uint16(node[6:]))
+	if entries > maxEntries || 12+12*maxEntries > len(node) || depth > maxDepth || wantDepth >= 0 && depth != wantDepth || level > maxDepth {
+		return corrupt("inode %d: bad extent node (%d of %d entries, depth %d)", num, entries, maxEntries, depth)
+	}
+	*budget -= entries + 1
+	if *budget < 0 {
+		return corrupt("inode %d: extent tree too large", num)
+	}
+	for i := range entries {
+		e := node[12+12*i:]
+		if depth == 0 {
+			if n := le.Uint16(e[4:]); n > 32768 {
+				le.PutUint16(e[4:], n-32768)
+			}
+			continue
+		}
+		leaf := uint64(le.Uint16(e[8:]))<<32 | uint64(le.Uint32(e[4:]))
+		if leaf == 0 || leaf >= img.blocks {
+			return corrupt("inode %d: extent index to block %d", num, leaf)
+		}
+		child := make([]byte, img.bs)
+		if _, err := img.f.ReadAt(child, int64(leaf)*img.bs); err != nil {
+			return corrupt("inode %d: reading extent block %d: %v", num, leaf, err)
+		}
+		if err := img.markWritten(num, gen, child, level+1, depth-1, budget); err != nil {
+			return err
+		}
+		if img.csum {
+			// ext4_extent_block_csum: the entries' slots, then the tail
+			var b4 [4]byte
+			le.PutUint32(b4[:], num)
+			c := crc32c(img.csumSeed, b4[:])
+			le.PutUint32(b4[:], gen)
+			c = crc32c(c, b4[:])
+			tail := 12 + 12*int(le.Uint16(child[4:]))
+			if tail+4 > len(child) {
+				return corrupt("inode %d: extent block %d has no room for its checksum", num, leaf)
+			}
+			le.PutUint32(child[tail:], crc32c(c, child[:tail]))
+		}
+		if _, err := img.f.WriteAt(child, int64(leaf)*img.bs); err != nil {
+			return fmt.Errorf("inode %d: writing extent block %d: %w", num, leaf, err)
+		}
+	}
+	return nil
 }
 
 // inodeChecksum sets raw's metadata_csum checksum (ext4_inode_csum): over
@@ -106,4 +217,25 @@ func (img *image) inodeChecksum(num uint32, raw []byte) {
 	if hasHi {
 		le.PutUint16(raw[hi:], uint16(c>>16))
 	}
+}
+
+// InodeGeometry reports the image's inodes per group and how many
+// inodes of each group are in use from its start on, as its group
+// descriptors say (itable_unused: metadata_csum): in a new image, where
+// inodes are taken first free first and never freed, the inodes in use
+// in a group are the first ones.
+func InodeGeometry(path string) (perGroup uint32, used []uint32, err error) {
+	img, err := open(path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer img.f.Close()
+	if !img.csum {
+		return 0, nil, fmt.Errorf("%w: no metadata_csum, no count of the inodes used", ErrUnsupported)
+	}
+	used = make([]uint32, len(img.tables))
+	for g := range used {
+		used[g] = img.inodesPerGroup - img.unused[g]
+	}
+	return img.inodesPerGroup, used, nil
 }
