@@ -288,18 +288,30 @@ func (img *image) extents(ino *inode) ([]extent, error) {
 	return kept, nil
 }
 
-func (img *image) walkExtents(num uint32, node []byte, level int, wantDepth int, out *[]extent, budget *int) error {
+// extentNode checks the header of node, an extent node of inode num at
+// level (of depth wantDepth, or any with -1), and charges its entries to
+// budget, which bounds the whole tree's walk.
+func extentNode(num uint32, node []byte, level, wantDepth int, budget *int) (entries, depth int, err error) {
 	le := binary.LittleEndian
 	if len(node) < 12 || le.Uint16(node[0:]) != extentMagic {
-		return corrupt("inode %d: bad extent header", num)
+		return 0, 0, corrupt("inode %d: bad extent header", num)
 	}
 	entries, maxEntries, depth := int(le.Uint16(node[2:])), int(le.Uint16(node[4:])), int(le.Uint16(node[6:]))
 	if entries > maxEntries || 12+12*maxEntries > len(node) || depth > maxDepth || wantDepth >= 0 && depth != wantDepth || level > maxDepth {
-		return corrupt("inode %d: bad extent node (%d of %d entries, depth %d)", num, entries, maxEntries, depth)
+		return 0, 0, corrupt("inode %d: bad extent node (%d of %d entries, depth %d)", num, entries, maxEntries, depth)
 	}
 	*budget -= entries + 1
 	if *budget < 0 {
-		return corrupt("inode %d: extent tree too large", num)
+		return 0, 0, corrupt("inode %d: extent tree too large", num)
+	}
+	return entries, depth, nil
+}
+
+func (img *image) walkExtents(num uint32, node []byte, level int, wantDepth int, out *[]extent, budget *int) error {
+	le := binary.LittleEndian
+	entries, depth, err := extentNode(num, node, level, wantDepth, budget)
+	if err != nil {
+		return err
 	}
 	for i := range entries {
 		e := node[12+12*i:]

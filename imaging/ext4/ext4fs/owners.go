@@ -137,16 +137,9 @@ func (img *image) patchFile(num uint32, raw []byte, fl File) error {
 // inode's own node, rewriting (and re-checksumming) the blocks below it.
 func (img *image) markWritten(num, gen uint32, node []byte, level, wantDepth int, budget *int) error {
 	le := binary.LittleEndian
-	if len(node) < 12 || le.Uint16(node[0:]) != extentMagic {
-		return corrupt("inode %d: bad extent header", num)
-	}
-	entries, maxEntries, depth := int(le.Uint16(node[2:])), int(le.Uint16(node[4:])), int(le.Uint16(node[6:]))
-	if entries > maxEntries || 12+12*maxEntries > len(node) || depth > maxDepth || wantDepth >= 0 && depth != wantDepth || level > maxDepth {
-		return corrupt("inode %d: bad extent node (%d of %d entries, depth %d)", num, entries, maxEntries, depth)
-	}
-	*budget -= entries + 1
-	if *budget < 0 {
-		return corrupt("inode %d: extent tree too large", num)
+	entries, depth, err := extentNode(num, node, level, wantDepth, budget)
+	if err != nil {
+		return err
 	}
 	for i := range entries {
 		e := node[12+12*i:]
