@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 // recordSys records what the identity step changes, in order; fail makes
 // the named change fail.
 type recordSys struct {
+	mu    sync.Mutex // network and etc run at the same time
 	calls []string
 	fail  string
 	clock int64
@@ -25,6 +28,8 @@ type recordSys struct {
 }
 
 func (r *recordSys) do(name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.calls = append(r.calls, name)
 	if r.fail == name {
 		return errors.New(name + " refused")
@@ -68,9 +73,13 @@ func TestIdentityOrderAndEntrypoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"clock", "entropy", "hostname web1", "network", "etc"}
-	if strings.Join(sys.calls, ",") != strings.Join(want, ",") {
-		t.Fatalf("calls %v, want %v", sys.calls, want)
+	want := []string{"clock", "entropy", "hostname web1", "etc", "network"} // the last two sorted
+	got := append([]string(nil), sys.calls...)
+	if len(got) == len(want) {
+		slices.Sort(got[3:]) // network and etc run at the same time
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("calls %v, want %v (network and etc in either order)", sys.calls, want)
 	}
 	if len(r.Phases) != len(want) || r.Phases[0].Name != "identity_clock" {
 		t.Fatalf("phases %+v", r.Phases)
@@ -153,7 +162,41 @@ func TestIdentityStepFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "network: network refused") {
 		t.Fatalf("got %v", err)
 	}
-	if strings.Join(sys.calls, ",") != "clock,entropy,hostname web1,network" || s.main != nil {
+	// etc runs beside network; the failure still ends the step there.
+	if strings.Join(sys.calls[:3], ",") != "clock,entropy,hostname web1" || !slices.Contains(sys.calls, "network") || s.main != nil {
 		t.Fatalf("calls %v, main %v", sys.calls, s.main)
+	}
+}
+
+// Steps marked beside run at the same time as the next: here the first
+// waits for the second to have started, which would never happen one
+// after the other. The steps after the pair wait for both.
+func TestIdentityStepsBeside(t *testing.T) {
+	started := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
+	steps := []identityStep{
+		{name: "a", beside: true, do: func(identitySys, *identityPlan) error {
+			select {
+			case <-started:
+			case <-time.After(30 * time.Second): // only a hang's bound
+				return errors.New("b never started beside a")
+			}
+			note("a")
+			return nil
+		}},
+		{name: "b", do: func(identitySys, *identityPlan) error { close(started); note("b"); return nil }},
+		{name: "c", do: func(identitySys, *identityPlan) error { note("c"); return nil }},
+	}
+	phases, err := runIdentitySteps(steps, nil, &identityPlan{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(phases) != 3 || phases[0].Name != "identity_a" || phases[1].Name != "identity_b" || phases[2].Name != "identity_c" {
+		t.Fatalf("phases %+v", phases)
+	}
+	if len(order) != 3 || order[2] != "c" {
+		t.Fatalf("order %v: c must come after both a and b", order)
 	}
 }
