@@ -307,6 +307,20 @@ func extentNode(num uint32, node []byte, level, wantDepth int, budget *int) (ent
 	return entries, depth, nil
 }
 
+// extentChild reads the block an index entry e of inode num points to.
+func (img *image) extentChild(num uint32, e []byte) (uint64, []byte, error) {
+	le := binary.LittleEndian
+	leaf := uint64(le.Uint16(e[8:]))<<32 | uint64(le.Uint32(e[4:]))
+	if leaf == 0 || leaf >= img.blocks {
+		return 0, nil, corrupt("inode %d: extent index to block %d", num, leaf)
+	}
+	child := make([]byte, img.bs)
+	if _, err := img.f.ReadAt(child, int64(leaf)*img.bs); err != nil {
+		return 0, nil, corrupt("inode %d: reading extent block %d: %v", num, leaf, err)
+	}
+	return leaf, child, nil
+}
+
 func (img *image) walkExtents(num uint32, node []byte, level int, wantDepth int, out *[]extent, budget *int) error {
 	le := binary.LittleEndian
 	entries, depth, err := extentNode(num, node, level, wantDepth, budget)
@@ -328,13 +342,9 @@ func (img *image) walkExtents(num uint32, node []byte, level int, wantDepth int,
 			*out = append(*out, extent{logical: uint64(le.Uint32(e[0:])), length: length, physical: phys, unwritten: unwritten})
 			continue
 		}
-		leaf := uint64(le.Uint16(e[8:]))<<32 | uint64(le.Uint32(e[4:]))
-		if leaf == 0 || leaf >= img.blocks {
-			return corrupt("inode %d: extent index to block %d", num, leaf)
-		}
-		child := make([]byte, img.bs)
-		if _, err := img.f.ReadAt(child, int64(leaf)*img.bs); err != nil {
-			return corrupt("inode %d: reading extent block %d: %v", num, leaf, err)
+		_, child, err := img.extentChild(num, e)
+		if err != nil {
+			return err
 		}
 		if err := img.walkExtents(num, child, level+1, depth-1, out, budget); err != nil {
 			return err

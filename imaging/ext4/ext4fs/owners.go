@@ -149,13 +149,9 @@ func (img *image) markWritten(num, gen uint32, node []byte, level, wantDepth int
 			}
 			continue
 		}
-		leaf := uint64(le.Uint16(e[8:]))<<32 | uint64(le.Uint32(e[4:]))
-		if leaf == 0 || leaf >= img.blocks {
-			return corrupt("inode %d: extent index to block %d", num, leaf)
-		}
-		child := make([]byte, img.bs)
-		if _, err := img.f.ReadAt(child, int64(leaf)*img.bs); err != nil {
-			return corrupt("inode %d: reading extent block %d: %v", num, leaf, err)
+		leaf, child, err := img.extentChild(num, e)
+		if err != nil {
+			return err
 		}
 		if err := img.markWritten(num, gen, child, level+1, depth-1, budget); err != nil {
 			return err
