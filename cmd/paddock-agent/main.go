@@ -55,6 +55,10 @@ type initState struct {
 	stopping   bool
 }
 
+// controlPortWait bounds the wait for the control port: longer than any
+// start timeout a host would set.
+const controlPortWait = 10 * time.Minute
+
 func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stdout, "paddock-agent: "+format+"\n", args...)
 }
@@ -168,9 +172,18 @@ func (s *initState) run() {
 		go func() {
 			console, _ := splitByName(loads.devices, []string{"virtio_console"})
 			_ = waitModules(console) // its errors are the modules phase's
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			// The port appears once the host has answered the driver's
+			// ready message; on a starved host that can take long, and
+			// without it the guest is unreachable for good: wait as long
+			// as any start may (the host's start timeout ends the VM),
+			// saying so on the console when it is slow.
+			ctx, cancel := context.WithTimeout(context.Background(), controlPortWait)
 			defer cancel()
+			slow := time.AfterFunc(10*time.Second, func() {
+				logf("control port %s not there 10 s after its driver loaded; still looking", cfg.Serial)
+			})
 			p, err := agent.FindVirtioPort(ctx, cfg.Serial)
+			slow.Stop()
 			portCh <- portResult{p, err}
 		}()
 	}
