@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -253,7 +254,7 @@ func (kernelIdentity) Readdress(cfg *guestboot.BootArgs, mac net.HardwareAddr) e
 			}
 		}
 	}
-	routes, err := netlink.RouteList(link, netlink.FAMILY_ALL)
+	routes, err := dumpRetried(func() ([]netlink.Route, error) { return netlink.RouteList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("%s routes: %w", cfg.IfName, err)
 	}
@@ -262,7 +263,7 @@ func (kernelIdentity) Readdress(cfg *guestboot.BootArgs, mac net.HardwareAddr) e
 			_ = netlink.RouteDel(&r)
 		}
 	}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	addrs, err := dumpRetried(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("%s addresses: %w", cfg.IfName, err)
 	}
@@ -275,6 +276,20 @@ func (kernelIdentity) Readdress(cfg *guestboot.BootArgs, mac net.HardwareAddr) e
 		}
 	}
 	return setupNetwork(cfg)
+}
+
+// dumpRetried runs a netlink dump again while the kernel says it was
+// interrupted (NLM_F_DUMP_INTR: the table changed meanwhile, as the MAC
+// change just made IPv6 renew the link's addresses): a partial list
+// would leave the template's addresses or routes behind.
+func dumpRetried[T any](dump func() ([]T, error)) ([]T, error) {
+	for i := 0; ; i++ {
+		out, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 19 {
+			return out, err
+		}
+		time.Sleep(time.Duration(i+1) * time.Millisecond)
+	}
 }
 
 func (kernelIdentity) WriteEtc(cfg *guestboot.BootArgs) error {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/guestboot"
 	"github.com/paddock-vm/paddock/internal/testwait"
@@ -198,5 +200,35 @@ func TestIdentityStepsBeside(t *testing.T) {
 	}
 	if len(order) != 3 || order[2] != "c" {
 		t.Fatalf("order %v: c must come after both a and b", order)
+	}
+}
+
+// A netlink dump the kernel reports interrupted is run again, up to a
+// bound; any other error, or success, ends it.
+func TestDumpRetried(t *testing.T) {
+	cases := []struct {
+		name      string
+		interrupt int // dumps interrupted before one succeeds
+		wantCalls int
+		wantErr   error
+	}{
+		{"clean", 0, 1, nil},
+		{"interrupted twice", 2, 3, nil},
+		{"always interrupted", 1000, 20, netlink.ErrDumpInterrupted},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			calls := 0
+			out, err := dumpRetried(func() ([]int, error) {
+				calls++
+				if calls <= c.interrupt {
+					return []int{1}, netlink.ErrDumpInterrupted
+				}
+				return []int{1, 2}, nil
+			})
+			if calls != c.wantCalls || !errors.Is(err, c.wantErr) || (err == nil && len(out) != 2) {
+				t.Fatalf("calls %d err %v out %v; want %d calls, err %v", calls, err, out, c.wantCalls, c.wantErr)
+			}
+		})
 	}
 }
