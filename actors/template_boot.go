@@ -129,6 +129,12 @@ func (c *stateCache) remember(path, sum string) {
 	}
 }
 
+func (c *stateCache) forget(path string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.ok, path)
+}
+
 func (c *stateCache) add(path string, id fileIdentity, sum string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -142,7 +142,7 @@ func (a *templatesActor) Receive(ctx actor.Context) {
 	case *RemoveTemplate:
 		t, err := a.lookup(m.Caller, m.Ref)
 		if err == nil {
-			err = a.d.Store.Remove(t.ID)
+			err = a.removeFiles(t.ID)
 		}
 		if err != nil {
 			ctx.Respond(&TemplateResult{Err: err})
@@ -196,13 +196,21 @@ func (a *templatesActor) load(ctx actor.Context) {
 		}
 		if p := state.Changed(t.Parts); p != "" {
 			a.log.Warn("template invalidated: what it was saved with changed", "template", t.Name, "changed", p)
-			if err := a.d.Store.Remove(t.ID); err != nil {
+			if err := a.removeFiles(t.ID); err != nil {
 				a.log.Error("removing an invalid template", "template", t.Name, "err", err)
 			}
 			continue
 		}
 		a.t[t.ID] = t
 	}
+}
+
+// removeFiles takes template id's files away, and its state's entry in
+// the verified-state cache with them (the cache would otherwise keep one
+// per template ever made).
+func (a *templatesActor) removeFiles(id string) error {
+	verifiedStates.forget(a.d.Store.Path(id, state.TemplateState))
+	return a.d.Store.Remove(id)
 }
 
 // imageRemoved sweeps the templates of an image its caller removed: those
@@ -213,7 +221,7 @@ func (a *templatesActor) imageRemoved(m *imageRemoved) error {
 		if t.ImageDigest != m.Digest || t.Status != state.TemplateReady || !m.Caller.May(t.OwnerUID) {
 			continue
 		}
-		if err := a.d.Store.Remove(id); err != nil {
+		if err := a.removeFiles(id); err != nil {
 			return fmt.Errorf("template %s: %w", t.Name, err)
 		}
 		delete(a.t, id)
@@ -385,7 +393,7 @@ func (a *templatesActor) abandon(t *state.Template) {
 			return // kept, to be tried again at the next start
 		}
 	}
-	if err := a.d.Store.Remove(t.ID); err != nil {
+	if err := a.removeFiles(t.ID); err != nil {
 		a.log.Error("removing a template cut short", "template", t.Name, "err", err)
 	}
 }
@@ -398,7 +406,7 @@ func (a *templatesActor) made(ctx actor.Context, m *templateMade) {
 	}
 	if m.err != nil {
 		delete(a.t, t.ID)
-		if err := a.d.Store.Remove(t.ID); err != nil {
+		if err := a.removeFiles(t.ID); err != nil {
 			a.log.Error("removing a failed template", "template", t.Name, "err", err)
 		}
 		a.log.Warn("template not created", "template", t.Name, "err", m.err)

@@ -273,6 +273,12 @@ func TestTemplatesGoWithTheirImage(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, state.TemplatesDir, ta.Template.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("alice's template files: %v", err)
 	}
+	verifiedStates.mu.Lock()
+	_, cached := verifiedStates.ok[filepath.Join(dir, state.TemplatesDir, ta.Template.ID, state.TemplateState)]
+	verifiedStates.mu.Unlock()
+	if cached {
+		t.Fatalf("a removed template's state is still in the verified-state cache")
+	}
 }
 
 // The sweep of creations a crash cut short removes their builder VMs, by
