@@ -21,12 +21,27 @@ const VirtioPortsDir = "/sys/class/virtio-ports"
 // FindVirtioPort waits until a virtio-serial port named name exists and
 // returns its device path (e.g. /dev/vport1p1; never assume the number).
 func FindVirtioPort(ctx context.Context, name string) (string, error) {
+	return findPort(ctx, VirtioPortsDir, "/dev", name)
+}
+
+// findPort looks for the port in sysDir and its node in devDir, often for
+// the first second (it usually appears within milliseconds of its driver,
+// and the boot waits on it) and less often after: a guest on a starved host
+// may wait minutes, and its one vCPU is better spent than on listing a
+// directory.
+func findPort(ctx context.Context, sysDir, devDir, name string) (string, error) {
+	const often, seldom, oftenFor = 2 * time.Millisecond, 50 * time.Millisecond, time.Second
+	began := time.Now()
 	for {
-		ents, _ := os.ReadDir(VirtioPortsDir)
+		poll := often
+		if time.Since(began) > oftenFor {
+			poll = seldom
+		}
+		ents, _ := os.ReadDir(sysDir)
 		for _, e := range ents {
-			b, err := os.ReadFile(filepath.Join(VirtioPortsDir, e.Name(), "name"))
+			b, err := os.ReadFile(filepath.Join(sysDir, e.Name(), "name"))
 			if err == nil && strings.TrimSpace(string(b)) == name {
-				dev := filepath.Join("/dev", e.Name())
+				dev := filepath.Join(devDir, e.Name())
 				if _, err := os.Stat(dev); err == nil {
 					return dev, nil
 				}
@@ -35,7 +50,7 @@ func FindVirtioPort(ctx context.Context, name string) (string, error) {
 		select {
 		case <-ctx.Done():
 			return "", fmt.Errorf("agent: virtio-serial port %q not found: %w", name, ctx.Err())
-		case <-time.After(2 * time.Millisecond):
+		case <-time.After(poll):
 		}
 	}
 }
