@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/paddock-vm/paddock/internal/netnstest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
@@ -175,7 +176,7 @@ func newNS(t testing.TB) *testNS {
 		}
 		deadline := time.Now().Add(3 * time.Second)
 		for {
-			refs := nsRefs(ident)
+			refs := netnstest.Refs(ident)
 			if len(refs) == 0 {
 				break
 			}
@@ -189,49 +190,9 @@ func newNS(t testing.TB) *testNS {
 	return tns
 }
 
-// nsRefs lists this process's threads and descriptors that refer to the
-// namespace ident.
-func nsRefs(ident string) []string {
-	var refs []string
-	tasks, _ := filepath.Glob("/proc/self/task/*/ns/net")
-	for _, p := range tasks {
-		if v, _ := os.Readlink(p); v == ident {
-			refs = append(refs, p)
-		}
-	}
-	fds, _ := filepath.Glob("/proc/self/fd/*")
-	for _, p := range fds {
-		if v, _ := os.Readlink(p); v == ident {
-			refs = append(refs, p)
-		}
-	}
-	return refs
-}
-
 // run calls fn on a thread inside the namespace. The thread is discarded
 // afterwards unless it could be moved back.
-func (tns *testNS) run(fn func() error) error {
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(tns.ns); err != nil {
-			ch <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- err
-	}()
-	return <-ch
-}
+func (tns *testNS) run(fn func() error) error { return netnstest.Run(tns.ns, fn) }
 
 // helperDir holds a world-readable copy of the test binary and a 0666
 // /dev/net/tun node, so an unprivileged child can run and open it whatever

@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -26,6 +25,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/paddock-vm/paddock/internal/netnstest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 )
 
@@ -109,7 +109,7 @@ func newNS(t testing.TB, name string) *testNS {
 		r.ns.Close()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			refs := nsRefs(ident)
+			refs := netnstest.Refs(ident)
 			if len(refs) == 0 {
 				return
 			}
@@ -126,47 +126,8 @@ func newNS(t testing.TB, name string) *testNS {
 	return tns
 }
 
-// nsRefs lists this process's threads and descriptors that refer to ident.
-func nsRefs(ident string) []string {
-	var refs []string
-	tasks, _ := filepath.Glob("/proc/self/task/*/ns/net")
-	for _, p := range tasks {
-		if v, _ := os.Readlink(p); v == ident {
-			refs = append(refs, p)
-		}
-	}
-	fds, _ := filepath.Glob("/proc/self/fd/*")
-	for _, p := range fds {
-		if v, _ := os.Readlink(p); v == ident {
-			refs = append(refs, p)
-		}
-	}
-	return refs
-}
-
 // run calls fn on a thread inside the namespace; sockets fn opens stay in it.
-func (tns *testNS) run(fn func() error) error {
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(tns.ns); err != nil {
-			ch <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- err
-	}()
-	return <-ch
-}
+func (tns *testNS) run(fn func() error) error { return netnstest.Run(tns.ns, fn) }
 
 // nft runs the nft binary inside the namespace.
 func (tns *testNS) nft(t testing.TB, stdin string, args ...string) string {
