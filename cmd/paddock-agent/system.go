@@ -689,18 +689,38 @@ func mountLate() error {
 	return errors.Join(errs...)
 }
 
-func setupNetwork(cfg *guestboot.BootArgs) error {
-	lo, err := netlink.LinkByName("lo")
+// loUp brings the loopback up with one ioctl: through netlink (a lookup, a
+// change) it took 100+ ms of a TCG guest's boot, most of it translating the
+// library's code, in a VM that needs nothing else of it.
+func loUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("lo: %w", err)
+		return err
 	}
-	if err := netlink.LinkSetUp(lo); err != nil {
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	if ifr.Uint16()&unix.IFF_UP != 0 {
+		return nil
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func setupNetwork(cfg *guestboot.BootArgs) error {
+	if err := loUp(); err != nil {
 		return fmt.Errorf("lo up: %w", err)
 	}
 	if len(cfg.IPs) == 0 {
 		return nil
 	}
 	var link netlink.Link
+	var err error
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		link, err = netlink.LinkByName(cfg.IfName)
