@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -282,7 +283,36 @@ func (a *statsActor) collectAll(prev map[string]statsEntry, only string) []*stat
 		}()
 	}
 	wg.Wait()
-	return out
+	return a.stillRunning(ctx, out)
+}
+
+// stillRunning drops the failed samples of VMs that stopped or were deleted
+// while they were sampled (their agent went away for that reason alone,
+// which is no health change to report); a VM restarted meanwhile is another
+// VMM. Healthy samples need no second look.
+func (a *statsActor) stillRunning(ctx context.Context, out []*statsEntry) []*statsEntry {
+	if !slices.ContainsFunc(out, func(e *statsEntry) bool { return e.out.Health != HealthHealthy }) {
+		return out
+	}
+	vms, err := a.d.Running(ctx)
+	if err != nil {
+		return out
+	}
+	pids := make(map[string]int, len(vms))
+	for _, vm := range vms {
+		pids[vm.ID] = vmmPID(vm)
+	}
+	return slices.DeleteFunc(out, func(e *statsEntry) bool {
+		pid, ok := pids[e.vm.ID]
+		return e.out.Health != HealthHealthy && (!ok || pid != vmmPID(e.vm))
+	})
+}
+
+func vmmPID(vm state.VM) int {
+	if rt := vm.Runtime.VMM; rt != nil {
+		return rt.PID
+	}
+	return 0
 }
 
 // collect reads one VM: host figures from /proc and sysfs, guest figures,

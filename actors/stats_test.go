@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"math"
 	"net"
@@ -234,5 +235,73 @@ func TestWorkspaceUse(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestStatsForgetsVMsGoneWhileSampled: a VM deleted, or restarted on
+// another VMM, while its sample was taken fails its checks for that reason
+// alone; no health change is reported for it. One still running on the
+// same VMM that fails them is reported.
+func TestStatsForgetsVMsGoneWhileSampled(t *testing.T) {
+	withVMM := func(name string, pid int) state.VM {
+		return state.VM{ID: state.NewID(), Name: name, Status: state.StatusRunning, Runtime: state.Runtime{VMM: &state.VMMRuntime{PID: pid}}}
+	}
+	// PIDs above any pid_max: no host process is read for them.
+	const p = 1 << 30
+	gone, restarted, broken := withVMM("gone", p+1), withVMM("restarted", p+2), withVMM("broken", p+3)
+	listed := 0
+	running := func(context.Context) ([]state.VM, error) {
+		listed++
+		if listed == 1 {
+			return []state.VM{gone, restarted, broken}, nil
+		}
+		again := restarted
+		again.Runtime.VMM = &state.VMMRuntime{PID: p + 4}
+		return []state.VM{again, broken}, nil
+	}
+	sys := actor.NewActorSystem()
+	defer sys.Shutdown()
+	events := make(chan api.Event, 8)
+	sink := sys.Root.Spawn(actor.PropsFromFunc(func(c actor.Context) {
+		if m, ok := c.Message().(*emit); ok {
+			events <- m.Event
+		}
+	}))
+	d := StatsDeps{
+		Log:     testLogger(),
+		Running: running,
+		Agent: func(context.Context, string) (*agent.Client, error) {
+			return nil, errors.New("connection closed")
+		},
+		Stop:            func(context.Context, string, string) error { return nil },
+		Classify:        func(context.Context, netip.AddrPort) (string, string) { return "tcp", "" },
+		Interval:        func() time.Duration { return time.Hour },
+		AutoStopDefault: func() time.Duration { return 0 },
+		Events:          sink,
+	}
+	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return newStatsActor(d) }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := request[*StatsResult](ctx, sys.Root, pid, &GetStats{Caller: Caller{Admin: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Stats) != 1 || res.Stats[0].VMName != "broken" || res.Stats[0].Health == HealthHealthy {
+		t.Fatalf("stats %+v, want only the broken VM's, unhealthy", res.Stats)
+	}
+	select {
+	case ev := <-events:
+		if ev.VMName != "broken" || ev.Kind != api.EventHealth {
+			t.Fatalf("event %+v, want the broken VM's health", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("no health event for the broken VM")
+	}
+	// Nothing else reaches the sink (the events were sent before the answer).
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case ev := <-events:
+		t.Fatalf("a health event for %s (%s), which was gone while sampled", ev.VMName, ev.Status)
+	default:
 	}
 }
