@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -93,6 +94,10 @@ type statsEntry struct {
 	probed   map[string]api.Port
 	activity time.Time
 	cause    string
+	// closed: the daemon closed the VM's agent connection while it was
+	// sampled (its stop or delete began): a failure then says nothing of
+	// the guest's health.
+	closed bool
 }
 
 type statsActor struct {
@@ -288,9 +293,12 @@ func (a *statsActor) collectAll(prev map[string]statsEntry, only string) []*stat
 
 // stillRunning drops the failed samples of VMs that stopped or were deleted
 // while they were sampled (their agent went away for that reason alone,
-// which is no health change to report); a VM restarted meanwhile is another
-// VMM. Healthy samples need no second look.
+// which is no health change to report): those whose agent connection the
+// daemon closed meanwhile, and those no longer running on the same VMM (a
+// VM restarted meanwhile is another VMM). Healthy samples need no second
+// look.
 func (a *statsActor) stillRunning(ctx context.Context, out []*statsEntry) []*statsEntry {
+	out = slices.DeleteFunc(out, func(e *statsEntry) bool { return e.closed })
 	if !slices.ContainsFunc(out, func(e *statsEntry) bool { return e.out.Health != HealthHealthy }) {
 		return out
 	}
@@ -356,7 +364,7 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 	rtt := time.Duration(0)
 	if _, err := c.Ping(actx); err != nil {
 		s.Health, s.HealthReason = HealthUnreachable, "ping: "+err.Error()
-		e.out = s
+		e.out, e.closed = s, errors.Is(err, agent.ErrClosed)
 		return e
 	}
 	rtt = time.Since(t0)
@@ -381,6 +389,7 @@ func (a *statsActor) collect(ctx context.Context, vm state.VM, prev statsEntry) 
 		s.ClockSkewMS = float64(skew.Microseconds()) / 1000
 		s.RootWritable = &h.RootWritable
 	}
+	e.closed = errors.Is(err, agent.ErrClosed) || errors.Is(herr, agent.ErrClosed)
 	switch {
 	case herr != nil:
 		s.Health, s.HealthReason = HealthDegraded, "health: "+herr.Error()

@@ -239,25 +239,28 @@ func TestWorkspaceUse(t *testing.T) {
 }
 
 // TestStatsForgetsVMsGoneWhileSampled: a VM deleted, or restarted on
-// another VMM, while its sample was taken fails its checks for that reason
-// alone; no health change is reported for it. One still running on the
-// same VMM that fails them is reported.
+// another VMM, or whose agent connection the daemon closed (its stop or
+// delete began) while its sample was taken fails its checks for that
+// reason alone; no health change is reported for it. One still running on
+// the same VMM that fails them is reported.
 func TestStatsForgetsVMsGoneWhileSampled(t *testing.T) {
 	withVMM := func(name string, pid int) state.VM {
 		return state.VM{ID: state.NewID(), Name: name, Status: state.StatusRunning, Runtime: state.Runtime{VMM: &state.VMMRuntime{PID: pid}}}
 	}
 	// PIDs above any pid_max: no host process is read for them.
 	const p = 1 << 30
-	gone, restarted, broken := withVMM("gone", p+1), withVMM("restarted", p+2), withVMM("broken", p+3)
+	gone, restarted, broken, closing := withVMM("gone", p+1), withVMM("restarted", p+2), withVMM("broken", p+3), withVMM("closing", p+5)
+	closed := goodAgent(t)
+	closed.Close()
 	listed := 0
 	running := func(context.Context) ([]state.VM, error) {
 		listed++
 		if listed == 1 {
-			return []state.VM{gone, restarted, broken}, nil
+			return []state.VM{gone, restarted, broken, closing}, nil
 		}
 		again := restarted
 		again.Runtime.VMM = &state.VMMRuntime{PID: p + 4}
-		return []state.VM{again, broken}, nil
+		return []state.VM{again, broken, closing}, nil
 	}
 	sys := actor.NewActorSystem()
 	defer sys.Shutdown()
@@ -270,8 +273,11 @@ func TestStatsForgetsVMsGoneWhileSampled(t *testing.T) {
 	d := StatsDeps{
 		Log:     testLogger(),
 		Running: running,
-		Agent: func(context.Context, string) (*agent.Client, error) {
-			return nil, errors.New("connection closed")
+		Agent: func(_ context.Context, id string) (*agent.Client, error) {
+			if id == closing.ID {
+				return closed, nil
+			}
+			return nil, errors.New("connection refused")
 		},
 		Stop:            func(context.Context, string, string) error { return nil },
 		Classify:        func(context.Context, netip.AddrPort) (string, string) { return "tcp", "" },
