@@ -90,6 +90,7 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 	var runs, runExecs, starts, bares, bareExecs []time.Duration
 	var bareVMM []time.Duration       // the bare boots' time to hello less the guest's: QEMU's own
 	var bareGuest []time.Duration     // the bare boots' guest's own boot (its clock, to ready)
+	var machine string                // the bare boots' size
 	var colds, warms []api.BootReport // the cold runs' reports, the starts' after a stop
 	inspect := func(name string) (string, *api.BootReport, error) {
 		_, out, err := cli("inspect", name, "--json")
@@ -143,8 +144,23 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 		if _, _, err := cli("stop", name); err != nil {
 			return err
 		}
-		// The reference boots the same disk, stopped, with the same kit.
-		bare, bareEx, bareReady, err := bareBoot(kit, filepath.Join(state, "vms", id, "disk.qcow2"), filepath.Join(dir, name), accel)
+		// The reference boots the same disk, stopped, with the same kit, on
+		// a machine of the same size (the guest's boot grows with memory).
+		_, out, err := cli("inspect", name, "--json")
+		if err != nil {
+			return err
+		}
+		var size struct {
+			Spec struct {
+				CPUs   int   `json:"cpus"`
+				Memory int64 `json:"memory"`
+			} `json:"spec"`
+		}
+		if err := json.Unmarshal(out, &size); err != nil || size.Spec.Memory <= 0 {
+			return fmt.Errorf("inspect %s: no size: %v", name, err)
+		}
+		machine = fmt.Sprintf("%d vCPU, %d MiB, as the VMs", size.Spec.CPUs, size.Spec.Memory>>20)
+		bare, bareEx, bareReady, err := bareBoot(kit, filepath.Join(state, "vms", id, "disk.qcow2"), filepath.Join(dir, name), accel, size.Spec.CPUs, int(size.Spec.Memory>>20))
 		if err != nil {
 			return fmt.Errorf("bare boot: %w", err)
 		}
@@ -157,7 +173,7 @@ func runStart(daemonBin, cliBin, minbase string, n int) error {
 	}
 	med := func(d []time.Duration) time.Duration { s := slices.Clone(d); slices.Sort(s); return s[len(s)/2] }
 	ref, refEx := med(bares), med(bareExecs)
-	fmt.Printf("reference: bare QEMU (%s) of the same kernel, initramfs and disk to agent hello   %v, to a first exec answered %v  (medians of %d)\n", accel, ref.Round(time.Millisecond), refEx.Round(time.Millisecond), n)
+	fmt.Printf("reference: bare QEMU (%s; %s) of the same kernel, initramfs and disk to agent hello   %v, to a first exec answered %v  (medians of %d)\n", accel, machine, ref.Round(time.Millisecond), refEx.Round(time.Millisecond), n)
 	fmt.Printf("paddock run (CLI returns: VM running)            %v  = %.2fx the bare boot\n", med(runs).Round(time.Millisecond), ratio(med(runs), ref))
 	fmt.Printf("paddock run -> first paddock exec answered       %v  = %.2fx the bare boot (goal <= 1.10x), %.2fx the bare boot + exec\n",
 		med(runExecs).Round(time.Millisecond), ratio(med(runExecs), ref), ratio(med(runExecs), refEx))
@@ -233,14 +249,15 @@ func roundAll(ds []time.Duration) []time.Duration {
 	return out
 }
 
-// bareBoot starts QEMU directly on disk (qcow2) with kit and returns the
+// bareBoot starts QEMU directly on disk (qcow2) with kit, cpus and
+// memoryMiB, and returns the
 // time to the agent's hello and that of a first exec of true, then powers
 // the guest off.
-func bareBoot(kit *bootkit.Kit, disk, base string, accel string) (hello, exec, guestReady time.Duration, err error) {
+func bareBoot(kit *bootkit.Kit, disk, base string, accel string, cpus, memoryMiB int) (hello, exec, guestReady time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	vm, err := qemurun.Start(qemurun.Config{Machine: qemu.Machine{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath(),
-		Disks: []vmm.Disk{{Path: disk, Format: vmm.FormatQCOW2}}, Accel: accel, ControlSocket: base + "-ctl.sock",
+		Disks: []vmm.Disk{{Path: disk, Format: vmm.FormatQCOW2}}, Accel: accel, ControlSocket: base + "-ctl.sock", CPUs: cpus, MemoryMiB: memoryMiB,
 		Cmdline: "paddock.root=/dev/vda"}, ConsoleLog: base + "-console.log"})
 	if err != nil {
 		return 0, 0, 0, err
