@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/paddock-vm/paddock/guestboot"
 )
@@ -82,6 +84,12 @@ func (c *imageConfig) argv() []string {
 // loadImageConfig reads the image config from path (a seed disk or a plain
 // file); a missing file means an image without one (the agent only).
 func loadImageConfig(path string) (*imageConfig, error) {
+	b, err := readSeedFile(path)
+	return imageConfigOf(path, b, err)
+}
+
+// readSeedFile reads the config's bytes from path; nil when it is missing.
+func readSeedFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -94,9 +102,58 @@ func loadImageConfig(path string) (*imageConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	return b, nil
+}
+
+// imageConfigOf parses what readSeedFile read from path.
+func imageConfigOf(path string, b []byte, err error) (*imageConfig, error) {
+	if err != nil || b == nil {
+		return nil, err
+	}
 	c, err := parseImageConfig(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
+}
+
+// seedAhead starts reading a seed disk's config while the root is mounted
+// (the read waits on the host: under TCG the first read of the disk took
+// 20-25 ms of the boot's critical path). The disk's driver is in, but its
+// node may come a little later: it is waited for, up to wait (a seed disk
+// named on the command line is never taken for a missing config). A path
+// outside /dev (a plain file, which is the root's) is left to the config
+// phase. The function it returns gives the bytes.
+func seedAhead(path string, wait time.Duration) func() ([]byte, error) {
+	if !strings.HasPrefix(path, "/dev/") {
+		return func() ([]byte, error) { return readSeedFile(path) }
+	}
+	return readAhead(path, wait)
+}
+
+// readAhead reads path's seed in the background once path exists (up to
+// wait); the function it returns waits for the bytes.
+func readAhead(path string, wait time.Duration) func() ([]byte, error) {
+	type read struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan read, 1)
+	go func() {
+		deadline := time.Now().Add(wait)
+		for {
+			_, err := os.Stat(path)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				ch <- read{nil, fmt.Errorf("config device %s did not appear within %v: %w", path, wait, err)}
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		b, err := readSeedFile(path)
+		ch <- read{b, err}
+	}()
+	return func() ([]byte, error) { r := <-ch; return r.b, r.err }
 }

@@ -169,3 +169,43 @@ func TestLoadModulesAfterTransport(t *testing.T) {
 		}
 	}
 }
+
+// TestSeedAhead: a seed device read ahead is waited for when its node comes
+// late, and one that never comes is an error naming it (never taken for an
+// image without a config); a plain file is read when asked for.
+func TestSeedAhead(t *testing.T) {
+	dir := t.TempDir()
+	seed, err := guestboot.EncodeSeed([]byte(`{"Entrypoint":["/bin/app"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := filepath.Join(dir, "vdb")
+	get := readAhead(late, time.Minute)
+	time.Sleep(20 * time.Millisecond)
+	if err := os.WriteFile(late, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := get()
+	if c, err := imageConfigOf(late, b, err); err != nil || c == nil || c.argv()[0] != "/bin/app" {
+		t.Fatalf("a late seed: %+v, %v", c, err)
+	}
+
+	never := filepath.Join(dir, "vdc")
+	b, err = readAhead(never, 30*time.Millisecond)()
+	if b != nil || err == nil || !strings.Contains(err.Error(), never) {
+		t.Fatalf("a seed that never comes: %q, %v; want an error naming it", b, err)
+	}
+
+	plain := filepath.Join(dir, "config.json")
+	get = seedAhead(plain, time.Minute) // not under /dev: read when asked
+	if err := os.WriteFile(plain, []byte(`{"Cmd":["sh"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err = get()
+	if c, err := imageConfigOf(plain, b, err); err != nil || c == nil || c.argv()[0] != "sh" {
+		t.Fatalf("a plain file: %+v, %v", c, err)
+	}
+	if b, err := seedAhead(filepath.Join(dir, "missing.json"), time.Minute)(); b != nil || err != nil {
+		t.Fatalf("a missing plain file: %q, %v; want no config, no error", b, err)
+	}
+}

@@ -191,6 +191,7 @@ func (s *initState) run() {
 	rootOK := false
 	var oldRoot *os.File
 	<-loads.rootDone
+	seed := seedAhead(cfg.Config, cfg.RootWait) // its block driver is in
 	if cfg.Root != "" {
 		if s.phase("root", func() error { return mountRoot(cfg) }) == nil {
 			rootOK = s.phase("switch_root", func() (err error) { oldRoot, err = switchRoot(); return err }) == nil
@@ -213,7 +214,8 @@ func (s *initState) run() {
 	if rootOK {
 		_ = s.phase("config", func() error {
 			var err error
-			s.image, err = loadImageConfig(cfg.Config)
+			b, err := seed()
+			s.image, err = imageConfigOf(cfg.Config, b, err)
 			return err
 		})
 	}
