@@ -265,9 +265,13 @@ func TestStatsForgetsVMsGoneWhileSampled(t *testing.T) {
 	sys := actor.NewActorSystem()
 	defer sys.Shutdown()
 	events := make(chan api.Event, 8)
+	drained := make(chan struct{})
 	sink := sys.Root.Spawn(actor.PropsFromFunc(func(c actor.Context) {
-		if m, ok := c.Message().(*emit); ok {
+		switch m := c.Message().(type) {
+		case *emit:
 			events <- m.Event
+		case *Ping:
+			close(drained)
 		}
 	}))
 	d := StatsDeps{
@@ -303,8 +307,10 @@ func TestStatsForgetsVMsGoneWhileSampled(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("no health event for the broken VM")
 	}
-	// Nothing else reaches the sink (the events were sent before the answer).
-	time.Sleep(50 * time.Millisecond)
+	// Nothing else reaches the sink: its events were sent before the
+	// answer, so they are all ahead of a message sent after it.
+	sys.Root.Send(sink, &Ping{})
+	<-drained
 	select {
 	case ev := <-events:
 		t.Fatalf("a health event for %s (%s), which was gone while sampled", ev.VMName, ev.Status)

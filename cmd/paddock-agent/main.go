@@ -213,7 +213,6 @@ func (s *initState) run() {
 	}()
 	if rootOK {
 		_ = s.phase("config", func() error {
-			var err error
 			b, err := seed()
 			s.image, err = imageConfigOf(cfg.Config, b, err)
 			return err
