@@ -51,7 +51,7 @@ func TestArgv(t *testing.T) {
 	for _, tc := range []struct {
 		accel, accelArg, cpu string
 	}{
-		{vmm.AccelTCG, "tcg,tb-size=32", "max"},
+		{vmm.AccelTCG, "tcg,tb-size=128", "max"},
 		{vmm.AccelKVM, "kvm", "host"},
 	} {
 		t.Run(tc.accel, func(t *testing.T) {
