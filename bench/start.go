@@ -258,7 +258,7 @@ func bareBoot(kit *bootkit.Kit, disk, base string, accel string, cpus, memoryMiB
 	defer cancel()
 	vm, err := qemurun.Start(qemurun.Config{Machine: qemu.Machine{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath(),
 		Disks: []vmm.Disk{{Path: disk, Format: vmm.FormatQCOW2}}, Accel: accel, ControlSocket: base + "-ctl.sock", CPUs: cpus, MemoryMiB: memoryMiB,
-		Cmdline: "paddock.root=/dev/vda"}, ConsoleLog: base + "-console.log"})
+		Cmdline: "paddock.root=/dev/vda"}, ConsoleLog: base + "-console.log", NoHugePages: accel == vmm.AccelTCG})
 	if err != nil {
 		return 0, 0, 0, err
 	}

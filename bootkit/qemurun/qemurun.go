@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/host/vmm/qemu"
 )
 
@@ -35,6 +36,9 @@ type Config struct {
 	// SysProcAttr for the QEMU process. nil means Setpgid plus
 	// Pdeathsig=SIGKILL, right for tests.
 	SysProcAttr *syscall.SysProcAttr
+	// NoHugePages starts QEMU as paddock starts a TCG guest's: confined,
+	// without transparent huge pages (vmm.Confine).
+	NoHugePages bool
 }
 
 // Args returns QEMU's argument vector (without the binary).
@@ -77,6 +81,9 @@ func Start(cfg Config) (*VM, error) {
 		_ = os.Remove(cfg.ControlSocket)
 	}
 	cmd := exec.Command(bin, args...)
+	if cfg.NoHugePages {
+		vmm.Confine(cmd, true)
+	}
 	cmd.SysProcAttr = cfg.SysProcAttr
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -84,6 +84,9 @@ type Command struct {
 	Cgroup string `json:"cgroup,omitempty"`
 	// Env is the environment; null means vmm's default (only PATH).
 	Env []string `json:"env"`
+	// NoHugePages: see vmm.Command (a launcher that does not know it
+	// starts the VMM with them: slower under TCG, nothing worse).
+	NoHugePages bool `json:"no_huge_pages,omitempty"`
 }
 
 // Response is the launcher's answer.
@@ -217,7 +220,7 @@ func (s *Server) command(c *Command) (vmm.Command, error) {
 	case !filepath.IsAbs(c.Log):
 		return vmm.Command{}, fmt.Errorf("launch: the log %q is not an absolute path", c.Log)
 	}
-	out := vmm.Command{Path: c.Path, Args: c.Args, Log: c.Log, Env: c.Env}
+	out := vmm.Command{Path: c.Path, Args: c.Args, Log: c.Log, Env: c.Env, NoHugePages: c.NoHugePages}
 	if c.Cgroup != "" {
 		if s.Cgroup == "" {
 			return vmm.Command{}, fmt.Errorf("launch: cgroup %s asked for, but the launcher has no delegated cgroup", c.Cgroup)
@@ -341,7 +344,7 @@ func (c *Client) Describe(ctx context.Context) string {
 // be a child of the launcher's cgroup. The launcher that answers, maybe a
 // restarted one, must still be in that cgroup.
 func (c *Client) Launch(cmd vmm.Command) (int, uint64, error) {
-	req := &Command{Path: cmd.Path, Args: cmd.Args, Log: cmd.Log, Env: cmd.Env}
+	req := &Command{Path: cmd.Path, Args: cmd.Args, Log: cmd.Log, Env: cmd.Env, NoHugePages: cmd.NoHugePages}
 	if cmd.Cgroup != "" {
 		if c.hello.Cgroup == "" || filepath.Dir(cmd.Cgroup) != c.hello.Cgroup {
 			return 0, 0, fmt.Errorf("vmm: cgroup %s is not below the VMM launcher's %q", cmd.Cgroup, c.hello.Cgroup)

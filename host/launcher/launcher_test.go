@@ -167,13 +167,13 @@ func TestRequests(t *testing.T) {
 			t.Errorf("cgroup %q: %q", name, out)
 		}
 	}
-	out := raw(t, path, []byte(`{"op":"launch","command":{"path":"/bin/true","args":["true"],"log":"/tmp/x","cgroup":"paddock-a","env":["A=1"]}}`+"\n"))
+	out := raw(t, path, []byte(`{"op":"launch","command":{"path":"/bin/true","args":["true"],"log":"/tmp/x","cgroup":"paddock-a","env":["A=1"],"no_huge_pages":true}}`+"\n"))
 	if !strings.Contains(out, `"child_pid":4242,"start_time":99`) || len(got) != 1 ||
-		got[0].Cgroup != "/sys/fs/cgroup/x.service/paddock-a" || got[0].Env[0] != "A=1" || got[0].Log != "/tmp/x" {
+		got[0].Cgroup != "/sys/fs/cgroup/x.service/paddock-a" || got[0].Env[0] != "A=1" || got[0].Log != "/tmp/x" || !got[0].NoHugePages {
 		t.Fatalf("a good launch: %q, launched %+v", out, got)
 	}
 	got = nil
-	if out := raw(t, path, []byte(`{"op":"launch","command":{"path":"/bin/true","args":["true"],"log":"/tmp/x"}}`+"\n")); !strings.Contains(out, "child_pid") || got[0].Cgroup != "" || got[0].Env != nil {
+	if out := raw(t, path, []byte(`{"op":"launch","command":{"path":"/bin/true","args":["true"],"log":"/tmp/x"}}`+"\n")); !strings.Contains(out, "child_pid") || got[0].Cgroup != "" || got[0].Env != nil || got[0].NoHugePages {
 		t.Fatalf("a launch without cgroup or env: %q, launched %+v", out, got)
 	}
 }

@@ -29,6 +29,9 @@ type Command struct {
 	// Env is the environment; nil means only PATH (paddockd's own
 	// environment, with NOTIFY_SOCKET and LISTEN_FDS, is never inherited).
 	Env []string
+	// NoHugePages starts the process without transparent huge pages (a
+	// TCG guest's VMM: see noHugePagesArg).
+	NoHugePages bool
 }
 
 // defaultEnv is the environment of a VMM when Command.Env is nil.
@@ -144,7 +147,7 @@ func LaunchHere(c Command) (pid int, start uint64, err error) {
 	}
 	mk := func(cgfd int) *exec.Cmd {
 		cmd := &exec.Cmd{Path: path, Args: c.Args, Env: env, Stdout: logf, Stderr: logf}
-		Confine(cmd) // no capabilities, no_new_privs
+		Confine(cmd, c.NoHugePages) // no capabilities, no_new_privs
 		// Setsid: own session and process group, no controlling tty; no
 		// Pdeathsig: the VMM must outlive paddockd.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -135,12 +135,20 @@ func testID() string { return fmt.Sprintf("t%d-%d", os.Getpid(), idSeq.Add(1)) }
 // after an identity check).
 func launchFake(t *testing.T, b *Base, env ...string) *Process {
 	t.Helper()
+	return launchFakeWith(t, b, func(*Command) {}, env...)
+}
+
+// launchFakeWith is launchFake with the command changed by edit.
+func launchFakeWith(t *testing.T, b *Base, edit func(*Command), env ...string) *Process {
+	t.Helper()
 	dir := t.TempDir()
 	id := testID()
 	p := &Process{Driver: "qemu", VMID: id, RunDir: dir,
 		ConsoleSocket: filepath.Join(dir, "console.sock"), ConsoleLog: filepath.Join(dir, "console.log"), ConsoleLogMax: 4096}
 	p.Sockets = []string{p.ConsoleSocket}
-	if err := b.Launch(p, fakeCommand(id, filepath.Join(dir, "vmm.log"), append(env, "FAKE_CONSOLE="+p.ConsoleSocket)...)); err != nil {
+	c := fakeCommand(id, filepath.Join(dir, "vmm.log"), append(env, "FAKE_CONSOLE="+p.ConsoleSocket)...)
+	edit(&c)
+	if err := b.Launch(p, c); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { killTestProcess(t, p) })
@@ -717,6 +725,30 @@ func statusOf(t *testing.T, pid int) map[string]string {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestLaunchWithoutHugePages: a VMM launched with NoHugePages runs with
+// transparent huge pages off (a TCG guest's), one without with them as
+// this process has them.
+func TestLaunchWithoutHugePages(t *testing.T) {
+	self := statusOf(t, os.Getpid())["THP_enabled"]
+	if self == "" {
+		t.Skip("this kernel's /proc/PID/status has no THP_enabled")
+	}
+	for _, tc := range []struct {
+		noHugePages bool
+		want        string
+	}{{false, self}, {true, "0"}} {
+		var b Base
+		p := launchFakeWith(t, &b, func(c *Command) { c.NoHugePages = tc.noHugePages })
+		readVMMLog(t, p) // the fake VMM reported: the exec is done
+		if got := statusOf(t, p.PID)["THP_enabled"]; got != tc.want {
+			t.Errorf("NoHugePages %v: the VMM's THP_enabled = %q, want %q", tc.noHugePages, got, tc.want)
+		}
+		if argv, _ := readCmdline(p.PID); !slices.Equal(argv, p.Cmdline) {
+			t.Errorf("NoHugePages %v: VMM argv %q, want the launched one %q", tc.noHugePages, argv, p.Cmdline)
+		}
+	}
 }
 
 // TestLaunchConfined: a launched VMM holds no capability in any set, has

@@ -21,7 +21,9 @@ import (
 func TestStartBoundedWhenVMMNeverAnswers(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "silent-qemu")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\necho $$ > \"$(dirname \"$0\")/pid\"\nexec sleep 600\n"), 0o755); err != nil {
+	// It also says whether it runs with transparent huge pages (a TCG
+	// guest's VMM must not: see vmm.Command.NoHugePages).
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ngrep THP_enabled /proc/self/status > \"$(dirname \"$0\")/thp\"\necho $$ > \"$(dirname \"$0\")/pid\"\nexec sleep 600\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"vmlinux", "initrd"} {
@@ -58,6 +60,9 @@ func TestStartBoundedWhenVMMNeverAnswers(t *testing.T) {
 		t.Fatalf("the fake VMM never ran: %v", rerr)
 	}
 	pid := strings.TrimSpace(string(b))
+	if thp, _ := os.ReadFile(filepath.Join(dir, "thp")); len(thp) > 0 && strings.Join(strings.Fields(string(thp)), " ") != "THP_enabled: 0" {
+		t.Errorf("the TCG guest's VMM runs with transparent huge pages: %q", thp)
+	}
 	if st, serr := os.ReadFile("/proc/" + pid + "/stat"); serr == nil {
 		t.Errorf("the silent VMM (pid %s) is still there after the failed start: %s", pid, st)
 		_ = exec.Command("kill", "-9", pid).Run()
