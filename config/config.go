@@ -267,7 +267,7 @@ func Default() *Config {
 		VM: VM{Kernel: "default", Run: "on", VMMBinary: "qemu-system-x86_64", DiskBackend: "auto", Accel: "auto", Network: "bridge", Bridge: "paddock0", Subnet: "10.77.0.0/16",
 			NAT: "on", DNS: []string{}, HostAccess: []string{},
 			StartTimeout: Duration{2 * time.Minute}, StopTimeout: Duration{30 * time.Second}, OnHostShutdown: "stop", ConsoleLogMax: 4 << 20,
-			VMMMemoryOverhead: 256 << 20, VMMPIDsMax: 256},
+			VMMMemoryOverhead: 352 << 20, VMMPIDsMax: 256},
 		DBus:   DBus{Bus: "auto"},
 		Stats:  Stats{Interval: Duration{10 * time.Second}, IdleCPU: 0.15, Parallel: 4},
 		Images: Images{InsecureRegistries: []string{}, MaxUnpackedSize: 16 << 30, MaxEntries: 1 << 20, FreeSpace: 64 << 20, BlobCacheSize: 2 << 30},
