@@ -39,6 +39,9 @@ func WriteEtcFile(root, name string, data []byte) error {
 		return fmt.Errorf("%s: open /etc (not a directory, or a symlink): %w", target, err)
 	}
 	defer unix.Close(efd)
+	if holdsAlready(efd, name, data) {
+		return nil
+	}
 	err = replaceAt(efd, name, data)
 	if errors.Is(err, unix.EROFS) {
 		err = coverAt(rfd, path.Join("etc", name), data)
@@ -47,6 +50,41 @@ func WriteEtcFile(root, name string, data []byte) error {
 		return fmt.Errorf("%s: %w", target, err)
 	}
 	return nil
+}
+
+// holdsAlready reports whether name in dir is already what WriteEtcFile
+// makes: a regular file (not a symlink), root's, mode 0644, holding data.
+// Then nothing is written: a restarted VM's files, and most of a VM's
+// resumed from a template, are as they were, and each rewrite (a new file,
+// a rename, a journal entry) cost ~20 ms of a boot under TCG. The open
+// does not block (a FIFO there is not waited on, and then replaced).
+func holdsAlready(dir int, name string, data []byte) bool {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o7777 != 0o644 ||
+		st.Uid != 0 || st.Size != int64(len(data)) {
+		return false
+	}
+	buf := make([]byte, len(data)+1)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return n == len(data) && string(buf[:n]) == string(data)
 }
 
 // replaceAt writes data to a new file in dir and renames it over name.

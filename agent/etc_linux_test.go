@@ -53,6 +53,19 @@ func TestWriteEtcFile(t *testing.T) {
 			must(t, os.RemoveAll(filepath.Join(root, "etc")))
 			must(t, os.Symlink(outside, filepath.Join(root, "etc")))
 		}, "open /etc"},
+		{"the same content, another mode", func(t *testing.T, root, _ string) {
+			must(t, os.WriteFile(filepath.Join(root, "etc/resolv.conf"), []byte(rc), 0o600))
+		}, ""},
+		{"the same content, one byte more", func(t *testing.T, root, _ string) {
+			must(t, os.WriteFile(filepath.Join(root, "etc/resolv.conf"), []byte(rc+"#"), 0o644))
+		}, ""},
+		{"a symlink to the same content", func(t *testing.T, root, outside string) {
+			must(t, os.WriteFile(filepath.Join(outside, "same"), []byte(rc), 0o644))
+			must(t, os.Symlink(filepath.Join(outside, "same"), filepath.Join(root, "etc/resolv.conf")))
+		}, ""},
+		{"a FIFO", func(t *testing.T, root, _ string) {
+			must(t, unix.Mkfifo(filepath.Join(root, "etc/resolv.conf"), 0o644))
+		}, ""},
 		{"a directory in the way", func(t *testing.T, root, _ string) {
 			must(t, os.Mkdir(filepath.Join(root, "etc/resolv.conf"), 0o755))
 			must(t, os.WriteFile(filepath.Join(root, "etc/resolv.conf/x"), nil, 0o644))
@@ -88,6 +101,22 @@ func TestWriteEtcFile(t *testing.T) {
 				t.Fatalf("left in /etc: %v", ents)
 			}
 		})
+	}
+	// A file that holds the content already, as WriteEtcFile makes it, is
+	// left as it is: not replaced (same inode, same mtime).
+	root, _ := setupRoot(t, t.TempDir())
+	p := filepath.Join(root, "etc/resolv.conf")
+	must(t, WriteEtcFile(root, "resolv.conf", []byte(rc)))
+	var before, after unix.Stat_t
+	must(t, unix.Lstat(p, &before))
+	must(t, WriteEtcFile(root, "resolv.conf", []byte(rc)))
+	must(t, unix.Lstat(p, &after))
+	if after.Ino != before.Ino || after.Mtim != before.Mtim {
+		t.Errorf("the same content written again: inode %d -> %d", before.Ino, after.Ino)
+	}
+	must(t, WriteEtcFile(root, "resolv.conf", []byte(rc+"# other\n")))
+	if got, _ := os.ReadFile(p); string(got) != rc+"# other\n" {
+		t.Errorf("other content not written: %q", got)
 	}
 	for _, bad := range []string{"", "..", "a/b"} {
 		if err := WriteEtcFile(t.TempDir(), bad, nil); err == nil {
