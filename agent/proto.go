@@ -161,6 +161,17 @@ type HelloInfo struct {
 	UptimeNS int64 `json:"uptime_ns"`
 	// BootError is set when the boot did not complete (e.g. no root disk).
 	BootError string `json:"boot_error,omitempty"`
+	// Idle is the guest's idle time when the agent started and when it was
+	// ready; only in a boot with paddock.debug (it costs a read of
+	// /proc/timer_list each). Under QEMU's -icount, where the guest clock
+	// counts instructions, the boot's busy time is its instructions.
+	Idle *Idle `json:"idle,omitempty"`
+}
+
+// Idle is the guest's idle time, all CPUs, waits on I/O included, in ns.
+type Idle struct {
+	StartNS int64 `json:"start_ns"`
+	ReadyNS int64 `json:"ready_ns"`
 }
 
 // Pong answers ping.

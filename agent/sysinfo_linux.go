@@ -2,8 +2,11 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +24,47 @@ func BootTimeNS() int64 {
 		return 0
 	}
 	return ts.Nano()
+}
+
+// IdleNS returns the guest's idle time so far, all CPUs, waits on I/O
+// included, from /proc/timer_list (nanoseconds; /proc/uptime and
+// /proc/stat count hundredths).
+func IdleNS() (int64, error) {
+	f, err := os.Open("/proc/timer_list")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return 0, err
+	}
+	return idleOf(b)
+}
+
+// idleOf sums the idle_sleeptime and iowait_sleeptime lines of a
+// /proc/timer_list (one of each per CPU with a tick of its own).
+func idleOf(b []byte) (int64, error) {
+	var sum int64
+	found := false
+	for line := range bytes.Lines(b) {
+		k, v, ok := bytes.Cut(bytes.TrimSpace(line), []byte(":"))
+		if !ok {
+			continue
+		}
+		switch string(bytes.TrimSpace(k)) {
+		case ".idle_sleeptime", ".iowait_sleeptime":
+			n, err := strconv.ParseInt(string(bytes.TrimSuffix(bytes.TrimSpace(v), []byte(" nsecs"))), 10, 64)
+			if err != nil || n < 0 {
+				return 0, fmt.Errorf("/proc/timer_list: %q", bytes.TrimSpace(line))
+			}
+			sum, found = sum+n, true
+		}
+	}
+	if !found {
+		return 0, errors.New("/proc/timer_list: no idle_sleeptime (a kernel without NO_HZ?)")
+	}
+	return sum, nil
 }
 
 // ReadStats collects resource usage from /proc and statfs of /.

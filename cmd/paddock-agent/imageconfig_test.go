@@ -182,7 +182,13 @@ func TestSeedAhead(t *testing.T) {
 	late := filepath.Join(dir, "vdb")
 	get := readAhead(late, time.Minute)
 	time.Sleep(20 * time.Millisecond)
-	if err := os.WriteFile(late, seed, 0o600); err != nil {
+	// A device node appears with its content there: the file is made
+	// aside and renamed into place (written in place, the reader could
+	// find it still empty).
+	if err := os.WriteFile(late+".tmp", seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(late+".tmp", late); err != nil {
 		t.Fatal(err)
 	}
 	b, err := get()

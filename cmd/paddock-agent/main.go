@@ -41,6 +41,8 @@ type initState struct {
 	kit    string
 	kernel string
 	ready  int64
+	// idle: the guest's idle time at the start and at ready (paddock.debug)
+	idle *agent.Idle
 
 	reaper  *agent.Reaper
 	spawner *agent.LocalSpawner
@@ -115,6 +117,14 @@ func (s *initState) run() {
 	withDefaults := args.WithDefaults()
 	cfg := &withDefaults
 	s.cfg = cfg
+	if cfg.Debug {
+		// what the boot's busy time is made of: counted only when asked
+		if n, err := agent.IdleNS(); err == nil {
+			s.idle = &agent.Idle{StartNS: n}
+		} else {
+			logf("idle time: %v", err)
+		}
+	}
 	if cfg.PowerOff {
 		powerOff(false)
 	}
@@ -283,6 +293,13 @@ func (s *initState) run() {
 	}
 	s.mu.Lock()
 	s.ready = agent.BootTimeNS()
+	if s.idle != nil {
+		if n, err := agent.IdleNS(); err == nil {
+			s.idle.ReadyNS = n
+		} else {
+			s.idle = nil
+		}
+	}
 	s.mu.Unlock()
 	lateDone := make(chan struct{})
 	go func() {
@@ -340,6 +357,10 @@ func (s *initState) hello() agent.HelloInfo {
 	h := agent.HelloInfo{
 		Kit: s.kit, Kernel: s.kernel, Phases: append([]agent.Phase{}, s.phases...),
 		ReadyNS: s.ready, BootError: strings.Join(s.errs, "; "),
+	}
+	if s.idle != nil {
+		idle := *s.idle
+		h.Idle = &idle
 	}
 	if s.cfg != nil {
 		h.Hostname = s.cfg.Hostname

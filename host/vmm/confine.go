@@ -29,13 +29,15 @@ const confineArg0 = "paddock-vmm-confine"
 
 // noHugePagesArg makes the confining step turn transparent huge pages off
 // for the VMM (prctl PR_SET_THP_DISABLE, kept across exec). For a TCG
-// guest's boot they cost more than they give: every first touch of a guest
-// page zeroes its whole 2 MiB, and on a host that is itself a VM (where TCG
-// is what runs) that zeroing is slow. Measured here, QEMU exec -> agent
-// hello, boots alternating with and without (6 each): 3.00–3.58 s with,
-// 2.21–2.93 s without on a quiet host; 2.90–3.39 s against 2.26–2.69 s
-// with 4 idle VMs beside (QEMU's copy of the kernel into guest memory alone
-// went from 50 to 400 ms there). Under KVM the guest needs them: kept.
+// guest they cost more than they give: every first touch of a guest page
+// zeroes its whole 2 MiB, and on a host that is itself a VM (where TCG is
+// what runs) a free 2 MiB block is often memory the host gave back to its
+// hypervisor (free page reporting, a balloon), which must be backed again
+// page by page. Measured here, QEMU exec -> agent hello, boots alternating
+// with and without (6 each): 3.00–3.58 s with, 2.21–2.93 s without on a
+// quiet host; 2.90–3.39 s against 2.26–2.69 s with 4 idle VMs beside
+// (QEMU's copy of the kernel into guest memory alone went from 50 to 400
+// ms there). Under KVM the guest needs them: kept.
 const noHugePagesArg = "--no-huge-pages"
 
 // selfExe is the running binary; the child re-executes it.

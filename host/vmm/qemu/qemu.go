@@ -142,11 +142,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		return nil, err
 	}
 	boot := func(ctx context.Context) error { return d.boot(ctx, p, spec.Incoming) }
-	// A TCG guest boots without transparent huge pages (see
-	// vmm.Command.NoHugePages); one restored from a saved state keeps them:
-	// its whole memory is written at once, where 2 MiB pages were faster
-	// (template run -> exec 428-472 ms with, 666-675 ms without).
-	noTHP := accel == vmm.AccelTCG && spec.Incoming == ""
+	// A TCG guest's VMM runs without transparent huge pages (see
+	// vmm.Command.NoHugePages), booted or restored: restores from a
+	// template with them were faster run back to back on a quiet host
+	// (median 478 against 588 ms), where the memory just freed comes back,
+	// but beside another VM 458-1016 ms against 507-655.
+	noTHP := accel == vmm.AccelTCG
 	if err := d.StartVMM(ctx, p, spec.Cgroup, spec.Limits, vmm.Command{Path: argv[0], Args: argv, NoHugePages: noTHP}, boot); err != nil {
 		return nil, err
 	}
