@@ -40,7 +40,7 @@ func BenchmarkBoot(b *testing.B) {
 			Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(), Disks: []vmm.Disk{{Path: rootImg}}, CPUs: cpus,
 			ControlSocket: filepath.Join(tmp, "ctl.sock"), Tap: &vmm.Tap{Name: tapName},
 			Cmdline: "paddock.root=/dev/vda paddock.ip=" + guestIP + "/24 paddock.gw=" + hostIP,
-		}, ConsoleLog: filepath.Join(tmp, "console.log")}
+		}, ConsoleLog: filepath.Join(tmp, "console.log"), NoHugePages: true} // TCG, as paddock starts it
 		var vm *VM
 		var err error
 		ns.Do(func() { vm, err = Start(cfg) })

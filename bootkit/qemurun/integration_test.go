@@ -365,7 +365,7 @@ func TestBootAgent(t *testing.T) {
 // once (paddock.poweroff) and returns QEMU start → QEMU exit.
 func bareBoot(ctx context.Context, f *fixture, tmp string, cpus int) (time.Duration, error) {
 	vm, err := Start(Config{Machine: qemu.Machine{Kernel: f.Kit.VmlinuxPath(), CPUs: cpus, Initrd: f.bareInitrd, Cmdline: "paddock.poweroff"},
-		ConsoleLog: filepath.Join(tmp, "bare.log")})
+		ConsoleLog: filepath.Join(tmp, "bare.log"), NoHugePages: true}) // TCG, as the guest it is compared with
 	if err != nil {
 		return 0, err
 	}

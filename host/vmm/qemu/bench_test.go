@@ -79,7 +79,7 @@ func BenchmarkStartToHello(b *testing.B) {
 		dir := filepath.Join(tmp, fmt.Sprintf("r%d", i))
 		cfg := qemurun.Config{Machine: qemu.Machine{Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
 			Disks: []vmm.Disk{{Path: root}}, Accel: accel, ControlSocket: dir + "-ctl.sock", Cmdline: cmdline},
-			ConsoleLog: dir + "-console.log"}
+			ConsoleLog: dir + "-console.log", NoHugePages: accel == vmm.AccelTCG} // as the driver starts it
 		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		defer cancel()
 		vm, err := qemurun.Start(cfg)
