@@ -66,6 +66,13 @@ func TestWriteEtcFile(t *testing.T) {
 		{"a FIFO", func(t *testing.T, root, _ string) {
 			must(t, unix.Mkfifo(filepath.Join(root, "etc/resolv.conf"), 0o644))
 		}, ""},
+		{"a device node", func(t *testing.T, root, _ string) {
+			err := unix.Mknod(filepath.Join(root, "etc/resolv.conf"), unix.S_IFCHR|0o644, int(unix.Mkdev(1, 3))) // /dev/null's
+			if err == unix.EPERM && os.Getenv("CI") == "" {
+				t.Skip("making a device node needs CAP_MKNOD")
+			}
+			must(t, err)
+		}, ""},
 		{"a directory in the way", func(t *testing.T, root, _ string) {
 			must(t, os.Mkdir(filepath.Join(root, "etc/resolv.conf"), 0o755))
 			must(t, os.WriteFile(filepath.Join(root, "etc/resolv.conf/x"), nil, 0o644))
