@@ -307,7 +307,7 @@ func instructionBoot(kit *bootkit.Kit, vmDir, base string, cpus, memoryMiB int) 
 	if err := guestboot.WriteSeed(base+"-seed.img", cfg); err != nil {
 		return agent.HelloInfo{}, err
 	}
-	vm, err := qemurun.Start(qemurun.Config{Machine: qemu.Machine{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath(),
+	vm, c, err := toHello(ctx, qemurun.Config{Machine: qemu.Machine{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath(),
 		Disks: []vmm.Disk{{Path: filepath.Join(vmDir, "disk.qcow2"), Format: vmm.FormatQCOW2}, {Path: base + "-seed.img", Format: vmm.FormatRaw, ReadOnly: true}},
 		Accel: vmm.AccelTCG, ControlSocket: base + "-ctl.sock", CPUs: cpus, MemoryMiB: memoryMiB,
 		Cmdline: "paddock.root=/dev/vda paddock.hostname=icount paddock.config=/dev/vdb paddock.debug"}, ConsoleLog: base + "-console.log",
@@ -316,20 +316,31 @@ func instructionBoot(kit *bootkit.Kit, vmDir, base string, cpus, memoryMiB int) 
 		return agent.HelloInfo{}, err
 	}
 	defer vm.Kill()
-	conn, err := vm.DialControl(ctx)
-	if err != nil {
-		return agent.HelloInfo{}, err
-	}
-	c, err := agent.NewClient(ctx, conn, nil)
-	if err != nil {
-		console, _ := os.ReadFile(base + "-console.log")
-		return agent.HelloInfo{}, fmt.Errorf("%w (QEMU: %s; console: %s)", err, vm.Stderr(), console[max(0, len(console)-2000):])
-	}
 	defer c.Close()
 	h := c.Hello()
 	_ = c.Shutdown(ctx, false)
 	_, _ = vm.Wait(ctx)
 	return h, nil
+}
+
+// toHello starts QEMU with cfg and returns it with the agent's client once
+// it said hello (ctx bounds the wait); what QEMU and the console said when
+// it does not. The caller kills the VM.
+func toHello(ctx context.Context, cfg qemurun.Config) (*qemurun.VM, *agent.Client, error) {
+	vm, err := qemurun.Start(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := vm.DialControl(ctx)
+	if err == nil {
+		var c *agent.Client
+		if c, err = agent.NewClient(ctx, conn, nil); err == nil {
+			return vm, c, nil
+		}
+	}
+	vm.Kill()
+	console, _ := os.ReadFile(cfg.ConsoleLog)
+	return nil, nil, fmt.Errorf("%w (QEMU: %s; console: %s)", err, vm.Stderr(), console[max(0, len(console)-2000):])
 }
 
 // bareBoot starts QEMU directly on disk (qcow2) with kit, cpus and
@@ -339,21 +350,13 @@ func instructionBoot(kit *bootkit.Kit, vmDir, base string, cpus, memoryMiB int) 
 func bareBoot(kit *bootkit.Kit, disk, base string, accel string, cpus, memoryMiB int) (hello, exec, guestReady time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	vm, err := qemurun.Start(qemurun.Config{Machine: qemu.Machine{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath(),
+	vm, c, err := toHello(ctx, qemurun.Config{Machine: qemu.Machine{Kernel: kit.VmlinuxPath(), Initrd: kit.InitramfsPath(),
 		Disks: []vmm.Disk{{Path: disk, Format: vmm.FormatQCOW2}}, Accel: accel, ControlSocket: base + "-ctl.sock", CPUs: cpus, MemoryMiB: memoryMiB,
 		Cmdline: "paddock.root=/dev/vda"}, ConsoleLog: base + "-console.log", NoHugePages: accel == vmm.AccelTCG})
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer vm.Kill()
-	conn, err := vm.DialControl(ctx)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	c, err := agent.NewClient(ctx, conn, nil)
-	if err != nil {
-		return 0, 0, 0, err
-	}
 	hello = time.Since(vm.Started)
 	defer c.Close()
 	t0 := time.Now()
