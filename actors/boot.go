@@ -3,7 +3,9 @@ package actors
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -137,11 +139,33 @@ func (a *vmActor) prepare() (*bootPlan, error) {
 			return nil, err
 		}
 	}
+	if a.vm.Spec.TemplateBoot {
+		// A template's builder keeps its RAM in a file from boot: the save
+		// then writes the devices only and the file becomes the template's
+		// memory, never copied (vmm.Spec.MemoryFile).
+		b.vmm.MemoryFile = filepath.Join(b.vmDir, "memory")
+		if err := newMemoryFile(b.vmm.MemoryFile); err != nil {
+			return nil, err
+		}
+	}
 	if a.netMode() == netspec.User {
 		b.passt = passt.Spec{VMID: a.id, RunDir: b.runDir, Addr: userAddr, Gateway: userGateway,
 			DNS: a.host.DNS, Ports: a.vm.Spec.Ports}
 	}
 	return b, nil
+}
+
+// newMemoryFile makes an empty file for a guest's RAM, private to the
+// daemon (QEMU would create it world-readable), a stale one replaced.
+func newMemoryFile(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("guest memory file: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("guest memory file: %w", err)
+	}
+	return f.Close()
 }
 
 // writeSeed writes the guest config on the seed disk (the workspaces step

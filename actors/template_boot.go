@@ -13,6 +13,7 @@ import (
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/host/netdev"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -26,6 +27,10 @@ type TemplateBoot struct {
 	// StateSHA256 and StateSize are checked before the VMM reads State.
 	StateSHA256 string
 	StateSize   int64
+	// MemorySHA256 and MemorySize, when the guest's memory was saved apart
+	// (vmm.MemPath(State)), are checked before the VMM maps it.
+	MemorySHA256 string
+	MemorySize   int64
 }
 
 // identitySeedBytes is the fresh entropy each resumed guest gets.
@@ -53,31 +58,44 @@ func (a *vmActor) identity(b *bootPlan) *agent.IdentityRequest {
 	return req
 }
 
-// verifyState refuses a state file that is not the one saved: a torn or
-// swapped file must never be half-loaded into a guest. The whole file is
-// hashed once per daemon and file identity (tens of MB: a quarter second of
-// CPU here, per resume otherwise); any write, truncation or replacement
-// changes the identity (ctime cannot be set back), so it is hashed again.
+// verifyState refuses a saved state that is not the one saved: a torn or
+// swapped file must never be half-loaded into a guest. Each of its files is
+// hashed once per daemon and file identity (tens to hundreds of MB: a
+// quarter second of CPU here, per resume otherwise); any write, truncation
+// or replacement changes the identity (ctime cannot be set back), so it is
+// hashed again.
 func verifyState(tb *TemplateBoot) error {
-	f, err := os.Open(tb.State)
+	if err := verifyFile(tb.Name, "state", tb.State, tb.StateSHA256, tb.StateSize); err != nil {
+		return err
+	}
+	if tb.MemorySHA256 == "" {
+		return nil
+	}
+	return verifyFile(tb.Name, "memory", vmm.MemPath(tb.State), tb.MemorySHA256, tb.MemorySize)
+}
+
+// verifyFile checks one file of a template's saved state (what: "state" or
+// "memory") against its recorded size and digest.
+func verifyFile(template, what, path, sum string, size int64) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("template %s: %w", tb.Name, err)
+		return fmt.Errorf("template %s: saved %s: %w", template, what, err)
 	}
 	defer f.Close()
 	id, idErr := stateIdentity(f)
-	if idErr == nil && verifiedStates.has(tb.State, id, tb.StateSHA256) {
+	if idErr == nil && verifiedStates.has(path, id, sum) {
 		return nil
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(f, tb.StateSize+1))
+	n, err := io.Copy(h, io.LimitReader(f, size+1))
 	if err != nil {
-		return fmt.Errorf("template %s: read saved state: %w", tb.Name, err)
+		return fmt.Errorf("template %s: read saved %s: %w", template, what, err)
 	}
-	if n != tb.StateSize || hex.EncodeToString(h.Sum(nil)) != tb.StateSHA256 {
-		return fmt.Errorf("template %s: the saved state is damaged (%d bytes, want %d, or its digest differs): remove the template and make it again", tb.Name, n, tb.StateSize)
+	if n != size || hex.EncodeToString(h.Sum(nil)) != sum {
+		return fmt.Errorf("template %s: the saved %s is damaged (%d bytes, want %d, or its digest differs): remove the template and make it again", template, what, n, size)
 	}
 	if idErr == nil {
-		verifiedStates.add(tb.State, id, tb.StateSHA256)
+		verifiedStates.add(path, id, sum)
 	}
 	return nil
 }
@@ -170,6 +188,6 @@ func TemplateBootFrom(store *state.TemplateStore) func(id string) (*TemplateBoot
 			return nil, fmt.Errorf("template %s is stale: %s changed since it was saved", t.Name, p)
 		}
 		return &TemplateBoot{Name: t.Name, Disk: store.Path(id, state.TemplateDisk), State: store.Path(id, state.TemplateState),
-			StateSHA256: t.StateSHA256, StateSize: t.StateSize}, nil
+			StateSHA256: t.StateSHA256, StateSize: t.StateSize, MemorySHA256: t.MemorySHA256, MemorySize: t.MemorySize}, nil
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/paddock-vm/paddock/host/disk"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/state"
 )
 
@@ -209,7 +210,9 @@ func (a *templatesActor) load(ctx actor.Context) {
 // the verified-state cache with them (the cache would otherwise keep one
 // per template ever made).
 func (a *templatesActor) removeFiles(id string) error {
-	verifiedStates.forget(a.d.Store.Path(id, state.TemplateState))
+	statePath := a.d.Store.Path(id, state.TemplateState)
+	verifiedStates.forget(statePath)
+	verifiedStates.forget(vmm.MemPath(statePath))
 	return a.d.Store.Remove(id)
 }
 
@@ -353,6 +356,14 @@ func (a *templatesActor) build(ctx context.Context, t *state.Template, m *Create
 	}
 	// Hashed just now: the first resume need not read it again.
 	verifiedStates.remember(statePath, t.StateSHA256)
+	// The guest's memory, when the driver saved it apart (vmm.Saver).
+	memPath := vmm.MemPath(statePath)
+	if _, err := os.Lstat(memPath); err == nil {
+		if t.MemorySHA256, t.MemorySize, err = digestFile(memPath); err != nil {
+			return err
+		}
+		verifiedStates.remember(memPath, t.MemorySHA256)
+	}
 	return nil
 }
 

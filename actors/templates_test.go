@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/api"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/imaging"
 	"github.com/paddock-vm/paddock/imaging/imagetest"
 	"github.com/paddock-vm/paddock/state"
@@ -82,6 +84,17 @@ func TestTemplateCreateAndResume(t *testing.T) {
 	tp := r.Template
 	if tp.Status != state.TemplateReady || tp.StateSize == 0 || len(tp.StateSHA256) != 64 || len(tp.Parts) != 1 {
 		t.Fatalf("template %+v", tp)
+	}
+	// The builder's RAM was in a file from boot, moved beside the state.
+	var builderMem string
+	for _, c := range h.fk.vmm.Calls() {
+		if c.Op == "Start" && c.Incoming == "" {
+			builderMem = c.MemoryFile
+		}
+	}
+	memPath := vmm.MemPath(filepath.Join(dir, state.TemplatesDir, tp.ID, state.TemplateState))
+	if mem, err := os.ReadFile(memPath); builderMem == "" || err != nil || tp.MemorySize != int64(len(mem)) || len(tp.MemorySHA256) != 64 {
+		t.Fatalf("the builder's memory file %q, the template's %s: %q %v (template %+v)", builderMem, memPath, mem, err, tp)
 	}
 	vms, err := h.do(t, &ListVMs{Caller: admin})
 	if err != nil || len(vms.VMs) != 0 {
@@ -160,20 +173,35 @@ func TestTemplateCreateAndResume(t *testing.T) {
 	}
 	mu.Unlock()
 
-	// A damaged state: refused, no VMM started for it.
-	if err := os.WriteFile(statePath, []byte("torn"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c2, err := h.do(t, &CreateVM{Caller: alice, Name: "c2", Image: tp.ImageDigest, Template: tp.ID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.do(t, &StartVM{Caller: alice, Ref: "c2"}); err == nil || !strings.Contains(err.Error(), "saved state is damaged") {
-		t.Fatalf("start from a damaged state: %v", err)
-	}
-	for _, c := range h.fk.vmm.Calls() {
-		if c.Op == "Start" && c.VMID == c2.VM.ID {
-			t.Fatalf("a VMM was started on a damaged state")
+	// A damaged memory file, then a damaged state: refused, no VMM
+	// started for either.
+	for i, c := range []struct{ path, want string }{
+		{memPath, "saved memory is damaged"},
+		{statePath, "saved state is damaged"},
+	} {
+		good, err := os.ReadFile(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.path, []byte("torn"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cn, err := h.do(t, &CreateVM{Caller: alice, Name: fmt.Sprintf("c%d", i+2), Image: tp.ImageDigest, Template: tp.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.do(t, &StartVM{Caller: alice, Ref: cn.VM.ID}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("start from a damaged %s: %v", c.path, err)
+		}
+		for _, call := range h.fk.vmm.Calls() {
+			if call.Op == "Start" && call.VMID == cn.VM.ID {
+				t.Fatalf("a VMM was started on a damaged %s", c.path)
+			}
+		}
+		if c.path == memPath {
+			if err := os.WriteFile(c.path, good, 0o600); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 
@@ -273,10 +301,12 @@ func TestTemplatesGoWithTheirImage(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, state.TemplatesDir, ta.Template.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("alice's template files: %v", err)
 	}
+	taState := filepath.Join(dir, state.TemplatesDir, ta.Template.ID, state.TemplateState)
 	verifiedStates.mu.Lock()
-	_, cached := verifiedStates.ok[filepath.Join(dir, state.TemplatesDir, ta.Template.ID, state.TemplateState)]
+	_, cached := verifiedStates.ok[taState]
+	_, memCached := verifiedStates.ok[vmm.MemPath(taState)]
 	verifiedStates.mu.Unlock()
-	if cached {
+	if cached || memCached {
 		t.Fatalf("a removed template's state is still in the verified-state cache")
 	}
 }

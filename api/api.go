@@ -681,14 +681,16 @@ type WorkspaceOut struct {
 
 // Template is a template snapshot as its caller sees it.
 type Template struct {
-	ID         string  `json:"id"`
-	Name       string  `json:"name"`
-	OwnerUID   uint32  `json:"owner_uid"`
-	Image      string  `json:"image"`
-	CPUs       int     `json:"cpus"`
-	Memory     int64   `json:"memory"`
-	DiskSize   int64   `json:"disk_size"`
-	Network    string  `json:"network,omitempty"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	OwnerUID uint32 `json:"owner_uid"`
+	Image    string `json:"image"`
+	CPUs     int    `json:"cpus"`
+	Memory   int64  `json:"memory"`
+	DiskSize int64  `json:"disk_size"`
+	Network  string `json:"network,omitempty"`
+	// StateBytes is the saved state with the guest memory saved apart
+	// (its size: a sparse file whose unused pages take no disk).
 	StateBytes int64   `json:"state_bytes"`
 	SaveMS     float64 `json:"save_ms"`
 	Created    string  `json:"created"`

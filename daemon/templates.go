@@ -69,7 +69,7 @@ func renameSync(from, to string) error {
 
 func templateToAPI(t *state.Template) api.Template {
 	return api.Template{ID: t.ID, Name: t.Name, OwnerUID: t.OwnerUID, Image: t.Image, CPUs: t.CPUs, Memory: t.Memory, DiskSize: t.DiskSize,
-		Network: t.Network, StateBytes: t.StateSize, SaveMS: t.SaveMS, Created: t.Created.Format(time.RFC3339)}
+		Network: t.Network, StateBytes: t.StateSize + t.MemorySize, SaveMS: t.SaveMS, Created: t.Created.Format(time.RFC3339)}
 }
 
 func (d *Daemon) createTemplate(ctx context.Context, c *varlink.Call) error {

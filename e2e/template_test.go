@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,7 +15,9 @@ import (
 	"time"
 
 	"github.com/paddock-vm/paddock/actors"
+	"github.com/paddock-vm/paddock/host/vmm"
 	"github.com/paddock-vm/paddock/internal/testenv"
+	"github.com/paddock-vm/paddock/state"
 )
 
 // Template snapshots: one guest booted and saved, ten VMs resumed from it
@@ -38,6 +43,18 @@ func TestTemplates(t *testing.T) {
 	if out := e.cli(t, nil, "ls").ok(t, "ls"); strings.Contains(out, "template-") {
 		t.Fatalf("the builder VM is left: %q", out)
 	}
+	// The builder's RAM became the template's memory file: the saved state
+	// beside it holds the devices only. Its digest is checked again at the
+	// end: no clone writes it.
+	mems, _ := filepath.Glob(filepath.Join(e.state, state.TemplatesDir, "*", state.TemplateState))
+	if len(mems) != 1 {
+		t.Fatalf("template state files: %q", mems)
+	}
+	statePath := mems[0]
+	if st, err := os.Stat(statePath); err != nil || st.Size() > 1<<20 {
+		t.Fatalf("saved state %v (%v): want the device state only, under 1 MiB", st, err)
+	}
+	memSum := fileDigest(t, vmm.MemPath(statePath))
 	// The saved clock is behind by now; the identity step must step it.
 	time.Sleep(3 * time.Second)
 
@@ -145,6 +162,9 @@ func TestTemplates(t *testing.T) {
 		e.cli(t, nil, "rm", "-f", fmt.Sprintf("c%d", i)).ok(t, "rm")
 	}
 	e.cli(t, nil, "rm", "-f", "late", "cold", "aged").ok(t, "rm late cold aged")
+	if fileDigest(t, vmm.MemPath(statePath)) != memSum {
+		t.Fatal("the template's memory file changed under its clones")
+	}
 	// The template uses its image: removing the image is refused naming it.
 	if r := e.cli(t, nil, "image", "rm", demo); r.code == 0 || !strings.Contains(r.stderr, "template tmpl") {
 		t.Fatalf("image rm while a template uses it: %d %q", r.code, r.stderr)
@@ -235,4 +255,21 @@ func TestTemplateCrashPoints(t *testing.T) {
 		}
 	}
 	e.cli(t, nil, "template", "rm", "t").ok(t, "template rm")
+}
+
+// fileDigest is the sha256 of the file at path.
+func fileDigest(t *testing.T, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
 }

@@ -20,7 +20,7 @@ const (
 
 // Files of a template's directory.
 const (
-	TemplateState = "state"    // the saved VMM state (QEMU migration stream)
+	TemplateState = "state"    // the saved VMM state (its memory apart beside it: vmm.MemPath)
 	TemplateDisk  = "disk.raw" // the guest's disk when it was saved, read-only from then on
 	templateMeta  = "template.json"
 )
@@ -59,6 +59,11 @@ type Template struct {
 
 	StateSHA256 string `json:"state_sha256,omitempty"`
 	StateSize   int64  `json:"state_size,omitempty"`
+	// MemorySHA256 and MemorySize describe the guest's memory when it was
+	// saved apart from the state (QEMU with the builder's
+	// RAM in a file, Firecracker always); empty when the state holds it.
+	MemorySHA256 string `json:"memory_sha256,omitempty"`
+	MemorySize   int64  `json:"memory_size,omitempty"`
 	// SaveMS is what the save took, for inspect.
 	SaveMS float64 `json:"save_ms,omitempty"`
 }

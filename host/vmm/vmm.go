@@ -163,13 +163,19 @@ type Driver interface {
 // (templates). The guest is left paused; the caller ends the VMM.
 //
 // path is always the first file written; a driver may write more beside
-// it, all listed in Saved.Files (QEMU: path alone, one migration stream;
-// Firecracker: path is the VM state, path+".mem" the guest memory). The
-// caller hashes, keeps and removes them together; a resume needs them all
-// where Save put them. On failure Save removes what it wrote.
+// it, all listed in Saved.Files: path is the device state (QEMU: the
+// migration stream), MemPath(path) the guest memory when it is apart
+// (Firecracker always; QEMU when the guest booted with Spec.MemoryFile,
+// else its stream holds the memory too). The caller hashes, keeps and
+// removes them together; a resume needs them all where Save put them. On
+// failure Save removes what it wrote.
 type Saver interface {
 	Save(ctx context.Context, p *Process, path string) (Saved, error)
 }
+
+// MemPath is the guest memory file of the saved state at state, when the
+// memory is saved apart from the device state.
+func MemPath(state string) string { return state + ".mem" }
 
 // Saved describes a saved state.
 type Saved struct {
@@ -316,6 +322,14 @@ type Spec struct {
 	// disks, the network device) must be what it was at the save; files and
 	// sockets may differ.
 	Incoming string
+	// MemoryFile, for a guest booted to be saved, puts its RAM in this
+	// file from the start, the file shared with the guest (created 0600 by
+	// the caller, empty, on a file system that is not memory). Save then
+	// writes only the device state and moves the file to MemPath(path): a
+	// template's memory is never copied, and every resume maps it
+	// copy-on-write (file pages shared between clones until written). A
+	// driver that saves memory at Save anyway (Firecracker) ignores it.
+	MemoryFile string
 }
 
 // Process is the handle of a running VMM: JSON-serializable, persisted by
@@ -349,6 +363,9 @@ type Process struct {
 	RunDir string `json:"run_dir,omitempty"`
 	// Accel is the accelerator actually used (kvm or tcg; QEMU).
 	Accel string `json:"accel,omitempty"`
+	// MemoryFile is the file the guest's RAM is shared with (Spec.MemoryFile
+	// at a boot; "" when the RAM is the VMM's own or mapped privately).
+	MemoryFile string `json:"memory_file,omitempty"`
 }
 
 // Tag is the tag a VM's VMM carries on its command line.

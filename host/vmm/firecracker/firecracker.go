@@ -26,7 +26,7 @@
 //
 // Saved states (templates, vmm.Saver): Save pauses the guest (PATCH /vm)
 // and writes a full snapshot (PUT /snapshot/create): the VM state to the
-// given path, the guest memory to MemPath(path). A resume (Spec.Incoming)
+// given path, the guest memory to vmm.MemPath(path). A resume (Spec.Incoming)
 // starts a bare Firecracker and loads both (PUT /snapshot/load, memory
 // mapped privately: the files are never written, any number of VMs resume
 // from them), pointing the vsock device and the tap at this VM's
@@ -101,10 +101,6 @@ func (d *Driver) Name() string { return Name }
 // Paths of a VM's files under its RunDir.
 func apiPath(runDir string) string     { return filepath.Join(runDir, "firecracker.sock") }
 func consolePath(runDir string) string { return filepath.Join(runDir, "console.fifo") }
-
-// MemPath is the guest memory file of the saved state at state (Save
-// writes both; a resume reads both).
-func MemPath(state string) string { return state + ".mem" }
 
 // API bodies (the subset of Firecracker's definitions paddock sets).
 type (

@@ -15,7 +15,7 @@ import (
 )
 
 // Save pauses p's guest and writes a full snapshot of it: the VM state to
-// path, the guest memory to MemPath(path), both new files, fsynced. The
+// path, the guest memory to vmm.MemPath(path), both new files, fsynced. The
 // guest stays paused: the caller kills the VMM (the guest must not run on
 // from the disks the state belongs to). On failure the files are removed;
 // a Firecracker still writing them when ctx ends writes into unlinked
@@ -29,7 +29,7 @@ func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Sav
 	if err := d.RequireRunning(p); err != nil {
 		return vmm.Saved{}, err
 	}
-	files := []string{path, MemPath(path)}
+	files := []string{path, vmm.MemPath(path)}
 	for _, f := range files {
 		// Firecracker truncates what is there; never overwrite another state
 		if _, err := os.Lstat(f); !errors.Is(err, fs.ErrNotExist) {
@@ -90,7 +90,7 @@ func checkSaved(state string) error {
 	if !filepath.IsAbs(state) {
 		return fmt.Errorf("%w: saved state %q must be an absolute path", vmm.ErrInvalidSpec, state)
 	}
-	for _, f := range []struct{ what, path string }{{"saved state", state}, {"guest memory file of saved state " + state, MemPath(state)}} {
+	for _, f := range []struct{ what, path string }{{"saved state", state}, {"guest memory file of saved state " + state, vmm.MemPath(state)}} {
 		fh, err := os.Open(f.path)
 		if err != nil {
 			return fmt.Errorf("%w: %s: %w", vmm.ErrInvalidSpec, f.what, err)
@@ -119,7 +119,7 @@ func (d *Driver) restore(ctx context.Context, p *vmm.Process, spec vmm.Spec) err
 	}
 	load := snapshotLoad{
 		SnapshotPath: spec.Incoming,
-		MemBackend:   memBackend{BackendType: "File", BackendPath: MemPath(spec.Incoming)},
+		MemBackend:   memBackend{BackendType: "File", BackendPath: vmm.MemPath(spec.Incoming)},
 		// not resume_vm: until PATCH /drives the drives are the saved VM's
 		ResumeVM:      false,
 		VsockOverride: &vsockOverride{UDSPath: spec.VsockUDS},

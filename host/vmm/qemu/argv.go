@@ -23,6 +23,10 @@ const maxCmdline = 2048
 // to start rather than run unconfined.
 var SandboxArgs = []string{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}
 
+// ramID names the guest RAM's memory backend when it is a file: the same
+// at the save and at every resume (migration matches RAM blocks by name).
+const ramID = "pdk-ram"
+
 // defaultMAC is the virtio-net MAC when the tap has none.
 const defaultMAC = "02:00:00:00:00:02"
 
@@ -68,6 +72,12 @@ type Machine struct {
 	// Serial is the -serial backend ("null" when empty), e.g. "chardev:con"
 	// or "file:/path/console.log".
 	Serial string
+	// MemoryFile backs the guest's RAM with a file instead of QEMU's own
+	// memory: shared with the file when MemoryShared (a guest booted to be
+	// saved: the file is its RAM), else mapped copy-on-write (a resume from
+	// it: the file is never written).
+	MemoryFile   string
+	MemoryShared bool
 }
 
 // HostTSCkHz reads the TSC rate from /proc/cpuinfo ("cpu MHz" × 1000),
@@ -160,7 +170,17 @@ func (m *Machine) Args() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := []string{"-M", "microvm,pit=off,pic=off,rtc=on"}
+	machine := "microvm,pit=off,pic=off,rtc=on"
+	var ram []string
+	if m.MemoryFile != "" {
+		share := "off"
+		if m.MemoryShared {
+			share = "on"
+		}
+		machine += ",memory-backend=" + ramID
+		ram = []string{"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", ramID, mem, qemuEscape(m.MemoryFile), share)}
+	}
+	a := append([]string{"-M", machine}, ram...)
 	switch m.Accel {
 	case "", vmm.AccelTCG:
 		a = append(a, "-accel", "tcg,tb-size="+strconv.Itoa(tcgCodeCacheMiB), "-cpu", "max")
@@ -229,6 +249,7 @@ func (d *Driver) Argv(spec vmm.Spec, accel string) ([]string, error) {
 		Kernel: spec.Kernel, Initrd: spec.Initrd, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: accel,
 		TSCkHz: d.TSCkHz, Cmdline: spec.Cmdline, Disks: spec.Disks, Tap: spec.Tap, Stream: spec.Stream,
 		ControlSocket: spec.ControlSocket, ControlPort: spec.ControlPort, Serial: "chardev:con",
+		MemoryFile: spec.MemoryFile, MemoryShared: spec.Incoming == "",
 	}
 	args, err := m.Args()
 	if err != nil {

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -407,8 +409,22 @@ func TestPowerButton(t *testing.T) {
 // continue the same boot (same boot id, the file written before the save),
 // neither sees the other's writes, the frozen layer is unchanged, and a
 // truncated state file fails the start with QEMU's reason and leaves
-// nothing behind.
+// nothing behind. Both ways: the guest's RAM in the migration stream, and
+// its RAM in a file from boot (Spec.MemoryFile), where the stream holds
+// the devices only, the file is moved beside it and no resume writes it.
 func TestSaveRestore(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		inRAM bool // the RAM in a file from boot
+	}{
+		{"whole stream", false},
+		{"memory in a file", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testSaveRestore(t, tc.inRAM) })
+	}
+}
+
+func testSaveRestore(t *testing.T, memoryFile bool) {
 	f := getFixture(t)
 	tmp := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -442,8 +458,18 @@ func TestSaveRestore(t *testing.T) {
 
 	// --- the template: boot, leave a mark in RAM and on disk, save
 	layer := overlay("template.qcow2", root, "raw")
+	ts := spec(layer, "run-t", "")
+	if memoryFile {
+		ts.MemoryFile = filepath.Join(tmp, "ram")
+		if err := os.WriteFile(ts.MemoryFile, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bootAt := time.Now()
-	tp := start(spec(layer, "run-t", ""))
+	tp := start(ts)
+	if tp.MemoryFile != ts.MemoryFile {
+		t.Fatalf("Process.MemoryFile %q, want %q", tp.MemoryFile, ts.MemoryFile)
+	}
 	c := agentClient(t, ctx, tp)
 	bootTook := time.Since(bootAt)
 	bootID := run(t, ctx, c, "echo saved-in-ram >/run/mark; echo saved-on-disk >/data/mark; sync; cat /proc/sys/kernel/random/boot_id")
@@ -453,14 +479,35 @@ func TestSaveRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(saved.Files) != 1 || saved.Files[0] != state {
-		t.Fatalf("Saved.Files %q, want [%s]", saved.Files, state)
+	want := []string{state}
+	if memoryFile {
+		want = append(want, vmm.MemPath(state))
+	}
+	if !slices.Equal(saved.Files, want) {
+		t.Fatalf("Saved.Files %q, want %q", saved.Files, want)
 	}
 	if st, err := d.Status(ctx, tp); err != nil || st != "postmigrate" {
 		t.Fatalf("after Save the guest is %q (%v), want it paused (postmigrate)", st, err)
 	}
 	if err := d.Kill(ctx, tp); err != nil {
 		t.Fatal(err)
+	}
+	stateSize := fileSize(t, state)
+	var ramSum [32]byte
+	if memoryFile {
+		// The stream holds the devices only; the RAM moved, whole.
+		if stateSize > 1<<20 {
+			t.Errorf("state %d bytes with the memory apart, want the device state only (< 1 MiB)", stateSize)
+		}
+		if _, err := os.Stat(ts.MemoryFile); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the guest memory file is still at %s after the save (%v)", ts.MemoryFile, err)
+		}
+		if n := fileSize(t, vmm.MemPath(state)); n != 256<<20 {
+			t.Errorf("memory file %d bytes, want the guest's 256 MiB", n)
+		}
+		ramSum = sha256.Sum256(mustRead(t, vmm.MemPath(state)))
+	} else if stateSize < 16<<20 {
+		t.Errorf("whole state %d bytes: the guest's RAM is missing from it", stateSize)
 	}
 	frozen, err := os.ReadFile(layer)
 	if err != nil {
@@ -472,9 +519,12 @@ func TestSaveRestore(t *testing.T) {
 	for i, name := range []string{"a", "b"} {
 		at := time.Now()
 		p := start(spec(overlay("clone-"+name+".qcow2", layer, "qcow2"), "run-"+name, state))
+		if p.MemoryFile != "" {
+			t.Errorf("a resume shares its RAM with %s: it must map it privately", p.MemoryFile)
+		}
 		c := agentClient(t, ctx, p)
 		restoreTook = append(restoreTook, time.Since(at))
-		got := run(t, ctx, c, "cat /proc/sys/kernel/random/boot_id /run/mark /data/mark; cat /data/only-a 2>/dev/null; echo "+name+" >/data/only-"+name+"; sync")
+		got := run(t, ctx, c, "cat /proc/sys/kernel/random/boot_id /run/mark /data/mark; cat /data/only-a 2>/dev/null; echo "+name+" >/data/only-"+name+"; echo "+name+" >/run/mark; sync")
 		want := bootID + "saved-in-ram\nsaved-on-disk\n"
 		if i == 1 && got != want {
 			t.Fatalf("clone b sees %q, want %q (not a's write)", got, want)
@@ -490,13 +540,21 @@ func TestSaveRestore(t *testing.T) {
 	if now, err := os.ReadFile(layer); err != nil || !bytes.Equal(now, frozen) {
 		t.Fatalf("the frozen layer changed under its clones (%v)", err)
 	}
+	if memoryFile && sha256.Sum256(mustRead(t, vmm.MemPath(state))) != ramSum {
+		t.Fatal("the saved memory file changed under its clones")
+	}
 
 	// --- a truncated state: refused by QEMU, nothing left
 	bad := filepath.Join(tmp, "bad-state")
-	if err := os.WriteFile(bad, mustRead(t, state)[:saved.Bytes/2], 0o600); err != nil {
+	if err := os.WriteFile(bad, mustRead(t, state)[:stateSize/2], 0o600); err != nil {
 		t.Fatal(err)
 	}
 	bs := spec(overlay("clone-bad.qcow2", layer, "qcow2"), "run-bad", bad)
+	if memoryFile {
+		if err := os.Link(vmm.MemPath(state), vmm.MemPath(bad)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if p, err := d.Start(ctx, bs); err == nil {
 		_ = d.Kill(ctx, p)
 		t.Fatal("a truncated state file started a VM")
@@ -511,8 +569,17 @@ func TestSaveRestore(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(bs.RunDir, "qmp.sock")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the refused start left its QMP socket: %v", err)
 	}
-	t.Logf("FIGURES: cold Start → agent hello %.2f s | Save %d MiB in %.2f s | restore Start → agent hello %.2f s, %.2f s",
-		bootTook.Seconds(), saved.Bytes>>20, saved.Took.Seconds(), restoreTook[0].Seconds(), restoreTook[1].Seconds())
+	t.Logf("FIGURES: cold Start → agent hello %.2f s | Save %d MiB in %.3f s (state %d KiB) | restore Start → agent hello %.2f s, %.2f s",
+		bootTook.Seconds(), saved.Bytes>>20, saved.Took.Seconds(), stateSize>>10, restoreTook[0].Seconds(), restoreTook[1].Seconds())
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
 }
 
 func mustRead(t *testing.T, path string) []byte {

@@ -42,6 +42,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,6 +128,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	if err != nil {
 		return nil, err
 	}
+	if spec.MemoryFile, err = memoryFile(spec); err != nil {
+		return nil, err
+	}
 	argv, err := d.Argv(spec, accel)
 	if err != nil {
 		return nil, err
@@ -137,11 +141,14 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 		ControlSocket: spec.ControlSocket, ControlKind: vmm.ControlVirtioSerial,
 		ConsoleSocket: consolePath(spec.RunDir), ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax,
 	}
+	if spec.Incoming == "" {
+		p.MemoryFile = spec.MemoryFile
+	}
 	p.Sockets = []string{p.APISocket, p.ConsoleSocket, p.ControlSocket}
 	if err := vmm.PrepareRunDir(p); err != nil {
 		return nil, err
 	}
-	boot := func(ctx context.Context) error { return d.boot(ctx, p, spec.Incoming) }
+	boot := func(ctx context.Context) error { return d.boot(ctx, p, spec.Incoming, spec.MemoryFile != "") }
 	// A TCG guest's VMM runs without transparent huge pages (see
 	// vmm.Command.NoHugePages), booted or restored: restores from a
 	// template with them were faster run back to back on a quiet host
@@ -154,16 +161,35 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error)
 	return p, nil
 }
 
-// boot waits for QMP, loads the saved state when there is one, attaches
-// the console and resumes the paused guest.
-func (d *Driver) boot(ctx context.Context, p *vmm.Process, incoming string) error {
+// memoryFile is the file spec's guest RAM lives in: at a boot the caller's
+// (Spec.MemoryFile), at a resume the saved memory beside the state when the
+// state was saved without it (a whole migration stream has none).
+func memoryFile(spec vmm.Spec) (string, error) {
+	if spec.Incoming == "" {
+		return spec.MemoryFile, nil
+	}
+	mem := vmm.MemPath(spec.Incoming)
+	switch _, err := os.Stat(mem); {
+	case err == nil:
+		return mem, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return "", nil
+	default:
+		return "", fmt.Errorf("restore state: its memory: %w", err)
+	}
+}
+
+// boot waits for QMP, loads the saved state when there is one (its RAM
+// apart, in a file, when ramApart), attaches the console and resumes the
+// paused guest.
+func (d *Driver) boot(ctx context.Context, p *vmm.Process, incoming string, ramApart bool) error {
 	q, err := d.waitQMP(ctx, p)
 	if err != nil {
 		return err
 	}
 	defer q.Close()
 	if incoming != "" {
-		if err := q.restore(ctx, incoming); err != nil {
+		if err := q.restore(ctx, incoming, ramApart); err != nil {
 			return err
 		}
 	}

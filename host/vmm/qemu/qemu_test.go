@@ -173,6 +173,64 @@ func TestArgv(t *testing.T) {
 	}
 }
 
+// The guest's RAM in a file: shared with it at a boot (the template's
+// builder), mapped privately at a resume; the backend's id is the same
+// both times (migration matches RAM blocks by it).
+func TestArgvMemoryFile(t *testing.T) {
+	d := &Driver{TSCkHz: 2000000}
+	for _, tc := range []struct {
+		name, mem, incoming string
+		machine             string
+		object              []string
+	}{
+		{"QEMU's own memory", "", "", "microvm,pit=off,pic=off,rtc=on", nil},
+		{"boot to be saved", "/s/vm,1/memory", "", "microvm,pit=off,pic=off,rtc=on,memory-backend=pdk-ram",
+			[]string{"memory-backend-file,id=pdk-ram,size=512M,mem-path=/s/vm,,1/memory,share=on"}},
+		{"resume", "/t/state.mem", "/t/state", "microvm,pit=off,pic=off,rtc=on,memory-backend=pdk-ram",
+			[]string{"memory-backend-file,id=pdk-ram,size=512M,mem-path=/t/state.mem,share=off"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := testSpec(t)
+			s.MemoryFile, s.Incoming = tc.mem, tc.incoming
+			argv, err := d.Argv(s, vmm.AccelTCG)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := argAfter(argv, "-M"); !slices.Equal(got, []string{tc.machine}) {
+				t.Errorf("-M %q, want %q", got, tc.machine)
+			}
+			if got := argAfter(argv, "-object"); !slices.Equal(got, tc.object) {
+				t.Errorf("-object %q, want %q", got, tc.object)
+			}
+		})
+	}
+}
+
+// A resume takes the saved memory beside the state when there is one (a
+// state saved with its RAM apart), else none (a whole migration stream).
+func TestResumeFindsSavedMemory(t *testing.T) {
+	dir := t.TempDir()
+	apart, whole := filepath.Join(dir, "apart"), filepath.Join(dir, "whole")
+	for _, p := range []string{apart, vmm.MemPath(apart), whole} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		spec vmm.Spec
+		want string
+	}{
+		{"boot", vmm.Spec{MemoryFile: "/m"}, "/m"},
+		{"resume, memory apart", vmm.Spec{Incoming: apart, MemoryFile: "/ignored"}, vmm.MemPath(apart)},
+		{"resume, whole stream", vmm.Spec{Incoming: whole}, ""},
+	} {
+		if got, err := memoryFile(tc.spec); err != nil || got != tc.want {
+			t.Errorf("%s: %q %v, want %q", tc.name, got, err, tc.want)
+		}
+	}
+}
+
 // TestArgvControlChannel is the boot contract of the agent's channel: the
 // guest reads exactly one paddock.ctl from the -append line (parsed the way
 // the agent parses it), naming the virtio-serial port QEMU serves on the

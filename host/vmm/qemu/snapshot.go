@@ -19,6 +19,19 @@ import (
 // descriptor (QMP getfd over the QMP socket) and migrated with "fd:".
 // Migration then reads or writes the regular file directly. Completion is
 // the MIGRATION event (capability "events"), not a poll.
+//
+// A guest booted with its RAM in a file (Spec.MemoryFile, shared) is saved
+// with the "x-ignore-shared" capability: the stream then holds the device
+// state only (~60 KB instead of the ~76 MB of RAM a booted guest has
+// touched, written in ms), and the RAM file is moved beside it
+// (vmm.MemPath). A resume maps that file privately (share=off: pages are
+// read from the file and copied only when the guest writes them) with the
+// same capability, so nothing is copied into guest memory at all: QEMU exec
+// → running went from ~240 to ~30 ms here, and clones share the template's
+// pages in the page cache. Every resume opens the file read-write (QEMU 7.2
+// maps a read-only backend read-only for the guest too), so its integrity
+// rests on the caller's hash and on the file being written by no one after
+// the save.
 
 // saveBandwidth lifts QEMU's default migration cap (128 MiB/s): a save to
 // a local file is bounded by the disk, not the network it was made for.
@@ -57,7 +70,7 @@ func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Sav
 		args any
 	}{
 		{"stop", nil},
-		{"migrate-set-capabilities", map[string]any{"capabilities": []any{map[string]any{"capability": "events", "state": true}}}},
+		{"migrate-set-capabilities", capabilities(p.MemoryFile != "")},
 		{"migrate-set-parameters", map[string]any{"max-bandwidth": saveBandwidth}},
 	}
 	for _, s := range steps {
@@ -86,20 +99,68 @@ func (d *Driver) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Sav
 	if err != nil {
 		return vmm.Saved{}, fmt.Errorf("save state: %w", err)
 	}
+	saved := vmm.Saved{Bytes: st.Size(), Files: []string{path}}
+	if p.MemoryFile != "" {
+		n, err := moveMemory(p.MemoryFile, vmm.MemPath(path))
+		if err != nil {
+			return vmm.Saved{}, fmt.Errorf("save state: %w", err)
+		}
+		saved.Bytes += n
+		saved.Files = append(saved.Files, vmm.MemPath(path))
+	}
 	ok = true
-	return vmm.Saved{Bytes: st.Size(), Took: time.Since(start), Files: []string{path}}, nil
+	saved.Took = time.Since(start)
+	return saved, nil
+}
+
+// moveMemory makes the paused guest's RAM file durable and moves it to
+// dst (a new name: never over another state's), returning its size. Both
+// must be on one file system (the caller's state directory): a copy would
+// be the very cost the shared RAM saves.
+func moveMemory(src, dst string) (int64, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return 0, fmt.Errorf("guest memory file: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("guest memory file: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("guest memory file: %w", err)
+	}
+	if err := os.Link(src, dst); err != nil {
+		return 0, fmt.Errorf("move the guest memory file beside the state: %w", err)
+	}
+	if err := os.Remove(src); err != nil {
+		_ = os.Remove(dst)
+		return 0, fmt.Errorf("move the guest memory file beside the state: %w", err)
+	}
+	return st.Size(), nil
+}
+
+// capabilities is migrate-set-capabilities' argument: completion events,
+// and with ramApart the RAM left out of the stream (x-ignore-shared).
+func capabilities(ramApart bool) map[string]any {
+	caps := []any{map[string]any{"capability": "events", "state": true}}
+	if ramApart {
+		caps = append(caps, map[string]any{"capability": "x-ignore-shared", "state": true})
+	}
+	return map[string]any{"capabilities": caps}
 }
 
 // restore loads the state file at path into a VMM started with
-// "-incoming defer" (and -S: it stays paused until the caller's cont). A
-// file QEMU cannot load makes QEMU exit; the error then says so.
-func (q *qmpConn) restore(ctx context.Context, path string) error {
+// "-incoming defer" (and -S: it stays paused until the caller's cont), its
+// RAM already mapped from a file when ramApart. A file QEMU cannot load
+// makes QEMU exit; the error then says so.
+func (q *qmpConn) restore(ctx context.Context, path string, ramApart bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("restore state: %w", err)
 	}
 	defer f.Close()
-	if err := q.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []any{map[string]any{"capability": "events", "state": true}}}, nil); err != nil {
+	if err := q.execute(ctx, "migrate-set-capabilities", capabilities(ramApart), nil); err != nil {
 		return fmt.Errorf("restore state: %w", err)
 	}
 	if err := q.passFile(ctx, migrateFD, f); err != nil {

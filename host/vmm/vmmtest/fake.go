@@ -19,6 +19,8 @@ type Call struct {
 	VMID     string
 	Timeout  time.Duration // Stop
 	Incoming string        // Start: the state resumed; Save: the file written
+	// MemoryFile is the RAM file a Start shares its guest's memory with.
+	MemoryFile string
 }
 
 type proc struct {
@@ -94,7 +96,7 @@ func (f *Fake) SetStartHook(h func(ctx context.Context, spec vmm.Spec) error) {
 
 // Start records the call and creates a running fake VMM.
 func (f *Fake) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
-	if err := f.record(Call{Op: "Start", VMID: spec.VMID, Incoming: spec.Incoming}); err != nil {
+	if err := f.record(Call{Op: "Start", VMID: spec.VMID, Incoming: spec.Incoming, MemoryFile: spec.MemoryFile}); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
@@ -123,13 +125,21 @@ func (f *Fake) Start(ctx context.Context, spec vmm.Spec) (*vmm.Process, error) {
 		Cmdline: []string{"fake-vmm", "-name", vmm.Tag(spec.VMID)}, RunDir: spec.RunDir,
 		ControlSocket: spec.ControlSocket, ControlKind: vmm.ControlVirtioSerial,
 		ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax, Accel: vmm.AccelTCG}
+	if spec.MemoryFile != "" && spec.Incoming == "" {
+		// The guest's RAM, shared with the file as QEMU's would be.
+		if err := os.WriteFile(spec.MemoryFile, []byte("memory of "+spec.VMID), 0o600); err != nil {
+			return nil, err
+		}
+		p.MemoryFile = spec.MemoryFile
+	}
 	f.procs[spec.VMID] = &proc{p: p, done: make(chan struct{})}
 	out := p
 	return &out, nil
 }
 
 // Save records the call and writes "state of VMID" to path (a new file),
-// the fake VMM left running (paused, as the driver leaves it).
+// the fake VMM left running (paused, as the driver leaves it); a guest
+// whose RAM is in a file has that file moved to vmm.MemPath(path).
 func (f *Fake) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Saved, error) {
 	if err := f.record(Call{Op: "Save", VMID: p.VMID, Incoming: path}); err != nil {
 		return vmm.Saved{}, err
@@ -146,7 +156,13 @@ func (f *Fake) Save(ctx context.Context, p *vmm.Process, path string) (vmm.Saved
 	if cerr := fh.Close(); err == nil {
 		err = cerr
 	}
-	return vmm.Saved{Bytes: int64(len(data)), Files: []string{path}}, err
+	saved := vmm.Saved{Bytes: int64(len(data)), Files: []string{path}}
+	if err == nil && p.MemoryFile != "" {
+		if err = os.Rename(p.MemoryFile, vmm.MemPath(path)); err == nil {
+			saved.Files = append(saved.Files, vmm.MemPath(path))
+		}
+	}
+	return saved, err
 }
 
 // lookup returns the fake VMM p names, nil when p is not (or no longer) it.
