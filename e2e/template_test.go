@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,7 +52,7 @@ func TestTemplates(t *testing.T) {
 	if st, err := os.Stat(statePath); err != nil || st.Size() > 1<<20 {
 		t.Fatalf("saved state %v (%v): want the device state only, under 1 MiB", st, err)
 	}
-	memSum := fileDigest(t, vmm.MemPath(statePath))
+	memSum := testenv.FileSHA256(t, vmm.MemPath(statePath))
 	// The saved clock is behind by now; the identity step must step it.
 	time.Sleep(3 * time.Second)
 
@@ -162,7 +160,7 @@ func TestTemplates(t *testing.T) {
 		e.cli(t, nil, "rm", "-f", fmt.Sprintf("c%d", i)).ok(t, "rm")
 	}
 	e.cli(t, nil, "rm", "-f", "late", "cold", "aged").ok(t, "rm late cold aged")
-	if fileDigest(t, vmm.MemPath(statePath)) != memSum {
+	if testenv.FileSHA256(t, vmm.MemPath(statePath)) != memSum {
 		t.Fatal("the template's memory file changed under its clones")
 	}
 	// The template uses its image: removing the image is refused naming it.
@@ -255,21 +253,4 @@ func TestTemplateCrashPoints(t *testing.T) {
 		}
 	}
 	e.cli(t, nil, "template", "rm", "t").ok(t, "template rm")
-}
-
-// fileDigest is the sha256 of the file at path.
-func fileDigest(t *testing.T, path string) [32]byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	return sum
 }

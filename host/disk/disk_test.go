@@ -77,7 +77,7 @@ func TestBackends(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			opts, images := backendEnv(t, name)
 			base := makeBase(t, images, testBaseSize, testDataSize)
-			baseHash := fileHash(t, base)
+			baseHash := testenv.FileSHA256(t, base)
 			b, err := Get(name, opts)
 			if err != nil {
 				t.Fatal(err)
@@ -145,7 +145,7 @@ func TestBackends(t *testing.T) {
 					default:
 						t.Fatalf("format %q", d.Format)
 					}
-					if fileHash(t, base) != baseHash {
+					if testenv.FileSHA256(t, base) != baseHash {
 						t.Fatal("the base changed")
 					}
 
@@ -203,7 +203,7 @@ func TestBackends(t *testing.T) {
 					if got := dirList(t, vmDir); !slices.Equal(got, []string{"vm.json"}) {
 						t.Errorf("after Release the vm dir holds %v", got)
 					}
-					if fileHash(t, base) != baseHash {
+					if testenv.FileSHA256(t, base) != baseHash {
 						t.Fatal("the base changed")
 					}
 					looptest.NoLoopsOn(t, vmDir, base)
@@ -485,7 +485,7 @@ func TestSparseCopyKeepsHoles(t *testing.T) {
 			} else if err := sparseCopyFile(context.Background(), d, s, 32<<20); err != nil {
 				t.Fatal(err)
 			}
-			if fileHash(t, dst) != fileHash(t, src) {
+			if testenv.FileSHA256(t, dst) != testenv.FileSHA256(t, src) {
 				t.Fatal("content differs")
 			}
 			if a := allocated(t, dst); a > 1<<20 {

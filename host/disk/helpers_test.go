@@ -1,8 +1,6 @@
 package disk
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -59,20 +57,6 @@ func makeBase(t testing.TB, dir string, size, dataSize int64) string {
 		t.Fatal(err)
 	}
 	return base
-}
-
-func fileHash(t testing.TB, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // dirList is the sorted names in dir.

@@ -7,8 +7,11 @@
 package testenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -120,4 +123,20 @@ func RequireKernel(t testing.TB) (vmlinuz, modules string) {
 		t.Fatal(err)
 	}
 	return v, m
+}
+
+// FileSHA256 is the hex sha256 of the file at path (to show that a file
+// was, or was not, written).
+func FileSHA256(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
