@@ -311,6 +311,52 @@ func TestTemplatesGoWithTheirImage(t *testing.T) {
 	}
 }
 
+// After a start, the saved states are checked in the background: the
+// first resume finds them hashed. A damaged one is kept (and refused when
+// used), the others checked all the same.
+func TestTemplatesCheckedAfterStart(t *testing.T) {
+	dir := t.TempDir()
+	h, _ := startTemplates(t, dir)
+	alice := Caller{UID: 1001}
+	var paths []string
+	for _, name := range []string{"good", "torn"} {
+		r, err := h.tmpl(t, &CreateTemplate{Caller: alice, Name: name, Image: "alpine"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := filepath.Join(dir, state.TemplatesDir, r.Template.ID, state.TemplateState)
+		paths = append(paths, st, vmm.MemPath(st))
+	}
+	h.sys.Shutdown()
+	// A new daemon: nothing verified yet; one template's memory torn.
+	for _, p := range paths {
+		verifiedStates.forget(p)
+	}
+	if err := os.WriteFile(paths[3], []byte("torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := startTemplates(t, dir)
+	cached := func(p string) bool {
+		verifiedStates.mu.Lock()
+		defer verifiedStates.mu.Unlock()
+		_, ok := verifiedStates.ok[p]
+		return ok
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !(cached(paths[0]) && cached(paths[1]) && cached(paths[2])) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the saved states were not checked after the start: %v %v %v", cached(paths[0]), cached(paths[1]), cached(paths[2]))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if cached(paths[3]) {
+		t.Fatal("a torn memory file counts as verified")
+	}
+	if r, err := h2.tmpl(t, &ListTemplates{Caller: alice}); err != nil || len(r.Templates) != 2 {
+		t.Fatalf("templates after the check: %+v %v (the damaged one is kept, refused when used)", r, err)
+	}
+}
+
 // The sweep of creations a crash cut short removes their builder VMs, by
 // id once recorded, else by name only when that VM was booted for a
 // template: the owner's own VM that has the builder's name stays.
