@@ -228,6 +228,9 @@ func (s *initState) run() {
 			return err
 		})
 	}
+	if rootOK {
+		go prefetch(s.prefetchTargets(), cfg.Debug)
+	}
 	if s.image != nil && len(s.image.Mounts) > 0 {
 		_ = s.phase("workspaces", func() (err error) {
 			s.mounted, err = mountAll(s.image.Mounts, cfg.RootWait)
@@ -398,6 +401,32 @@ func (s *initState) defaultEnv() []string {
 		return img.Env
 	}
 	return []string{"PATH=" + agent.DefaultPath, "TERM=xterm"}
+}
+
+// prefetch reads ahead, while the boot goes on, what a first exec and the
+// entrypoint load (the programs, ld.so, their libraries): the host serves
+// those pages beside the guest's work, not one fault at a time during the
+// exec (under TCG, a first exec of /bin/true answered ~30 ms sooner).
+func prefetch(bins []string, debug bool) {
+	files := agent.PrefetchFiles("/", bins)
+	n := agent.Prefetch(files)
+	if debug {
+		logf("read ahead %d of %s", n, strings.Join(files, " "))
+	}
+}
+
+// prefetchTargets are the entrypoint's program and /bin/sh (what "paddock
+// exec" of a shell command, and most programs' libraries, start with).
+func (s *initState) prefetchTargets() []string {
+	bins := []string{"/bin/sh"}
+	if s.image != nil {
+		if argv := s.image.argv(); len(argv) > 0 {
+			if p, err := agent.LookPath(argv[0], s.defaultEnv()); err == nil {
+				bins = append([]string{p}, bins...)
+			}
+		}
+	}
+	return bins
 }
 
 // copyOwner owns what paddock cp unpacks into dir: the workspace mounted

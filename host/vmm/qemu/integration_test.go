@@ -21,6 +21,7 @@ import (
 	"github.com/paddock-vm/paddock/agent"
 	"github.com/paddock-vm/paddock/host/cgroup"
 	"github.com/paddock-vm/paddock/host/vmm"
+	"github.com/paddock-vm/paddock/internal/guesttest"
 	"github.com/paddock-vm/paddock/internal/testenv"
 	"github.com/paddock-vm/paddock/internal/testwait"
 )
@@ -589,4 +590,73 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestReadAheadAtBoot: the agent reads ahead, during the boot, the files a
+// first exec and the entrypoint load. The root holds the host's dynamic
+// sleep as the entrypoint with its loader, libc and ld.so.cache (Debian's
+// amd64 layout, as CI's); the agent's debug line names each and says every
+// one was read ahead, and the entrypoint runs.
+func TestReadAheadAtBoot(t *testing.T) {
+	f := getFixture(t)
+	tmp := t.TempDir()
+	tree := filepath.Join(tmp, "tree")
+	guesttest.ImageTree(t, tree, map[string]any{"config": map[string]any{
+		"Entrypoint": []string{"sleep"}, "Cmd": []string{"3600"}, "Env": []string{"PATH=/usr/bin:/bin"}}})
+	const (
+		sleep = "/usr/bin/sleep"
+		ldso  = "/lib64/ld-linux-x86-64.so.2"
+		libc  = "/lib/x86_64-linux-gnu/libc.so.6"
+		cache = "/etc/ld.so.cache"
+	)
+	for _, p := range []string{sleep, ldso, libc, cache} {
+		real, err := filepath.EvalSymlinks(p)
+		testenv.Require(t, err == nil, p+" on the host (Debian amd64's layout)")
+		b, err := os.ReadFile(real)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(tree, p)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := filepath.Join(tmp, "root.ext4")
+	guesttest.BuildExt4(t, tree, root, 64, "paddockroot")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	d := New()
+	defer d.Close()
+	spec := vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
+		Cmdline: "paddock.root=/dev/vda paddock.debug", Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, "run")}
+	p, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		kctx, kcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer kcancel()
+		if err := New().Kill(kctx, p); err != nil {
+			t.Errorf("cleanup kill: %v", err)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(p.ConsoleLog)
+			t.Logf("console:\n%s", b)
+		}
+	})
+	console := func() string { b, _ := os.ReadFile(p.ConsoleLog); return string(b) }
+	testwait.For(t, "the agent's read-ahead line", 3*time.Minute, func() bool { return strings.Contains(console(), "read ahead ") })
+	want := "read ahead 5 of " + strings.Join([]string{sleep, ldso, cache, libc, "/bin/sh"}, " ")
+	if !strings.Contains(console(), want+"\n") && !strings.Contains(console(), want+"\r\n") {
+		t.Fatalf("console lacks %q", want)
+	}
+	c := agentClient(t, ctx, p)
+	defer c.Close()
+	testwait.For(t, "the dynamic entrypoint running", time.Minute, func() bool {
+		h, err := c.Health(ctx)
+		return err == nil && h.Main.State == "running"
+	})
 }
