@@ -151,6 +151,12 @@ func TestBootExecStopStartRm(t *testing.T) {
 	if out, _ := execOut(t, e, "web", "", "sh", "-c", "df -k / | tail -1"); len(strings.Fields(out)) < 2 || atoi(strings.Fields(out)[1]) < 900000 {
 		t.Fatalf("root not grown to the disk size: %q", out)
 	}
+	// ...and is mounted so that no ext4lazyinit thread zeroes the grown
+	// groups' inode tables (zeros already) or reads every bitmap.
+	if out, _ := execOut(t, e, "web", "", "sh", "-c", "cat /proc/fs/ext4/vda/options; cat /proc/[0-9]*/comm"); !strings.Contains(out, "noinit_itable\n") ||
+		!strings.Contains(out, "no_prefetch_block_bitmaps\n") || strings.Contains(out, "ext4lazyinit") {
+		t.Fatalf("root's mount options and threads:\n%s", out)
+	}
 	if l := e.cli(t, nil, "logs", "web").ok(t, "logs"); !strings.Contains(l, "demo-main-started") {
 		t.Fatalf("console log lacks the entrypoint's output:\n%s", l)
 	}

@@ -528,7 +528,7 @@ func mountRoot(cfg *guestboot.BootArgs) error {
 	if err := os.MkdirAll(newRoot, 0o755); err != nil {
 		return err
 	}
-	if err := unix.Mount(dev, newRoot, cfg.RootFSType, flags, cfg.RootFlags); err != nil {
+	if err := unix.Mount(dev, newRoot, cfg.RootFSType, flags, rootMountData(cfg.RootFSType, cfg.RootFlags)); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", dev, cfg.RootFSType, newRoot, err)
 	}
 	if cfg.GrowFS && !cfg.RootRO && cfg.RootFSType == guestboot.DefaultRootFSType {
@@ -538,6 +538,23 @@ func mountRoot(cfg *guestboot.BootArgs) error {
 		}
 	}
 	return nil
+}
+
+// rootMountData is the root's mount data: for ext4, paddock's options
+// before the VM's own (a later option wins). noinit_itable: the inode tables
+// of the groups a grow adds (here, or with resize2fs on the host) are in
+// what a paddock disk reads as zeros (beyond the image base: a qcow2's
+// unallocated clusters, a sparse file's hole, dm's zero target), so the
+// kernel's ext4lazyinit thread would only write zeros over zeros — tens of
+// MiB into the VM's layer, a few seconds after each boot that follows a
+// grow; no_prefetch_block_bitmaps: that thread also read every group's
+// bitmap at mount. Under TCG, start after stop → first exec: 2.34 s
+// against 2.39 s (medians of 6), and none of the 2.5–2.6 s ones.
+func rootMountData(fstype, vm string) string {
+	if fstype != guestboot.DefaultRootFSType {
+		return vm
+	}
+	return strings.TrimSuffix("noinit_itable,no_prefetch_block_bitmaps,"+vm, ",")
 }
 
 // ext4IocResizeFS is EXT4_IOC_RESIZE_FS, _IOW('f', 16, __u64).
