@@ -364,24 +364,7 @@ func TestPowerButton(t *testing.T) {
 	defer cancel()
 	d := New()
 	defer d.Close()
-	spec := vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
-		Cmdline: "paddock.root=/dev/vda paddock.debug", Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, "run")}
-	p, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		kctx, kcancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer kcancel()
-		if err := New().Kill(kctx, p); err != nil {
-			t.Errorf("cleanup kill: %v", err)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(p.ConsoleLog)
-			t.Logf("console:\n%s", b)
-		}
-	})
-	console := func() string { b, _ := os.ReadFile(p.ConsoleLog); return string(b) }
+	p, console := debugGuest(t, ctx, d, f, root, tmp)
 	// the agent says (paddock.debug) when it listens; the control socket is
 	// never dialled
 	testwait.For(t, "the agent watching the power button", 3*time.Minute, func() bool {
@@ -630,6 +613,25 @@ func TestReadAheadAtBoot(t *testing.T) {
 	defer cancel()
 	d := New()
 	defer d.Close()
+	p, console := debugGuest(t, ctx, d, f, root, tmp)
+	testwait.For(t, "the agent's read-ahead line", 3*time.Minute, func() bool { return strings.Contains(console(), "read ahead ") })
+	want := "read ahead 5 of " + strings.Join([]string{sleep, ldso, cache, libc, "/bin/sh"}, " ")
+	if !strings.Contains(console(), want+"\n") && !strings.Contains(console(), want+"\r\n") {
+		t.Fatalf("console lacks %q", want)
+	}
+	c := agentClient(t, ctx, p)
+	defer c.Close()
+	testwait.For(t, "the dynamic entrypoint running", time.Minute, func() bool {
+		h, err := c.Health(ctx)
+		return err == nil && h.Main.State == "running"
+	})
+}
+
+// debugGuest boots root with paddock.debug (the agent's log on the
+// console), killed at cleanup (its console shown if the test failed); it
+// returns the process and a reader of its console.
+func debugGuest(t *testing.T, ctx context.Context, d *Driver, f *guesttest.Fixture, root, tmp string) (*vmm.Process, func() string) {
+	t.Helper()
 	spec := vmm.Spec{VMID: testID(), Kernel: f.Kit.VmlinuxPath(), Initrd: f.Kit.InitramfsPath(),
 		Cmdline: "paddock.root=/dev/vda paddock.debug", Disks: []vmm.Disk{{Path: root}}, RunDir: filepath.Join(tmp, "run")}
 	p, err := d.Start(ctx, spec)
@@ -647,16 +649,5 @@ func TestReadAheadAtBoot(t *testing.T) {
 			t.Logf("console:\n%s", b)
 		}
 	})
-	console := func() string { b, _ := os.ReadFile(p.ConsoleLog); return string(b) }
-	testwait.For(t, "the agent's read-ahead line", 3*time.Minute, func() bool { return strings.Contains(console(), "read ahead ") })
-	want := "read ahead 5 of " + strings.Join([]string{sleep, ldso, cache, libc, "/bin/sh"}, " ")
-	if !strings.Contains(console(), want+"\n") && !strings.Contains(console(), want+"\r\n") {
-		t.Fatalf("console lacks %q", want)
-	}
-	c := agentClient(t, ctx, p)
-	defer c.Close()
-	testwait.For(t, "the dynamic entrypoint running", time.Minute, func() bool {
-		h, err := c.Health(ctx)
-		return err == nil && h.Main.State == "running"
-	})
+	return p, func() string { b, _ := os.ReadFile(p.ConsoleLog); return string(b) }
 }
