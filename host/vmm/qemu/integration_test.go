@@ -614,10 +614,22 @@ func TestReadAheadAtBoot(t *testing.T) {
 	d := New()
 	defer d.Close()
 	p, console := debugGuest(t, ctx, d, f, root, tmp)
-	testwait.For(t, "the agent's read-ahead line", 3*time.Minute, func() bool { return strings.Contains(console(), "read ahead ") })
-	want := "read ahead 5 of " + strings.Join([]string{sleep, ldso, cache, libc, "/bin/sh"}, " ")
-	if !strings.Contains(console(), want+"\n") && !strings.Contains(console(), want+"\r\n") {
-		t.Fatalf("console lacks %q", want)
+	var line string // the whole line: the console may hold only part of it yet
+	testwait.For(t, "the agent's read-ahead line", 3*time.Minute, func() bool {
+		c := console()
+		i := strings.Index(c, "read ahead ")
+		if i < 0 {
+			return false
+		}
+		n := strings.IndexByte(c[i:], '\n')
+		if n < 0 {
+			return false
+		}
+		line = strings.TrimRight(c[i:i+n], "\r")
+		return true
+	})
+	if want := "read ahead 5 of " + strings.Join([]string{sleep, ldso, cache, libc, "/bin/sh"}, " "); line != want {
+		t.Fatalf("the agent's read-ahead line:\n%q, want\n%q", line, want)
 	}
 	c := agentClient(t, ctx, p)
 	defer c.Close()
