@@ -61,8 +61,11 @@ func PrefetchFiles(root string, bins []string) []string {
 			add(ldCache) // glibc's loader maps it at every start
 		}
 		for _, lib := range needed {
+			// The first directory that has it, as the loader takes: an
+			// earlier binary's copy, seen, stops the search too.
 			for _, d := range libraryDirs() {
-				if add(path.Join(d, lib)) {
+				if p := path.Join(d, lib); isRegular(path.Join(root, p)) {
+					add(p)
 					break
 				}
 			}

@@ -70,6 +70,8 @@ func TestPrefetchFiles(t *testing.T) {
 			[]string{"/bin/true"}, []string{"/bin/true", ldso, cache, libc}},
 		{"library in a later directory", []file{{name: "/bin/true", data: trueELF}, lib(ldso), lib(libc64)},
 			[]string{"/bin/true"}, []string{"/bin/true", ldso, libc64}},
+		{"a library in two directories: the first, once for two binaries", []file{{name: "/bin/a", data: trueELF}, {name: "/bin/b", data: trueELF}, lib(ldso), lib(libc), lib("/usr/lib/x86_64-linux-gnu/libc.so.6")},
+			[]string{"/bin/a", "/bin/b"}, []string{"/bin/a", ldso, libc, "/bin/b"}},
 		{"a missing library or loader is left out", []file{{name: "/bin/true", data: trueELF}},
 			[]string{"/bin/true"}, []string{"/bin/true"}},
 		{"a script: its interpreter's chain", []file{{name: "/app/run", data: []byte("#!/bin/true -x\necho\n")}, {name: "/bin/true", data: trueELF}, lib(ldso), lib(libc)},
